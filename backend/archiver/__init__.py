@@ -1,0 +1,1 @@
+"""Archival orchestration: S3 landing zone -> verified tar datablocks on the LTS -> retrieval bucket."""

@@ -1,0 +1,67 @@
+"""The `archiver` command: one subcommand per thing an operator runs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from archiver.config.errors import ConfigError
+
+
+def _config(args: argparse.Namespace) -> int:
+    from archiver.config.seeding import read_inputs, seed
+
+    inputs = read_inputs(args.vars, args.limits, args.secrets_dir)
+    report = seed(inputs, say=lambda line: print(line, flush=True))
+    if report.changes:
+        print(f"archiver config: {len(report.changes)} change(s) applied, {report.unchanged} already up to date")
+    else:
+        print(f"archiver config: no changes, all {report.unchanged} items already up to date")
+    return 0
+
+
+def _secrets_init(args: argparse.Namespace) -> int:
+    from archiver.config.secrets import SECRETS, init_secrets
+
+    created = init_secrets(args.secrets_dir)
+    for path in created:
+        print(f"created {path}")
+    print(f"{len(created)} secret file(s) created, {len(SECRETS) - len(created)} already present (left unchanged)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="archiver", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    config = commands.add_parser(
+        "config",
+        help="seed Prefect (at PREFECT_API_URL) with variables, secret blocks, concurrency limits; create buckets",
+    )
+    config.add_argument("--vars", type=Path, default=Path("prefect-vars.toml"), help="variables file")
+    config.add_argument("--limits", type=Path, default=Path("concurrency-limits.toml"), help="concurrency limits file")
+    config.add_argument("--secrets-dir", type=Path, default=Path(".secrets"), help="where secret files are, unless *_FILE variables name them")
+    config.set_defaults(run=_config)
+
+    secrets = commands.add_parser("secrets", help="manage the secret files in .secrets/")
+    secrets_commands = secrets.add_subparsers(dest="secrets_command", required=True)
+    init = secrets_commands.add_parser("init", help="create missing secret files with random values; never overwrites")
+    init.add_argument("--secrets-dir", type=Path, default=Path(".secrets"))
+    init.set_defaults(run=_secrets_init)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

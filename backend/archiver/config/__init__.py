@@ -1,0 +1,1 @@
+"""Typed settings, concurrency limits and secrets, and seeding them into Prefect."""

@@ -1,0 +1,86 @@
+"""Secret files in `.secrets/` and the Prefect Secret blocks made from them.
+
+Each secret is one file. In the compose stack the files are mounted as compose
+secrets and their paths given by `*_FILE` environment variables; locally the
+same names are looked up in the secrets folder. Values are never printed.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets as random
+from dataclasses import dataclass
+from pathlib import Path
+
+from archiver.config.errors import ConfigError
+
+DEFAULT_SECRETS_DIR = Path(".secrets")
+
+
+@dataclass(frozen=True)
+class SecretSpec:
+    file_env: str  # environment variable naming the file, e.g. MINIO_USER_FILE
+    filename: str  # file name in .secrets/
+    block: str | None  # Prefect Secret block seeded from it (None: not a Prefect secret)
+    purpose: str
+    is_username: bool = False
+
+
+SECRETS: tuple[SecretSpec, ...] = (
+    SecretSpec("POSTGRES_USER_FILE", "postgresuser.txt", None, "PostgreSQL user of the Prefect server", True),
+    SecretSpec("POSTGRES_PASSWORD_FILE", "postgrespass.txt", None, "PostgreSQL password of the Prefect server"),
+    SecretSpec("MINIO_USER_FILE", "miniouser.txt", "minio-user", "S3 (MinIO) access key of the archiver", True),
+    SecretSpec("MINIO_PASSWORD_FILE", "miniopass.txt", "minio-password", "S3 (MinIO) secret key of the archiver"),
+    SecretSpec("SCICAT_USER_FILE", "scicatuser.txt", "scicat-user", "SciCat account the archiver logs in with", True),
+    SecretSpec("SCICAT_PASSWORD_FILE", "scicatpass.txt", "scicat-password", "password of that SciCat account"),
+    SecretSpec(
+        "ARCHIVER_API_AUTH_FILE",
+        "archiverapiauth.txt",
+        None,
+        "Authorization header value SciCat sends to the archiver API (e.g. 'Bearer <token>')",
+    ),
+)
+
+PREFECT_SECRETS = tuple(spec for spec in SECRETS if spec.block)
+
+
+def secret_path(spec: SecretSpec, secrets_dir: Path = DEFAULT_SECRETS_DIR, environ=None) -> Path:
+    environ = os.environ if environ is None else environ
+    return Path(environ.get(spec.file_env) or secrets_dir / spec.filename)
+
+
+def read_secret(spec: SecretSpec, secrets_dir: Path = DEFAULT_SECRETS_DIR, environ=None) -> str:
+    path = secret_path(spec, secrets_dir, environ)
+    try:
+        value = path.read_text().strip()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"secret file {path} ({spec.file_env}, {spec.purpose}) is missing; "
+            f"create it or run `archiver secrets init`"
+        ) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"secret file {path} ({spec.file_env}) is not readable: {e.__class__.__name__}") from None
+    if not value:
+        raise ConfigError(f"secret file {path} ({spec.file_env}, {spec.purpose}) is empty")
+    return value
+
+
+def init_secrets(secrets_dir: Path = DEFAULT_SECRETS_DIR) -> list[Path]:
+    """Create every missing secret file with a random value; existing files are left alone."""
+    secrets_dir.mkdir(parents=True, exist_ok=True)
+    created = []
+    for spec in SECRETS:
+        path = secrets_dir / spec.filename
+        if path.exists():
+            continue
+        if spec.is_username:
+            value = "archiver-" + random.token_hex(4)
+        elif spec.file_env == "ARCHIVER_API_AUTH_FILE":
+            value = "Bearer " + random.token_urlsafe(32)
+        else:
+            value = random.token_urlsafe(24)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(value + "\n")
+        created.append(path)
+    return created

@@ -1,0 +1,145 @@
+"""`archiver config`: seed Prefect with variables, secret blocks and tag limits, and create the buckets.
+
+Everything is read and validated before anything is written, so a bad file or
+a missing secret changes nothing; every write is an upsert, so a re-run after
+any failure finishes the job, and a run with nothing to do says so.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from archiver.config.errors import ConfigError
+from archiver.config.limits import ConcurrencyLimits, load_limits_file
+from archiver.config.secrets import DEFAULT_SECRETS_DIR, PREFECT_SECRETS, SECRETS, read_secret
+from archiver.config.settings import Settings, flat_values, load_vars_file, variable_name
+from archiver.storage.s3 import S3Credentials, s3_client
+
+
+@dataclass
+class SeedReport:
+    say: Callable[[str], None] = lambda line: None
+    changes: list[str] = field(default_factory=list)
+    unchanged: int = 0
+
+    def record(self, what: str, action: str | None) -> None:
+        if action is None:
+            self.unchanged += 1
+        else:
+            self.changes.append(f"{what}: {action}")
+            self.say(f"{what}: {action}")
+
+
+@dataclass(frozen=True)
+class SeedInputs:
+    settings: Settings
+    limits: ConcurrencyLimits
+    secrets: dict[str, str]  # block name -> value
+
+    def __repr__(self) -> str:
+        return f"SeedInputs(settings=..., limits=..., secrets=<{len(self.secrets)} hidden>)"
+
+
+def read_inputs(vars_file: Path, limits_file: Path, secrets_dir: Path = DEFAULT_SECRETS_DIR) -> SeedInputs:
+    return SeedInputs(
+        settings=load_vars_file(vars_file),
+        limits=load_limits_file(limits_file),
+        secrets={spec.block: read_secret(spec, secrets_dir) for spec in PREFECT_SECRETS},
+    )
+
+
+def seed(inputs: SeedInputs, say: Callable[[str], None] = lambda line: None) -> SeedReport:
+    from prefect.client.orchestration import get_client
+
+    if not os.environ.get("PREFECT_API_URL"):
+        raise ConfigError("PREFECT_API_URL is not set; point it at the Prefect server's API, e.g. http://prefect-server:4200/api")
+    report = SeedReport(say)
+    with get_client(sync_client=True) as client:
+        unreachable = client.api_healthcheck()
+        if unreachable is not None:
+            raise ConfigError(f"Prefect API at {client.api_url} is not reachable: {unreachable}")
+        _seed_variables(client, inputs.settings, report)
+        _seed_secret_blocks(inputs.secrets, report)
+        _seed_limits(client, inputs.limits, report)
+    _seed_buckets(inputs, report)
+    return report
+
+
+def _seed_variables(client, settings: Settings, report: SeedReport) -> None:
+    from prefect.client.schemas.actions import VariableCreate, VariableUpdate
+
+    existing = {v.name: v.value for v in client.read_variables()}
+    for key, value in flat_values(settings).items():
+        name = variable_name(key)
+        if name not in existing:
+            client.create_variable(VariableCreate(name=name, value=value))
+            action = "created"
+        elif existing[name] != value:
+            client.update_variable(VariableUpdate(name=name, value=value))
+            action = f"updated ({existing[name]!r} -> {value!r})"
+        else:
+            action = None
+        report.record(f"variable {name}", action)
+
+
+def _seed_secret_blocks(secrets: dict[str, str], report: SeedReport) -> None:
+    from prefect.blocks.system import Secret
+
+    for name, value in secrets.items():
+        try:
+            current = Secret.load(name).get()
+        except ValueError:  # no such block yet
+            current = None
+        if current == value:
+            action = None
+        else:
+            Secret(value=value).save(name, overwrite=True)
+            action = "created" if current is None else "updated"
+        report.record(f"secret block {name}", action)  # never the value
+
+
+def _seed_limits(client, limits: ConcurrencyLimits, report: SeedReport) -> None:
+    from prefect.exceptions import ObjectNotFound
+
+    for name, tag_limit in limits.by_name().items():
+        try:
+            current = client.read_concurrency_limit_by_tag(tag_limit.tag).concurrency_limit
+        except ObjectNotFound:
+            current = None
+        if current == tag_limit.limit:
+            action = None
+        else:
+            client.create_concurrency_limit(tag=tag_limit.tag, concurrency_limit=tag_limit.limit)
+            action = "created" if current is None else f"updated ({current} -> {tag_limit.limit})"
+        report.record(f"concurrency limit {name} (tag {tag_limit.tag})", action)
+
+
+def _seed_buckets(inputs: SeedInputs, report: SeedReport) -> None:
+    minio = inputs.settings.minio
+    s3 = s3_client(
+        minio.endpoint,
+        minio.region,
+        S3Credentials(inputs.secrets["minio-user"], inputs.secrets["minio-password"]),
+    )
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    for bucket in (minio.landingzone_bucket, minio.retrieval_bucket):
+        try:
+            existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
+            if bucket in existing:
+                action = None
+            else:
+                location = {} if minio.region == "us-east-1" else {
+                    "CreateBucketConfiguration": {"LocationConstraint": minio.region}
+                }
+                s3.create_bucket(Bucket=bucket, **location)
+                action = "created"
+        except (BotoCoreError, ClientError) as e:
+            raise ConfigError(f"S3 at {minio.endpoint}: cannot create bucket {bucket!r}: {e}") from None
+        report.record(f"bucket {bucket}", action)
+
+
+__all__ = ["SECRETS", "SeedInputs", "SeedReport", "read_inputs", "seed"]

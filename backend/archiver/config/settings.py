@@ -1,0 +1,165 @@
+"""Typed settings: the variables of `prefect-vars.toml`, validated in one model.
+
+The same model is filled from the TOML file (by `archiver config`), from
+Prefect variables (once per flow run) and from environment variables, which
+override either source. Every key keeps the name users know from the file; in
+Prefect the variable is the key in lower case.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, AnyHttpUrl, BaseModel, ConfigDict, Field, PositiveInt, TypeAdapter, ValidationError
+
+from archiver.config.errors import ConfigError, explain
+
+MAX_PRESIGNED_URL_SECONDS = 7 * 24 * 3600
+
+
+def _http_url(value: str) -> str:
+    TypeAdapter(AnyHttpUrl).validate_python(value)
+    return value.rstrip("/")
+
+
+# Kept as written (without a trailing slash) so the stored variable matches the file.
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class ArchiverSection(_Section):
+    scratch_folder: Path = Field(alias="ARCHIVER_SCRATCH_FOLDER")
+    target_size_mb: PositiveInt = Field(alias="ARCHIVER_TARGET_SIZE_MB")
+    checksum_algorithm: Literal["sha256", "md5"] = Field(
+        "sha256", alias="ARCHIVER_CHECKSUM_ALGORITHM"
+    )
+    dataset_concurrency: PositiveInt = Field(2, alias="ARCHIVER_DATASET_CONCURRENCY")
+    datablock_concurrency: PositiveInt = Field(2, alias="ARCHIVER_DATABLOCK_CONCURRENCY")
+
+    @property
+    def target_size_bytes(self) -> int:
+        return self.target_size_mb * 1024 * 1024
+
+
+class LtsSection(_Section):
+    storage_root: Path = Field(alias="LTS_STORAGE_ROOT")
+    free_space_percentage: float = Field(alias="LTS_FREE_SPACE_PERCENTAGE", ge=0, lt=100)
+    free_space_timeout_s: float = Field(3600, alias="LTS_FREE_SPACE_TIMEOUT_S", gt=0)
+    file_timeout_s: float = Field(600, alias="LTS_FILE_TIMEOUT_S", gt=0)
+
+
+class MinioSection(_Section):
+    region: str = Field(alias="MINIO_REGION", min_length=1)
+    retrieval_bucket: str = Field(alias="MINIO_RETRIEVAL_BUCKET", min_length=3)
+    landingzone_bucket: str = Field(alias="MINIO_LANDINGZONE_BUCKET", min_length=3)
+    # Accepted so existing files load; the streaming data path has no staging copy.
+    staging_bucket: str | None = Field(None, alias="MINIO_STAGING_BUCKET")
+    endpoint: HttpUrl = Field(alias="MINIO_ENDPOINT")
+    external_endpoint: HttpUrl = Field(alias="MINIO_EXTERNAL_ENDPOINT")
+    url_expiration_s: int = Field(
+        MAX_PRESIGNED_URL_SECONDS,
+        alias="MINIO_URL_EXPIRATION_S",
+        gt=0,
+        le=MAX_PRESIGNED_URL_SECONDS,
+    )
+
+
+class ScicatSection(_Section):
+    endpoint: HttpUrl = Field(alias="SCICAT_ENDPOINT")
+    api_prefix: str = Field("/api/v3/", alias="SCICAT_API_PREFIX")
+    jobs_api_prefix: str = Field("/api/v3/", alias="SCICAT_JOBS_API_PREFIX")
+    job_status_schema: Literal["v3", "v4"] = Field("v3", alias="SCICAT_JOB_STATUS_SCHEMA")
+
+
+class Settings(_Section):
+    archiver: ArchiverSection
+    lts: LtsSection
+    minio: MinioSection
+    scicat: ScicatSection
+
+
+SECTIONS: dict[str, type[_Section]] = {
+    name: field.annotation for name, field in Settings.model_fields.items()
+}
+
+
+def known_keys() -> dict[str, str]:
+    """Every key of prefect-vars.toml, mapped to its section."""
+    return {
+        field.alias: section
+        for section, model in SECTIONS.items()
+        for field in model.model_fields.values()
+    }
+
+
+def variable_name(key: str) -> str:
+    """The Prefect variable that holds a key (Prefect allows only lower case)."""
+    return key.lower()
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as e:
+        raise ConfigError(f"{path}: not readable as TOML: {e}") from None
+
+
+def load_vars_file(path: Path) -> Settings:
+    """Settings from prefect-vars.toml; every problem names file, section and key."""
+    return validate(read_toml(path), source=str(path))
+
+
+def flat_values(settings: Settings) -> dict[str, Any]:
+    """KEY -> JSON-compatible value, as stored in Prefect variables."""
+    dumped = settings.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return {key: value for section in dumped.values() for key, value in section.items()}
+
+
+def from_flat(values: dict[str, Any], source: str) -> Settings:
+    """Settings from KEY -> value pairs (Prefect variables, environment), sections inferred."""
+    sections = known_keys()
+    data: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    for key, value in values.items():
+        if key in sections:
+            data[sections[key]][key] = value
+    return validate(data, source=source)
+
+
+def load_from_prefect(environ: dict[str, str] | None = None) -> Settings:
+    """Settings for one flow run: all Prefect variables in one call, environment on top."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        variables = client.read_variables()
+    by_name = {v.name: v.value for v in variables}
+    values = {key: by_name[variable_name(key)] for key in known_keys() if variable_name(key) in by_name}
+    values.update(environment_overrides(environ))
+    return from_flat(values, source="Prefect variables (prefect-vars.toml) and environment")
+
+
+def environment_overrides(environ: dict[str, str] | None = None) -> dict[str, str]:
+    environ = os.environ if environ is None else environ
+    return {key: environ[key] for key in known_keys() if key in environ}
+
+
+def validate(data: dict[str, Any], source: str) -> Settings:
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as e:
+        raise explain(e, source, _expected_keys) from None
+
+
+def _expected_keys(parent: Sequence) -> list[str]:
+    if not parent:
+        return [f"[{name}]" for name in SECTIONS]
+    return [field.alias for field in SECTIONS[parent[0]].model_fields.values()]

@@ -1,0 +1,143 @@
+"""Real services started as local subprocesses: a Prefect server and an S3 server.
+
+Used by the test harness and by the local one-command run. Each service is a
+context manager that starts the process, waits until it answers over HTTP,
+and stops it (and everything it spawned) on exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class RunningService:
+    name: str
+    url: str
+    process: subprocess.Popen
+    log_path: Path
+
+
+def _wait_until_up(name: str, process: subprocess.Popen, health_url: str, log_path: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited with {process.returncode} while starting; log: {log_path}\n{_tail(log_path)}")
+        try:
+            if httpx.get(health_url, timeout=2).status_code < 500:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"{name} did not answer at {health_url} within {timeout:.0f}s; log: {log_path}\n{_tail(log_path)}")
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    with contextlib.suppress(OSError):
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    return ""
+
+
+def _stop(process: subprocess.Popen, timeout: float = 15) -> None:
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+@contextlib.contextmanager
+def service(
+    name: str, command: list[str], url: str, health_path: str, log_path: Path, env: dict[str, str] | None = None,
+    timeout: float = 120,
+) -> Iterator[RunningService]:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})}, start_new_session=True,
+        )
+    try:
+        _wait_until_up(name, process, url + health_path, log_path, timeout)
+        yield RunningService(name, url, process, log_path)
+    finally:
+        _stop(process)
+
+
+def s3_server(log_dir: Path, port: int | None = None) -> contextlib.AbstractContextManager[RunningService]:
+    """moto's S3 server over HTTP (any access key is accepted)."""
+    port = port or free_port()
+    url = f"http://127.0.0.1:{port}"
+    return service(
+        "S3 server (moto)",
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        url, "/moto-api/", log_dir / "s3-server.log",
+    )
+
+
+def prefect_server(
+    home: Path, database_url: str | None = None, port: int | None = None, ui: bool = False, extra_env: dict | None = None,
+) -> contextlib.AbstractContextManager[RunningService]:
+    """A Prefect server; on PostgreSQL when `database_url` is given, else SQLite under `home`."""
+    port = port or free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "true" if ui else "false",
+        "PREFECT_API_URL": f"{url}/api",
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+        # Leases on disk: a restarted server keeps track of held concurrency slots.
+        "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect.server.concurrency.lease_storage.filesystem",
+        **(extra_env or {}),
+    }
+    if database_url:
+        env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
+    return service(
+        "Prefect server",
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        url, "/api/health", home / "prefect-server.log", env=env, timeout=180,
+    )
+
+
+@contextlib.contextmanager
+def postgres_database(admin_dsn: str = "postgresql://postgres@127.0.0.1:5432/postgres") -> Iterator[str]:
+    """A fresh PostgreSQL database (with pg_trgm, which Prefect needs), dropped on exit.
+
+    Yields the SQLAlchemy asyncpg URL Prefect takes."""
+    import psycopg
+
+    name = f"archiver_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = admin_dsn.rsplit("/", 1)[0]
+    try:
+        with psycopg.connect(f"{base}/{name}", autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
+        yield base.replace("postgresql://", "postgresql+asyncpg://", 1) + f"/{name}"
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -1,0 +1,1 @@
+"""Adapters to the storage the archiver moves data between: S3 buckets and the LTS filesystem."""

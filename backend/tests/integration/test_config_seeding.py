@@ -1,0 +1,145 @@
+"""`archiver config` against a real Prefect server (PostgreSQL) and a real S3 server."""
+
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import tomli_w
+
+from archiver.config.limits import load_limits_file
+from archiver.config.secrets import PREFECT_SECRETS, read_secret
+from archiver.config.settings import flat_values, load_from_prefect, load_vars_file, variable_name
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture
+def workdir(tmp_path, s3_endpoint, unique_name, secrets_dir):
+    """A folder like the repo's top level, pointing at the test S3 server, with fresh buckets."""
+    vars_data = tomllib.loads((REPO / "prefect-vars.toml").read_text())
+    vars_data["minio"]["MINIO_ENDPOINT"] = s3_endpoint
+    vars_data["minio"]["MINIO_LANDINGZONE_BUCKET"] = f"{unique_name}-landing"
+    vars_data["minio"]["MINIO_RETRIEVAL_BUCKET"] = f"{unique_name}-retrieval"
+    vars_data["lts"]["LTS_STORAGE_ROOT"] = f"/lts/{unique_name}"
+    (tmp_path / "prefect-vars.toml").write_text(tomli_w.dumps(vars_data))
+    shutil.copy(REPO / "concurrency-limits.toml", tmp_path / "concurrency-limits.toml")
+    shutil.copytree(secrets_dir, tmp_path / ".secrets")
+    return tmp_path
+
+
+def run_config(workdir: Path, api_url: str, **env) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "archiver.cli", "config"],
+        cwd=workdir, capture_output=True, text=True, timeout=180,
+        env={**os.environ, "PREFECT_API_URL": api_url, **env},
+    )
+
+
+def secret_values(workdir: Path) -> list[str]:
+    return [read_secret(spec, workdir / ".secrets", {}) for spec in PREFECT_SECRETS]
+
+
+def test_config_seeds_everything_and_second_run_changes_nothing(workdir, prefect_api_url, s3):
+    from prefect.blocks.system import Secret
+    from prefect.client.orchestration import get_client
+
+    first = run_config(workdir, prefect_api_url)
+    assert first.returncode == 0, first.stderr
+    assert "change(s) applied" in first.stdout
+
+    expected_vars = flat_values(load_vars_file(workdir / "prefect-vars.toml"))
+    with get_client(sync_client=True) as client:
+        stored = {v.name: v.value for v in client.read_variables()}
+        for key, value in expected_vars.items():
+            assert stored[variable_name(key)] == value, key
+        for name, tag_limit in load_limits_file(workdir / "concurrency-limits.toml").by_name().items():
+            assert client.read_concurrency_limit_by_tag(tag_limit.tag).concurrency_limit == tag_limit.limit, name
+    for spec in PREFECT_SECRETS:
+        assert Secret.load(spec.block).get() == read_secret(spec, workdir / ".secrets", {})
+    buckets = {b["Name"] for b in s3.list_buckets()["Buckets"]}
+    assert {expected_vars["MINIO_LANDINGZONE_BUCKET"], expected_vars["MINIO_RETRIEVAL_BUCKET"]} <= buckets
+
+    second = run_config(workdir, prefect_api_url)
+    assert second.returncode == 0, second.stderr
+    assert "no changes" in second.stdout
+    assert second.stdout.count("\n") == 1
+
+    for output in (first.stdout + first.stderr, second.stdout + second.stderr):
+        for value in secret_values(workdir):
+            assert value not in output
+
+
+def test_changed_limit_and_secret_are_applied_by_next_run(workdir, prefect_api_url):
+    from prefect.blocks.system import Secret
+    from prefect.client.orchestration import get_client
+
+    assert run_config(workdir, prefect_api_url).returncode == 0
+    limits = tomllib.loads((workdir / "concurrency-limits.toml").read_text())
+    limits["MOVE_TO_LTS_LIMIT"]["limit"] = 3
+    (workdir / "concurrency-limits.toml").write_text(tomli_w.dumps(limits))
+    (workdir / ".secrets" / "scicatpass.txt").write_text("rotated-password-value\n")
+
+    result = run_config(workdir, prefect_api_url)
+    assert result.returncode == 0, result.stderr
+    changes = result.stdout.splitlines()[:-1]
+    assert sorted(changes) == [
+        "concurrency limit MOVE_TO_LTS_LIMIT (tag move-datablocks-to-lts): updated (1 -> 3)",
+        "secret block scicat-password: updated",
+    ]
+    assert "rotated-password-value" not in result.stdout + result.stderr
+    with get_client(sync_client=True) as client:
+        assert client.read_concurrency_limit_by_tag("move-datablocks-to-lts").concurrency_limit == 3
+    assert Secret.load("scicat-password").get() == "rotated-password-value"
+
+
+def test_missing_secret_file_fails_clearly_and_applies_nothing(workdir, prefect_api_url, unique_name):
+    from prefect.client.orchestration import get_client
+
+    (workdir / ".secrets" / "miniopass.txt").unlink()
+    result = run_config(workdir, prefect_api_url)
+    assert result.returncode != 0
+    assert result.stdout == ""
+    assert result.stderr.strip().count("\n") == 0
+    assert "miniopass.txt" in result.stderr and "MINIO_PASSWORD_FILE" in result.stderr
+    with get_client(sync_client=True) as client:
+        stored = client.read_variable_by_name("lts_storage_root")
+    assert stored is None or stored.value != f"/lts/{unique_name}"
+
+
+def test_secret_file_named_by_file_variable(workdir, prefect_api_url, tmp_path_factory):
+    from prefect.blocks.system import Secret
+
+    elsewhere = tmp_path_factory.mktemp("compose-secrets") / "minio_user"
+    elsewhere.write_text("user-from-compose-secret\n")
+    result = run_config(workdir, prefect_api_url, MINIO_USER_FILE=str(elsewhere))
+    assert result.returncode == 0, result.stderr
+    assert Secret.load("minio-user").get() == "user-from-compose-secret"
+
+
+def test_unreachable_api_is_one_clear_error(workdir):
+    result = run_config(workdir, "http://127.0.0.1:9/api")
+    assert result.returncode != 0
+    assert result.stderr.strip().count("\n") == 0
+    assert "http://127.0.0.1:9/api" in result.stderr and "not reachable" in result.stderr
+
+
+def test_bad_vars_file_is_one_clear_error(workdir, prefect_api_url):
+    text = (workdir / "prefect-vars.toml").read_text().replace("[lts]\n", '[lts]\nLTS_TYPO = 1\n')
+    (workdir / "prefect-vars.toml").write_text(text)
+    result = run_config(workdir, prefect_api_url)
+    assert result.returncode != 0
+    assert "prefect-vars.toml: [lts] LTS_TYPO: unknown key" in result.stderr
+
+
+def test_flow_side_loads_settings_once_with_environment_on_top(workdir, prefect_api_url):
+    assert run_config(workdir, prefect_api_url).returncode == 0
+    from_file = load_vars_file(workdir / "prefect-vars.toml")
+    assert load_from_prefect(environ={}) == from_file
+    overridden = load_from_prefect(environ={"LTS_STORAGE_ROOT": "/elsewhere"})
+    assert str(overridden.lts.storage_root) == "/elsewhere"
+    assert overridden.minio == from_file.minio

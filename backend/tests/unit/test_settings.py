@@ -1,0 +1,142 @@
+from pathlib import Path
+
+import pytest
+import tomli_w
+import tomllib
+
+from archiver.config.errors import ConfigError
+from archiver.config.limits import load_limits_file
+from archiver.config.settings import (
+    environment_overrides,
+    flat_values,
+    from_flat,
+    load_vars_file,
+    variable_name,
+)
+
+REPO = Path(__file__).resolve().parents[3]
+SEED_KEYS = {
+    "archiver": ["ARCHIVER_SCRATCH_FOLDER", "ARCHIVER_TARGET_SIZE_MB"],
+    "lts": ["LTS_STORAGE_ROOT", "LTS_FREE_SPACE_PERCENTAGE"],
+    "minio": ["MINIO_REGION", "MINIO_RETRIEVAL_BUCKET", "MINIO_LANDINGZONE_BUCKET", "MINIO_STAGING_BUCKET", "MINIO_ENDPOINT"],
+    "scicat": ["SCICAT_API_PREFIX"],
+}
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "prefect-vars.toml"
+    path.write_text(text)
+    return path
+
+
+def repo_vars_with(tmp_path: Path, section: str, line: str) -> Path:
+    text = (REPO / "prefect-vars.toml").read_text().replace(f"[{section}]\n", f"[{section}]\n{line}\n", 1)
+    return write(tmp_path, text)
+
+
+def test_repo_vars_file_keeps_the_seed_keys_and_loads():
+    raw = tomllib.loads((REPO / "prefect-vars.toml").read_text())
+    for section, keys in SEED_KEYS.items():
+        assert set(keys) <= set(raw[section]), section
+    settings = load_vars_file(REPO / "prefect-vars.toml")
+    values = flat_values(settings)
+    assert values["ARCHIVER_TARGET_SIZE_MB"] == raw["archiver"]["ARCHIVER_TARGET_SIZE_MB"]
+    assert values["MINIO_ENDPOINT"] == raw["minio"]["MINIO_ENDPOINT"]
+    assert settings.archiver.target_size_bytes == raw["archiver"]["ARCHIVER_TARGET_SIZE_MB"] * 1024 * 1024
+
+
+def test_unknown_key_names_file_section_and_key(tmp_path):
+    path = repo_vars_with(tmp_path, "lts", 'LTS_TYPO = "x"')
+    with pytest.raises(ConfigError) as e:
+        load_vars_file(path)
+    message = str(e.value)
+    assert str(path) in message and "[lts] LTS_TYPO" in message and "unknown key" in message
+    assert "LTS_STORAGE_ROOT" in message  # says what is expected instead
+
+
+def test_unknown_section_is_rejected(tmp_path):
+    path = write(tmp_path, (REPO / "prefect-vars.toml").read_text() + '\n[bogus]\nX = 1\n')
+    with pytest.raises(ConfigError, match=r"\[bogus\]: unknown key; expected one of \[archiver\]"):
+        load_vars_file(path)
+
+
+def test_wrong_type_names_key_expectation_and_value(tmp_path):
+    text = (REPO / "prefect-vars.toml").read_text().replace(
+        "ARCHIVER_TARGET_SIZE_MB = 20000", 'ARCHIVER_TARGET_SIZE_MB = "big"'
+    )
+    with pytest.raises(ConfigError) as e:
+        load_vars_file(write(tmp_path, text))
+    message = str(e.value)
+    assert "[archiver] ARCHIVER_TARGET_SIZE_MB" in message and "integer" in message and "'big'" in message
+
+
+def test_missing_required_value(tmp_path):
+    text = (REPO / "prefect-vars.toml").read_text().replace('MINIO_REGION = "eu-west-1"\n', "")
+    with pytest.raises(ConfigError, match=r"\[minio\] MINIO_REGION: required value is missing"):
+        load_vars_file(write(tmp_path, text))
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key"),
+    [
+        ("MINIO_URL_EXPIRATION_S = 604800", "MINIO_URL_EXPIRATION_S = 604801", "MINIO_URL_EXPIRATION_S"),
+        ('MINIO_ENDPOINT = "http://minio:9000"', 'MINIO_ENDPOINT = "minio:9000"', "MINIO_ENDPOINT"),
+        ('ARCHIVER_CHECKSUM_ALGORITHM = "sha256"', 'ARCHIVER_CHECKSUM_ALGORITHM = "crc32"', "ARCHIVER_CHECKSUM_ALGORITHM"),
+        ("LTS_FREE_SPACE_PERCENTAGE = 20", "LTS_FREE_SPACE_PERCENTAGE = 120", "LTS_FREE_SPACE_PERCENTAGE"),
+    ],
+)
+def test_out_of_range_values_are_rejected(tmp_path, old, new, key):
+    text = (REPO / "prefect-vars.toml").read_text()
+    assert old in text
+    with pytest.raises(ConfigError, match=key):
+        load_vars_file(write(tmp_path, text.replace(old, new)))
+
+
+def test_unreadable_toml_is_one_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="not readable as TOML"):
+        load_vars_file(write(tmp_path, "[archiver\nX = "))
+    with pytest.raises(ConfigError, match="file not found"):
+        load_vars_file(tmp_path / "nope.toml")
+
+
+def test_environment_overrides_prefect_values():
+    values = flat_values(load_vars_file(REPO / "prefect-vars.toml"))
+    env = {"LTS_STORAGE_ROOT": "/data/lts", "ARCHIVER_TARGET_SIZE_MB": "5", "UNRELATED": "x"}
+    overrides = environment_overrides(env)
+    assert overrides == {"LTS_STORAGE_ROOT": "/data/lts", "ARCHIVER_TARGET_SIZE_MB": "5"}
+    settings = from_flat({**values, **overrides}, source="test")
+    assert settings.lts.storage_root == Path("/data/lts")
+    assert settings.archiver.target_size_mb == 5
+
+
+def test_environment_override_with_bad_value_names_the_source():
+    values = flat_values(load_vars_file(REPO / "prefect-vars.toml"))
+    with pytest.raises(ConfigError, match=r"environment: \[archiver\] ARCHIVER_TARGET_SIZE_MB"):
+        from_flat({**values, "ARCHIVER_TARGET_SIZE_MB": "-1"}, source="environment")
+
+
+def test_variable_names_are_lowercase_keys():
+    assert variable_name("LTS_STORAGE_ROOT") == "lts_storage_root"
+
+
+def test_limits_file_maps_each_limit_to_a_tag():
+    limits = load_limits_file(REPO / "concurrency-limits.toml").by_name()
+    assert set(limits) == {"LTS_FREE_LIMIT", "MOVE_TO_LTS_LIMIT", "VERIFY_LTS_LIMIT", "LTS_TO_RETRIEVAL_LIMIT"}
+    assert len({limit.tag for limit in limits.values()}) == 4
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"MOVE_TO_LTS_LIMIT": {"tag": "move-datablocks-to-lts", "limit": -1}}, r"\[MOVE_TO_LTS_LIMIT\] limit"),
+        ({"SOME_LIMIT": {"tag": "x", "limit": 1}}, r"\[SOME_LIMIT\]: unknown key"),
+        ({"MOVE_TO_LTS_LIMIT": {"tag": "Bad Tag", "limit": 1}}, r"\[MOVE_TO_LTS_LIMIT\] tag"),
+        ({"MOVE_TO_LTS_LIMIT": {"tag": "x"}}, r"\[MOVE_TO_LTS_LIMIT\] limit: required"),
+    ],
+)
+def test_bad_limits_are_rejected(tmp_path, change, expected):
+    data = tomllib.loads((REPO / "concurrency-limits.toml").read_text()) | change
+    path = tmp_path / "limits.toml"
+    path.write_text(tomli_w.dumps(data))
+    with pytest.raises(ConfigError, match=expected):
+        load_limits_file(path)

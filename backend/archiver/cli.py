@@ -31,6 +31,21 @@ def _secrets_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _api(args: argparse.Namespace) -> int:
+    import logging
+
+    import uvicorn
+
+    from archiver.api.app import create_app
+    from archiver.api.settings import ApiSettings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    overrides = {"API_ROOT_PATH": args.root_path} if args.root_path is not None else {}
+    app = create_app(ApiSettings(**overrides))
+    uvicorn.run(app, host=args.host, port=args.port, proxy_headers=True, forwarded_allow_ips="*")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="archiver", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -49,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     init = secrets_commands.add_parser("init", help="create missing secret files with random values; never overwrites")
     init.add_argument("--secrets-dir", type=Path, default=Path(".secrets"))
     init.set_defaults(run=_secrets_init)
+
+    api = commands.add_parser("api", help="serve the archiver API (SciCat jobs in, Prefect flow runs out)")
+    api.add_argument("--host", default="127.0.0.1")
+    api.add_argument("--port", type=int, default=8000)
+    api.add_argument("--root-path", default=None, help="path prefix of every route, e.g. /api/v1 (default: API_ROOT_PATH)")
+    api.set_defaults(run=_api)
     return parser
 
 

@@ -46,6 +46,16 @@ def _api(args: argparse.Namespace) -> int:
     return 0
 
 
+def _limits_reconcile(args: argparse.Namespace) -> int:
+    from archiver.config.limits import load_limits_file
+    from archiver.flows.concurrency import reconcile_tags
+
+    limits = load_limits_file(args.limits).by_name()
+    for result in reconcile_tags(limit.tag for limit in limits.values()):
+        print(f"tag {result.tag}: released {result.released} stale slot(s), {result.kept} held by live task runs")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="archiver", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -70,6 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--port", type=int, default=8000)
     api.add_argument("--root-path", default=None, help="path prefix of every route, e.g. /api/v1 (default: API_ROOT_PATH)")
     api.set_defaults(run=_api)
+
+    limits = commands.add_parser("limits", help="inspect and repair tag concurrency limits")
+    limits_commands = limits.add_subparsers(dest="limits_command", required=True)
+    reconcile = limits_commands.add_parser(
+        "reconcile", help="release slots held by task runs that are gone or finished (after a hard kill or a server restart)"
+    )
+    reconcile.add_argument("--limits", type=Path, default=Path("concurrency-limits.toml"))
+    reconcile.set_defaults(run=_limits_reconcile)
     return parser
 
 

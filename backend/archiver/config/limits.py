@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationError
 
-from archiver.config.errors import explain
+from archiver.config.errors import ConfigError, explain
 from archiver.config.settings import read_toml
 
 
@@ -28,6 +29,19 @@ class ConcurrencyLimits(BaseModel):
 
     def by_name(self) -> dict[str, TagLimit]:
         return {name: getattr(self, name) for name in type(self).model_fields}
+
+
+# The whole file is also stored in this Prefect variable, so flows learn the tags without the file.
+LIMITS_VARIABLE = "concurrency_limits"
+
+
+def from_variable(value: Any) -> ConcurrencyLimits:
+    if value is None:
+        raise ConfigError(f"Prefect variable {LIMITS_VARIABLE!r} is missing; run `archiver config` (prefect-config)")
+    try:
+        return ConcurrencyLimits.model_validate(value)
+    except ValidationError as e:
+        raise explain(e, f"Prefect variable {LIMITS_VARIABLE!r}", _expected_keys) from None
 
 
 def load_limits_file(path: Path) -> ConcurrencyLimits:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from archiver.config.errors import ConfigError
-from archiver.config.limits import ConcurrencyLimits, load_limits_file
+from archiver.config.limits import LIMITS_VARIABLE, ConcurrencyLimits, load_limits_file
 from archiver.config.secrets import DEFAULT_SECRETS_DIR, PREFECT_SECRETS, SECRETS, read_secret
 from archiver.config.settings import Settings, flat_values, load_vars_file, variable_name
 from archiver.storage.s3 import S3Credentials, s3_client
@@ -61,19 +61,20 @@ def seed(inputs: SeedInputs, say: Callable[[str], None] = lambda line: None) -> 
         unreachable = client.api_healthcheck()
         if unreachable is not None:
             raise ConfigError(f"Prefect API at {client.api_url} is not reachable: {unreachable}")
-        _seed_variables(client, inputs.settings, report)
+        _seed_variables(client, inputs.settings, inputs.limits, report)
         _seed_secret_blocks(inputs.secrets, report)
         _seed_limits(client, inputs.limits, report)
     _seed_buckets(inputs, report)
     return report
 
 
-def _seed_variables(client, settings: Settings, report: SeedReport) -> None:
+def _seed_variables(client, settings: Settings, limits: ConcurrencyLimits, report: SeedReport) -> None:
     from prefect.client.schemas.actions import VariableCreate, VariableUpdate
 
     existing = {v.name: v.value for v in client.read_variables()}
-    for key, value in flat_values(settings).items():
-        name = variable_name(key)
+    wanted = {variable_name(key): value for key, value in flat_values(settings).items()}
+    wanted[LIMITS_VARIABLE] = limits.model_dump(mode="json")
+    for name, value in wanted.items():
         if name not in existing:
             client.create_variable(VariableCreate(name=name, value=value))
             action = "created"

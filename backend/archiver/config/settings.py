@@ -135,14 +135,9 @@ def from_flat(values: dict[str, Any], source: str) -> Settings:
     return validate(data, source=source)
 
 
-def load_from_prefect(environ: dict[str, str] | None = None) -> Settings:
-    """Settings for one flow run: all Prefect variables in one call, environment on top."""
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as client:
-        variables = client.read_variables()
-    by_name = {v.name: v.value for v in variables}
-    values = {key: by_name[variable_name(key)] for key in known_keys() if variable_name(key) in by_name}
+def from_prefect_variables(stored: dict[str, Any], environ: dict[str, str] | None = None) -> Settings:
+    """Settings from Prefect variables (name -> value, as read in one call), environment on top."""
+    values = {key: stored[variable_name(key)] for key in known_keys() if variable_name(key) in stored}
     values.update(environment_overrides(environ))
     return from_flat(values, source="Prefect variables (prefect-vars.toml) and environment")
 

@@ -12,7 +12,8 @@ import tomli_w
 
 from archiver.config.limits import load_limits_file
 from archiver.config.secrets import PREFECT_SECRETS, read_secret
-from archiver.config.settings import flat_values, load_from_prefect, load_vars_file, variable_name
+from archiver.config.runtime import load_run_configuration
+from archiver.config.settings import flat_values, load_vars_file, variable_name
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[3]
@@ -87,10 +88,12 @@ def test_changed_limit_and_secret_are_applied_by_next_run(workdir, prefect_api_u
     result = run_config(workdir, prefect_api_url)
     assert result.returncode == 0, result.stderr
     changes = result.stdout.splitlines()[:-1]
-    assert sorted(changes) == [
-        "concurrency limit MOVE_TO_LTS_LIMIT (tag move-datablocks-to-lts): updated (1 -> 3)",
+    assert sorted(change.split(" (")[0] for change in changes) == [
+        "concurrency limit MOVE_TO_LTS_LIMIT",
         "secret block scicat-password: updated",
+        "variable concurrency_limits: updated",
     ]
+    assert "concurrency limit MOVE_TO_LTS_LIMIT (tag move-datablocks-to-lts): updated (1 -> 3)" in changes
     assert "rotated-password-value" not in result.stdout + result.stderr
     with get_client(sync_client=True) as client:
         assert client.read_concurrency_limit_by_tag("move-datablocks-to-lts").concurrency_limit == 3
@@ -136,10 +139,12 @@ def test_bad_vars_file_is_one_clear_error(workdir, prefect_api_url):
     assert "prefect-vars.toml: [lts] LTS_TYPO: unknown key" in result.stderr
 
 
-def test_flow_side_loads_settings_once_with_environment_on_top(workdir, prefect_api_url):
+def test_flow_side_loads_settings_and_limits_once_with_environment_on_top(workdir, prefect_api_url):
     assert run_config(workdir, prefect_api_url).returncode == 0
     from_file = load_vars_file(workdir / "prefect-vars.toml")
-    assert load_from_prefect(environ={}) == from_file
-    overridden = load_from_prefect(environ={"LTS_STORAGE_ROOT": "/elsewhere"})
+    loaded = load_run_configuration(environ={})
+    assert loaded.settings == from_file
+    assert loaded.limits == load_limits_file(workdir / "concurrency-limits.toml")
+    overridden = load_run_configuration(environ={"LTS_STORAGE_ROOT": "/elsewhere"}).settings
     assert str(overridden.lts.storage_root) == "/elsewhere"
     assert overridden.minio == from_file.minio

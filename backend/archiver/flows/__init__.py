@@ -1,0 +1,1 @@
+"""Prefect flows, tasks and hooks: orchestration of the packing, storage and SciCat layers."""

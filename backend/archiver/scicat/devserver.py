@@ -373,7 +373,7 @@ def create_app(config: DevServerConfig, state: DevState | None = None) -> FastAP
     @app.get("/dev/state")
     async def dump_state():
         return {
-            "datasets": state.datasets, "origdatablocks": state.origdatablocks,
+            "nextSeq": state.next_seq, "datasets": state.datasets, "origdatablocks": state.origdatablocks,
             "datablocks": state.datablocks, "jobs": state.jobs,
         }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -56,6 +57,24 @@ def _limits_reconcile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _scicat_dev(args: argparse.Namespace) -> int:
+    from archiver.config.secrets import read_secret, secret_spec
+    from archiver.scicat.client import ScicatCredentials
+    from archiver.scicat.devserver import DevServerConfig, serve
+
+    account = ScicatCredentials.from_secret_files(args.secrets_dir)
+    auth = None
+    if args.archiver_url:
+        spec = secret_spec("ARCHIVER_API_AUTH_FILE")
+        environ = {spec.file_env: str(args.archiver_auth_file)} if args.archiver_auth_file else None
+        auth = read_secret(spec, args.secrets_dir, environ)
+    config = DevServerConfig({account.username: account.password}, args.archiver_url, auth)
+    print(f"SciCat development server on http://{args.host}:{args.port} (user {account.username!r}, "
+          f"new jobs POSTed to {args.archiver_url or 'nowhere'})", flush=True)
+    serve(config, args.host, args.port)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="archiver", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -88,6 +107,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reconcile.add_argument("--limits", type=Path, default=Path("concurrency-limits.toml"))
     reconcile.set_defaults(run=_limits_reconcile)
+
+    scicat = commands.add_parser(
+        "scicat-dev",
+        help="run the SciCat development server (in-memory SciCat API for development and tests; see docs/scicat.md)",
+    )
+    scicat.add_argument("--host", default="127.0.0.1")
+    scicat.add_argument("--port", type=int, default=3000)
+    scicat.add_argument(
+        "--secrets-dir", type=Path, default=Path(".secrets"),
+        help="the account that may log in: SCICAT_USER_FILE / SCICAT_PASSWORD_FILE, else scicatuser.txt / scicatpass.txt here",
+    )
+    scicat.add_argument(
+        "--archiver-url", default=os.environ.get("SCICAT_DEV_ARCHIVER_URL"),
+        help="URL a new job is POSTed to, e.g. http://archiver-api:8000/jobs (default: $SCICAT_DEV_ARCHIVER_URL; unset: not sent)",
+    )
+    scicat.add_argument(
+        "--archiver-auth-file", type=Path,
+        help="file with the Authorization header value sent with it (default: ARCHIVER_API_AUTH_FILE, else archiverapiauth.txt in --secrets-dir)",
+    )
+    scicat.set_defaults(run=_scicat_dev)
     return parser
 
 

@@ -141,3 +141,18 @@ def postgres_database(admin_dsn: str = "postgresql://postgres@127.0.0.1:5432/pos
     finally:
         with psycopg.connect(admin_dsn, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def scicat_dev_server(
+    secrets_dir: Path, log_dir: Path, archiver_url: str | None = None, port: int | None = None,
+) -> contextlib.AbstractContextManager[RunningService]:
+    """The SciCat development server (`archiver scicat-dev`); logs in the account of `secrets_dir`."""
+    port = port or free_port()
+    command = [sys.executable, "-m", "archiver.cli", "scicat-dev", "--host", "127.0.0.1", "--port", str(port),
+               "--secrets-dir", str(secrets_dir)]
+    if archiver_url:
+        command += ["--archiver-url", archiver_url]
+    return service(
+        "SciCat development server", command, f"http://127.0.0.1:{port}", "/dev/health",
+        log_dir / f"scicat-dev-{port}.log", timeout=60,
+    )

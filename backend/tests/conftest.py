@@ -90,3 +90,65 @@ def secrets_dir(tmp_path) -> Path:
     path = tmp_path / "secrets"
     init_secrets(path)
     return path
+
+
+# --- scicat fixtures ---
+# One SciCat development server for the session; `scicat_dev` gives each test a
+# view of the request log starting at that test, and clears injected faults.
+
+
+class ScicatDev:
+    """Control of the SciCat development server through its /dev endpoints."""
+
+    def __init__(self, url: str):
+        import httpx
+
+        self.url = url
+        self._http = httpx.Client(base_url=url, timeout=10)
+        self.fail_next(0)
+        self.start_seq = self.state()["nextSeq"]
+
+    def requests(self) -> list[dict]:
+        """SciCat calls received since this object was made, oldest first."""
+        return self._http.get("/dev/requests", params={"since": self.start_seq - 1}).raise_for_status().json()
+
+    def fail_next(self, count: int, status: int = 503) -> None:
+        self._http.post("/dev/faults", json={"count": count, "status": status}).raise_for_status()
+
+    def expire_tokens(self) -> None:
+        self._http.delete("/dev/tokens").raise_for_status()
+
+    def state(self) -> dict:
+        return self._http.get("/dev/state").raise_for_status().json()
+
+
+@pytest.fixture(scope="session")
+def scicat_secrets_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("scicat-secrets")
+    init_secrets(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def scicat_url(services_log_dir, scicat_secrets_dir) -> str:
+    with local_services.scicat_dev_server(scicat_secrets_dir, services_log_dir) as server:
+        yield server.url
+
+
+@pytest.fixture(scope="session")
+def scicat_credentials(scicat_secrets_dir):
+    from archiver.scicat.client import ScicatCredentials
+
+    return ScicatCredentials.from_secret_files(scicat_secrets_dir, environ={})
+
+
+@pytest.fixture
+def scicat_settings(scicat_url):
+    from archiver.config.settings import ScicatSection
+
+    return ScicatSection(endpoint=scicat_url)
+
+
+@pytest.fixture
+def scicat_dev(scicat_url) -> ScicatDev:
+    return ScicatDev(scicat_url)

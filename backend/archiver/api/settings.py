@@ -5,9 +5,9 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings
 
-from archiver.config.secrets import SECRETS, read_secret
+from archiver.config.secrets import read_secret, secret_spec
 
-_AUTH_SPEC = next(spec for spec in SECRETS if spec.file_env == "ARCHIVER_API_AUTH_FILE")
+_AUTH_SPEC = secret_spec("ARCHIVER_API_AUTH_FILE")
 
 
 class ApiSettings(BaseSettings):

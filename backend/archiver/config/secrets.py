@@ -44,6 +44,14 @@ SECRETS: tuple[SecretSpec, ...] = (
 PREFECT_SECRETS = tuple(spec for spec in SECRETS if spec.block)
 
 
+def secret_spec(file_env: str) -> SecretSpec:
+    """The secret whose file is named by the environment variable `file_env`."""
+    for spec in SECRETS:
+        if spec.file_env == file_env:
+            return spec
+    raise KeyError(f"no secret is named by {file_env}; known: {', '.join(s.file_env for s in SECRETS)}")
+
+
 def secret_path(spec: SecretSpec, secrets_dir: Path = DEFAULT_SECRETS_DIR, environ=None) -> Path:
     environ = os.environ if environ is None else environ
     return Path(environ.get(spec.file_env) or secrets_dir / spec.filename)

@@ -9,11 +9,11 @@ import httpx
 import pytest
 
 from archiver import local_services
-from archiver.config.secrets import SECRETS, read_secret
+from archiver.config.secrets import read_secret, secret_spec
 
 pytestmark = pytest.mark.integration
 ROOT = "/api/v1"
-AUTH_SPEC = next(s for s in SECRETS if s.file_env == "ARCHIVER_API_AUTH_FILE")
+AUTH_SPEC = secret_spec("ARCHIVER_API_AUTH_FILE")
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 import pytest
 
 from archiver.config.errors import ConfigError
-from archiver.config.secrets import SECRETS, init_secrets, read_secret, secret_path
+from archiver.config.secrets import SECRETS, init_secrets, read_secret, secret_path, secret_spec
 
 
 def test_init_creates_every_secret_file_private_and_random(tmp_path):
@@ -23,7 +23,7 @@ def test_init_never_overwrites(tmp_path):
 
 
 def test_file_env_variable_wins_over_folder(tmp_path):
-    spec = next(s for s in SECRETS if s.file_env == "MINIO_USER_FILE")
+    spec = secret_spec("MINIO_USER_FILE")
     own = tmp_path / "elsewhere"
     own.write_text("  user-from-compose\n")
     assert secret_path(spec, tmp_path, {"MINIO_USER_FILE": str(own)}) == own
@@ -31,7 +31,7 @@ def test_file_env_variable_wins_over_folder(tmp_path):
 
 
 def test_missing_or_empty_secret_file_names_variable_and_remedy(tmp_path):
-    spec = next(s for s in SECRETS if s.file_env == "SCICAT_PASSWORD_FILE")
+    spec = secret_spec("SCICAT_PASSWORD_FILE")
     with pytest.raises(ConfigError, match=r"scicatpass.txt \(SCICAT_PASSWORD_FILE.*archiver secrets init"):
         read_secret(spec, tmp_path, {})
     (tmp_path / "scicatpass.txt").write_text("\n")

@@ -1,0 +1,287 @@
+"""httpx client for the SciCat calls of the archive and retrieve protocol.
+
+One `ScicatClient` can be shared by the tasks of a flow run: httpx's client is
+thread-safe and the bearer token is guarded by a lock. It logs in on first use,
+reuses the token, and logs in again once when SciCat answers 401.
+
+Retries: connection errors and 502/503/504 are retried with exponential
+backoff; 4xx answers never are. A POST is retried only when the request
+cannot have reached SciCat (connect errors, 502/503/504), so a lost answer
+never registers a datablock twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from archiver.config.secrets import DEFAULT_SECRETS_DIR, read_secret, secret_spec
+from archiver.config.settings import ScicatSection
+from archiver.scicat.models import (
+    ArchiveStatus,
+    Datablock,
+    Dataset,
+    DatasetLifecycle,
+    Job,
+    JobResultObject,
+    JobStatus,
+    OrigDatablock,
+    RetrieveStatus,
+)
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUSES = frozenset({502, 503, 504})
+BODY_EXCERPT_CHARS = 300
+
+
+@dataclass(frozen=True)
+class ScicatCredentials:
+    username: str
+    password: str = field(repr=False)
+
+    @classmethod
+    def from_secret_files(cls, secrets_dir: Path = DEFAULT_SECRETS_DIR, environ=None) -> ScicatCredentials:
+        """From `SCICAT_USER_FILE` / `SCICAT_PASSWORD_FILE`, else scicatuser.txt / scicatpass.txt in `secrets_dir`."""
+        return cls(
+            read_secret(secret_spec("SCICAT_USER_FILE"), secrets_dir, environ),
+            read_secret(secret_spec("SCICAT_PASSWORD_FILE"), secrets_dir, environ),
+        )
+
+
+class ScicatError(Exception):
+    """A SciCat call failed; the message names the call, its target and SciCat's answer."""
+
+    def __init__(self, call: str, target: str, detail: str, status_code: int | None = None, body: str = ""):
+        self.call = call
+        self.target = target
+        self.status_code = status_code
+        self.body = body
+        super().__init__(f"SciCat call '{call}' for {target} failed: {detail}")
+
+
+def encode_id(value: str) -> str:
+    """A PID or id as one path segment: everything reserved is escaped, `/` becomes %2F."""
+    return quote(value, safe="")
+
+
+def _prefix_url(endpoint: str, prefix: str) -> str:
+    return endpoint.rstrip("/") + "/" + prefix.strip("/") + "/"
+
+
+def _excerpt(response: httpx.Response) -> str:
+    text = response.text.strip().replace("\n", " ")
+    return text if len(text) <= BODY_EXCERPT_CHARS else text[:BODY_EXCERPT_CHARS] + "..."
+
+
+class ScicatClient:
+    def __init__(
+        self,
+        settings: ScicatSection,
+        credentials: ScicatCredentials,
+        *,
+        timeout: float = 30.0,
+        retries: int = 4,
+        backoff_s: float = 1.0,
+        max_backoff_s: float = 30.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        self.settings = settings
+        self._credentials = credentials
+        self._api = _prefix_url(settings.endpoint, settings.api_prefix)
+        self._jobs_api = _prefix_url(settings.endpoint, settings.jobs_api_prefix)
+        self._retries = retries
+        self._backoff_s = backoff_s
+        self._max_backoff_s = max_backoff_s
+        self._sleep = sleep
+        self._http = httpx.Client(timeout=timeout, headers={"Accept": "application/json"})
+        self._token: str | None = None
+        self._token_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"ScicatClient(endpoint={self.settings.endpoint!r}, user={self._credentials.username!r})"
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> ScicatClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- authentication -------------------------------------------------
+
+    def login(self) -> str:
+        """Log in and keep the token for the following calls."""
+        response = self._send(
+            "login", f"user {self._credentials.username!r}", "POST", self._api + "auth/login",
+            json={"username": self._credentials.username, "password": self._credentials.password},
+        )
+        self._check("login", f"user {self._credentials.username!r}", response)
+        try:
+            token = response.json().get("access_token")
+        except (ValueError, AttributeError):
+            token = None
+        if not token:
+            raise ScicatError("login", f"user {self._credentials.username!r}", "answer has no access_token",
+                              response.status_code, _excerpt(response))
+        self._token = token
+        return token
+
+    def _current_token(self, stale: str | None = None) -> str:
+        with self._token_lock:
+            if self._token is None or self._token == stale:
+                self.login()
+            return self._token
+
+    # --- jobs -------------------------------------------------------------
+
+    def create_job(self, job: Job) -> Job:
+        return Job.model_validate(self._call("create job", f"job type {job.type!r}", "POST", self._jobs_api + "jobs", job.to_wire()))
+
+    def get_job(self, job_id: str) -> Job:
+        return Job.model_validate(self._call("get job", f"job {job_id}", "GET", self._job_url(job_id)))
+
+    def get_job_dataset_pids(self, job_id: str) -> list[str]:
+        """The PIDs of `jobParams.datasetList` of a job."""
+        return self.get_job(job_id).dataset_pids
+
+    def update_job_status(
+        self, job_id: str, status: JobStatus, message: str | None = None, result: JobResultObject | None = None,
+    ) -> Job:
+        """Job status in the shape the setting `SCICAT_JOB_STATUS_SCHEMA` names (v3 or v4)."""
+        body = job_status_body(self.settings.job_status_schema, status, message, result)
+        return Job.model_validate(self._call(f"update job status to {status.value}", f"job {job_id}", "PATCH", self._job_url(job_id), body))
+
+    # --- datasets ---------------------------------------------------------
+
+    def create_dataset(self, dataset: Dataset) -> Dataset:
+        target = f"dataset {dataset.pid}" if dataset.pid else "a new dataset"
+        return Dataset.model_validate(self._call("create dataset", target, "POST", self._api + "datasets", dataset.to_wire()))
+
+    def get_dataset(self, pid: str) -> Dataset:
+        return Dataset.model_validate(self._call("get dataset", f"dataset {pid}", "GET", self._dataset_url(pid)))
+
+    def patch_dataset_lifecycle(self, pid: str, lifecycle: DatasetLifecycle, call: str = "update dataset lifecycle") -> Dataset:
+        body = {"datasetlifecycle": lifecycle.to_wire()}
+        return Dataset.model_validate(self._call(call, f"dataset {pid}", "PATCH", self._dataset_url(pid), body))
+
+    def set_archive_status(
+        self, pid: str, status: ArchiveStatus, *, archivable: bool | None = None, retrievable: bool | None = None,
+        return_message: Any = None,
+    ) -> Dataset:
+        lifecycle = _lifecycle(archive_status_message=status.value, archivable=archivable, retrievable=retrievable,
+                               archive_return_message=return_message)
+        return self.patch_dataset_lifecycle(pid, lifecycle, f"set archive status {status.value}")
+
+    def set_retrieve_status(
+        self, pid: str, status: RetrieveStatus, *, archivable: bool | None = None, retrievable: bool | None = None,
+        return_message: Any = None, integrity_check: bool | None = None,
+    ) -> Dataset:
+        lifecycle = _lifecycle(retrieve_status_message=status.value, archivable=archivable, retrievable=retrievable,
+                               retrieve_return_message=return_message, retrieve_integrity_check=integrity_check)
+        return self.patch_dataset_lifecycle(pid, lifecycle, f"set retrieve status {status.value}")
+
+    # --- datablocks ---------------------------------------------------------
+
+    def create_origdatablock(self, pid: str, origdatablock: OrigDatablock) -> OrigDatablock:
+        body = {**origdatablock.to_wire(), "datasetId": pid}
+        return OrigDatablock.model_validate(
+            self._call("create origdatablock", f"dataset {pid}", "POST", self._dataset_url(pid) + "/origdatablocks", body))
+
+    def get_origdatablocks(self, pid: str) -> list[OrigDatablock]:
+        answer = self._call("get origdatablocks", f"dataset {pid}", "GET", self._dataset_url(pid) + "/origdatablocks")
+        return [OrigDatablock.model_validate(item) for item in answer]
+
+    def create_datablock(self, pid: str, datablock: Datablock) -> Datablock:
+        body = {**datablock.to_wire(), "datasetId": pid}
+        target = f"dataset {pid}, datablock {datablock.archive_id}"
+        return Datablock.model_validate(self._call("create datablock", target, "POST", self._dataset_url(pid) + "/datablocks", body))
+
+    def get_datablocks(self, pid: str) -> list[Datablock]:
+        answer = self._call("get datablocks", f"dataset {pid}", "GET", self._dataset_url(pid) + "/datablocks")
+        return [Datablock.model_validate(item) for item in answer]
+
+    def delete_datablock(self, pid: str, datablock_id: str) -> None:
+        url = self._dataset_url(pid) + "/datablocks/" + encode_id(datablock_id)
+        self._call("delete datablock", f"dataset {pid}, datablock {datablock_id}", "DELETE", url)
+
+    # --- plumbing -------------------------------------------------------------
+
+    def _dataset_url(self, pid: str) -> str:
+        return self._api + "datasets/" + encode_id(pid)
+
+    def _job_url(self, job_id: str) -> str:
+        return self._jobs_api + "jobs/" + encode_id(job_id)
+
+    def _call(self, call: str, target: str, method: str, url: str, body: dict | None = None) -> Any:
+        """One authenticated call; logs in again once if the token was refused."""
+        token = self._current_token()
+        response = self._send(call, target, method, url, json=body, token=token)
+        if response.status_code == 401:
+            token = self._current_token(stale=token)
+            response = self._send(call, target, method, url, json=body, token=token)
+        self._check(call, target, response)
+        if not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            raise ScicatError(call, target, "answer is not JSON", response.status_code, _excerpt(response)) from None
+
+    def _send(self, call: str, target: str, method: str, url: str, json: dict | None = None, token: str | None = None) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        attempt = 0
+        while True:
+            try:
+                response = self._http.request(method, url, json=json, headers=headers)
+                if response.status_code not in RETRY_STATUSES:
+                    return response
+                problem = f"HTTP {response.status_code}: {_excerpt(response)}"
+                if attempt >= self._retries:
+                    raise ScicatError(call, target, f"{problem} (after {attempt + 1} tries)", response.status_code, _excerpt(response))
+            except httpx.TransportError as e:
+                problem = f"{e.__class__.__name__}: {e}"
+                may_have_arrived = not isinstance(e, (httpx.ConnectError, httpx.ConnectTimeout))
+                if attempt >= self._retries or (method == "POST" and may_have_arrived):
+                    raise ScicatError(call, target, f"no answer from {url}: {problem} (after {attempt + 1} tries)") from e
+            delay = min(self._max_backoff_s, self._backoff_s * 2**attempt)
+            log.warning("SciCat call '%s' for %s: %s; retrying in %.1fs", call, target, problem, delay)
+            self._sleep(delay)
+            attempt += 1
+
+    @staticmethod
+    def _check(call: str, target: str, response: httpx.Response) -> None:
+        if response.is_success:
+            return
+        body = _excerpt(response)
+        raise ScicatError(call, target, f"HTTP {response.status_code}: {body}", response.status_code, body)
+
+
+def _lifecycle(**fields: Any) -> DatasetLifecycle:
+    """A lifecycle carrying only the fields given a value (None = not sent)."""
+    return DatasetLifecycle(**{name: value for name, value in fields.items() if value is not None})
+
+
+def job_status_body(
+    schema: str, status: JobStatus, message: str | None = None, result: JobResultObject | None = None,
+) -> dict[str, Any]:
+    """PATCH body of a job status update: v3 `jobStatusMessage`, v4 `statusCode` + `statusMessage`."""
+    if schema == "v3":
+        body: dict[str, Any] = {"jobStatusMessage": status.value}
+    elif schema == "v4":
+        body = {"statusCode": status.value, "statusMessage": message or status.value}
+    else:
+        raise ValueError(f"job status schema {schema!r} is not known; use 'v3' or 'v4' (SCICAT_JOB_STATUS_SCHEMA)")
+    if result is not None:
+        body["jobResultObject"] = result.to_wire()
+    return body

@@ -1,0 +1,309 @@
+"""The SciCat client against the SciCat development server, over HTTP."""
+
+import json
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+
+from archiver import local_services
+from archiver.config.secrets import read_secret, secret_spec
+from archiver.config.settings import ScicatSection
+from archiver.scicat.client import ScicatClient, ScicatCredentials, ScicatError
+from archiver.scicat.models import (
+    ArchiveStatus,
+    Datablock,
+    DataFile,
+    Dataset,
+    DatasetListEntry,
+    Job,
+    JobParams,
+    JobResultEntry,
+    JobResultObject,
+    JobStatus,
+    OrigDatablock,
+    RetrieveStatus,
+)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def scicat(scicat_settings, scicat_credentials):
+    with ScicatClient(scicat_settings, scicat_credentials, backoff_s=0.01, retries=3) as client:
+        yield client
+
+
+def new_pid() -> str:
+    return f"20.500.11935/{uuid.uuid4()}"
+
+
+def make_dataset(scicat: ScicatClient) -> str:
+    return scicat.create_dataset(Dataset(pid=new_pid(), type="raw", owner_group="imaging")).pid
+
+
+def files(*sizes: int) -> list[DataFile]:
+    return [DataFile(path=f"raw/f{i}.tif", size=size, time="2024-05-01T12:00:00Z", chk=f"c{i}") for i, size in enumerate(sizes)]
+
+
+def datablock(name: str, *sizes: int) -> Datablock:
+    return Datablock(archive_id=name, size=sum(sizes), packed_size=sum(sizes) + 1024, chk_alg="sha256", version="1",
+                     data_file_list=files(*sizes))
+
+
+def calls(entries: list[dict]) -> list[tuple[str, str, int]]:
+    return [(e["method"], e["path"], e.get("status")) for e in entries]
+
+
+def test_dataset_with_slash_in_pid_is_sent_encoded_and_found(scicat, scicat_dev):
+    pid = make_dataset(scicat)
+    assert scicat.get_dataset(pid).pid == pid
+    encoded = pid.replace("/", "%2F")
+    assert calls(scicat_dev.requests()) == [
+        ("POST", "/api/v3/auth/login", 201),
+        ("POST", "/api/v3/datasets", 201),
+        ("GET", f"/api/v3/datasets/{encoded}", 200),
+    ]
+    assert scicat_dev.requests()[-1]["pid"] == pid
+
+
+def test_token_is_reused_and_login_repeated_once_when_refused(scicat, scicat_dev):
+    pid = make_dataset(scicat)
+    for _ in range(3):
+        scicat.get_dataset(pid)
+    logins = [e for e in scicat_dev.requests() if e["path"].endswith("/auth/login")]
+    assert len(logins) == 1
+    assert logins[0]["body"]["password"] == "***"
+
+    scicat_dev.expire_tokens()
+    scicat.get_dataset(pid)
+    assert calls(scicat_dev.requests()[-3:]) == [
+        ("GET", f"/api/v3/datasets/{pid.replace('/', '%2F')}", 401),
+        ("POST", "/api/v3/auth/login", 201),
+        ("GET", f"/api/v3/datasets/{pid.replace('/', '%2F')}", 200),
+    ]
+
+
+def test_one_client_shared_by_threads_logs_in_once(scicat, scicat_dev):
+    pid = make_dataset(scicat)
+    scicat_dev.expire_tokens()
+    fresh = ScicatClient(scicat.settings, scicat._credentials)
+    with ThreadPoolExecutor(8) as pool:
+        found = list(pool.map(lambda _: fresh.get_dataset(pid).pid, range(16)))
+    assert found == [pid] * 16
+    assert sum(e["path"].endswith("/auth/login") for e in scicat_dev.requests()) == 2  # ours + the fresh client's
+
+
+def test_wrong_password_names_user_but_not_password(scicat_settings, scicat_credentials):
+    wrong = ScicatCredentials(scicat_credentials.username, "not-the-password")
+    with ScicatClient(scicat_settings, wrong) as client, pytest.raises(ScicatError) as error:
+        client.get_dataset("any")
+    assert error.value.status_code == 401
+    assert error.value.call == "login" and scicat_credentials.username in str(error.value)
+    assert "not-the-password" not in str(error.value) and "not-the-password" not in repr(client)
+
+
+def test_lifecycle_patches_merge_field_by_field(scicat, scicat_dev):
+    pid = make_dataset(scicat)
+    scicat.set_archive_status(pid, ArchiveStatus.STARTED)
+    after = scicat.set_archive_status(pid, ArchiveStatus.DATASET_ON_ARCHIVE_DISK, archivable=False, retrievable=True)
+    lifecycle = after.datasetlifecycle
+    assert lifecycle.archive_status_message == "datasetOnArchiveDisk"
+    assert (lifecycle.archivable, lifecycle.retrievable) == (False, True)
+    assert lifecycle.retrieve_status_message == ""  # untouched default
+
+    scicat.set_retrieve_status(pid, RetrieveStatus.DATASET_RETRIEVED, archivable=False, retrievable=True)
+    lifecycle = scicat.get_dataset(pid).datasetlifecycle
+    assert lifecycle.archive_status_message == "datasetOnArchiveDisk"
+    assert lifecycle.retrieve_status_message == "datasetRetrieved"
+    patches = [e["body"] for e in scicat_dev.requests() if e["method"] == "PATCH"]
+    assert patches == [
+        {"datasetlifecycle": {"archiveStatusMessage": "started"}},
+        {"datasetlifecycle": {"archiveStatusMessage": "datasetOnArchiveDisk", "archivable": False, "retrievable": True}},
+        {"datasetlifecycle": {"retrieveStatusMessage": "datasetRetrieved", "archivable": False, "retrievable": True}},
+    ]
+
+
+def test_origdatablocks_are_created_and_read_per_dataset(scicat):
+    pid, other = make_dataset(scicat), make_dataset(scicat)
+    created = scicat.create_origdatablock(pid, OrigDatablock(size=30, data_file_list=files(10, 20)))
+    scicat.create_origdatablock(other, OrigDatablock(size=5, data_file_list=files(5)))
+    read = scicat.get_origdatablocks(pid)
+    assert [b.id for b in read] == [created.id]
+    assert read[0].dataset_id == pid and read[0].owner_group == "imaging"
+    assert [(f.path, f.size, f.chk) for f in read[0].data_file_list] == [("raw/f0.tif", 10, "c0"), ("raw/f1.tif", 20, "c1")]
+
+
+def test_datablocks_create_list_delete(scicat, scicat_dev):
+    pid = make_dataset(scicat)
+    first = scicat.create_datablock(pid, datablock("blocks/1.tar", 10, 20))
+    second = scicat.create_datablock(pid, datablock("blocks/2.tar", 7))
+    assert {b.archive_id for b in scicat.get_datablocks(pid)} == {"blocks/1.tar", "blocks/2.tar"}
+    assert first.dataset_id == pid and first.packed_size == 1054
+
+    scicat.delete_datablock(pid, first.id)
+    assert [b.id for b in scicat.get_datablocks(pid)] == [second.id]
+    with pytest.raises(ScicatError) as error:
+        scicat.delete_datablock(pid, first.id)
+    assert error.value.status_code == 404 and first.id in str(error.value) and pid in str(error.value)
+    deletes = [e for e in scicat_dev.requests() if e["method"] == "DELETE"]
+    assert [e["status"] for e in deletes] == [200, 404]  # the 404 was not retried
+
+
+def test_unknown_dataset_is_404_without_retry(scicat, scicat_dev):
+    pid = new_pid()
+    with pytest.raises(ScicatError) as error:
+        scicat.get_origdatablocks(pid)
+    assert error.value.status_code == 404
+    assert f"'get origdatablocks' for dataset {pid}" in str(error.value) and "not found" in str(error.value)
+    assert [e["method"] for e in scicat_dev.requests() if e.get("pid") == pid] == ["GET"]
+
+
+def test_503_is_retried_with_growing_backoff(scicat_settings, scicat_credentials, scicat_dev):
+    delays = []
+
+    def sleep(seconds):
+        delays.append(seconds)
+        time.sleep(seconds)
+
+    with ScicatClient(scicat_settings, scicat_credentials, backoff_s=0.02, retries=3, sleep=sleep) as client:
+        pid = make_dataset(client)
+        scicat_dev.fail_next(2)
+        assert client.get_dataset(pid).pid == pid
+    assert [e["status"] for e in scicat_dev.requests() if e.get("pid") == pid] == [503, 503, 200]
+    assert delays == [0.02, 0.04]
+
+
+def test_retries_give_up_with_scicats_answer(scicat, scicat_dev):
+    pid = make_dataset(scicat)
+    scicat_dev.fail_next(10, status=502)
+    with pytest.raises(ScicatError, match=r"HTTP 502: .*fault injected.*after 4 tries") as error:
+        scicat.set_archive_status(pid, ArchiveStatus.STARTED)
+    assert error.value.status_code == 502 and "set archive status started" in str(error.value)
+    scicat_dev.fail_next(0)
+    assert len([e for e in scicat_dev.requests() if e.get("fault")]) == 4
+
+
+def test_connection_refused_is_retried_then_reported(scicat_credentials):
+    settings = ScicatSection(endpoint=f"http://127.0.0.1:{local_services.free_port()}")
+    with ScicatClient(settings, scicat_credentials, retries=2, backoff_s=0.01) as client, pytest.raises(ScicatError) as error:
+        client.get_job("j1")
+    assert "no answer" in str(error.value) and "after 3 tries" in str(error.value)
+
+
+def test_dev_server_answers_like_scicat_to_bad_requests(scicat, scicat_url):
+    pid = make_dataset(scicat)
+    path = f"{scicat_url}/api/v3/datasets/{pid.replace('/', '%2F')}"
+    assert httpx.get(path).status_code == 401
+    assert httpx.get(path, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    token = scicat.login()
+    auth = {"Authorization": f"Bearer {token}"}
+    assert httpx.post(path + "/datablocks", json={"size": "big"}, headers=auth).status_code == 422
+    assert httpx.post(path + "/datablocks", content=b"{not json", headers=auth).status_code == 422
+    assert httpx.get(f"{scicat_url}/api/v3/datasets/{pid}", headers=auth).status_code == 404  # unencoded '/'
+
+
+def archive_job(*pids: str) -> Job:
+    return Job(type="archive", job_params=JobParams(dataset_list=[DatasetListEntry(pid=p, files=[]) for p in pids]))
+
+
+def test_job_status_v3_and_dataset_list(scicat, scicat_dev):
+    pids = [make_dataset(scicat), make_dataset(scicat)]
+    job = scicat.create_job(archive_job(*pids))
+    assert scicat.get_job_dataset_pids(job.id) == pids
+    scicat.update_job_status(job.id, JobStatus.IN_PROGRESS)
+    assert scicat.get_job(job.id).job_status_message == "inProgress"
+    patch = [e for e in scicat_dev.requests() if e["method"] == "PATCH"][0]
+    assert patch["path"] == f"/api/v3/jobs/{job.id}" and patch["jobId"] == job.id
+    assert patch["body"] == {"jobStatusMessage": "inProgress"}
+
+
+def test_job_status_v4_with_result_on_its_own_prefix(scicat_url, scicat_credentials, scicat_dev):
+    settings = ScicatSection(endpoint=scicat_url, jobs_api_prefix="/api/v4/", job_status_schema="v4")
+    result = JobResultObject(result=[
+        JobResultEntry(dataset_id="20.500/x", name="1.tar", size=10, archive_id="x/1.tar", url="http://s3/x?sig=1"),
+    ])
+    with ScicatClient(settings, scicat_credentials) as client:
+        job = client.create_job(Job(type="retrieve"))
+        client.update_job_status(job.id, JobStatus.FINISHED_SUCCESSFUL, "1 dataset retrieved", result)
+        stored = client.get_job(job.id)
+    assert (stored.status_code, stored.status_message) == ("finishedSuccessful", "1 dataset retrieved")
+    assert JobResultObject.model_validate(stored.job_result_object) == result
+    assert [e["path"] for e in scicat_dev.requests() if "/jobs" in e["path"]] == [
+        "/api/v4/jobs", f"/api/v4/jobs/{job.id}", f"/api/v4/jobs/{job.id}"]
+
+
+def test_unknown_job_is_404_naming_the_job(scicat):
+    with pytest.raises(ScicatError, match=r"'update job status to inProgress' for job no-such-job failed: HTTP 404"):
+        scicat.update_job_status("no-such-job", JobStatus.IN_PROGRESS)
+
+
+# --- job creation calls the archiver -------------------------------------------
+
+
+class Receiver:
+    """A small real HTTP server standing in for the archiver API's POST /jobs."""
+
+    def __init__(self):
+        self.received: list[dict] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                outer.received.append({"path": self.path, "auth": self.headers.get("Authorization"), "job": json.loads(body)})
+                answer = json.dumps({"uuid": "run-1", "name": "archive-run"}).encode()
+                self.send_response(201)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/jobs"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver():
+    receiver = Receiver()
+    yield receiver
+    receiver.close()
+
+
+def test_new_job_is_posted_to_the_archiver_with_its_authorization(receiver, secrets_dir, services_log_dir):
+    with local_services.scicat_dev_server(secrets_dir, services_log_dir, archiver_url=receiver.url) as server:
+        settings = ScicatSection(endpoint=server.url)
+        with ScicatClient(settings, ScicatCredentials.from_secret_files(secrets_dir, environ={})) as client:
+            pid = make_dataset(client)
+            job = client.create_job(archive_job(pid))
+        log = httpx.get(server.url + "/dev/requests").json()
+    assert len(receiver.received) == 1
+    sent = receiver.received[0]
+    assert sent["path"] == "/jobs"
+    assert sent["auth"] == read_secret(secret_spec("ARCHIVER_API_AUTH_FILE"), secrets_dir, {})
+    assert sent["job"]["id"] == job.id and sent["job"]["type"] == "archive"
+    assert sent["job"]["jobParams"]["datasetList"] == [{"pid": pid, "files": []}]
+    assert log[-1]["forward"] == {"url": receiver.url, "status": 201, "answer": '{"uuid": "run-1", "name": "archive-run"}'}
+
+
+def test_job_is_kept_when_the_archiver_cannot_be_reached(secrets_dir, services_log_dir):
+    nowhere = f"http://127.0.0.1:{local_services.free_port()}/jobs"
+    with local_services.scicat_dev_server(secrets_dir, services_log_dir, archiver_url=nowhere) as server:
+        with ScicatClient(ScicatSection(endpoint=server.url), ScicatCredentials.from_secret_files(secrets_dir, environ={})) as client:
+            job = client.create_job(Job(type="archive"))
+            assert client.get_job(job.id).type == "archive"
+        log = httpx.get(server.url + "/dev/requests").json()
+    forward = [e for e in log if e["path"] == "/api/v3/jobs"][0]["forward"]
+    assert forward["url"] == nowhere and forward["error"].startswith("ConnectError")

@@ -69,6 +69,7 @@ def api(tmp_path_factory, prefect_api_url, deployments):
             timeout=60,
         )
         client.log_path = server.log_path
+        client.secrets_dir = secrets
         yield client
 
 
@@ -180,3 +181,30 @@ def test_unreachable_prefect_is_503(tmp_path, secrets_dir, deployments):
         assert response.status_code == 503
         assert "not reachable" in response.json()["detail"]
         assert httpx.get(f"{server.url}{ROOT}/health/readyz", timeout=120).status_code == 503
+
+
+def test_job_created_in_scicat_starts_an_archival_run_through_the_api(api, tmp_path):
+    """SciCat's job action (the development server's) calls the API with its Authorization header."""
+    from archiver.config.settings import ScicatSection
+    from archiver.scicat.client import ScicatClient, ScicatCredentials
+    from archiver.scicat.models import DatasetListEntry, Job, JobParams
+
+    pid = "20.500.11935/e2e-dataset"
+    with local_services.scicat_dev_server(api.secrets_dir, tmp_path, archiver_url=f"{api.base_url}jobs") as scicat:
+        credentials = ScicatCredentials.from_secret_files(api.secrets_dir, environ={})
+        with ScicatClient(ScicatSection(endpoint=scicat.url), credentials) as client:
+            job = client.create_job(Job(type="archive", job_params=JobParams(dataset_list=[DatasetListEntry(pid=pid)])))
+        log = httpx.get(f"{scicat.url}/dev/requests").json()
+    [creation] = [entry for entry in log if entry["method"] == "POST" and entry["path"].endswith("/jobs")]
+    assert creation["forward"]["status"] == 200, creation["forward"]
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+
+    with get_client(sync_client=True) as prefect:
+        [run] = prefect.read_flow_runs(
+            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"scicat-job:{job.id}"]))
+        )
+        deployment = prefect.read_deployment(run.deployment_id)
+    assert run.parameters == {"job_id": job.id, "dataset_ids": [pid]}
+    assert deployment.name.startswith("api-test-archive-")

@@ -152,3 +152,20 @@ def scicat_settings(scicat_url):
 @pytest.fixture
 def scicat_dev(scicat_url) -> ScicatDev:
     return ScicatDev(scicat_url)
+
+
+# --- engine fixtures ---
+
+
+@pytest.fixture
+def bucket(s3, unique_name) -> str:
+    """A fresh, empty bucket on the test S3 server."""
+    s3.create_bucket(Bucket=unique_name, CreateBucketConfiguration={"LocationConstraint": S3_TEST_REGION})
+    return unique_name
+
+
+@pytest.fixture
+def second_bucket(s3, unique_name) -> str:
+    name = f"{unique_name}-second"
+    s3.create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": S3_TEST_REGION})
+    return name

@@ -1,11 +1,18 @@
-"""boto3 S3 clients configured to work against MinIO and moto alike."""
+"""S3 through boto3, configured to work against MinIO and moto alike: clients, streaming reads,
+multipart writes, prefix cleanup, presigned URLs."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import boto3
 from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from archiver.config.settings import MAX_PRESIGNED_URL_SECONDS
 
 
 @dataclass(frozen=True)
@@ -34,4 +41,162 @@ def s3_client(endpoint: str, region: str, credentials: S3Credentials, max_pool_c
         aws_access_key_id=credentials.access_key,
         aws_secret_access_key=credentials.secret_key,
         config=config,
+    )
+
+
+# --- listing, streaming reads, multipart writes, cleanup, presigned URLs ---
+
+MIN_PART_SIZE = 5 * 1024 * 1024
+
+
+def iter_objects(s3, bucket: str, prefix: str) -> Iterator[dict]:
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        yield from page.get("Contents", [])
+
+
+def error_code(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code", ""))
+
+
+class ObjectReader:
+    """Reads one object as a stream; a connection lost mid-way resumes with a ranged GET of the same version."""
+
+    def __init__(self, s3, bucket: str, key: str, max_resumes: int = 3):
+        self._s3, self._bucket, self._key = s3, bucket, key
+        self._resumes_left = max_resumes
+        response = s3.get_object(Bucket=bucket, Key=key)
+        self._etag = response["ETag"]
+        self._body = response["Body"]
+        self.position = 0
+
+    def read(self, size: int) -> bytes:
+        while True:
+            try:
+                data = self._body.read(size)
+                self.position += len(data)
+                return data
+            except (BotoCoreError, OSError):
+                if self._resumes_left <= 0:
+                    raise
+                self._resumes_left -= 1
+                self._body.close()
+                response = self._s3.get_object(
+                    Bucket=self._bucket, Key=self._key, Range=f"bytes={self.position}-", IfMatch=self._etag
+                )
+                self._body = response["Body"]
+
+    def close(self) -> None:
+        self._body.close()
+
+
+class MultipartUpload:
+    """Upload bytes as they come, in parts, with at most `max_in_flight` parts in memory besides the one filling.
+
+    Nothing is visible in the bucket until `complete()`; `abort()` (or leaving the
+    `with` block by an exception) removes every uploaded part."""
+
+    def __init__(self, s3, bucket: str, key: str, part_size: int = 8 * 1024 * 1024, max_in_flight: int = 2):
+        if part_size < MIN_PART_SIZE:
+            raise ValueError(f"part_size must be at least {MIN_PART_SIZE} bytes (S3 minimum), got {part_size}")
+        self._s3, self.bucket, self.key = s3, bucket, key
+        self._part_size = part_size
+        self._buffer = bytearray()
+        self._parts: list[Future] = []
+        self._slots = threading.BoundedSemaphore(max_in_flight)
+        self._pool = ThreadPoolExecutor(max_in_flight, thread_name_prefix="s3-part")
+        self.size = 0
+        self.upload_id = s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+
+    def write(self, data) -> None:
+        self._buffer += data
+        self.size += len(data)
+        while len(self._buffer) >= self._part_size:
+            part = bytes(self._buffer[: self._part_size])
+            del self._buffer[: self._part_size]
+            self._submit(part)
+
+    def _submit(self, data: bytes) -> None:
+        self._slots.acquire()
+        number = len(self._parts) + 1
+        self._parts.append(self._pool.submit(self._upload_part, number, data))
+
+    def _upload_part(self, number: int, data: bytes) -> dict:
+        try:
+            response = self._s3.upload_part(
+                Bucket=self.bucket, Key=self.key, UploadId=self.upload_id, PartNumber=number, Body=data
+            )
+            return {"PartNumber": number, "ETag": response["ETag"]}
+        finally:
+            self._slots.release()
+
+    def complete(self) -> int:
+        if self._buffer or not self._parts:
+            self._submit(bytes(self._buffer))
+            self._buffer.clear()
+        parts = [f.result() for f in self._parts]
+        self._pool.shutdown()
+        self._s3.complete_multipart_upload(
+            Bucket=self.bucket, Key=self.key, UploadId=self.upload_id, MultipartUpload={"Parts": parts}
+        )
+        return self.size
+
+    def abort(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._buffer.clear()
+        self._s3.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id)
+
+    def __enter__(self) -> MultipartUpload:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc is None:
+            return
+        try:
+            self.abort()
+        except Exception as abort_error:  # keep the original error; say what is left behind
+            exc.add_note(f"aborting multipart upload {self.upload_id} of s3://{self.bucket}/{self.key} failed too: {abort_error}")
+
+
+def delete_prefix(s3, bucket: str, prefix: str) -> int:
+    """Delete every object below `prefix` and abort its unfinished multipart uploads; returns objects deleted."""
+    deleted = 0
+    batch: list[dict] = []
+
+    def flush() -> None:
+        nonlocal deleted
+        if not batch:
+            return
+        response = s3.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
+        errors = response.get("Errors", [])
+        if errors:
+            first = errors[0]
+            raise RuntimeError(
+                f"could not delete {len(errors)} object(s) below s3://{bucket}/{prefix}, "
+                f"e.g. {first.get('Key')}: {first.get('Code')} {first.get('Message')}"
+            )
+        deleted += len(batch)
+        batch.clear()
+
+    for obj in iter_objects(s3, bucket, prefix):
+        batch.append({"Key": obj["Key"]})
+        if len(batch) == 1000:
+            flush()
+    flush()
+    for page in s3.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=prefix):
+        for upload in page.get("Uploads", []):
+            s3.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+    return deleted
+
+
+def presigned_get_url(
+    external_endpoint: str, region: str, credentials: S3Credentials, bucket: str, key: str, expires_s: int,
+) -> str:
+    """A GET URL signed for the endpoint users reach (not the one the archiver uses); at most 7 days."""
+    if not 0 < expires_s <= MAX_PRESIGNED_URL_SECONDS:
+        raise ValueError(
+            f"presigned URL lifetime {expires_s}s is outside 1..{MAX_PRESIGNED_URL_SECONDS}s (7 days, the S3 limit)"
+        )
+    client = s3_client(external_endpoint, region, credentials)
+    return client.generate_presigned_url(
+        "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=int(expires_s)
     )

@@ -1,0 +1,1 @@
+"""Datablocks: planning, streaming tar writing with checksums, verification, retrieval."""

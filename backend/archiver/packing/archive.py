@@ -1,0 +1,165 @@
+"""Archive one datablock: landing-zone objects -> one pax tar on the LTS, checksums in the same pass.
+
+The tar is written under a temporary name (`.partial`), fsynced and renamed,
+so a file under a final name is always complete. The manifest beside it
+records what was written; `verify_datablock` reads the tar back against it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+from botocore.exceptions import ClientError
+from pydantic import ValidationError
+
+from archiver.packing import naming, tarformat
+from archiver.packing.checking import CHUNK, BackgroundHasher, check_datablock_stream
+from archiver.packing.errors import IntegrityError, MissingFilesError
+from archiver.packing.planning import PlannedDatablock, SourceFile
+from archiver.packing.records import (
+    ChecksumAlgorithm, DatablockRecord, DataFileRecord, Manifest, new_hasher, read_manifest, write_json_durably,
+)
+from archiver.storage.lts import drop_page_cache, fsync_dir
+from archiver.storage.s3 import ObjectReader, error_code
+
+MISSING_OBJECT_CODES = {"NoSuchKey", "404", "NotFound", "AccessDenied", "403", "InvalidObjectState"}
+
+
+def archive_datablock(
+    s3, bucket: str, block: PlannedDatablock, lts_root: Path, algorithm: ChecksumAlgorithm = "sha256",
+    on_bytes: Callable[[int], None] | None = None,
+) -> DatablockRecord:
+    """Write `block` to the LTS and return its SciCat record.
+
+    A datablock already under its final name with the same files, which
+    verifies, is kept as is (resume). Raises MissingFilesError when a landing-zone
+    object is gone or unreadable (user error), IntegrityError when an object
+    changed size while being read, other errors for storage problems."""
+    tar_path = naming.datablock_path(lts_root, block.archive_id)
+    folder = tar_path.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    existing = _verified_existing(lts_root, block, algorithm)
+    if existing is not None:
+        return existing.record()
+
+    partial = naming.partial_path(tar_path)
+    try:
+        with open(partial, "wb") as out:  # truncates a leftover from an earlier crash
+            chk, packed_size, members = _write_tar(out, s3, bucket, block, algorithm, on_bytes)
+            out.flush()
+            os.fsync(out.fileno())
+            drop_page_cache(out.fileno())
+        manifest = Manifest(
+            datasetId=block.pid, archiveId=block.archive_id, size=block.size, packedSize=packed_size,
+            chkAlg=algorithm, dataFileList=members, chk=chk, created=datetime.now(timezone.utc).isoformat(),
+        )
+        manifest_file = naming.manifest_path(tar_path)
+        # Manifest first: a crash between the two renames leaves a tar that fails verification, never a
+        # verified tar with a stale manifest.
+        write_json_durably(manifest_file, manifest.model_dump_json(indent=1), naming.partial_path(manifest_file))
+        os.replace(partial, tar_path)
+        fsync_dir(folder)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            partial.unlink()
+        raise
+    return manifest.record()
+
+
+def _write_tar(out, s3, bucket: str, block: PlannedDatablock, algorithm: ChecksumAlgorithm, on_bytes):
+    datablock_hash = BackgroundHasher(algorithm)
+    written = 0
+
+    def write(data: bytes) -> None:
+        nonlocal written
+        out.write(data)
+        datablock_hash.update(data)
+        written += len(data)
+
+    members = []
+    try:
+        for f in block.files:
+            write(tarformat.member_header(f.path, f.size, int(f.modified.timestamp())))
+            member_hash = new_hasher(algorithm)
+            for chunk in _object_chunks(s3, bucket, block.pid, f):
+                member_hash.update(chunk)
+                write(chunk)
+                if on_bytes:
+                    on_bytes(len(chunk))
+            write(tarformat.padding(f.size))
+            members.append(DataFileRecord(
+                path=f.path, size=f.size, time=f.modified.astimezone(timezone.utc).isoformat(),
+                chk=member_hash.hexdigest(), uid=str(tarformat.MEMBER_UID), gid=str(tarformat.MEMBER_GID),
+                perm=tarformat.member_perm(),
+            ))
+        write(tarformat.end_of_archive(written))
+        return datablock_hash.hexdigest(), written, members
+    finally:
+        datablock_hash.close()
+
+
+def _object_chunks(s3, bucket: str, pid: str, f: SourceFile):
+    try:
+        reader = ObjectReader(s3, bucket, f.key)
+    except ClientError as e:
+        if error_code(e) in MISSING_OBJECT_CODES:
+            raise MissingFilesError(pid, [f.path], detail=f"missing or unreadable in the landing zone ({error_code(e)})") from e
+        raise
+    try:
+        while chunk := reader.read(CHUNK):
+            if reader.position > f.size:
+                break
+            yield chunk
+    finally:
+        reader.close()
+    if reader.position != f.size:
+        raise IntegrityError(
+            f"dataset {pid}", [f"landing-zone object {f.key!r} changed while being archived: "
+                               f"listed {f.size} bytes, read {reader.position}"],
+        )
+
+
+def _verified_existing(lts_root: Path, block: PlannedDatablock, algorithm: ChecksumAlgorithm) -> Manifest | None:
+    """The manifest of an already written datablock holding exactly the planned files, if it verifies."""
+    tar_path = naming.datablock_path(lts_root, block.archive_id)
+    if not tar_path.exists():
+        return None
+    try:
+        manifest = read_manifest(naming.manifest_path(tar_path))
+    except (OSError, ValueError, ValidationError):
+        return None
+    planned = [(f.path, f.size) for f in block.files]
+    if manifest.chkAlg != algorithm or [(m.path, m.size) for m in manifest.dataFileList] != planned:
+        return None
+    try:
+        return verify_datablock(lts_root, block.archive_id)
+    except IntegrityError:
+        return None
+
+
+def verify_datablock(lts_root: Path, archive_id: str, on_bytes: Callable[[int], None] | None = None) -> Manifest:
+    """Read the datablock back once (from storage, not the page cache, where the OS allows) and check the
+    datablock checksum and every member against the manifest. Raises IntegrityError listing every problem."""
+    tar_path = naming.datablock_path(lts_root, archive_id)
+    what = f"datablock {archive_id}"
+    try:
+        manifest = read_manifest(naming.manifest_path(tar_path))
+    except (OSError, ValueError, ValidationError) as e:
+        raise IntegrityError(what, [f"manifest {naming.manifest_path(tar_path).name} unreadable: {e}"]) from e
+    try:
+        raw = open(tar_path, "rb", buffering=0)
+    except OSError as e:
+        raise IntegrityError(what, [f"tar file unreadable: {e}"]) from e
+    with raw:
+        drop_page_cache(raw.fileno())
+        problems = check_datablock_stream(
+            raw, manifest.dataFileList, manifest.chkAlg, manifest.chk, manifest.packedSize, on_bytes=on_bytes,
+        )
+    if problems:
+        raise IntegrityError(what, problems)
+    return manifest
+

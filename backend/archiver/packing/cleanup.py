@@ -1,0 +1,40 @@
+"""Cleaning up after a dataset: failed archivals, failed retrievals, and the landing zone once archived."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+
+from archiver.packing import naming
+from archiver.storage.lts import fsync_dir
+from archiver.storage.s3 import delete_prefix
+
+
+def discard_lts_datablocks(lts_root: Path, pid: str, *, keep: bool = True) -> Path | None:
+    """Take a dataset's datablocks out of service after a failed archival.
+
+    keep=True moves `datablocks/` to `discarded/{UTC time}/` beside it (never mixed with good
+    ones, kept for inspection); keep=False deletes it. Returns where it went (None if nothing)."""
+    folder = naming.datablocks_folder(lts_root, pid)
+    if not folder.exists():
+        return None
+    if not keep:
+        shutil.rmtree(folder)
+        return None
+    target = folder.parent / "discarded" / datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(folder, target)
+    fsync_dir(folder.parent)
+    return target
+
+
+def delete_retrieved(s3, bucket: str, pid: str) -> int:
+    """Remove a dataset's objects (and unfinished uploads) from the retrieval bucket; returns objects deleted."""
+    return delete_prefix(s3, bucket, naming.retrieval_prefix(pid))
+
+
+def delete_landing_zone_files(s3, bucket: str, pid: str) -> int:
+    """Remove a dataset's files from the landing zone. Only after its datablocks are verified and registered."""
+    return delete_prefix(s3, bucket, naming.landing_prefix(pid))

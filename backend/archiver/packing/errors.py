@@ -1,0 +1,69 @@
+"""Errors of the data path, split the way SciCat needs them reported.
+
+- `DatasetUserError`: the dataset as uploaded is at fault (files listed but
+  missing or unreadable in the landing zone, an empty dataset). The flow
+  reports SciCat's `missingFilesError`; the user has to fix the upload.
+- Anything else (`IntegrityError`, `storage.lts.LtsWaitTimeout`, S3 and OS errors) is a
+  system error: `scheduleArchiveJobFailed` / `datasetRetrievalFailed`.
+"""
+
+from __future__ import annotations
+
+
+class ArchiverError(Exception):
+    """Base of the errors raised by the data path."""
+
+
+class InvalidNameError(ArchiverError, ValueError):
+    """A dataset PID, file path or archive id that could escape its folder or is not representable."""
+
+
+class DatasetUserError(ArchiverError):
+    """The dataset's landing-zone content is at fault; the user must fix the upload."""
+
+
+def _listing(items: list[str], limit: int = 20) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+class MissingFilesError(DatasetUserError):
+    """Files the dataset should contain are missing, differ in size, or cannot be read in the landing zone."""
+
+    def __init__(self, pid: str, files: list[str], detail: str = "missing in the landing zone"):
+        self.pid = pid
+        self.files = list(files)
+        super().__init__(
+            f"dataset {pid}: {len(self.files)} file(s) {detail}: {_listing(self.files)}; "
+            "upload them again below the dataset's landing-zone prefix, then restart the job"
+        )
+
+
+class UnsafeFileNamesError(DatasetUserError):
+    """Landing-zone keys whose relative path could escape the dataset folder when unpacked."""
+
+    def __init__(self, pid: str, files: list[str]):
+        self.pid = pid
+        self.files = list(files)
+        super().__init__(
+            f"dataset {pid}: {len(self.files)} file name(s) with '..', empty or '.' segments or control characters: "
+            f"{_listing([repr(f) for f in self.files])}; rename them in the landing zone"
+        )
+
+
+class EmptyDatasetError(DatasetUserError):
+    def __init__(self, pid: str, prefix: str, bucket: str):
+        self.pid = pid
+        super().__init__(
+            f"dataset {pid}: no files below s3://{bucket}/{prefix}; upload the dataset there before archiving it"
+        )
+
+
+class IntegrityError(ArchiverError):
+    """A datablock does not match what was recorded; `problems` lists every one found."""
+
+    def __init__(self, what: str, problems: list[str]):
+        self.what = what
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"{what}: {len(self.problems)} problem(s):\n{lines}")

@@ -1,0 +1,109 @@
+"""Where a dataset's bytes live: landing-zone keys, LTS folders, archive ids, retrieval keys.
+
+A dataset PID may contain `/` (`20.500.11935/0a1b...`). In the landing zone the
+ingestor uses the raw PID in the key (`openem-network/datasets/{pid}/raw_files/`,
+SCICAT_PROTOCOL.md), so we read it that way. Everywhere we create names (LTS
+folders and files, retrieval-bucket keys) the PID is percent-encoded into one
+safe segment (`/` -> `%2F`, `%` -> `%25`), which `pid_from_safe_name` reverses.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+from urllib.parse import quote, unquote
+
+from archiver.packing.errors import InvalidNameError
+
+DATASETS_PREFIX = "openem-network/datasets"
+TAR_SUFFIX = ".tar"
+MANIFEST_SUFFIX = ".manifest.json"
+PARTIAL_SUFFIX = ".partial"
+
+
+def _problem(value: str) -> str | None:
+    if not value:
+        return "is empty"
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        return "contains NUL or control characters"
+    if value.startswith("/") or value.startswith("\\"):
+        return "is an absolute path"
+    if "\\" in value:
+        return "contains a backslash"
+    segments = value.split("/")
+    if any(s in ("", ".", "..") for s in segments):
+        return "has an empty, '.' or '..' path segment"
+    return None
+
+
+def check_relative_path(value: str, what: str = "path") -> str:
+    """A relative path that stays inside the folder it is joined to; raises InvalidNameError otherwise."""
+    problem = _problem(value)
+    if problem:
+        raise InvalidNameError(f"{what} {value!r} {problem}; it could escape its folder, so it is refused")
+    return value
+
+
+def check_pid(pid: str) -> str:
+    return check_relative_path(pid, "dataset PID")
+
+
+def safe_name(pid: str) -> str:
+    """One path segment for a PID, reversible with `pid_from_safe_name`."""
+    return quote(check_pid(pid), safe="")
+
+
+def pid_from_safe_name(name: str) -> str:
+    return check_pid(unquote(name))
+
+
+def landing_prefix(pid: str) -> str:
+    """Key prefix of the dataset's files in the landing-zone bucket (raw PID, as the ingestor writes it)."""
+    return f"{DATASETS_PREFIX}/{check_pid(pid)}/raw_files/"
+
+
+def dataset_lts_folder(lts_root: Path, pid: str) -> Path:
+    """`{lts_root}/openem-network/datasets/{safe}/` (holds `datablocks/` and any `discarded/`)."""
+    return Path(lts_root) / DATASETS_PREFIX / safe_name(pid)
+
+
+def datablocks_folder(lts_root: Path, pid: str) -> Path:
+    return dataset_lts_folder(lts_root, pid) / "datablocks"
+
+
+def datablock_name(pid: str, index: int) -> str:
+    return f"{safe_name(pid)}_{index:05d}{TAR_SUFFIX}"
+
+
+def archive_id(pid: str, index: int) -> str:
+    """The datablock's id in SciCat: its path relative to the LTS root."""
+    return f"{DATASETS_PREFIX}/{safe_name(pid)}/datablocks/{datablock_name(pid, index)}"
+
+
+def datablock_path(lts_root: Path, archive_id_: str) -> Path:
+    """The tar file of an archive id; refuses ids that leave the datasets folder or are not tar files."""
+    check_relative_path(archive_id_, "archiveId")
+    parts = PurePosixPath(archive_id_).parts
+    if len(parts) != 5 or "/".join(parts[:2]) != DATASETS_PREFIX or parts[3] != "datablocks" or not parts[4].endswith(TAR_SUFFIX):
+        raise InvalidNameError(
+            f"archiveId {archive_id_!r} is not of the form {DATASETS_PREFIX}/<dataset>/datablocks/<name>{TAR_SUFFIX}"
+        )
+    return Path(lts_root).joinpath(*parts)
+
+
+def manifest_path(tar_path: Path) -> Path:
+    return tar_path.with_name(tar_path.name.removesuffix(TAR_SUFFIX) + MANIFEST_SUFFIX)
+
+
+def partial_path(final_path: Path) -> Path:
+    """Temporary name while a file is written; never taken for a finished file."""
+    return final_path.with_name(final_path.name + PARTIAL_SUFFIX)
+
+
+def retrieval_prefix(pid: str) -> str:
+    return f"{DATASETS_PREFIX}/{safe_name(pid)}/datablocks/"
+
+
+def retrieval_key(archive_id_: str) -> str:
+    """Key of a retrieved datablock in the retrieval bucket (mirrors its place on the LTS)."""
+    datablock_path(Path("/"), archive_id_)  # validates
+    return archive_id_

@@ -1,0 +1,53 @@
+"""Retrieve one datablock: LTS tar -> retrieval bucket, every member checked while it uploads."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from archiver.packing import naming
+from archiver.packing.checking import check_datablock_stream
+from archiver.packing.errors import IntegrityError
+from archiver.packing.records import DatablockRecord, read_manifest
+from archiver.storage.lts import wait_until_readable
+from archiver.storage.s3 import MultipartUpload
+
+
+def retrieve_datablock(
+    lts_root: Path, archive_id: str, s3, bucket: str, *, file_timeout_s: float,
+    record: DatablockRecord | None = None, on_bytes: Callable[[int], None] | None = None,
+    part_size: int = 8 * 1024 * 1024,
+) -> str:
+    """Upload the datablock's tar to `bucket` under `naming.retrieval_key(archive_id)`; returns the key.
+
+    Members are checked against `record` (SciCat's Datablock) when given, else against the
+    manifest on the LTS; the whole tar against the manifest's checksum. On any difference the
+    multipart upload is aborted, so no unverified object appears, and IntegrityError names
+    every problem."""
+    tar_path = naming.datablock_path(lts_root, archive_id)
+    key = naming.retrieval_key(archive_id)
+    what = f"retrieval of datablock {archive_id}"
+    wait_until_readable(tar_path, file_timeout_s)
+    try:
+        manifest = read_manifest(naming.manifest_path(tar_path))
+    except (OSError, ValueError, ValidationError) as e:
+        raise IntegrityError(what, [f"manifest unreadable: {e}"]) from e
+    files, algorithm = manifest.dataFileList, manifest.chkAlg
+    problems = []
+    if record is not None:
+        files, algorithm = record.dataFileList, record.chkAlg
+        if record.chkAlg != manifest.chkAlg:
+            problems.append(f"SciCat records chkAlg {record.chkAlg}, the manifest {manifest.chkAlg}")
+    with open(tar_path, "rb", buffering=0) as raw, MultipartUpload(s3, bucket, key, part_size=part_size) as upload:
+        problems += check_datablock_stream(
+            raw, files, algorithm,
+            expected_chk=manifest.chk if algorithm == manifest.chkAlg else None,
+            expected_size=manifest.packedSize, consumer=upload.write, on_bytes=on_bytes,
+        )
+        if problems:
+            raise IntegrityError(what, problems)  # leaving the block aborts the upload
+        upload.complete()
+    return key
+

@@ -1,0 +1,101 @@
+"""The LTS filesystem: durable writes, free-space and readability waits."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+
+class LtsWaitTimeout(Exception):
+    """The LTS did not reach the needed state in time; the message says which and what to do."""
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def drop_page_cache(fd: int) -> None:
+    """Ask the OS to forget the file's cached pages so the next read comes from storage (best effort)."""
+    if hasattr(os, "posix_fadvise"):
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+def free_percentage(path: Path) -> float:
+    usage = shutil.disk_usage(path)
+    return 100.0 * usage.free / usage.total if usage.total else 0.0
+
+
+def _wait(
+    ready: Callable[[], bool], timeout_s: float, describe_timeout: Callable[[], str],
+    first_interval_s: float, max_interval_s: float,
+    sleep: Callable[[float], None], clock: Callable[[], float],
+) -> None:
+    deadline = clock() + timeout_s
+    interval = first_interval_s
+    while not ready():
+        remaining = deadline - clock()
+        if remaining <= 0:
+            raise LtsWaitTimeout(describe_timeout())
+        sleep(min(interval, remaining))
+        interval = min(interval * 2, max_interval_s)
+
+
+def wait_for_free_space(
+    path: Path, min_free_percentage: float, timeout_s: float, *,
+    first_interval_s: float = 1.0, max_interval_s: float = 60.0,
+    sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic,
+    free: Callable[[Path], float] = free_percentage,
+) -> float:
+    """Block until more than `min_free_percentage` % of the filesystem of `path` is free; returns the free %."""
+    _wait(
+        lambda: free(path) > min_free_percentage, timeout_s,
+        lambda: (
+            f"LTS at {path} has {free(path):.1f}% free space, below LTS_FREE_SPACE_PERCENTAGE={min_free_percentage:g}%, "
+            f"and did not free up within {timeout_s:g}s (LTS_FREE_SPACE_TIMEOUT_S); free space on the LTS "
+            "or lower the threshold, then restart the job"
+        ),
+        first_interval_s, max_interval_s, sleep, clock,
+    )
+    return free(path)
+
+
+def _readable(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+        return True
+    except OSError:
+        return False
+
+
+def wait_until_readable(
+    path: Path, timeout_s: float, *, first_interval_s: float = 1.0, max_interval_s: float = 30.0,
+    sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic,
+) -> None:
+    """Block until `path` can be opened and read (tape-backed storage may first recall it)."""
+    _wait(
+        lambda: _readable(path), timeout_s,
+        lambda: (
+            f"LTS file {path} is not readable ({_why_unreadable(path)}) after {timeout_s:g}s "
+            "(LTS_FILE_TIMEOUT_S); check that the LTS is mounted and the file exists"
+        ),
+        first_interval_s, max_interval_s, sleep, clock,
+    )
+
+
+def _why_unreadable(path: Path) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as e:
+        return e.strerror or type(e).__name__
+    return "readable now"

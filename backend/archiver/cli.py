@@ -75,6 +75,14 @@ def _scicat_dev(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from archiver.flows.serve import DEPLOYMENT_NAMES, serve_deployments
+
+    print("serving " + ", ".join(DEPLOYMENT_NAMES.values()), flush=True)
+    serve_deployments(limit=args.limit)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="archiver", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -107,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reconcile.add_argument("--limits", type=Path, default=Path("concurrency-limits.toml"))
     reconcile.set_defaults(run=_limits_reconcile)
+
+    serve = commands.add_parser("serve", help="run the archival, retrieval and test-dataset deployments here (no Docker)")
+    serve.add_argument("--limit", type=int, default=None, help="most flow runs at once")
+    serve.set_defaults(run=_serve)
 
     scicat = commands.add_parser(
         "scicat-dev",

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from pydantic import BaseModel, ConfigDict
 
 from archiver.config.limits import LIMITS_VARIABLE, ConcurrencyLimits, from_variable
 from archiver.config.settings import Settings, from_prefect_variables
 
 
-@dataclass(frozen=True)
-class RunConfiguration:
+class RunConfiguration(BaseModel):
+    """Serialisable (no secrets), so a flow can hand it to its subflows as a parameter."""
+
+    model_config = ConfigDict(frozen=True)
+
     settings: Settings
     limits: ConcurrencyLimits
 

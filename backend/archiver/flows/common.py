@@ -1,0 +1,139 @@
+"""What the archival, retrieval and test-dataset flows share: connections, SciCat reporting, progress, parallelism.
+
+Settings are read once per job run (`load_run_configuration`) and handed to
+each dataset's subflow as a parameter; credentials come from Prefect Secret
+blocks and never travel as parameters (parameters are stored by Prefect).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx
+from prefect import task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.logging import get_run_logger
+
+from archiver.config.runtime import RunConfiguration
+from archiver.scicat.client import ScicatClient, ScicatCredentials, ScicatError
+from archiver.storage.s3 import S3Credentials, s3_client
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass
+class Connections:
+    """Clients one flow run (or dataset subflow) works with; never passed as a Prefect parameter."""
+
+    s3: Any
+    s3_credentials: S3Credentials
+    scicat: ScicatClient
+
+    def close(self) -> None:
+        self.scicat.close()
+
+    def __enter__(self) -> Connections:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def connect(config: RunConfiguration) -> Connections:
+    from prefect.blocks.system import Secret
+
+    minio = config.settings.minio
+    s3_credentials = S3Credentials(Secret.load("minio-user").get(), Secret.load("minio-password").get())
+    scicat_credentials = ScicatCredentials(Secret.load("scicat-user").get(), Secret.load("scicat-password").get())
+    return Connections(
+        s3=s3_client(minio.endpoint, minio.region, s3_credentials),
+        s3_credentials=s3_credentials,
+        scicat=ScicatClient(config.settings.scicat, scicat_credentials),
+    )
+
+
+def _scicat_may_recover(task, task_run, state) -> bool:
+    """Retry SciCat calls only when SciCat was unreachable or unavailable, never on a 4xx answer."""
+    try:
+        state.result()
+    except ScicatError as e:
+        return e.status_code is None or e.status_code >= 500
+    except httpx.TransportError:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+@task(
+    name="report-to-scicat",
+    task_run_name="scicat: {what}",
+    retries=4,
+    retry_delay_seconds=[5, 15, 30, 60],
+    retry_condition_fn=_scicat_may_recover,
+    cache_policy=NO_CACHE,
+)
+def scicat_call(what: str, call: Callable[..., R], *args: Any, **kwargs: Any) -> R:
+    """One SciCat call as a task: visible in the UI, retried while SciCat is down (the client retries briefly too)."""
+    return call(*args, **kwargs)
+
+
+def run_bounded(function: Callable[[T], R], items: Iterable[T], max_workers: int) -> list[R | BaseException]:
+    """Apply `function` to each item, at most `max_workers` at once, inside the current Prefect run context.
+
+    Returns each item's result or the exception it raised, in the order of `items`."""
+    items = list(items)
+    if not items:
+        return []
+
+    def run(item: T) -> R | BaseException:
+        try:
+            return function(item)
+        except Exception as e:
+            return e
+
+    with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(items)))) as pool:
+        futures = [pool.submit(contextvars.copy_context().run, run, item) for item in items]
+        return [future.result() for future in futures]
+
+
+class ProgressReporter:
+    """A Prefect progress artifact fed by byte counts from worker threads, updated at most every few seconds."""
+
+    def __init__(self, total_bytes: int, description: str, interval_s: float = 2.0):
+        self._total = max(total_bytes, 1)
+        self._done = 0
+        self._lock = threading.Lock()
+        self._interval_s = interval_s
+        self._last_update = 0.0
+        self._artifact_id = create_progress_artifact(progress=0.0, description=description)
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self._done += n
+            now = time.monotonic()
+            if now - self._last_update < self._interval_s:
+                return
+            self._last_update = now
+            progress = self.percent()
+        self._update(progress)
+
+    def percent(self) -> float:
+        return min(100.0, 100.0 * self._done / self._total)
+
+    def finish(self) -> None:
+        self._update(100.0)
+
+    def _update(self, progress: float) -> None:
+        try:
+            update_progress_artifact(self._artifact_id, progress=progress)
+        except Exception as e:  # progress is for humans; never fail a transfer over it
+            get_run_logger().debug("progress artifact not updated: %s", e)

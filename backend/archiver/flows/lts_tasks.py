@@ -1,0 +1,76 @@
+"""Tasks that touch the LTS. Each carries the tag of its limit in `concurrency-limits.toml` at run time,
+so the limits hold across every flow-run container at once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import Task, task
+from prefect.cache_policies import NO_CACHE
+
+from archiver.config.limits import TagLimit
+from archiver.packing import archive, cleanup, retrieve
+from archiver.packing.errors import ArchiverError
+from archiver.packing.planning import PlannedDatablock
+from archiver.packing.records import DatablockRecord, Manifest
+from archiver.storage import lts
+
+
+def _may_recover(task, task_run, state) -> bool:
+    """Retry storage hiccups; never a user's mistake, a checksum mismatch or a refused name."""
+    try:
+        state.result()
+    except ArchiverError:
+        return False
+    except Exception:
+        return True
+    return False
+
+
+def tagged(lts_task: Task, limit: TagLimit) -> Task:
+    return lts_task.with_options(tags=[limit.tag])
+
+
+@task(name="wait-for-free-space", task_run_name="wait for free space on the LTS", cache_policy=NO_CACHE)
+def wait_for_free_space(lts_root: Path, min_free_percentage: float, timeout_s: float) -> float:
+    return lts.wait_for_free_space(lts_root, min_free_percentage, timeout_s)
+
+
+@task(
+    name="move-datablocks-to-lts",
+    task_run_name="write {block.archive_id}",
+    retries=2,
+    retry_delay_seconds=[10, 60],
+    retry_condition_fn=_may_recover,
+    cache_policy=NO_CACHE,
+)
+def write_datablock(s3, bucket: str, block: PlannedDatablock, lts_root: Path, algorithm: str, on_bytes=None) -> DatablockRecord:
+    return archive.archive_datablock(s3, bucket, block, lts_root, algorithm, on_bytes=on_bytes)
+
+
+@task(name="verify-datablocks-in-lts", task_run_name="verify {archive_id}", cache_policy=NO_CACHE)
+def verify_datablock(lts_root: Path, archive_id: str, file_timeout_s: float, on_bytes=None) -> Manifest:
+    tar_path = archive.naming.datablock_path(lts_root, archive_id)
+    lts.wait_until_readable(tar_path, file_timeout_s)
+    return archive.verify_datablock(lts_root, archive_id, on_bytes=on_bytes)
+
+
+@task(
+    name="datablocks-lts-to-retrieval",
+    task_run_name="retrieve {archive_id}",
+    retries=2,
+    retry_delay_seconds=[10, 60],
+    retry_condition_fn=_may_recover,
+    cache_policy=NO_CACHE,
+)
+def copy_datablock_to_retrieval(
+    lts_root: Path, archive_id: str, s3, bucket: str, file_timeout_s: float, record: DatablockRecord, on_bytes=None,
+) -> str:
+    return retrieve.retrieve_datablock(
+        lts_root, archive_id, s3, bucket, file_timeout_s=file_timeout_s, record=record, on_bytes=on_bytes
+    )
+
+
+@task(name="set-aside-unverified-datablocks", task_run_name="set aside datablocks of {pid}", cache_policy=NO_CACHE)
+def set_aside_datablocks(lts_root: Path, pid: str) -> Path | None:
+    return cleanup.discard_lts_datablocks(lts_root, pid, keep=True)

@@ -1,0 +1,122 @@
+"""Retrieval: SciCat retrieve job -> datablocks streamed from the LTS into the retrieval bucket, checked on the way.
+
+Users get presigned download URLs (signed for the external S3 endpoint) in the
+job result; nothing that failed its checksums is ever left in the bucket.
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+from prefect.artifacts import create_link_artifact
+from prefect.logging import get_run_logger
+
+from archiver.config.runtime import RunConfiguration, load_run_configuration
+from archiver.flows.common import Connections, ProgressReporter, connect, run_bounded, scicat_call
+from archiver.flows.concurrency import reconcile_tags
+from archiver.flows.jobs import parameters_of, run_job
+from archiver.flows.lts_tasks import copy_datablock_to_retrieval, tagged
+from archiver.packing import cleanup
+from archiver.packing.errors import DatasetUserError
+from archiver.packing.records import DatablockRecord
+from archiver.scicat.models import Datablock, JobResultEntry, JobStatus, RetrieveStatus
+from archiver.storage.s3 import presigned_get_url
+
+
+class NothingToRetrieveError(DatasetUserError):
+    def __init__(self, pid: str):
+        super().__init__(f"dataset {pid} has no datablocks in SciCat; archive it before retrieving it")
+
+
+def _retrieve_datablocks(
+    pid: str, datablocks: list[Datablock], config: RunConfiguration, connections: Connections,
+) -> list[JobResultEntry]:
+    settings = config.settings
+    copy = tagged(copy_datablock_to_retrieval, config.limits.LTS_TO_RETRIEVAL_LIMIT)
+    progress = ProgressReporter(sum(d.packed_size for d in datablocks), f"retrieving {pid}: bytes checked and uploaded")
+
+    def retrieve_one(datablock: Datablock) -> JobResultEntry:
+        record = DatablockRecord.model_validate(datablock.to_wire())
+        key = copy(settings.lts.storage_root, datablock.archive_id, connections.s3, settings.minio.retrieval_bucket,
+                   settings.lts.file_timeout_s, record, on_bytes=progress.add)
+        url = presigned_get_url(settings.minio.external_endpoint, settings.minio.region, connections.s3_credentials,
+                                settings.minio.retrieval_bucket, key, settings.minio.url_expiration_s)
+        name = key.rsplit("/", 1)[-1]
+        create_link_artifact(url, link_text=f"{pid}: {name}", description=f"Download of datablock {name} of {pid}")
+        return JobResultEntry(dataset_id=pid, name=name, size=datablock.packed_size, archive_id=datablock.archive_id,
+                              url=url)
+
+    outcomes = run_bounded(retrieve_one, datablocks, settings.archiver.datablock_concurrency)
+    errors = [o for o in outcomes if isinstance(o, BaseException)]
+    if errors:
+        raise errors[0]
+    progress.finish()
+    return outcomes
+
+
+@flow(name="retrieve_dataset", flow_run_name="retrieve-{dataset_id}-job-{job_id}")
+def retrieve_dataset(job_id: str, dataset_id: str, config: RunConfiguration) -> list[JobResultEntry]:
+    log = get_run_logger()
+    pid = dataset_id
+    with connect(config) as connections:
+        scicat = connections.scicat
+        try:
+            scicat_call(f"{pid} retrieve started", scicat.set_retrieve_status, pid, RetrieveStatus.STARTED)
+            datablocks = scicat_call(f"datablocks of {pid}", scicat.get_datablocks, pid)
+            if not datablocks:
+                raise NothingToRetrieveError(pid)
+            entries = _retrieve_datablocks(pid, datablocks, config, connections)
+            scicat_call(f"{pid} retrieved", scicat.set_retrieve_status, pid, RetrieveStatus.DATASET_RETRIEVED,
+                        archivable=False, retrievable=True, integrity_check=True)
+        except BaseException as error:
+            _clean_up_failed_retrieval(pid, config, connections, error)
+            raise
+    log.info("%s: %d datablock(s) retrieved and checked", pid, len(entries))
+    return entries
+
+
+def _clean_up_failed_retrieval(pid: str, config: RunConfiguration, connections: Connections, error: BaseException):
+    log = get_run_logger()
+    try:
+        removed = cleanup.delete_retrieved(connections.s3, config.settings.minio.retrieval_bucket, pid)
+        if removed:
+            log.warning("%s: %d object(s) removed from the retrieval bucket", pid, removed)
+    except Exception as e:
+        log.error("%s: retrieval bucket could not be cleaned: %s", pid, e)
+    try:
+        connections.scicat.set_retrieve_status(
+            pid, RetrieveStatus.DATASET_RETRIEVAL_FAILED, archivable=False, retrievable=True,
+            return_message=f"{type(error).__name__}: {error}"[:2000],
+        )
+    except Exception as e:
+        log.error("%s: SciCat could not be told datasetRetrievalFailed: %s", pid, e)
+    log.error("%s: retrieval failed: %s", pid, error)
+
+
+def _on_job_interrupted(flow, flow_run, state) -> None:
+    """Cancelled or crashed: partial retrievals removed, datasets and the job reported failed."""
+    job_id, dataset_ids = parameters_of(flow_run)
+    config = load_run_configuration()
+    with connect(config) as connections:
+        if not dataset_ids:
+            dataset_ids = connections.scicat.get_job_dataset_pids(job_id)
+        for pid in dataset_ids:
+            lifecycle = connections.scicat.get_dataset(pid).datasetlifecycle
+            if lifecycle and lifecycle.retrieve_status_message == RetrieveStatus.DATASET_RETRIEVED:
+                continue
+            _clean_up_failed_retrieval(pid, config, connections, RuntimeError(f"job run {state.name.lower()}"))
+        connections.scicat.update_job_status(job_id, JobStatus.FINISHED_UNSUCCESSFUL, f"retrieval run {state.name.lower()}")
+
+
+@flow(
+    name="retrieve_datasetlist",
+    flow_run_name="retrieve-job-{job_id}",
+    on_cancellation=[_on_job_interrupted],
+    on_crashed=[_on_job_interrupted],
+)
+def retrieve_datasets_flow(job_id: str, dataset_ids: list[str] | None = None) -> list[JobResultEntry]:
+    """Retrieve the datasets of a SciCat job into the retrieval bucket; the job result carries download URLs."""
+    config = load_run_configuration()
+    reconcile_tags(limit.tag for limit in config.limits.by_name().values())
+    with connect(config) as connections:
+        return run_job(job_id, dataset_ids, config, connections,
+                       lambda pid: retrieve_dataset(job_id=job_id, dataset_id=pid, config=config))

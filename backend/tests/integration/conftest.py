@@ -1,0 +1,77 @@
+"""A whole pipeline for flow tests: settings seeded into the test Prefect server by `archiver config`'s own
+code, pointing at the test S3 server, the SciCat development server and a temporary LTS folder."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import tomli_w
+
+from archiver.config.seeding import read_inputs, seed
+from archiver.config.settings import Settings, load_vars_file
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+@dataclass
+class Pipeline:
+    settings: Settings
+    s3: object
+    scicat: object  # ScicatClient logged in as the archiver's account
+    scicat_dev: object
+    lts_root: Path
+    vars_file: Path
+    limits_file: Path
+    secrets_dir: Path
+
+    def reseed(self) -> None:
+        seed(read_inputs(self.vars_file, self.limits_file, self.secrets_dir))
+
+    def landing_keys(self, pid: str) -> list[str]:
+        from archiver.packing.naming import landing_prefix
+
+        listing = self.s3.list_objects_v2(Bucket=self.settings.minio.landingzone_bucket, Prefix=landing_prefix(pid))
+        return sorted(o["Key"] for o in listing.get("Contents", []))
+
+    def retrieval_keys(self, pid: str) -> list[str]:
+        from archiver.packing.naming import retrieval_prefix
+
+        listing = self.s3.list_objects_v2(Bucket=self.settings.minio.retrieval_bucket, Prefix=retrieval_prefix(pid))
+        return sorted(o["Key"] for o in listing.get("Contents", []))
+
+    def set_limit(self, name: str, limit: int) -> None:
+        data = tomllib.loads(self.limits_file.read_text())
+        data[name]["limit"] = limit
+        self.limits_file.write_text(tomli_w.dumps(data))
+        self.reseed()
+
+
+@pytest.fixture
+def pipeline(tmp_path, prefect_api_url, s3_endpoint, s3, scicat_url, scicat_secrets_dir, scicat_credentials,
+             scicat_dev, unique_name) -> Pipeline:
+    from archiver.scicat.client import ScicatClient
+
+    lts_root = tmp_path / "lts"
+    lts_root.mkdir()
+    data = tomllib.loads((REPO / "prefect-vars.toml").read_text())
+    data["archiver"].update(ARCHIVER_TARGET_SIZE_MB=1, ARCHIVER_DATASET_CONCURRENCY=2, ARCHIVER_DATABLOCK_CONCURRENCY=2,
+                            ARCHIVER_SCRATCH_FOLDER=str(tmp_path / "scratch"))
+    data["lts"].update(LTS_STORAGE_ROOT=str(lts_root), LTS_FREE_SPACE_PERCENTAGE=1, LTS_FILE_TIMEOUT_S=10)
+    data["minio"].update(MINIO_ENDPOINT=s3_endpoint, MINIO_EXTERNAL_ENDPOINT=s3_endpoint,
+                         MINIO_LANDINGZONE_BUCKET=f"{unique_name}-landing", MINIO_RETRIEVAL_BUCKET=f"{unique_name}-retrieval")
+    data["scicat"].update(SCICAT_ENDPOINT=scicat_url)
+    vars_file = tmp_path / "prefect-vars.toml"
+    vars_file.write_text(tomli_w.dumps(data))
+    limits_file = tmp_path / "concurrency-limits.toml"
+    limits_file.write_text((REPO / "concurrency-limits.toml").read_text())
+    pipeline = Pipeline(
+        settings=load_vars_file(vars_file), s3=s3, scicat=None, scicat_dev=scicat_dev, lts_root=lts_root,
+        vars_file=vars_file, limits_file=limits_file, secrets_dir=scicat_secrets_dir,
+    )
+    pipeline.reseed()
+    with ScicatClient(pipeline.settings.scicat, scicat_credentials) as client:
+        pipeline.scicat = client
+        yield pipeline

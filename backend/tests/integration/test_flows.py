@@ -1,0 +1,183 @@
+"""Archival and retrieval flows run for real: Prefect server on PostgreSQL, S3 server over HTTP, the SciCat
+development server, an LTS folder. Each test checks SciCat's recorded calls, the LTS and the buckets."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+
+import httpx
+import pytest
+
+from archiver.flows.archive import archive_datasets_flow
+from archiver.flows.retrieve import retrieve_datasets_flow
+from archiver.flows.test_dataset import create_test_dataset_flow
+from archiver.packing import naming
+from archiver.scicat.models import DatasetListEntry, Job, JobParams
+
+pytestmark = pytest.mark.integration
+
+
+def new_dataset(num_files: int = 4, file_size_mb: float = 0.4) -> str:
+    return create_test_dataset_flow(num_files=num_files, file_size_mb=file_size_mb)
+
+
+def new_job(pipeline, job_type: str, pids: list[str]) -> str:
+    job = Job(type=job_type, job_params=JobParams(dataset_list=[DatasetListEntry(pid=p) for p in pids]))
+    return pipeline.scicat.create_job(job).id
+
+
+def calls(pipeline, since_seq: int = 0) -> list[tuple]:
+    """SciCat calls as (method, what, id, status) in the order received, logins left out."""
+    seen = []
+    for entry in pipeline.scicat_dev.requests():
+        if entry["seq"] <= since_seq or entry["path"].endswith("auth/login"):
+            continue
+        body = entry.get("body") or {}
+        lifecycle = body.get("datasetlifecycle", {}) if isinstance(body, dict) else {}
+        status = (lifecycle.get("archiveStatusMessage") or lifecycle.get("retrieveStatusMessage")
+                  or (body.get("jobStatusMessage") if isinstance(body, dict) else None))
+        what = entry["path"].split("?")[0].rstrip("/").rsplit("/", 1)[-1]
+        what = what if what in ("origdatablocks", "datablocks") else ("job" if "jobId" in entry else "dataset")
+        if entry["method"] == "DELETE":
+            what = "datablock"
+        seen.append((entry["method"], what, entry.get("pid") or entry.get("jobId"), status))
+    return seen
+
+
+def job_of(pipeline, job_id: str) -> dict:
+    return pipeline.scicat_dev.state()["jobs"][job_id]
+
+
+def lifecycle_of(pipeline, pid: str) -> dict:
+    return pipeline.scicat_dev.state()["datasets"][pid]["datasetlifecycle"]
+
+
+def expected_checksums(pipeline, pid: str) -> dict[str, str]:
+    blocks = pipeline.scicat.get_origdatablocks(pid)
+    return {f.path: f.chk for b in blocks for f in b.data_file_list}
+
+
+def test_archive_then_retrieve_several_datasets(pipeline):
+    pids = [new_dataset(4, 0.4), new_dataset(3, 0.4)]
+    originals = {pid: expected_checksums(pipeline, pid) for pid in pids}
+    start = pipeline.scicat_dev.state()["nextSeq"] - 1
+    job_id = new_job(pipeline, "archive", pids)
+
+    archive_datasets_flow(job_id=job_id)
+
+    assert job_of(pipeline, job_id)["jobStatusMessage"] == "finishedSuccessful"
+    log = calls(pipeline, start)
+    assert log[0][:2] == ("POST", "job")
+    assert log[1] == ("PATCH", "job", job_id, "inProgress")
+    assert log[-1] == ("PATCH", "job", job_id, "finishedSuccessful")
+    for pid in pids:
+        mine = [c for c in log if c[2] == pid]
+        kinds = [(c[0], c[1], c[3]) for c in mine]
+        n_blocks = sum(1 for c in kinds if c[:2] == ("POST", "datablocks"))
+        assert kinds == [
+            ("GET", "dataset", None),  # already archived? (a re-run skips it)
+            ("PATCH", "dataset", "started"),
+            ("GET", "origdatablocks", None),
+            ("GET", "datablocks", None),
+            *[("POST", "datablocks", None)] * n_blocks,
+            ("PATCH", "dataset", "datasetOnArchiveDisk"),
+        ]
+        lifecycle = lifecycle_of(pipeline, pid)
+        assert (lifecycle["archivable"], lifecycle["retrievable"]) == (False, True)
+        datablocks = pipeline.scicat.get_datablocks(pid)
+        assert len(datablocks) == n_blocks >= 2  # 1 MB target, files of 0.3-0.4 MB
+        for d in datablocks:
+            tar_path = naming.datablock_path(pipeline.lts_root, d.archive_id)
+            assert tar_path.is_file() and naming.manifest_path(tar_path).is_file()
+        assert sorted(f.path for d in datablocks for f in d.data_file_list) == sorted(originals[pid])
+        assert pipeline.landing_keys(pid) == []
+    assert not list(pipeline.lts_root.rglob("*.partial"))
+
+    retrieve_job = new_job(pipeline, "retrieve", pids)
+    retrieve_datasets_flow(job_id=retrieve_job)
+
+    job = job_of(pipeline, retrieve_job)
+    assert job["jobStatusMessage"] == "finishedSuccessful"
+    entries = job["jobResultObject"]["result"]
+    for pid in pids:
+        assert lifecycle_of(pipeline, pid)["retrieveStatusMessage"] == "datasetRetrieved"
+        mine = [e for e in entries if e["datasetId"] == pid]
+        assert len(mine) == len(pipeline.scicat.get_datablocks(pid))
+        retrieved = {}
+        for entry in mine:
+            assert entry["url"].startswith(pipeline.settings.minio.external_endpoint)
+            content = httpx.get(entry["url"], timeout=60).raise_for_status().content
+            assert len(content) == entry["size"]
+            with tarfile.open(fileobj=io.BytesIO(content)) as tar:
+                for member in tar.getmembers():
+                    retrieved[member.name] = hashlib.sha256(tar.extractfile(member).read()).hexdigest()
+        assert retrieved == originals[pid]
+
+
+def test_missing_landing_zone_file_is_a_user_error_and_a_rerun_finishes(pipeline):
+    good, broken = new_dataset(3, 0.3), new_dataset(3, 0.3)
+    [victim, *_] = pipeline.landing_keys(broken)
+    saved = pipeline.s3.get_object(Bucket=pipeline.settings.minio.landingzone_bucket, Key=victim)["Body"].read()
+    pipeline.s3.delete_object(Bucket=pipeline.settings.minio.landingzone_bucket, Key=victim)
+    job_id = new_job(pipeline, "archive", [good, broken])
+
+    state = archive_datasets_flow(job_id=job_id, return_state=True)
+
+    assert state.is_failed()
+    assert job_of(pipeline, job_id)["jobStatusMessage"] == "finishedWithDatasetErrors"
+    assert lifecycle_of(pipeline, broken)["archiveStatusMessage"] == "missingFilesError"
+    assert victim.rsplit("/", 1)[-1] in str(lifecycle_of(pipeline, broken)["archiveReturnMessage"])
+    assert lifecycle_of(pipeline, good)["archiveStatusMessage"] == "datasetOnArchiveDisk"  # unaffected
+    assert pipeline.scicat.get_datablocks(broken) == []
+    assert len(pipeline.landing_keys(broken)) == 2  # left intact
+    assert not any(naming.datablocks_folder(pipeline.lts_root, broken).glob("*"))
+
+    pipeline.s3.put_object(Bucket=pipeline.settings.minio.landingzone_bucket, Key=victim, Body=saved)
+    rerun = new_job(pipeline, "archive", [good, broken])
+    archive_datasets_flow(job_id=rerun)
+
+    assert job_of(pipeline, rerun)["jobStatusMessage"] == "finishedSuccessful"
+    assert lifecycle_of(pipeline, broken)["archiveStatusMessage"] == "datasetOnArchiveDisk"
+    for pid in (good, broken):
+        archive_ids = [d.archive_id for d in pipeline.scicat.get_datablocks(pid)]
+        assert len(archive_ids) == len(set(archive_ids)) >= 1  # no duplicates
+        assert pipeline.landing_keys(pid) == []
+
+
+def test_corrupt_datablock_fails_retrieval_cleanly(pipeline):
+    pid = new_dataset(3, 0.3)
+    archive_datasets_flow(job_id=new_job(pipeline, "archive", [pid]))
+    [first, *_] = pipeline.scicat.get_datablocks(pid)
+    tar_path = naming.datablock_path(pipeline.lts_root, first.archive_id)
+    with open(tar_path, "r+b") as f:
+        f.seek(1024 + 100)  # inside the first member's data
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+    job_id = new_job(pipeline, "retrieve", [pid])
+    state = retrieve_datasets_flow(job_id=job_id, return_state=True)
+
+    assert state.is_failed()
+    assert job_of(pipeline, job_id)["jobStatusMessage"] == "finishedUnsuccessful"
+    lifecycle = lifecycle_of(pipeline, pid)
+    assert lifecycle["retrieveStatusMessage"] == "datasetRetrievalFailed"
+    assert "file_0000.bin" in str(lifecycle["retrieveReturnMessage"])
+    assert pipeline.retrieval_keys(pid) == []
+    uploads = pipeline.s3.list_multipart_uploads(Bucket=pipeline.settings.minio.retrieval_bucket)
+    assert uploads.get("Uploads", []) == []
+
+
+def test_scicat_down_mid_job_then_back(pipeline):
+    pid = new_dataset(2, 0.2)
+    job_id = new_job(pipeline, "archive", [pid])
+    pipeline.scicat_dev.fail_next(6, 503)  # more than the client's own retries: the task retries take over
+
+    archive_datasets_flow(job_id=job_id)
+
+    assert job_of(pipeline, job_id)["jobStatusMessage"] == "finishedSuccessful"
+    assert lifecycle_of(pipeline, pid)["archiveStatusMessage"] == "datasetOnArchiveDisk"
+    statuses = [e["status"] for e in pipeline.scicat_dev.requests()]
+    assert statuses.count(503) == 6

@@ -80,11 +80,21 @@ def _skip_reason() -> str | None:
     return None
 
 
+TIMINGS: list[str] = []  # shown in the terminal summary, also when output is captured
+
+
 def _timed(label: str, function, *args, **kwargs):
     start = time.monotonic()
     result = function(*args, **kwargs)
-    print(f"[stack] {label}: {time.monotonic() - start:.0f}s", flush=True)
+    TIMINGS.append(f"{label}: {time.monotonic() - start:.0f}s")
     return result
+
+
+def pytest_terminal_summary(terminalreporter):
+    if TIMINGS:
+        terminalreporter.write_sep("-", "compose stack timings")
+        for line in TIMINGS:
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session")

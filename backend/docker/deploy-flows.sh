@@ -1,0 +1,8 @@
+#!/bin/sh
+# Register the deployments of prefect.yaml. The LTS mount path of flow-run containers is
+# LTS_STORAGE_ROOT of prefect-vars.toml (the one place it is configured); prefect.yaml reads it
+# from the environment at deploy time.
+set -eu
+LTS_STORAGE_ROOT="$(python -c 'import tomllib; print(tomllib.load(open("prefect-vars.toml", "rb"))["lts"]["LTS_STORAGE_ROOT"])')"
+export LTS_STORAGE_ROOT
+exec prefect --no-prompt deploy --all --prefect-file prefect.yaml

@@ -1,0 +1,184 @@
+"""The compose stack from the outside: as an operator and SciCat see it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+
+from archiver.config.limits import load_limits_file
+from archiver.config.secrets import PREFECT_SECRETS, SECRETS
+from archiver.config.settings import flat_values, load_vars_file, variable_name
+
+REPO = Path(__file__).resolve().parents[3]
+LONG_RUNNING = ("postgres", "prefect-server", "proxy", "minio", "prefect-archival-worker", "prefect-retrieval-worker")
+pytestmark = [pytest.mark.stack, pytest.mark.timeout(1800)]
+
+HOST_SERVICE_PORTS = {5432, 3306, 6379, 5672, 1883, 4222}
+POOL_TEMPLATES = {"archival-docker-pool": "prefect-jobtemplate-dev.json", "retrieval-docker-pool": "prefect-jobtemplate-dev.json"}
+DEPLOYMENTS = {
+    "archive_datasetlist/datasets_archival": "archival-docker-pool",
+    "retrieve_datasetlist/datasets_retrieval": "retrieval-docker-pool",
+    "create_test_dataset/dataset_creation": "archival-docker-pool",
+}
+
+
+def test_every_long_running_service_is_running_and_healthy(stack):
+    services = stack.services()
+    for name in LONG_RUNNING:
+        assert name in services, f"{name} has no container; services: {sorted(services)}"
+        assert services[name]["State"] == "running", f"{name}: {services[name]['State']}"
+        assert services[name]["Health"] == "healthy", f"{name}: health {services[name]['Health']!r}"
+
+
+def test_only_intended_ports_are_published_and_only_on_loopback(stack):
+    published = [
+        (name, publisher)
+        for name, entry in stack.services().items()
+        for publisher in entry.get("Publishers") or []
+        if publisher.get("PublishedPort")
+    ]
+    assert {name for name, _ in published} == {"proxy", "minio"}
+    for name, publisher in published:
+        assert publisher["URL"] == "127.0.0.1", f"{name} publishes on {publisher['URL']}"
+        assert publisher["PublishedPort"] not in HOST_SERVICE_PORTS
+
+
+def test_prefect_config_one_shot_succeeded(stack):
+    result = stack.one_shots["prefect-config"]
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "archiver config:" in result.stdout
+
+
+def test_prefect_has_the_variables_of_prefect_vars_toml(stack):
+    expected = {variable_name(key): value for key, value in flat_values(load_vars_file(REPO / "prefect-vars.toml")).items()}
+    stored = {v["name"]: v["value"] for v in stack.prefect("POST", "/variables/filter", json={}).json()}
+    assert {name: stored.get(name) for name in expected} == expected
+
+
+def test_prefect_has_the_secret_blocks_with_the_secret_files_values(stack):
+    documents = stack.prefect(
+        "POST", "/block_documents/filter",
+        json={"block_types": {"slug": {"any_": ["secret"]}}, "include_secrets": True},
+    ).json()
+    stored = {d["name"]: d["data"]["value"] for d in documents}
+    for spec in PREFECT_SECRETS:
+        assert spec.block in stored, f"secret block {spec.block} missing"
+        assert stored[spec.block] == (stack.secrets_dir / spec.filename).read_text().strip(), spec.block
+
+
+def test_prefect_has_the_concurrency_limits_of_concurrency_limits_toml(stack):
+    expected = {limit.tag: limit.limit for limit in load_limits_file(REPO / "concurrency-limits.toml").by_name().values()}
+    stored = {c["tag"]: c["concurrency_limit"] for c in stack.prefect("POST", "/concurrency_limits/filter", json={}).json()}
+    assert {tag: stored.get(tag) for tag in expected} == expected
+
+
+def test_no_secret_value_is_in_any_container_environment(stack):
+    values = [(stack.secrets_dir / spec.filename).read_text().strip() for spec in SECRETS]
+    container_ids = [entry["ID"] for entry in stack.services().values()]
+    inspected = json.loads(subprocess.run(["docker", "inspect", *container_ids], capture_output=True, text=True, check=True).stdout)
+    for container in inspected:
+        environment = "\n".join(container["Config"]["Env"] or []) + " ".join(container["Config"]["Cmd"] or [])
+        assert not [v for v in values if v in environment], f"a secret value is in {container['Name']}'s environment"
+
+
+def _pool(stack, name: str) -> dict:
+    return stack.prefect("GET", f"/work_pools/{name}").json()
+
+
+def test_both_work_pools_exist_with_an_online_worker_and_the_configured_template(stack):
+    for pool, template_file in POOL_TEMPLATES.items():
+        assert _pool(stack, pool)["base_job_template"] == json.loads((REPO / template_file).read_text())
+        workers = stack.prefect("POST", f"/work_pools/{pool}/workers/filter", json={}).json()
+        assert any(w["status"] == "ONLINE" for w in workers), f"{pool}: no online worker in {workers}"
+        assert _pool(stack, pool)["status"] == "READY"
+
+
+def test_a_restarted_worker_puts_the_configured_template_back_on_its_existing_pool(stack):
+    pool = "retrieval-docker-pool"
+    changed = json.loads((REPO / POOL_TEMPLATES[pool]).read_text())
+    changed["variables"]["properties"]["volumes"]["default"] = ["somewhere-else:/tmp/LTS"]
+    stack.prefect("PATCH", f"/work_pools/{pool}", json={"base_job_template": changed})
+    assert _pool(stack, pool)["base_job_template"] == changed
+
+    stack.compose("restart", "prefect-retrieval-worker")
+    stack.compose("up", "-d", "--wait", "prefect-retrieval-worker")
+
+    assert _pool(stack, pool)["base_job_template"] == json.loads((REPO / POOL_TEMPLATES[pool]).read_text())
+
+
+def _chromium(*args: str, profile: Path) -> subprocess.CompletedProcess:
+    chromium = shutil.which("chromium")
+    if not chromium:
+        pytest.skip("Debian's chromium is not installed (build_offline.sh installs it)")
+    flags = [
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        f"--user-data-dir={profile}", "--virtual-time-budget=20000", "--window-size=1400,900",
+    ]
+    return subprocess.run([chromium, *flags, *args], capture_output=True, text=True, timeout=180)
+
+
+def _visible_text(dom: str) -> str:
+    dom = re.sub(r"<(script|style|svg)\b.*?</\1>", " ", dom, flags=re.S)
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom))
+
+
+def test_the_prefect_dashboard_renders_through_the_proxy(stack, tmp_path):
+    url = f"{stack.base_url}/prefect-ui/dashboard"
+    screenshot = tmp_path / "prefect-dashboard.png"
+    shot = _chromium(f"--screenshot={screenshot}", url, profile=tmp_path / "profile-1")
+    assert screenshot.is_file() and screenshot.stat().st_size > 10_000, shot.stderr[-2000:]
+    if os.environ.get("ARCHIVER_SCREENSHOT_DIR"):
+        shutil.copy(screenshot, Path(os.environ["ARCHIVER_SCREENSHOT_DIR"]) / "prefect-dashboard.png")
+
+    dom = _chromium("--dump-dom", url, profile=tmp_path / "profile-2").stdout
+    assert "workspace-dashboard" in dom, _visible_text(dom)[:2000]
+    text = _visible_text(dom)
+    assert "Dashboard" in text
+    assert not re.search(r"\b(error|failed to fetch|not found)\b", text, flags=re.I), text[:2000]
+
+
+def test_the_ui_reads_the_api_through_the_proxy(stack, tmp_path):
+    # The work-pools page lists what the UI fetched from /prefect-ui/api through the proxy.
+    # Virtual time does not wait for every fetch: a slow render gets another try.
+    for attempt in range(3):
+        dom = _chromium("--dump-dom", f"{stack.base_url}/prefect-ui/work-pools", profile=tmp_path / f"profile-{attempt}")
+        text = _visible_text(dom.stdout)
+        if all(pool in text for pool in POOL_TEMPLATES):
+            break
+    for pool in POOL_TEMPLATES:
+        assert pool in text, text[:2000]
+
+
+def test_the_flows_deployment_one_shot_registers_the_three_deployments(stack):
+    if not (REPO / "backend/archiver/flows/archive.py").exists():
+        pytest.skip("the flows (backend/archiver/flows/archive.py, retrieve.py, test_dataset.py) do not exist yet")
+    result = stack.run_one_shot("prefect-flows-deployment")
+    assert result.returncode == 0, result.stdout + result.stderr
+    deployments = _deployments_by_flow_name(stack)
+    for name, pool in DEPLOYMENTS.items():
+        assert name in deployments, f"{name} not registered; have {sorted(deployments)}"
+        variables = deployments[name]["job_variables"]
+        assert deployments[name]["work_pool_name"] == pool
+        assert variables["image"] == "archiver-runtime:latest"
+        assert variables["networks"] == [stack.env["STACK_NETWORK"]]
+        assert variables["volumes"] == [f"{stack.env['LTS_VOLUME_NAME']}:{load_vars_file(REPO / 'prefect-vars.toml').lts.storage_root}"]
+
+
+def _deployments_by_flow_name(stack) -> dict[str, dict]:
+    flows = {f["id"]: f["name"] for f in stack.prefect("POST", "/flows/filter", json={}).json()}
+    return {f"{flows[d['flow_id']]}/{d['name']}": d for d in stack.prefect("POST", "/deployments/filter", json={}).json()}
+
+
+def test_the_archiver_api_answers_behind_the_proxy(stack):
+    if "archiver-api" not in stack.enabled_services():
+        pytest.skip("archiver-api is not enabled: add 'api' to COMPOSE_PROFILES in .env once `archiver api` exists")
+    assert stack.services()["archiver-api"]["Health"] == "healthy"
+    assert httpx.get(f"{stack.base_url}/api/v1/health/livez", timeout=10).status_code == 200

@@ -8,7 +8,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from archiver.packing.records import ChecksumAlgorithm, DataFileRecord, new_hasher
 
-CHUNK = 4 * 1024 * 1024
+CHUNK = 1024 * 1024
 
 
 class BackgroundHasher:

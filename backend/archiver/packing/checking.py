@@ -82,7 +82,7 @@ def check_datablock_stream(
             with tarfile.open(fileobj=tee, mode="r|", bufsize=CHUNK) as tar:
                 for member in tar:
                     problems += _check_member(tar, member, expected, seen, algorithm)
-        except (tarfile.TarError, EOFError) as e:
+        except (tarfile.TarError, EOFError, ValueError) as e:  # ValueError covers undecodable pax records
             problems.append(f"tar unreadable after {len(seen)} member(s): {e}")
         tee.drain()
         problems += [f"missing member {p!r}" for p in expected if p not in seen]

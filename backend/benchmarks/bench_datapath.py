@@ -6,9 +6,12 @@ of N x 64 MiB random files, then in this process:
   - retrieves the datablocks into a retrieval bucket,
   - runs the plain baselines on the same bytes: boto3 download_file of every
     object to the same filesystem + fsync, and boto3 upload_file of the datablocks.
-It does this for a small and a large dataset (default 512 MiB and 2 GiB) and
+It does this for a small and a large dataset (default 512 MiB and 2 GiB; the
+engine runs for both before any baseline runs) and
 prints MB/s and the peak RSS of this process (moto keeps objects in its own
 process, which is not counted) per phase, plus the RSS growth between sizes.
+Before each phase freed memory is handed back to the OS (malloc_trim), so a
+phase's peak is not inflated by what an earlier phase left in malloc's pools.
 
     .venv/bin/python backend/benchmarks/bench_datapath.py [--small-files 8] [--large-files 32]
 """
@@ -17,8 +20,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import gc
 import os
-import shutil
 import tempfile
 import threading
 import time
@@ -30,7 +34,7 @@ from archiver.packing.archive import archive_datablock, verify_datablock
 from archiver.packing.planning import list_dataset_files, plan_datablocks
 from archiver.packing.retrieve import retrieve_datablock
 from archiver.storage.lts import fsync_dir
-from archiver.storage.s3 import S3Credentials, delete_prefix, s3_client
+from archiver.storage.s3 import S3Credentials, s3_client
 
 MiB = 1024 * 1024
 FILE_SIZE = 64 * MiB
@@ -65,12 +69,21 @@ class PeakRss:
         self.peak = max(self.peak, self.current())
 
 
+def release_freed_memory() -> None:
+    """Between phases: hand memory freed by the previous phase back to the OS, so each phase's peak is its own."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def timed(fn):
+    release_freed_memory()
     with PeakRss() as rss:
+        start_rss = rss.current()
         start = time.perf_counter()
         fn()
         seconds = time.perf_counter() - start
-    return seconds, rss.peak
+    return seconds, rss.peak, start_rss
 
 
 def fill_landing_zone(s3, bucket: str, pid: str, files: int) -> int:
@@ -80,57 +93,63 @@ def fill_landing_zone(s3, bucket: str, pid: str, files: int) -> int:
     return files * FILE_SIZE
 
 
-def run_size(s3, buckets: dict[str, str], work: Path, files: int, target_mb: int) -> dict[str, tuple[float, int]]:
-    pid = f"20.500.11935/bench-{files}"
-    total = fill_landing_zone(s3, buckets["landing"], pid, files)
-    lts = work / f"lts-{files}"
-    lts.mkdir()
-    blocks = plan_datablocks(pid, list_dataset_files(s3, buckets["landing"], pid), target_mb * MiB)
-    figures: dict[str, tuple[float, int]] = {}
+class Dataset:
+    def __init__(self, s3, buckets: dict[str, str], work: Path, files: int, target_mb: int):
+        self.s3, self.buckets, self.files = s3, buckets, files
+        self.pid = f"20.500.11935/bench-{files}"
+        self.total = fill_landing_zone(s3, buckets["landing"], self.pid, files)
+        self.lts = work / f"lts-{files}"
+        self.lts.mkdir()
+        self.download_dir = work / f"baseline-{files}"
+        self.download_dir.mkdir()
+        self.blocks = plan_datablocks(self.pid, list_dataset_files(s3, buckets["landing"], self.pid), target_mb * MiB)
+        self.figures: dict[str, tuple[float, int, int]] = {}
 
-    def archive_and_verify():
-        for block in blocks:
-            archive_datablock(s3, buckets["landing"], block, lts)
-            verify_datablock(lts, block.archive_id)
+    def run_engine(self) -> None:
+        s3, landing = self.s3, self.buckets["landing"]
 
-    figures["archive+verify"] = timed(archive_and_verify)
-    figures["retrieve"] = timed(lambda: [
-        retrieve_datablock(lts, b.archive_id, s3, buckets["retrieval"], file_timeout_s=60) for b in blocks
-    ])
+        def archive_and_verify():
+            for block in self.blocks:
+                archive_datablock(s3, landing, block, self.lts)
+                verify_datablock(self.lts, block.archive_id)
 
-    download_dir = work / f"baseline-{files}"
-    download_dir.mkdir()
+        self.figures["archive+verify"] = timed(archive_and_verify)
+        self.figures["retrieve"] = timed(lambda: [
+            retrieve_datablock(self.lts, b.archive_id, s3, self.buckets["retrieval"], file_timeout_s=60)
+            for b in self.blocks
+        ])
 
-    def baseline_download():
-        for i, f in enumerate(list_dataset_files(s3, buckets["landing"], pid)):
-            target = download_dir / f"{i:04d}"
-            s3.download_file(buckets["landing"], f.key, str(target))
-            fd = os.open(target, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fsync_dir(download_dir)
+    def run_baselines(self) -> None:
+        s3 = self.s3
 
-    figures["baseline download+fsync"] = timed(baseline_download)
+        def download():
+            for i, f in enumerate(list_dataset_files(s3, self.buckets["landing"], self.pid)):
+                target = self.download_dir / f"{i:04d}"
+                s3.download_file(self.buckets["landing"], f.key, str(target))
+                fd = os.open(target, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            fsync_dir(self.download_dir)
 
-    def baseline_upload():
-        for b in blocks:
-            s3.upload_file(str(naming.datablock_path(lts, b.archive_id)), buckets["plain"], f"{b.archive_id}.plain")
+        def upload():
+            for b in self.blocks:
+                s3.upload_file(str(naming.datablock_path(self.lts, b.archive_id)), self.buckets["plain"], b.archive_id)
 
-    packed = sum(b.packed_size for b in blocks)
-    figures["baseline upload"] = timed(baseline_upload)
-    print(f"  {files} x 64 MiB = {total / MiB:.0f} MiB in {len(blocks)} datablock(s) of <= {target_mb} MiB "
-          f"({packed / MiB:.1f} MiB of tar)")
-    for name, (seconds, peak) in figures.items():
-        print(f"  {name:<26} {total / MiB / seconds:8.1f} MB/s   {seconds:6.1f} s   peak RSS {peak / MiB:6.1f} MiB")
-    print(f"  archive / baseline download: {figures['baseline download+fsync'][0] / figures['archive+verify'][0]:.2f}x"
-          f"   retrieve / baseline upload: {figures['baseline upload'][0] / figures['retrieve'][0]:.2f}x")
-    for bucket in buckets.values():
-        delete_prefix(s3, bucket, "")
-    shutil.rmtree(lts)
-    shutil.rmtree(download_dir)
-    return figures
+        self.figures["baseline download+fsync"] = timed(download)
+        self.figures["baseline upload"] = timed(upload)
+
+    def report(self, target_mb: int) -> None:
+        packed = sum(b.packed_size for b in self.blocks)
+        print(f"dataset of {self.files} x 64 MiB = {self.total / MiB:.0f} MiB in {len(self.blocks)} datablock(s) "
+              f"of <= {target_mb} MiB ({packed / MiB:.1f} MiB of tar):")
+        for name, (seconds, peak, start_rss) in self.figures.items():
+            print(f"  {name:<26} {self.total / MiB / seconds:8.1f} MB/s   {seconds:6.1f} s   "
+                  f"peak RSS {peak / MiB:6.1f} MiB (at start {start_rss / MiB:6.1f})")
+        f = self.figures
+        print(f"  archive / baseline download: {f['baseline download+fsync'][0] / f['archive+verify'][0]:.2f}x"
+              f"   retrieve / baseline upload: {f['baseline upload'][0] / f['retrieve'][0]:.2f}x")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -150,15 +169,18 @@ def main(argv: list[str] | None = None) -> None:
             s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION})
         print(f"data path benchmark (moto S3 at {server.url}, LTS and baseline copies in {work}); "
               "MB/s = MiB of dataset files per second; RSS is this process's, not moto's")
-        results = {}
-        for files in (args.small_files, args.large_files):
-            print(f"dataset of {files} files:")
-            results[files] = run_size(s3, buckets, work, files, args.target_mb)
-        small, large = results[args.small_files], results[args.large_files]
+        small = Dataset(s3, buckets, work, args.small_files, args.target_mb)
+        large = Dataset(s3, buckets, work, args.large_files, args.target_mb)
+        # Engine first, both sizes back to back, so the growth between them is the engine's own.
+        small.run_engine()
+        large.run_engine()
+        small.run_baselines()
+        large.run_baselines()
+        small.report(args.target_mb)
+        large.report(args.target_mb)
         for phase in ("archive+verify", "retrieve"):
-            growth = (large[phase][1] - small[phase][1]) / MiB
-            print(f"peak RSS growth {phase}, {args.small_files * 64} MiB -> {args.large_files * 64} MiB: {growth:+.1f} MiB")
-
+            growth = (large.figures[phase][1] - small.figures[phase][1]) / MiB
+            print(f"peak RSS growth {phase}, {small.total // MiB} MiB -> {large.total // MiB} MiB: {growth:+.1f} MiB")
 
 if __name__ == "__main__":
     main()

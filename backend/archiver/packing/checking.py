@@ -8,7 +8,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from archiver.packing.records import ChecksumAlgorithm, DataFileRecord, new_hasher
 
-CHUNK = 4 * 1024 * 1024
+CHUNK = 1024 * 1024
 
 
 class BackgroundHasher:
@@ -82,7 +82,7 @@ def check_datablock_stream(
             with tarfile.open(fileobj=tee, mode="r|", bufsize=CHUNK) as tar:
                 for member in tar:
                     problems += _check_member(tar, member, expected, seen, algorithm)
-        except (tarfile.TarError, EOFError) as e:
+        except (tarfile.TarError, EOFError, ValueError) as e:  # ValueError covers undecodable pax records
             problems.append(f"tar unreadable after {len(seen)} member(s): {e}")
         tee.drain()
         problems += [f"missing member {p!r}" for p in expected if p not in seen]

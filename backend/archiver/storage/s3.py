@@ -3,7 +3,7 @@ multipart writes, prefix cleanup, presigned URLs."""
 
 from __future__ import annotations
 
-import threading
+import queue
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -90,7 +90,7 @@ class ObjectReader:
 
 
 class MultipartUpload:
-    """Upload bytes as they come, in parts, with at most `max_in_flight` parts in memory besides the one filling.
+    """Upload bytes as they come, in parts; memory is `max_in_flight + 1` part buffers, reused.
 
     Nothing is visible in the bucket until `complete()`; `abort()` (or leaving the
     `with` block by an exception) removes every uploaded part."""
@@ -100,39 +100,47 @@ class MultipartUpload:
             raise ValueError(f"part_size must be at least {MIN_PART_SIZE} bytes (S3 minimum), got {part_size}")
         self._s3, self.bucket, self.key = s3, bucket, key
         self._part_size = part_size
-        self._buffer = bytearray()
+        self._free: queue.Queue[bytearray] = queue.Queue()
+        for _ in range(max_in_flight):
+            self._free.put(bytearray(part_size))
+        self._current, self._filled = bytearray(part_size), 0
         self._parts: list[Future] = []
-        self._slots = threading.BoundedSemaphore(max_in_flight)
         self._pool = ThreadPoolExecutor(max_in_flight, thread_name_prefix="s3-part")
         self.size = 0
         self.upload_id = s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
 
     def write(self, data) -> None:
-        self._buffer += data
-        self.size += len(data)
-        while len(self._buffer) >= self._part_size:
-            part = bytes(self._buffer[: self._part_size])
-            del self._buffer[: self._part_size]
-            self._submit(part)
+        view = memoryview(data)
+        self.size += len(view)
+        while len(view):
+            n = min(len(view), self._part_size - self._filled)
+            self._current[self._filled:self._filled + n] = view[:n]
+            self._filled += n
+            view = view[n:]
+            if self._filled == self._part_size:
+                self._submit(self._current, reuse=True)
+                self._current, self._filled = self._free.get(), 0  # waits while all buffers are uploading
 
-    def _submit(self, data: bytes) -> None:
-        self._slots.acquire()
+    def _submit(self, data: bytearray | bytes, reuse: bool) -> None:
+        for done in (f for f in self._parts if f.done()):
+            done.result()  # a failed part stops the upload now, not after the whole file was read
         number = len(self._parts) + 1
-        self._parts.append(self._pool.submit(self._upload_part, number, data))
+        self._parts.append(self._pool.submit(self._upload_part, number, data, reuse))
 
-    def _upload_part(self, number: int, data: bytes) -> dict:
+    def _upload_part(self, number: int, data: bytearray | bytes, reuse: bool) -> dict:
         try:
             response = self._s3.upload_part(
                 Bucket=self.bucket, Key=self.key, UploadId=self.upload_id, PartNumber=number, Body=data
             )
             return {"PartNumber": number, "ETag": response["ETag"]}
         finally:
-            self._slots.release()
+            if reuse:
+                self._free.put(data)
 
     def complete(self) -> int:
-        if self._buffer or not self._parts:
-            self._submit(bytes(self._buffer))
-            self._buffer.clear()
+        if self._filled or not self._parts:
+            self._submit(bytes(self._current[: self._filled]), reuse=False)
+            self._filled = 0
         parts = [f.result() for f in self._parts]
         self._pool.shutdown()
         self._s3.complete_multipart_upload(
@@ -142,7 +150,6 @@ class MultipartUpload:
 
     def abort(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
-        self._buffer.clear()
         self._s3.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id)
 
     def __enter__(self) -> MultipartUpload:

@@ -136,6 +136,11 @@ def test_corrupt_datablock_never_reaches_the_retrieval_bucket(s3, bucket, second
     files = {f"f{i}.bin": os.urandom(3 * MiB) for i in range(4)}  # 12 MiB: several parts get uploaded first
     upload(s3, bucket, PID, files)
     _, (record,) = archive_all(s3, bucket, PID, lts_root, target_bytes=100 * MiB)
+    # intact: uploaded in 3 parts through reused part buffers, byte-identical
+    key = retrieve_datablock(lts_root, record.archiveId, s3, second_bucket, file_timeout_s=5, part_size=5 * MiB)
+    assert members_of(s3.get_object(Bucket=second_bucket, Key=key)["Body"].read()) == files
+    s3.delete_object(Bucket=second_bucket, Key=key)
+
     path = tar_path(lts_root, record.archiveId)
     data = bytearray(path.read_bytes())
     data[data.index(files["f3.bin"][:64]) + 100] ^= 0xFF  # the last file: earlier parts are already uploaded

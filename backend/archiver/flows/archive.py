@@ -13,15 +13,17 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from archiver.config.runtime import RunConfiguration, load_run_configuration
-from archiver.flows.common import Connections, ProgressReporter, connect, run_bounded, scicat_call
+from archiver.flows.common import (
+    Connections, ProgressReporter, connect, raise_if_cancelled, run_bounded, scicat_call,
+)
 from archiver.flows.concurrency import reconcile_tags
-from archiver.flows.jobs import parameters_of, run_job
+from archiver.flows.jobs import on_job_interrupted, run_job
 from archiver.flows.lts_tasks import set_aside_datablocks, tagged, verify_datablock, wait_for_free_space, write_datablock
 from archiver.packing import cleanup
 from archiver.packing.errors import DatasetUserError
 from archiver.packing.planning import PlannedDatablock, check_expected_files, list_dataset_files, plan_datablocks
 from archiver.packing.records import Manifest
-from archiver.scicat.models import ArchiveStatus, Datablock, JobStatus
+from archiver.scicat.models import ArchiveStatus, Datablock
 
 
 @task(name="plan-datablocks", task_run_name="plan datablocks of {pid}", retries=2, retry_delay_seconds=10,
@@ -94,17 +96,20 @@ def archive_dataset(job_id: str, dataset_id: str, config: RunConfiguration) -> N
             log.info("%s: %d file(s) in %d datablock(s)", pid, sum(len(b.files) for b in blocks), len(blocks))
             manifests = _store_datablocks(pid, blocks, config, connections)
 
-            known = {d.archive_id for d in scicat_call(f"datablocks of {pid}", scicat.get_datablocks, pid)}
+            raise_if_cancelled()
+            known = {d.archive_id: d.id for d in scicat_call(f"datablocks of {pid}", scicat.get_datablocks, pid)}
             for manifest in manifests:
-                if manifest.archiveId in known:  # registered by an earlier, interrupted run of this job
+                if manifest.archiveId in known:  # registered by an earlier, interrupted run: adopted, not duplicated
+                    registered.append(known[manifest.archiveId])
                     continue
                 created = scicat_call(f"register {manifest.archiveId}", scicat.create_datablock, pid,
                                       Datablock.model_validate(manifest.record().model_dump()))
                 registered.append(created.id)
             scicat_call(f"{pid} on archive disk", scicat.set_archive_status, pid,
                         ArchiveStatus.DATASET_ON_ARCHIVE_DISK, archivable=False, retrievable=True)
+            raise_if_cancelled()  # last check before the one step that cannot be undone
         except BaseException as error:
-            _clean_up_failed_archival(pid, config, connections, registered, error)
+            _clean_up_failed_archival(pid, config, connections, registered, error, log)
             raise
         _report_datablocks(pid, manifests)
         try:
@@ -115,10 +120,9 @@ def archive_dataset(job_id: str, dataset_id: str, config: RunConfiguration) -> N
 
 
 def _clean_up_failed_archival(
-    pid: str, config: RunConfiguration, connections: Connections, registered: list[str], error: BaseException,
+    pid: str, config: RunConfiguration, connections: Connections, registered: list[str], error: BaseException, log,
 ) -> None:
     """Undo what this run did for the dataset; the landing zone is left as it was."""
-    log = get_run_logger()
     for datablock_id in registered:
         try:
             connections.scicat.delete_datablock(pid, datablock_id)
@@ -148,21 +152,17 @@ def _report_datablocks(pid: str, manifests: list[Manifest]) -> None:
     create_table_artifact(rows, description=f"Datablocks of {pid} on the LTS")
 
 
-def _on_job_interrupted(flow, flow_run, state) -> None:
-    """Cancelled or crashed: datasets not yet on the archive disk are cleaned up and the job reported failed."""
-    job_id, dataset_ids = parameters_of(flow_run)
-    config = load_run_configuration()
-    with connect(config) as connections:
-        scicat = connections.scicat
-        if not dataset_ids:
-            dataset_ids = scicat.get_job_dataset_pids(job_id)
-        for pid in dataset_ids:
-            lifecycle = scicat.get_dataset(pid).datasetlifecycle
-            if lifecycle and lifecycle.archive_status_message == ArchiveStatus.DATASET_ON_ARCHIVE_DISK:
-                continue
-            ours = [d.id for d in scicat.get_datablocks(pid)]
-            _clean_up_failed_archival(pid, config, connections, ours, RuntimeError(f"job run {state.name.lower()}"))
-        scicat.update_job_status(job_id, JobStatus.FINISHED_UNSUCCESSFUL, f"archival run {state.name.lower()}")
+def _clean_up_interrupted_archival(pid, config, connections, error, log) -> None:
+    # The run is gone: whatever datablocks a dataset not on the archive disk has were registered by it.
+    ours = [d.id for d in connections.scicat.get_datablocks(pid)]
+    _clean_up_failed_archival(pid, config, connections, ours, error, log)
+
+
+_on_job_interrupted = on_job_interrupted(
+    "archival",
+    lambda lifecycle: bool(lifecycle) and lifecycle.archive_status_message == ArchiveStatus.DATASET_ON_ARCHIVE_DISK,
+    _clean_up_interrupted_archival,
+)
 
 
 @flow(

@@ -86,6 +86,27 @@ def scicat_call(what: str, call: Callable[..., R], *args: Any, **kwargs: Any) ->
     return call(*args, **kwargs)
 
 
+class RunCancelled(Exception):
+    """The run (or a run above it) is being cancelled: stop before any further irreversible step."""
+
+
+def raise_if_cancelled() -> None:
+    """Check this flow run and the runs above it. A cancellation hook may already be cleaning up
+    in another process, so no step that registers data or deletes the landing zone may follow."""
+    from prefect.client.orchestration import get_client
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    flow_run_id = context.flow_run.id if context and context.flow_run else None
+    with get_client(sync_client=True) as client:
+        while flow_run_id is not None:
+            flow_run = client.read_flow_run(flow_run_id)
+            if flow_run.state and (flow_run.state.is_cancelling() or flow_run.state.is_cancelled()):
+                raise RunCancelled(f"flow run {flow_run.name} is {flow_run.state.name.lower()}")
+            parent_task = flow_run.parent_task_run_id
+            flow_run_id = client.read_task_run(parent_task).flow_run_id if parent_task else None
+
+
 def run_bounded(function: Callable[[T], R], items: Iterable[T], max_workers: int) -> list[R | BaseException]:
     """Apply `function` to each item, at most `max_workers` at once, inside the current Prefect run context.
 

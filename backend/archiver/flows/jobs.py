@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
-from typing import Any
 
 from prefect.logging import get_run_logger
+from prefect.logging.loggers import flow_run_logger
 
-from archiver.config.runtime import RunConfiguration
-from archiver.flows.common import Connections, run_bounded, scicat_call
+from archiver.config.runtime import RunConfiguration, load_run_configuration
+from archiver.flows.common import Connections, connect, run_bounded, scicat_call
 from archiver.packing.errors import DatasetUserError
-from archiver.scicat.models import JobResultEntry, JobResultObject, JobStatus
+from archiver.scicat.models import DatasetLifecycle, JobResultEntry, JobResultObject, JobStatus
 
 
 class JobFailed(Exception):
@@ -66,6 +67,24 @@ def _summary(total: int, failures: dict[str, BaseException]) -> str:
     return f"{len(failures)} of {total} dataset(s) failed: {details}"[:2000]
 
 
-def parameters_of(flow_run: Any) -> tuple[str, list[str] | None]:
-    """job_id and dataset_ids of a job-level flow run (for state hooks)."""
-    return flow_run.parameters["job_id"], flow_run.parameters.get("dataset_ids")
+CleanUp = Callable[[str, RunConfiguration, Connections, BaseException, logging.LoggerAdapter], None]
+
+
+def on_job_interrupted(kind: str, is_done: Callable[[DatasetLifecycle | None], bool], clean_up: CleanUp):
+    """A hook for a cancelled or crashed job run: every dataset not yet done is cleaned up and reported
+    failed, then the job. It runs outside the run (in the runner or worker), so it builds its own clients."""
+
+    def hook(flow, flow_run, state) -> None:
+        log = flow_run_logger(flow_run, flow)
+        job_id, dataset_ids = flow_run.parameters["job_id"], flow_run.parameters.get("dataset_ids")
+        what = f"{kind} run {state.name.lower()}"
+        config = load_run_configuration()
+        with connect(config) as connections:
+            scicat = connections.scicat
+            for pid in dataset_ids or scicat.get_job_dataset_pids(job_id):
+                if not is_done(scicat.get_dataset(pid).datasetlifecycle):
+                    clean_up(pid, config, connections, RuntimeError(what), log)
+            scicat.update_job_status(job_id, JobStatus.FINISHED_UNSUCCESSFUL, what)
+        log.warning("job %s: %s; datasets not finished were cleaned up and reported failed", job_id, what)
+
+    return hook

@@ -13,12 +13,12 @@ from prefect.logging import get_run_logger
 from archiver.config.runtime import RunConfiguration, load_run_configuration
 from archiver.flows.common import Connections, ProgressReporter, connect, run_bounded, scicat_call
 from archiver.flows.concurrency import reconcile_tags
-from archiver.flows.jobs import parameters_of, run_job
+from archiver.flows.jobs import on_job_interrupted, run_job
 from archiver.flows.lts_tasks import copy_datablock_to_retrieval, tagged
 from archiver.packing import cleanup
 from archiver.packing.errors import DatasetUserError
 from archiver.packing.records import DatablockRecord
-from archiver.scicat.models import Datablock, JobResultEntry, JobStatus, RetrieveStatus
+from archiver.scicat.models import Datablock, JobResultEntry, RetrieveStatus
 from archiver.storage.s3 import presigned_get_url
 
 
@@ -68,14 +68,13 @@ def retrieve_dataset(job_id: str, dataset_id: str, config: RunConfiguration) -> 
             scicat_call(f"{pid} retrieved", scicat.set_retrieve_status, pid, RetrieveStatus.DATASET_RETRIEVED,
                         archivable=False, retrievable=True, integrity_check=True)
         except BaseException as error:
-            _clean_up_failed_retrieval(pid, config, connections, error)
+            _clean_up_failed_retrieval(pid, config, connections, error, log)
             raise
     log.info("%s: %d datablock(s) retrieved and checked", pid, len(entries))
     return entries
 
 
-def _clean_up_failed_retrieval(pid: str, config: RunConfiguration, connections: Connections, error: BaseException):
-    log = get_run_logger()
+def _clean_up_failed_retrieval(pid: str, config: RunConfiguration, connections: Connections, error: BaseException, log):
     try:
         removed = cleanup.delete_retrieved(connections.s3, config.settings.minio.retrieval_bucket, pid)
         if removed:
@@ -92,19 +91,11 @@ def _clean_up_failed_retrieval(pid: str, config: RunConfiguration, connections: 
     log.error("%s: retrieval failed: %s", pid, error)
 
 
-def _on_job_interrupted(flow, flow_run, state) -> None:
-    """Cancelled or crashed: partial retrievals removed, datasets and the job reported failed."""
-    job_id, dataset_ids = parameters_of(flow_run)
-    config = load_run_configuration()
-    with connect(config) as connections:
-        if not dataset_ids:
-            dataset_ids = connections.scicat.get_job_dataset_pids(job_id)
-        for pid in dataset_ids:
-            lifecycle = connections.scicat.get_dataset(pid).datasetlifecycle
-            if lifecycle and lifecycle.retrieve_status_message == RetrieveStatus.DATASET_RETRIEVED:
-                continue
-            _clean_up_failed_retrieval(pid, config, connections, RuntimeError(f"job run {state.name.lower()}"))
-        connections.scicat.update_job_status(job_id, JobStatus.FINISHED_UNSUCCESSFUL, f"retrieval run {state.name.lower()}")
+_on_job_interrupted = on_job_interrupted(
+    "retrieval",
+    lambda lifecycle: bool(lifecycle) and lifecycle.retrieve_status_message == RetrieveStatus.DATASET_RETRIEVED,
+    lambda pid, config, connections, error, log: _clean_up_failed_retrieval(pid, config, connections, error, log),
+)
 
 
 @flow(

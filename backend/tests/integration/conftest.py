@@ -42,9 +42,10 @@ class Pipeline:
         listing = self.s3.list_objects_v2(Bucket=self.settings.minio.retrieval_bucket, Prefix=retrieval_prefix(pid))
         return sorted(o["Key"] for o in listing.get("Contents", []))
 
-    def set_limit(self, name: str, limit: int) -> None:
+    def set_limits(self, **limits: int) -> None:
         data = tomllib.loads(self.limits_file.read_text())
-        data[name]["limit"] = limit
+        for name, limit in limits.items():
+            data[name]["limit"] = limit
         self.limits_file.write_text(tomli_w.dumps(data))
         self.reseed()
 
@@ -75,3 +76,34 @@ def pipeline(tmp_path, prefect_api_url, s3_endpoint, s3, scicat_url, scicat_secr
     with ScicatClient(pipeline.settings.scicat, scicat_credentials) as client:
         pipeline.scicat = client
         yield pipeline
+
+
+@pytest.fixture
+def serve_deployments(tmp_path, pipeline, prefect_api_url):
+    """Start `archiver serve` (a Prefect runner executing the deployments as subprocesses) with extra environment."""
+    import contextlib
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    started = []
+
+    def start(**environment: str):
+        log = (tmp_path / "serve.log").open("ab")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "archiver.cli", "serve"], stdout=log, stderr=subprocess.STDOUT,
+            env={**os.environ, "PREFECT_API_URL": prefect_api_url, "PREFECT_RUNNER_POLL_FREQUENCY": "1", **environment},
+            start_new_session=True,
+        )
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)

@@ -1,0 +1,119 @@
+"""LTS limits measured from Prefect's task-run history, and cancellation of a served archival run."""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+import time
+from datetime import datetime, timezone
+
+import pytest
+
+from archiver.flows.archive import archive_datasets_flow
+from archiver.flows.test_dataset import create_test_dataset_flow
+from archiver.scicat.models import DatasetListEntry, Job, JobParams
+
+pytestmark = pytest.mark.integration
+
+
+def new_job(pipeline, job_type: str, pids: list[str]) -> str:
+    job = Job(type=job_type, job_params=JobParams(dataset_list=[DatasetListEntry(pid=p) for p in pids]))
+    return pipeline.scicat.create_job(job).id
+
+
+def most_at_once(intervals: list[tuple[datetime, datetime]]) -> int:
+    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    running = peak = 0
+    for _, step in events:  # an end sorts before a start at the same instant
+        running += step
+        peak = max(peak, running)
+    return peak
+
+
+def lts_writes_since(since: datetime) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName, TaskRunFilterStartTime
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(task_run_filter=TaskRunFilter(
+            name=TaskRunFilterName(like_="write "), start_time=TaskRunFilterStartTime(after_=since),
+        ))
+    return [r for r in runs if "move-datablocks-to-lts" in r.tags]
+
+
+@pytest.mark.parametrize("limit", [1, 2])
+def test_two_archivals_at_once_respect_move_to_lts_limit(pipeline, limit):
+    """Running intervals (start -> end) never overlap more than the limit, while the demand (created -> end)
+    did exceed it: the writes had to queue for a slot, so the limit was really exercised."""
+    # Free-space waits and verification unbounded, so that writes are what queues.
+    pipeline.set_limits(MOVE_TO_LTS_LIMIT=limit, LTS_FREE_LIMIT=16, VERIFY_LTS_LIMIT=16)
+    jobs = [new_job(pipeline, "archive", [create_test_dataset_flow(num_files=4, file_size_mb=1.0)
+                                          for _ in range(2)]) for _ in range(2)]
+    since = datetime.now(timezone.utc)
+    errors = []
+
+    def run(job_id):
+        try:
+            archive_datasets_flow(job_id=job_id)
+        except Exception as e:  # reported below
+            errors.append(e)
+
+    # Each thread gets a copy of this context, which holds the test server's Prefect settings.
+    threads = [threading.Thread(target=contextvars.copy_context().run, args=(run, job_id)) for job_id in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(600)
+    assert errors == []
+
+    writes = lts_writes_since(since)
+    assert len(writes) == 2 * 2 * 4  # jobs x datasets x datablocks (one 1 MiB file each at a 1 MB target)
+    running = [(w.start_time, w.end_time) for w in writes]
+    demand = [(w.created, w.end_time) for w in writes]
+    assert most_at_once(running) <= limit
+    assert most_at_once(demand) > limit
+
+
+def test_cancelled_archival_cleans_up_and_reports(pipeline, serve_deployments):
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelling
+
+    pid = create_test_dataset_flow(num_files=2, file_size_mb=0.2)
+    landing_before = pipeline.landing_keys(pid)
+    job_id = new_job(pipeline, "archive", [pid])
+    # The LTS never has enough free space: the run waits in wait-for-free-space until cancelled.
+    serve_deployments(LTS_FREE_SPACE_PERCENTAGE="99.999")
+    run = wait_for(lambda: _deployed_run(job_id), what="served deployment")
+    with get_client(sync_client=True) as client:
+        wait_for(lambda: pipeline.scicat_dev.state()["datasets"][pid]["datasetlifecycle"].get("archiveStatusMessage")
+                 == "started", what="archival started")
+        client.set_flow_run_state(run.id, Cancelling(), force=True)
+        wait_for(lambda: client.read_flow_run(run.id).state.is_final(), what="run cancelled")
+        assert client.read_flow_run(run.id).state.type.value == "CANCELLED"
+
+    wait_for(lambda: pipeline.scicat_dev.state()["jobs"][job_id].get("jobStatusMessage") == "finishedUnsuccessful",
+             what="job reported failed")
+    lifecycle = pipeline.scicat_dev.state()["datasets"][pid]["datasetlifecycle"]
+    assert lifecycle["archiveStatusMessage"] == "scheduleArchiveJobFailed"
+    assert pipeline.scicat.get_datablocks(pid) == []
+    assert pipeline.landing_keys(pid) == landing_before
+
+
+def _deployed_run(job_id: str):
+    from prefect.deployments import run_deployment
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        return run_deployment("archive_datasetlist/datasets_archival", parameters={"job_id": job_id}, timeout=0)
+    except ObjectNotFound:
+        return None
+
+
+def wait_for(condition, timeout=120, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -28,6 +28,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def poll_until(condition, timeout: float = 120, what: str = "condition", interval: float = 0.5):
+    """Call `condition` until it returns something truthy, and return that; AssertionError after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
 @dataclass(frozen=True)
 class RunningService:
     name: str

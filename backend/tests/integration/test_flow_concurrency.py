@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import contextvars
 import threading
-import time
 from datetime import datetime, timezone
 
 import pytest
-
 from archiver.flows.archive import archive_datasets_flow
 from archiver.flows.test_dataset import create_test_dataset_flow
+from archiver.local_services import poll_until
 from archiver.scicat.models import DatasetListEntry, Job, JobParams
 
 pytestmark = pytest.mark.integration
@@ -32,7 +31,11 @@ def most_at_once(intervals: list[tuple[datetime, datetime]]) -> int:
 
 def lts_writes_since(since: datetime) -> list:
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName, TaskRunFilterStartTime
+    from prefect.client.schemas.filters import (
+        TaskRunFilter,
+        TaskRunFilterName,
+        TaskRunFilterStartTime,
+    )
 
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(task_run_filter=TaskRunFilter(
@@ -83,15 +86,15 @@ def test_cancelled_archival_cleans_up_and_reports(pipeline, serve_deployments):
     job_id = new_job(pipeline, "archive", [pid])
     # The LTS never has enough free space: the run waits in wait-for-free-space until cancelled.
     serve_deployments(LTS_FREE_SPACE_PERCENTAGE="99.999")
-    run = wait_for(lambda: _deployed_run(job_id), what="served deployment")
+    run = poll_until(lambda: _deployed_run(job_id), what="served deployment")
     with get_client(sync_client=True) as client:
-        wait_for(lambda: pipeline.scicat_dev.state()["datasets"][pid]["datasetlifecycle"].get("archiveStatusMessage")
+        poll_until(lambda: pipeline.scicat_dev.state()["datasets"][pid]["datasetlifecycle"].get("archiveStatusMessage")
                  == "started", what="archival started")
         client.set_flow_run_state(run.id, Cancelling(), force=True)
-        wait_for(lambda: client.read_flow_run(run.id).state.is_final(), what="run cancelled")
+        poll_until(lambda: client.read_flow_run(run.id).state.is_final(), what="run cancelled")
         assert client.read_flow_run(run.id).state.type.value == "CANCELLED"
 
-    wait_for(lambda: pipeline.scicat_dev.state()["jobs"][job_id].get("jobStatusMessage") == "finishedUnsuccessful",
+    poll_until(lambda: pipeline.scicat_dev.state()["jobs"][job_id].get("jobStatusMessage") == "finishedUnsuccessful",
              what="job reported failed")
     lifecycle = pipeline.scicat_dev.state()["datasets"][pid]["datasetlifecycle"]
     assert lifecycle["archiveStatusMessage"] == "scheduleArchiveJobFailed"
@@ -108,12 +111,3 @@ def _deployed_run(job_id: str):
     except ObjectNotFound:
         return None
 
-
-def wait_for(condition, timeout=120, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")

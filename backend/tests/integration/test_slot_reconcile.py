@@ -7,10 +7,10 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
+from archiver.local_services import poll_until
 
 pytestmark = pytest.mark.integration
 
@@ -33,15 +33,6 @@ HOLDER_FLOW = textwrap.dedent(
 )
 
 
-def wait_for(condition, timeout=90, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
-
 
 def descendants(pid: int) -> list[int]:
     """Every process below `pid` (the flow-run processes the runner started)."""
@@ -53,10 +44,9 @@ def descendants(pid: int) -> list[int]:
 
 
 def test_slot_of_a_killed_flow_run_is_released(tmp_path, prefect_api_url, unique_name):
+    from archiver.flows.concurrency import reconcile_tags
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
-
-    from archiver.flows.concurrency import reconcile_tags
 
     tag = f"lts-test-{unique_name}"
     script = tmp_path / "holder.py"
@@ -71,18 +61,18 @@ def test_slot_of_a_killed_flow_run_is_released(tmp_path, prefect_api_url, unique
     )
     try:
         with get_client(sync_client=True) as client:
-            wait_for(lambda: _deployment_exists(client, f"hold-slot/{tag}"), what="served deployment")
+            poll_until(lambda: _deployment_exists(client, f"hold-slot/{tag}"), what="served deployment")
             run = run_deployment(f"hold-slot/{tag}", timeout=0)
-            wait_for(lambda: client.read_concurrency_limit_by_tag(tag).active_slots, what="slot taken")
+            poll_until(lambda: client.read_concurrency_limit_by_tag(tag).active_slots, what="slot taken")
 
             # While its holder lives, the slot is kept.
             [live] = reconcile_tags([tag])
             assert (live.released, live.kept) == (0, 1)
 
-            flow_run_processes = wait_for(lambda: descendants(runner.pid), what="flow-run process")
+            flow_run_processes = poll_until(lambda: descendants(runner.pid), what="flow-run process")
             for pid in flow_run_processes:
                 os.kill(pid, signal.SIGKILL)
-            wait_for(lambda: client.read_flow_run(run.id).state.is_final(), what="flow run marked crashed")
+            poll_until(lambda: client.read_flow_run(run.id).state.is_final(), what="flow run marked crashed")
             assert client.read_flow_run(run.id).state.type.value == "CRASHED"
             assert len(client.read_concurrency_limit_by_tag(tag).active_slots) == 1  # the leak
 

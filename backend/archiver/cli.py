@@ -83,6 +83,15 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dev(args: argparse.Namespace) -> int:
+    from archiver.local_pipeline import DevOptions, run
+
+    return run(DevOptions(
+        workdir=args.workdir.resolve(), num_files=args.files, file_size_mb=args.file_size_mb,
+        prefect_port=args.prefect_port, keep_running=not args.exit,
+    ))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="archiver", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -119,6 +128,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the archival, retrieval and test-dataset deployments here (no Docker)")
     serve.add_argument("--limit", type=int, default=None, help="most flow runs at once")
     serve.set_defaults(run=_serve)
+
+    dev = commands.add_parser(
+        "dev", help="run the whole pipeline locally without Docker: services, a test dataset archived and retrieved",
+    )
+    dev.add_argument("--workdir", type=Path, default=Path(".local"), help="state, LTS folder, secrets and logs")
+    dev.add_argument("--files", type=int, default=5, help="files in the test dataset")
+    dev.add_argument("--file-size-mb", type=float, default=4.0, help="size of each test file")
+    dev.add_argument("--prefect-port", type=int, default=4200, help="Prefect server and UI port (a free one if taken)")
+    dev.add_argument("--exit", action="store_true", help="stop everything after the run instead of waiting for Ctrl-C")
+    dev.set_defaults(run=_dev)
 
     scicat = commands.add_parser(
         "scicat-dev",

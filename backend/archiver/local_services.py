@@ -82,7 +82,7 @@ def _stop(process: subprocess.Popen, timeout: float = 15) -> None:
 
 @contextlib.contextmanager
 def service(
-    name: str, command: list[str], url: str, health_path: str, log_path: Path, env: dict[str, str] | None = None,
+    name: str, command: list[str], url: str, health_path: str | None, log_path: Path, env: dict[str, str] | None = None,
     timeout: float = 120,
 ) -> Iterator[RunningService]:
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -92,7 +92,8 @@ def service(
             env={**os.environ, **(env or {})}, start_new_session=True,
         )
     try:
-        _wait_until_up(name, process, url + health_path, log_path, timeout)
+        if health_path is not None:  # None: a process without an HTTP endpoint, up once started
+            _wait_until_up(name, process, url + health_path, log_path, timeout)
         yield RunningService(name, url, process, log_path)
     finally:
         _stop(process)

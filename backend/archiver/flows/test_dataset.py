@@ -41,9 +41,10 @@ def upload_test_file(s3, bucket: str, pid: str, path: str, size: int, algorithm:
 
 @flow(name="create_test_dataset", flow_run_name="create-test-dataset-{num_files}x{file_size_mb}MB")
 def create_test_dataset_flow(
-    num_files: int = 10, file_size_mb: float = 10.0, owner_group: str = "archiver-test",
+    num_files: int = 10, file_size_mb: float = 10.0, owner_group: str = "archiver-test", dataset_id: str | None = None,
 ) -> str:
-    """Upload `num_files` random files of `file_size_mb` MB and register the dataset in SciCat; returns its PID."""
+    """Upload `num_files` random files of `file_size_mb` MB and register the dataset in SciCat; returns its PID
+    (`dataset_id` when given, else the one SciCat assigns)."""
     if num_files < 1 or file_size_mb <= 0:
         raise ValueError(f"need num_files >= 1 and file_size_mb > 0, got {num_files} and {file_size_mb}")
     log = get_run_logger()
@@ -53,7 +54,7 @@ def create_test_dataset_flow(
     with connect(config) as connections:
         scicat = connections.scicat
         dataset = scicat_call("create dataset", scicat.create_dataset, Dataset(
-            type="raw", owner="archiver", owner_group=owner_group, access_groups=[owner_group],
+            **({"pid": dataset_id} if dataset_id else {}), type="raw", owner="archiver", owner_group=owner_group, access_groups=[owner_group],
             contact_email="archiver@localhost", source_folder="/test-data", dataset_name="archiver test dataset",
             creation_time=datetime.now(timezone.utc), size=num_files * size, number_of_files=num_files,
             datasetlifecycle=DatasetLifecycle(archivable=True, retrievable=False),

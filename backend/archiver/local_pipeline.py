@@ -1,0 +1,222 @@
+"""`archiver dev`: the whole pipeline on this machine, without Docker.
+
+Starts a Prefect server (UI included, state in a local folder), an S3 server,
+the SciCat development server, the archiver API and a runner serving the
+deployments; seeds the configuration the way the prefect-config container
+does; then creates a test dataset, archives and retrieves it through SciCat
+jobs (SciCat -> API -> Prefect, as in production), checks every retrieved
+byte against the original checksums, and says what it did. Ctrl-C stops
+everything it started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import sys
+import tarfile
+import time
+import tomllib
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import tomli_w
+
+from archiver import local_services
+from archiver.config.secrets import init_secrets
+
+REPO_FILES = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class DevOptions:
+    workdir: Path
+    num_files: int = 5
+    file_size_mb: float = 4.0
+    target_size_mb: int = 8
+    prefect_port: int = 4200
+    keep_running: bool = True
+
+
+def say(line: str) -> None:
+    print(f"[archiver dev {time.strftime('%H:%M:%S')}] {line}", flush=True)
+
+
+def _port(preferred: int) -> int:
+    import socket
+
+    with socket.socket() as s:
+        if s.connect_ex(("127.0.0.1", preferred)) != 0:
+            return preferred
+    return local_services.free_port()
+
+
+def _write_vars(options: DevOptions, s3_url: str, scicat_url: str, lts: Path) -> Path:
+    data = tomllib.loads((REPO_FILES / "prefect-vars.toml").read_text())
+    data["archiver"].update(ARCHIVER_SCRATCH_FOLDER=str(options.workdir / "scratch"),
+                            ARCHIVER_TARGET_SIZE_MB=options.target_size_mb)
+    data["lts"].update(LTS_STORAGE_ROOT=str(lts), LTS_FREE_SPACE_PERCENTAGE=1)
+    data["minio"].update(MINIO_ENDPOINT=s3_url, MINIO_EXTERNAL_ENDPOINT=s3_url)
+    data["scicat"].update(SCICAT_ENDPOINT=scicat_url)
+    path = options.workdir / "prefect-vars.toml"
+    path.write_text(tomli_w.dumps(data))
+    return path
+
+
+def run(options: DevOptions) -> int:
+    workdir = options.workdir
+    workdir.mkdir(parents=True, exist_ok=True)
+    secrets_dir = workdir / "secrets"
+    init_secrets(secrets_dir)
+    lts = workdir / "lts"
+    lts.mkdir(exist_ok=True)
+    logs = workdir / "logs"
+    with contextlib.ExitStack() as stack:
+        say(f"starting services; logs in {logs}")
+        prefect = stack.enter_context(local_services.prefect_server(
+            workdir / "prefect", port=_port(options.prefect_port), ui=True,
+            extra_env={"PREFECT_SERVER_TASKS_TAG_CONCURRENCY_SLOT_WAIT_SECONDS": "2"},
+        ))
+        api_url = f"{prefect.url}/api"
+        os.environ["PREFECT_API_URL"] = api_url
+        s3 = stack.enter_context(local_services.s3_server(logs))
+        api_port = local_services.free_port()
+        api_env = {"PREFECT_API_URL": api_url, "ARCHIVER_SECRETS_DIR": str(secrets_dir)}
+        stack.enter_context(local_services.service(
+            "archiver API", [sys.executable, "-m", "archiver.cli", "api", "--port", str(api_port)],
+            f"http://127.0.0.1:{api_port}", "/health/livez", logs / "api.log", env=api_env, timeout=60,
+        ))
+        scicat = stack.enter_context(local_services.scicat_dev_server(
+            secrets_dir, logs, archiver_url=f"http://127.0.0.1:{api_port}/jobs",
+        ))
+        say(f"Prefect UI  {prefect.url}/dashboard")
+        say(f"S3          {s3.url}")
+        say(f"SciCat      {scicat.url}  (state: {scicat.url}/dev/state)")
+        say(f"archiver API http://127.0.0.1:{api_port}/docs")
+
+        vars_file = _write_vars(options, s3.url, scicat.url, lts)
+        _seed(vars_file, secrets_dir)
+        stack.enter_context(local_services.service(
+            "deployment runner", [sys.executable, "-m", "archiver.cli", "serve"], api_url, None,
+            logs / "serve.log", env={"PREFECT_API_URL": api_url, "PREFECT_RUNNER_POLL_FREQUENCY": "2"}, timeout=60,
+        ))
+        from archiver.flows.serve import DEPLOYMENT_NAMES
+
+        local_services.poll_until(lambda: _deployments_ready(DEPLOYMENT_NAMES.values()), 120, "deployments to register")
+        say("deployments served: " + ", ".join(DEPLOYMENT_NAMES.values()))
+
+        ok = _exercise(options, scicat.url, secrets_dir, prefect.url)
+        if options.keep_running:
+            say(f"everything keeps running; explore {prefect.url}/dashboard. Ctrl-C stops it all.")
+            with contextlib.suppress(KeyboardInterrupt):
+                while True:
+                    time.sleep(3600)
+        say("stopping everything this command started")
+    return 0 if ok else 1
+
+
+def _seed(vars_file: Path, secrets_dir: Path) -> None:
+    from archiver.config.seeding import read_inputs, seed
+
+    report = seed(read_inputs(vars_file, REPO_FILES / "concurrency-limits.toml", secrets_dir))
+    say(f"configuration seeded: {len(report.changes)} change(s), {report.unchanged} already up to date")
+
+
+def _deployments_ready(names) -> bool:
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            for name in names:
+                client.read_deployment_by_name(name)
+        except ObjectNotFound:
+            return False
+    return True
+
+
+def _exercise(options: DevOptions, scicat_url: str, secrets_dir: Path, ui_url: str) -> bool:
+    from prefect.deployments import run_deployment
+
+    from archiver.config.settings import ScicatSection
+    from archiver.scicat.client import ScicatClient, ScicatCredentials
+    from archiver.scicat.models import DatasetListEntry, Job, JobParams
+
+    credentials = ScicatCredentials.from_secret_files(secrets_dir, environ={})
+    with ScicatClient(ScicatSection(endpoint=scicat_url), credentials) as scicat:
+        say(f"creating a test dataset: {options.num_files} file(s) of {options.file_size_mb} MB")
+        pid = f"20.500.12269/archiver-dev-{uuid.uuid4()}"
+        creation = run_deployment("create_test_dataset/dataset_creation", timeout=0, parameters={
+            "num_files": options.num_files, "file_size_mb": options.file_size_mb, "dataset_id": pid})
+        if not _watch(creation.id, ui_url):
+            return False
+        originals = {f.path: f.chk for b in scicat.get_origdatablocks(pid) for f in b.data_file_list}
+
+        for job_type in ("archive", "retrieve"):
+            job = scicat.create_job(Job(type=job_type, job_params=JobParams(dataset_list=[DatasetListEntry(pid=pid)])))
+            say(f"SciCat {job_type} job {job.id} created; SciCat called the archiver API")
+            flow_run_id = local_services.poll_until(lambda: _run_of_job(job.id), 60, "the API to start the run")
+            if not _watch(flow_run_id, ui_url):
+                return False
+            status = scicat.get_job(job.id)
+            say(f"SciCat job {job.id}: {status.job_status_message}")
+        entries = status.job_result_object["result"] if isinstance(status.job_result_object, dict) else [
+            e.to_wire() for e in status.job_result_object.result]
+        return _check_downloads(entries, originals, pid, ui_url)
+
+
+def _run_of_job(job_id: str):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"scicat-job:{job_id}"])))
+    return runs[0].id if runs else None
+
+
+def _watch(flow_run_id, ui_url: str) -> bool:
+    """Print the run's state and its subflows' progress until it ends; True when it completed."""
+    from prefect.client.orchestration import get_client
+
+    last = None
+    with get_client(sync_client=True) as client:
+        while True:
+            run = client.read_flow_run(flow_run_id)
+            line = f"{run.name}: {run.state.name}" + _progress_of(client, run)
+            if line != last:
+                say(line)
+                last = line
+            if run.state.is_final():
+                if not run.state.is_completed():
+                    say(f"run failed: {run.state.message}; see {ui_url}/runs/flow-run/{run.id}")
+                return run.state.is_completed()
+            time.sleep(1)
+
+
+def _progress_of(client, run) -> str:
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterType, FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    children = client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run.id])))
+    run_ids = [run.id, *(c.id for c in children)]
+    artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(type=ArtifactFilterType(any_=["progress"])))
+    progress = [a for a in artifacts if a.flow_run_id in run_ids]
+    return "".join(f"  [{a.description}: {float(a.data):.0f}%]" for a in progress)
+
+
+def _check_downloads(entries: list[dict], originals: dict[str, str], pid: str, ui_url: str) -> bool:
+    retrieved: dict[str, str] = {}
+    for entry in entries:
+        content = httpx.get(entry["url"], timeout=120).raise_for_status().content
+        with tarfile.open(fileobj=io.BytesIO(content)) as tar:
+            for member in tar.getmembers():
+                retrieved[member.name] = hashlib.new("sha256", tar.extractfile(member).read()).hexdigest()
+    identical = retrieved == originals
+    say(f"downloaded {len(entries)} datablock(s) from their presigned URLs: {len(retrieved)} file(s), "
+        + ("byte-identical to the originals (sha256)" if identical else "DIFFERENT from the originals"))
+    say(f"done: dataset {pid} was created, archived to the LTS, retrieved and verified; "
+        f"every run is in the Prefect UI at {ui_url}/runs")
+    return identical

@@ -111,8 +111,8 @@ def run(options: DevOptions) -> int:
 
         ok = _exercise(options, scicat.url, secrets_dir, prefect.url)
         if options.keep_running:
-            say(f"everything keeps running; explore {prefect.url}/dashboard. Ctrl-C stops it all.")
             with contextlib.suppress(KeyboardInterrupt):
+                say(f"everything keeps running; explore {prefect.url}/dashboard. Ctrl-C stops it all.")
                 while True:
                     time.sleep(3600)
         say("stopping everything this command started")

@@ -112,6 +112,10 @@ class Stack:
     def record_timing(self, label: str, seconds: float) -> None:
         TIMINGS.append(f"{label}: {seconds:.0f}s")
 
+    def note(self, line: str) -> None:
+        """A figure for the terminal summary."""
+        TIMINGS.append(line)
+
     def scicat_state(self) -> dict:
         return httpx.get(f"{self.scicat_url}/dev/state", timeout=30).json()
 
@@ -149,7 +153,7 @@ def _timed(label: str, function, *args, **kwargs):
 
 def pytest_terminal_summary(terminalreporter):
     if TIMINGS:
-        terminalreporter.write_sep("-", "compose stack timings")
+        terminalreporter.write_sep("-", "compose stack timings and figures")
         for line in TIMINGS:
             terminalreporter.write_line(line)
 

@@ -12,8 +12,11 @@ from archiver.config.errors import ConfigError
 
 def _config(args: argparse.Namespace) -> int:
     from archiver.config.seeding import read_inputs, seed
+    from archiver.config.settings import environment_overrides
 
-    inputs = read_inputs(args.vars, args.limits, args.secrets_dir)
+    for key in environment_overrides():
+        print(f"{key}: taken from the environment (overrides {args.vars})")
+    inputs = read_inputs(args.vars, args.limits, args.secrets_dir, environ=os.environ)
     report = seed(inputs, say=lambda line: print(line, flush=True))
     if report.changes:
         print(f"archiver config: {len(report.changes)} change(s) applied, {report.unchanged} already up to date")

@@ -8,14 +8,16 @@ any failure finishes the job, and a run with nothing to do says so.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from archiver.config.errors import ConfigError
 from archiver.config.limits import LIMITS_VARIABLE, ConcurrencyLimits, load_limits_file
 from archiver.config.secrets import DEFAULT_SECRETS_DIR, PREFECT_SECRETS, SECRETS, read_secret
-from archiver.config.settings import Settings, flat_values, load_vars_file, variable_name
+from archiver.config.settings import (
+    Settings, flat_values, load_vars_file, variable_name, with_environment_overrides,
+)
 from archiver.storage.s3 import S3Credentials, s3_client
 
 
@@ -43,9 +45,16 @@ class SeedInputs:
         return f"SeedInputs(settings=..., limits=..., secrets=<{len(self.secrets)} hidden>)"
 
 
-def read_inputs(vars_file: Path, limits_file: Path, secrets_dir: Path = DEFAULT_SECRETS_DIR) -> SeedInputs:
+def read_inputs(
+    vars_file: Path, limits_file: Path, secrets_dir: Path = DEFAULT_SECRETS_DIR, environ: Mapping[str, str] | None = None,
+) -> SeedInputs:
+    """The files' contents; keys of the variables file set in `environ` override it (the stack's
+    per-site values, e.g. SCICAT_ENDPOINT of the development SciCat)."""
+    settings = load_vars_file(vars_file)
+    if environ is not None:
+        settings = with_environment_overrides(settings, environ, str(vars_file))
     return SeedInputs(
-        settings=load_vars_file(vars_file),
+        settings=settings,
         limits=load_limits_file(limits_file),
         secrets={spec.block: read_secret(spec, secrets_dir) for spec in PREFECT_SECRETS},
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, AnyHttpUrl, BaseModel, ConfigDict, Field, PositiveInt, TypeAdapter, ValidationError
@@ -142,9 +142,19 @@ def from_prefect_variables(stored: dict[str, Any], environ: dict[str, str] | Non
     return from_flat(values, source="Prefect variables (prefect-vars.toml) and environment")
 
 
-def environment_overrides(environ: dict[str, str] | None = None) -> dict[str, str]:
+def environment_overrides(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Keys of prefect-vars.toml set in the environment; an empty value counts as unset
+    (compose passes a variable left empty in .env as an empty string)."""
     environ = os.environ if environ is None else environ
-    return {key: environ[key] for key in known_keys() if key in environ}
+    return {key: environ[key] for key in known_keys() if environ.get(key)}
+
+
+def with_environment_overrides(settings: Settings, environ: Mapping[str, str], source: str) -> Settings:
+    """`settings` with the keys set in `environ` replaced (validated like the file)."""
+    overrides = environment_overrides(environ)
+    if not overrides:
+        return settings
+    return from_flat({**flat_values(settings), **overrides}, source=f"{source} and environment ({', '.join(overrides)})")
 
 
 def validate(data: dict[str, Any], source: str) -> Settings:

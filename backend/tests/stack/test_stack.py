@@ -17,7 +17,10 @@ from archiver.config.secrets import PREFECT_SECRETS, SECRETS
 from archiver.config.settings import flat_values, load_vars_file, variable_name
 
 REPO = Path(__file__).resolve().parents[3]
-LONG_RUNNING = ("postgres", "prefect-server", "proxy", "minio", "prefect-archival-worker", "prefect-retrieval-worker")
+LONG_RUNNING = (
+    "postgres", "prefect-server", "proxy", "minio", "archiver-api", "scicat",
+    "prefect-archival-worker", "prefect-retrieval-worker",
+)
 pytestmark = [pytest.mark.stack, pytest.mark.timeout(1800)]
 
 HOST_SERVICE_PORTS = {5432, 3306, 6379, 5672, 1883, 4222}
@@ -44,7 +47,7 @@ def test_only_intended_ports_are_published_and_only_on_loopback(stack):
         for publisher in entry.get("Publishers") or []
         if publisher.get("PublishedPort")
     ]
-    assert {name for name, _ in published} == {"proxy", "minio"}
+    assert {name for name, _ in published} == {"proxy", "minio", "scicat"}
     for name, publisher in published:
         assert publisher["URL"] == "127.0.0.1", f"{name} publishes on {publisher['URL']}"
         assert publisher["PublishedPort"] not in HOST_SERVICE_PORTS
@@ -56,8 +59,11 @@ def test_prefect_config_one_shot_succeeded(stack):
     assert "archiver config:" in result.stdout
 
 
-def test_prefect_has_the_variables_of_prefect_vars_toml(stack):
+def test_prefect_has_the_variables_of_prefect_vars_toml_with_the_development_overrides(stack):
     expected = {variable_name(key): value for key, value in flat_values(load_vars_file(REPO / "prefect-vars.toml")).items()}
+    # .development.env: flow runs report to the stack's SciCat; download URLs work from this machine.
+    expected["scicat_endpoint"] = "http://scicat:3000"
+    expected["minio_external_endpoint"] = stack.s3_url
     stored = {v["name"]: v["value"] for v in stack.prefect("POST", "/variables/filter", json={}).json()}
     assert {name: stored.get(name) for name in expected} == expected
 
@@ -158,16 +164,15 @@ def test_the_ui_reads_the_api_through_the_proxy(stack, tmp_path):
 
 
 def test_the_flows_deployment_one_shot_registers_the_three_deployments(stack):
-    if not (REPO / "backend/archiver/flows/archive.py").exists():
-        pytest.skip("the flows (backend/archiver/flows/archive.py, retrieve.py, test_dataset.py) do not exist yet")
-    result = stack.run_one_shot("prefect-flows-deployment")
+    result = stack.one_shots["prefect-flows-deployment"]
     assert result.returncode == 0, result.stdout + result.stderr
     deployments = _deployments_by_flow_name(stack)
     for name, pool in DEPLOYMENTS.items():
         assert name in deployments, f"{name} not registered; have {sorted(deployments)}"
         variables = deployments[name]["job_variables"]
         assert deployments[name]["work_pool_name"] == pool
-        assert variables["image"] == "archiver-runtime:latest"
+        assert variables["image"] == stack.env["ARCHIVER_IMAGE"]
+        assert variables["image_pull_policy"] == "Never"
         assert variables["networks"] == [stack.env["STACK_NETWORK"]]
         assert variables["volumes"] == [f"{stack.env['LTS_VOLUME_NAME']}:{load_vars_file(REPO / 'prefect-vars.toml').lts.storage_root}"]
 
@@ -177,8 +182,23 @@ def _deployments_by_flow_name(stack) -> dict[str, dict]:
     return {f"{flows[d['flow_id']]}/{d['name']}": d for d in stack.prefect("POST", "/deployments/filter", json={}).json()}
 
 
-def test_the_archiver_api_answers_behind_the_proxy(stack):
-    if "archiver-api" not in stack.enabled_services():
-        pytest.skip("archiver-api is not enabled: add 'api' to COMPOSE_PROFILES in .env once `archiver api` exists")
-    assert stack.services()["archiver-api"]["Health"] == "healthy"
-    assert httpx.get(f"{stack.base_url}/api/v1/health/livez", timeout=10).status_code == 200
+def test_the_archiver_api_answers_behind_the_proxy_under_its_root_path(stack):
+    assert httpx.get(f"{stack.base_url}/api/v1/health/livez", timeout=10).json() == {"status": "ok"}
+    # The proxy passes the prefix through: the API's own routes answer, its readiness included.
+    ready = httpx.get(f"{stack.base_url}/api/v1/health/readyz", timeout=30)
+    assert ready.status_code == 200, ready.text
+    assert httpx.get(f"{stack.base_url}/api/v1/openapi.json", timeout=10).json()["info"]["title"] == "archiver API"
+    assert httpx.post(f"{stack.base_url}/api/v1/jobs", json={}, timeout=10).status_code == 401
+    assert httpx.get(f"{stack.base_url}/health/livez", timeout=10).status_code == 404
+
+
+def test_the_scicat_development_server_is_published_and_logs_in_the_seeded_account(stack):
+    assert httpx.get(f"{stack.scicat_url}/dev/health", timeout=10).json() == {"ok": True}
+    stored = {
+        d["name"]: d["data"]["value"]
+        for d in stack.prefect("POST", "/block_documents/filter",
+                               json={"block_types": {"slug": {"any_": ["secret"]}}, "include_secrets": True}).json()
+    }
+    login = httpx.post(f"{stack.scicat_url}/api/v3/auth/login", timeout=10,
+                       json={"username": stored["scicat-user"], "password": stored["scicat-password"]})
+    assert login.status_code == 201, login.text

@@ -6,6 +6,8 @@ import tomllib
 
 from archiver.config.errors import ConfigError
 from archiver.config.limits import load_limits_file
+from archiver.config.secrets import init_secrets
+from archiver.config.seeding import read_inputs
 from archiver.config.settings import (
     environment_overrides,
     flat_values,
@@ -107,6 +109,24 @@ def test_environment_overrides_prefect_values():
     settings = from_flat({**values, **overrides}, source="test")
     assert settings.lts.storage_root == Path("/data/lts")
     assert settings.archiver.target_size_mb == 5
+
+
+def test_empty_environment_values_do_not_override():
+    # compose passes a variable left empty in .env as "" (e.g. SCICAT_ENDPOINT in production)
+    assert environment_overrides({"SCICAT_ENDPOINT": "", "LTS_STORAGE_ROOT": "/x"}) == {"LTS_STORAGE_ROOT": "/x"}
+
+
+def test_seeding_inputs_take_the_stacks_overrides_from_the_environment(tmp_path):
+    init_secrets(tmp_path)
+    files = (REPO / "prefect-vars.toml", REPO / "concurrency-limits.toml", tmp_path)
+    environ = {"SCICAT_ENDPOINT": "http://scicat:3000", "MINIO_EXTERNAL_ENDPOINT": ""}
+    overridden = read_inputs(*files, environ=environ).settings
+    plain = read_inputs(*files).settings
+    assert overridden.scicat.endpoint == "http://scicat:3000"
+    assert overridden.minio.external_endpoint == plain.minio.external_endpoint
+    assert overridden.model_copy(update={"scicat": plain.scicat}) == plain
+    with pytest.raises(ConfigError, match=r"environment \(SCICAT_ENDPOINT\).*SCICAT_ENDPOINT"):
+        read_inputs(*files, environ={"SCICAT_ENDPOINT": "not a url"})
 
 
 def test_environment_override_with_bad_value_names_the_source():

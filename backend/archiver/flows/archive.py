@@ -14,7 +14,7 @@ from prefect.logging import get_run_logger
 
 from archiver.config.runtime import RunConfiguration, load_run_configuration
 from archiver.flows.common import (
-    Connections, ProgressReporter, connect, raise_if_cancelled, run_bounded, scicat_call,
+    Connections, ProgressReporter, connect, raise_if_cancelled, run_bounded_or_raise, scicat_call,
 )
 from archiver.flows.concurrency import reconcile_tags
 from archiver.flows.jobs import on_job_interrupted, run_job
@@ -68,12 +68,9 @@ def _store_datablocks(
                        settings.archiver.checksum_algorithm, on_bytes=progress.add)
         return verify(settings.lts.storage_root, record.archiveId, settings.lts.file_timeout_s, on_bytes=progress.add)
 
-    outcomes = run_bounded(store, blocks, settings.archiver.datablock_concurrency)
-    errors = [o for o in outcomes if isinstance(o, BaseException)]
-    if errors:
-        raise errors[0]
+    results = run_bounded_or_raise(store, blocks, settings.archiver.datablock_concurrency)
     progress.finish()
-    return outcomes
+    return results
 
 
 @flow(name="archive_dataset", flow_run_name="archive-{dataset_id}-job-{job_id}")

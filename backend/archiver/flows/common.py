@@ -126,6 +126,15 @@ def run_bounded(function: Callable[[T], R], items: Iterable[T], max_workers: int
         return [future.result() for future in futures]
 
 
+def run_bounded_or_raise(function: Callable[[T], R], items: Iterable[T], max_workers: int) -> list[R]:
+    """`run_bounded`, raising the first error once every item has finished (none is left running)."""
+    outcomes = run_bounded(function, items, max_workers)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return outcomes
+
+
 class ProgressReporter:
     """A Prefect progress artifact fed by byte counts from worker threads, updated at most every few seconds."""
 

@@ -11,7 +11,7 @@ from prefect.artifacts import create_link_artifact
 from prefect.logging import get_run_logger
 
 from archiver.config.runtime import RunConfiguration, load_run_configuration
-from archiver.flows.common import Connections, ProgressReporter, connect, run_bounded, scicat_call
+from archiver.flows.common import Connections, ProgressReporter, connect, run_bounded_or_raise, scicat_call
 from archiver.flows.concurrency import reconcile_tags
 from archiver.flows.jobs import on_job_interrupted, run_job
 from archiver.flows.lts_tasks import copy_datablock_to_retrieval, tagged
@@ -45,12 +45,9 @@ def _retrieve_datablocks(
         return JobResultEntry(dataset_id=pid, name=name, size=datablock.packed_size, archive_id=datablock.archive_id,
                               url=url)
 
-    outcomes = run_bounded(retrieve_one, datablocks, settings.archiver.datablock_concurrency)
-    errors = [o for o in outcomes if isinstance(o, BaseException)]
-    if errors:
-        raise errors[0]
+    results = run_bounded_or_raise(retrieve_one, datablocks, settings.archiver.datablock_concurrency)
     progress.finish()
-    return outcomes
+    return results
 
 
 @flow(name="retrieve_dataset", flow_run_name="retrieve-{dataset_id}-job-{job_id}")

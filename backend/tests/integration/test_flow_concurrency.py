@@ -111,3 +111,37 @@ def _deployed_run(job_id: str):
     except ObjectNotFound:
         return None
 
+
+
+def test_failed_job_run_retried_from_prefect_finishes_the_job(pipeline, serve_deployments):
+    """The operator's way to re-run a SciCat job: retry its flow run (`prefect flow-run retry`, or the UI)."""
+    import os
+    import subprocess
+    import sys
+
+    from prefect.client.orchestration import get_client
+
+    pid = create_test_dataset_flow(num_files=3, file_size_mb=0.4)
+    bucket = pipeline.settings.minio.landingzone_bucket
+    [victim, *_] = pipeline.landing_keys(pid)
+    saved = pipeline.s3.get_object(Bucket=bucket, Key=victim)["Body"].read()
+    pipeline.s3.delete_object(Bucket=bucket, Key=victim)
+    job_id = new_job(pipeline, "archive", [pid])
+    serve_deployments()
+    run = poll_until(lambda: _deployed_run(job_id), what="served deployment")
+    with get_client(sync_client=True) as client:
+        poll_until(lambda: client.read_flow_run(run.id).state.is_final(), what="first attempt to end")
+        assert client.read_flow_run(run.id).state.is_failed()
+        assert pipeline.scicat_dev.state()["jobs"][job_id]["jobStatusMessage"] == "finishedWithDatasetErrors"
+
+        pipeline.s3.put_object(Bucket=bucket, Key=victim, Body=saved)  # the user uploads the missing file
+        retry = subprocess.run([sys.executable, "-m", "prefect", "flow-run", "retry", str(run.id)],
+                               capture_output=True, text=True, timeout=120, env=os.environ.copy())
+        assert retry.returncode == 0, retry.stdout + retry.stderr
+        poll_until(lambda: client.read_flow_run(run.id).state.is_final(), what="retried run to end", timeout=180)
+        assert client.read_flow_run(run.id).state.is_completed()
+
+    assert pipeline.scicat_dev.state()["jobs"][job_id]["jobStatusMessage"] == "finishedSuccessful"
+    archive_ids = [d.archive_id for d in pipeline.scicat.get_datablocks(pid)]
+    assert len(archive_ids) == len(set(archive_ids)) == 2  # 3 x 0.4 MB at a 1 MB target, none twice
+    assert pipeline.landing_keys(pid) == []

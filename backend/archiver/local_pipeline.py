@@ -198,12 +198,16 @@ def _watch(flow_run_id, ui_url: str) -> bool:
 
 
 def _progress_of(client, run) -> str:
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterType, FlowRunFilter, FlowRunFilterParentFlowRunId
+    from prefect.client.schemas.filters import (
+        ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterType, FlowRunFilter, FlowRunFilterParentFlowRunId,
+    )
 
-    children = client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run.id])))
-    run_ids = [run.id, *(c.id for c in children)]
-    artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(type=ArtifactFilterType(any_=["progress"])))
-    progress = [a for a in artifacts if a.flow_run_id in run_ids]
+    children = client.read_flow_runs(
+        flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run.id])))
+    progress = client.read_artifacts(artifact_filter=ArtifactFilter(
+        type=ArtifactFilterType(any_=["progress"]),
+        flow_run_id=ArtifactFilterFlowRunId(any_=[run.id, *(c.id for c in children)]),
+    ))
     return "".join(f"  [{a.description}: {float(a.data):.0f}%]" for a in progress)
 
 

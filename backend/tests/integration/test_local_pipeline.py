@@ -38,6 +38,7 @@ def test_dev_runs_the_pipeline_and_ctrl_c_stops_everything(tmp_path):
         output = "".join(lines)
         assert "3 file(s), byte-identical to the originals (sha256)" in output, output
         assert output.count(": finishedSuccessful") == 2
+        assert re.search(r"\[archiving .*: 100%\]", output) and re.search(r"\[retrieving .*: 100%\]", output)
         urls = re.findall(r"(http://127\.0\.0\.1:\d+)", output)
         assert len(set(urls)) >= 4  # Prefect, S3, SciCat, API
         assert all(answers(url) for url in set(urls))

@@ -14,7 +14,7 @@ from prefect.logging import get_run_logger
 
 from archiver.config.runtime import RunConfiguration, load_run_configuration
 from archiver.flows.common import (
-    Connections, ProgressReporter, connect, raise_if_cancelled, run_bounded_or_raise, scicat_call,
+    Connections, ProgressReporter, connect, exception_of, raise_if_cancelled, run_bounded_or_raise, scicat_call,
 )
 from archiver.flows.concurrency import reconcile_tags
 from archiver.flows.jobs import on_job_interrupted, run_job
@@ -27,7 +27,7 @@ from archiver.scicat.models import ArchiveStatus, Datablock
 
 
 @task(name="plan-datablocks", task_run_name="plan datablocks of {pid}", retries=2, retry_delay_seconds=10,
-      retry_condition_fn=lambda task, run, state: not isinstance(_exception(state), DatasetUserError),
+      retry_condition_fn=lambda task, run, state: not isinstance(exception_of(state), DatasetUserError),
       cache_policy=NO_CACHE)
 def plan_dataset(s3, bucket: str, pid: str, expected: list[tuple[str, int | None]], target_size_bytes: int):
     files = list_dataset_files(s3, bucket, pid)
@@ -42,14 +42,6 @@ def plan_dataset(s3, bucket: str, pid: str, expected: list[tuple[str, int | None
       cache_policy=NO_CACHE)
 def clean_landing_zone(s3, bucket: str, pid: str) -> int:
     return cleanup.delete_landing_zone_files(s3, bucket, pid)
-
-
-def _exception(state) -> BaseException | None:
-    try:
-        state.result()
-    except BaseException as e:
-        return e
-    return None
 
 
 def _store_datablocks(

@@ -60,17 +60,21 @@ def connect(config: RunConfiguration) -> Connections:
     )
 
 
-def _scicat_may_recover(task, task_run, state) -> bool:
-    """Retry SciCat calls only when SciCat was unreachable or unavailable, never on a 4xx answer."""
+def exception_of(state) -> BaseException | None:
+    """The exception a failed task run state holds (None if it holds none)."""
     try:
         state.result()
-    except ScicatError as e:
-        return e.status_code is None or e.status_code >= 500
-    except httpx.TransportError:
-        return True
-    except Exception:
-        return False
-    return False
+    except BaseException as e:
+        return e
+    return None
+
+
+def _scicat_may_recover(task, task_run, state) -> bool:
+    """Retry SciCat calls only when SciCat was unreachable or unavailable, never on a 4xx answer."""
+    error = exception_of(state)
+    if isinstance(error, ScicatError):
+        return error.status_code is None or error.status_code >= 500
+    return isinstance(error, httpx.TransportError)
 
 
 @task(

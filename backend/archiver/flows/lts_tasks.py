@@ -9,6 +9,7 @@ from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 
 from archiver.config.limits import TagLimit
+from archiver.flows.common import exception_of
 from archiver.packing import archive, cleanup, retrieve
 from archiver.packing.errors import ArchiverError
 from archiver.packing.planning import PlannedDatablock
@@ -18,13 +19,13 @@ from archiver.storage import lts
 
 def _may_recover(task, task_run, state) -> bool:
     """Retry storage hiccups; never a user's mistake, a checksum mismatch or a refused name."""
-    try:
-        state.result()
-    except ArchiverError:
-        return False
-    except Exception:
-        return True
-    return False
+    error = exception_of(state)
+    return isinstance(error, Exception) and not isinstance(error, ArchiverError)
+
+
+# Storage tasks that stream data: transient S3/LTS errors get two more tries.
+_STORAGE_RETRIES = {"retries": 2, "retry_delay_seconds": [10, 60], "retry_condition_fn": _may_recover,
+                    "cache_policy": NO_CACHE}
 
 
 def tagged(lts_task: Task, limit: TagLimit) -> Task:
@@ -39,10 +40,7 @@ def wait_for_free_space(lts_root: Path, min_free_percentage: float, timeout_s: f
 @task(
     name="move-datablocks-to-lts",
     task_run_name="write {block.archive_id}",
-    retries=2,
-    retry_delay_seconds=[10, 60],
-    retry_condition_fn=_may_recover,
-    cache_policy=NO_CACHE,
+    **_STORAGE_RETRIES,
 )
 def write_datablock(s3, bucket: str, block: PlannedDatablock, lts_root: Path, algorithm: str, on_bytes=None) -> DatablockRecord:
     return archive.archive_datablock(s3, bucket, block, lts_root, algorithm, on_bytes=on_bytes)
@@ -58,10 +56,7 @@ def verify_datablock(lts_root: Path, archive_id: str, file_timeout_s: float, on_
 @task(
     name="datablocks-lts-to-retrieval",
     task_run_name="retrieve {archive_id}",
-    retries=2,
-    retry_delay_seconds=[10, 60],
-    retry_condition_fn=_may_recover,
-    cache_policy=NO_CACHE,
+    **_STORAGE_RETRIES,
 )
 def copy_datablock_to_retrieval(
     lts_root: Path, archive_id: str, s3, bucket: str, file_timeout_s: float, record: DatablockRecord, on_bytes=None,

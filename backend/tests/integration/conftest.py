@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import tomli_w
-
 from archiver.config.seeding import read_inputs, seed
 from archiver.config.settings import Settings, load_vars_file
 
@@ -41,6 +40,13 @@ class Pipeline:
 
         listing = self.s3.list_objects_v2(Bucket=self.settings.minio.retrieval_bucket, Prefix=retrieval_prefix(pid))
         return sorted(o["Key"] for o in listing.get("Contents", []))
+
+    def new_job(self, job_type: str, pids: list[str]) -> str:
+        """A SciCat job naming `pids`, created as SciCat would store it; returns its id."""
+        from archiver.scicat.models import DatasetListEntry, Job, JobParams
+
+        job = Job(type=job_type, job_params=JobParams(dataset_list=[DatasetListEntry(pid=p) for p in pids]))
+        return self.scicat.create_job(job).id
 
     def set_limits(self, **limits: int) -> None:
         data = tomllib.loads(self.limits_file.read_text())

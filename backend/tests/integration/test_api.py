@@ -7,7 +7,6 @@ import uuid
 
 import httpx
 import pytest
-
 from archiver import local_services
 from archiver.config.secrets import read_secret, secret_spec
 
@@ -160,12 +159,17 @@ def test_openapi_document_lists_the_jobs_endpoint(api):
     assert f"{ROOT}/jobs" in document["paths"]
 
 
+def post_archive_job(server, secrets_dir, timeout: float) -> httpx.Response:
+    """A new archive job, with the right Authorization header, to an API started by `start_api`."""
+    auth = {"Authorization": read_secret(AUTH_SPEC, secrets_dir, {})}
+    return httpx.post(f"{server.url}{ROOT}/jobs", json={"id": str(uuid.uuid4()), "type": "archive"},
+                      headers=auth, timeout=timeout)
+
+
 def test_unregistered_deployment_is_503_and_not_ready(tmp_path, secrets_dir, prefect_api_url):
     missing = {"archive": "archive_datasetlist/not-registered", "retrieve": "retrieve_datasetlist/not-registered"}
     with start_api(tmp_path, secrets_dir, prefect_api_url, missing) as server:
-        auth = {"Authorization": read_secret(AUTH_SPEC, secrets_dir, {})}
-        response = httpx.post(f"{server.url}{ROOT}/jobs", json={"id": str(uuid.uuid4()), "type": "archive"},
-                              headers=auth, timeout=60)
+        response = post_archive_job(server, secrets_dir, timeout=60)
         assert response.status_code == 503
         assert "not registered" in response.json()["detail"]
         ready = httpx.get(f"{server.url}{ROOT}/health/readyz", timeout=60)
@@ -175,9 +179,7 @@ def test_unregistered_deployment_is_503_and_not_ready(tmp_path, secrets_dir, pre
 def test_unreachable_prefect_is_503(tmp_path, secrets_dir, deployments):
     dead = f"http://127.0.0.1:{local_services.free_port()}/api"
     with start_api(tmp_path, secrets_dir, dead, deployments) as server:
-        auth = {"Authorization": read_secret(AUTH_SPEC, secrets_dir, {})}
-        response = httpx.post(f"{server.url}{ROOT}/jobs", json={"id": str(uuid.uuid4()), "type": "archive"},
-                              headers=auth, timeout=120)
+        response = post_archive_job(server, secrets_dir, timeout=120)
         assert response.status_code == 503
         assert "not reachable" in response.json()["detail"]
         assert httpx.get(f"{server.url}{ROOT}/health/readyz", timeout=120).status_code == 503

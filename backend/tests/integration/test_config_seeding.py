@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 import tomli_w
-
 from archiver.config.limits import load_limits_file
-from archiver.config.secrets import PREFECT_SECRETS, read_secret
 from archiver.config.runtime import load_run_configuration
+from archiver.config.secrets import PREFECT_SECRETS, read_secret
 from archiver.config.settings import flat_values, load_vars_file, variable_name
 
 pytestmark = pytest.mark.integration

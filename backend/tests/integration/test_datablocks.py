@@ -8,11 +8,19 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-
 from archiver.packing import naming
 from archiver.packing.archive import archive_datablock, verify_datablock
-from archiver.packing.cleanup import delete_landing_zone_files, delete_retrieved, discard_lts_datablocks
-from archiver.packing.errors import EmptyDatasetError, IntegrityError, MissingFilesError, UnsafeFileNamesError
+from archiver.packing.cleanup import (
+    delete_landing_zone_files,
+    delete_retrieved,
+    discard_lts_datablocks,
+)
+from archiver.packing.errors import (
+    EmptyDatasetError,
+    IntegrityError,
+    MissingFilesError,
+    UnsafeFileNamesError,
+)
 from archiver.packing.planning import list_dataset_files, plan_datablocks
 from archiver.packing.records import read_manifest
 from archiver.packing.retrieve import retrieve_datablock

@@ -10,14 +10,9 @@ import pytest
 from archiver.flows.archive import archive_datasets_flow
 from archiver.flows.test_dataset import create_test_dataset_flow
 from archiver.local_services import poll_until
-from archiver.scicat.models import DatasetListEntry, Job, JobParams
 
 pytestmark = pytest.mark.integration
 
-
-def new_job(pipeline, job_type: str, pids: list[str]) -> str:
-    job = Job(type=job_type, job_params=JobParams(dataset_list=[DatasetListEntry(pid=p) for p in pids]))
-    return pipeline.scicat.create_job(job).id
 
 
 def most_at_once(intervals: list[tuple[datetime, datetime]]) -> int:
@@ -50,7 +45,7 @@ def test_two_archivals_at_once_respect_move_to_lts_limit(pipeline, limit):
     did exceed it: the writes had to queue for a slot, so the limit was really exercised."""
     # Free-space waits and verification unbounded, so that writes are what queues.
     pipeline.set_limits(MOVE_TO_LTS_LIMIT=limit, LTS_FREE_LIMIT=16, VERIFY_LTS_LIMIT=16)
-    jobs = [new_job(pipeline, "archive", [create_test_dataset_flow(num_files=4, file_size_mb=1.0)
+    jobs = [pipeline.new_job("archive", [create_test_dataset_flow(num_files=4, file_size_mb=1.0)
                                           for _ in range(2)]) for _ in range(2)]
     since = datetime.now(timezone.utc)
     errors = []
@@ -83,7 +78,7 @@ def test_cancelled_archival_cleans_up_and_reports(pipeline, serve_deployments):
 
     pid = create_test_dataset_flow(num_files=2, file_size_mb=0.2)
     landing_before = pipeline.landing_keys(pid)
-    job_id = new_job(pipeline, "archive", [pid])
+    job_id = pipeline.new_job("archive", [pid])
     # The LTS never has enough free space: the run waits in wait-for-free-space until cancelled.
     serve_deployments(LTS_FREE_SPACE_PERCENTAGE="99.999")
     run = poll_until(lambda: _deployed_run(job_id), what="served deployment")
@@ -126,7 +121,7 @@ def test_failed_job_run_retried_from_prefect_finishes_the_job(pipeline, serve_de
     [victim, *_] = pipeline.landing_keys(pid)
     saved = pipeline.s3.get_object(Bucket=bucket, Key=victim)["Body"].read()
     pipeline.s3.delete_object(Bucket=bucket, Key=victim)
-    job_id = new_job(pipeline, "archive", [pid])
+    job_id = pipeline.new_job("archive", [pid])
     serve_deployments()
     run = poll_until(lambda: _deployed_run(job_id), what="served deployment")
     with get_client(sync_client=True) as client:

@@ -9,12 +9,10 @@ import tarfile
 
 import httpx
 import pytest
-
 from archiver.flows.archive import archive_datasets_flow
 from archiver.flows.retrieve import retrieve_datasets_flow
 from archiver.flows.test_dataset import create_test_dataset_flow
 from archiver.packing import naming
-from archiver.scicat.models import DatasetListEntry, Job, JobParams
 
 pytestmark = pytest.mark.integration
 
@@ -22,10 +20,6 @@ pytestmark = pytest.mark.integration
 def new_dataset(num_files: int = 4, file_size_mb: float = 0.4) -> str:
     return create_test_dataset_flow(num_files=num_files, file_size_mb=file_size_mb)
 
-
-def new_job(pipeline, job_type: str, pids: list[str]) -> str:
-    job = Job(type=job_type, job_params=JobParams(dataset_list=[DatasetListEntry(pid=p) for p in pids]))
-    return pipeline.scicat.create_job(job).id
 
 
 def calls(pipeline, since_seq: int = 0) -> list[tuple]:
@@ -63,7 +57,7 @@ def test_archive_then_retrieve_several_datasets(pipeline):
     pids = [new_dataset(4, 0.4), new_dataset(3, 0.4)]
     originals = {pid: expected_checksums(pipeline, pid) for pid in pids}
     start = pipeline.scicat_dev.state()["nextSeq"] - 1
-    job_id = new_job(pipeline, "archive", pids)
+    job_id = pipeline.new_job("archive", pids)
 
     archive_datasets_flow(job_id=job_id)
 
@@ -95,7 +89,7 @@ def test_archive_then_retrieve_several_datasets(pipeline):
         assert pipeline.landing_keys(pid) == []
     assert not list(pipeline.lts_root.rglob("*.partial"))
 
-    retrieve_job = new_job(pipeline, "retrieve", pids)
+    retrieve_job = pipeline.new_job("retrieve", pids)
     retrieve_datasets_flow(job_id=retrieve_job)
 
     job = job_of(pipeline, retrieve_job)
@@ -121,7 +115,7 @@ def test_missing_landing_zone_file_is_a_user_error_and_a_rerun_finishes(pipeline
     [victim, *_] = pipeline.landing_keys(broken)
     saved = pipeline.s3.get_object(Bucket=pipeline.settings.minio.landingzone_bucket, Key=victim)["Body"].read()
     pipeline.s3.delete_object(Bucket=pipeline.settings.minio.landingzone_bucket, Key=victim)
-    job_id = new_job(pipeline, "archive", [good, broken])
+    job_id = pipeline.new_job("archive", [good, broken])
 
     state = archive_datasets_flow(job_id=job_id, return_state=True)
 
@@ -135,7 +129,7 @@ def test_missing_landing_zone_file_is_a_user_error_and_a_rerun_finishes(pipeline
     assert not any(naming.datablocks_folder(pipeline.lts_root, broken).glob("*"))
 
     pipeline.s3.put_object(Bucket=pipeline.settings.minio.landingzone_bucket, Key=victim, Body=saved)
-    rerun = new_job(pipeline, "archive", [good, broken])
+    rerun = pipeline.new_job("archive", [good, broken])
     archive_datasets_flow(job_id=rerun)
 
     assert job_of(pipeline, rerun)["jobStatusMessage"] == "finishedSuccessful"
@@ -148,7 +142,7 @@ def test_missing_landing_zone_file_is_a_user_error_and_a_rerun_finishes(pipeline
 
 def test_corrupt_datablock_fails_retrieval_cleanly(pipeline):
     pid = new_dataset(3, 0.3)
-    archive_datasets_flow(job_id=new_job(pipeline, "archive", [pid]))
+    archive_datasets_flow(job_id=pipeline.new_job("archive", [pid]))
     [first, *_] = pipeline.scicat.get_datablocks(pid)
     tar_path = naming.datablock_path(pipeline.lts_root, first.archive_id)
     with open(tar_path, "r+b") as f:
@@ -157,7 +151,7 @@ def test_corrupt_datablock_fails_retrieval_cleanly(pipeline):
         f.seek(-1, 1)
         f.write(bytes([byte[0] ^ 0xFF]))
 
-    job_id = new_job(pipeline, "retrieve", [pid])
+    job_id = pipeline.new_job("retrieve", [pid])
     state = retrieve_datasets_flow(job_id=job_id, return_state=True)
 
     assert state.is_failed()
@@ -172,7 +166,7 @@ def test_corrupt_datablock_fails_retrieval_cleanly(pipeline):
 
 def test_scicat_down_mid_job_then_back(pipeline):
     pid = new_dataset(2, 0.2)
-    job_id = new_job(pipeline, "archive", [pid])
+    job_id = pipeline.new_job("archive", [pid])
     pipeline.scicat_dev.fail_next(6, 503)  # more than the client's own retries: the task retries take over
 
     archive_datasets_flow(job_id=job_id)

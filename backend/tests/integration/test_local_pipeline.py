@@ -10,7 +10,6 @@ import subprocess
 import sys
 
 import pytest
-
 from archiver import local_services
 
 pytestmark = pytest.mark.integration

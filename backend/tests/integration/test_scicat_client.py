@@ -9,7 +9,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
-
 from archiver import local_services
 from archiver.config.secrets import read_secret, secret_spec
 from archiver.config.settings import ScicatSection

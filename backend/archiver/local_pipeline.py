@@ -144,7 +144,6 @@ def _exercise(options: DevOptions, scicat_url: str, secrets_dir: Path, ui_url: s
 
     from archiver.config.settings import ScicatSection
     from archiver.scicat.client import ScicatClient, ScicatCredentials
-    from archiver.scicat.models import DatasetListEntry, Job, JobParams
 
     credentials = ScicatCredentials.from_secret_files(secrets_dir, environ={})
     with ScicatClient(ScicatSection(endpoint=scicat_url), credentials) as scicat:
@@ -157,7 +156,7 @@ def _exercise(options: DevOptions, scicat_url: str, secrets_dir: Path, ui_url: s
         originals = {f.path: f.chk for b in scicat.get_origdatablocks(pid) for f in b.data_file_list}
 
         for job_type in ("archive", "retrieve"):
-            job = scicat.create_job(Job(type=job_type, job_params=JobParams(dataset_list=[DatasetListEntry(pid=pid)])))
+            job = scicat.create_job(job_type, [pid])
             say(f"SciCat {job_type} job {job.id} created; SciCat called the archiver API")
             flow_run_id = local_services.poll_until(lambda: _run_of_job(job.id), 60, "the API to start the run")
             if not _watch(flow_run_id, ui_url):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 from typing import Any
 from uuid import UUID
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from archiver.api.runs import PrefectUnavailable, readiness, start_job_run
 from archiver.api.settings import ApiSettings
@@ -18,20 +19,37 @@ log = logging.getLogger("archiver.api")
 
 
 class JobDocument(BaseModel):
-    """The job SciCat sends; only id and type are needed, everything else is kept as sent."""
+    """The job SciCat sends; only id and type are needed. The dataset list is read from either shape
+    (v4: `jobParams.datasetList`, v3: `datasetList`); without one the flow asks SciCat."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="ignore")
 
     id: UUID
     type: str
     jobParams: dict[str, Any] | None = None
+    datasetList: list[Any] | None = None
 
     def dataset_ids(self) -> list[str] | None:
-        datasets = (self.jobParams or {}).get("datasetList")
+        datasets = (self.jobParams or {}).get("datasetList") or self.datasetList
         if not isinstance(datasets, list):
             return None
         pids = [d.get("pid") for d in datasets if isinstance(d, dict)]
         return [pid for pid in pids if isinstance(pid, str)] or None
+
+
+def parse_job(body: bytes) -> JobDocument:
+    """The job from a request body, whatever its Content-Type: SciCat's url job action sends the JSON
+    as text/plain unless configured otherwise. 422 naming the problem when it is not a job object."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise HTTPException(422, f"the body is not JSON ({e}); send the SciCat job document as a JSON object") from None
+    if not isinstance(data, dict):
+        raise HTTPException(422, f"the body is JSON but not an object (got {type(data).__name__}); send the job document")
+    try:
+        return JobDocument.model_validate(data)
+    except ValidationError as e:
+        raise HTTPException(422, e.errors(include_url=False, include_input=False)) from None
 
 
 class FlowRunStarted(BaseModel):
@@ -81,9 +99,15 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         "/jobs",
         response_model=FlowRunStarted,
         tags=["jobs"],
-        responses={400: {"description": "unknown job type"}, 401: {}, 503: {"description": "Prefect unavailable"}},
+        responses={400: {"description": "unknown job type"}, 401: {}, 422: {"description": "not a job document"},
+                   503: {"description": "Prefect unavailable"}},
+        openapi_extra={"requestBody": {"required": True, "content": {
+            "application/json": {"schema": JobDocument.model_json_schema()},
+            "text/plain": {"schema": {"type": "string", "description": "the same JSON document"}},
+        }}},
     )
-    async def create_job(job: JobDocument) -> FlowRunStarted:
+    async def create_job(request: Request) -> FlowRunStarted:
+        job = parse_job(await request.body())
         if job.type not in deployments:
             raise HTTPException(
                 400, f"unknown job type {job.type!r}; allowed types: {', '.join(sorted(deployments))}"

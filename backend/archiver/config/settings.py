@@ -14,7 +14,7 @@ from pathlib import Path
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, AnyHttpUrl, BaseModel, ConfigDict, Field, PositiveInt, TypeAdapter, ValidationError
+from pydantic import AfterValidator, AnyHttpUrl, BaseModel, ConfigDict, Field, PositiveInt, TypeAdapter, ValidationError, model_validator
 
 from archiver.config.errors import ConfigError, explain
 
@@ -71,11 +71,37 @@ class MinioSection(_Section):
     )
 
 
+def _api_version(prefix: str) -> str | None:
+    """'v3' for '/api/v3/' (also behind a path such as '/scicat/api/v3'), None when it names no version."""
+    parts = prefix.strip("/").split("/")
+    return parts[-1] if len(parts) >= 2 and parts[-2] == "api" and parts[-1] in ("v3", "v4") else None
+
+
 class ScicatSection(_Section):
     endpoint: HttpUrl = Field(alias="SCICAT_ENDPOINT")
     api_prefix: str = Field("/api/v3/", alias="SCICAT_API_PREFIX")
     jobs_api_prefix: str = Field("/api/v3/", alias="SCICAT_JOBS_API_PREFIX")
     job_status_schema: Literal["v3", "v4"] = Field("v3", alias="SCICAT_JOB_STATUS_SCHEMA")
+    lifecycle_merge_endpoint: bool = Field(False, alias="SCICAT_LIFECYCLE_MERGE_ENDPOINT")
+
+    @model_validator(mode="after")
+    def _versions_fit(self) -> ScicatSection:
+        # SciCat v4 serves only jobs under /api/v4; datasets and datablocks stay under /api/v3.
+        if _api_version(self.api_prefix) != "v3":
+            raise ValueError(
+                f"SCICAT_API_PREFIX {self.api_prefix!r} must end in /api/v3/: SciCat serves login, datasets and "
+                "datablocks only under /api/v3 (also on SciCat v4)"
+            )
+        jobs_version = _api_version(self.jobs_api_prefix)
+        if jobs_version is None:
+            raise ValueError(f"SCICAT_JOBS_API_PREFIX {self.jobs_api_prefix!r} must end in /api/v3/ or /api/v4/")
+        if jobs_version != self.job_status_schema:
+            raise ValueError(
+                f"SCICAT_JOB_STATUS_SCHEMA {self.job_status_schema!r} does not fit SCICAT_JOBS_API_PREFIX "
+                f"{self.jobs_api_prefix!r}: jobs under /api/{jobs_version}/ take only {jobs_version} status updates "
+                f"(set SCICAT_JOB_STATUS_SCHEMA = {jobs_version!r}, or change the prefix)"
+            )
+        return self
 
 
 class Settings(_Section):

@@ -22,7 +22,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from archiver.config.runtime import RunConfiguration
+from archiver.packing.registered import ArchiveOnRecord, check_registered
 from archiver.scicat.client import ScicatClient, ScicatCredentials, ScicatError
+from archiver.scicat.models import ArchiveStatus, Datablock
 from archiver.storage.s3 import S3Credentials, s3_client
 
 T = TypeVar("T")
@@ -88,6 +90,29 @@ def _scicat_may_recover(task, task_run, state) -> bool:
 def scicat_call(what: str, call: Callable[..., R], *args: Any, **kwargs: Any) -> R:
     """One SciCat call as a task: visible in the UI, retried while SciCat is down (the client retries briefly too)."""
     return call(*args, **kwargs)
+
+
+ARCHIVED_LIFECYCLE = {
+    "archive_status_message": ArchiveStatus.DATASET_ON_ARCHIVE_DISK, "archivable": False, "retrievable": True,
+}
+
+
+@dataclass(frozen=True)
+class OnRecord:
+    registered: list[Datablock]  # the dataset's datablocks in SciCat
+    listed: list[tuple[str, int]]  # (path, size) of the files its origdatablocks list
+    archive: ArchiveOnRecord  # what the registered datablocks amount to on the LTS
+
+
+def dataset_on_record(pid: str, config: RunConfiguration, connections: Connections) -> OnRecord:
+    """What SciCat and the LTS say about a dataset's archive (packing.registered)."""
+    scicat = connections.scicat
+    registered = scicat_call(f"datablocks of {pid}", scicat.get_datablocks, pid)
+    origdatablocks = scicat_call(f"origdatablocks of {pid}", scicat.get_origdatablocks, pid)
+    listed = [(f.path, f.size) for block in origdatablocks for f in block.data_file_list]
+    archive = check_registered(config.settings.lts.storage_root, pid, [d.to_wire() for d in registered],
+                               [path for path, _ in listed])
+    return OnRecord(registered, listed, archive)
 
 
 class RunCancelled(Exception):

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from prefect.logging import get_run_logger
 from prefect.logging.loggers import flow_run_logger
 
 from archiver.config.runtime import RunConfiguration, load_run_configuration
 from archiver.flows.common import Connections, connect, run_bounded, scicat_call
-from archiver.packing.errors import DatasetUserError
-from archiver.scicat.models import DatasetLifecycle, JobResultEntry, JobResultObject, JobStatus
+from archiver.packing.errors import DatasetUserError, InvalidPidError
+from archiver.packing.naming import check_pid
+from archiver.scicat.models import JobResultEntry, JobResultObject, JobStatus
 
 
 class JobFailed(Exception):
@@ -27,31 +29,64 @@ def job_verdict(failures: dict[str, BaseException]) -> JobStatus:
     return JobStatus.FINISHED_UNSUCCESSFUL
 
 
+@dataclass
+class DatasetDone:
+    """What a dataset's processing hands back to the job: result entries (download links) and a note."""
+
+    entries: list[JobResultEntry] = field(default_factory=list)
+    note: str | None = None
+
+
+class NoDatasetsError(Exception):
+    def __init__(self, job_id: str):
+        super().__init__(
+            f"job {job_id} names no datasets (neither datasetList nor jobParams.datasetList has a pid); "
+            "nothing was done: create the job again with the datasets it is for"
+        )
+
+
+def _checked_pids(dataset_ids: list[str]) -> tuple[list[str], dict[str, BaseException]]:
+    """The usable PIDs, and the refused ones with why; a refused PID is never put into a SciCat URL."""
+    usable, refused = [], {}
+    for pid in dataset_ids:
+        try:
+            usable.append(check_pid(pid))
+        except InvalidPidError as e:
+            refused[pid] = e
+    return usable, refused
+
+
 def run_job(
     job_id: str,
     dataset_ids: list[str] | None,
     config: RunConfiguration,
     connections: Connections,
-    process_dataset: Callable[[str], list[JobResultEntry] | None],
+    process_dataset: Callable[[str], DatasetDone],
 ) -> list[JobResultEntry]:
     """Mark the job in progress, process each dataset (bounded in parallel), report the outcome.
 
     `process_dataset` raises for a failed dataset (after cleaning up after it) and
-    may return result entries (retrieval URLs) to put into the job result."""
+    returns what goes into the job result (retrieval URLs) and message."""
     log = get_run_logger()
     scicat = connections.scicat
     scicat_call("job inProgress", scicat.update_job_status, job_id, JobStatus.IN_PROGRESS)
     if not dataset_ids:
         dataset_ids = scicat_call("datasets of the job", scicat.get_job_dataset_pids, job_id)
-    dataset_ids = list(dict.fromkeys(dataset_ids))  # a dataset named twice is processed once
+    if not dataset_ids:
+        error = NoDatasetsError(job_id)
+        scicat_call("job finishedUnsuccessful", scicat.update_job_status, job_id, JobStatus.FINISHED_UNSUCCESSFUL, str(error))
+        raise JobFailed(str(error))
+    requested = list(dict.fromkeys(dataset_ids))  # a dataset named twice is processed once
+    dataset_ids, failures = _checked_pids(requested)
     log.info("job %s: %d dataset(s): %s", job_id, len(dataset_ids), ", ".join(dataset_ids))
 
     outcomes = run_bounded(process_dataset, dataset_ids, config.settings.archiver.dataset_concurrency)
-    failures = {pid: o for pid, o in zip(dataset_ids, outcomes, strict=True) if isinstance(o, BaseException)}
-    results = [entry for o in outcomes if isinstance(o, list) for entry in o]
+    failures.update((pid, o) for pid, o in zip(dataset_ids, outcomes, strict=True) if isinstance(o, BaseException))
+    done = [o for o in outcomes if isinstance(o, DatasetDone)]
+    results = [entry for o in done for entry in o.entries]
 
     verdict = job_verdict(failures)
-    message = _summary(len(dataset_ids), failures)
+    message = _summary(len(requested), failures, [o.note for o in done if o.note])
     result_object = JobResultObject(result=results) if results else None
     scicat_call(f"job {verdict.value}", scicat.update_job_status, job_id, verdict, message, result_object)
     if failures:
@@ -60,19 +95,22 @@ def run_job(
     return results
 
 
-def _summary(total: int, failures: dict[str, BaseException]) -> str:
-    if not failures:
-        return f"all {total} dataset(s) done"
-    details = "; ".join(f"{pid}: {type(e).__name__}: {e}" for pid, e in failures.items())
-    return f"{len(failures)} of {total} dataset(s) failed: {details}"[:2000]
+def _summary(total: int, failures: dict[str, BaseException], notes: list[str]) -> str:
+    if failures:
+        details = "; ".join(f"{pid}: {type(e).__name__}: {e}" for pid, e in failures.items())
+        head = f"{len(failures)} of {total} dataset(s) failed: {details}"
+    else:
+        head = f"all {total} dataset(s) done"
+    return "; ".join([head, *notes])[:2000]
 
 
 CleanUp = Callable[[str, RunConfiguration, Connections, BaseException, logging.LoggerAdapter], None]
 
 
-def on_job_interrupted(kind: str, is_done: Callable[[DatasetLifecycle | None], bool], clean_up: CleanUp):
-    """A hook for a cancelled or crashed job run: every dataset not yet done is cleaned up and reported
-    failed, then the job. It runs outside the run (in the runner or worker), so it builds its own clients."""
+def on_job_interrupted(kind: str, clean_up: CleanUp):
+    """A hook for a cancelled or crashed job run: `clean_up` finds out what each dataset's state is,
+    cleans up and reports the unfinished ones, then the job is reported failed. It runs outside the
+    run (in the runner or worker), so it builds its own clients."""
 
     def hook(flow, flow_run, state) -> None:
         log = flow_run_logger(flow_run, flow)
@@ -81,9 +119,9 @@ def on_job_interrupted(kind: str, is_done: Callable[[DatasetLifecycle | None], b
         config = load_run_configuration()
         with connect(config) as connections:
             scicat = connections.scicat
-            for pid in dataset_ids or scicat.get_job_dataset_pids(job_id):
-                if not is_done(scicat.get_dataset(pid).datasetlifecycle):
-                    clean_up(pid, config, connections, RuntimeError(what), log)
+            usable, _ = _checked_pids(dataset_ids or scicat.get_job_dataset_pids(job_id))
+            for pid in usable:
+                clean_up(pid, config, connections, RuntimeError(what), log)
             scicat.update_job_status(job_id, JobStatus.FINISHED_UNSUCCESSFUL, what)
         log.warning("job %s: %s; datasets not finished were cleaned up and reported failed", job_id, what)
 

@@ -66,6 +66,7 @@ def copy_datablock_to_retrieval(
     )
 
 
-@task(name="set-aside-unverified-datablocks", task_run_name="set aside datablocks of {pid}", cache_policy=NO_CACHE)
-def set_aside_datablocks(lts_root: Path, pid: str) -> Path | None:
-    return cleanup.discard_lts_datablocks(lts_root, pid, keep=True)
+@task(name="set-aside-unverified-datablocks", task_run_name="set aside datablocks that failed verification",
+      cache_policy=NO_CACHE)
+def set_aside_datablocks(lts_root: Path, archive_ids: list[str]) -> list[Path]:
+    return cleanup.set_aside_datablocks(lts_root, archive_ids)

@@ -11,20 +11,34 @@ from prefect.artifacts import create_link_artifact
 from prefect.logging import get_run_logger
 
 from archiver.config.runtime import RunConfiguration, load_run_configuration
-from archiver.flows.common import Connections, ProgressReporter, connect, run_bounded_or_raise, scicat_call
+from archiver.flows.common import (
+    ARCHIVED_LIFECYCLE, Connections, OnRecord, ProgressReporter, connect, dataset_on_record, run_bounded_or_raise,
+    scicat_call,
+)
 from archiver.flows.concurrency import reconcile_tags
-from archiver.flows.jobs import on_job_interrupted, run_job
+from archiver.flows.jobs import DatasetDone, on_job_interrupted, run_job
 from archiver.flows.lts_tasks import copy_datablock_to_retrieval, tagged
 from archiver.packing import cleanup
-from archiver.packing.errors import DatasetUserError
-from archiver.packing.records import DatablockRecord
+from archiver.packing.errors import DatasetUserError, RegistrationConflictError
+from archiver.packing.registered import record_from_wire
 from archiver.scicat.models import Datablock, JobResultEntry, RetrieveStatus
 from archiver.storage.s3 import presigned_get_url
 
 
-class NothingToRetrieveError(DatasetUserError):
-    def __init__(self, pid: str):
-        super().__init__(f"dataset {pid} has no datablocks in SciCat; archive it before retrieving it")
+class NotArchivedError(DatasetUserError):
+    def __init__(self, pid: str, why: str):
+        super().__init__(f"dataset {pid} is not archived ({why}); archive it before retrieving it")
+
+
+def _check_archived(pid: str, on_record: OnRecord) -> None:
+    """Retrieve only a dataset whose registered datablocks are on the LTS and hold all its files."""
+    if not on_record.registered:
+        raise NotArchivedError(pid, "it has no datablocks in SciCat")
+    if on_record.archive.problems:
+        raise RegistrationConflictError(pid, on_record.archive.problems)
+    if on_record.archive.missing_files:
+        missing = on_record.archive.missing_files
+        raise NotArchivedError(pid, f"{len(missing)} of its files are in no registered datablock: {', '.join(missing[:5])}")
 
 
 def _retrieve_datablocks(
@@ -35,7 +49,7 @@ def _retrieve_datablocks(
     progress = ProgressReporter(sum(d.packed_size for d in datablocks), f"retrieving {pid}: bytes checked and uploaded")
 
     def retrieve_one(datablock: Datablock) -> JobResultEntry:
-        record = DatablockRecord.model_validate(datablock.to_wire())
+        record = record_from_wire(pid, datablock.to_wire())
         key = copy(settings.lts.storage_root, datablock.archive_id, connections.s3, settings.minio.retrieval_bucket,
                    settings.lts.file_timeout_s, record, on_bytes=progress.add)
         url = presigned_get_url(settings.minio.external_endpoint, settings.minio.region, connections.s3_credentials,
@@ -51,27 +65,30 @@ def _retrieve_datablocks(
 
 
 @flow(name="retrieve_dataset", flow_run_name="retrieve-{dataset_id}-job-{job_id}")
-def retrieve_dataset(job_id: str, dataset_id: str, config: RunConfiguration) -> list[JobResultEntry]:
+def retrieve_dataset(job_id: str, dataset_id: str, config: RunConfiguration) -> DatasetDone:
     log = get_run_logger()
     pid = dataset_id
     with connect(config) as connections:
         scicat = connections.scicat
         try:
-            scicat_call(f"{pid} retrieve started", scicat.set_retrieve_status, pid, RetrieveStatus.STARTED)
-            datablocks = scicat_call(f"datablocks of {pid}", scicat.get_datablocks, pid)
-            if not datablocks:
-                raise NothingToRetrieveError(pid)
-            entries = _retrieve_datablocks(pid, datablocks, config, connections)
-            scicat_call(f"{pid} retrieved", scicat.set_retrieve_status, pid, RetrieveStatus.DATASET_RETRIEVED,
-                        archivable=False, retrievable=True, integrity_check=True)
+            on_record = dataset_on_record(pid, config, connections)
+            _check_archived(pid, on_record)
+            scicat_call(f"{pid} retrieve started", scicat.update_lifecycle, pid, "set retrieve status started",
+                        retrieve_status_message=RetrieveStatus.STARTED, retrieve_integrity_check=False,
+                        **ARCHIVED_LIFECYCLE)
+            entries = _retrieve_datablocks(pid, on_record.registered, config, connections)
+            scicat_call(f"{pid} retrieved", scicat.update_lifecycle, pid, "set retrieve status datasetRetrieved",
+                        retrieve_status_message=RetrieveStatus.DATASET_RETRIEVED, retrieve_integrity_check=True,
+                        **ARCHIVED_LIFECYCLE)
         except BaseException as error:
             _clean_up_failed_retrieval(pid, config, connections, error, log)
             raise
     log.info("%s: %d datablock(s) retrieved and checked", pid, len(entries))
-    return entries
+    return DatasetDone(entries=entries)
 
 
 def _clean_up_failed_retrieval(pid: str, config: RunConfiguration, connections: Connections, error: BaseException, log):
+    """Remove what was uploaded; the dataset's archive state in SciCat is left as it is."""
     try:
         removed = cleanup.delete_retrieved(connections.s3, config.settings.minio.retrieval_bucket, pid)
         if removed:
@@ -79,20 +96,23 @@ def _clean_up_failed_retrieval(pid: str, config: RunConfiguration, connections: 
     except Exception as e:
         log.error("%s: retrieval bucket could not be cleaned: %s", pid, e)
     try:
-        connections.scicat.set_retrieve_status(
-            pid, RetrieveStatus.DATASET_RETRIEVAL_FAILED, archivable=False, retrievable=True,
-            return_message=f"{type(error).__name__}: {error}"[:2000],
+        connections.scicat.update_lifecycle(
+            pid, "set retrieve status datasetRetrievalFailed", retrieve_status_message=RetrieveStatus.DATASET_RETRIEVAL_FAILED,
+            retrieve_integrity_check=False, retrieve_return_message=f"{type(error).__name__}: {error}"[:2000],
         )
     except Exception as e:
         log.error("%s: SciCat could not be told datasetRetrievalFailed: %s", pid, e)
     log.error("%s: retrieval failed: %s", pid, error)
 
 
-_on_job_interrupted = on_job_interrupted(
-    "retrieval",
-    lambda lifecycle: bool(lifecycle) and lifecycle.retrieve_status_message == RetrieveStatus.DATASET_RETRIEVED,
-    lambda pid, config, connections, error, log: _clean_up_failed_retrieval(pid, config, connections, error, log),
-)
+def _clean_up_interrupted_retrieval(pid, config, connections, error, log) -> None:
+    lifecycle = connections.scicat.get_dataset(pid).datasetlifecycle
+    if lifecycle and lifecycle.retrieve_status_message == RetrieveStatus.DATASET_RETRIEVED:
+        return
+    _clean_up_failed_retrieval(pid, config, connections, error, log)
+
+
+_on_job_interrupted = on_job_interrupted("retrieval", _clean_up_interrupted_retrieval)
 
 
 @flow(

@@ -13,7 +13,7 @@ from prefect.logging import get_run_logger
 from archiver.config.runtime import load_run_configuration
 from archiver.flows.common import connect, scicat_call
 from archiver.packing.naming import landing_prefix
-from archiver.scicat.models import DataFile, Dataset, DatasetLifecycle, OrigDatablock
+from archiver.scicat.models import DataFile, Dataset, DatasetLifecycle, NewOrigDatablock
 
 
 class RandomFile:
@@ -63,8 +63,8 @@ def create_test_dataset_flow(
         bucket = config.settings.minio.landingzone_bucket
         files = [upload_test_file(connections.s3, bucket, pid, f"file_{i:04d}.bin", size, algorithm)
                  for i in range(num_files)]
-        scicat_call(f"origdatablock of {pid}", scicat.create_origdatablock, pid, OrigDatablock(
-            size=num_files * size, owner_group=owner_group, chk_alg=algorithm, data_file_list=files,
+        scicat_call(f"origdatablock of {pid}", scicat.create_origdatablock, pid, NewOrigDatablock(
+            size=num_files * size, chk_alg=algorithm, data_file_list=files,
         ))
     log.info("test dataset %s: %d file(s) of %d bytes in s3://%s/%s", pid, num_files, size, bucket, landing_prefix(pid))
     return pid

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -12,22 +11,22 @@ from archiver.storage.lts import fsync_dir
 from archiver.storage.s3 import delete_prefix
 
 
-def discard_lts_datablocks(lts_root: Path, pid: str, *, keep: bool = True) -> Path | None:
-    """Take a dataset's datablocks out of service after a failed archival.
-
-    keep=True moves `datablocks/` to `discarded/{UTC time}/` beside it (never mixed with good
-    ones, kept for inspection); keep=False deletes it. Returns where it went (None if nothing)."""
-    folder = naming.datablocks_folder(lts_root, pid)
-    if not folder.exists():
-        return None
-    if not keep:
-        shutil.rmtree(folder)
-        return None
-    target = folder.parent / "discarded" / datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    os.rename(folder, target)
-    fsync_dir(folder.parent)
-    return target
+def set_aside_datablocks(lts_root: Path, archive_ids: list[str]) -> list[Path]:
+    """Move the named datablocks (tar and manifest) of a failed archival to `discarded/{UTC time}/` beside
+    their `datablocks/` folder: never mixed with good ones, kept for inspection. Returns where each went."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    moved = []
+    for archive_id in archive_ids:
+        tar_path = naming.datablock_path(lts_root, archive_id)
+        target = tar_path.parent.parent / "discarded" / stamp
+        target.mkdir(parents=True, exist_ok=True)
+        for path in (tar_path, naming.manifest_path(tar_path)):
+            if path.exists():
+                os.rename(path, target / path.name)
+                moved.append(target / path.name)
+        fsync_dir(tar_path.parent)
+        fsync_dir(target)
+    return moved
 
 
 def delete_retrieved(s3, bucket: str, pid: str) -> int:

@@ -22,6 +22,22 @@ class DatasetUserError(ArchiverError):
     """The dataset's landing-zone content is at fault; the user must fix the upload."""
 
 
+class InvalidPidError(DatasetUserError, InvalidNameError):
+    """A dataset PID the archiver cannot use as a name (SciCat URL, landing-zone prefix, LTS folder)."""
+
+
+class RegistrationConflictError(ArchiverError):
+    """SciCat's datablocks of a dataset do not match the LTS; nothing is changed until someone looks."""
+
+    def __init__(self, pid: str, problems: list[str]):
+        self.pid = pid
+        self.problems = list(problems)
+        super().__init__(
+            f"dataset {pid}: its datablocks registered in SciCat do not match the LTS: {_listing(self.problems, 5)}; "
+            "nothing was changed: check the LTS and the registrations before archiving or retrieving it again"
+        )
+
+
 def _listing(items: list[str], limit: int = 20) -> str:
     shown = ", ".join(items[:limit])
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")

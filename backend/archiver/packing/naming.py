@@ -12,12 +12,13 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 from urllib.parse import quote, unquote
 
-from archiver.packing.errors import InvalidNameError
+from archiver.packing.errors import InvalidNameError, InvalidPidError
 
 DATASETS_PREFIX = "openem-network/datasets"
 TAR_SUFFIX = ".tar"
 MANIFEST_SUFFIX = ".manifest.json"
 PARTIAL_SUFFIX = ".partial"
+LANDING_FILES_SEGMENT = "raw_files"
 
 
 def _problem(value: str) -> str | None:
@@ -44,7 +45,21 @@ def check_relative_path(value: str, what: str = "path") -> str:
 
 
 def check_pid(pid: str) -> str:
-    return check_relative_path(pid, "dataset PID")
+    """A PID usable in every name we derive from it; raises InvalidPidError (a user error) otherwise.
+
+    A PID may not have a `raw_files` segment: `{pid}/raw_files/...` would put one dataset's
+    landing prefix inside another's, whose listing and clean-up would then take its files."""
+    try:
+        check_relative_path(pid, "dataset PID")
+    except InvalidNameError as e:
+        raise InvalidPidError(str(e)) from None
+    if LANDING_FILES_SEGMENT in pid.split("/"):
+        raise InvalidPidError(
+            f"dataset PID {pid!r} has a path segment {LANDING_FILES_SEGMENT!r}: its landing-zone prefix would lie "
+            f"inside another dataset's ({DATASETS_PREFIX}/<pid>/{LANDING_FILES_SEGMENT}/), so it is refused; "
+            "register the dataset under a PID without that segment"
+        )
+    return pid
 
 
 def safe_name(pid: str) -> str:
@@ -58,7 +73,7 @@ def pid_from_safe_name(name: str) -> str:
 
 def landing_prefix(pid: str) -> str:
     """Key prefix of the dataset's files in the landing-zone bucket (raw PID, as the ingestor writes it)."""
-    return f"{DATASETS_PREFIX}/{check_pid(pid)}/raw_files/"
+    return f"{DATASETS_PREFIX}/{check_pid(pid)}/{LANDING_FILES_SEGMENT}/"
 
 
 def dataset_lts_folder(lts_root: Path, pid: str) -> Path:
@@ -88,6 +103,15 @@ def datablock_path(lts_root: Path, archive_id_: str) -> Path:
             f"archiveId {archive_id_!r} is not of the form {DATASETS_PREFIX}/<dataset>/datablocks/<name>{TAR_SUFFIX}"
         )
     return Path(lts_root).joinpath(*parts)
+
+
+def archive_id_of_dataset(pid: str, archive_id_: str) -> bool:
+    """Whether an archive id names a datablock in the dataset's own LTS folder."""
+    try:
+        datablock_path(Path("/"), archive_id_)
+    except InvalidNameError:
+        return False
+    return PurePosixPath(archive_id_).parts[2] == safe_name(pid)
 
 
 def manifest_path(tar_path: Path) -> Path:

@@ -29,6 +29,8 @@ def retrieve_datablock(
     tar_path = naming.datablock_path(lts_root, archive_id)
     key = naming.retrieval_key(archive_id)
     what = f"retrieval of datablock {archive_id}"
+    if record is not None and not naming.archive_id_of_dataset(record.datasetId, archive_id):
+        raise IntegrityError(what, [f"the datablock is not one of dataset {record.datasetId}: refused"])
     wait_until_readable(tar_path, file_timeout_s)
     try:
         manifest = read_manifest(naming.manifest_path(tar_path))

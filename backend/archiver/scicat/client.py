@@ -26,15 +26,15 @@ import httpx
 from archiver.config.secrets import DEFAULT_SECRETS_DIR, read_secret, secret_spec
 from archiver.config.settings import ScicatSection
 from archiver.scicat.models import (
-    ArchiveStatus,
     Datablock,
     Dataset,
     DatasetLifecycle,
     Job,
     JobResultObject,
     JobStatus,
+    NewDatablock,
+    NewOrigDatablock,
     OrigDatablock,
-    RetrieveStatus,
 )
 
 log = logging.getLogger(__name__)
@@ -68,8 +68,17 @@ class ScicatError(Exception):
         super().__init__(f"SciCat call '{call}' for {target} failed: {detail}")
 
 
+class InvalidIdError(ValueError):
+    """An id that cannot be one URL path segment."""
+
+
 def encode_id(value: str) -> str:
-    """A PID or id as one path segment: everything reserved is escaped, `/` becomes %2F."""
+    """A PID or id as one path segment: everything reserved is escaped, `/` becomes %2F.
+
+    '', '.' and '..' are refused: HTTP clients and servers read them as path navigation
+    (httpx removes dot segments), so the call would reach another resource."""
+    if value in ("", ".", ".."):
+        raise InvalidIdError(f"id {value!r} cannot be sent to SciCat as a path segment; check the job's dataset list")
     return quote(value, safe="")
 
 
@@ -145,14 +154,20 @@ class ScicatClient:
 
     # --- jobs -------------------------------------------------------------
 
-    def create_job(self, job: Job) -> Job:
-        return Job.model_validate(self._call("create job", f"job type {job.type!r}", "POST", self._jobs_api + "jobs", job.to_wire()))
+    def create_job(self, job_type: str, pids: list[str], contact_email: str = "archiver@localhost") -> Job:
+        """Create a job as a SciCat user would (tests and tools; SciCat's users create the real ones)."""
+        entries = [{"pid": pid, "files": []} for pid in pids]
+        if self.settings.job_status_schema == "v3":
+            body = {"type": job_type, "emailJobInitiator": contact_email, "datasetList": entries}
+        else:
+            body = {"type": job_type, "contactEmail": contact_email, "jobParams": {"datasetList": entries}}
+        return Job.model_validate(self._call("create job", f"job type {job_type!r}", "POST", self._jobs_api + "jobs", body))
 
     def get_job(self, job_id: str) -> Job:
         return Job.model_validate(self._call("get job", f"job {job_id}", "GET", self._job_url(job_id)))
 
     def get_job_dataset_pids(self, job_id: str) -> list[str]:
-        """The PIDs of `jobParams.datasetList` of a job."""
+        """The PIDs of the job's datasets (`datasetList` on /api/v3, `jobParams.datasetList` on /api/v4)."""
         return self.get_job(job_id).dataset_pids
 
     def update_job_status(
@@ -171,30 +186,27 @@ class ScicatClient:
     def get_dataset(self, pid: str) -> Dataset:
         return Dataset.model_validate(self._call("get dataset", f"dataset {pid}", "GET", self._dataset_url(pid)))
 
-    def patch_dataset_lifecycle(self, pid: str, lifecycle: DatasetLifecycle, call: str = "update dataset lifecycle") -> Dataset:
-        body = {"datasetlifecycle": lifecycle.to_wire()}
-        return Dataset.model_validate(self._call(call, f"dataset {pid}", "PATCH", self._dataset_url(pid), body))
+    def update_lifecycle(self, pid: str, call: str, **changes: Any) -> DatasetLifecycle:
+        """Change lifecycle fields of a dataset, keeping all others.
 
-    def set_archive_status(
-        self, pid: str, status: ArchiveStatus, *, archivable: bool | None = None, retrievable: bool | None = None,
-        return_message: Any = None,
-    ) -> Dataset:
-        lifecycle = _lifecycle(archive_status_message=status.value, archivable=archivable, retrievable=retrievable,
-                               archive_return_message=return_message)
-        return self.patch_dataset_lifecycle(pid, lifecycle, f"set archive status {status.value}")
-
-    def set_retrieve_status(
-        self, pid: str, status: RetrieveStatus, *, archivable: bool | None = None, retrievable: bool | None = None,
-        return_message: Any = None, integrity_check: bool | None = None,
-    ) -> Dataset:
-        lifecycle = _lifecycle(retrieve_status_message=status.value, archivable=archivable, retrievable=retrievable,
-                               retrieve_return_message=return_message, retrieve_integrity_check=integrity_check)
-        return self.patch_dataset_lifecycle(pid, lifecycle, f"set retrieve status {status.value}")
+        SciCat's `PATCH datasets/{pid}` replaces the whole lifecycle (fields not sent fall back to their
+        defaults), so the current lifecycle is read and sent back complete with the changes. With
+        `SCICAT_LIFECYCLE_MERGE_ENDPOINT` (SciCat >= 4.19) only the changes go to the merging
+        `PATCH datasets/{pid}/datasetlifecycle`."""
+        changes_only = DatasetLifecycle(**changes)
+        if self.settings.lifecycle_merge_endpoint:
+            body = changes_only.to_wire()
+            answer = self._call(call, f"dataset {pid}", "PATCH", self._dataset_url(pid) + "/datasetlifecycle", body)
+            return Dataset.model_validate(answer).datasetlifecycle or changes_only
+        current = self.get_dataset(pid).datasetlifecycle or DatasetLifecycle()
+        complete = current.with_changes(**changes)
+        answer = self._call(call, f"dataset {pid}", "PATCH", self._dataset_url(pid), {"datasetlifecycle": complete.to_wire()})
+        return Dataset.model_validate(answer).datasetlifecycle or complete
 
     # --- datablocks ---------------------------------------------------------
 
-    def create_origdatablock(self, pid: str, origdatablock: OrigDatablock) -> OrigDatablock:
-        body = {**origdatablock.to_wire(), "datasetId": pid}
+    def create_origdatablock(self, pid: str, origdatablock: NewOrigDatablock) -> OrigDatablock:
+        body = origdatablock.to_wire()  # the dataset is named by the path only: SciCat refuses datasetId here
         return OrigDatablock.model_validate(
             self._call("create origdatablock", f"dataset {pid}", "POST", self._dataset_url(pid) + "/origdatablocks", body))
 
@@ -202,8 +214,8 @@ class ScicatClient:
         answer = self._call("get origdatablocks", f"dataset {pid}", "GET", self._dataset_url(pid) + "/origdatablocks")
         return [OrigDatablock.model_validate(item) for item in answer]
 
-    def create_datablock(self, pid: str, datablock: Datablock) -> Datablock:
-        body = {**datablock.to_wire(), "datasetId": pid}
+    def create_datablock(self, pid: str, datablock: NewDatablock) -> Datablock:
+        body = datablock.to_wire()  # the dataset is named by the path only: SciCat refuses datasetId here
         target = f"dataset {pid}, datablock {datablock.archive_id}"
         return Datablock.model_validate(self._call("create datablock", target, "POST", self._dataset_url(pid) + "/datablocks", body))
 
@@ -267,21 +279,20 @@ class ScicatClient:
         raise ScicatError(call, target, f"HTTP {response.status_code}: {body}", response.status_code, body)
 
 
-def _lifecycle(**fields: Any) -> DatasetLifecycle:
-    """A lifecycle carrying only the fields given a value (None = not sent)."""
-    return DatasetLifecycle(**{name: value for name, value in fields.items() if value is not None})
-
-
 def job_status_body(
     schema: str, status: JobStatus, message: str | None = None, result: JobResultObject | None = None,
 ) -> dict[str, Any]:
     """PATCH body of a job status update: v3 `jobStatusMessage`, v4 `statusCode` + `statusMessage`."""
+    result_object = result.to_wire() if result is not None else None
     if schema == "v3":
+        # v3 has no status message field: a message worth keeping goes into the result object.
         body: dict[str, Any] = {"jobStatusMessage": status.value}
+        if message and status != JobStatus.IN_PROGRESS:
+            result_object = {**(result_object or {}), "message": message}
     elif schema == "v4":
         body = {"statusCode": status.value, "statusMessage": message or status.value}
     else:
         raise ValueError(f"job status schema {schema!r} is not known; use 'v3' or 'v4' (SCICAT_JOB_STATUS_SCHEMA)")
-    if result is not None:
-        body["jobResultObject"] = result.to_wire()
+    if result_object is not None:
+        body["jobResultObject"] = result_object
     return body

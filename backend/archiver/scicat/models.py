@@ -2,9 +2,13 @@
 
 Python names are snake_case; on the wire every field has SciCat's camelCase
 name (`datasetlifecycle` stays as SciCat spells it). `to_wire()` leaves out
-fields that were never set, so a PATCH carries only what the caller means to
-change. Fields SciCat sends that are not modelled here are kept (extra="allow")
-and written back unchanged.
+fields that were never set.
+
+A real SciCat refuses any property its request DTO does not list (400
+"property X should not exist"), so what we send is built only from the
+`New*` / status-body models below, whose fields are SciCat's whitelists for
+those calls. What SciCat sends us may carry more than we model: it is read
+and ignored (extra="ignore"), never stored to be echoed back.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from pydantic.alias_generators import to_camel
 
 
 class ScicatModel(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
 
     def to_wire(self) -> dict[str, Any]:
         """JSON-ready dict with SciCat's field names, unset fields omitted."""
@@ -52,6 +56,8 @@ class RetrieveStatus(StrEnum):
 
 
 class DataFile(ScicatModel):
+    """SciCat's DataFile: path, size and time required; the rest optional."""
+
     path: str = Field(min_length=1)
     size: NonNegativeInt
     time: datetime
@@ -62,13 +68,29 @@ class DataFile(ScicatModel):
 
 
 class DatasetLifecycle(ScicatModel):
+    """Every field of SciCat's lifecycle. A dataset PATCH replaces the whole lifecycle, so an update
+    sends all of them (dates as SciCat returned them)."""
+
     archivable: bool | None = None
     retrievable: bool | None = None
+    publishable: bool | None = None
+    date_of_disk_purging: str | None = None
+    archive_retention_time: str | None = None
+    date_of_publishing: str | None = None
+    published_on: str | None = None
+    is_on_central_disk: bool | None = None
     archive_status_message: str | None = None
     retrieve_status_message: str | None = None
     archive_return_message: Any = None
     retrieve_return_message: Any = None
+    exported_to: str | None = None
     retrieve_integrity_check: bool | None = None
+    storage_location: str | None = None
+
+    def with_changes(self, **changes: Any) -> DatasetLifecycle:
+        """This lifecycle with `changes` applied; fields that were set (or changed) stay set."""
+        values = {name: getattr(self, name) for name in self.model_fields_set}
+        return DatasetLifecycle(**{**values, **changes})
 
 
 class Dataset(ScicatModel):
@@ -90,8 +112,6 @@ class OrigDatablock(ScicatModel):
     id: str | None = None
     dataset_id: str | None = None
     size: NonNegativeInt
-    owner_group: str | None = None
-    access_groups: list[str] | None = None
     chk_alg: str | None = None
     data_file_list: list[DataFile]
 
@@ -102,11 +122,31 @@ class Datablock(ScicatModel):
     archive_id: str = Field(min_length=1)  # unique id of the stored package, found again on retrieval
     size: NonNegativeInt  # unpacked bytes
     packed_size: NonNegativeInt
-    chk_alg: str
+    chk_alg: str | None = None
     version: str  # packing format version
-    owner_group: str | None = None
-    access_groups: list[str] | None = None
     data_file_list: list[DataFile]
+
+
+class NewOrigDatablock(ScicatModel):
+    """Body of `POST datasets/{pid}/origdatablocks`: the dataset is the path; owner and access groups
+    are the dataset's, set by SciCat."""
+
+    model_config = ConfigDict(extra="forbid")
+    size: NonNegativeInt
+    chk_alg: str | None = None
+    data_file_list: list[DataFile] = Field(min_length=1)
+
+
+class NewDatablock(ScicatModel):
+    """Body of `POST datasets/{pid}/datablocks` (same rule as NewOrigDatablock)."""
+
+    model_config = ConfigDict(extra="forbid")
+    archive_id: str = Field(min_length=1)
+    size: NonNegativeInt
+    packed_size: NonNegativeInt
+    chk_alg: str = Field(min_length=1)
+    version: str
+    data_file_list: list[DataFile] = Field(min_length=1)
 
 
 class DatasetListEntry(ScicatModel):
@@ -131,16 +171,24 @@ class JobResultObject(ScicatModel):
 
 
 class Job(ScicatModel):
+    """A job as SciCat returns it: v3 (`/api/v3/jobs`) has the dataset list at the top level and
+    `jobStatusMessage`; v4 has `jobParams.datasetList`, `statusCode` and `statusMessage`."""
+
     id: str | None = None
-    type: str  # JobType values for the jobs the archiver handles
+    type: str
+    dataset_list: list[DatasetListEntry] | None = None
     job_params: JobParams | None = None
-    # v3 status field (older v3 servers used statusMessage alone)
     job_status_message: str | None = None
-    # v4 status fields
     status_code: str | None = None
     status_message: str | None = None
-    job_result_object: JobResultObject | dict[str, Any] | None = None
+    job_result_object: dict[str, Any] | None = None
 
     @property
     def dataset_pids(self) -> list[str]:
-        return [entry.pid for entry in self.job_params.dataset_list] if self.job_params else []
+        """The PIDs of the job's datasets, whichever shape the job came in."""
+        entries = (self.job_params.dataset_list if self.job_params else None) or self.dataset_list or []
+        return [entry.pid for entry in entries]
+
+    @property
+    def status(self) -> str | None:
+        return self.status_code or self.job_status_message

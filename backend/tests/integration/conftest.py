@@ -43,10 +43,23 @@ class Pipeline:
 
     def new_job(self, job_type: str, pids: list[str]) -> str:
         """A SciCat job naming `pids`, created as SciCat would store it; returns its id."""
-        from archiver.scicat.models import DatasetListEntry, Job, JobParams
+        return self.scicat.create_job(job_type, pids).id
 
-        job = Job(type=job_type, job_params=JobParams(dataset_list=[DatasetListEntry(pid=p) for p in pids]))
-        return self.scicat.create_job(job).id
+    def set_vars(self, section: str, **values) -> None:
+        """Change settings of `prefect-vars.toml` and seed them: the next flow run uses them."""
+        data = tomllib.loads(self.vars_file.read_text())
+        data[section].update(values)
+        self.vars_file.write_text(tomli_w.dumps(data))
+        self.settings = load_vars_file(self.vars_file)
+        self.reseed()
+
+    def job(self, job_id: str, version: str = "v3") -> dict:
+        """The job as SciCat serves it under /api/{version}/jobs (v3 or v4 shape)."""
+        from archiver.scicat.client import ScicatClient
+
+        settings = self.settings.scicat.model_copy(update={"jobs_api_prefix": f"/api/{version}/", "job_status_schema": version})
+        with ScicatClient(settings, self.scicat._credentials) as client:
+            return client.get_job(job_id).to_wire()
 
     def set_limits(self, **limits: int) -> None:
         data = tomllib.loads(self.limits_file.read_text())

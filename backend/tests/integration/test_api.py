@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import json
 import uuid
 
 import httpx
@@ -79,12 +80,19 @@ def read_run(run_id):
         return client.read_flow_run(run_id)
 
 
-def test_archive_job_starts_a_run_of_the_archival_deployment(api, deployments):
+@pytest.mark.parametrize(
+    ("content_type", "shape"),
+    [("application/json", "v4"), ("text/plain;charset=UTF-8", "v4"), (None, "v3")],
+)
+def test_archive_job_starts_a_run_of_the_archival_deployment(api, deployments, content_type, shape):
+    """SciCat's url job action sends text/plain unless a Content-Type is configured; v3 jobs list datasets on top."""
     job_id = str(uuid.uuid4())
     pids = ["20.500.11935/abc-1", "20.500.11935/abc-2"]
-    job = {"id": job_id, "type": "archive", "jobParams": {"datasetList": [{"pid": p, "files": []} for p in pids]},
-           "ownerGroup": "group1"}
-    response = api.post("/jobs", json=job)
+    datasets = [{"pid": p, "files": []} for p in pids]
+    job = {"id": job_id, "type": "archive", "ownerGroup": "group1",
+           **({"jobParams": {"datasetList": datasets}} if shape == "v4" else {"datasetList": datasets})}
+    headers = {"Content-Type": content_type} if content_type else {}
+    response = api.post("/jobs", content=json.dumps(job).encode(), headers=headers)
     assert response.status_code == 200, response.text
     body = response.json()
     run = read_run(body["uuid"])
@@ -140,12 +148,15 @@ def test_unknown_type_is_400_naming_allowed_types(api):
 
 
 @pytest.mark.parametrize(
-    "content",
-    [b"{not json", b'{"type": "archive"}', b'{"id": "12345", "type": "archive"}', b'[]'],
+    ("content", "says"),
+    [(b"{not json", "not JSON"), (b'{"type": "archive"}', "id"), (b'{"id": "12345", "type": "archive"}', "UUID"),
+     (b"[]", "not an object"), (b"\xff\xfe", "not JSON")],
 )
-def test_malformed_job_is_422(api, content):
-    response = api.post("/jobs", content=content, headers={"Content-Type": "application/json"})
+@pytest.mark.parametrize("content_type", ["application/json", "text/plain"])
+def test_malformed_job_is_422_saying_why(api, content, says, content_type):
+    response = api.post("/jobs", content=content, headers={"Content-Type": content_type})
     assert response.status_code == 422, response.text
+    assert says in response.text
 
 
 def test_health(api):
@@ -189,13 +200,12 @@ def test_job_created_in_scicat_starts_an_archival_run_through_the_api(api, tmp_p
     """SciCat's job action (the development server's) calls the API with its Authorization header."""
     from archiver.config.settings import ScicatSection
     from archiver.scicat.client import ScicatClient, ScicatCredentials
-    from archiver.scicat.models import DatasetListEntry, Job, JobParams
 
     pid = "20.500.11935/e2e-dataset"
     with local_services.scicat_dev_server(api.secrets_dir, tmp_path, archiver_url=f"{api.base_url}jobs") as scicat:
         credentials = ScicatCredentials.from_secret_files(api.secrets_dir, environ={})
         with ScicatClient(ScicatSection(endpoint=scicat.url), credentials) as client:
-            job = client.create_job(Job(type="archive", job_params=JobParams(dataset_list=[DatasetListEntry(pid=pid)])))
+            job = client.create_job("archive", [pid])
         log = httpx.get(f"{scicat.url}/dev/requests").json()
     [creation] = [entry for entry in log if entry["method"] == "POST" and entry["path"].endswith("/jobs")]
     assert creation["forward"]["status"] == 200, creation["forward"]

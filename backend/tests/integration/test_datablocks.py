@@ -13,7 +13,7 @@ from archiver.packing.archive import archive_datablock, verify_datablock
 from archiver.packing.cleanup import (
     delete_landing_zone_files,
     delete_retrieved,
-    discard_lts_datablocks,
+    set_aside_datablocks,
 )
 from archiver.packing.errors import (
     EmptyDatasetError,
@@ -227,9 +227,11 @@ def test_cleanup_helpers(s3, bucket, second_bucket, lts_root):
     assert s3.list_objects_v2(Bucket=second_bucket).get("KeyCount", 0) == 0
     assert multipart_uploads(s3, second_bucket) == []
 
-    moved = discard_lts_datablocks(lts_root, PID)
-    assert moved.parent.name == "discarded" and (moved / tar_path(lts_root, record.archiveId).name).exists()
-    assert not naming.datablocks_folder(lts_root, PID).exists()
+    moved = set_aside_datablocks(lts_root, [record.archiveId])
+    tar = tar_path(lts_root, record.archiveId)
+    assert [p.name for p in moved] == [tar.name, naming.manifest_path(tar).name]
+    assert all(p.parent.parent.name == "discarded" and p.is_file() for p in moved)
+    assert not tar.exists() and not naming.manifest_path(tar).exists()
 
     assert delete_landing_zone_files(s3, bucket, PID) == 1
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]

@@ -83,15 +83,15 @@ def test_cancelled_archival_cleans_up_and_reports(pipeline, serve_deployments):
     serve_deployments(LTS_FREE_SPACE_PERCENTAGE="99.999")
     run = poll_until(lambda: _deployed_run(job_id), what="served deployment")
     with get_client(sync_client=True) as client:
-        poll_until(lambda: pipeline.scicat_dev.state()["datasets"][pid]["datasetlifecycle"].get("archiveStatusMessage")
+        poll_until(lambda: pipeline.scicat.get_dataset(pid).datasetlifecycle.archive_status_message
                  == "started", what="archival started")
         client.set_flow_run_state(run.id, Cancelling(), force=True)
         poll_until(lambda: client.read_flow_run(run.id).state.is_final(), what="run cancelled")
         assert client.read_flow_run(run.id).state.type.value == "CANCELLED"
 
-    poll_until(lambda: pipeline.scicat_dev.state()["jobs"][job_id].get("jobStatusMessage") == "finishedUnsuccessful",
+    poll_until(lambda: pipeline.job(job_id).get("jobStatusMessage") == "finishedUnsuccessful",
              what="job reported failed")
-    lifecycle = pipeline.scicat_dev.state()["datasets"][pid]["datasetlifecycle"]
+    lifecycle = pipeline.scicat.get_dataset(pid).datasetlifecycle.to_wire()
     assert lifecycle["archiveStatusMessage"] == "scheduleArchiveJobFailed"
     assert pipeline.scicat.get_datablocks(pid) == []
     assert pipeline.landing_keys(pid) == landing_before
@@ -127,7 +127,7 @@ def test_failed_job_run_retried_from_prefect_finishes_the_job(pipeline, serve_de
     with get_client(sync_client=True) as client:
         poll_until(lambda: client.read_flow_run(run.id).state.is_final(), what="first attempt to end")
         assert client.read_flow_run(run.id).state.is_failed()
-        assert pipeline.scicat_dev.state()["jobs"][job_id]["jobStatusMessage"] == "finishedWithDatasetErrors"
+        assert pipeline.job(job_id)["jobStatusMessage"] == "finishedWithDatasetErrors"
 
         pipeline.s3.put_object(Bucket=bucket, Key=victim, Body=saved)  # the user uploads the missing file
         retry = subprocess.run([sys.executable, "-m", "prefect", "flow-run", "retry", str(run.id)],
@@ -136,7 +136,7 @@ def test_failed_job_run_retried_from_prefect_finishes_the_job(pipeline, serve_de
         poll_until(lambda: client.read_flow_run(run.id).state.is_final(), what="retried run to end", timeout=180)
         assert client.read_flow_run(run.id).state.is_completed()
 
-    assert pipeline.scicat_dev.state()["jobs"][job_id]["jobStatusMessage"] == "finishedSuccessful"
+    assert pipeline.job(job_id)["jobStatusMessage"] == "finishedSuccessful"
     archive_ids = [d.archive_id for d in pipeline.scicat.get_datablocks(pid)]
     assert len(archive_ids) == len(set(archive_ids)) == 2  # 3 x 0.4 MB at a 1 MB target, none twice
     assert pipeline.landing_keys(pid) == []

@@ -73,8 +73,7 @@ class Operator:
     def create_job(self, job_type: str, pids: list[str]) -> tuple[dict, dict]:
         """A job created in SciCat; returns the job document and the flow run its forward to the API started."""
         since = self.stack.scicat_requests()[-1]["seq"] if self.stack.scicat_requests() else 0
-        job = self.scicat.create_job(Job(type=job_type, job_params=JobParams(
-            dataset_list=[DatasetListEntry(pid=pid) for pid in pids])))
+        job = self.scicat.create_job(job_type, pids)
         entry = next(e for e in self.stack.scicat_requests(since)
                      if e["method"] == "POST" and e.get("jobId") == job.id and e["path"].endswith("/jobs"))
         forward = entry["forward"]

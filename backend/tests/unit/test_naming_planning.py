@@ -31,6 +31,22 @@ def test_bad_pids_are_refused_naming_the_value(pid):
         naming.datablocks_folder(Path("/lts"), pid)
 
 
+@pytest.mark.parametrize("pid", ["raw_files", "a/raw_files/b", f"{PID}/raw_files/x"])
+def test_pids_whose_landing_prefix_could_nest_in_another_are_user_errors(pid):
+    from archiver.packing.errors import DatasetUserError
+
+    with pytest.raises(DatasetUserError, match="raw_files") as e:
+        naming.landing_prefix(pid)
+    assert repr(pid) in str(e.value)
+    assert naming.landing_prefix("raw_files_x")  # only a whole segment nests
+
+
+def test_archive_ids_belong_to_their_dataset():
+    assert naming.archive_id_of_dataset(PID, naming.archive_id(PID, 0))
+    assert not naming.archive_id_of_dataset("other", naming.archive_id(PID, 0))
+    assert not naming.archive_id_of_dataset(PID, "../etc/passwd")
+
+
 def test_layout():
     assert naming.landing_prefix(PID) == f"openem-network/datasets/{PID}/raw_files/"
     assert naming.datablocks_folder(Path("/lts"), PID) == Path("/lts/openem-network/datasets/20.500.11935%2F0a1b-c2d3/datablocks")

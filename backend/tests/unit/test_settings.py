@@ -160,3 +160,27 @@ def test_bad_limits_are_rejected(tmp_path, change, expected):
     path.write_text(tomli_w.dumps(data))
     with pytest.raises(ConfigError, match=expected):
         load_limits_file(path)
+
+
+@pytest.mark.parametrize(
+    ("changes", "says"),
+    [
+        ({"SCICAT_API_PREFIX": '"/api/v4/"'}, "SCICAT_API_PREFIX '/api/v4/' must end in /api/v3/"),
+        ({"SCICAT_JOBS_API_PREFIX": '"/api/v4/"'}, "SCICAT_JOB_STATUS_SCHEMA 'v3' does not fit SCICAT_JOBS_API_PREFIX"),
+        ({"SCICAT_JOB_STATUS_SCHEMA": '"v4"'}, "take only v3 status updates"),
+        ({"SCICAT_JOBS_API_PREFIX": '"/jobs/"'}, "must end in /api/v3/ or /api/v4/"),
+    ],
+)
+def test_impossible_scicat_prefix_and_schema_combinations_are_refused(tmp_path, changes, says):
+    text = (REPO / "prefect-vars.toml").read_text()
+    for key, value in changes.items():
+        text = "\n".join(f"{key} = {value}" if line.startswith(f"{key} =") else line for line in text.splitlines())
+    with pytest.raises(ConfigError) as e:
+        load_vars_file(write(tmp_path, text))
+    assert says in str(e.value)
+
+
+def test_scicat_v4_jobs_with_v3_datasets_is_accepted(tmp_path):
+    text = (REPO / "prefect-vars.toml").read_text().replace('SCICAT_JOBS_API_PREFIX = "/api/v3/"', 'SCICAT_JOBS_API_PREFIX = "/scicat/api/v4"')
+    text = text.replace('SCICAT_JOB_STATUS_SCHEMA = "v3"', 'SCICAT_JOB_STATUS_SCHEMA = "v4"')
+    assert load_vars_file(write(tmp_path, text)).scicat.jobs_api_prefix == "/scicat/api/v4"

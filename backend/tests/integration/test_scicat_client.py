@@ -15,16 +15,13 @@ from archiver.config.settings import ScicatSection
 from archiver.scicat.client import ScicatClient, ScicatCredentials, ScicatError
 from archiver.scicat.models import (
     ArchiveStatus,
-    Datablock,
     DataFile,
     Dataset,
-    DatasetListEntry,
-    Job,
-    JobParams,
     JobResultEntry,
     JobResultObject,
     JobStatus,
-    OrigDatablock,
+    NewDatablock,
+    NewOrigDatablock,
     RetrieveStatus,
 )
 
@@ -49,8 +46,8 @@ def files(*sizes: int) -> list[DataFile]:
     return [DataFile(path=f"raw/f{i}.tif", size=size, time="2024-05-01T12:00:00Z", chk=f"c{i}") for i, size in enumerate(sizes)]
 
 
-def datablock(name: str, *sizes: int) -> Datablock:
-    return Datablock(archive_id=name, size=sum(sizes), packed_size=sum(sizes) + 1024, chk_alg="sha256", version="1",
+def datablock(name: str, *sizes: int) -> NewDatablock:
+    return NewDatablock(archive_id=name, size=sum(sizes), packed_size=sum(sizes) + 1024, chk_alg="sha256", version="1",
                      data_file_list=files(*sizes))
 
 
@@ -106,34 +103,31 @@ def test_wrong_password_names_user_but_not_password(scicat_settings, scicat_cred
     assert "not-the-password" not in str(error.value) and "not-the-password" not in repr(client)
 
 
-def test_lifecycle_patches_merge_field_by_field(scicat, scicat_dev):
+def test_lifecycle_updates_send_the_complete_lifecycle(scicat, scicat_dev):
+    """SciCat replaces the lifecycle on PATCH: every update carries all fields, so none falls back to its default."""
     pid = make_dataset(scicat)
-    scicat.set_archive_status(pid, ArchiveStatus.STARTED)
-    after = scicat.set_archive_status(pid, ArchiveStatus.DATASET_ON_ARCHIVE_DISK, archivable=False, retrievable=True)
-    lifecycle = after.datasetlifecycle
-    assert lifecycle.archive_status_message == "datasetOnArchiveDisk"
-    assert (lifecycle.archivable, lifecycle.retrievable) == (False, True)
-    assert lifecycle.retrieve_status_message == ""  # untouched default
+    scicat.update_lifecycle(pid, "mark", is_on_central_disk=False)
+    scicat.update_lifecycle(pid, "started", archive_status_message=ArchiveStatus.STARTED, archivable=False,
+                            retrievable=False)
+    scicat.update_lifecycle(pid, "archived", archive_status_message=ArchiveStatus.DATASET_ON_ARCHIVE_DISK,
+                            retrievable=True)
+    scicat.update_lifecycle(pid, "retrieved", retrieve_status_message=RetrieveStatus.DATASET_RETRIEVED)
 
-    scicat.set_retrieve_status(pid, RetrieveStatus.DATASET_RETRIEVED, archivable=False, retrievable=True)
     lifecycle = scicat.get_dataset(pid).datasetlifecycle
-    assert lifecycle.archive_status_message == "datasetOnArchiveDisk"
-    assert lifecycle.retrieve_status_message == "datasetRetrieved"
-    patches = [e["body"] for e in scicat_dev.requests() if e["method"] == "PATCH"]
-    assert patches == [
-        {"datasetlifecycle": {"archiveStatusMessage": "started"}},
-        {"datasetlifecycle": {"archiveStatusMessage": "datasetOnArchiveDisk", "archivable": False, "retrievable": True}},
-        {"datasetlifecycle": {"retrieveStatusMessage": "datasetRetrieved", "archivable": False, "retrievable": True}},
-    ]
+    assert (lifecycle.archive_status_message, lifecycle.retrieve_status_message) == ("datasetOnArchiveDisk", "datasetRetrieved")
+    assert (lifecycle.archivable, lifecycle.retrievable, lifecycle.is_on_central_disk) == (False, True, False)
+    patches = [e["body"]["datasetlifecycle"] for e in scicat_dev.requests() if e["method"] == "PATCH"]
+    assert len(patches) == 4 and all(patch["isOnCentralDisk"] is False for patch in patches[1:])
+    assert patches[-1]["archiveStatusMessage"] == "datasetOnArchiveDisk" and patches[-1]["archivable"] is False
 
 
 def test_origdatablocks_are_created_and_read_per_dataset(scicat):
     pid, other = make_dataset(scicat), make_dataset(scicat)
-    created = scicat.create_origdatablock(pid, OrigDatablock(size=30, data_file_list=files(10, 20)))
-    scicat.create_origdatablock(other, OrigDatablock(size=5, data_file_list=files(5)))
+    created = scicat.create_origdatablock(pid, NewOrigDatablock(size=30, data_file_list=files(10, 20)))
+    scicat.create_origdatablock(other, NewOrigDatablock(size=5, data_file_list=files(5)))
     read = scicat.get_origdatablocks(pid)
     assert [b.id for b in read] == [created.id]
-    assert read[0].dataset_id == pid and read[0].owner_group == "imaging"
+    assert read[0].dataset_id == pid
     assert [(f.path, f.size, f.chk) for f in read[0].data_file_list] == [("raw/f0.tif", 10, "c0"), ("raw/f1.tif", 20, "c1")]
 
 
@@ -181,8 +175,8 @@ def test_retries_give_up_with_scicats_answer(scicat, scicat_dev):
     pid = make_dataset(scicat)
     scicat_dev.fail_next(10, status=502)
     with pytest.raises(ScicatError, match=r"HTTP 502: .*fault injected.*after 4 tries") as error:
-        scicat.set_archive_status(pid, ArchiveStatus.STARTED)
-    assert error.value.status_code == 502 and "set archive status started" in str(error.value)
+        scicat.update_job_status("some-job", JobStatus.IN_PROGRESS)
+    assert error.value.status_code == 502 and "update job status to inProgress" in str(error.value)
     scicat_dev.fail_next(0)
     assert len([e for e in scicat_dev.requests() if e.get("fault")]) == 4
 
@@ -206,13 +200,9 @@ def test_dev_server_answers_like_scicat_to_bad_requests(scicat, scicat_url):
     assert httpx.get(f"{scicat_url}/api/v3/datasets/{pid}", headers=auth).status_code == 404  # unencoded '/'
 
 
-def archive_job(*pids: str) -> Job:
-    return Job(type="archive", job_params=JobParams(dataset_list=[DatasetListEntry(pid=p, files=[]) for p in pids]))
-
-
 def test_job_status_v3_and_dataset_list(scicat, scicat_dev):
     pids = [make_dataset(scicat), make_dataset(scicat)]
-    job = scicat.create_job(archive_job(*pids))
+    job = scicat.create_job("archive", pids)
     assert scicat.get_job_dataset_pids(job.id) == pids
     scicat.update_job_status(job.id, JobStatus.IN_PROGRESS)
     assert scicat.get_job(job.id).job_status_message == "inProgress"
@@ -227,7 +217,7 @@ def test_job_status_v4_with_result_on_its_own_prefix(scicat_url, scicat_credenti
         JobResultEntry(dataset_id="20.500/x", name="1.tar", size=10, archive_id="x/1.tar", url="http://s3/x?sig=1"),
     ])
     with ScicatClient(settings, scicat_credentials) as client:
-        job = client.create_job(Job(type="retrieve"))
+        job = client.create_job("retrieve", [make_dataset(client)])
         client.update_job_status(job.id, JobStatus.FINISHED_SUCCESSFUL, "1 dataset retrieved", result)
         stored = client.get_job(job.id)
     assert (stored.status_code, stored.status_message) == ("finishedSuccessful", "1 dataset retrieved")
@@ -286,7 +276,7 @@ def test_new_job_is_posted_to_the_archiver_with_its_authorization(receiver, secr
         settings = ScicatSection(endpoint=server.url)
         with ScicatClient(settings, ScicatCredentials.from_secret_files(secrets_dir, environ={})) as client:
             pid = make_dataset(client)
-            job = client.create_job(archive_job(pid))
+            job = client.create_job("archive", [pid])
         log = httpx.get(server.url + "/dev/requests").json()
     assert len(receiver.received) == 1
     sent = receiver.received[0]
@@ -301,7 +291,7 @@ def test_job_is_kept_when_the_archiver_cannot_be_reached(secrets_dir, services_l
     nowhere = f"http://127.0.0.1:{local_services.free_port()}/jobs"
     with local_services.scicat_dev_server(secrets_dir, services_log_dir, archiver_url=nowhere) as server:
         with ScicatClient(ScicatSection(endpoint=server.url), ScicatCredentials.from_secret_files(secrets_dir, environ={})) as client:
-            job = client.create_job(Job(type="archive"))
+            job = client.create_job("archive", [])
             assert client.get_job(job.id).type == "archive"
         log = httpx.get(server.url + "/dev/requests").json()
     forward = [e for e in log if e["path"] == "/api/v3/jobs"][0]["forward"]

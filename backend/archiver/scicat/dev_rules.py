@@ -169,6 +169,8 @@ def _value_problems(name: str, value: Any, rule: Field, prefix: str) -> list[Pro
 
     if rule.kind == "any" and value is not None:
         return []
+    if rule.kind == "strings" and not isinstance(value, list):
+        return problem("isArray", "{} must be an array")
     if not _fits(value, rule.kind):
         return problem(*_MESSAGES.get(rule.kind, ("isDefined", "{} should not be null or undefined")))
     if rule.choices and value not in rule.choices:

@@ -17,7 +17,7 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Field:
-    kind: str  # string | int | number | bool | date | email | object | strings | list | any
+    kind: str  # string | int | number | bool | date | email | emails | object | strings | list | any
     required: bool = False
     items: dict[str, Field] | None = None  # kind "list": the table of each item; kind "object": of the object
     not_empty: bool = False
@@ -81,7 +81,7 @@ LIFECYCLE: Rules = {name: opt(kind) for name, (kind, _) in LIFECYCLE_DEFAULTS.it
 # its content is not checked by the DTO (the database keeps the known lifecycle fields only).
 _DATASET_COMMON: Rules = {
     "ownerGroup": req("string"), "accessGroups": opt("strings"), "instrumentGroup": opt("string"),
-    "owner": req("string"), "ownerEmail": opt("email"), "orcidOfOwner": opt("string"), "contactEmail": req("email"),
+    "owner": req("string"), "ownerEmail": opt("email"), "orcidOfOwner": opt("string"), "contactEmail": req("emails"),
     "sourceFolder": req("string"), "sourceFolderHost": opt("string"), "size": opt("int"), "packedSize": opt("int"),
     "numberOfFiles": opt("int"), "numberOfFilesArchived": opt("int"), "creationTime": req("date"),
     "validationStatus": opt("string"), "keywords": opt("strings"), "description": opt("string"),
@@ -138,7 +138,7 @@ _MESSAGES = {  # kind -> (class-validator constraint, message)
     "strings": ("isString", "each value in {} must be a string"),
     "list": ("isArray", "{} must be an array"),
 }
-_EMAIL = re.compile(r"^[^@\s;]+@[^@\s;]+\.[^@\s;]+$")
+_EMAIL = re.compile(r"^[^@\s;]+@[^@\s;]+\.[^@\s;]+$")  # like class-validator's isEmail: a top-level domain needed
 
 
 @dataclass(frozen=True)
@@ -169,6 +169,11 @@ def _value_problems(name: str, value: Any, rule: Field, prefix: str) -> list[Pro
 
     if rule.kind == "any" and value is not None:
         return []
+    if rule.kind == "emails" and not (isinstance(value, str) and all(_fits(e.strip(), "email") for e in value.split(";"))):
+        # SciCat's CustomEmailList validator (src/datasets/utils/email-list-validator.util.ts)
+        shown = "undefined" if value is None else value
+        return [Problem(prefix + name, "customEmailList",
+                        f"Expected an email or a list of semicolon separated emails, got {shown}")]
     if rule.kind == "strings" and not isinstance(value, list):
         return problem("isArray", "{} must be an array")
     if not _fits(value, rule.kind):

@@ -61,10 +61,15 @@ def test_unknown_dataset_property_is_refused_naming_it(scicat_dev):
 def test_dataset_creation_needs_scicats_required_fields(scicat_dev):
     messages = validation_messages(scicat_dev.call("POST", "/api/v3/datasets", json={"type": "raw", "owner": "Ada"}))
     assert set(messages) == {
-        "ownerGroup must be a string", "contactEmail must be an email", "sourceFolder must be a string",
+        "ownerGroup must be a string", "Expected an email or a list of semicolon separated emails, got undefined",
+        "sourceFolder must be a string",
         "creationTime must be a valid ISO 8601 date string", "principalInvestigator must be a string",
         "creationLocation must be a string",
     }
+    local = scicat_dev.call("POST", "/api/v3/datasets", json=raw_dataset(contactEmail="archiver@localhost"))
+    assert validation_messages(local) == ["Expected an email or a list of semicolon separated emails, got archiver@localhost"]
+    two = scicat_dev.call("POST", "/api/v3/datasets", json=raw_dataset(contactEmail="a@example.org; b@example.org"))
+    assert two.status_code == 201
     response = scicat_dev.call("POST", "/api/v3/datasets", json=raw_dataset(type="processed"))
     assert response.status_code == 400 and response.json()["message"] == "Wrong dataset type!"
 

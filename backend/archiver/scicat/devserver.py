@@ -443,6 +443,8 @@ def create_app(config: DevServerConfig, state: DevState | None = None) -> FastAP
             body = {"type": body["type"], "jobParams": params}
             if v3_body.get("emailJobInitiator"):
                 body["contactEmail"] = v3_body["emailJobInitiator"]
+            if "ownerGroup" in params:
+                body["ownerGroup"] = params["ownerGroup"]
         job = await create_job(request, body)
         return job if isinstance(job, JSONResponse) else _created(job_v3(job))
 

@@ -63,19 +63,43 @@ def _limits_reconcile(args: argparse.Namespace) -> int:
 def _scicat_dev(args: argparse.Namespace) -> int:
     from archiver.config.secrets import read_secret, secret_spec
     from archiver.scicat.client import ScicatCredentials
+    from archiver.scicat.dev_job_action import JobAction
     from archiver.scicat.devserver import DevServerConfig, serve
 
     account = ScicatCredentials.from_secret_files(args.secrets_dir)
-    auth = None
+    action = None
     if args.archiver_url:
         spec = secret_spec("ARCHIVER_API_AUTH_FILE")
         environ = {spec.file_env: str(args.archiver_auth_file)} if args.archiver_auth_file else None
         auth = read_secret(spec, args.secrets_dir, environ)
-    config = DevServerConfig({account.username: account.password}, args.archiver_url, auth)
+        try:
+            action = JobAction(
+                url=args.archiver_url, method=args.archiver_method.upper(), headers=_headers(args.archiver_header),
+                secret_headers={"Authorization": auth}, body=args.archiver_body or None,
+            )
+        except ValueError as e:
+            raise ConfigError(f"scicat-dev job action: {e}") from e
+    config = DevServerConfig({account.username: account.password}, action, args.datasetlifecycle_endpoint)
+    target = f"{action.method} {args.archiver_url}" if action else "nowhere"
     print(f"SciCat development server on http://{args.host}:{args.port} (user {account.username!r}, "
-          f"new jobs POSTed to {args.archiver_url or 'nowhere'})", flush=True)
+          f"new jobs sent to {target}, datasetlifecycle endpoint {'on' if config.lifecycle_endpoint else 'off'})",
+          flush=True)
     serve(config, args.host, args.port)
     return 0
+
+
+def _headers(values: list[str]) -> dict[str, str]:
+    headers = {}
+    for value in values:
+        name, colon, template = value.partition(":")
+        if not colon or not name.strip():
+            raise ConfigError(f"--archiver-header {value!r}: expected 'Name: value', e.g. 'Content-Type: application/json'")
+        headers[name.strip()] = template.strip()
+    return headers
+
+
+def _flag(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -154,11 +178,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     scicat.add_argument(
         "--archiver-url", default=os.environ.get("SCICAT_DEV_ARCHIVER_URL"),
-        help="URL a new job is POSTed to, e.g. http://archiver-api:8000/jobs (default: $SCICAT_DEV_ARCHIVER_URL; unset: not sent)",
+        help="URL (a template like SciCat's url job action) called when a job is created, e.g. "
+             "http://archiver-api:8000/jobs (default: $SCICAT_DEV_ARCHIVER_URL; unset: jobs are only stored)",
     )
     scicat.add_argument(
         "--archiver-auth-file", type=Path,
         help="file with the Authorization header value sent with it (default: ARCHIVER_API_AUTH_FILE, else archiverapiauth.txt in --secrets-dir)",
+    )
+    scicat.add_argument(
+        "--archiver-method", default=os.environ.get("SCICAT_DEV_ARCHIVER_METHOD", "POST"),
+        help="HTTP method of that call: GET, POST, PUT or DELETE (default: $SCICAT_DEV_ARCHIVER_METHOD, else POST)",
+    )
+    scicat.add_argument(
+        "--archiver-header", action="append", default=[], metavar="'NAME: TEMPLATE'",
+        help="a further header of that call, value a template such as {{job.id}}; repeatable. Without a "
+             "Content-Type header the body goes as text/plain;charset=UTF-8, as from SciCat",
+    )
+    scicat.add_argument(
+        "--archiver-body", default=os.environ.get("SCICAT_DEV_ARCHIVER_BODY", "{{{jsonify job}}}"),
+        help="body template of that call (default: $SCICAT_DEV_ARCHIVER_BODY, else {{{jsonify job}}}; '' sends no body)",
+    )
+    scicat.add_argument(
+        "--datasetlifecycle-endpoint", action="store_true",
+        default=_flag(os.environ.get("SCICAT_DEV_DATASETLIFECYCLE_ENDPOINT")),
+        help="serve PATCH/GET datasets/{pid}/datasetlifecycle (merging lifecycle updates, SciCat >= 4.19); "
+             "default: $SCICAT_DEV_DATASETLIFECYCLE_ENDPOINT, else off",
     )
     scicat.set_defaults(run=_scicat_dev)
     return parser

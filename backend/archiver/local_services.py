@@ -157,13 +157,25 @@ def postgres_database(admin_dsn: str = "postgresql://postgres@127.0.0.1:5432/pos
 
 def scicat_dev_server(
     secrets_dir: Path, log_dir: Path, archiver_url: str | None = None, port: int | None = None,
+    archiver_method: str | None = None, archiver_headers: dict[str, str] | None = None, archiver_body: str | None = None,
+    datasetlifecycle_endpoint: bool = False,
 ) -> contextlib.AbstractContextManager[RunningService]:
-    """The SciCat development server (`archiver scicat-dev`); logs in the account of `secrets_dir`."""
+    """The SciCat development server (`archiver scicat-dev`); logs in the account of `secrets_dir`.
+
+    `archiver_*`: the call made when a job is created (see docs/scicat.md); None keeps the command's default."""
     port = port or free_port()
     command = [sys.executable, "-m", "archiver.cli", "scicat-dev", "--host", "127.0.0.1", "--port", str(port),
                "--secrets-dir", str(secrets_dir)]
     if archiver_url:
         command += ["--archiver-url", archiver_url]
+    if archiver_method is not None:
+        command += ["--archiver-method", archiver_method]
+    for name, value in (archiver_headers or {}).items():
+        command += ["--archiver-header", f"{name}: {value}"]
+    if archiver_body is not None:
+        command += ["--archiver-body", archiver_body]
+    if datasetlifecycle_endpoint:
+        command.append("--datasetlifecycle-endpoint")
     return service(
         "SciCat development server", command, f"http://127.0.0.1:{port}", "/dev/health",
         log_dir / f"scicat-dev-{port}.log", timeout=60,

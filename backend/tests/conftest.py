@@ -102,13 +102,16 @@ def secrets_dir(tmp_path) -> Path:
 
 
 class ScicatDev:
-    """Control of the SciCat development server through its /dev endpoints."""
+    """Control of the SciCat development server through its /dev endpoints, and raw SciCat calls with
+    `call` (given the account it accepts: logs in on first use and again after the tokens expired)."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, credentials=None):
         import httpx
 
         self.url = url
         self._http = httpx.Client(base_url=url, timeout=10)
+        self._credentials = credentials
+        self._token: str | None = None
         self.fail_next(0)
         self.start_seq = self.state()["nextSeq"]
 
@@ -124,6 +127,75 @@ class ScicatDev:
 
     def state(self) -> dict:
         return self._http.get("/dev/state").raise_for_status().json()
+
+    def call(self, method: str, path: str, **kwargs):
+        """`method path` (e.g. "/api/v3/datasets") with a bearer token; the httpx.Response, whatever its status."""
+        for _ in range(2):
+            if self._token is None:
+                login = {"username": self._credentials.username, "password": self._credentials.password}
+                self._token = self._http.post("/api/v3/auth/login", json=login).raise_for_status().json()["access_token"]
+            response = self._http.request(method, path, headers={"Authorization": f"Bearer {self._token}"}, **kwargs)
+            if response.status_code != 401:
+                break
+            self._token = None
+        return response
+
+
+class HttpReceiver:
+    """A small real HTTP server standing in for what SciCat's job action calls (the archiver API): records
+    each request (`method`, `path`, `headers`, `body`) and answers `status` with a flow-run-like JSON body."""
+
+    def __init__(self, status: int = 201):
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.received: list[dict] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _record(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                outer.received.append({"method": self.command, "path": self.path, "headers": dict(self.headers),
+                                       "body": self.rfile.read(length).decode()})
+                answer = json.dumps({"uuid": "run-1", "name": "archive-run"}).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            do_GET = do_POST = do_PUT = do_DELETE = _record
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def make_http_receiver():
+    """`make_http_receiver(status=201)`: a started HttpReceiver, closed after the test."""
+    receivers = []
+
+    def make(status: int = 201) -> HttpReceiver:
+        receivers.append(HttpReceiver(status))
+        return receivers[-1]
+
+    yield make
+    for receiver in receivers:
+        receiver.close()
+
+
+@pytest.fixture
+def http_receiver(make_http_receiver) -> HttpReceiver:
+    return make_http_receiver()
 
 
 @pytest.fixture(scope="session")
@@ -154,8 +226,16 @@ def scicat_settings(scicat_url):
 
 
 @pytest.fixture
-def scicat_dev(scicat_url) -> ScicatDev:
-    return ScicatDev(scicat_url)
+def scicat_dev(scicat_url, scicat_credentials) -> ScicatDev:
+    return ScicatDev(scicat_url, scicat_credentials)
+
+
+@pytest.fixture
+def scicat_dev_for():
+    """A ScicatDev for another development server: `scicat_dev_for(url, secrets_dir)` (the account of secrets_dir)."""
+    from archiver.scicat.client import ScicatCredentials
+
+    return lambda url, secrets_dir: ScicatDev(url, ScicatCredentials.from_secret_files(secrets_dir, environ={}))
 
 
 # --- engine fixtures ---

@@ -1,12 +1,16 @@
-"""A SciCat-compatible development server: the part of SciCat's API the archiver uses.
+"""A SciCat-compatible development server: the part of SciCat's API the archiver uses, as strict as SciCat.
 
-State lives in memory. Routes are served under both `/api/v3` and `/api/v4`.
-Besides SciCat's calls it has endpoints under `/dev/` (no token needed) for
-tests and operators: the request log, fault injection, token expiry and a dump
-of the state. See docs/scicat.md.
+State lives in memory. Like a v4 SciCat (scicat-backend-next), login, datasets, origdatablocks and
+datablocks are served under `/api/v3` only; jobs under `/api/v3` (v3 shape) and `/api/v4` (v4 shape),
+one job store behind both, translated the way SciCat translates. Bodies are checked against SciCat's
+whitelists (`dev_rules`): an unknown property or a missing required one is a 400 that names it. A new
+job triggers the configured job action (`dev_job_action`), like SciCat's `url` action.
 
-Like SciCat (Express) it takes a PID as one path segment: a `/` inside a PID
-must arrive as %2F, an unencoded one does not match any route (404).
+Besides SciCat's calls it has endpoints under `/dev/` (no token needed) for tests and operators: the
+request log, fault injection, token expiry and a dump of the state. See docs/scicat.md.
+
+Like SciCat (Express) it takes a PID as one path segment: a `/` inside a PID must arrive as %2F, an
+unencoded one does not match any route (404).
 """
 
 from __future__ import annotations
@@ -20,30 +24,25 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import unquote
 
-import httpx
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field, NonNegativeInt, ValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field, NonNegativeInt
 
-from archiver.scicat.models import Datablock, Dataset, Job, OrigDatablock
+from archiver.scicat import dev_rules as rules
+from archiver.scicat.dev_job_action import JobAction
 
-API_PREFIXES = ("/api/v3", "/api/v4")
-LOGIN_PATHS = {prefix + "/auth/login" for prefix in API_PREFIXES}
-DEFAULT_LIFECYCLE = {
-    "archivable": True,
-    "retrievable": False,
-    "archiveStatusMessage": "datasetCreated",
-    "retrieveStatusMessage": "",
-}
+V3, V4 = "/api/v3", "/api/v4"
+LOGIN_PATH = V3 + "/auth/login"
+PID_PREFIX = "20.500.12269"
+DEFAULT_JOB_STATUS = ("jobSubmitted", "Job submitted.")  # SciCat's jobDefaultStatusCode / ...Message
 _TARGET = re.compile(r"^/api/v\d+/(datasets|jobs)/([^/]+)")
 
 
 @dataclass(frozen=True)
 class DevServerConfig:
     users: dict[str, str] = field(repr=False)  # username -> password
-    archiver_url: str | None = None  # where a new job is POSTed, e.g. http://archiver-api:8000/jobs
-    archiver_auth: str | None = field(default=None, repr=False)  # Authorization header value sent there
-    archiver_timeout_s: float = 30.0
+    job_action: JobAction | None = None  # called when a job is created; None: jobs are only stored
+    lifecycle_endpoint: bool = False  # PATCH/GET datasets/{pid}/datasetlifecycle (SciCat >= 4.19)
 
 
 @dataclass
@@ -51,7 +50,7 @@ class DevState:
     datasets: dict[str, dict] = field(default_factory=dict)
     origdatablocks: dict[str, dict] = field(default_factory=dict)
     datablocks: dict[str, dict] = field(default_factory=dict)
-    jobs: dict[str, dict] = field(default_factory=dict)
+    jobs: dict[str, dict] = field(default_factory=dict)  # as SciCat stores them: the v4 shape
     tokens: dict[str, str] = field(default_factory=dict)  # token -> username
     requests: list[dict] = field(default_factory=list)
     next_seq: int = 1
@@ -73,13 +72,8 @@ class FaultRequest(BaseModel):
     status: int = Field(503, ge=400, le=599)
 
 
-class LoginRequest(BaseModel):
-    username: str
-    password: str
-
-
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _segment(value: str) -> str:
@@ -104,12 +98,29 @@ def _logged_body(body: bytes) -> Any:
     return value
 
 
-def _error(status: int, message: str) -> JSONResponse:
+# --- SciCat's error bodies ---
+
+
+def _http_error(status: int, message: str) -> JSONResponse:
+    """NestJS's built-in exceptions, e.g. NotFoundException: {"statusCode": 404, "message": "Not Found"}."""
     return JSONResponse({"statusCode": status, "message": message}, status_code=status)
 
 
-def _not_found(what: str, key: str) -> JSONResponse:
-    return _error(404, f"{what} {key!r} not found")
+def _custom_error(status: int, message: str) -> JSONResponse:
+    """SciCat's own `new HttpException({status, message}, status)`."""
+    return JSONResponse({"status": status, "message": message}, status_code=status)
+
+
+def _pipe_error(problems: list[rules.Problem]) -> JSONResponse:
+    """NestJS's ValidationPipe (whitelist, forbidNonWhitelisted): every message in a list."""
+    return JSONResponse({"statusCode": 400, "message": [p.message for p in problems], "error": "Bad Request"},
+                        status_code=400)
+
+
+def _dataset_error(problems: list[rules.Problem]) -> JSONResponse:
+    """SciCat's own dataset validation: class-validator's errors as a JSON string in `message`."""
+    errors = [{"property": p.property, "children": [], "constraints": {p.constraint: p.message}} for p in problems]
+    return _custom_error(400, json.dumps(errors))
 
 
 class _DevMiddleware:
@@ -133,9 +144,11 @@ class _DevMiddleware:
         if self.state.fault_count > 0:
             self.state.fault_count -= 1
             entry["fault"] = True
-            return await self._answer(entry, _error(self.state.fault_status, "fault injected by /dev/faults"), scope, send)
-        if scope["path"] not in LOGIN_PATHS and self._user(scope) is None:
-            return await self._answer(entry, _error(401, "Unauthorized"), scope, send)
+            return await self._answer(entry, _http_error(self.state.fault_status, "fault injected by /dev/faults"), scope, send)
+        user = self._user(scope)
+        if scope["path"] != LOGIN_PATH and user is None:
+            return await self._answer(entry, _http_error(401, "Unauthorized"), scope, send)
+        scope["dev_user"] = user
 
         delivered = False
 
@@ -159,7 +172,7 @@ class _DevMiddleware:
         return self.state.tokens.get(token) if kind.lower() == "bearer" else None
 
     @staticmethod
-    async def _answer(entry: dict, response: JSONResponse, scope, send) -> None:
+    async def _answer(entry: dict, response: Response, scope, send) -> None:
         entry["status"] = response.status_code
 
         async def no_body():
@@ -180,163 +193,305 @@ async def _read_body(receive) -> bytes:
     return b"".join(chunks)
 
 
-def _validated(model: type[BaseModel], data: Any) -> dict | JSONResponse:
-    """`data` checked against `model` as SciCat would; the wire form, or a 422 answer."""
-    try:
-        return model.model_validate(data).to_wire()
-    except ValidationError as e:
-        return JSONResponse({"statusCode": 422, "message": "invalid body", "detail": json.loads(e.json())}, status_code=422)
+class _BadJson(Exception):
+    pass
 
 
 async def _json_body(request: Request) -> Any:
+    """The body as JSON, {} when empty; a body that is not JSON is a 400, as Express's JSON parser answers."""
+    if not await request.body():
+        return {}
     try:
         return await request.json()
-    except ValueError:
-        return None  # fails validation below: 422
+    except ValueError as e:
+        raise _BadJson() from e
+
+
+def _created(value: Any) -> Response:
+    """201 with `value`; SciCat answers an empty 201 where its handler returns null."""
+    return JSONResponse(value, status_code=201) if value is not None else Response(status_code=201)
+
+
+def lifecycle_defaults() -> dict:
+    now = _now()
+    return {name: now if default == "now" else default
+            for name, (_, default) in rules.LIFECYCLE_DEFAULTS.items() if default is not None}
+
+
+def job_v3(job: dict) -> dict:
+    """A stored (v4) job as SciCat's /api/v3 shows it (mapJobClassV4toV3 / OutputJobV3Dto)."""
+    params = dict(job.get("jobParams") or {})
+    dataset_list = params.pop("datasetList", [])
+    execution_time = params.pop("executionTime", None)
+    view = {
+        "id": job["id"], "emailJobInitiator": job.get("contactEmail"), "type": job["type"],
+        "creationTime": job["createdAt"], "jobParams": {"username": job.get("createdBy"), **params},
+        "jobStatusMessage": job["statusCode"], "datasetList": dataset_list,
+        "jobResultObject": job.get("jobResultObject"),
+    }
+    if execution_time is not None:
+        view["executionTime"] = execution_time
+    return view
 
 
 def create_app(config: DevServerConfig, state: DevState | None = None) -> FastAPI:
     state = state or DevState()
     app = FastAPI(title="SciCat development server", docs_url="/dev/docs", openapi_url="/dev/openapi.json")
-    api = APIRouter()
+    v3 = APIRouter()
+    jobs_v3 = APIRouter()
+    jobs_v4 = APIRouter()
 
-    @api.post("/auth/login", status_code=201)
-    async def login(body: LoginRequest):
-        if config.users.get(body.username) != body.password or not body.password:
-            return _error(401, "Unauthorized: wrong username or password")
+    @v3.post("/auth/login", status_code=201)
+    async def login(request: Request):
+        # Passport's local strategy reads username and password and ignores anything else in the body.
+        body = await _json_body(request)
+        username = body.get("username") if isinstance(body, dict) else None
+        password = body.get("password") if isinstance(body, dict) else None
+        if not isinstance(username, str) or not password or config.users.get(username) != password:
+            return _http_error(401, "Unauthorized")
         token = secrets.token_urlsafe(24)
-        state.tokens[token] = body.username
-        return {"access_token": token, "id": token, "userId": body.username, "created": _now()}
+        state.tokens[token] = username
+        return {"access_token": token, "id": token, "userId": username, "created": _now(), "ttl": 3600,
+                "expires_in": 3600, "user": {"username": username}}
 
-    # --- datasets ---
+    # --- datasets (/api/v3 only) ---
 
-    @api.post("/datasets", status_code=201)
+    def dataset_or_404(pid: str) -> dict | JSONResponse:
+        return state.datasets.get(_segment(pid)) or _http_error(404, "Not Found")
+
+    @v3.post("/datasets", status_code=201)
     async def create_dataset(request: Request):
-        data = _validated(Dataset, await _json_body(request))
-        if isinstance(data, JSONResponse):
-            return data
-        for required in ("type", "ownerGroup"):
-            if not data.get(required):
-                return _error(422, f"dataset needs '{required}'")
-        pid = data.setdefault("pid", f"20.500.12269/{uuid.uuid4()}")
+        body = await _json_body(request)
+        if not isinstance(body, dict):
+            return _custom_error(400, "a dataset must be a JSON object")
+        if body.get("type") not in rules.DATASET_TYPES:
+            return _custom_error(400, "Wrong dataset type!")
+        table = rules.RAW_DATASET if body["type"] == "raw" else rules.DERIVED_DATASET
+        problems = rules.check(body, table | rules.DATASET_CREATE_EXTRA)
+        if problems:
+            return _dataset_error(problems)
+        pid = body.get("pid") or f"{PID_PREFIX}/{uuid.uuid4()}"
         if pid in state.datasets:
-            return _error(409, f"dataset {pid!r} exists already")
-        data["datasetlifecycle"] = {**DEFAULT_LIFECYCLE, **data.get("datasetlifecycle", {})}
-        data.setdefault("createdAt", _now())
-        state.datasets[pid] = data
-        return data
-
-    @api.get("/datasets/{pid}")
-    async def get_dataset(pid: str):
-        pid = _segment(pid)
-        return state.datasets.get(pid) or _not_found("dataset", pid)
-
-    @api.patch("/datasets/{pid}")
-    async def patch_dataset(pid: str, request: Request):
-        pid = _segment(pid)
-        if pid not in state.datasets:
-            return _not_found("dataset", pid)
-        patch = _validated(Dataset, await _json_body(request))
-        if isinstance(patch, JSONResponse):
-            return patch
-        if patch.pop("pid", pid) != pid:
-            return _error(422, "pid cannot be changed")
-        dataset = state.datasets[pid]
-        lifecycle = patch.pop("datasetlifecycle", None)
-        dataset.update(patch)
-        if lifecycle is not None:
-            dataset["datasetlifecycle"] = {**dataset.get("datasetlifecycle", {}), **lifecycle}
-        dataset["updatedAt"] = _now()
+            return _custom_error(409, "A dataset with this this unique key already exists!")
+        user = request.scope["dev_user"]
+        now = _now()
+        dataset = {**body, "pid": pid, "version": "v3", "createdBy": user, "updatedBy": user,
+                   "createdAt": now, "updatedAt": now,
+                   "datasetlifecycle": replaced_lifecycle(body.get("datasetlifecycle") or {})}
+        state.datasets[pid] = dataset
         return dataset
 
-    # --- origdatablocks and datablocks ---
+    def replaced_lifecycle(sent: Any) -> dict:
+        """What SciCat's database makes of a lifecycle object: the known fields sent, defaults for the rest."""
+        return lifecycle_defaults() | rules.known_fields(sent if isinstance(sent, dict) else {}, rules.LIFECYCLE)
 
-    def add_block(kind: type[BaseModel], store: dict[str, dict], pid: str, data: Any) -> dict | JSONResponse:
-        pid = _segment(pid)
-        if pid not in state.datasets:
-            return _not_found("dataset", pid)
-        block = _validated(kind, data)
-        if isinstance(block, JSONResponse):
-            return block
-        block["datasetId"] = pid
-        block["id"] = str(uuid.uuid4())
-        block.setdefault("ownerGroup", state.datasets[pid].get("ownerGroup"))
+    @v3.get("/datasets/{pid}")
+    async def get_dataset(pid: str):
+        return dataset_or_404(pid)
+
+    @v3.patch("/datasets/{pid}")
+    async def patch_dataset(pid: str, request: Request):
+        dataset = dataset_or_404(pid)
+        if isinstance(dataset, JSONResponse):
+            return dataset
+        body = await _json_body(request)
+        table = rules.RAW_DATASET if dataset.get("type") == "raw" else rules.DERIVED_DATASET
+        problems = rules.check(body, table, partial=True)
+        lifecycle = body.get("datasetlifecycle") if isinstance(body, dict) else None
+        if lifecycle is not None:
+            problems += rules.check(rules.known_fields(lifecycle, rules.LIFECYCLE) if isinstance(lifecycle, dict)
+                                    else lifecycle, rules.LIFECYCLE, partial=True, prefix="datasetlifecycle.")
+        if problems:
+            return _dataset_error(problems)
+        dataset.update(body)
+        if lifecycle is not None:  # SciCat sets the whole sub-document: a replace, not a merge
+            dataset["datasetlifecycle"] = replaced_lifecycle(lifecycle)
+        dataset["updatedBy"], dataset["updatedAt"] = request.scope["dev_user"], _now()
+        return dataset
+
+    if config.lifecycle_endpoint:
+        @v3.get("/datasets/{pid}/datasetlifecycle")
+        async def get_lifecycle(pid: str):
+            dataset = dataset_or_404(pid)
+            return dataset if isinstance(dataset, JSONResponse) else dataset["datasetlifecycle"]
+
+        @v3.patch("/datasets/{pid}/datasetlifecycle")
+        async def patch_lifecycle(pid: str, request: Request):
+            """SciCat >= 4.19: merges the fields sent into the lifecycle; null resets a field to its default."""
+            body = await _json_body(request)
+            problems = rules.check(body, rules.LIFECYCLE, partial=True)
+            if problems:
+                return _pipe_error(problems)
+            dataset = dataset_or_404(pid)
+            if isinstance(dataset, JSONResponse):
+                return dataset
+            defaults = lifecycle_defaults()
+            merged = {**dataset["datasetlifecycle"], **body}
+            dataset["datasetlifecycle"] = {name: defaults.get(name) if value is None else value
+                                           for name, value in merged.items() if value is not None or name in defaults}
+            dataset["updatedBy"], dataset["updatedAt"] = request.scope["dev_user"], _now()
+            return dataset["datasetlifecycle"]
+
+    # --- origdatablocks and datablocks of a dataset (/api/v3 only) ---
+
+    def add_block(table: rules.Rules, store: dict[str, dict], pid: str, body: Any, user: str) -> Response:
+        problems = rules.check(body, table)
+        if problems:
+            return _pipe_error(problems)
+        dataset = state.datasets.get(_segment(pid))
+        if dataset is None:
+            return _created(None)  # SciCat's handler returns null for an unknown dataset
+        now = _now()
+        block = {"_id": str(uuid.uuid4()), **body, "datasetId": dataset["pid"], "ownerGroup": dataset["ownerGroup"],
+                 "accessGroups": dataset.get("accessGroups", []), "createdBy": user, "updatedBy": user,
+                 "createdAt": now, "updatedAt": now}
+        if dataset.get("instrumentGroup"):
+            block["instrumentGroup"] = dataset["instrumentGroup"]
+        block["id"] = block["_id"]
         store[block["id"]] = block
-        return JSONResponse(block, status_code=201)
+        return _created(block)
 
-    def list_blocks(store: dict[str, dict], pid: str) -> list[dict] | JSONResponse:
-        pid = _segment(pid)
-        if pid not in state.datasets:
-            return _not_found("dataset", pid)
-        return [block for block in store.values() if block["datasetId"] == pid]
+    def list_blocks(store: dict[str, dict], pid: str) -> list[dict]:
+        return [block for block in store.values() if block["datasetId"] == _segment(pid)]  # [] for an unknown dataset
 
-    @api.post("/datasets/{pid}/origdatablocks", status_code=201)
+    @v3.post("/datasets/{pid}/origdatablocks", status_code=201)
     async def create_origdatablock(pid: str, request: Request):
-        return add_block(OrigDatablock, state.origdatablocks, pid, await _json_body(request))
+        return add_block(rules.ORIGDATABLOCK, state.origdatablocks, pid, await _json_body(request),
+                         request.scope["dev_user"])
 
-    @api.get("/datasets/{pid}/origdatablocks")
+    @v3.get("/datasets/{pid}/origdatablocks")
     async def get_origdatablocks(pid: str):
         return list_blocks(state.origdatablocks, pid)
 
-    @api.post("/datasets/{pid}/datablocks", status_code=201)
+    @v3.post("/datasets/{pid}/datablocks", status_code=201)
     async def create_datablock(pid: str, request: Request):
-        return add_block(Datablock, state.datablocks, pid, await _json_body(request))
+        return add_block(rules.DATABLOCK, state.datablocks, pid, await _json_body(request), request.scope["dev_user"])
 
-    @api.get("/datasets/{pid}/datablocks")
+    @v3.get("/datasets/{pid}/datablocks")
     async def get_datablocks(pid: str):
         return list_blocks(state.datablocks, pid)
 
-    @api.delete("/datasets/{pid}/datablocks/{block_id}")
+    @v3.delete("/datasets/{pid}/datablocks/{block_id}")
     async def delete_datablock(pid: str, block_id: str):
-        pid, block_id = _segment(pid), _segment(block_id)
-        if pid not in state.datasets:
-            return _not_found("dataset", pid)
-        block = state.datablocks.get(block_id)
-        if block is None or block["datasetId"] != pid:
-            return _not_found(f"datablock of dataset {pid!r}", block_id)
-        return state.datablocks.pop(block_id)
+        block = state.datablocks.get(_segment(block_id))
+        if block is None or block["datasetId"] != _segment(pid):
+            return Response(status_code=200)  # SciCat: nothing deleted, an empty 200
+        return state.datablocks.pop(block["id"])
 
-    # --- jobs ---
+    # --- jobs: one store, the v4 shape; /api/v3 translates ---
 
-    @api.post("/jobs", status_code=201)
-    async def create_job(request: Request):
-        job = _validated(Job, await _json_body(request))
+    async def create_job(request: Request, body: Any) -> dict | JSONResponse:
+        """SciCat's createJob: check the v4 body, store the job, then run the job action."""
+        problems = rules.check(body, rules.JOB_CREATE_V4)
+        if problems:
+            return _pipe_error(problems)
+        if body["type"] not in rules.JOB_TYPES:
+            return _custom_error(400, f"Invalid job type: {body['type']}")
+        dataset_list = body["jobParams"].get("datasetList", [])
+        problems = rules.check({"datasetList": dataset_list},
+                               {"datasetList": rules.Field("list", items=rules.DATASET_LIST_ENTRY)}, prefix="jobParams.")
+        if problems:
+            return _pipe_error(problems)
+        missing = [entry["pid"] for entry in dataset_list if entry["pid"] not in state.datasets]
+        if missing:
+            return _custom_error(400, f"Datasets with pid {', '.join(missing)} do not exist.")
+        user = request.scope["dev_user"]
+        first = state.datasets[dataset_list[0]["pid"]] if dataset_list else {}
+        now = _now()
+        job = {
+            "id": str(uuid.uuid4()), "type": body["type"], "ownerUser": body.get("ownerUser", user),
+            "ownerGroup": body.get("ownerGroup", first.get("ownerGroup")), "accessGroups": [],
+            "contactEmail": body.get("contactEmail"), "jobParams": body["jobParams"],
+            "statusCode": DEFAULT_JOB_STATUS[0], "statusMessage": DEFAULT_JOB_STATUS[1],
+            "configVersion": "scicat-dev", "createdBy": user, "updatedBy": user, "createdAt": now, "updatedAt": now,
+        }
+        state.jobs[job["id"]] = job
+        entry = request.scope["dev_log_entry"]
+        entry["jobId"] = job["id"]
+        if config.job_action is not None:
+            outcome = entry["forward"] = await config.job_action.perform(job)
+            if "status" not in outcome:  # no answer: fetch throws, Nest answers 500
+                return _http_error(500, "Internal server error")
+            if outcome.get("error"):
+                return _custom_error(outcome["status"], f"Got response: {outcome['answer']}")
+        return job
+
+    def job_or_invalid(job_id: str) -> dict | JSONResponse:
+        return state.jobs.get(_segment(job_id)) or _custom_error(400, "Invalid job id.")
+
+    def update_job(job: dict, update: dict, user: str) -> dict:
+        job.update({name: update[name] for name in ("statusCode", "statusMessage", "jobResultObject")
+                    if update.get(name) is not None})
+        job["updatedBy"], job["updatedAt"] = user, _now()
+        return job
+
+    @jobs_v4.post("/jobs", status_code=201)
+    async def create_job_v4(request: Request):
+        job = await create_job(request, await _json_body(request))
+        return job if isinstance(job, JSONResponse) else _created(job)
+
+    @jobs_v3.post("/jobs", status_code=201)
+    async def create_job_v3(request: Request):
+        body = await _json_body(request)
+        if isinstance(body, dict) and body.get("type") in rules.JOB_TYPES:
+            # CreateJobV3MappingInterceptor: builds the v4 body from the v3 fields, drops everything else
+            v3_body = rules.known_fields(body, rules.JOB_CREATE_V3_FIELDS)
+            params = {key: value for key, value in (v3_body.get("jobParams") or {}).items() if key != "datasetList"}
+            params = {"datasetList": v3_body.get("datasetList") or [], **params}
+            if v3_body.get("executionTime"):
+                params["executionTime"] = v3_body["executionTime"]
+            body = {"type": body["type"], "jobParams": params}
+            if v3_body.get("emailJobInitiator"):
+                body["contactEmail"] = v3_body["emailJobInitiator"]
+            if "ownerGroup" in params:
+                body["ownerGroup"] = params["ownerGroup"]
+        job = await create_job(request, body)
+        return job if isinstance(job, JSONResponse) else _created(job_v3(job))
+
+    @jobs_v4.get("/jobs/{job_id}")
+    async def get_job_v4(job_id: str):
+        return state.jobs.get(_segment(job_id)) or _http_error(404, "Not Found")
+
+    @jobs_v3.get("/jobs/{job_id}")
+    async def get_job_v3(job_id: str):
+        job = state.jobs.get(_segment(job_id))
+        return job_v3(job) if job else _http_error(404, "Not Found")
+
+    @jobs_v4.patch("/jobs/{job_id}")
+    async def patch_job_v4(job_id: str, request: Request):
+        body = await _json_body(request)
+        problems = rules.check(body, rules.JOB_UPDATE_V4)
+        if problems:
+            return _pipe_error(problems)
+        job = job_or_invalid(job_id)
+        return job if isinstance(job, JSONResponse) else update_job(job, body, request.scope["dev_user"])
+
+    @jobs_v3.patch("/jobs/{job_id}")
+    async def patch_job_v3(job_id: str, request: Request):
+        job = job_or_invalid(job_id)
         if isinstance(job, JSONResponse):
             return job
-        job_id = job.setdefault("id", str(uuid.uuid4()))
-        if job_id in state.jobs:
-            return _error(409, f"job {job_id!r} exists already")
-        if not any(key in job for key in ("jobStatusMessage", "statusCode")):
-            job["jobStatusMessage"] = "jobSubmitted"
-        job.setdefault("creationTime", _now())
-        state.jobs[job_id] = job
-        request.scope["dev_log_entry"]["jobId"] = job_id
-        if config.archiver_url:
-            request.scope["dev_log_entry"]["forward"] = await _forward_job(config, job)
-        return JSONResponse(job, status_code=201)
+        body = await _json_body(request)
+        # UpdateJobV3MappingInterceptor: jobStatusMessage becomes both statusCode and statusMessage
+        v3_body = rules.known_fields(body, rules.JOB_UPDATE_V3_FIELDS) if isinstance(body, dict) else {}
+        result = v3_body.get("jobResultObject")
+        if v3_body.get("executionTime"):
+            result = {**(result or {}), "executionTime": v3_body["executionTime"]}
+        update = {"statusCode": v3_body.get("jobStatusMessage") or job["statusCode"],
+                  "statusMessage": v3_body.get("jobStatusMessage") or job["statusMessage"], "jobResultObject": result}
+        problems = rules.check(update, rules.JOB_UPDATE_V4)
+        if problems:
+            return _pipe_error(problems)
+        return job_v3(update_job(job, update, request.scope["dev_user"]))
 
-    @api.get("/jobs/{job_id}")
-    async def get_job(job_id: str):
-        job_id = _segment(job_id)
-        return state.jobs.get(job_id) or _not_found("job", job_id)
+    app.include_router(v3, prefix=V3)
+    app.include_router(jobs_v3, prefix=V3)
+    app.include_router(jobs_v4, prefix=V4)
 
-    @api.patch("/jobs/{job_id}")
-    async def patch_job(job_id: str, request: Request):
-        job_id = _segment(job_id)
-        if job_id not in state.jobs:
-            return _not_found("job", job_id)
-        patch = await _json_body(request)
-        if not isinstance(patch, dict):
-            return _error(422, "job update must be a JSON object")
-        merged = _validated(Job, {**state.jobs[job_id], **patch, "id": job_id})
-        if isinstance(merged, JSONResponse):
-            return merged
-        merged["updatedAt"] = _now()
-        state.jobs[job_id] = merged
-        return merged
-
-    for prefix in API_PREFIXES:
-        app.include_router(api, prefix=prefix)
+    @app.exception_handler(_BadJson)
+    async def bad_json(request, exc):
+        return JSONResponse({"statusCode": 400, "message": "the body is not valid JSON", "error": "Bad Request"},
+                            status_code=400)
 
     # --- development endpoints (no token) ---
 
@@ -372,29 +527,15 @@ def create_app(config: DevServerConfig, state: DevState | None = None) -> FastAP
 
     @app.get("/dev/state")
     async def dump_state():
+        """Everything stored; jobs as stored (v4) plus `jobStatusMessage`, what /api/v3 shows as their status."""
+        jobs = {job_id: {**job, "jobStatusMessage": job["statusCode"]} for job_id, job in state.jobs.items()}
         return {
             "nextSeq": state.next_seq, "datasets": state.datasets, "origdatablocks": state.origdatablocks,
-            "datablocks": state.datablocks, "jobs": state.jobs,
+            "datablocks": state.datablocks, "jobs": jobs,
         }
 
     app.add_middleware(_DevMiddleware, state=state)
     return app
-
-
-async def _forward_job(config: DevServerConfig, job: dict) -> dict:
-    """What SciCat's job configuration does on creation: POST the job to the archiver."""
-    headers = {"Authorization": config.archiver_auth} if config.archiver_auth else {}
-    outcome: dict[str, Any] = {"url": config.archiver_url}
-    try:
-        async with httpx.AsyncClient(timeout=config.archiver_timeout_s) as http:
-            response = await http.post(config.archiver_url, json=job, headers=headers)
-        outcome["status"] = response.status_code
-        outcome["answer"] = response.text[:1000]
-        if not response.is_success:
-            outcome["error"] = f"archiver answered HTTP {response.status_code}"
-    except httpx.HTTPError as e:
-        outcome["error"] = f"{e.__class__.__name__}: {e}"
-    return outcome
 
 
 def serve(config: DevServerConfig, host: str, port: int) -> None:

@@ -13,7 +13,7 @@ from prefect.logging import get_run_logger
 from archiver.config.runtime import load_run_configuration
 from archiver.flows.common import connect, scicat_call
 from archiver.packing.naming import landing_prefix
-from archiver.scicat.models import DataFile, Dataset, DatasetLifecycle, NewOrigDatablock
+from archiver.scicat.models import DataFile, NewOrigDatablock, new_raw_dataset
 
 
 class RandomFile:
@@ -53,12 +53,8 @@ def create_test_dataset_flow(
     algorithm = config.settings.archiver.checksum_algorithm
     with connect(config) as connections:
         scicat = connections.scicat
-        dataset = scicat_call("create dataset", scicat.create_dataset, Dataset(
-            **({"pid": dataset_id} if dataset_id else {}), type="raw", owner="archiver", owner_group=owner_group, access_groups=[owner_group],
-            contact_email="archiver@localhost", source_folder="/test-data", dataset_name="archiver test dataset",
-            creation_time=datetime.now(timezone.utc), size=num_files * size, number_of_files=num_files,
-            datasetlifecycle=DatasetLifecycle(archivable=True, retrievable=False),
-        ))
+        dataset = scicat_call("create dataset", scicat.create_dataset, new_raw_dataset(
+            owner_group, "archiver test dataset", pid=dataset_id, size=num_files * size, number_of_files=num_files))
         pid = dataset.pid
         bucket = config.settings.minio.landingzone_bucket
         files = [upload_test_file(connections.s3, bucket, pid, f"file_{i:04d}.bin", size, algorithm)

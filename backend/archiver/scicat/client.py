@@ -154,7 +154,7 @@ class ScicatClient:
 
     # --- jobs -------------------------------------------------------------
 
-    def create_job(self, job_type: str, pids: list[str], contact_email: str = "archiver@localhost") -> Job:
+    def create_job(self, job_type: str, pids: list[str], contact_email: str = "archiver@example.org") -> Job:
         """Create a job as a SciCat user would (tests and tools; SciCat's users create the real ones)."""
         entries = [{"pid": pid, "files": []} for pid in pids]
         if self.settings.job_status_schema == "v3":

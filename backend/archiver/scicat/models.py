@@ -13,7 +13,7 @@ and ignored (extra="ignore"), never stored to be echoed back.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 from enum import StrEnum
 from typing import Any
 
@@ -105,7 +105,23 @@ class Dataset(ScicatModel):
     creation_time: datetime | None = None
     size: NonNegativeInt | None = None
     number_of_files: NonNegativeInt | None = None
+    principal_investigator: str | None = None  # required by SciCat for raw datasets
+    creation_location: str | None = None  # required by SciCat for raw datasets
     datasetlifecycle: DatasetLifecycle | None = None
+
+
+def new_raw_dataset(owner_group: str, name: str, *, pid: str | None = None, size: int | None = None,
+                    number_of_files: int | None = None) -> Dataset:
+    """A raw dataset with every field SciCat requires, as an ingestor registers one (test data, tools)."""
+    fields = {"pid": pid} if pid else {}
+    if size is not None:
+        fields.update(size=size, number_of_files=number_of_files)
+    return Dataset(
+        **fields, type="raw", owner="archiver", owner_group=owner_group, access_groups=[owner_group],
+        contact_email="archiver@example.org", principal_investigator="archiver@example.org",
+        creation_location="archiver test data", source_folder="/test-data", dataset_name=name,
+        creation_time=datetime.now(timezone.utc),
+    )
 
 
 class OrigDatablock(ScicatModel):

@@ -200,11 +200,12 @@ def test_job_created_in_scicat_starts_an_archival_run_through_the_api(api, tmp_p
     """SciCat's job action (the development server's) calls the API with its Authorization header."""
     from archiver.config.settings import ScicatSection
     from archiver.scicat.client import ScicatClient, ScicatCredentials
+    from archiver.scicat.models import new_raw_dataset
 
-    pid = "20.500.11935/e2e-dataset"
     with local_services.scicat_dev_server(api.secrets_dir, tmp_path, archiver_url=f"{api.base_url}jobs") as scicat:
         credentials = ScicatCredentials.from_secret_files(api.secrets_dir, environ={})
         with ScicatClient(ScicatSection(endpoint=scicat.url), credentials) as client:
+            pid = client.create_dataset(new_raw_dataset("e2e", "API test dataset")).pid
             job = client.create_job("archive", [pid])
         log = httpx.get(f"{scicat.url}/dev/requests").json()
     [creation] = [entry for entry in log if entry["method"] == "POST" and entry["path"].endswith("/jobs")]

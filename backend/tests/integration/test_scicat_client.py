@@ -1,28 +1,24 @@
 """The SciCat client against the SciCat development server, over HTTP."""
 
-import json
-import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
 from archiver import local_services
-from archiver.config.secrets import read_secret, secret_spec
 from archiver.config.settings import ScicatSection
 from archiver.scicat.client import ScicatClient, ScicatCredentials, ScicatError
 from archiver.scicat.models import (
     ArchiveStatus,
     DataFile,
-    Dataset,
     JobResultEntry,
     JobResultObject,
     JobStatus,
     NewDatablock,
     NewOrigDatablock,
     RetrieveStatus,
+    new_raw_dataset,
 )
 
 pytestmark = pytest.mark.integration
@@ -39,7 +35,7 @@ def new_pid() -> str:
 
 
 def make_dataset(scicat: ScicatClient) -> str:
-    return scicat.create_dataset(Dataset(pid=new_pid(), type="raw", owner_group="imaging")).pid
+    return scicat.create_dataset(new_raw_dataset("imaging", "client test", pid=new_pid())).pid
 
 
 def files(*sizes: int) -> list[DataFile]:
@@ -140,20 +136,20 @@ def test_datablocks_create_list_delete(scicat, scicat_dev):
 
     scicat.delete_datablock(pid, first.id)
     assert [b.id for b in scicat.get_datablocks(pid)] == [second.id]
-    with pytest.raises(ScicatError) as error:
-        scicat.delete_datablock(pid, first.id)
-    assert error.value.status_code == 404 and first.id in str(error.value) and pid in str(error.value)
+    scicat.delete_datablock(pid, first.id)  # SciCat answers an empty 200 when nothing matched
+    assert [b.id for b in scicat.get_datablocks(pid)] == [second.id]
     deletes = [e for e in scicat_dev.requests() if e["method"] == "DELETE"]
-    assert [e["status"] for e in deletes] == [200, 404]  # the 404 was not retried
+    assert [e["status"] for e in deletes] == [200, 200]
 
 
 def test_unknown_dataset_is_404_without_retry(scicat, scicat_dev):
     pid = new_pid()
+    assert scicat.get_origdatablocks(pid) == []  # SciCat lists nothing for an unknown dataset
     with pytest.raises(ScicatError) as error:
-        scicat.get_origdatablocks(pid)
+        scicat.get_dataset(pid)
     assert error.value.status_code == 404
-    assert f"'get origdatablocks' for dataset {pid}" in str(error.value) and "not found" in str(error.value)
-    assert [e["method"] for e in scicat_dev.requests() if e.get("pid") == pid] == ["GET"]
+    assert f"'get dataset' for dataset {pid}" in str(error.value) and "Not Found" in str(error.value)
+    assert [e["status"] for e in scicat_dev.requests() if e.get("pid") == pid] == [200, 404]  # not retried
 
 
 def test_503_is_retried_with_growing_backoff(scicat_settings, scicat_credentials, scicat_dev):
@@ -172,7 +168,7 @@ def test_503_is_retried_with_growing_backoff(scicat_settings, scicat_credentials
 
 
 def test_retries_give_up_with_scicats_answer(scicat, scicat_dev):
-    pid = make_dataset(scicat)
+    scicat.login()
     scicat_dev.fail_next(10, status=502)
     with pytest.raises(ScicatError, match=r"HTTP 502: .*fault injected.*after 4 tries") as error:
         scicat.update_job_status("some-job", JobStatus.IN_PROGRESS)
@@ -195,8 +191,8 @@ def test_dev_server_answers_like_scicat_to_bad_requests(scicat, scicat_url):
     assert httpx.get(path, headers={"Authorization": "Bearer wrong"}).status_code == 401
     token = scicat.login()
     auth = {"Authorization": f"Bearer {token}"}
-    assert httpx.post(path + "/datablocks", json={"size": "big"}, headers=auth).status_code == 422
-    assert httpx.post(path + "/datablocks", content=b"{not json", headers=auth).status_code == 422
+    refused = httpx.post(path + "/datablocks", json={"size": "big"}, headers=auth)
+    assert refused.status_code == 400 and "size must be an integer number" in refused.text
     assert httpx.get(f"{scicat_url}/api/v3/datasets/{pid}", headers=auth).status_code == 404  # unencoded '/'
 
 
@@ -226,73 +222,6 @@ def test_job_status_v4_with_result_on_its_own_prefix(scicat_url, scicat_credenti
         "/api/v4/jobs", f"/api/v4/jobs/{job.id}", f"/api/v4/jobs/{job.id}"]
 
 
-def test_unknown_job_is_404_naming_the_job(scicat):
-    with pytest.raises(ScicatError, match=r"'update job status to inProgress' for job no-such-job failed: HTTP 404"):
+def test_unknown_job_is_refused_naming_the_job(scicat):
+    with pytest.raises(ScicatError, match=r"'update job status to inProgress' for job no-such-job failed: HTTP 400.*Invalid job id"):
         scicat.update_job_status("no-such-job", JobStatus.IN_PROGRESS)
-
-
-# --- job creation calls the archiver -------------------------------------------
-
-
-class Receiver:
-    """A small real HTTP server standing in for the archiver API's POST /jobs."""
-
-    def __init__(self):
-        self.received: list[dict] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                outer.received.append({"path": self.path, "auth": self.headers.get("Authorization"), "job": json.loads(body)})
-                answer = json.dumps({"uuid": "run-1", "name": "archive-run"}).encode()
-                self.send_response(201)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/jobs"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def receiver():
-    receiver = Receiver()
-    yield receiver
-    receiver.close()
-
-
-def test_new_job_is_posted_to_the_archiver_with_its_authorization(receiver, secrets_dir, services_log_dir):
-    with local_services.scicat_dev_server(secrets_dir, services_log_dir, archiver_url=receiver.url) as server:
-        settings = ScicatSection(endpoint=server.url)
-        with ScicatClient(settings, ScicatCredentials.from_secret_files(secrets_dir, environ={})) as client:
-            pid = make_dataset(client)
-            job = client.create_job("archive", [pid])
-        log = httpx.get(server.url + "/dev/requests").json()
-    assert len(receiver.received) == 1
-    sent = receiver.received[0]
-    assert sent["path"] == "/jobs"
-    assert sent["auth"] == read_secret(secret_spec("ARCHIVER_API_AUTH_FILE"), secrets_dir, {})
-    assert sent["job"]["id"] == job.id and sent["job"]["type"] == "archive"
-    assert sent["job"]["jobParams"]["datasetList"] == [{"pid": pid, "files": []}]
-    assert log[-1]["forward"] == {"url": receiver.url, "status": 201, "answer": '{"uuid": "run-1", "name": "archive-run"}'}
-
-
-def test_job_is_kept_when_the_archiver_cannot_be_reached(secrets_dir, services_log_dir):
-    nowhere = f"http://127.0.0.1:{local_services.free_port()}/jobs"
-    with local_services.scicat_dev_server(secrets_dir, services_log_dir, archiver_url=nowhere) as server:
-        with ScicatClient(ScicatSection(endpoint=server.url), ScicatCredentials.from_secret_files(secrets_dir, environ={})) as client:
-            job = client.create_job("archive", [])
-            assert client.get_job(job.id).type == "archive"
-        log = httpx.get(server.url + "/dev/requests").json()
-    forward = [e for e in log if e["path"] == "/api/v3/jobs"][0]["forward"]
-    assert forward["url"] == nowhere and forward["error"].startswith("ConnectError")

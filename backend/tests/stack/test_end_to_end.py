@@ -27,7 +27,7 @@ import pytest
 from archiver.config.settings import ScicatSection, load_vars_file
 from archiver.packing.naming import landing_prefix, retrieval_prefix, safe_name
 from archiver.scicat.client import ScicatClient, ScicatCredentials
-from archiver.scicat.models import DataFile, Dataset, DatasetListEntry, Job, JobParams, OrigDatablock
+from archiver.scicat.models import DataFile, NewOrigDatablock, new_raw_dataset
 
 REPO = Path(__file__).resolve().parents[3]
 VARS = load_vars_file(REPO / "prefect-vars.toml")
@@ -51,11 +51,8 @@ class Operator:
 
     def ingest_dataset(self, files: int = FILES_PER_DATASET, size: int = FILE_SIZE) -> str:
         """Random files uploaded below the landing-zone prefix, then dataset + origdatablock in SciCat."""
-        dataset = self.scicat.create_dataset(Dataset(
-            type="raw", owner="e2e", owner_group="e2e", access_groups=["e2e"], contact_email="e2e@localhost",
-            source_folder="/e2e", dataset_name="end-to-end dataset", creation_time=datetime.now(timezone.utc),
-            size=files * size, number_of_files=files,
-        ))
+        dataset = self.scicat.create_dataset(new_raw_dataset("e2e", "end-to-end dataset", size=files * size,
+                                                             number_of_files=files))
         pid = dataset.pid
         contents = {f"raw/file_{i}.bin": os.urandom(size) for i in range(files)}
         datafiles = []
@@ -63,8 +60,8 @@ class Operator:
             self.s3.put_object(Bucket=VARS.minio.landingzone_bucket, Key=landing_prefix(pid) + path, Body=data)
             datafiles.append(DataFile(path=path, size=len(data), time=datetime.now(timezone.utc),
                                       chk=hashlib.sha256(data).hexdigest(), uid="0", gid="0", perm="644"))
-        self.scicat.create_origdatablock(pid, OrigDatablock(
-            size=files * size, owner_group="e2e", chk_alg="sha256", data_file_list=datafiles))
+        self.scicat.create_origdatablock(pid, NewOrigDatablock(size=files * size, chk_alg="sha256",
+                                                               data_file_list=datafiles))
         self.originals[pid] = contents
         return pid
 

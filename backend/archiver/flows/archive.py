@@ -17,7 +17,7 @@ from archiver.flows.common import (
     Connections, ProgressReporter, connect, exception_of, raise_if_cancelled, run_bounded_or_raise, scicat_call,
 )
 from archiver.flows.concurrency import reconcile_tags
-from archiver.flows.jobs import on_job_interrupted, run_job
+from archiver.flows.jobs import JobKind, on_job_cancelled, run_job
 from archiver.flows.lts_tasks import set_aside_datablocks, tagged, verify_datablock, wait_for_free_space, write_datablock
 from archiver.packing import cleanup
 from archiver.packing.errors import DatasetUserError
@@ -147,7 +147,7 @@ def _clean_up_interrupted_archival(pid, config, connections, error, log) -> None
     _clean_up_failed_archival(pid, config, connections, ours, error, log)
 
 
-_on_job_interrupted = on_job_interrupted(
+ARCHIVAL = JobKind(
     "archival",
     lambda lifecycle: bool(lifecycle) and lifecycle.archive_status_message == ArchiveStatus.DATASET_ON_ARCHIVE_DISK,
     _clean_up_interrupted_archival,
@@ -157,8 +157,7 @@ _on_job_interrupted = on_job_interrupted(
 @flow(
     name="archive_datasetlist",
     flow_run_name="archive-job-{job_id}",
-    on_cancellation=[_on_job_interrupted],
-    on_crashed=[_on_job_interrupted],
+    on_cancellation=[on_job_cancelled(ARCHIVAL)],
 )
 def archive_datasets_flow(job_id: str, dataset_ids: list[str] | None = None) -> None:
     """Archive the datasets of a SciCat job (all of `jobParams.datasetList` unless `dataset_ids` names them)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from prefect.logging import get_run_logger
 from prefect.logging.loggers import flow_run_logger
@@ -11,7 +12,7 @@ from prefect.logging.loggers import flow_run_logger
 from archiver.config.runtime import RunConfiguration, load_run_configuration
 from archiver.flows.common import Connections, connect, run_bounded, scicat_call
 from archiver.packing.errors import DatasetUserError
-from archiver.scicat.models import DatasetLifecycle, JobResultEntry, JobResultObject, JobStatus
+from archiver.scicat.models import DatasetLifecycle, Job, JobResultEntry, JobResultObject, JobStatus
 
 
 class JobFailed(Exception):
@@ -70,21 +71,50 @@ def _summary(total: int, failures: dict[str, BaseException]) -> str:
 CleanUp = Callable[[str, RunConfiguration, Connections, BaseException, logging.LoggerAdapter], None]
 
 
-def on_job_interrupted(kind: str, is_done: Callable[[DatasetLifecycle | None], bool], clean_up: CleanUp):
-    """A hook for a cancelled or crashed job run: every dataset not yet done is cleaned up and reported
-    failed, then the job. It runs outside the run (in the runner or worker), so it builds its own clients."""
+@dataclass(frozen=True)
+class JobKind:
+    """What finishing an interrupted job of one kind needs: when a dataset is done, and how to clean one up."""
+
+    name: str  # "archival" / "retrieval"
+    is_done: Callable[[DatasetLifecycle | None], bool]
+    clean_up: CleanUp
+
+
+def job_is_finished(job: Job) -> bool:
+    """SciCat already holds a final status for the job (v3 or v4 status field)."""
+    return (job.job_status_message or job.status_code or "").startswith("finished")
+
+
+def finish_interrupted_job(
+    kind: JobKind, job_id: str, dataset_ids: list[str] | None, reason: str,
+    config: RunConfiguration, connections: Connections, log,
+) -> bool:
+    """Clean up every dataset of an interrupted job not yet done, report each failed, then the job
+    finishedUnsuccessful with `reason`. Does nothing when SciCat already shows the job finished
+    (another path got there first). Returns whether it reported the job."""
+    scicat = connections.scicat
+    if job_is_finished(scicat.get_job(job_id)):
+        log.info("job %s: already finished in SciCat; nothing to do", job_id)
+        return False
+    for pid in dataset_ids or scicat.get_job_dataset_pids(job_id):
+        if not kind.is_done(scicat.get_dataset(pid).datasetlifecycle):
+            kind.clean_up(pid, config, connections, RuntimeError(reason), log)
+    scicat.update_job_status(job_id, JobStatus.FINISHED_UNSUCCESSFUL, reason[:2000])
+    log.warning("job %s: %s; datasets not finished were cleaned up and reported failed", job_id, reason)
+    return True
+
+
+def on_job_cancelled(kind: JobKind):
+    """A cancellation hook for a job run (the runner or the engine runs it outside the cancelled code).
+    A crashed run's hooks die with its container; the recover_job flow handles crashes."""
 
     def hook(flow, flow_run, state) -> None:
         log = flow_run_logger(flow_run, flow)
-        job_id, dataset_ids = flow_run.parameters["job_id"], flow_run.parameters.get("dataset_ids")
-        what = f"{kind} run {state.name.lower()}"
         config = load_run_configuration()
         with connect(config) as connections:
-            scicat = connections.scicat
-            for pid in dataset_ids or scicat.get_job_dataset_pids(job_id):
-                if not is_done(scicat.get_dataset(pid).datasetlifecycle):
-                    clean_up(pid, config, connections, RuntimeError(what), log)
-            scicat.update_job_status(job_id, JobStatus.FINISHED_UNSUCCESSFUL, what)
-        log.warning("job %s: %s; datasets not finished were cleaned up and reported failed", job_id, what)
+            finish_interrupted_job(
+                kind, flow_run.parameters["job_id"], flow_run.parameters.get("dataset_ids"),
+                f"{kind.name} run {flow_run.name} {state.name.lower()}", config, connections, log,
+            )
 
     return hook

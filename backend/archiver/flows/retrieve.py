@@ -13,7 +13,7 @@ from prefect.logging import get_run_logger
 from archiver.config.runtime import RunConfiguration, load_run_configuration
 from archiver.flows.common import Connections, ProgressReporter, connect, run_bounded_or_raise, scicat_call
 from archiver.flows.concurrency import reconcile_tags
-from archiver.flows.jobs import on_job_interrupted, run_job
+from archiver.flows.jobs import JobKind, on_job_cancelled, run_job
 from archiver.flows.lts_tasks import copy_datablock_to_retrieval, tagged
 from archiver.packing import cleanup
 from archiver.packing.errors import DatasetUserError
@@ -88,7 +88,7 @@ def _clean_up_failed_retrieval(pid: str, config: RunConfiguration, connections: 
     log.error("%s: retrieval failed: %s", pid, error)
 
 
-_on_job_interrupted = on_job_interrupted(
+RETRIEVAL = JobKind(
     "retrieval",
     lambda lifecycle: bool(lifecycle) and lifecycle.retrieve_status_message == RetrieveStatus.DATASET_RETRIEVED,
     lambda pid, config, connections, error, log: _clean_up_failed_retrieval(pid, config, connections, error, log),
@@ -98,8 +98,7 @@ _on_job_interrupted = on_job_interrupted(
 @flow(
     name="retrieve_datasetlist",
     flow_run_name="retrieve-job-{job_id}",
-    on_cancellation=[_on_job_interrupted],
-    on_crashed=[_on_job_interrupted],
+    on_cancellation=[on_job_cancelled(RETRIEVAL)],
 )
 def retrieve_datasets_flow(job_id: str, dataset_ids: list[str] | None = None) -> list[JobResultEntry]:
     """Retrieve the datasets of a SciCat job into the retrieval bucket; the job result carries download URLs."""

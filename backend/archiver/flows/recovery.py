@@ -142,7 +142,7 @@ def recover_job(flow_run_id: str) -> str:
             raise ValueError(f"flow run {flow_run.name} is a run of {flow_name!r}, not of a job flow "
                              f"({', '.join(JOB_KINDS)}); check the job_recovery trigger in prefect.yaml")
         what = f"{kind.name} run {flow_run.name} {state.name.lower()}"
-        reason = f"{what} (container killed or lost)" if state.is_crashed() else what
+        reason = f"{what} (its process or container died: killed, out of memory or node lost)" if state.is_crashed() else what
         tags = crash_leftovers(client, flow_run, f"the job run {flow_run.name} is {state.name.lower()}")
         for result in reconcile_tags(tags | {limit.tag for limit in config.limits.by_name().values()}):
             if result.released:

@@ -48,6 +48,17 @@ class Pipeline:
         job = Job(type=job_type, job_params=JobParams(dataset_list=[DatasetListEntry(pid=p) for p in pids]))
         return self.scicat.create_job(job).id
 
+    def set_settings(self, **values) -> None:
+        """Change keys of prefect-vars.toml (any section) and seed again."""
+        from archiver.config.settings import known_keys
+
+        data = tomllib.loads(self.vars_file.read_text())
+        for key, value in values.items():
+            data[known_keys()[key]][key] = value
+        self.vars_file.write_text(tomli_w.dumps(data))
+        self.settings = load_vars_file(self.vars_file)
+        self.reseed()
+
     def set_limits(self, **limits: int) -> None:
         data = tomllib.loads(self.limits_file.read_text())
         for name, limit in limits.items():

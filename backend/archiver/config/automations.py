@@ -15,6 +15,7 @@ from datetime import timedelta
 from archiver.config.settings import Settings
 
 ZOMBIE_AUTOMATION = "archiver: crash flow runs without heartbeat"
+ZOMBIE_MESSAGE_PREFIX = "no heartbeat for"
 
 # Runs of these flows' deployments only: they get ARCHIVER_HEARTBEAT_S, while any other flow run sends
 # Prefect's default heartbeat (every 180 s) and would be taken for dead. Subflow runs (datasets) have no
@@ -47,6 +48,6 @@ def zombie_automation(settings: Settings):
         ),
         actions=[ChangeFlowRunState(
             state=StateType.CRASHED, force=True,
-            message=f"no heartbeat for {window} s: the process running the flow is gone (killed, out of memory, node lost)",
+            message=f"{ZOMBIE_MESSAGE_PREFIX} {window} s: the process running the flow is gone (killed, out of memory, node lost)",
         )],
     )

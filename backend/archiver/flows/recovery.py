@@ -21,6 +21,7 @@ from uuid import UUID
 from prefect import flow
 from prefect.logging import get_run_logger
 
+from archiver.config.automations import ZOMBIE_MESSAGE_PREFIX
 from archiver.config.runtime import RunConfiguration, load_run_configuration
 from archiver.flows.archive import ARCHIVAL
 from archiver.flows.common import Connections, connect
@@ -33,6 +34,8 @@ JOB_KINDS = {"archive_datasetlist": ARCHIVAL, "retrieve_datasetlist": RETRIEVAL}
 RETRY_TAG = "crash-retry:"
 # A cancelled run's own hook reports the job; the recovery waits this long for it before doing it itself.
 CANCEL_HOOK_GRACE_S = 60
+# A run taken for dead for want of heartbeats gets one more heartbeat interval and this much to show it lives.
+HEARTBEAT_GRACE_S = 15
 FLOW_RUN_RESOURCE = "prefect.flow-run."
 
 
@@ -100,6 +103,35 @@ def remove_storage_leftovers(kind: JobKind, pids: list[str], died_at, config: Ru
                 log.info("%s: aborted %d unfinished upload(s) to the retrieval bucket", pid, aborted)
 
 
+def heartbeats_since(client, flow_run_id: UUID, since) -> int:
+    from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventResourceFilter
+
+    return client.read_events(EventFilter(
+        occurred=EventOccurredFilter(since=since),
+        event=EventNameFilter(name=["prefect.flow-run.heartbeat"]),
+        resource=EventResourceFilter(id=[f"{FLOW_RUN_RESOURCE}{flow_run_id}"]),
+    ), limit=1).total
+
+
+def still_alive(client, flow_run, heartbeat_s: int) -> bool:
+    """Whether a run the zombie automation marked Crashed still sends heartbeats, e.g. after the Prefect
+    server was unreachable for longer than the window: it is then set Running again and left alone."""
+    from prefect.states import Running
+
+    state = flow_run.state
+    if not (state.message or "").startswith(ZOMBIE_MESSAGE_PREFIX):
+        return False  # reported by a worker or runner that saw the process exit
+    elapsed = time.time() - state.timestamp.timestamp()
+    time.sleep(max(0.0, heartbeat_s + HEARTBEAT_GRACE_S - elapsed))
+    if not heartbeats_since(client, flow_run.id, state.timestamp):
+        return False
+    client.set_flow_run_state(flow_run.id, Running(message="heartbeats resumed after it was marked Crashed"),
+                              force=True)
+    get_run_logger().warning("flow run %s was marked Crashed for missing heartbeats but still sends them: set "
+                             "Running again and left to finish its job", flow_run.name)
+    return True
+
+
 def _wait_for_cancellation_hook(connections: Connections, job_id: str) -> bool:
     deadline = time.monotonic() + CANCEL_HOOK_GRACE_S
     while time.monotonic() < deadline:
@@ -124,7 +156,7 @@ def _retry(client, flow_run, attempt: int) -> None:
 @flow(name="recover_job", flow_run_name="recover-{flow_run_id}")
 def recover_job(flow_run_id: str) -> str:
     """Clean up after a crashed or cancelled job run, then resume the job or report it failed.
-    Returns what was done: "retried", "reported" or "nothing to report"."""
+    Returns what was done: "retried", "reported", "nothing to report" or "still alive"."""
     from prefect.client.orchestration import get_client
 
     log = get_run_logger()
@@ -141,6 +173,8 @@ def recover_job(flow_run_id: str) -> str:
         if kind is None:
             raise ValueError(f"flow run {flow_run.name} is a run of {flow_name!r}, not of a job flow "
                              f"({', '.join(JOB_KINDS)}); check the job_recovery trigger in prefect.yaml")
+        if state.is_crashed() and still_alive(client, flow_run, config.settings.archiver.heartbeat_s):
+            return "still alive"
         what = f"{kind.name} run {flow_run.name} {state.name.lower()}"
         reason = f"{what} (its process or container died: killed, out of memory or node lost)" if state.is_crashed() else what
         tags = crash_leftovers(client, flow_run, f"the job run {flow_run.name} is {state.name.lower()}")

@@ -159,3 +159,31 @@ def test_killed_run_without_retries_is_reported_failed(crash_pipeline, serve_dep
         assert client.read_flow_run(run.id).state.is_crashed()
         assert [r.id for r in job_runs(client, job_id)] == [run.id]  # not started again
         assert_nothing_left_running(pipeline, client, client.read_flow_run(run.id))
+
+
+def test_run_taken_for_dead_but_still_beating_is_left_to_finish(crash_pipeline, serve_deployments):
+    """A live run marked Crashed for missing heartbeats (as after a Prefect server outage longer than the window)
+    is set Running again once its heartbeats show it lives: neither started twice nor reported failed."""
+    from archiver.config.automations import ZOMBIE_MESSAGE_PREFIX
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelling, Crashed
+
+    pipeline = crash_pipeline
+    pipeline.set_settings(ARCHIVER_CRASH_RETRIES=2)
+    pid = create_test_dataset_flow(num_files=1, file_size_mb=0.1)
+    job_id = pipeline.new_job("archive", [pid])
+    serve_deployments(LTS_FREE_SPACE_PERCENTAGE="99.999")  # the run waits for free space until cancelled
+    run = start_job_run(pipeline, job_id)
+    with get_client(sync_client=True) as client:
+        poll_until(lambda: pipeline.scicat_dev.state()["datasets"][pid]["datasetlifecycle"].get("archiveStatusMessage")
+                   == "started", what="archival started")
+        client.set_flow_run_state(run.id, Crashed(message=f"{ZOMBIE_MESSAGE_PREFIX} {ZOMBIE_WINDOW_S} s: (test)"),
+                                  force=True)
+        poll_until(lambda: client.read_flow_run(run.id).state.is_running(), timeout=150, interval=1,
+                   what="the live run set Running again")
+        assert [r.id for r in job_runs(client, job_id)] == [run.id]
+        assert job_status(pipeline, job_id) == "inProgress"
+
+        client.set_flow_run_state(run.id, Cancelling(), force=True)  # end it; the cancellation hook reports
+        poll_until(lambda: job_status(pipeline, job_id) == "finishedUnsuccessful", timeout=120, interval=1,
+                   what="the cancelled job reported")

@@ -88,8 +88,7 @@ def crash_leftovers(client, flow_run, reason: str) -> set[str]:
     return tags
 
 
-def remove_storage_leftovers(kind: JobKind, pids: list[str], died_at, config: RunConfiguration,
-                             connections: Connections) -> None:
+def remove_storage_leftovers(kind: JobKind, pids: list[str], config: RunConfiguration, connections: Connections) -> None:
     """Half-written datablocks on the LTS (archival), unfinished uploads to the retrieval bucket (retrieval)."""
     log = get_run_logger()
     settings = config.settings
@@ -98,7 +97,7 @@ def remove_storage_leftovers(kind: JobKind, pids: list[str], died_at, config: Ru
             for path in cleanup.remove_partial_files(settings.lts.storage_root, pid):
                 log.info("%s: removed half-written %s", pid, path.name)
         else:
-            aborted = cleanup.abort_retrieval_uploads(connections.s3, settings.minio.retrieval_bucket, pid, died_at)
+            aborted = cleanup.abort_retrieval_uploads(connections.s3, settings.minio.retrieval_bucket, pid)
             if aborted:
                 log.info("%s: aborted %d unfinished upload(s) to the retrieval bucket", pid, aborted)
 
@@ -185,7 +184,7 @@ def recover_job(flow_run_id: str) -> str:
         job_id, dataset_ids = flow_run.parameters["job_id"], flow_run.parameters.get("dataset_ids")
         with connect(config) as connections:
             pids = dataset_ids or connections.scicat.get_job_dataset_pids(job_id)
-            remove_storage_leftovers(kind, pids, state.timestamp, config, connections)
+            remove_storage_leftovers(kind, pids, config, connections)
             if state.is_cancelled() and _wait_for_cancellation_hook(connections, job_id):
                 log.info("job %s: reported by the cancellation hook", job_id)
                 return "nothing to report"

@@ -52,7 +52,7 @@ def remove_partial_files(lts_root: Path, pid: str) -> list[Path]:
     return removed
 
 
-def abort_retrieval_uploads(s3, bucket: str, pid: str, initiated_before: datetime | None = None) -> int:
-    """Abort a dataset's unfinished uploads to the retrieval bucket begun before a run died; finished objects
-    stay (a later run of another job may be uploading the same dataset: its uploads began later)."""
-    return abort_multipart_uploads(s3, bucket, naming.retrieval_prefix(pid), initiated_before)
+def abort_retrieval_uploads(s3, bucket: str, pid: str) -> int:
+    """Abort a dataset's unfinished uploads to the retrieval bucket, left by a dead run; finished objects stay.
+    (A live retrieval of the same dataset by another job loses its upload too and retries it.)"""
+    return abort_multipart_uploads(s3, bucket, naming.retrieval_prefix(pid))

@@ -7,7 +7,6 @@ import queue
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
 
 import boto3
 from botocore.config import Config
@@ -194,14 +193,11 @@ def delete_prefix(s3, bucket: str, prefix: str) -> int:
     return deleted
 
 
-def abort_multipart_uploads(s3, bucket: str, prefix: str, initiated_before: datetime | None = None) -> int:
-    """Abort the unfinished multipart uploads below `prefix` (begun before `initiated_before`, if given);
-    finished objects stay. Returns how many were aborted."""
+def abort_multipart_uploads(s3, bucket: str, prefix: str) -> int:
+    """Abort the unfinished multipart uploads below `prefix`; finished objects stay. Returns how many."""
     aborted = 0
     for page in s3.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=prefix):
         for upload in page.get("Uploads", []):
-            if initiated_before is not None and upload["Initiated"] >= initiated_before:
-                continue
             s3.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
             aborted += 1
     return aborted

@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     reconcile.add_argument("--limits", type=Path, default=Path("concurrency-limits.toml"))
     reconcile.set_defaults(run=_limits_reconcile)
 
-    serve = commands.add_parser("serve", help="run the archival, retrieval and test-dataset deployments here (no Docker)")
+    serve = commands.add_parser("serve", help="run the archival, retrieval, recovery and test-dataset deployments here (no Docker)")
     serve.add_argument("--limit", type=int, default=None, help="most flow runs at once")
     serve.set_defaults(run=_serve)
 

@@ -39,6 +39,19 @@ def poll_until(condition, timeout: float = 120, what: str = "condition", interva
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (e.g. the flow-run processes a Prefect runner started), from /proc."""
+    found = []
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            listed = children.read_text().split()
+        except OSError:  # the thread or process ended meanwhile
+            continue
+        for child in listed:
+            found += [int(child), *descendants(int(child))]
+    return found
+
+
 @dataclass(frozen=True)
 class RunningService:
     name: str

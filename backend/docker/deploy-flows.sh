@@ -4,5 +4,6 @@
 # from the environment at deploy time.
 set -eu
 LTS_STORAGE_ROOT="$(python -c 'import tomllib; print(tomllib.load(open("prefect-vars.toml", "rb"))["lts"]["LTS_STORAGE_ROOT"])')"
-export LTS_STORAGE_ROOT
+ARCHIVER_HEARTBEAT_S="$(python -c 'import tomllib; print(tomllib.load(open("prefect-vars.toml", "rb"))["archiver"].get("ARCHIVER_HEARTBEAT_S", 30))')"
+export LTS_STORAGE_ROOT ARCHIVER_HEARTBEAT_S
 exec prefect --no-prompt deploy --all --prefect-file prefect.yaml

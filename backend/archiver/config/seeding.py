@@ -1,4 +1,5 @@
-"""`archiver config`: seed Prefect with variables, secret blocks and tag limits, and create the buckets.
+"""`archiver config`: seed Prefect with variables, secret blocks, tag limits and the zombie-run automation,
+and create the buckets.
 
 Everything is read and validated before anything is written, so a bad file or
 a missing secret changes nothing; every write is an upsert, so a re-run after
@@ -12,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from archiver.config.automations import zombie_automation
 from archiver.config.errors import ConfigError
 from archiver.config.limits import LIMITS_VARIABLE, ConcurrencyLimits, load_limits_file
 from archiver.config.secrets import DEFAULT_SECRETS_DIR, PREFECT_SECRETS, SECRETS, read_secret
@@ -73,6 +75,7 @@ def seed(inputs: SeedInputs, say: Callable[[str], None] = lambda line: None) -> 
         _seed_variables(client, inputs.settings, inputs.limits, report)
         _seed_secret_blocks(inputs.secrets, report)
         _seed_limits(client, inputs.limits, report)
+        _seed_automations(client, [zombie_automation(inputs.settings)], report)
     _seed_buckets(inputs, report)
     return report
 
@@ -125,6 +128,40 @@ def _seed_limits(client, limits: ConcurrencyLimits, report: SeedReport) -> None:
             client.create_concurrency_limit(tag=tag_limit.tag, concurrency_limit=tag_limit.limit)
             action = "created" if current is None else f"updated ({current} -> {tag_limit.limit})"
         report.record(f"concurrency limit {name} (tag {tag_limit.tag})", action)
+
+
+def _seed_automations(client, wanted: list, report: SeedReport) -> None:
+    """Find each automation by name; create it, update it when it differs, or keep it."""
+    for automation in wanted:
+        found = client.read_automations_by_name(automation.name)
+        for extra in found[1:]:  # made twice by hand or by a race: keep one
+            client.delete_automation(extra.id)
+        if not found:
+            client.create_automation(automation)
+            action = "created"
+        elif _comparable(found[0]) != _comparable(automation):
+            client.update_automation(found[0].id, automation)
+            action = "updated"
+        else:
+            action = None
+        report.record(f"automation {automation.name!r}", action)
+
+
+def _comparable(automation) -> dict:
+    from prefect.events.schemas.automations import AutomationCore
+
+    fields = set(AutomationCore.model_fields) - {"owner_resource"}
+    return _sorted_sets(AutomationCore.model_validate(automation.model_dump(include=fields)).model_dump(mode="json"))
+
+
+def _sorted_sets(value):
+    """JSON with the lists that came from sets (event names, labels) in one order."""
+    if isinstance(value, dict):
+        return {key: _sorted_sets(item) for key, item in value.items()}
+    if isinstance(value, list):
+        items = [_sorted_sets(item) for item in value]
+        return sorted(items) if all(isinstance(item, str) for item in items) else items
+    return value
 
 
 def _seed_buckets(inputs: SeedInputs, report: SeedReport) -> None:

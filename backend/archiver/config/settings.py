@@ -14,11 +14,16 @@ from pathlib import Path
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, AnyHttpUrl, BaseModel, ConfigDict, Field, PositiveInt, TypeAdapter, ValidationError, model_validator
+from pydantic import (
+    AfterValidator, AnyHttpUrl, BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, TypeAdapter, ValidationError,
+    model_validator,
+)
 
 from archiver.config.errors import ConfigError, explain
 
 MAX_PRESIGNED_URL_SECONDS = 7 * 24 * 3600
+# Prefect refuses flow-run heartbeats more often than every 30 s (PREFECT_FLOWS_HEARTBEAT_FREQUENCY >= 30).
+MINIMUM_HEARTBEAT_S = 30
 
 
 def _http_url(value: str) -> str:
@@ -42,6 +47,19 @@ class ArchiverSection(_Section):
     )
     dataset_concurrency: PositiveInt = Field(2, alias="ARCHIVER_DATASET_CONCURRENCY")
     datablock_concurrency: PositiveInt = Field(2, alias="ARCHIVER_DATABLOCK_CONCURRENCY")
+    # Crash detection and recovery (docs/flows.md, "When a run crashes").
+    crash_retries: NonNegativeInt = Field(2, alias="ARCHIVER_CRASH_RETRIES")
+    heartbeat_s: int = Field(30, alias="ARCHIVER_HEARTBEAT_S", ge=MINIMUM_HEARTBEAT_S)
+    zombie_window_s: int = Field(90, alias="ARCHIVER_ZOMBIE_WINDOW_S")
+
+    @model_validator(mode="after")
+    def _window_longer_than_heartbeat(self) -> ArchiverSection:
+        if self.zombie_window_s <= self.heartbeat_s:
+            raise ValueError(
+                f"ARCHIVER_ZOMBIE_WINDOW_S ({self.zombie_window_s}) must be longer than ARCHIVER_HEARTBEAT_S "
+                f"({self.heartbeat_s}), or live runs are marked crashed; use about three heartbeats"
+            )
+        return self
 
     @property
     def target_size_bytes(self) -> int:

@@ -19,7 +19,7 @@ from archiver.flows.common import (
     run_bounded_or_raise, scicat_call,
 )
 from archiver.flows.concurrency import reconcile_tags
-from archiver.flows.jobs import DatasetDone, on_job_interrupted, run_job
+from archiver.flows.jobs import DatasetDone, JobKind, on_job_cancelled, run_job
 from archiver.flows.lts_tasks import set_aside_datablocks, tagged, verify_datablock, wait_for_free_space, write_datablock
 from archiver.packing import cleanup
 from archiver.packing.errors import DatasetUserError, IntegrityError, RegistrationConflictError
@@ -193,14 +193,13 @@ def _clean_up_interrupted_archival(pid, config, connections, error, log) -> None
     _clean_up_failed_archival(pid, config, connections, [d.id for d in on_record.registered], [], error, log)
 
 
-_on_job_interrupted = on_job_interrupted("archival", _clean_up_interrupted_archival)
+ARCHIVAL = JobKind("archival", _clean_up_interrupted_archival)
 
 
 @flow(
     name="archive_datasetlist",
     flow_run_name="archive-job-{job_id}",
-    on_cancellation=[_on_job_interrupted],
-    on_crashed=[_on_job_interrupted],
+    on_cancellation=[on_job_cancelled(ARCHIVAL)],
 )
 def archive_datasets_flow(job_id: str, dataset_ids: list[str] | None = None) -> None:
     """Archive the datasets of a SciCat job (all of `jobParams.datasetList` unless `dataset_ids` names them)."""

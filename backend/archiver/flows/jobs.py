@@ -13,7 +13,7 @@ from archiver.config.runtime import RunConfiguration, load_run_configuration
 from archiver.flows.common import Connections, connect, run_bounded, scicat_call
 from archiver.packing.errors import DatasetUserError, InvalidPidError
 from archiver.packing.naming import check_pid
-from archiver.scicat.models import JobResultEntry, JobResultObject, JobStatus
+from archiver.scicat.models import Job, JobResultEntry, JobResultObject, JobStatus
 
 
 class JobFailed(Exception):
@@ -45,7 +45,7 @@ class NoDatasetsError(Exception):
         )
 
 
-def _checked_pids(dataset_ids: list[str]) -> tuple[list[str], dict[str, BaseException]]:
+def checked_pids(dataset_ids: list[str]) -> tuple[list[str], dict[str, BaseException]]:
     """The usable PIDs, and the refused ones with why; a refused PID is never put into a SciCat URL."""
     usable, refused = [], {}
     for pid in dataset_ids:
@@ -77,7 +77,7 @@ def run_job(
         scicat_call("job finishedUnsuccessful", scicat.update_job_status, job_id, JobStatus.FINISHED_UNSUCCESSFUL, str(error))
         raise JobFailed(str(error))
     requested = list(dict.fromkeys(dataset_ids))  # a dataset named twice is processed once
-    dataset_ids, failures = _checked_pids(requested)
+    dataset_ids, failures = checked_pids(requested)
     log.info("job %s: %d dataset(s): %s", job_id, len(dataset_ids), ", ".join(dataset_ids))
 
     outcomes = run_bounded(process_dataset, dataset_ids, config.settings.archiver.dataset_concurrency)
@@ -107,22 +107,49 @@ def _summary(total: int, failures: dict[str, BaseException], notes: list[str]) -
 CleanUp = Callable[[str, RunConfiguration, Connections, BaseException, logging.LoggerAdapter], None]
 
 
-def on_job_interrupted(kind: str, clean_up: CleanUp):
-    """A hook for a cancelled or crashed job run: `clean_up` finds out what each dataset's state is,
-    cleans up and reports the unfinished ones, then the job is reported failed. It runs outside the
-    run (in the runner or worker), so it builds its own clients."""
+@dataclass(frozen=True)
+class JobKind:
+    """What finishing an interrupted job of one kind needs: how to find out and clean up one dataset's state."""
+
+    name: str  # "archival" / "retrieval"
+    clean_up: CleanUp
+
+
+def job_is_finished(job: Job) -> bool:
+    """SciCat already holds a final status for the job (v3 or v4 status field)."""
+    return (job.job_status_message or job.status_code or "").startswith("finished")
+
+
+def finish_interrupted_job(
+    kind: JobKind, job_id: str, dataset_ids: list[str] | None, reason: str,
+    config: RunConfiguration, connections: Connections, log,
+) -> bool:
+    """Clean up every dataset of an interrupted job not yet done, report each failed, then the job
+    finishedUnsuccessful with `reason`. Does nothing when SciCat already shows the job finished
+    (another path got there first). Returns whether it reported the job."""
+    scicat = connections.scicat
+    if job_is_finished(scicat.get_job(job_id)):
+        log.info("job %s: already finished in SciCat; nothing to do", job_id)
+        return False
+    usable, _ = checked_pids(dataset_ids or scicat.get_job_dataset_pids(job_id))
+    for pid in usable:  # each clean-up leaves a dataset that is done as it is
+        kind.clean_up(pid, config, connections, RuntimeError(reason), log)
+    scicat.update_job_status(job_id, JobStatus.FINISHED_UNSUCCESSFUL, reason[:2000])
+    log.warning("job %s: %s; datasets not finished were cleaned up and reported failed", job_id, reason)
+    return True
+
+
+def on_job_cancelled(kind: JobKind):
+    """A cancellation hook for a job run (the runner or the engine runs it outside the cancelled code).
+    A crashed run's hooks die with its container; the recover_job flow handles crashes."""
 
     def hook(flow, flow_run, state) -> None:
         log = flow_run_logger(flow_run, flow)
-        job_id, dataset_ids = flow_run.parameters["job_id"], flow_run.parameters.get("dataset_ids")
-        what = f"{kind} run {state.name.lower()}"
         config = load_run_configuration()
         with connect(config) as connections:
-            scicat = connections.scicat
-            usable, _ = _checked_pids(dataset_ids or scicat.get_job_dataset_pids(job_id))
-            for pid in usable:
-                clean_up(pid, config, connections, RuntimeError(what), log)
-            scicat.update_job_status(job_id, JobStatus.FINISHED_UNSUCCESSFUL, what)
-        log.warning("job %s: %s; datasets not finished were cleaned up and reported failed", job_id, what)
+            finish_interrupted_job(
+                kind, flow_run.parameters["job_id"], flow_run.parameters.get("dataset_ids"),
+                f"{kind.name} run {flow_run.name} {state.name.lower()}", config, connections, log,
+            )
 
     return hook

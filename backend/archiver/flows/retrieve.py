@@ -16,7 +16,7 @@ from archiver.flows.common import (
     scicat_call,
 )
 from archiver.flows.concurrency import reconcile_tags
-from archiver.flows.jobs import DatasetDone, on_job_interrupted, run_job
+from archiver.flows.jobs import DatasetDone, JobKind, on_job_cancelled, run_job
 from archiver.flows.lts_tasks import copy_datablock_to_retrieval, tagged
 from archiver.packing import cleanup
 from archiver.packing.errors import DatasetUserError, RegistrationConflictError
@@ -112,14 +112,13 @@ def _clean_up_interrupted_retrieval(pid, config, connections, error, log) -> Non
     _clean_up_failed_retrieval(pid, config, connections, error, log)
 
 
-_on_job_interrupted = on_job_interrupted("retrieval", _clean_up_interrupted_retrieval)
+RETRIEVAL = JobKind("retrieval", _clean_up_interrupted_retrieval)
 
 
 @flow(
     name="retrieve_datasetlist",
     flow_run_name="retrieve-job-{job_id}",
-    on_cancellation=[_on_job_interrupted],
-    on_crashed=[_on_job_interrupted],
+    on_cancellation=[on_job_cancelled(RETRIEVAL)],
 )
 def retrieve_datasets_flow(job_id: str, dataset_ids: list[str] | None = None) -> list[JobResultEntry]:
     """Retrieve the datasets of a SciCat job into the retrieval bucket; the job result carries download URLs."""

@@ -1,22 +1,55 @@
-"""Serve the three deployments from this process: the local, Docker-less way to run the pipeline.
+"""Serve the deployments from this process: the local, Docker-less way to run the pipeline.
 
 The compose stack registers the same deployments on Docker work pools from
 `prefect.yaml`; here a Prefect runner executes their runs as local subprocesses.
+The recovery deployment's trigger is read from `prefect.yaml`, so both ways
+create the same automation.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prefect import serve
 
 from archiver.flows.archive import archive_datasets_flow
+from archiver.flows.recovery import recover_job
 from archiver.flows.retrieve import retrieve_datasets_flow
 from archiver.flows.test_dataset import create_test_dataset_flow
+
+PREFECT_YAML = Path(__file__).resolve().parents[3] / "prefect.yaml"
+DEFAULT_HEARTBEAT_S = 30
 
 DEPLOYMENT_NAMES = {
     "archive": "archive_datasetlist/datasets_archival",
     "retrieve": "retrieve_datasetlist/datasets_retrieval",
+    "recover": "recover_job/job_recovery",
     "create": "create_test_dataset/dataset_creation",
 }
+
+
+def deployment_triggers(name: str, prefect_yaml: Path = PREFECT_YAML) -> list:
+    """The triggers of deployment `name` in prefect.yaml, as Prefect's deploy command reads them."""
+    import yaml
+    from pydantic import TypeAdapter
+    from prefect.events import DeploymentTriggerTypes
+
+    deployments = yaml.safe_load(prefect_yaml.read_text()).get("deployments", [])
+    [spec] = [d for d in deployments if d.get("name") == name] or [None]
+    if spec is None:
+        raise ValueError(f"{prefect_yaml}: no deployment named {name!r}")
+    return [TypeAdapter(DeploymentTriggerTypes).validate_python(t) for t in spec.get("triggers", [])]
+
+
+def heartbeat_seconds() -> int:
+    """ARCHIVER_HEARTBEAT_S as seeded by `archiver config` (environment first); the default before seeding."""
+    from archiver.config.errors import ConfigError
+    from archiver.config.runtime import load_run_configuration
+
+    try:
+        return load_run_configuration().settings.archiver.heartbeat_s
+    except ConfigError:
+        return DEFAULT_HEARTBEAT_S
 
 
 def serve_deployments(limit: int | None = None) -> None:
@@ -24,7 +57,9 @@ def serve_deployments(limit: int | None = None) -> None:
     serve(
         archive_datasets_flow.to_deployment(name="datasets_archival", tags=["archival"]),
         retrieve_datasets_flow.to_deployment(name="datasets_retrieval", tags=["retrieval"]),
+        recover_job.to_deployment(name="job_recovery", triggers=deployment_triggers("job_recovery")),
         create_test_dataset_flow.to_deployment(name="dataset_creation"),
         limit=limit,
+        heartbeat_seconds=heartbeat_seconds(),
         print_starting_message=False,
     )

@@ -189,10 +189,18 @@ def delete_prefix(s3, bucket: str, prefix: str) -> int:
         if len(batch) == 1000:
             flush()
     flush()
+    abort_multipart_uploads(s3, bucket, prefix)
+    return deleted
+
+
+def abort_multipart_uploads(s3, bucket: str, prefix: str) -> int:
+    """Abort the unfinished multipart uploads below `prefix`; finished objects stay. Returns how many."""
+    aborted = 0
     for page in s3.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=prefix):
         for upload in page.get("Uploads", []):
             s3.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
-    return deleted
+            aborted += 1
+    return aborted
 
 
 def presigned_get_url(

@@ -61,6 +61,17 @@ class Pipeline:
         with ScicatClient(settings, self.scicat._credentials) as client:
             return client.get_job(job_id).to_wire()
 
+    def set_settings(self, **values) -> None:
+        """Change keys of prefect-vars.toml (any section) and seed again."""
+        from archiver.config.settings import known_keys
+
+        data = tomllib.loads(self.vars_file.read_text())
+        for key, value in values.items():
+            data[known_keys()[key]][key] = value
+        self.vars_file.write_text(tomli_w.dumps(data))
+        self.settings = load_vars_file(self.vars_file)
+        self.reseed()
+
     def set_limits(self, **limits: int) -> None:
         data = tomllib.loads(self.limits_file.read_text())
         for name, limit in limits.items():

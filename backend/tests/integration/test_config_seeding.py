@@ -99,6 +99,47 @@ def test_changed_limit_and_secret_are_applied_by_next_run(workdir, prefect_api_u
     assert Secret.load("scicat-password").get() == "rotated-password-value"
 
 
+def test_zombie_automation_seeded_once_and_updated_when_window_changes(workdir, prefect_api_url):
+    from archiver.config.automations import ZOMBIE_AUTOMATION
+    from prefect.client.orchestration import get_client
+
+    def automations():
+        with get_client(sync_client=True) as client:
+            return client.read_automations_by_name(ZOMBIE_AUTOMATION)
+
+    def set_window(seconds: int) -> None:
+        data = tomllib.loads((workdir / "prefect-vars.toml").read_text())
+        data["archiver"]["ARCHIVER_ZOMBIE_WINDOW_S"] = seconds
+        (workdir / "prefect-vars.toml").write_text(tomli_w.dumps(data))
+
+    set_window(77)
+    first = run_config(workdir, prefect_api_url)
+    assert first.returncode == 0, first.stderr
+    [automation] = automations()
+    assert automation.trigger.within.total_seconds() == 77
+    assert automation.trigger.posture.value == "Proactive"
+    assert [a.type for a in automation.actions] == ["change-flow-run-state"]
+    assert automation.actions[0].state.value == "CRASHED"
+
+    again = run_config(workdir, prefect_api_url)
+    assert f"automation {ZOMBIE_AUTOMATION!r}" not in again.stdout
+    set_window(95)
+    changed = run_config(workdir, prefect_api_url)
+    assert changed.returncode == 0, changed.stderr
+    assert f"automation {ZOMBIE_AUTOMATION!r}: updated" in changed.stdout.splitlines()
+    [automation] = automations()
+    assert automation.trigger.within.total_seconds() == 95
+
+
+def test_window_not_longer_than_heartbeat_is_refused(workdir, prefect_api_url):
+    data = tomllib.loads((workdir / "prefect-vars.toml").read_text())
+    data["archiver"].update(ARCHIVER_HEARTBEAT_S=60, ARCHIVER_ZOMBIE_WINDOW_S=60)
+    (workdir / "prefect-vars.toml").write_text(tomli_w.dumps(data))
+    result = run_config(workdir, prefect_api_url)
+    assert result.returncode != 0
+    assert "ARCHIVER_ZOMBIE_WINDOW_S (60) must be longer than ARCHIVER_HEARTBEAT_S (60)" in result.stderr + result.stdout
+
+
 def test_missing_secret_file_fails_clearly_and_applies_nothing(workdir, prefect_api_url, unique_name):
     from prefect.client.orchestration import get_client
 

@@ -11,8 +11,10 @@ import pytest
 from archiver.packing import naming
 from archiver.packing.archive import archive_datablock, verify_datablock
 from archiver.packing.cleanup import (
+    abort_retrieval_uploads,
     delete_landing_zone_files,
     delete_retrieved,
+    remove_partial_files,
     set_aside_datablocks,
 )
 from archiver.packing.errors import (
@@ -236,6 +238,26 @@ def test_cleanup_helpers(s3, bucket, second_bucket, lts_root):
     assert delete_landing_zone_files(s3, bucket, PID) == 1
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]
     assert keys == [naming.landing_prefix(other) + "a.bin"]
+
+
+def test_leftovers_of_a_dead_run_are_removed_and_finished_work_kept(s3, bucket, second_bucket, lts_root):
+    """What recover_job removes: half-written datablocks and unfinished uploads."""
+    upload(s3, bucket, PID, {"a.bin": b"a" * 100})
+    _, (record,) = archive_all(s3, bucket, PID, lts_root, target_bytes=100 * MiB)
+    finished = tar_path(lts_root, record.archiveId)
+    half_written = naming.partial_path(finished.with_name(naming.datablock_name(PID, 1)))
+    half_written.write_bytes(b"half")
+    retrieve_datablock(lts_root, record.archiveId, s3, second_bucket, file_timeout_s=5)
+    prefix = naming.retrieval_prefix(PID)
+    s3.create_multipart_upload(Bucket=second_bucket, Key=prefix + "dead.tar")
+    s3.create_multipart_upload(Bucket=second_bucket, Key=naming.retrieval_prefix("20.500.11935/other") + "live.tar")
+
+    assert remove_partial_files(lts_root, PID) == [half_written]
+    assert not half_written.exists() and finished.exists()
+    assert remove_partial_files(lts_root, "20.500.11935/none") == []
+    assert abort_retrieval_uploads(s3, second_bucket, PID) == 1
+    assert [u["Key"] for u in multipart_uploads(s3, second_bucket)] == [naming.retrieval_prefix("20.500.11935/other") + "live.tar"]
+    assert s3.list_objects_v2(Bucket=second_bucket)["KeyCount"] == 1  # the finished datablock stays
 
 
 def test_presigned_url_is_signed_for_the_external_endpoint(s3, s3_endpoint, bucket):

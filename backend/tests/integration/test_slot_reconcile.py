@@ -10,7 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from archiver.local_services import poll_until
+from archiver.local_services import descendants, poll_until
 
 pytestmark = pytest.mark.integration
 
@@ -32,15 +32,6 @@ HOLDER_FLOW = textwrap.dedent(
     """
 )
 
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below `pid` (the flow-run processes the runner started)."""
-    found = []
-    for children in Path(f"/proc/{pid}/task").glob("*/children"):
-        for child in children.read_text().split():
-            found += [int(child), *descendants(int(child))]
-    return found
 
 
 def test_slot_of_a_killed_flow_run_is_released(tmp_path, prefect_api_url, unique_name):

@@ -28,6 +28,7 @@ POOL_TEMPLATES = {"archival-docker-pool": "prefect-jobtemplate-dev.json", "retri
 DEPLOYMENTS = {
     "archive_datasetlist/datasets_archival": "archival-docker-pool",
     "retrieve_datasetlist/datasets_retrieval": "retrieval-docker-pool",
+    "recover_job/job_recovery": "archival-docker-pool",
     "create_test_dataset/dataset_creation": "archival-docker-pool",
 }
 
@@ -163,7 +164,7 @@ def test_the_ui_reads_the_api_through_the_proxy(stack, tmp_path):
         assert pool in text, text[:2000]
 
 
-def test_the_flows_deployment_one_shot_registers_the_three_deployments(stack):
+def test_the_flows_deployment_one_shot_registers_the_deployments(stack):
     result = stack.one_shots["prefect-flows-deployment"]
     assert result.returncode == 0, result.stdout + result.stderr
     deployments = _deployments_by_flow_name(stack)
@@ -175,6 +176,8 @@ def test_the_flows_deployment_one_shot_registers_the_three_deployments(stack):
         assert variables["image_pull_policy"] == "Never"
         assert variables["networks"] == [stack.env["STACK_NETWORK"]]
         assert variables["volumes"] == [f"{stack.env['LTS_VOLUME_NAME']}:{load_vars_file(REPO / 'prefect-vars.toml').lts.storage_root}"]
+        heartbeat = load_vars_file(REPO / "prefect-vars.toml").archiver.heartbeat_s
+        assert variables["env"] == {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(heartbeat)}
 
 
 def _deployments_by_flow_name(stack) -> dict[str, dict]:

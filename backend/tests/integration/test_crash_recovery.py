@@ -1,0 +1,189 @@
+"""A job run killed mid-write is marked Crashed, recovered outside the dead process and resumed or reported.
+
+Runs are served by `archiver serve`; the kill is SIGKILL of real processes while a datablock is being
+written to the LTS (a `.partial` file exists). Windows are short (heartbeat 30 s, the least Prefect
+allows; zombie window 50 s) so the tests take minutes, not hours.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from archiver.config.limits import load_limits_file
+from archiver.flows.test_dataset import create_test_dataset_flow
+from archiver.local_services import descendants, poll_until
+from archiver.packing import archive, naming
+
+pytestmark = pytest.mark.integration
+
+ZOMBIE_WINDOW_S = 50
+# A datablock per file (1 MB target); files big enough that writing one takes a while.
+NUM_FILES, FILE_SIZE_MB = 4, 24.0
+
+
+def partial_files(lts_root: Path) -> list[Path]:
+    return sorted(lts_root.rglob(f"*{naming.PARTIAL_SUFFIX}"))
+
+
+def job_status(pipeline, job_id: str) -> str | None:
+    return pipeline.scicat_dev.state()["jobs"][job_id].get("jobStatusMessage")
+
+
+def start_job_run(pipeline, job_id: str):
+    from prefect.deployments import run_deployment
+    from prefect.exceptions import ObjectNotFound
+
+    def start():
+        try:
+            return run_deployment("archive_datasetlist/datasets_archival", parameters={"job_id": job_id}, timeout=0)
+        except ObjectNotFound:
+            return None
+
+    return poll_until(start, what="served deployment")
+
+
+def finished_datablocks(lts_root: Path) -> dict[Path, tuple[int, int]]:
+    """Datablocks under their final name, with (inode, mtime) to tell whether they were written again."""
+    return {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in lts_root.rglob(f"*{naming.TAR_SUFFIX}")}
+
+
+def kill_mid_write(pipeline, processes, after_finished: int = 0) -> float:
+    """SIGKILL the processes `processes()` names while a datablock is half written (after `after_finished`
+    datablocks are complete); returns when (monotonic)."""
+    poll_until(lambda: partial_files(pipeline.lts_root) and len(finished_datablocks(pipeline.lts_root)) >= after_finished,
+               timeout=180, interval=0.02, what="a datablock being written")
+    for pid in processes():
+        os.kill(pid, signal.SIGKILL)
+    return time.monotonic()
+
+
+def job_runs(client, job_id: str) -> list:
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    return client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[f"archive-job-{job_id}"])))
+
+
+def assert_nothing_left_running(pipeline, client, crashed_run) -> None:
+    """No subflow or task run of the crashed run is still unfinished, no tag slot is taken, no half-written file."""
+    from archiver.flows.recovery import _descendant_flow_runs
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterFlowRunId
+
+    runs = [crashed_run, *_descendant_flow_runs(client, crashed_run.id)]
+    assert len(runs) > 1  # the dataset's subflow run was there
+    assert [r.name for r in runs if not client.read_flow_run(r.id).state.is_final()] == []
+    task_runs = client.read_task_runs(task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[r.id for r in runs])))
+    assert [t.name for t in task_runs if not t.state.is_final()] == []
+    for limit in load_limits_file(pipeline.limits_file).by_name().values():
+        assert client.read_concurrency_limit_by_tag(limit.tag).active_slots == [], limit.tag
+    assert partial_files(pipeline.lts_root) == []
+
+
+@pytest.fixture
+def crash_pipeline(pipeline):
+    pipeline.set_settings(ARCHIVER_ZOMBIE_WINDOW_S=ZOMBIE_WINDOW_S, ARCHIVER_HEARTBEAT_S=30,
+                          ARCHIVER_DATASET_CONCURRENCY=1, ARCHIVER_DATABLOCK_CONCURRENCY=1)
+    return pipeline
+
+
+def test_lost_node_run_is_crashed_by_heartbeat_automation_and_resumed(crash_pipeline, serve_deployments):
+    """Runner and flow-run process killed together (a lost node): only the missing heartbeats tell.
+    With retries allowed, the job is started again on another runner, resumes and ends successful."""
+    from prefect.client.orchestration import get_client
+
+    pipeline = crash_pipeline
+    pipeline.set_settings(ARCHIVER_CRASH_RETRIES=2)
+    pid = create_test_dataset_flow(num_files=NUM_FILES, file_size_mb=FILE_SIZE_MB)
+    originals = {f.path: f.chk for b in pipeline.scicat.get_origdatablocks(pid) for f in b.data_file_list}
+    job_id = pipeline.new_job("archive", [pid])
+    node = serve_deployments()
+    run = start_job_run(pipeline, job_id)
+
+    killed_at = kill_mid_write(pipeline, lambda: [*descendants(node.pid), node.pid], after_finished=1)
+    finished_before = finished_datablocks(pipeline.lts_root)
+    serve_deployments()  # another node, for the recovery and the resumed run
+    with get_client(sync_client=True) as client:
+        poll_until(lambda: client.read_flow_run(run.id).state.is_crashed(), timeout=ZOMBIE_WINDOW_S + 60,
+                   interval=1, what="zombie automation to mark the run Crashed")
+        crashed_after = time.monotonic() - killed_at
+        assert "no heartbeat" in client.read_flow_run(run.id).state.message
+        retried = poll_until(lambda: [r for r in job_runs(client, job_id) if r.id != run.id], timeout=120,
+                             interval=1, what="the job started again")
+        assert len(retried) == 1 and "crash-retry:1" in retried[0].tags
+        poll_until(lambda: job_status(pipeline, job_id) == "finishedSuccessful", timeout=300, interval=1,
+                   what="the resumed job to finish")
+        finished_after = time.monotonic() - killed_at
+        print(f"\nlost node: Crashed {crashed_after:.0f} s after the kill; SciCat shows finishedSuccessful "
+              f"{finished_after:.0f} s after the kill (resumed run included)")
+        assert_nothing_left_running(pipeline, client, run)
+
+    lifecycle = pipeline.scicat_dev.state()["datasets"][pid]["datasetlifecycle"]
+    assert lifecycle["archiveStatusMessage"] == "datasetOnArchiveDisk"
+    datablocks = pipeline.scicat.get_datablocks(pid)
+    assert len({d.archive_id for d in datablocks}) == len(datablocks) == NUM_FILES
+    archived = {}
+    for datablock in datablocks:  # every byte read back from the LTS against its manifest
+        manifest = archive.verify_datablock(pipeline.lts_root, datablock.archive_id)
+        archived.update({f.path: f.chk for f in manifest.dataFileList})
+    assert archived == originals
+    assert pipeline.landing_keys(pid) == []
+    now = finished_datablocks(pipeline.lts_root)
+    assert finished_before and {p: now.get(p) for p in finished_before} == finished_before  # resumed: kept, not rewritten
+
+
+def test_killed_run_without_retries_is_reported_failed(crash_pipeline, serve_deployments):
+    """Only the flow-run process killed (a `docker kill` with the worker alive): the runner reports it Crashed,
+    the recovery cleans up and, with no retries allowed, SciCat is told the job failed."""
+    from prefect.client.orchestration import get_client
+
+    pipeline = crash_pipeline
+    pipeline.set_settings(ARCHIVER_CRASH_RETRIES=0)
+    pid = create_test_dataset_flow(num_files=NUM_FILES, file_size_mb=FILE_SIZE_MB)
+    landing_before = pipeline.landing_keys(pid)
+    job_id = pipeline.new_job("archive", [pid])
+    node = serve_deployments()
+    run = start_job_run(pipeline, job_id)
+    killed_at = kill_mid_write(pipeline, lambda: descendants(node.pid))
+    poll_until(lambda: job_status(pipeline, job_id) == "finishedUnsuccessful", timeout=180, interval=1,
+               what="the job reported failed")
+    print(f"\nkilled flow-run process: SciCat shows finishedUnsuccessful {time.monotonic() - killed_at:.0f} s after the kill")
+    lifecycle = pipeline.scicat_dev.state()["datasets"][pid]["datasetlifecycle"]
+    assert lifecycle["archiveStatusMessage"] == "scheduleArchiveJobFailed"
+    assert "crashed" in lifecycle["archiveReturnMessage"]
+    assert "retries exhausted (0 of ARCHIVER_CRASH_RETRIES=0)" in lifecycle["archiveReturnMessage"]
+    assert pipeline.landing_keys(pid) == landing_before
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(run.id).state.is_crashed()
+        assert [r.id for r in job_runs(client, job_id)] == [run.id]  # not started again
+        assert_nothing_left_running(pipeline, client, client.read_flow_run(run.id))
+
+
+def test_run_taken_for_dead_but_still_beating_is_left_to_finish(crash_pipeline, serve_deployments):
+    """A live run marked Crashed for missing heartbeats (as after a Prefect server outage longer than the window)
+    is set Running again once its heartbeats show it lives: neither started twice nor reported failed."""
+    from archiver.config.automations import ZOMBIE_MESSAGE_PREFIX
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelling, Crashed
+
+    pipeline = crash_pipeline
+    pipeline.set_settings(ARCHIVER_CRASH_RETRIES=2)
+    pid = create_test_dataset_flow(num_files=1, file_size_mb=0.1)
+    job_id = pipeline.new_job("archive", [pid])
+    serve_deployments(LTS_FREE_SPACE_PERCENTAGE="99.999")  # the run waits for free space until cancelled
+    run = start_job_run(pipeline, job_id)
+    with get_client(sync_client=True) as client:
+        poll_until(lambda: pipeline.scicat_dev.state()["datasets"][pid]["datasetlifecycle"].get("archiveStatusMessage")
+                   == "started", what="archival started")
+        client.set_flow_run_state(run.id, Crashed(message=f"{ZOMBIE_MESSAGE_PREFIX} {ZOMBIE_WINDOW_S} s: (test)"),
+                                  force=True)
+        poll_until(lambda: client.read_flow_run(run.id).state.is_running(), timeout=150, interval=1,
+                   what="the live run set Running again")
+        assert [r.id for r in job_runs(client, job_id)] == [run.id]
+        assert job_status(pipeline, job_id) == "inProgress"
+
+        client.set_flow_run_state(run.id, Cancelling(), force=True)  # end it; the cancellation hook reports
+        poll_until(lambda: job_status(pipeline, job_id) == "finishedUnsuccessful", timeout=120, interval=1,
+                   what="the cancelled job reported")

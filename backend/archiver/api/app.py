@@ -99,7 +99,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
 
     @public.get("/health/readyz", tags=["health"])
     async def readyz():
-        problems = await readiness(list(deployments.values()))
+        problems = await readiness(list(deployments.values()), prefect_limits)
         if problems:
             return AsciiJSONResponse({"status": "not ready", "problems": problems}, status_code=503)
         return {"status": "ready"}

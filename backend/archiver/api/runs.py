@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 from uuid import UUID
 
 import anyio
@@ -76,14 +77,19 @@ def _by_cause(error: httpx.HTTPError) -> PrefectError:
     return PrefectError(503, f"Prefect API unreachable: {error.__class__.__name__}: {str(error)[:DETAIL_CHARS]}")
 
 
+@contextlib.contextmanager
+def _bounded(limits: PrefectLimits) -> Iterator[None]:
+    """Prefect calls within the API's retry and time bounds; TimeoutError past `limits.timeout_s`."""
+    with temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: limits.max_retries}), anyio.fail_after(limits.timeout_s):
+        yield
+
+
 async def start_job_run(
     deployment: str, job_type: str, job_id: UUID, parameters: dict[str, Any], limits: PrefectLimits = PrefectLimits(),
 ) -> StartedRun:
     """Create a run of `deployment` for the job, or return the one already created for it; PrefectError otherwise."""
     try:
-        with temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: limits.max_retries}), anyio.fail_after(
-            limits.timeout_s
-        ):
+        with _bounded(limits):
             async with get_client() as client:
                 try:
                     found = await client.read_deployment_by_name(deployment)
@@ -109,19 +115,22 @@ async def start_job_run(
     return StartedRun(run.id, run.name)
 
 
-async def readiness(deployments: list[str]) -> dict[str, str]:
+async def readiness(deployments: list[str], limits: PrefectLimits = PrefectLimits()) -> dict[str, str]:
     """Problems keyed by what is not ready; empty when Prefect answers and every deployment exists."""
     problems: dict[str, str] = {}
     try:
-        async with get_client() as client:
-            unhealthy = await client.api_healthcheck()
-            if unhealthy is not None:
-                return {"prefect": f"not reachable: {unhealthy}"}
-            for name in deployments:
-                try:
-                    await client.read_deployment_by_name(name)
-                except ObjectNotFound:
-                    problems[name] = "deployment not registered"
+        with _bounded(limits):
+            async with get_client() as client:
+                unhealthy = await client.api_healthcheck()
+                if unhealthy is not None:
+                    return {"prefect": f"not reachable: {str(unhealthy)[:DETAIL_CHARS]}"}
+                for name in deployments:
+                    try:
+                        await client.read_deployment_by_name(name)
+                    except ObjectNotFound:
+                        problems[name] = "deployment not registered"
+    except TimeoutError:
+        problems["prefect"] = f"no answer within {limits.timeout_s:g} s (API_PREFECT_TIMEOUT_S)"
     except httpx.HTTPError as e:
-        problems["prefect"] = f"not reachable: {e}"
+        problems["prefect"] = _by_cause(e).message
     return problems

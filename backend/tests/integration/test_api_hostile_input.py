@@ -230,3 +230,23 @@ def test_property_based_run_against_the_openapi_document_gives_no_server_error(a
     refused = sorted(set(refused_job_ids) - set(accepted_job_ids))
     started_runs = runs_of_jobs(refused) if refused else []
     assert started_runs == [], [r.name for r in started_runs]
+
+
+def test_prefect_that_never_answers_is_504_within_the_timeout(tmp_path, secrets_dir, deployments):
+    """A socket that accepts connections and never answers: the API gives up after API_PREFECT_TIMEOUT_S."""
+    import socket
+
+    from archiver.config.secrets import read_secret, secret_spec
+
+    auth = {"Authorization": read_secret(secret_spec("ARCHIVER_API_AUTH_FILE"), secrets_dir, {})}
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        prefect_url = f"http://127.0.0.1:{silent.getsockname()[1]}/api"
+        with start_api(tmp_path, secrets_dir, prefect_url, deployments, API_PREFECT_TIMEOUT_S="3") as server:
+            started = time.monotonic()
+            response = httpx.post(f"{server.url}{ROOT}/jobs", json=job(), headers=auth, timeout=60)
+            elapsed = time.monotonic() - started
+            ready = httpx.get(f"{server.url}{ROOT}/health/readyz", timeout=60)
+    assert response.status_code == 504, response.text
+    assert "API_PREFECT_TIMEOUT_S" in response.json()["detail"]
+    assert 2.5 < elapsed < 15
+    assert ready.status_code == 503 and "no answer within 3 s" in ready.json()["problems"]["prefect"]

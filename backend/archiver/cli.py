@@ -45,8 +45,12 @@ def _api(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides = {"API_ROOT_PATH": args.root_path} if args.root_path is not None else {}
-    app = create_app(ApiSettings(**overrides))
-    uvicorn.run(app, host=args.host, port=args.port, proxy_headers=True, forwarded_allow_ips="*")
+    settings = ApiSettings(**overrides)
+    app = create_app(settings)
+    # X-Forwarded-For is believed only from API_FORWARDED_ALLOW_IPS (the proxy): anyone else could forge
+    # the address that auth-failure logs show.
+    trusted = settings.forwarded_allow_ips.strip()
+    uvicorn.run(app, host=args.host, port=args.port, proxy_headers=bool(trusted), forwarded_allow_ips=trusted or None)
     return 0
 
 

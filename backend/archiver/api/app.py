@@ -8,48 +8,25 @@ import logging
 from typing import Any
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Security
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, ValidationError
+from fastapi.security import APIKeyHeader
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from archiver.api.runs import PrefectUnavailable, readiness, start_job_run
+from archiver.api.jobs import JobDocument, dataset_ids, parse_job, read_body
+from archiver.api.runs import PrefectError, readiness, start_job_run
 from archiver.api.settings import ApiSettings
 
 log = logging.getLogger("archiver.api")
 
 
-class JobDocument(BaseModel):
-    """The job SciCat sends; only id and type are needed. The dataset list is read from either shape
-    (v4: `jobParams.datasetList`, v3: `datasetList`); without one the flow asks SciCat."""
+class AsciiJSONResponse(JSONResponse):
+    """JSON with non-ASCII escaped: a lone surrogate from a request can not make the answer unencodable (500)."""
 
-    model_config = ConfigDict(extra="ignore")
-
-    id: UUID
-    type: str
-    jobParams: dict[str, Any] | None = None
-    datasetList: list[Any] | None = None
-
-    def dataset_ids(self) -> list[str] | None:
-        datasets = (self.jobParams or {}).get("datasetList") or self.datasetList
-        if not isinstance(datasets, list):
-            return None
-        pids = [d.get("pid") for d in datasets if isinstance(d, dict)]
-        return [pid for pid in pids if isinstance(pid, str)] or None
-
-
-def parse_job(body: bytes) -> JobDocument:
-    """The job from a request body, whatever its Content-Type: SciCat's url job action sends the JSON
-    as text/plain unless configured otherwise. 422 naming the problem when it is not a job object."""
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise HTTPException(422, f"the body is not JSON ({e}); send the SciCat job document as a JSON object") from None
-    if not isinstance(data, dict):
-        raise HTTPException(422, f"the body is JSON but not an object (got {type(data).__name__}); send the job document")
-    try:
-        return JobDocument.model_validate(data)
-    except ValidationError as e:
-        raise HTTPException(422, e.errors(include_url=False, include_input=False)) from None
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
 
 class FlowRunStarted(BaseModel):
@@ -57,19 +34,37 @@ class FlowRunStarted(BaseModel):
     name: str
 
 
+# Declares the scheme in the OpenAPI document; the check itself is `require_authorization`'s.
+AUTHORIZATION = APIKeyHeader(
+    name="Authorization", auto_error=False, scheme_name="SciCatJobAction",
+    description="the exact value configured in ARCHIVER_API_AUTH_FILE (e.g. `Bearer <token>`)",
+)
+
+
+JOB_REQUEST_BODY = {"required": True, "content": {
+    "application/json": {"schema": JobDocument.model_json_schema()},  # `type` an enum of the job types
+    "text/plain": {"schema": {"type": "string", "description": "the same JSON document"}},
+}}
+
+
+def _client(request: Request) -> str:
+    """The peer address, or the forwarded one when the peer is a trusted proxy (API_FORWARDED_ALLOW_IPS)."""
+    return request.client.host if request.client else "?"
+
+
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
     settings = settings or ApiSettings()
     expected = settings.expected_authorization().encode()
     deployments = settings.deployments()
+    prefect_limits = settings.prefect_limits()
 
-    def require_authorization(request: Request) -> None:
-        given = request.headers.get("authorization", "").encode()
-        if not hmac.compare_digest(given, expected):
+    def require_authorization(request: Request, given: str | None = Security(AUTHORIZATION)) -> None:
+        # Runs before the handler reads the body: an unauthenticated body is never read.
+        if not hmac.compare_digest((given or "").encode("utf-8", "surrogateescape"), expected):
             # Log that it happened, never the header's value.
             log.warning(
                 "rejected %s %s from %s: %s Authorization header",
-                request.method, request.url.path, request.client.host if request.client else "?",
-                "wrong" if given else "missing",
+                request.method, request.url.path, _client(request), "wrong" if given else "missing",
             )
             raise HTTPException(401, "missing or wrong Authorization header", {"WWW-Authenticate": "Bearer"})
 
@@ -78,9 +73,23 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         title="archiver API",
         description="Receives SciCat jobs and starts Prefect flow runs for them.",
         openapi_url=f"{root}/openapi.json",
-        docs_url=f"{root}/docs",
+        docs_url=f"{root}/docs" if settings.docs_enabled else None,
         redoc_url=None,
+        default_response_class=AsciiJSONResponse,
     )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> AsciiJSONResponse:
+        if 400 <= error.status_code < 500 and error.status_code not in (401, 404, 405):  # 401: logged where decided
+            log.info("refused %s %s from %s: %s %s", request.method, request.url.path, _client(request),
+                     error.status_code, error.detail)
+        return AsciiJSONResponse({"detail": error.detail}, error.status_code, headers=error.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, error: RequestValidationError) -> AsciiJSONResponse:
+        problems = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()]
+        return AsciiJSONResponse({"detail": "; ".join(problems)[:1000]}, 422)
+
     public = APIRouter(prefix=root)
     protected = APIRouter(prefix=root, dependencies=[Depends(require_authorization)])
 
@@ -90,36 +99,35 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
 
     @public.get("/health/readyz", tags=["health"])
     async def readyz():
-        problems = await readiness(list(deployments.values()))
+        problems = await readiness(list(deployments.values()), prefect_limits)
         if problems:
-            return JSONResponse({"status": "not ready", "problems": problems}, status_code=503)
+            return AsciiJSONResponse({"status": "not ready", "problems": problems}, status_code=503)
         return {"status": "ready"}
 
     @protected.post(
         "/jobs",
         response_model=FlowRunStarted,
         tags=["jobs"],
-        responses={400: {"description": "unknown job type"}, 401: {}, 422: {"description": "not a job document"},
-                   503: {"description": "Prefect unavailable"}},
-        openapi_extra={"requestBody": {"required": True, "content": {
-            "application/json": {"schema": JobDocument.model_json_schema()},
-            "text/plain": {"schema": {"type": "string", "description": "the same JSON document"}},
-        }}},
+        responses={
+            400: {"description": "unknown job type"}, 401: {"description": "missing or wrong Authorization"},
+            413: {"description": "body larger than API_MAX_BODY_BYTES"},
+            422: {"description": "not a job document, a bad dataset PID, too many datasets, or Prefect refused the run"},
+            502: {"description": "Prefect failed"}, 503: {"description": "Prefect unreachable or unavailable"},
+            504: {"description": "Prefect did not answer in time"},
+        },
+        openapi_extra={"requestBody": JOB_REQUEST_BODY},
     )
     async def create_job(request: Request) -> FlowRunStarted:
-        job = parse_job(await request.body())
-        if job.type not in deployments:
-            raise HTTPException(
-                400, f"unknown job type {job.type!r}; allowed types: {', '.join(sorted(deployments))}"
-            )
+        body = await read_body(request.stream(), request.headers.get("content-length"), settings.max_body_bytes)
+        job = parse_job(body)
         parameters: dict[str, Any] = {"job_id": str(job.id)}
-        if (pids := job.dataset_ids()) is not None:
+        if (pids := dataset_ids(job, settings.max_datasets_per_job)) is not None:
             parameters["dataset_ids"] = pids
         try:
-            run = await start_job_run(deployments[job.type], job.type, job.id, parameters)
-        except PrefectUnavailable as e:
-            log.error("job %s (%s) not started: %s", job.id, job.type, e)
-            raise HTTPException(503, f"job not started: {e}") from None
+            run = await start_job_run(deployments[job.type], job.type, job.id, parameters, prefect_limits)
+        except PrefectError as e:
+            log.error("job %s (%s, %s datasets) not started: %s", job.id, job.type, len(pids or []), e.message)
+            raise HTTPException(e.status, f"job not started: {e.message}") from None
         log.info("job %s (%s): flow run %s (%s)", job.id, job.type, run.name, run.id)
         return FlowRunStarted(uuid=run.id, name=run.name)
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import sys
 import json
+import sys
+import time
 import uuid
 
 import httpx
@@ -35,7 +36,7 @@ def deployments(prefect_api_url):
     return names
 
 
-def start_api(tmp_path, secrets_dir, prefect_url: str, deployments: dict[str, str]):
+def start_api(tmp_path, secrets_dir, prefect_url: str, deployments: dict[str, str], **environment: str):
     port = local_services.free_port()
     return local_services.service(
         "archiver API",
@@ -50,6 +51,7 @@ def start_api(tmp_path, secrets_dir, prefect_url: str, deployments: dict[str, st
             "ARCHIVAL_DEPLOYMENT": deployments["archive"],
             "RETRIEVAL_DEPLOYMENT": deployments["retrieve"],
             "PREFECT_CLIENT_MAX_RETRIES": "1",
+            **environment,
         },
         timeout=60,
     )
@@ -69,6 +71,7 @@ def api(tmp_path_factory, prefect_api_url, deployments):
             timeout=60,
         )
         client.log_path = server.log_path
+        client.server = server
         client.secrets_dir = secrets
         yield client
 
@@ -190,9 +193,11 @@ def test_unregistered_deployment_is_503_and_not_ready(tmp_path, secrets_dir, pre
 def test_unreachable_prefect_is_503(tmp_path, secrets_dir, deployments):
     dead = f"http://127.0.0.1:{local_services.free_port()}/api"
     with start_api(tmp_path, secrets_dir, dead, deployments) as server:
+        started = time.monotonic()
         response = post_archive_job(server, secrets_dir, timeout=120)
         assert response.status_code == 503
-        assert "not reachable" in response.json()["detail"]
+        assert "Prefect API unreachable" in response.json()["detail"]
+        assert time.monotonic() - started < 35  # retries bounded by API_PREFECT_MAX_RETRIES / API_PREFECT_TIMEOUT_S
         assert httpx.get(f"{server.url}{ROOT}/health/readyz", timeout=120).status_code == 503
 
 

@@ -96,7 +96,7 @@ def run(options: DevOptions) -> int:
         say(f"Prefect UI  {prefect.url}/dashboard")
         say(f"S3          {s3.url}")
         say(f"SciCat      {scicat.url}  (state: {scicat.url}/dev/state)")
-        say(f"archiver API http://127.0.0.1:{api_port}/docs")
+        say(f"archiver API http://127.0.0.1:{api_port}/openapi.json (POST /jobs)")
 
         vars_file = _write_vars(options, s3.url, scicat.url, lts)
         _seed(vars_file, secrets_dir)

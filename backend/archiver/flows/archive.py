@@ -110,7 +110,7 @@ def archive_dataset(job_id: str, dataset_id: str, config: RunConfiguration) -> D
             note = (f"dataset {pid} was already archived ({len(on_record.archive.matching)} datablock(s) registered and on the "
                     "LTS); nothing was rewritten")
             log.info(note)
-            return DatasetDone(note=note)
+            return DatasetDone(note=note, datablocks=len(on_record.archive.matching))
         registered_now: list[str] = []
         failed_verification: list[str] = []
         try:
@@ -137,7 +137,7 @@ def archive_dataset(job_id: str, dataset_id: str, config: RunConfiguration) -> D
             log.info("%s: archived; %d landing-zone file(s) deleted", pid, deleted)
         except Exception as e:  # the archive is complete and registered; only the cleanup is left to do
             log.error("%s: archived, but its landing-zone files could not be deleted (delete them by hand): %s", pid, e)
-    return DatasetDone()
+    return DatasetDone(datablocks=len(manifests), bytes=sum(m.packedSize for m in manifests))
 
 
 def _clean_up_failed_archival(

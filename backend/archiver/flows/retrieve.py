@@ -84,7 +84,7 @@ def retrieve_dataset(job_id: str, dataset_id: str, config: RunConfiguration) -> 
             _clean_up_failed_retrieval(pid, config, connections, error, log)
             raise
     log.info("%s: %d datablock(s) retrieved and checked", pid, len(entries))
-    return DatasetDone(entries=entries)
+    return DatasetDone(entries=entries, datablocks=len(entries), bytes=sum(e.size for e in entries))
 
 
 def _clean_up_failed_retrieval(pid: str, config: RunConfiguration, connections: Connections, error: BaseException, log):

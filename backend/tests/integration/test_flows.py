@@ -176,3 +176,33 @@ def test_scicat_down_mid_job_then_back(pipeline):
     assert lifecycle_of(pipeline, pid)["archiveStatusMessage"] == "datasetOnArchiveDisk"
     statuses = [e["status"] for e in pipeline.scicat_dev.requests()]
     assert statuses.count(503) == 6
+
+
+def _artifacts_of(state) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+
+
+def test_the_job_run_itself_shows_each_dataset_and_the_download_links(pipeline):
+    import json
+
+    pids = [new_dataset(2, 0.2), new_dataset(1, 0.2)]
+    archived = archive_datasets_flow(job_id=pipeline.new_job("archive", pids), return_state=True)
+    [table] = [a for a in _artifacts_of(archived) if a.type == "table"]
+    rows = {row["dataset"]: row for row in (json.loads(table.data) if isinstance(table.data, str) else table.data)}
+    assert set(rows) == set(pids)
+    for pid in pids:
+        blocks = pipeline.scicat.get_datablocks(pid)
+        assert rows[pid]["outcome"] == "done" and rows[pid]["datablocks"] == len(blocks)
+        assert rows[pid]["bytes"] == sum(b.packed_size for b in blocks) > 0
+
+    job_id = pipeline.new_job("retrieve", pids)
+    retrieved = retrieve_datasets_flow(job_id=job_id, return_state=True)
+    [links] = [a for a in _artifacts_of(retrieved) if a.type == "markdown"]
+    urls = [entry["url"] for entry in job_of(pipeline, job_id)["jobResultObject"]["result"]]
+    assert len(urls) == sum(len(pipeline.scicat.get_datablocks(pid)) for pid in pids)
+    assert all(url in links.data for url in urls)

@@ -115,8 +115,14 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _dev(args: argparse.Namespace) -> int:
+    import signal
+
     from archiver.local_pipeline import DevOptions, run
 
+    def stop(signum, frame):
+        raise KeyboardInterrupt  # unwinds the services it started, as Ctrl-C does
+
+    signal.signal(signal.SIGTERM, stop)
     return run(DevOptions(
         workdir=args.workdir.resolve(), num_files=args.files, file_size_mb=args.file_size_mb,
         prefect_port=args.prefect_port, keep_running=not args.exit,

@@ -5,8 +5,8 @@ the SciCat development server, the archiver API and a runner serving the
 deployments; seeds the configuration the way the prefect-config container
 does; then creates a test dataset, archives and retrieves it through SciCat
 jobs (SciCat -> API -> Prefect, as in production), checks every retrieved
-byte against the original checksums, and says what it did. Ctrl-C stops
-everything it started.
+byte against the original checksums, and says what it did. Ctrl-C (or SIGTERM)
+stops everything it started.
 """
 
 from __future__ import annotations
@@ -109,9 +109,10 @@ def run(options: DevOptions) -> int:
         local_services.poll_until(lambda: _deployments_ready(DEPLOYMENT_NAMES.values()), 120, "deployments to register")
         say("deployments served: " + ", ".join(DEPLOYMENT_NAMES.values()))
 
-        ok = _exercise(options, scicat.url, secrets_dir, prefect.url)
-        if options.keep_running:
-            with contextlib.suppress(KeyboardInterrupt):
+        ok = False
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C, or SIGTERM (see cli._dev)
+            ok = _exercise(options, scicat.url, secrets_dir, prefect.url)
+            if options.keep_running:
                 say(f"everything keeps running; explore {prefect.url}/dashboard. Ctrl-C stops it all.")
                 while True:
                     time.sleep(3600)

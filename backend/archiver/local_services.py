@@ -96,13 +96,13 @@ def _stop(process: subprocess.Popen, timeout: float = 15) -> None:
 @contextlib.contextmanager
 def service(
     name: str, command: list[str], url: str, health_path: str | None, log_path: Path, env: dict[str, str] | None = None,
-    timeout: float = 120,
+    timeout: float = 120, cwd: Path | None = None,
 ) -> Iterator[RunningService]:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})}, start_new_session=True,
+            env={**os.environ, **(env or {})}, start_new_session=True, cwd=cwd,
         )
     try:
         if health_path is not None:  # None: a process without an HTTP endpoint, up once started
@@ -134,6 +134,9 @@ def prefect_server(
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_UI_ENABLED": "true" if ui else "false",
         "PREFECT_API_URL": f"{url}/api",
+        # The UI asks this address for the API. Set here, and the server started outside the repository:
+        # Prefect reads `.env` from its working directory, and the compose stack's says /prefect-ui/api.
+        "PREFECT_UI_API_URL": f"{url}/api",
         "PREFECT_LOGGING_LEVEL": "WARNING",
         # Leases on disk: a restarted server keeps track of held concurrency slots.
         "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect.server.concurrency.lease_storage.filesystem",
@@ -144,7 +147,7 @@ def prefect_server(
     return service(
         "Prefect server",
         [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        url, "/api/health", home / "prefect-server.log", env=env, timeout=180,
+        url, "/api/health", home / "prefect-server.log", env=env, timeout=180, cwd=home,
     )
 
 

@@ -1,4 +1,5 @@
-"""`archiver dev`, the README's one-command local run: everything works, Ctrl-C leaves nothing running."""
+"""`archiver dev`, the README's one-command local run: everything works, the UI shows it, and SIGTERM
+or Ctrl-C leaves nothing running."""
 
 from __future__ import annotations
 
@@ -8,11 +9,16 @@ import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
+import httpx
 import pytest
 from archiver import local_services
 
+from tests.browser import rendered_text, screenshot
+
 pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[3]
 
 
 def answers(url: str) -> bool:
@@ -21,12 +27,13 @@ def answers(url: str) -> bool:
         return s.connect_ex((host, int(port))) == 0
 
 
-def test_dev_runs_the_pipeline_and_ctrl_c_stops_everything(tmp_path):
+def test_dev_runs_the_pipeline_shows_it_in_the_ui_and_sigterm_stops_everything(tmp_path):
     process = subprocess.Popen(
         [sys.executable, "-m", "archiver.cli", "dev", "--workdir", str(tmp_path / "local"), "--files", "3",
          "--file-size-mb", "1", "--prefect-port", str(local_services.free_port())],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")},
+        cwd=REPO,  # where a user runs it: beside the compose stack's .env, which must not leak into the UI
     )
     lines = []
     try:
@@ -41,8 +48,10 @@ def test_dev_runs_the_pipeline_and_ctrl_c_stops_everything(tmp_path):
         urls = re.findall(r"(http://127\.0\.0\.1:\d+)", output)
         assert len(set(urls)) >= 4  # Prefect, S3, SciCat, API
         assert all(answers(url) for url in set(urls))
+        prefect = re.search(r"Prefect UI +(http://127\.0\.0\.1:\d+)/dashboard", output)[1]
+        _check_ui(prefect, tmp_path)
 
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signal.SIGTERM)
         rest = process.communicate(timeout=120)[0]
     finally:
         if process.poll() is None:
@@ -50,3 +59,21 @@ def test_dev_runs_the_pipeline_and_ctrl_c_stops_everything(tmp_path):
     assert process.returncode == 0, rest
     assert "stopping everything this command started" in rest
     assert not any(answers(url) for url in set(urls))
+
+
+def _check_ui(prefect: str, tmp_path: Path) -> None:
+    """The UI talks to this server's API (not the stack's /prefect-ui/api) and shows the job runs' results."""
+    assert httpx.get(f"{prefect}/ui-settings").json()["api_url"] == f"{prefect}/api"
+    screenshot(f"{prefect}/dashboard", tmp_path, "dev-dashboard")
+    dashboard = rendered_text(f"{prefect}/dashboard", tmp_path / "dashboard", ["Flow Runs"])
+    assert "Flow Runs" in dashboard and "Can't connect" not in dashboard, dashboard[:2000]
+
+    [run] = httpx.post(f"{prefect}/api/flow_runs/filter", json={
+        "flow_runs": {"name": {"like_": "archive-job-"}}, "limit": 1}).json()
+    job_id = run["name"].removeprefix("archive-job-")
+    [table] = httpx.post(f"{prefect}/api/artifacts/filter", json={
+        "artifacts": {"flow_run_id": {"any_": [run["id"]]}, "type": {"any_": ["table"]}}}).json()
+    page = f"{prefect}/artifacts/artifact/{table['id']}"
+    screenshot(page, tmp_path, "dev-job-summary-artifact")
+    text = rendered_text(page, tmp_path / "artifact", [f"Job {job_id}", "archiver-dev-"])
+    assert f"Job {job_id}: finishedSuccessful" in text and "archiver-dev-" in text, text[:3000]

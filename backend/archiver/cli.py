@@ -54,6 +54,16 @@ def _api(args: argparse.Namespace) -> int:
     return 0
 
 
+def _job(args: argparse.Namespace) -> int:
+    from archiver.job_command import JobNotStarted, run
+
+    try:
+        return run(args.job_type, args.pids, args.scicat_url, args.secrets_dir, not args.no_follow, args.start_timeout)
+    except JobNotStarted as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
 def _limits_reconcile(args: argparse.Namespace) -> int:
     from archiver.config.limits import load_limits_file
     from archiver.flows.concurrency import reconcile_tags
@@ -153,6 +163,21 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--port", type=int, default=8000)
     api.add_argument("--root-path", default=None, help="path prefix of every route, e.g. /api/v1 (default: API_ROOT_PATH)")
     api.set_defaults(run=_api)
+
+    job = commands.add_parser(
+        "job", help="create a SciCat archive or retrieve job (as a user would) and follow it to the end",
+        description="Creates the job in SciCat with the archiver's account; SciCat's job action calls the archiver API, "
+                    "which starts the flow run. Shows its progress, the outcome and any download links. Prefect is "
+                    "PREFECT_API_URL. Exit code 0 when the job finished successfully.",
+    )
+    job.add_argument("job_type", choices=["archive", "retrieve"], help="the job's type")
+    job.add_argument("pids", nargs="+", metavar="PID", help="dataset PIDs the job is for")
+    job.add_argument("--scicat-url", help="SciCat base URL (default: the scicat_endpoint Prefect variable)")
+    job.add_argument("--secrets-dir", type=Path, default=Path(".secrets"),
+                     help="where scicatuser.txt / scicatpass.txt are, unless SCICAT_USER_FILE / SCICAT_PASSWORD_FILE name them (default: .secrets)")
+    job.add_argument("--no-follow", action="store_true", help="only create the job")
+    job.add_argument("--start-timeout", type=float, default=60, help="seconds to wait for the flow run to appear (default: 60)")
+    job.set_defaults(run=_job)
 
     limits = commands.add_parser("limits", help="inspect and repair tag concurrency limits")
     limits_commands = limits.add_subparsers(dest="limits_command", required=True)

@@ -54,7 +54,7 @@ def _store_datablocks(
     """Write and verify each datablock (bounded in parallel), LTS access limited by tag.
     Archive ids whose verification found a difference are added to `failed_verification`."""
     settings, limits = config.settings, config.limits
-    progress = ProgressReporter(2 * sum(b.packed_size for b in blocks), f"archiving {pid}: written and verified bytes")
+    progress = ProgressReporter(2 * sum(b.packed_size for b in blocks), f"archiving {pid}: written and verified")
     wait = tagged(wait_for_free_space, limits.LTS_FREE_LIMIT)
     write = tagged(write_datablock, limits.MOVE_TO_LTS_LIMIT)
     verify = tagged(verify_datablock, limits.VERIFY_LTS_LIMIT)

@@ -165,7 +165,8 @@ def run_bounded_or_raise(function: Callable[[T], R], items: Iterable[T], max_wor
 
 
 class ProgressReporter:
-    """A Prefect progress artifact fed by byte counts from worker threads, updated at most every few seconds."""
+    """A Prefect progress artifact fed by byte counts from worker threads, updated at most every few seconds.
+    Its description ends in `(N bytes)`, the total, so a watcher can show bytes, rate and time left."""
 
     def __init__(self, total_bytes: int, description: str, interval_s: float = 2.0):
         self._total = max(total_bytes, 1)
@@ -173,7 +174,7 @@ class ProgressReporter:
         self._lock = threading.Lock()
         self._interval_s = interval_s
         self._last_update = 0.0
-        self._artifact_id = create_progress_artifact(progress=0.0, description=description)
+        self._artifact_id = create_progress_artifact(progress=0.0, description=f"{description} ({self._total} bytes)")
 
     def add(self, n: int) -> None:
         with self._lock:

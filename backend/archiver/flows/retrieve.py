@@ -46,7 +46,7 @@ def _retrieve_datablocks(
 ) -> list[JobResultEntry]:
     settings = config.settings
     copy = tagged(copy_datablock_to_retrieval, config.limits.LTS_TO_RETRIEVAL_LIMIT)
-    progress = ProgressReporter(sum(d.packed_size for d in datablocks), f"retrieving {pid}: bytes checked and uploaded")
+    progress = ProgressReporter(sum(d.packed_size for d in datablocks), f"retrieving {pid}: checked and uploaded")
 
     def retrieve_one(datablock: Datablock) -> JobResultEntry:
         record = record_from_wire(pid, datablock.to_wire())

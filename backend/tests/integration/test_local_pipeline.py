@@ -43,13 +43,14 @@ def test_dev_runs_the_pipeline_shows_it_in_the_ui_and_sigterm_stops_everything(t
                 break
         output = "".join(lines)
         assert "3 file(s), byte-identical to the originals (sha256)" in output, output
-        assert output.count(": finishedSuccessful") == 2
+        assert len(re.findall(r"SciCat job \S+: finishedSuccessful", output)) == 2
         assert re.search(r"\[archiving .*: 100%\]", output) and re.search(r"\[retrieving .*: 100%\]", output)
         urls = re.findall(r"(http://127\.0\.0\.1:\d+)", output)
         assert len(set(urls)) >= 4  # Prefect, S3, SciCat, API
         assert all(answers(url) for url in set(urls))
         prefect = re.search(r"Prefect UI +(http://127\.0\.0\.1:\d+)/dashboard", output)[1]
         _check_ui(prefect, tmp_path)
+        _check_job_command(output, prefect, tmp_path / "local" / "secrets")
 
         process.send_signal(signal.SIGTERM)
         rest = process.communicate(timeout=120)[0]
@@ -77,3 +78,20 @@ def _check_ui(prefect: str, tmp_path: Path) -> None:
     screenshot(page, tmp_path, "dev-job-summary-artifact")
     text = rendered_text(page, tmp_path / "artifact", [f"Job {job_id}", "archiver-dev-"])
     assert f"Job {job_id}: finishedSuccessful" in text and "archiver-dev-" in text, text[:3000]
+
+
+def _check_job_command(output: str, prefect: str, secrets_dir: Path) -> None:
+    """`archiver job` against the running dev services: a retrieve job from SciCat to download links."""
+    scicat = re.search(r"SciCat +(http://127\.0\.0\.1:\d+)", output)[1]
+    pid = re.search(r"done: dataset (\S+) was created", output)[1]
+    job = subprocess.run(
+        [sys.executable, "-m", "archiver.cli", "job", "retrieve", pid, "--scicat-url", scicat,
+         "--secrets-dir", str(secrets_dir)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "PREFECT_API_URL": f"{prefect}/api"},
+    )
+    assert job.returncode == 0, job.stdout + job.stderr
+    assert re.search(r"SciCat job \S+: finishedSuccessful", job.stdout), job.stdout
+    assert re.search(r"\[retrieving .*: 100%\]", job.stdout), job.stdout
+    links = re.findall(r"^download .*: (http://\S+)$", job.stdout, flags=re.M)
+    assert links and all(httpx.get(link).status_code == 200 for link in links), job.stdout
+    assert "outcome" in job.stdout and "done" in job.stdout  # the summary table

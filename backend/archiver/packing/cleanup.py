@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -49,36 +50,51 @@ class DiscardedFolder:
     path: Path
     set_aside: datetime
     size_bytes: int
+    kept_because: str | None = None  # None: deleted (or, in a dry run, would be)
 
 
 def prune_discarded(
     lts_root: Path, older_than_days: float, *, dry_run: bool = False, now: datetime | None = None,
+    registered: Callable[[str], Iterable[str]] | None = None,
 ) -> list[DiscardedFolder]:
     """Delete the `discarded/<UTC time>/` folders of every dataset on the LTS set aside more than
     `older_than_days` ago (the time in the folder's name; its mtime if the name is not one).
 
     Only folders directly inside a dataset's `discarded/` are touched, never `datablocks/`, and no
-    symbolic link is followed. Returns what was deleted (with `dry_run`: what would be), oldest first."""
+    symbolic link is followed. `registered(pid)` gives the archiveIds SciCat lists for a dataset: a
+    folder holding the only copy of a registered datablock (its file missing from `datablocks/`) is
+    kept and reported with `kept_because`. Returns every folder old enough, oldest first; those
+    without `kept_because` were deleted (with `dry_run`: would be)."""
     if older_than_days < 0:
         raise ValueError(f"older_than_days must be 0 or more, got {older_than_days}")
     cutoff = (now or datetime.now(timezone.utc)) - timedelta(days=older_than_days)
     datasets = Path(lts_root) / naming.DATASETS_PREFIX
-    pruned: list[DiscardedFolder] = []
+    found: list[DiscardedFolder] = []
     for discarded in sorted(datasets.glob(f"*/{DISCARDED}")):
         if discarded.is_symlink() or not discarded.is_dir() or discarded.parent.is_symlink():
             continue
-        for folder in sorted(discarded.iterdir()):
-            if folder.is_symlink() or not folder.is_dir():
-                continue
-            set_aside = _set_aside_time(folder)
-            if set_aside >= cutoff:
-                continue
-            pruned.append(DiscardedFolder(folder, set_aside, _tree_size(folder)))
-            if not dry_run:
+        old = [(folder, when) for folder in sorted(discarded.iterdir())
+               if not folder.is_symlink() and folder.is_dir() and (when := _set_aside_time(folder)) < cutoff]
+        lost = _registered_but_missing(lts_root, discarded.parent.name, registered) if old and registered else set()
+        for folder, set_aside in old:
+            only_copies = sorted(name for name in lost if (folder / name).exists())
+            kept_because = f"only copy of registered datablock(s) {', '.join(only_copies)}" if only_copies else None
+            found.append(DiscardedFolder(folder, set_aside, _tree_size(folder), kept_because))
+            if not dry_run and kept_because is None:
                 shutil.rmtree(folder)
         if not dry_run and not any(discarded.iterdir()):
             discarded.rmdir()
-    return sorted(pruned, key=lambda f: f.set_aside)
+    return sorted(found, key=lambda f: f.set_aside)
+
+
+def freed_bytes(found: list[DiscardedFolder]) -> int:
+    return sum(f.size_bytes for f in found if f.kept_because is None)
+
+
+def _registered_but_missing(lts_root: Path, safe: str, registered: Callable[[str], Iterable[str]]) -> set[str]:
+    """File names of the dataset's registered datablocks that are not under `datablocks/`."""
+    return {Path(archive_id).name for archive_id in registered(naming.pid_from_safe_name(safe))
+            if not naming.datablock_path(lts_root, archive_id).exists()}
 
 
 def _set_aside_time(folder: Path) -> datetime:

@@ -34,7 +34,8 @@ def lay_out(lts_root):
 
 def prune_command(pipeline, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "archiver.cli", "lts", "prune-discarded", "--vars", str(pipeline.vars_file), *args],
+        [sys.executable, "-m", "archiver.cli", "lts", "prune-discarded", "--vars", str(pipeline.vars_file),
+         "--secrets-dir", str(pipeline.secrets_dir), *args],
         capture_output=True, text=True, timeout=120, env=os.environ.copy(),
     )
 
@@ -45,6 +46,7 @@ def test_prune_command_reports_and_deletes_only_old_discarded_folders(pipeline):
     dry = prune_command(pipeline, "--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert dry.stdout.count("would delete ") == 3  # two folders and the summary line
+    assert "0 kept" in dry.stdout
     assert "older than 30 day(s), 80000 bytes" in dry.stdout
     assert all(folder.exists() for folder in folders.values())
 
@@ -62,13 +64,37 @@ def test_prune_command_reports_and_deletes_only_old_discarded_folders(pipeline):
 
 
 def test_prune_command_refuses_a_missing_lts_clearly(pipeline):
-    result = subprocess.run(
-        [sys.executable, "-m", "archiver.cli", "lts", "prune-discarded", "--vars", str(pipeline.vars_file)],
-        capture_output=True, text=True, timeout=120,
-        env={**os.environ, "LTS_STORAGE_ROOT": str(pipeline.lts_root / "not-mounted")},
-    )
+    os.environ["LTS_STORAGE_ROOT"] = str(pipeline.lts_root / "not-mounted")
+    try:
+        result = prune_command(pipeline)
+    finally:
+        del os.environ["LTS_STORAGE_ROOT"]
     assert result.returncode == 2
     assert "not-mounted is not a folder" in result.stderr
+
+
+def test_prune_never_deletes_the_only_copy_of_a_registered_datablock(pipeline):
+    from archiver.flows.archive import archive_datasets_flow
+    from archiver.flows.test_dataset import create_test_dataset_flow
+
+    pid = create_test_dataset_flow(num_files=2, file_size_mb=0.6)  # two datablocks (1 MB target)
+    archive_datasets_flow(job_id=pipeline.new_job("archive", [pid]))
+    first, second = (naming.datablock_path(pipeline.lts_root, d.archive_id) for d in pipeline.scicat.get_datablocks(pid))
+    bin_ = naming.dataset_lts_folder(pipeline.lts_root, pid) / "discarded"
+    only_copy, stale_copy = (bin_ / (datetime.now(timezone.utc) - timedelta(days=days)).strftime("%Y%m%dT%H%M%S.%fZ")
+                             for days in (90, 91))
+    only_copy.mkdir(parents=True)
+    stale_copy.mkdir()
+    first.rename(only_copy / first.name)  # registered, but moved aside: this is its only copy
+    (stale_copy / second.name).write_bytes(second.read_bytes())  # a copy; the registered one is in datablocks/
+
+    result = prune_command(pipeline)
+
+    assert result.returncode == 0, result.stderr
+    assert f"kept (only copy of registered datablock(s) {first.name}) {only_copy} " in result.stdout
+    assert (only_copy / first.name).is_file() and second.is_file()
+    assert not stale_copy.exists()
+    assert "deleted 1 folder(s)" in result.stdout and "1 kept" in result.stdout
 
 
 def test_prune_flow_uses_the_retention_setting_and_reports_a_table(pipeline):

@@ -149,3 +149,24 @@ def test_lock_is_released_when_the_block_raises(tmp_path):
             raise RuntimeError("boom")
     with claim_datablocks_folder(tmp_path, pid) as removed:  # would raise DatasetBusyError if still held
         assert removed == []
+
+
+def test_prune_keeps_the_only_copy_of_a_registered_datablock(tmp_path):
+    pid = "20.500.11935/registered"
+    moved_aside = datablock(tmp_path, pid, 0)  # registered, then (wrongly) set aside: its only copy is in discarded/
+    still_there = datablock(tmp_path, pid, 1)  # registered and in place: a copy in discarded/ is just a copy
+    holding_only_copy = discarded(tmp_path, pid, timedelta(days=60))
+    naming.datablock_path(tmp_path, moved_aside).rename(holding_only_copy / Path(moved_aside).name)
+    holding_a_copy = discarded(tmp_path, pid, timedelta(days=61))
+    (holding_a_copy / Path(still_there).name).write_bytes(b"copy")
+    asked = []
+
+    found = prune_discarded(tmp_path, 30, now=NOW,
+                            registered=lambda p: asked.append(p) or [moved_aside, still_there])
+
+    assert asked == [pid]
+    assert [(f.path, f.kept_because) for f in found] == [
+        (holding_a_copy, None),
+        (holding_only_copy, f"only copy of registered datablock(s) {Path(moved_aside).name}"),
+    ]
+    assert holding_only_copy.exists() and not holding_a_copy.exists()

@@ -19,7 +19,7 @@ from archiver.packing.archive import verify_datablock
 
 pytestmark = pytest.mark.integration
 
-OUTAGE_S = 15
+OUTAGE_S = float(os.environ.get("ARCHIVER_TEST_OUTAGE_S", "15"))  # longer outages by hand: e.g. 120
 
 
 @contextlib.contextmanager

@@ -229,7 +229,7 @@ def test_retrieval_aborts_the_unfinished_upload_of_a_killed_retrieval(pipeline):
 
 def test_job_summary_names_the_failing_service(pipeline):
     data = tomllib.loads(pipeline.vars_file.read_text())
-    data["scicat"]["SCICAT_JOB_STATUS_SCHEMA"] = "v4"  # v4 carries the message to SciCat (v3 only the status)
+    data["scicat"].update(SCICAT_JOB_STATUS_SCHEMA="v4", SCICAT_JOBS_API_PREFIX="/api/v4/")  # v4 carries the message
     pipeline.vars_file.write_text(tomli_w.dumps(data))
     pipeline.reseed()
     pid = new_dataset(2, 0.2)
@@ -240,7 +240,8 @@ def test_job_summary_names_the_failing_service(pipeline):
     state = archive_datasets_flow(job_id=job_id, return_state=True)
 
     assert state.is_failed()
-    job = job_of(pipeline, job_id)
+    job = pipeline.job(job_id, "v4")
     assert job["statusCode"] == "finishedUnsuccessful"
     assert job["statusMessage"].startswith(f"1 of 1 dataset(s) failed: {pid}: LTS error (NotADirectoryError: ")
+    assert str(lifecycle_of(pipeline, pid)["archiveReturnMessage"]).startswith("LTS error (NotADirectoryError: ")
     assert len(pipeline.landing_keys(pid)) == 2

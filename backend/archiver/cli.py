@@ -74,6 +74,34 @@ def _limits_reconcile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prune_discarded(args: argparse.Namespace) -> int:
+    from archiver.config.settings import load_vars_file, with_environment_overrides
+    from archiver.flows.maintenance import registered_in
+    from archiver.packing.cleanup import freed_bytes, prune_discarded
+    from archiver.scicat.client import ScicatClient, ScicatCredentials
+
+    settings = with_environment_overrides(load_vars_file(args.vars), os.environ, str(args.vars))
+    lts = settings.lts
+    days = lts.discarded_retention_days if args.older_than_days is None else args.older_than_days
+    if days < 0:
+        raise ConfigError(f"--older-than-days {days}: must be 0 or more")
+    if not lts.storage_root.is_dir():
+        raise ConfigError(f"LTS_STORAGE_ROOT {lts.storage_root} is not a folder here; mount the LTS or set LTS_STORAGE_ROOT")
+    with ScicatClient(settings.scicat, ScicatCredentials.from_secret_files(args.secrets_dir)) as scicat:
+        found = prune_discarded(lts.storage_root, days, dry_run=args.dry_run,
+                                registered=registered_in(scicat))
+    verb = "would delete" if args.dry_run else "deleted"
+    for folder in found:
+        what = f"kept ({folder.kept_because})" if folder.kept_because else verb
+        print(f"{what} {folder.path} (set aside {folder.set_aside:%Y-%m-%d %H:%M} UTC, {folder.size_bytes} bytes)")
+    deleted = [f for f in found if f.kept_because is None]
+    freed = freed_bytes(found)
+    print(f"archiver lts prune-discarded: {verb} {len(deleted)} folder(s) older than {days:g} day(s), "
+          f"{freed} bytes ({freed / 2**30:.2f} GiB) {'would be ' if args.dry_run else ''}freed; "
+          f"{len(found) - len(deleted)} kept")
+    return 0
+
+
 def _scicat_dev(args: argparse.Namespace) -> int:
     from archiver.config.secrets import read_secret, secret_spec
     from archiver.scicat.client import ScicatCredentials
@@ -187,7 +215,22 @@ def build_parser() -> argparse.ArgumentParser:
     reconcile.add_argument("--limits", type=Path, default=Path("concurrency-limits.toml"))
     reconcile.set_defaults(run=_limits_reconcile)
 
-    serve = commands.add_parser("serve", help="run the archival, retrieval, recovery and test-dataset deployments here (no Docker)")
+    lts = commands.add_parser("lts", help="housekeeping on the LTS")
+    lts_commands = lts.add_subparsers(dest="lts_command", required=True)
+    prune = lts_commands.add_parser(
+        "prune-discarded",
+        help="delete discarded/ folders (datablocks set aside by failed archivals) older than N days; never datablocks/",
+    )
+    prune.add_argument("--older-than-days", type=float, default=None,
+                       help="age limit in days (default: LTS_DISCARDED_RETENTION_DAYS of --vars)")
+    prune.add_argument("--dry-run", action="store_true", help="only list what would be deleted")
+    prune.add_argument("--vars", type=Path, default=Path("prefect-vars.toml"),
+                       help="variables file for LTS_STORAGE_ROOT, the retention and SciCat (environment overrides it)")
+    prune.add_argument("--secrets-dir", type=Path, default=Path(".secrets"),
+                       help="SciCat account (asked which datablocks are registered, so their only copy is never deleted)")
+    prune.set_defaults(run=_prune_discarded)
+
+    serve = commands.add_parser("serve", help="run the archival, retrieval, recovery, test-dataset and discarded-pruning deployments here (no Docker)")
     serve.add_argument("--limit", type=int, default=None, help="most flow runs at once")
     serve.set_defaults(run=_serve)
 

@@ -187,6 +187,45 @@ def _seed_buckets(inputs: SeedInputs, report: SeedReport) -> None:
         except (BotoCoreError, ClientError) as e:
             raise ConfigError(f"S3 at {minio.endpoint}: cannot create bucket {bucket!r}: {e}") from None
         report.record(f"bucket {bucket}", action)
+    _seed_abort_uploads_rule(s3, minio.retrieval_bucket, minio.abort_incomplete_uploads_days, report)
+
+
+ABORT_UPLOADS_RULE_ID = "archiver-abort-incomplete-uploads"
+
+
+def _seed_abort_uploads_rule(s3, bucket: str, days: int, report: SeedReport) -> None:
+    """A lifecycle rule aborting multipart uploads left unfinished for `days` (a killed retrieval's);
+    the bucket's other rules are kept. A server without lifecycle support gets a warning, not an error."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    wanted = {"ID": ABORT_UPLOADS_RULE_ID, "Status": "Enabled", "Filter": {"Prefix": ""},
+              "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": days}}
+    what = f"lifecycle rule of bucket {bucket} (abort uploads unfinished after {days} day(s))"
+    try:
+        try:
+            rules = s3.get_bucket_lifecycle_configuration(Bucket=bucket).get("Rules", [])
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") != "NoSuchLifecycleConfiguration":
+                raise
+            rules = []
+        current = next((r for r in rules if r.get("ID") == ABORT_UPLOADS_RULE_ID), None)
+        if current is not None and _same_rule(current, wanted):
+            report.record(what, None)
+            return
+        others = [r for r in rules if r.get("ID") != ABORT_UPLOADS_RULE_ID]
+        s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": [*others, wanted]})
+    except (BotoCoreError, ClientError) as e:
+        report.say(f"warning: {what} not set, the S3 server refused it ({e}); unfinished uploads of killed "
+                   "retrievals are then only aborted when the dataset is retrieved again")
+        return
+    report.record(what, "created" if current is None else "updated")
+
+
+def _same_rule(current: dict, wanted: dict) -> bool:
+    return (current.get("Status") == wanted["Status"]
+            and current.get("AbortIncompleteMultipartUpload") == wanted["AbortIncompleteMultipartUpload"]
+            and (current.get("Filter") or {}).get("Prefix", "") == ""
+            and (current.get("Prefix") or "") == "")
 
 
 __all__ = ["SECRETS", "SeedInputs", "SeedReport", "read_inputs", "seed"]

@@ -19,9 +19,11 @@ from archiver.flows.common import (
     run_bounded_or_raise, scicat_call,
 )
 from archiver.flows.concurrency import reconcile_tags
+from archiver.flows.failures import describe_failure
 from archiver.flows.jobs import DatasetDone, JobKind, on_job_cancelled, run_job
 from archiver.flows.lts_tasks import set_aside_datablocks, tagged, verify_datablock, wait_for_free_space, write_datablock
 from archiver.packing import cleanup
+from archiver.packing.archive import claim_datablocks_folder
 from archiver.packing.errors import DatasetUserError, IntegrityError, RegistrationConflictError
 from archiver.packing.planning import PlannedDatablock, check_expected_files, list_dataset_files, plan_datablocks
 from archiver.packing.records import Manifest
@@ -69,7 +71,12 @@ def _store_datablocks(
             failed_verification.append(record.archiveId)
             raise
 
-    results = run_bounded_or_raise(store, blocks, settings.archiver.datablock_concurrency)
+    # One writer per dataset at a time; what dead runs left half-written is removed first.
+    with claim_datablocks_folder(settings.lts.storage_root, pid) as leftovers:
+        if leftovers:
+            get_run_logger().warning("%s: %d half-written file(s) of a dead run removed: %s",
+                                     pid, len(leftovers), ", ".join(p.name for p in leftovers))
+        results = run_bounded_or_raise(store, blocks, settings.archiver.datablock_concurrency)
     progress.finish()
     return results
 
@@ -164,7 +171,7 @@ def _clean_up_failed_archival(
     flags = {} if isinstance(error, RegistrationConflictError) else {"archivable": True, "retrievable": False}
     try:
         connections.scicat.update_lifecycle(pid, f"set archive status {status.value}", archive_status_message=status,
-                                            archive_return_message=f"{type(error).__name__}: {error}"[:2000], **flags)
+                                            archive_return_message=describe_failure(error)[:2000], **flags)
     except Exception as e:
         log.error("%s: SciCat could not be told %s: %s", pid, status.value, e)
     log.error("%s: archival failed (%s): %s", pid, status.value, error)
@@ -176,7 +183,10 @@ def _report_datablocks(pid: str, manifests: list[Manifest]) -> None:
          "packed size": m.packedSize, "checksum": f"{m.chkAlg}:{m.chk}"}
         for m in manifests
     ]
-    create_table_artifact(rows, description=f"Datablocks of {pid} on the LTS")
+    try:
+        create_table_artifact(rows, description=f"Datablocks of {pid} on the LTS")
+    except Exception as e:  # the datablocks are registered in SciCat; the table is a convenience
+        get_run_logger().warning("%s: datablock table artifact not created (Prefect API: %s)", pid, e)
 
 
 def _clean_up_interrupted_archival(pid, config, connections, error, log) -> None:

@@ -13,6 +13,7 @@ from prefect.logging.loggers import flow_run_logger
 
 from archiver.config.runtime import RunConfiguration, load_run_configuration
 from archiver.flows.common import Connections, connect, run_bounded, scicat_call
+from archiver.flows.failures import describe_failure
 from archiver.packing.errors import DatasetUserError, InvalidPidError
 from archiver.packing.naming import check_pid
 from archiver.scicat.models import Job, JobResultEntry, JobResultObject, JobStatus
@@ -132,7 +133,7 @@ def _report_job(job_id: str, verdict: JobStatus, outcomes: dict[str, DatasetDone
 
 def _summary(total: int, failures: dict[str, BaseException], notes: list[str]) -> str:
     if failures:
-        details = "; ".join(f"{pid}: {type(e).__name__}: {e}" for pid, e in failures.items())
+        details = "; ".join(f"{pid}: {describe_failure(e)}" for pid, e in failures.items())
         head = f"{len(failures)} of {total} dataset(s) failed: {details}"
     else:
         head = f"all {total} dataset(s) done"

@@ -188,3 +188,33 @@ def test_flow_side_loads_settings_and_limits_once_with_environment_on_top(workdi
     overridden = load_run_configuration(environ={"LTS_STORAGE_ROOT": "/elsewhere"}).settings
     assert str(overridden.lts.storage_root) == "/elsewhere"
     assert overridden.minio == from_file.minio
+
+
+def lifecycle_rules(s3, bucket: str) -> list[dict]:
+    return s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
+
+
+def test_retrieval_bucket_gets_an_abort_uploads_rule_once_and_keeps_other_rules(workdir, prefect_api_url, s3):
+    bucket = tomllib.loads((workdir / "prefect-vars.toml").read_text())["minio"]["MINIO_RETRIEVAL_BUCKET"]
+    s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    site_rule = {"ID": "site-expiry", "Status": "Enabled", "Filter": {"Prefix": "tmp/"}, "Expiration": {"Days": 3}}
+    s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": [site_rule]})
+
+    first = run_config(workdir, prefect_api_url)
+    assert first.returncode == 0, first.stderr
+    assert f"lifecycle rule of bucket {bucket} (abort uploads unfinished after 1 day(s)): created" in first.stdout
+    rules = {r["ID"]: r for r in lifecycle_rules(s3, bucket)}
+    assert rules["archiver-abort-incomplete-uploads"]["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 1}
+    assert rules["site-expiry"]["Expiration"] == {"Days": 3}
+
+    second = run_config(workdir, prefect_api_url)
+    assert "no changes" in second.stdout and "lifecycle" not in second.stdout
+
+    data = tomllib.loads((workdir / "prefect-vars.toml").read_text())
+    data["minio"]["MINIO_ABORT_INCOMPLETE_UPLOADS_DAYS"] = 3
+    (workdir / "prefect-vars.toml").write_text(tomli_w.dumps(data))
+    third = run_config(workdir, prefect_api_url)
+    assert "(abort uploads unfinished after 3 day(s)): updated" in third.stdout
+    rules = {r["ID"]: r for r in lifecycle_rules(s3, bucket)}
+    assert rules["archiver-abort-incomplete-uploads"]["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 3}
+    assert len(rules) == 2

@@ -13,6 +13,7 @@ import pytest
 from archiver.config.limits import load_limits_file
 from archiver.config.secrets import PREFECT_SECRETS, SECRETS
 from archiver.config.settings import flat_values, load_vars_file, variable_name
+from archiver.flows.outage import FLOW_RUN_ENVIRONMENT
 
 from tests.browser import chromium, rendered_text, screenshot, visible_text
 
@@ -30,6 +31,7 @@ DEPLOYMENTS = {
     "retrieve_datasetlist/datasets_retrieval": "retrieval-docker-pool",
     "recover_job/job_recovery": "archival-docker-pool",
     "create_test_dataset/dataset_creation": "archival-docker-pool",
+    "prune_discarded/discarded_pruning": "archival-docker-pool",
 }
 
 
@@ -152,7 +154,7 @@ def test_the_flows_deployment_one_shot_registers_the_deployments(stack):
         assert variables["networks"] == [stack.env["STACK_NETWORK"]]
         assert variables["volumes"] == [f"{stack.env['LTS_VOLUME_NAME']}:{load_vars_file(REPO / 'prefect-vars.toml').lts.storage_root}"]
         heartbeat = load_vars_file(REPO / "prefect-vars.toml").archiver.heartbeat_s
-        assert variables["env"] == {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(heartbeat)}
+        assert variables["env"] == {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(heartbeat), **FLOW_RUN_ENVIRONMENT}
 
 
 def _deployments_by_flow_name(stack) -> dict[str, dict]:

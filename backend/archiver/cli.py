@@ -161,6 +161,7 @@ def _dev(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt  # unwinds the services it started, as Ctrl-C does
 
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, stop)  # its terminal closed
     return run(DevOptions(
         workdir=args.workdir.resolve(), num_files=args.files, file_size_mb=args.file_size_mb,
         prefect_port=args.prefect_port, keep_running=not args.exit,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -93,6 +94,13 @@ def _stop(process: subprocess.Popen, timeout: float = 15) -> None:
         process.wait()
 
 
+def _dying_with_parent(command: list[str]) -> list[str]:
+    """The command, made to get SIGTERM when the process that starts it dies (Linux's parent-death
+    signal, through util-linux's setpriv): a killed `archiver dev` or test run leaves no service behind."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--", *command] if setpriv else command
+
+
 @contextlib.contextmanager
 def service(
     name: str, command: list[str], url: str, health_path: str | None, log_path: Path, env: dict[str, str] | None = None,
@@ -101,7 +109,7 @@ def service(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            _dying_with_parent(command), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env={**os.environ, **(env or {})}, start_new_session=True, cwd=cwd,
         )
     try:

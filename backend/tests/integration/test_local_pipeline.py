@@ -55,8 +55,12 @@ def test_dev_runs_the_pipeline_shows_it_in_the_ui_and_sigterm_stops_everything(t
         process.send_signal(signal.SIGTERM)
         rest = process.communicate(timeout=120)[0]
     finally:
-        if process.poll() is None:
-            process.kill()
+        if process.poll() is None:  # a failed check: stop it as a user would, so it takes its services along
+            process.terminate()
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                process.kill()
     assert process.returncode == 0, rest
     assert "stopping everything this command started" in rest
     assert not any(answers(url) for url in set(urls))
@@ -95,3 +99,26 @@ def _check_job_command(output: str, prefect: str, secrets_dir: Path) -> None:
     links = re.findall(r"^download .*: (http://\S+)$", job.stdout, flags=re.M)
     assert links and all(httpx.get(link).status_code == 200 for link in links), job.stdout
     assert "outcome" in job.stdout and "done" in job.stdout  # the summary table
+
+
+def test_services_die_with_a_killed_parent(tmp_path):
+    """SIGKILL leaves no chance to clean up: the services get SIGTERM from the kernel instead."""
+    script = (
+        "import sys, time; from pathlib import Path; from archiver import local_services as ls\n"
+        "with ls.service('sleeper', [sys.executable, '-c', 'import time; time.sleep(300)'], 'http://x', None,\n"
+        "                Path(sys.argv[1]) / 'sleeper.log') as s:\n"
+        "    print(s.process.pid, flush=True); time.sleep(300)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    assert os.path.exists(f"/proc/{child}")
+    parent.kill()
+    parent.wait()
+    local_services.poll_until(lambda: not _alive(child), 10, "the service to end with its parent")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False

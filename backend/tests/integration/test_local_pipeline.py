@@ -3,12 +3,18 @@ or Ctrl-C leaves nothing running."""
 
 from __future__ import annotations
 
+import fcntl
 import os
+import pty
 import re
+import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import termios
+import time
 from pathlib import Path
 
 import httpx
@@ -27,24 +33,55 @@ def answers(url: str) -> bool:
         return s.connect_ex((host, int(port))) == 0
 
 
+class Terminal:
+    """A pseudo-terminal of 120 x 40 a command runs in, as in a person's terminal window."""
+
+    def __init__(self, command: list[str], **popen):
+        master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+        self.process = subprocess.Popen(command, stdin=slave, stdout=slave, stderr=slave, **popen)
+        os.close(slave)
+        self._master = master
+        self.raw = ""
+
+    def read_until(self, *markers: str, timeout: float = 600) -> str:
+        """What the terminal showed (escape sequences removed) once one of `markers` appeared, or at the end."""
+        deadline = time.monotonic() + timeout
+        while not any(m in self.text() for m in markers) and time.monotonic() < deadline:
+            ready, _, _ = select.select([self._master], [], [], 1)
+            if ready:
+                try:
+                    chunk = os.read(self._master, 65536)
+                except OSError:  # the command ended and closed the terminal
+                    break
+                if not chunk:
+                    break
+                self.raw += chunk.decode(errors="replace")
+        return self.text()
+
+    def text(self) -> str:
+        return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07", "", self.raw).replace("\r", "\n")
+
+    def close(self) -> None:
+        os.close(self._master)
+
+
 def test_dev_runs_the_pipeline_shows_it_in_the_ui_and_sigterm_stops_everything(tmp_path):
-    process = subprocess.Popen(
+    terminal = Terminal(
         [sys.executable, "-m", "archiver.cli", "dev", "--workdir", str(tmp_path / "local"), "--files", "3",
-         "--file-size-mb", "1", "--prefect-port", str(local_services.free_port())],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")},
+         "--file-size-mb", "4", "--prefect-port", str(local_services.free_port())],
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}, "TERM": "xterm-256color"},
         cwd=REPO,  # where a user runs it: beside the compose stack's .env, which must not leak into the UI
     )
-    lines = []
+    process = terminal.process
     try:
-        for line in process.stdout:
-            lines.append(line)
-            if "Ctrl-C stops it all" in line or "run failed" in line:
-                break
-        output = "".join(lines)
+        output = terminal.read_until("Ctrl-C stops it all", "run failed")
         assert "3 file(s), byte-identical to the originals (sha256)" in output, output
         assert len(re.findall(r"SciCat job \S+: finishedSuccessful", output)) == 2
-        assert re.search(r"\[archiving .*: 100%\]", output) and re.search(r"\[retrieving .*: 100%\]", output)
+        # The terminal view: a bar per dataset with bytes done/total, its rate, and the summary table.
+        for verb in ("archiving", "retrieving"):
+            assert re.search(verb + r" \S+.*━.* (\d+\.\d+)/\1 MB", output), output
+        assert "MB/s" in output and "┃ dataset" in output and "│ done" in output, output
         urls = re.findall(r"(http://127\.0\.0\.1:\d+)", output)
         assert len(set(urls)) >= 4  # Prefect, S3, SciCat, API
         assert all(answers(url) for url in set(urls))
@@ -53,7 +90,8 @@ def test_dev_runs_the_pipeline_shows_it_in_the_ui_and_sigterm_stops_everything(t
         _check_job_command(output, prefect, tmp_path / "local" / "secrets")
 
         process.send_signal(signal.SIGTERM)
-        rest = process.communicate(timeout=120)[0]
+        process.wait(120)
+        rest = terminal.read_until("stopping everything", timeout=30)
     finally:
         if process.poll() is None:  # a failed check: stop it as a user would, so it takes its services along
             process.terminate()
@@ -61,6 +99,7 @@ def test_dev_runs_the_pipeline_shows_it_in_the_ui_and_sigterm_stops_everything(t
                 process.wait(60)
             except subprocess.TimeoutExpired:
                 process.kill()
+        terminal.close()
     assert process.returncode == 0, rest
     assert "stopping everything this command started" in rest
     assert not any(answers(url) for url in set(urls))

@@ -122,10 +122,11 @@ class Stack:
         self.prefect("PATCH", f"/variables/name/{name}", json={"value": value})
 
     def lts_host_path(self) -> Path:
-        """Where the LTS volume (a local volume in development) lies on this machine: read it without a container."""
+        """The LTS root (the volume flow runs mount at `lts_root`) where Docker keeps the local volume on this
+        machine: read without a container, fast enough to watch a write in progress."""
         inspect = subprocess.run(["docker", "volume", "inspect", self.env["LTS_VOLUME_NAME"]], capture_output=True,
                                  text=True, check=True).stdout
-        return Path(json.loads(inspect)[0]["Mountpoint"]) / LTS_ROOT.lstrip("/")
+        return Path(json.loads(inspect)[0]["Mountpoint"])
 
     def scicat_requests(self, since: int = 0) -> list[dict]:
         return httpx.get(f"{self.scicat_url}/dev/requests", params={"since": since}, timeout=30).json()

@@ -188,6 +188,13 @@ def iso(value: str) -> datetime:
     return datetime.fromisoformat(f"{head}.{(fraction.split('+')[0] + '000000')[:6]}+00:00")
 
 
+def server_started(stack) -> datetime:
+    """When the running prefect-server container started."""
+    started = subprocess.run(["docker", "inspect", "-f", "{{.State.StartedAt}}", stack.services()["prefect-server"]["ID"]],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    return iso(started)
+
+
 def job_status(operator, job_id: str) -> str | None:
     return operator.job(job_id).get("jobStatusMessage")
 
@@ -197,15 +204,15 @@ def wait_job_finished(operator, job_id: str, timeout_s: float = JOB_END_S) -> st
                 and status, timeout_s, f"end of job {job_id} in SciCat")
 
 
-def start_archive(operator) -> tuple[str, dict, dict]:
-    pid = operator.ingest_dataset(FILES, FILE_SIZE)
+def start_archive(operator, files: int = FILES) -> tuple[str, dict, dict]:
+    pid = operator.ingest_dataset(files, FILE_SIZE)
     job, started = operator.create_job("archive", [pid])
     return pid, job, started
 
 
-def archive_mid_write(operator) -> tuple[str, str, str, dict[str, tuple[int, int]]]:
+def archive_mid_write(operator, files: int = FILES) -> tuple[str, str, str, dict[str, tuple[int, int]]]:
     """A new dataset's archive job, once it is writing: pid, job id, run id and the datablocks finished so far."""
-    pid, job, started = start_archive(operator)
+    pid, job, started = start_archive(operator, files)
     run_id = str(started["uuid"])
     return pid, job["id"], run_id, wait_mid_archive_write(operator.stack, pid, run_id)
 
@@ -237,8 +244,6 @@ def test_prefect_server_restarted_mid_write_the_archive_finishes_without_rewriti
     start = time.monotonic()
     stack.compose("restart", "prefect-server")
     stack.compose("up", "-d", "--wait")
-    server = subprocess.run(["docker", "inspect", "-f", "{{.State.StartedAt}}", stack.services()["prefect-server"]["ID"]],
-                            capture_output=True, text=True, check=True).stdout.strip()
     stack.record_timing("fault: prefect-server restart mid-write, until the stack is healthy again",
                         time.monotonic() - start)
 
@@ -250,7 +255,7 @@ def test_prefect_server_restarted_mid_write_the_archive_finishes_without_rewriti
     after = finished_datablocks(datablocks_folder(stack, pid))
     assert {name: after.get(name) for name in before} == before, "datablocks finished before the restart were rewritten"
     assert len(before) < FILES, "every datablock was written before the restart: not mid-write"
-    assert iso(run["end_time"]) > iso(server), "the run ended before the server was back: not restarted mid-job"
+    assert iso(run["end_time"]) > server_started(stack), "the run ended before the server was back: not mid-job"
     assert_nothing_left_running(stack, [run_id])
     operator.assert_lts_holds_originals(pid)
     SHARED["pid"] = pid
@@ -326,11 +331,12 @@ def test_whole_stack_down_and_up_mid_write_ends_the_job_clearly(stack, operator)
     """`down` / `up` (no -v) of the archiver's services while a run writes. The flow-run container is not a
     compose container and lives on; the Prefect API is gone meanwhile. The SciCat development server and
     the S3 stand-in keep their data in memory only, where SciCat is outside the stack and MinIO keeps its
-    data on its volume: they stay up, as the real ones would keep their data."""
-    pid, job_id, run_id, _ = archive_mid_write(operator)
+    data on its volume: they stay up, as the real ones would keep their data. A dataset twice the size
+    of the others: `down` stops the workers first, and the Prefect server must go while bytes still move."""
+    pid, job_id, run_id, _ = archive_mid_write(operator, files=2 * FILES)
     services = sorted(stack.enabled_services() - {"scicat", "minio"})
     start = time.monotonic()
-    stack.compose("rm", "--stop", "--force", *services)
+    stack.compose("down", "--timeout", "2", *services)
     down_s = time.monotonic() - start
     stack.compose("up", "-d", "--wait")
     up_s = time.monotonic() - start
@@ -341,6 +347,8 @@ def test_whole_stack_down_and_up_mid_write_ends_the_job_clearly(stack, operator)
     stack.note(f"fault: stack down ({down_s:.0f}s) and up again ({up_s:.0f}s after down began) mid-write: job "
                f"{outcome} {time.monotonic() - start:.0f}s after down began; first run {first['state_name']}, "
                f"{len(runs) - 1} crash retr{'y' if len(runs) == 2 else 'ies'}")
+    runs = [stack.wait_for_flow_run(r["id"], timeout_s=120) for r in runs]
+    assert max(iso(r["end_time"]) for r in runs) > server_started(stack), "the job ended before the stack was up again"
     assert_nothing_left_running(stack, [r["id"] for r in runs])
     assert partial_files(datablocks_folder(stack, pid)) == []
     if outcome == "finishedSuccessful":
@@ -350,6 +358,6 @@ def test_whole_stack_down_and_up_mid_write_ends_the_job_clearly(stack, operator)
         lifecycle = operator.dataset(pid)["datasetlifecycle"]
         assert lifecycle["archiveStatusMessage"] == "scheduleArchiveJobFailed", lifecycle
         assert operator.datablocks(pid) == []
-        assert len(operator.landing_zone(pid)) == FILES
-    # The stack works on after it: the proxy, the API and the Prefect UI's API answer.
+        assert len(operator.landing_zone(pid)) == 2 * FILES
+    # The stack works on after it: the Prefect API answers through the proxy.
     assert httpx.get(f"{stack.prefect_api}/health", timeout=30).status_code == 200

@@ -54,6 +54,16 @@ def _api(args: argparse.Namespace) -> int:
     return 0
 
 
+def _job(args: argparse.Namespace) -> int:
+    from archiver.job_command import JobNotStarted, run
+
+    try:
+        return run(args.job_type, args.pids, args.scicat_url, args.secrets_dir, not args.no_follow, args.start_timeout)
+    except JobNotStarted as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
 def _limits_reconcile(args: argparse.Namespace) -> int:
     from archiver.config.limits import load_limits_file
     from archiver.flows.concurrency import reconcile_tags
@@ -61,6 +71,34 @@ def _limits_reconcile(args: argparse.Namespace) -> int:
     limits = load_limits_file(args.limits).by_name()
     for result in reconcile_tags(limit.tag for limit in limits.values()):
         print(f"tag {result.tag}: released {result.released} stale slot(s), {result.kept} held by live task runs")
+    return 0
+
+
+def _prune_discarded(args: argparse.Namespace) -> int:
+    from archiver.config.settings import load_vars_file, with_environment_overrides
+    from archiver.flows.maintenance import registered_in
+    from archiver.packing.cleanup import freed_bytes, prune_discarded
+    from archiver.scicat.client import ScicatClient, ScicatCredentials
+
+    settings = with_environment_overrides(load_vars_file(args.vars), os.environ, str(args.vars))
+    lts = settings.lts
+    days = lts.discarded_retention_days if args.older_than_days is None else args.older_than_days
+    if days < 0:
+        raise ConfigError(f"--older-than-days {days}: must be 0 or more")
+    if not lts.storage_root.is_dir():
+        raise ConfigError(f"LTS_STORAGE_ROOT {lts.storage_root} is not a folder here; mount the LTS or set LTS_STORAGE_ROOT")
+    with ScicatClient(settings.scicat, ScicatCredentials.from_secret_files(args.secrets_dir)) as scicat:
+        found = prune_discarded(lts.storage_root, days, dry_run=args.dry_run,
+                                registered=registered_in(scicat))
+    verb = "would delete" if args.dry_run else "deleted"
+    for folder in found:
+        what = f"kept ({folder.kept_because})" if folder.kept_because else verb
+        print(f"{what} {folder.path} (set aside {folder.set_aside:%Y-%m-%d %H:%M} UTC, {folder.size_bytes} bytes)")
+    deleted = [f for f in found if f.kept_because is None]
+    freed = freed_bytes(found)
+    print(f"archiver lts prune-discarded: {verb} {len(deleted)} folder(s) older than {days:g} day(s), "
+          f"{freed} bytes ({freed / 2**30:.2f} GiB) {'would be ' if args.dry_run else ''}freed; "
+          f"{len(found) - len(deleted)} kept")
     return 0
 
 
@@ -115,20 +153,49 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _dev(args: argparse.Namespace) -> int:
+    import signal
+
     from archiver.local_pipeline import DevOptions, run
 
+    def stop(signum, frame):
+        raise KeyboardInterrupt  # unwinds the services it started, as Ctrl-C does
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, stop)  # its terminal closed
     return run(DevOptions(
         workdir=args.workdir.resolve(), num_files=args.files, file_size_mb=args.file_size_mb,
         prefect_port=args.prefect_port, keep_running=not args.exit,
     ))
 
 
+class _Help(argparse.HelpFormatter):
+    """Every option's default in its help, unless the help already says it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS) and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+def add_command(commands, name: str, help: str, **kwargs) -> argparse.ArgumentParser:
+    """A subcommand whose own --help starts with what it does."""
+    kwargs.setdefault("description", help[0].upper() + help[1:] + ".")
+    return commands.add_parser(name, help=help, formatter_class=_Help, **kwargs)
+
+
+def _version() -> str:
+    from importlib.metadata import version
+
+    return f"archiver {version('archiver')} (prefect {version('prefect')})"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="archiver", description=__doc__)
+    parser = argparse.ArgumentParser(prog="archiver", description=__doc__, formatter_class=_Help)
+    parser.add_argument("--version", action="version", version=_version())
     commands = parser.add_subparsers(dest="command", required=True)
 
-    config = commands.add_parser(
-        "config",
+    config = add_command(commands, "config",
         help="seed Prefect (at PREFECT_API_URL) with variables, secret blocks, concurrency limits; create buckets",
     )
     config.add_argument("--vars", type=Path, default=Path("prefect-vars.toml"), help="variables file")
@@ -136,32 +203,58 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument("--secrets-dir", type=Path, default=Path(".secrets"), help="where secret files are, unless *_FILE variables name them")
     config.set_defaults(run=_config)
 
-    secrets = commands.add_parser("secrets", help="manage the secret files in .secrets/")
+    secrets = add_command(commands, "secrets", help="manage the secret files in .secrets/")
     secrets_commands = secrets.add_subparsers(dest="secrets_command", required=True)
-    init = secrets_commands.add_parser("init", help="create missing secret files with random values; never overwrites")
-    init.add_argument("--secrets-dir", type=Path, default=Path(".secrets"))
+    init = add_command(secrets_commands, "init", help="create missing secret files with random values; never overwrites")
+    init.add_argument("--secrets-dir", type=Path, default=Path(".secrets"), help="where to create them")
     init.set_defaults(run=_secrets_init)
 
-    api = commands.add_parser("api", help="serve the archiver API (SciCat jobs in, Prefect flow runs out)")
-    api.add_argument("--host", default="127.0.0.1")
-    api.add_argument("--port", type=int, default=8000)
+    api = add_command(commands, "api", help="serve the archiver API (SciCat jobs in, Prefect flow runs out)")
+    api.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    api.add_argument("--port", type=int, default=8000, help="port to listen on")
     api.add_argument("--root-path", default=None, help="path prefix of every route, e.g. /api/v1 (default: API_ROOT_PATH)")
     api.set_defaults(run=_api)
 
-    limits = commands.add_parser("limits", help="inspect and repair tag concurrency limits")
-    limits_commands = limits.add_subparsers(dest="limits_command", required=True)
-    reconcile = limits_commands.add_parser(
-        "reconcile", help="release slots held by task runs that are gone or finished (after a hard kill or a server restart)"
+    job = add_command(commands, "job", help="create a SciCat archive or retrieve job (as a user would) and follow it to the end",
+        description="Creates the job in SciCat with the archiver's account; SciCat's job action calls the archiver API, "
+                    "which starts the flow run. Shows its progress, the outcome and any download links. Prefect is "
+                    "PREFECT_API_URL. Exit code 0 when the job finished successfully.",
     )
-    reconcile.add_argument("--limits", type=Path, default=Path("concurrency-limits.toml"))
+    job.add_argument("job_type", choices=["archive", "retrieve"], help="the job's type")
+    job.add_argument("pids", nargs="+", metavar="PID", help="dataset PIDs the job is for")
+    job.add_argument("--scicat-url", help="SciCat base URL (default: the scicat_endpoint Prefect variable)")
+    job.add_argument("--secrets-dir", type=Path, default=Path(".secrets"),
+                     help="where scicatuser.txt / scicatpass.txt are, unless SCICAT_USER_FILE / SCICAT_PASSWORD_FILE name them (default: .secrets)")
+    job.add_argument("--no-follow", action="store_true", help="only create the job")
+    job.add_argument("--start-timeout", type=float, default=60, help="seconds to wait for the flow run to appear (default: 60)")
+    job.set_defaults(run=_job)
+
+    limits = add_command(commands, "limits", help="inspect and repair tag concurrency limits")
+    limits_commands = limits.add_subparsers(dest="limits_command", required=True)
+    reconcile = add_command(limits_commands, "reconcile", help="release slots held by task runs that are gone or finished (after a hard kill or a server restart)"
+    )
+    reconcile.add_argument("--limits", type=Path, default=Path("concurrency-limits.toml"), help="concurrency limits file")
     reconcile.set_defaults(run=_limits_reconcile)
 
-    serve = commands.add_parser("serve", help="run the archival, retrieval, recovery and test-dataset deployments here (no Docker)")
-    serve.add_argument("--limit", type=int, default=None, help="most flow runs at once")
+    lts = add_command(commands, "lts", help="housekeeping on the LTS")
+    lts_commands = lts.add_subparsers(dest="lts_command", required=True)
+    prune = add_command(lts_commands, "prune-discarded",
+        help="delete discarded/ folders (datablocks set aside by failed archivals) older than N days; never datablocks/",
+    )
+    prune.add_argument("--older-than-days", type=float, default=None,
+                       help="age limit in days (default: LTS_DISCARDED_RETENTION_DAYS of --vars)")
+    prune.add_argument("--dry-run", action="store_true", help="only list what would be deleted")
+    prune.add_argument("--vars", type=Path, default=Path("prefect-vars.toml"),
+                       help="variables file for LTS_STORAGE_ROOT, the retention and SciCat (environment overrides it)")
+    prune.add_argument("--secrets-dir", type=Path, default=Path(".secrets"),
+                       help="SciCat account (asked which datablocks are registered, so their only copy is never deleted)")
+    prune.set_defaults(run=_prune_discarded)
+
+    serve = add_command(commands, "serve", help="run the archival, retrieval, recovery, test-dataset and discarded-pruning deployments here (no Docker)")
+    serve.add_argument("--limit", type=int, default=None, help="most flow runs at once (default: no limit)")
     serve.set_defaults(run=_serve)
 
-    dev = commands.add_parser(
-        "dev", help="run the whole pipeline locally without Docker: services, a test dataset archived and retrieved",
+    dev = add_command(commands, "dev", help="run the whole pipeline locally without Docker: services, a test dataset archived and retrieved",
     )
     dev.add_argument("--workdir", type=Path, default=Path(".local"), help="state, LTS folder, secrets and logs")
     dev.add_argument("--files", type=int, default=5, help="files in the test dataset")
@@ -170,12 +263,11 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--exit", action="store_true", help="stop everything after the run instead of waiting for Ctrl-C")
     dev.set_defaults(run=_dev)
 
-    scicat = commands.add_parser(
-        "scicat-dev",
+    scicat = add_command(commands, "scicat-dev",
         help="run the SciCat development server (in-memory SciCat API for development and tests; see docs/scicat.md)",
     )
-    scicat.add_argument("--host", default="127.0.0.1")
-    scicat.add_argument("--port", type=int, default=3000)
+    scicat.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    scicat.add_argument("--port", type=int, default=3000, help="port to listen on")
     scicat.add_argument(
         "--secrets-dir", type=Path, default=Path(".secrets"),
         help="the account that may log in: SCICAT_USER_FILE / SCICAT_PASSWORD_FILE, else scicatuser.txt / scicatpass.txt here",
@@ -212,15 +304,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Subcommands that talk to a Prefect server: without PREFECT_API_URL, Prefect would quietly start a
+# temporary server of its own and the command would act on that.
+NEEDS_PREFECT = {"config", "job", "limits", "serve"}
+
+
+class UsageError(Exception):
+    """The command cannot run as called; the message says what to do."""
+
+
+def _require_prefect_api() -> None:
+    from prefect.settings import get_current_settings
+
+    if not get_current_settings().api.url:
+        raise UsageError(
+            "PREFECT_API_URL is not set: this command works on a Prefect server. Set it to the server's API, "
+            "e.g. PREFECT_API_URL=http://localhost/prefect-ui/api (compose stack) or http://127.0.0.1:4200/api"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command in NEEDS_PREFECT:
+            _require_prefect_api()
         return args.run(args)
-    except ConfigError as e:
+    except (ConfigError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as e:
+        # A service that failed is said in one line; anything else is a bug and keeps its traceback.
+        from archiver.flows.failures import describe_failure, failing_service
+
+        if failing_service(e) is None or os.environ.get("ARCHIVER_DEBUG"):
+            raise
+        where = f" at {os.environ['PREFECT_API_URL']}" if failing_service(e) == "Prefect API" and os.environ.get(
+            "PREFECT_API_URL") else ""
+        print(f"error: {describe_failure(e)}\n(check that the service{where} runs and is reachable; ARCHIVER_DEBUG=1 "
+              "shows the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

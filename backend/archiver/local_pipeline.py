@@ -5,8 +5,8 @@ the SciCat development server, the archiver API and a runner serving the
 deployments; seeds the configuration the way the prefect-config container
 does; then creates a test dataset, archives and retrieves it through SciCat
 jobs (SciCat -> API -> Prefect, as in production), checks every retrieved
-byte against the original checksums, and says what it did. Ctrl-C stops
-everything it started.
+byte against the original checksums, and says what it did. Ctrl-C (or SIGTERM)
+stops everything it started.
 """
 
 from __future__ import annotations
@@ -109,9 +109,10 @@ def run(options: DevOptions) -> int:
         local_services.poll_until(lambda: _deployments_ready(DEPLOYMENT_NAMES.values()), 120, "deployments to register")
         say("deployments served: " + ", ".join(DEPLOYMENT_NAMES.values()))
 
-        ok = _exercise(options, scicat.url, secrets_dir, prefect.url)
-        if options.keep_running:
-            with contextlib.suppress(KeyboardInterrupt):
+        ok = False
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C, or SIGTERM (see cli._dev)
+            ok = _exercise(options, scicat.url, secrets_dir, prefect.url)
+            if options.keep_running:
                 say(f"everything keeps running; explore {prefect.url}/dashboard. Ctrl-C stops it all.")
                 while True:
                     time.sleep(3600)
@@ -143,6 +144,7 @@ def _exercise(options: DevOptions, scicat_url: str, secrets_dir: Path, ui_url: s
     from prefect.deployments import run_deployment
 
     from archiver.config.settings import ScicatSection
+    from archiver.job_command import wait_for_run
     from archiver.scicat.client import ScicatClient, ScicatCredentials
 
     credentials = ScicatCredentials.from_secret_files(secrets_dir, environ={})
@@ -158,7 +160,7 @@ def _exercise(options: DevOptions, scicat_url: str, secrets_dir: Path, ui_url: s
         for job_type in ("archive", "retrieve"):
             job = scicat.create_job(job_type, [pid])
             say(f"SciCat {job_type} job {job.id} created; SciCat called the archiver API")
-            flow_run_id = local_services.poll_until(lambda: _run_of_job(job.id), 60, "the API to start the run")
+            flow_run_id = wait_for_run(job.id, 60)
             if not _watch(flow_run_id, ui_url):
                 return False
             status = scicat.get_job(job.id)
@@ -168,46 +170,10 @@ def _exercise(options: DevOptions, scicat_url: str, secrets_dir: Path, ui_url: s
         return _check_downloads(entries, originals, pid, ui_url)
 
 
-def _run_of_job(job_id: str):
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
-
-    with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"scicat-job:{job_id}"])))
-    return runs[0].id if runs else None
-
-
 def _watch(flow_run_id, ui_url: str) -> bool:
-    """Print the run's state and its subflows' progress until it ends; True when it completed."""
-    from prefect.client.orchestration import get_client
+    from archiver.watch import follow_run
 
-    last = None
-    with get_client(sync_client=True) as client:
-        while True:
-            run = client.read_flow_run(flow_run_id)
-            line = f"{run.name}: {run.state.name}" + _progress_of(client, run)
-            if line != last:
-                say(line)
-                last = line
-            if run.state.is_final():
-                if not run.state.is_completed():
-                    say(f"run failed: {run.state.message}; see {ui_url}/runs/flow-run/{run.id}")
-                return run.state.is_completed()
-            time.sleep(1)
-
-
-def _progress_of(client, run) -> str:
-    from prefect.client.schemas.filters import (
-        ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterType, FlowRunFilter, FlowRunFilterParentFlowRunId,
-    )
-
-    children = client.read_flow_runs(
-        flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run.id])))
-    progress = client.read_artifacts(artifact_filter=ArtifactFilter(
-        type=ArtifactFilterType(any_=["progress"]),
-        flow_run_id=ArtifactFilterFlowRunId(any_=[run.id, *(c.id for c in children)]),
-    ))
-    return "".join(f"  [{a.description}: {float(a.data):.0f}%]" for a in progress)
+    return follow_run(flow_run_id, ui_url)
 
 
 def _check_downloads(entries: list[dict], originals: dict[str, str], pid: str, ui_url: str) -> bool:

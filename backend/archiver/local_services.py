@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -93,16 +94,23 @@ def _stop(process: subprocess.Popen, timeout: float = 15) -> None:
         process.wait()
 
 
+def _dying_with_parent(command: list[str]) -> list[str]:
+    """The command, made to get SIGTERM when the process that starts it dies (Linux's parent-death
+    signal, through util-linux's setpriv): a killed `archiver dev` or test run leaves no service behind."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--", *command] if setpriv else command
+
+
 @contextlib.contextmanager
 def service(
     name: str, command: list[str], url: str, health_path: str | None, log_path: Path, env: dict[str, str] | None = None,
-    timeout: float = 120,
+    timeout: float = 120, cwd: Path | None = None,
 ) -> Iterator[RunningService]:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})}, start_new_session=True,
+            _dying_with_parent(command), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})}, start_new_session=True, cwd=cwd,
         )
     try:
         if health_path is not None:  # None: a process without an HTTP endpoint, up once started
@@ -134,6 +142,9 @@ def prefect_server(
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_UI_ENABLED": "true" if ui else "false",
         "PREFECT_API_URL": f"{url}/api",
+        # The UI asks this address for the API. Set here, and the server started outside the repository:
+        # Prefect reads `.env` from its working directory, and the compose stack's says /prefect-ui/api.
+        "PREFECT_UI_API_URL": f"{url}/api",
         "PREFECT_LOGGING_LEVEL": "WARNING",
         # Leases on disk: a restarted server keeps track of held concurrency slots.
         "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect.server.concurrency.lease_storage.filesystem",
@@ -144,7 +155,7 @@ def prefect_server(
     return service(
         "Prefect server",
         [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        url, "/api/health", home / "prefect-server.log", env=env, timeout=180,
+        url, "/api/health", home / "prefect-server.log", env=env, timeout=180, cwd=home,
     )
 
 

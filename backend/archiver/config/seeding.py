@@ -1,8 +1,10 @@
 """`archiver config`: seed Prefect with variables, secret blocks, tag limits and the zombie-run automation,
 and create the buckets.
 
-Everything is read and validated before anything is written, so a bad file or
-a missing secret changes nothing; every write is an upsert, so a re-run after
+Everything is read and validated, and the Prefect API and S3 are asked with the
+configured credentials, before anything is written, so a bad file, a missing
+secret or an unreachable service changes nothing (an unreachable SciCat is a
+warning: `archiver config` writes nothing there); every write is an upsert, so a re-run after
 any failure finishes the job, and a run with nothing to do says so.
 """
 
@@ -69,15 +71,46 @@ def seed(inputs: SeedInputs, say: Callable[[str], None] = lambda line: None) -> 
         raise ConfigError("PREFECT_API_URL is not set; point it at the Prefect server's API, e.g. http://prefect-server:4200/api")
     report = SeedReport(say)
     with get_client(sync_client=True) as client:
+        # Every service is checked before the first write: a wrong endpoint or secret changes nothing.
         unreachable = client.api_healthcheck()
         if unreachable is not None:
             raise ConfigError(f"Prefect API at {client.api_url} is not reachable: {unreachable}")
+        s3 = _checked_s3(inputs)
+        _check_scicat(inputs, report)
         _seed_variables(client, inputs.settings, inputs.limits, report)
         _seed_secret_blocks(inputs.secrets, report)
         _seed_limits(client, inputs.limits, report)
         _seed_automations(client, [zombie_automation(inputs.settings)], report)
-    _seed_buckets(inputs, report)
+    _seed_buckets(s3, inputs, report)
     return report
+
+
+def _checked_s3(inputs: SeedInputs):
+    """An S3 client that has been answered with the configured credentials (ConfigError otherwise)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    minio = inputs.settings.minio
+    s3 = s3_client(minio.endpoint, minio.region, S3Credentials(inputs.secrets["minio-user"], inputs.secrets["minio-password"]))
+    try:
+        s3.list_buckets()
+    except (BotoCoreError, ClientError) as e:
+        raise ConfigError(
+            f"S3 at {minio.endpoint} (MINIO_ENDPOINT) does not answer the minio-user account: {e}; "
+            "nothing was written. Check the endpoint and the miniouser.txt / miniopass.txt secrets"
+        ) from None
+    return s3
+
+
+def _check_scicat(inputs: SeedInputs, report: SeedReport) -> None:
+    """SciCat is not written by `archiver config`, but flows fail without it: a warning, not an error."""
+    import httpx
+
+    endpoint = inputs.settings.scicat.endpoint
+    try:
+        httpx.get(endpoint, timeout=10)
+    except httpx.HTTPError as e:
+        report.say(f"warning: SciCat at {endpoint} (SCICAT_ENDPOINT) does not answer ({type(e).__name__}: {e}); "
+                   "archive and retrieve jobs will fail until it does")
 
 
 def _seed_variables(client, settings: Settings, limits: ConcurrencyLimits, report: SeedReport) -> None:
@@ -92,7 +125,8 @@ def _seed_variables(client, settings: Settings, limits: ConcurrencyLimits, repor
             action = "created"
         elif existing[name] != value:
             client.update_variable(VariableUpdate(name=name, value=value))
-            action = f"updated ({existing[name]!r} -> {value!r})"
+            action = (f"updated (Prefect had {existing[name]!r}, the file says {value!r}; a change made in the UI "
+                      "is reset: make it in the file to keep it)")
         else:
             action = None
         report.record(f"variable {name}", action)
@@ -164,14 +198,10 @@ def _sorted_sets(value):
     return value
 
 
-def _seed_buckets(inputs: SeedInputs, report: SeedReport) -> None:
-    minio = inputs.settings.minio
-    s3 = s3_client(
-        minio.endpoint,
-        minio.region,
-        S3Credentials(inputs.secrets["minio-user"], inputs.secrets["minio-password"]),
-    )
+def _seed_buckets(s3, inputs: SeedInputs, report: SeedReport) -> None:
     from botocore.exceptions import BotoCoreError, ClientError
+
+    minio = inputs.settings.minio
 
     for bucket in (minio.landingzone_bucket, minio.retrieval_bucket):
         try:
@@ -187,6 +217,45 @@ def _seed_buckets(inputs: SeedInputs, report: SeedReport) -> None:
         except (BotoCoreError, ClientError) as e:
             raise ConfigError(f"S3 at {minio.endpoint}: cannot create bucket {bucket!r}: {e}") from None
         report.record(f"bucket {bucket}", action)
+    _seed_abort_uploads_rule(s3, minio.retrieval_bucket, minio.abort_incomplete_uploads_days, report)
+
+
+ABORT_UPLOADS_RULE_ID = "archiver-abort-incomplete-uploads"
+
+
+def _seed_abort_uploads_rule(s3, bucket: str, days: int, report: SeedReport) -> None:
+    """A lifecycle rule aborting multipart uploads left unfinished for `days` (a killed retrieval's);
+    the bucket's other rules are kept. A server without lifecycle support gets a warning, not an error."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    wanted = {"ID": ABORT_UPLOADS_RULE_ID, "Status": "Enabled", "Filter": {"Prefix": ""},
+              "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": days}}
+    what = f"lifecycle rule of bucket {bucket} (abort uploads unfinished after {days} day(s))"
+    try:
+        try:
+            rules = s3.get_bucket_lifecycle_configuration(Bucket=bucket).get("Rules", [])
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") != "NoSuchLifecycleConfiguration":
+                raise
+            rules = []
+        current = next((r for r in rules if r.get("ID") == ABORT_UPLOADS_RULE_ID), None)
+        if current is not None and _same_rule(current, wanted):
+            report.record(what, None)
+            return
+        others = [r for r in rules if r.get("ID") != ABORT_UPLOADS_RULE_ID]
+        s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": [*others, wanted]})
+    except (BotoCoreError, ClientError) as e:
+        report.say(f"warning: {what} not set, the S3 server refused it ({e}); unfinished uploads of killed "
+                   "retrievals are then only aborted when the dataset is retrieved again")
+        return
+    report.record(what, "created" if current is None else "updated")
+
+
+def _same_rule(current: dict, wanted: dict) -> bool:
+    return (current.get("Status") == wanted["Status"]
+            and current.get("AbortIncompleteMultipartUpload") == wanted["AbortIncompleteMultipartUpload"]
+            and (current.get("Filter") or {}).get("Prefix", "") == ""
+            and (current.get("Prefix") or "") == "")
 
 
 __all__ = ["SECRETS", "SeedInputs", "SeedReport", "read_inputs", "seed"]

@@ -71,6 +71,7 @@ class LtsSection(_Section):
     free_space_percentage: float = Field(alias="LTS_FREE_SPACE_PERCENTAGE", ge=0, lt=100)
     free_space_timeout_s: float = Field(3600, alias="LTS_FREE_SPACE_TIMEOUT_S", gt=0)
     file_timeout_s: float = Field(600, alias="LTS_FILE_TIMEOUT_S", gt=0)
+    discarded_retention_days: PositiveInt = Field(30, alias="LTS_DISCARDED_RETENTION_DAYS")
 
 
 class MinioSection(_Section):
@@ -87,6 +88,7 @@ class MinioSection(_Section):
         gt=0,
         le=MAX_PRESIGNED_URL_SECONDS,
     )
+    abort_incomplete_uploads_days: PositiveInt = Field(1, alias="MINIO_ABORT_INCOMPLETE_UPLOADS_DAYS")
 
 
 def _api_version(prefix: str) -> str | None:

@@ -19,9 +19,11 @@ from archiver.flows.common import (
     run_bounded_or_raise, scicat_call,
 )
 from archiver.flows.concurrency import reconcile_tags
+from archiver.flows.failures import describe_failure
 from archiver.flows.jobs import DatasetDone, JobKind, on_job_cancelled, run_job
 from archiver.flows.lts_tasks import set_aside_datablocks, tagged, verify_datablock, wait_for_free_space, write_datablock
 from archiver.packing import cleanup
+from archiver.packing.archive import claim_datablocks_folder
 from archiver.packing.errors import DatasetUserError, IntegrityError, RegistrationConflictError
 from archiver.packing.planning import PlannedDatablock, check_expected_files, list_dataset_files, plan_datablocks
 from archiver.packing.records import Manifest
@@ -54,7 +56,7 @@ def _store_datablocks(
     """Write and verify each datablock (bounded in parallel), LTS access limited by tag.
     Archive ids whose verification found a difference are added to `failed_verification`."""
     settings, limits = config.settings, config.limits
-    progress = ProgressReporter(2 * sum(b.packed_size for b in blocks), f"archiving {pid}: written and verified bytes")
+    progress = ProgressReporter(2 * sum(b.packed_size for b in blocks), f"archiving {pid}: written and verified")
     wait = tagged(wait_for_free_space, limits.LTS_FREE_LIMIT)
     write = tagged(write_datablock, limits.MOVE_TO_LTS_LIMIT)
     verify = tagged(verify_datablock, limits.VERIFY_LTS_LIMIT)
@@ -69,7 +71,12 @@ def _store_datablocks(
             failed_verification.append(record.archiveId)
             raise
 
-    results = run_bounded_or_raise(store, blocks, settings.archiver.datablock_concurrency)
+    # One writer per dataset at a time; what dead runs left half-written is removed first.
+    with claim_datablocks_folder(settings.lts.storage_root, pid) as leftovers:
+        if leftovers:
+            get_run_logger().warning("%s: %d half-written file(s) of a dead run removed: %s",
+                                     pid, len(leftovers), ", ".join(p.name for p in leftovers))
+        results = run_bounded_or_raise(store, blocks, settings.archiver.datablock_concurrency)
     progress.finish()
     return results
 
@@ -110,7 +117,7 @@ def archive_dataset(job_id: str, dataset_id: str, config: RunConfiguration) -> D
             note = (f"dataset {pid} was already archived ({len(on_record.archive.matching)} datablock(s) registered and on the "
                     "LTS); nothing was rewritten")
             log.info(note)
-            return DatasetDone(note=note)
+            return DatasetDone(note=note, datablocks=len(on_record.archive.matching))
         registered_now: list[str] = []
         failed_verification: list[str] = []
         try:
@@ -137,7 +144,7 @@ def archive_dataset(job_id: str, dataset_id: str, config: RunConfiguration) -> D
             log.info("%s: archived; %d landing-zone file(s) deleted", pid, deleted)
         except Exception as e:  # the archive is complete and registered; only the cleanup is left to do
             log.error("%s: archived, but its landing-zone files could not be deleted (delete them by hand): %s", pid, e)
-    return DatasetDone()
+    return DatasetDone(datablocks=len(manifests), bytes=sum(m.packedSize for m in manifests))
 
 
 def _clean_up_failed_archival(
@@ -164,7 +171,7 @@ def _clean_up_failed_archival(
     flags = {} if isinstance(error, RegistrationConflictError) else {"archivable": True, "retrievable": False}
     try:
         connections.scicat.update_lifecycle(pid, f"set archive status {status.value}", archive_status_message=status,
-                                            archive_return_message=f"{type(error).__name__}: {error}"[:2000], **flags)
+                                            archive_return_message=describe_failure(error)[:2000], **flags)
     except Exception as e:
         log.error("%s: SciCat could not be told %s: %s", pid, status.value, e)
     log.error("%s: archival failed (%s): %s", pid, status.value, error)
@@ -176,7 +183,10 @@ def _report_datablocks(pid: str, manifests: list[Manifest]) -> None:
          "packed size": m.packedSize, "checksum": f"{m.chkAlg}:{m.chk}"}
         for m in manifests
     ]
-    create_table_artifact(rows, description=f"Datablocks of {pid} on the LTS")
+    try:
+        create_table_artifact(rows, description=f"Datablocks of {pid} on the LTS")
+    except Exception as e:  # the datablocks are registered in SciCat; the table is a convenience
+        get_run_logger().warning("%s: datablock table artifact not created (Prefect API: %s)", pid, e)
 
 
 def _clean_up_interrupted_archival(pid, config, connections, error, log) -> None:

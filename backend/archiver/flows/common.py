@@ -23,12 +23,15 @@ from prefect.logging import get_run_logger
 
 from archiver.config.runtime import RunConfiguration
 from archiver.packing.registered import ArchiveOnRecord, check_registered
+from archiver.flows.outage import call_prefect, retry_refused_connections
 from archiver.scicat.client import ScicatClient, ScicatCredentials, ScicatError
 from archiver.scicat.models import ArchiveStatus, Datablock
 from archiver.storage.s3 import S3Credentials, s3_client
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+retry_refused_connections()  # every flow module imports this one: Prefect clients ride out a restart
 
 
 @dataclass
@@ -52,9 +55,12 @@ class Connections:
 def connect(config: RunConfiguration) -> Connections:
     from prefect.blocks.system import Secret
 
+    def secret(name: str) -> str:
+        return call_prefect(lambda: Secret.load(name).get(), f"load secret block {name}")
+
     minio = config.settings.minio
-    s3_credentials = S3Credentials(Secret.load("minio-user").get(), Secret.load("minio-password").get())
-    scicat_credentials = ScicatCredentials(Secret.load("scicat-user").get(), Secret.load("scicat-password").get())
+    s3_credentials = S3Credentials(secret("minio-user"), secret("minio-password"))
+    scicat_credentials = ScicatCredentials(secret("scicat-user"), secret("scicat-password"))
     return Connections(
         s3=s3_client(minio.endpoint, minio.region, s3_credentials),
         s3_credentials=s3_credentials,
@@ -119,9 +125,13 @@ class RunCancelled(Exception):
     """The run (or a run above it) is being cancelled: stop before any further irreversible step."""
 
 
-def raise_if_cancelled() -> None:
+def raise_if_cancelled(max_wait_s: float = 300) -> None:
     """Check this flow run and the runs above it. A cancellation hook may already be cleaning up
-    in another process, so no step that registers data or deletes the landing zone may follow."""
+    in another process, so no step that registers data or deletes the landing zone may follow.
+
+    While the Prefect API is unreachable the check is repeated for up to `max_wait_s`; if it stays
+    down, PrefectUnavailable fails the dataset (its verified datablocks stay for a re-run): going on
+    without knowing whether the run was cancelled could race a cleanup."""
     from prefect.client.orchestration import get_client
     from prefect.context import FlowRunContext
 
@@ -129,11 +139,12 @@ def raise_if_cancelled() -> None:
     flow_run_id = context.flow_run.id if context and context.flow_run else None
     with get_client(sync_client=True) as client:
         while flow_run_id is not None:
-            flow_run = client.read_flow_run(flow_run_id)
+            flow_run = call_prefect(lambda: client.read_flow_run(flow_run_id), "check for cancellation", max_wait_s)
             if flow_run.state and (flow_run.state.is_cancelling() or flow_run.state.is_cancelled()):
                 raise RunCancelled(f"flow run {flow_run.name} is {flow_run.state.name.lower()}")
             parent_task = flow_run.parent_task_run_id
-            flow_run_id = client.read_task_run(parent_task).flow_run_id if parent_task else None
+            flow_run_id = call_prefect(lambda: client.read_task_run(parent_task), "check for cancellation",
+                                       max_wait_s).flow_run_id if parent_task else None
 
 
 def run_bounded(function: Callable[[T], R], items: Iterable[T], max_workers: int) -> list[R | BaseException]:
@@ -165,7 +176,11 @@ def run_bounded_or_raise(function: Callable[[T], R], items: Iterable[T], max_wor
 
 
 class ProgressReporter:
-    """A Prefect progress artifact fed by byte counts from worker threads, updated at most every few seconds."""
+    """A Prefect progress artifact fed by byte counts from worker threads, updated at most every few seconds.
+    Its description ends in `(N bytes)`, the total, so a watcher can show bytes, rate and time left.
+
+    Updates are sent from a background thread, one at a time, so a slow or unreachable Prefect API
+    never holds up the bytes (an update due while one is still being sent is skipped)."""
 
     def __init__(self, total_bytes: int, description: str, interval_s: float = 2.0):
         self._total = max(total_bytes, 1)
@@ -173,7 +188,12 @@ class ProgressReporter:
         self._lock = threading.Lock()
         self._interval_s = interval_s
         self._last_update = 0.0
-        self._artifact_id = create_progress_artifact(progress=0.0, description=description)
+        self._sending = False
+        self._artifact_id = None
+        try:
+            self._artifact_id = create_progress_artifact(progress=0.0, description=f"{description} ({self._total} bytes)")
+        except Exception as e:  # progress is for humans; never fail a transfer over it
+            get_run_logger().warning("progress artifact not created (Prefect API: %s); progress is not shown", e)
 
     def add(self, n: int) -> None:
         with self._lock:
@@ -188,11 +208,26 @@ class ProgressReporter:
     def percent(self) -> float:
         return min(100.0, 100.0 * self._done / self._total)
 
-    def finish(self) -> None:
+    def finish(self, wait_s: float = 10.0) -> None:
+        """Report 100 %, after the update being sent (if any) is through or `wait_s` has passed."""
+        deadline = time.monotonic() + wait_s
+        while self._sending and time.monotonic() < deadline:
+            time.sleep(0.05)
         self._update(100.0)
 
     def _update(self, progress: float) -> None:
+        with self._lock:
+            if self._artifact_id is None or self._sending:
+                return
+            self._sending = True
+        context = contextvars.copy_context()
+        threading.Thread(target=context.run, args=(self._send, progress), daemon=True).start()
+
+    def _send(self, progress: float) -> None:
         try:
             update_progress_artifact(self._artifact_id, progress=progress)
         except Exception as e:  # progress is for humans; never fail a transfer over it
             get_run_logger().debug("progress artifact not updated: %s", e)
+        finally:
+            with self._lock:
+                self._sending = False

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.logging import get_run_logger
 from prefect.logging.loggers import flow_run_logger
 
 from archiver.config.runtime import RunConfiguration, load_run_configuration
 from archiver.flows.common import Connections, connect, run_bounded, scicat_call
+from archiver.flows.failures import describe_failure
 from archiver.packing.errors import DatasetUserError, InvalidPidError
 from archiver.packing.naming import check_pid
 from archiver.scicat.models import Job, JobResultEntry, JobResultObject, JobStatus
@@ -31,10 +34,13 @@ def job_verdict(failures: dict[str, BaseException]) -> JobStatus:
 
 @dataclass
 class DatasetDone:
-    """What a dataset's processing hands back to the job: result entries (download links) and a note."""
+    """What a dataset's processing hands back to the job: result entries (download links), a note, and
+    the datablocks and bytes it moved (for the job's summary)."""
 
     entries: list[JobResultEntry] = field(default_factory=list)
     note: str | None = None
+    datablocks: int = 0
+    bytes: int = 0
 
 
 class NoDatasetsError(Exception):
@@ -80,7 +86,16 @@ def run_job(
     dataset_ids, failures = checked_pids(requested)
     log.info("job %s: %d dataset(s): %s", job_id, len(dataset_ids), ", ".join(dataset_ids))
 
-    outcomes = run_bounded(process_dataset, dataset_ids, config.settings.archiver.dataset_concurrency)
+    seconds: dict[str, float] = {}
+
+    def timed(pid: str) -> DatasetDone:
+        start = time.monotonic()
+        try:
+            return process_dataset(pid)
+        finally:
+            seconds[pid] = time.monotonic() - start
+
+    outcomes = run_bounded(timed, dataset_ids, config.settings.archiver.dataset_concurrency)
     failures.update((pid, o) for pid, o in zip(dataset_ids, outcomes, strict=True) if isinstance(o, BaseException))
     done = [o for o in outcomes if isinstance(o, DatasetDone)]
     results = [entry for o in done for entry in o.entries]
@@ -89,15 +104,36 @@ def run_job(
     message = _summary(len(requested), failures, [o.note for o in done if o.note])
     result_object = JobResultObject(result=results) if results else None
     scicat_call(f"job {verdict.value}", scicat.update_job_status, job_id, verdict, message, result_object)
+    _report_job(job_id, verdict, dict(zip(dataset_ids, outcomes, strict=True)) | failures, seconds, results)
     if failures:
         raise JobFailed(f"job {job_id}: {message}")
     log.info("job %s: %s", job_id, message)
     return results
 
 
+def _report_job(job_id: str, verdict: JobStatus, outcomes: dict[str, DatasetDone | BaseException],
+                seconds: dict[str, float], results: list[JobResultEntry]) -> None:
+    """The job's results on the job run itself (Artifacts tab): a row per dataset, and the download links.
+    For people: never fails the job."""
+    rows = []
+    for pid, outcome in outcomes.items():
+        done = outcome if isinstance(outcome, DatasetDone) else DatasetDone()
+        state = f"failed: {type(outcome).__name__}" if isinstance(outcome, BaseException) else (
+            "already archived" if done.note else "done")
+        rows.append({"dataset": pid, "outcome": state, "datablocks": done.datablocks, "bytes": done.bytes,
+                     "seconds": round(seconds.get(pid, 0.0), 1)})
+    try:
+        create_table_artifact(rows, description=f"Job {job_id}: {verdict.value}")
+        if results:
+            links = "\n".join(f"- {e.dataset_id}: [{e.name}]({e.url}) ({e.size} bytes)" for e in results)
+            create_markdown_artifact(f"# Downloads of job {job_id}\n\n{links}\n", description=f"Download links of job {job_id}")
+    except Exception as e:
+        get_run_logger().warning("job %s: summary artifacts not created: %s", job_id, e)
+
+
 def _summary(total: int, failures: dict[str, BaseException], notes: list[str]) -> str:
     if failures:
-        details = "; ".join(f"{pid}: {type(e).__name__}: {e}" for pid, e in failures.items())
+        details = "; ".join(f"{pid}: {describe_failure(e)}" for pid, e in failures.items())
         head = f"{len(failures)} of {total} dataset(s) failed: {details}"
     else:
         head = f"all {total} dataset(s) done"

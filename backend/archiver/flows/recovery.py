@@ -29,6 +29,7 @@ from archiver.flows.concurrency import reconcile_tags
 from archiver.flows.jobs import JobKind, checked_pids, finish_interrupted_job, job_is_finished
 from archiver.flows.retrieve import RETRIEVAL
 from archiver.packing import cleanup
+from archiver.packing.archive import DatasetBusyError, claim_datablocks_folder
 
 JOB_KINDS = {"archive_datasetlist": ARCHIVAL, "retrieve_datasetlist": RETRIEVAL}
 RETRY_TAG = "crash-retry:"
@@ -94,8 +95,12 @@ def remove_storage_leftovers(kind: JobKind, pids: list[str], config: RunConfigur
     settings = config.settings
     for pid in pids:
         if kind is ARCHIVAL:
-            for path in cleanup.remove_partial_files(settings.lts.storage_root, pid):
-                log.info("%s: removed half-written %s", pid, path.name)
+            try:  # under the dataset's write lock: a writer still alive keeps its file
+                with claim_datablocks_folder(settings.lts.storage_root, pid) as removed:
+                    for path in removed:
+                        log.info("%s: removed half-written %s", pid, path.name)
+            except DatasetBusyError as e:
+                log.warning("%s: half-written files left in place: %s", pid, e)
         else:
             aborted = cleanup.abort_retrieval_uploads(connections.s3, settings.minio.retrieval_bucket, pid)
             if aborted:

@@ -16,6 +16,7 @@ from archiver.flows.common import (
     scicat_call,
 )
 from archiver.flows.concurrency import reconcile_tags
+from archiver.flows.failures import describe_failure
 from archiver.flows.jobs import DatasetDone, JobKind, on_job_cancelled, run_job
 from archiver.flows.lts_tasks import copy_datablock_to_retrieval, tagged
 from archiver.packing import cleanup
@@ -46,7 +47,7 @@ def _retrieve_datablocks(
 ) -> list[JobResultEntry]:
     settings = config.settings
     copy = tagged(copy_datablock_to_retrieval, config.limits.LTS_TO_RETRIEVAL_LIMIT)
-    progress = ProgressReporter(sum(d.packed_size for d in datablocks), f"retrieving {pid}: bytes checked and uploaded")
+    progress = ProgressReporter(sum(d.packed_size for d in datablocks), f"retrieving {pid}: checked and uploaded")
 
     def retrieve_one(datablock: Datablock) -> JobResultEntry:
         record = record_from_wire(pid, datablock.to_wire())
@@ -55,7 +56,10 @@ def _retrieve_datablocks(
         url = presigned_get_url(settings.minio.external_endpoint, settings.minio.region, connections.s3_credentials,
                                 settings.minio.retrieval_bucket, key, settings.minio.url_expiration_s)
         name = key.rsplit("/", 1)[-1]
-        create_link_artifact(url, link_text=f"{pid}: {name}", description=f"Download of datablock {name} of {pid}")
+        try:
+            create_link_artifact(url, link_text=f"{pid}: {name}", description=f"Download of datablock {name} of {pid}")
+        except Exception as e:  # the URL goes to SciCat in the job result; the artifact is a convenience
+            get_run_logger().warning("%s: link artifact of %s not created (Prefect API: %s)", pid, name, e)
         return JobResultEntry(dataset_id=pid, name=name, size=datablock.packed_size, archive_id=datablock.archive_id,
                               url=url)
 
@@ -76,6 +80,9 @@ def retrieve_dataset(job_id: str, dataset_id: str, config: RunConfiguration) -> 
             scicat_call(f"{pid} retrieve started", scicat.update_lifecycle, pid, "set retrieve status started",
                         retrieve_status_message=RetrieveStatus.STARTED, retrieve_integrity_check=False,
                         **ARCHIVED_LIFECYCLE)
+            aborted = cleanup.abort_retrieval_uploads(connections.s3, config.settings.minio.retrieval_bucket, pid)
+            if aborted:
+                log.warning("%s: %d unfinished upload(s) of an earlier retrieval aborted", pid, aborted)
             entries = _retrieve_datablocks(pid, on_record.registered, config, connections)
             scicat_call(f"{pid} retrieved", scicat.update_lifecycle, pid, "set retrieve status datasetRetrieved",
                         retrieve_status_message=RetrieveStatus.DATASET_RETRIEVED, retrieve_integrity_check=True,
@@ -84,7 +91,7 @@ def retrieve_dataset(job_id: str, dataset_id: str, config: RunConfiguration) -> 
             _clean_up_failed_retrieval(pid, config, connections, error, log)
             raise
     log.info("%s: %d datablock(s) retrieved and checked", pid, len(entries))
-    return DatasetDone(entries=entries)
+    return DatasetDone(entries=entries, datablocks=len(entries), bytes=sum(e.size for e in entries))
 
 
 def _clean_up_failed_retrieval(pid: str, config: RunConfiguration, connections: Connections, error: BaseException, log):
@@ -98,7 +105,7 @@ def _clean_up_failed_retrieval(pid: str, config: RunConfiguration, connections: 
     try:
         connections.scicat.update_lifecycle(
             pid, "set retrieve status datasetRetrievalFailed", retrieve_status_message=RetrieveStatus.DATASET_RETRIEVAL_FAILED,
-            retrieve_integrity_check=False, retrieve_return_message=f"{type(error).__name__}: {error}"[:2000],
+            retrieve_integrity_check=False, retrieve_return_message=describe_failure(error)[:2000],
         )
     except Exception as e:
         log.error("%s: SciCat could not be told datasetRetrievalFailed: %s", pid, e)

@@ -8,11 +8,14 @@ create the same automation.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from prefect import serve
 
 from archiver.flows.archive import archive_datasets_flow
+from archiver.flows.maintenance import PRUNE_SCHEDULE_CRON, prune_discarded_flow
+from archiver.flows.outage import FLOW_RUN_ENVIRONMENT
 from archiver.flows.recovery import recover_job
 from archiver.flows.retrieve import retrieve_datasets_flow
 from archiver.flows.test_dataset import create_test_dataset_flow
@@ -25,6 +28,7 @@ DEPLOYMENT_NAMES = {
     "retrieve": "retrieve_datasetlist/datasets_retrieval",
     "recover": "recover_job/job_recovery",
     "create": "create_test_dataset/dataset_creation",
+    "prune": "prune_discarded/discarded_pruning",
 }
 
 
@@ -54,11 +58,14 @@ def heartbeat_seconds() -> int:
 
 def serve_deployments(limit: int | None = None) -> None:
     """Block, running scheduled runs of the deployments (at most `limit` at once)."""
+    for key, value in FLOW_RUN_ENVIRONMENT.items():  # flow-run subprocesses inherit it; set values win
+        os.environ.setdefault(key, value)
     serve(
         archive_datasets_flow.to_deployment(name="datasets_archival", tags=["archival"]),
         retrieve_datasets_flow.to_deployment(name="datasets_retrieval", tags=["retrieval"]),
         recover_job.to_deployment(name="job_recovery", triggers=deployment_triggers("job_recovery")),
         create_test_dataset_flow.to_deployment(name="dataset_creation"),
+        prune_discarded_flow.to_deployment(name="discarded_pruning", cron=PRUNE_SCHEDULE_CRON),
         limit=limit,
         heartbeat_seconds=heartbeat_seconds(),
         print_starting_message=False,

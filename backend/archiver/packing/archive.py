@@ -8,8 +8,9 @@ records what was written; `verify_datablock` reads the tar back against it.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -17,8 +18,9 @@ from botocore.exceptions import ClientError
 from pydantic import ValidationError
 
 from archiver.packing import naming, tarformat
+from archiver.packing.cleanup import remove_partial_files
 from archiver.packing.checking import CHUNK, BackgroundHasher, check_datablock_stream
-from archiver.packing.errors import IntegrityError, MissingFilesError
+from archiver.packing.errors import ArchiverError, IntegrityError, MissingFilesError
 from archiver.packing.planning import PlannedDatablock, SourceFile
 from archiver.packing.records import (
     ChecksumAlgorithm, DatablockRecord, DataFileRecord, Manifest, new_hasher, read_manifest, write_json_durably,
@@ -27,6 +29,38 @@ from archiver.storage.lts import drop_page_cache, fsync_dir
 from archiver.storage.s3 import ObjectReader, error_code
 
 MISSING_OBJECT_CODES = {"NoSuchKey", "404", "NotFound", "AccessDenied", "403", "InvalidObjectState"}
+
+
+LOCK_FILE_NAME = ".archiving.lock"
+
+
+class DatasetBusyError(ArchiverError):
+    """Another live process is writing this dataset's datablocks."""
+
+
+@contextlib.contextmanager
+def claim_datablocks_folder(lts_root: Path, pid: str) -> Iterator[list[Path]]:
+    """Hold the dataset's write lock while its datablocks are written; yields the leftover `.partial`
+    files of dead runs, removed on entry.
+
+    The lock is an exclusive `flock` on `{dataset}/.archiving.lock`, held for the whole `with` block.
+    The kernel drops it when its holder dies, so whoever gets it knows no live writer is left and
+    every `.partial` file is a dead run's. Raises DatasetBusyError while another process holds it."""
+    folder = naming.datablocks_folder(lts_root, pid)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock_path = folder.parent / LOCK_FILE_NAME
+    with open(lock_path, "a") as lock:
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DatasetBusyError(
+                f"dataset {pid}: another process is writing its datablocks (it holds {lock_path}); "
+                "wait for that run to end before archiving the dataset again"
+            ) from None
+        try:
+            yield remove_partial_files(lts_root, pid)
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
 
 def archive_datablock(

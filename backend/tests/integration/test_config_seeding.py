@@ -19,10 +19,11 @@ REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture
-def workdir(tmp_path, s3_endpoint, unique_name, secrets_dir):
-    """A folder like the repo's top level, pointing at the test S3 server, with fresh buckets."""
+def workdir(tmp_path, s3_endpoint, scicat_url, unique_name, secrets_dir):
+    """A folder like the repo's top level, pointing at the test S3 and SciCat servers, with fresh buckets."""
     vars_data = tomllib.loads((REPO / "prefect-vars.toml").read_text())
     vars_data["minio"]["MINIO_ENDPOINT"] = s3_endpoint
+    vars_data["scicat"]["SCICAT_ENDPOINT"] = scicat_url
     vars_data["minio"]["MINIO_LANDINGZONE_BUCKET"] = f"{unique_name}-landing"
     vars_data["minio"]["MINIO_RETRIEVAL_BUCKET"] = f"{unique_name}-retrieval"
     vars_data["lts"]["LTS_STORAGE_ROOT"] = f"/lts/{unique_name}"
@@ -188,3 +189,76 @@ def test_flow_side_loads_settings_and_limits_once_with_environment_on_top(workdi
     overridden = load_run_configuration(environ={"LTS_STORAGE_ROOT": "/elsewhere"}).settings
     assert str(overridden.lts.storage_root) == "/elsewhere"
     assert overridden.minio == from_file.minio
+
+
+def lifecycle_rules(s3, bucket: str) -> list[dict]:
+    return s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
+
+
+def test_retrieval_bucket_gets_an_abort_uploads_rule_once_and_keeps_other_rules(workdir, prefect_api_url, s3):
+    bucket = tomllib.loads((workdir / "prefect-vars.toml").read_text())["minio"]["MINIO_RETRIEVAL_BUCKET"]
+    s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    site_rule = {"ID": "site-expiry", "Status": "Enabled", "Filter": {"Prefix": "tmp/"}, "Expiration": {"Days": 3}}
+    s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": [site_rule]})
+
+    first = run_config(workdir, prefect_api_url)
+    assert first.returncode == 0, first.stderr
+    assert f"lifecycle rule of bucket {bucket} (abort uploads unfinished after 1 day(s)): created" in first.stdout
+    rules = {r["ID"]: r for r in lifecycle_rules(s3, bucket)}
+    assert rules["archiver-abort-incomplete-uploads"]["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 1}
+    assert rules["site-expiry"]["Expiration"] == {"Days": 3}
+
+    second = run_config(workdir, prefect_api_url)
+    assert "no changes" in second.stdout and "lifecycle" not in second.stdout
+
+    data = tomllib.loads((workdir / "prefect-vars.toml").read_text())
+    data["minio"]["MINIO_ABORT_INCOMPLETE_UPLOADS_DAYS"] = 3
+    (workdir / "prefect-vars.toml").write_text(tomli_w.dumps(data))
+    third = run_config(workdir, prefect_api_url)
+    assert "(abort uploads unfinished after 3 day(s)): updated" in third.stdout
+    rules = {r["ID"]: r for r in lifecycle_rules(s3, bucket)}
+    assert rules["archiver-abort-incomplete-uploads"]["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 3}
+    assert len(rules) == 2
+
+
+def _set_var(workdir: Path, section: str, key: str, value) -> None:
+    data = tomllib.loads((workdir / "prefect-vars.toml").read_text())
+    data[section][key] = value
+    (workdir / "prefect-vars.toml").write_text(tomli_w.dumps(data))
+
+
+def test_unreachable_s3_writes_nothing_and_names_the_setting(workdir, prefect_api_url, unique_name):
+    from archiver.local_services import free_port
+    from prefect.client.orchestration import get_client
+
+    _set_var(workdir, "minio", "MINIO_ENDPOINT", f"http://127.0.0.1:{free_port()}")
+    result = run_config(workdir, prefect_api_url)
+    assert result.returncode != 0
+    assert "MINIO_ENDPOINT" in result.stderr and "nothing was written" in result.stderr, result.stderr
+    assert result.stdout == ""
+    with get_client(sync_client=True) as client:
+        stored = client.read_variable_by_name("lts_storage_root")
+    assert stored is None or stored.value != f"/lts/{unique_name}"
+
+
+def test_unreachable_scicat_is_a_warning(workdir, prefect_api_url):
+    from archiver.local_services import free_port
+
+    _set_var(workdir, "scicat", "SCICAT_ENDPOINT", f"http://127.0.0.1:{free_port()}")
+    result = run_config(workdir, prefect_api_url)
+    assert result.returncode == 0, result.stderr
+    assert "warning: SciCat at" in result.stdout and "SCICAT_ENDPOINT" in result.stdout
+
+
+def test_a_value_changed_in_the_ui_is_reset_saying_so(workdir, prefect_api_url):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import VariableUpdate
+
+    assert run_config(workdir, prefect_api_url).returncode == 0
+    with get_client(sync_client=True) as client:  # as an operator would in the UI
+        client.update_variable(VariableUpdate(name="archiver_target_size_mb", value=7))
+    result = run_config(workdir, prefect_api_url)
+    assert result.returncode == 0, result.stderr
+    [line] = [line for line in result.stdout.splitlines() if line.startswith("variable archiver_target_size_mb")]
+    assert line.startswith("variable archiver_target_size_mb: updated (Prefect had 7, the file says")
+    assert "change made in the UI is reset" in line

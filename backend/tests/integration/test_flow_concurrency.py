@@ -45,7 +45,9 @@ def test_two_archivals_at_once_respect_move_to_lts_limit(pipeline, limit):
     did exceed it: the writes had to queue for a slot, so the limit was really exercised."""
     # Free-space waits and verification unbounded, so that writes are what queues.
     pipeline.set_limits(MOVE_TO_LTS_LIMIT=limit, LTS_FREE_LIMIT=16, VERIFY_LTS_LIMIT=16)
-    jobs = [pipeline.new_job("archive", [create_test_dataset_flow(num_files=4, file_size_mb=1.0)
+    # 3 MiB files at a 1 MB target: one file a datablock, each write long enough that eight writes
+    # asked for at once (2 jobs x 2 datasets x 2 datablocks) overlap even on a busy machine.
+    jobs = [pipeline.new_job("archive", [create_test_dataset_flow(num_files=4, file_size_mb=3.0)
                                           for _ in range(2)]) for _ in range(2)]
     since = datetime.now(timezone.utc)
     errors = []
@@ -65,7 +67,7 @@ def test_two_archivals_at_once_respect_move_to_lts_limit(pipeline, limit):
     assert errors == []
 
     writes = lts_writes_since(since)
-    assert len(writes) == 2 * 2 * 4  # jobs x datasets x datablocks (one 1 MiB file each at a 1 MB target)
+    assert len(writes) == 2 * 2 * 4  # jobs x datasets x datablocks
     running = [(w.start_time, w.end_time) for w in writes]
     demand = [(w.created, w.end_time) for w in writes]
     assert most_at_once(running) <= limit

@@ -6,9 +6,11 @@ from __future__ import annotations
 import hashlib
 import io
 import tarfile
+import tomllib
 
 import httpx
 import pytest
+import tomli_w
 from archiver.flows.archive import archive_datasets_flow
 from archiver.flows.retrieve import retrieve_datasets_flow
 from archiver.flows.test_dataset import create_test_dataset_flow
@@ -176,3 +178,70 @@ def test_scicat_down_mid_job_then_back(pipeline):
     assert lifecycle_of(pipeline, pid)["archiveStatusMessage"] == "datasetOnArchiveDisk"
     statuses = [e["status"] for e in pipeline.scicat_dev.requests()]
     assert statuses.count(503) == 6
+
+
+def _artifacts_of(state) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+
+
+def test_the_job_run_itself_shows_each_dataset_and_the_download_links(pipeline):
+    import json
+
+    pids = [new_dataset(2, 0.2), new_dataset(1, 0.2)]
+    archived = archive_datasets_flow(job_id=pipeline.new_job("archive", pids), return_state=True)
+    [table] = [a for a in _artifacts_of(archived) if a.type == "table"]
+    rows = {row["dataset"]: row for row in (json.loads(table.data) if isinstance(table.data, str) else table.data)}
+    assert set(rows) == set(pids)
+    for pid in pids:
+        blocks = pipeline.scicat.get_datablocks(pid)
+        assert rows[pid]["outcome"] == "done" and rows[pid]["datablocks"] == len(blocks)
+        assert rows[pid]["bytes"] == sum(b.packed_size for b in blocks) > 0
+
+    job_id = pipeline.new_job("retrieve", pids)
+    retrieved = retrieve_datasets_flow(job_id=job_id, return_state=True)
+    [links] = [a for a in _artifacts_of(retrieved) if a.type == "markdown"]
+    urls = [entry["url"] for entry in job_of(pipeline, job_id)["jobResultObject"]["result"]]
+    assert len(urls) == sum(len(pipeline.scicat.get_datablocks(pid)) for pid in pids)
+    assert all(url in links.data for url in urls)
+
+
+def test_retrieval_aborts_the_unfinished_upload_of_a_killed_retrieval(pipeline):
+    pid = new_dataset(2, 0.2)
+    archive_datasets_flow(job_id=pipeline.new_job("archive", [pid]))
+    [datablock] = pipeline.scicat.get_datablocks(pid)
+    bucket = pipeline.settings.minio.retrieval_bucket
+    key = naming.retrieval_key(datablock.archive_id)
+    upload_id = pipeline.s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]  # as a killed run left it
+    pipeline.s3.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=1, Body=b"x" * 5 * 1024 * 1024)
+
+    job_id = pipeline.new_job("retrieve", [pid])
+    retrieve_datasets_flow(job_id=job_id)
+
+    assert job_of(pipeline, job_id)["jobStatusMessage"] == "finishedSuccessful"
+    assert pipeline.retrieval_keys(pid) == [key]
+    assert pipeline.s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+def test_job_summary_names_the_failing_service(pipeline):
+    data = tomllib.loads(pipeline.vars_file.read_text())
+    data["scicat"].update(SCICAT_JOB_STATUS_SCHEMA="v4", SCICAT_JOBS_API_PREFIX="/api/v4/")  # v4 carries the message
+    pipeline.vars_file.write_text(tomli_w.dumps(data))
+    pipeline.reseed()
+    pid = new_dataset(2, 0.2)
+    pipeline.lts_root.rmdir()
+    pipeline.lts_root.write_text("the LTS is not mounted here")  # every LTS write fails with an OSError
+    job_id = pipeline.new_job("archive", [pid])
+
+    state = archive_datasets_flow(job_id=job_id, return_state=True)
+
+    assert state.is_failed()
+    job = pipeline.job(job_id, "v4")
+    assert job["statusCode"] == "finishedUnsuccessful"
+    assert job["statusMessage"].startswith(f"1 of 1 dataset(s) failed: {pid}: LTS error (NotADirectoryError: ")
+    assert str(lifecycle_of(pipeline, pid)["archiveReturnMessage"]).startswith("LTS error (NotADirectoryError: ")
+    assert len(pipeline.landing_keys(pid)) == 2

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -15,6 +13,9 @@ import pytest
 from archiver.config.limits import load_limits_file
 from archiver.config.secrets import PREFECT_SECRETS, SECRETS
 from archiver.config.settings import flat_values, load_vars_file, variable_name
+from archiver.flows.outage import FLOW_RUN_ENVIRONMENT
+
+from tests.browser import chromium, rendered_text, screenshot, visible_text
 
 REPO = Path(__file__).resolve().parents[3]
 LONG_RUNNING = (
@@ -30,6 +31,7 @@ DEPLOYMENTS = {
     "retrieve_datasetlist/datasets_retrieval": "retrieval-docker-pool",
     "recover_job/job_recovery": "archival-docker-pool",
     "create_test_dataset/dataset_creation": "archival-docker-pool",
+    "prune_discarded/discarded_pruning": "archival-docker-pool",
 }
 
 
@@ -120,34 +122,13 @@ def test_a_restarted_worker_puts_the_configured_template_back_on_its_existing_po
     assert _pool(stack, pool)["base_job_template"] == json.loads((REPO / POOL_TEMPLATES[pool]).read_text())
 
 
-def _chromium(*args: str, profile: Path) -> subprocess.CompletedProcess:
-    chromium = shutil.which("chromium")
-    if not chromium:
-        pytest.skip("Debian's chromium is not installed (build_offline.sh installs it)")
-    flags = [
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        f"--user-data-dir={profile}", "--virtual-time-budget=20000", "--window-size=1400,900",
-    ]
-    return subprocess.run([chromium, *flags, *args], capture_output=True, text=True, timeout=180)
-
-
-def _visible_text(dom: str) -> str:
-    dom = re.sub(r"<(script|style|svg)\b.*?</\1>", " ", dom, flags=re.S)
-    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom))
-
-
 def test_the_prefect_dashboard_renders_through_the_proxy(stack, tmp_path):
     url = f"{stack.base_url}/prefect-ui/dashboard"
-    screenshot = tmp_path / "prefect-dashboard.png"
-    shot = _chromium(f"--screenshot={screenshot}", url, profile=tmp_path / "profile-1")
-    assert screenshot.is_file() and screenshot.stat().st_size > 10_000, shot.stderr[-2000:]
-    if os.environ.get("ARCHIVER_SCREENSHOT_DIR"):
-        shutil.copy(screenshot, Path(os.environ["ARCHIVER_SCREENSHOT_DIR"]) / "prefect-dashboard.png")
+    screenshot(url, tmp_path, "prefect-dashboard")
 
-    dom = _chromium("--dump-dom", url, profile=tmp_path / "profile-2").stdout
-    assert "workspace-dashboard" in dom, _visible_text(dom)[:2000]
-    text = _visible_text(dom)
+    dom = chromium("--dump-dom", url, profile=tmp_path / "profile-2").stdout
+    assert "workspace-dashboard" in dom, visible_text(dom)[:2000]
+    text = visible_text(dom)
     assert "Dashboard" in text
     assert not re.search(r"\b(error|failed to fetch|not found)\b", text, flags=re.I), text[:2000]
 
@@ -155,11 +136,7 @@ def test_the_prefect_dashboard_renders_through_the_proxy(stack, tmp_path):
 def test_the_ui_reads_the_api_through_the_proxy(stack, tmp_path):
     # The work-pools page lists what the UI fetched from /prefect-ui/api through the proxy.
     # Virtual time does not wait for every fetch: a slow render gets another try.
-    for attempt in range(3):
-        dom = _chromium("--dump-dom", f"{stack.base_url}/prefect-ui/work-pools", profile=tmp_path / f"profile-{attempt}")
-        text = _visible_text(dom.stdout)
-        if all(pool in text for pool in POOL_TEMPLATES):
-            break
+    text = rendered_text(f"{stack.base_url}/prefect-ui/work-pools", tmp_path, list(POOL_TEMPLATES))
     for pool in POOL_TEMPLATES:
         assert pool in text, text[:2000]
 
@@ -177,7 +154,7 @@ def test_the_flows_deployment_one_shot_registers_the_deployments(stack):
         assert variables["networks"] == [stack.env["STACK_NETWORK"]]
         assert variables["volumes"] == [f"{stack.env['LTS_VOLUME_NAME']}:{load_vars_file(REPO / 'prefect-vars.toml').lts.storage_root}"]
         heartbeat = load_vars_file(REPO / "prefect-vars.toml").archiver.heartbeat_s
-        assert variables["env"] == {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(heartbeat)}
+        assert variables["env"] == {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(heartbeat), **FLOW_RUN_ENVIRONMENT}
 
 
 def _deployments_by_flow_name(stack) -> dict[str, dict]:

@@ -1,0 +1,63 @@
+"""Which service an error that ended a dataset or a job came from, said in words operators and users read."""
+
+from __future__ import annotations
+
+import httpx
+from botocore.exceptions import BotoCoreError, ClientError
+
+from archiver.flows.outage import PrefectUnavailable
+from archiver.packing.errors import DatasetUserError, IntegrityError
+from archiver.scicat.client import ScicatError
+from archiver.storage.lts import LtsWaitTimeout
+
+PREFECT, S3, SCICAT, LTS = "Prefect API", "S3", "SciCat", "LTS"
+
+
+def _service_of(error: BaseException) -> str | None:
+    from prefect.concurrency.v1._asyncio import ConcurrencySlotAcquisitionError as V1SlotError
+    from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    if isinstance(error, ScicatError):
+        return SCICAT
+    if isinstance(error, (BotoCoreError, ClientError)):
+        return S3
+    if isinstance(error, (PrefectUnavailable, PrefectHTTPStatusError, ConcurrencySlotAcquisitionError, V1SlotError)):
+        return PREFECT
+    if isinstance(error, httpx.HTTPError):
+        # SciCat calls raise ScicatError; a bare httpx error comes from Prefect's client.
+        return PREFECT
+    if isinstance(error, (IntegrityError, LtsWaitTimeout, OSError)):
+        return LTS
+    return None
+
+
+def failing_service(error: BaseException) -> str | None:
+    """"Prefect API", "S3", "SciCat" or "LTS" for the error or the first error that caused it; None if unknown."""
+    return next((service for e in _chain(error) if (service := _service_of(e)) is not None), None)
+
+
+def describe_failure(error: BaseException) -> str:
+    """E.g. "Prefect API unreachable (ConnectError: All connection attempts failed)"; a user's mistake
+    (missing files, unsafe names) is described as it is."""
+    detail = f"{type(error).__name__}: {error}"
+    if isinstance(error, DatasetUserError):
+        return detail
+    source = next((e for e in _chain(error) if _service_of(e) is not None), None)
+    if source is None:
+        return detail
+    service = _service_of(source)
+    if source is not error:
+        detail += f"; caused by {type(source).__name__}: {source}"
+    unreachable = any(isinstance(e, (httpx.TransportError, PrefectUnavailable)) for e in _chain(error))
+    if service == PREFECT and unreachable:
+        return f"{PREFECT} unreachable ({detail})"
+    return f"{service} error ({detail})"
+
+
+def _chain(error: BaseException | None):
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__

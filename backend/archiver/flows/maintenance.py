@@ -1,0 +1,59 @@
+"""Housekeeping deployments: pruning what failed archivals set aside on the LTS."""
+
+from __future__ import annotations
+
+from prefect import flow
+from prefect.artifacts import create_table_artifact
+from prefect.logging import get_run_logger
+
+from archiver.config.runtime import load_run_configuration
+from archiver.flows.common import connect
+from archiver.packing import cleanup
+
+PRUNE_SCHEDULE_CRON = "30 3 * * *"  # daily, 03:30 UTC
+
+
+def registered_in(scicat):
+    """pid -> archiveIds SciCat lists for the dataset (none for a dataset SciCat does not know)."""
+    from archiver.scicat.client import ScicatError
+
+    def registered(pid: str) -> list[str]:
+        try:
+            return [d.archive_id for d in scicat.get_datablocks(pid)]
+        except ScicatError as e:
+            if e.status_code == 404:
+                return []
+            raise
+
+    return registered
+
+
+@flow(name="prune_discarded", flow_run_name="prune-discarded")
+def prune_discarded_flow(older_than_days: int | None = None, dry_run: bool = False) -> int:
+    """Delete `discarded/` folders on the LTS older than `older_than_days` (default LTS_DISCARDED_RETENTION_DAYS);
+    returns the bytes freed (with `dry_run`: that would be freed). `datablocks/` is never touched."""
+    log = get_run_logger()
+    config = load_run_configuration()
+    lts = config.settings.lts
+    days = lts.discarded_retention_days if older_than_days is None else older_than_days
+    with connect(config) as connections:
+        found = cleanup.prune_discarded(
+            lts.storage_root, days, dry_run=dry_run,
+            registered=registered_in(connections.scicat),
+        )
+    freed = cleanup.freed_bytes(found)
+    deleted = sum(1 for f in found if f.kept_because is None)
+    verb = "would delete" if dry_run else "deleted"
+    rows = [{"folder": str(f.path.relative_to(lts.storage_root)), "set aside": f.set_aside.isoformat(),
+             "bytes": f.size_bytes, "action": f"kept: {f.kept_because}" if f.kept_because else verb} for f in found]
+    create_table_artifact(
+        rows, key="prune-discarded",
+        description=f"discarded/ folders older than {days} day(s): {verb} {deleted}, {freed} bytes freed, "
+                    f"{len(found) - deleted} kept",
+    )
+    for f in found:
+        if f.kept_because:
+            log.warning("kept %s: %s", f.path, f.kept_because)
+    log.info("%s %d discarded folder(s) older than %d day(s) under %s: %d bytes", verb, deleted, days,
+             lts.storage_root, freed)
+    return freed

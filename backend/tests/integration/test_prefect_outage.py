@@ -1,0 +1,161 @@
+"""A Prefect server killed and restarted while an archive job writes datablocks: the job finishes.
+
+The test runs its own Prefect server (own PostgreSQL database, fixed port) so that it can kill it
+without disturbing the session's; the job runs under `archiver serve`, as flow runs do without Docker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+
+import pytest
+from archiver import local_services
+from archiver.flows.test_dataset import create_test_dataset_flow
+from archiver.packing import naming
+from archiver.packing.archive import verify_datablock
+
+pytestmark = pytest.mark.integration
+
+OUTAGE_S = float(os.environ.get("ARCHIVER_TEST_OUTAGE_S", "15"))  # longer outages by hand: e.g. 120
+
+
+@contextlib.contextmanager
+def prefect_api(api_url: str):
+    """This process's Prefect client pointed at `api_url` (settings and environment alike)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    saved = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = api_url
+    try:
+        with temporary_settings({PREFECT_API_URL: api_url}):
+            yield
+    finally:
+        if saved is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = saved
+
+
+class RestartableServer:
+    """A Prefect server that can be killed and started again on the same port and database."""
+
+    def __init__(self, home, database_url: str):
+        self.home, self.database_url = home, database_url
+        self.port = local_services.free_port()
+        self.api_url = f"http://127.0.0.1:{self.port}/api"
+        self._stack = None
+
+    def start(self) -> None:
+        self._stack = contextlib.ExitStack()
+        self.process = self._stack.enter_context(local_services.prefect_server(
+            self.home, database_url=self.database_url, port=self.port,
+            extra_env={"PREFECT_SERVER_TASKS_TAG_CONCURRENCY_SLOT_WAIT_SECONDS": "1"},
+        )).process
+
+    def kill(self) -> None:
+        """SIGKILL, as a crashed or restarted container: no graceful shutdown."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+        self.stop()
+
+    def stop(self) -> None:
+        if self._stack is not None:
+            self._stack.close()
+            self._stack = None
+
+
+@pytest.fixture
+def own_prefect(tmp_path):
+    with local_services.postgres_database() as database_url:
+        server = RestartableServer(tmp_path / "own-prefect", database_url)
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+def tars(pipeline, pid: str) -> dict[str, tuple[int, int]]:
+    """Datablock tar name -> (inode, mtime in ns) of what is under its final name now."""
+    found = {}
+    for path in naming.datablocks_folder(pipeline.lts_root, pid).glob("*" + naming.TAR_SUFFIX):
+        with contextlib.suppress(FileNotFoundError):
+            stat = path.stat()
+            found[path.name] = (stat.st_ino, stat.st_mtime_ns)
+    return found
+
+
+def test_prefect_server_killed_mid_write_does_not_fail_the_job(pipeline, own_prefect, serve_deployments):
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+
+    with prefect_api(own_prefect.api_url):
+        pipeline.reseed()  # variables, secret blocks and tag limits into this test's server
+        pid = create_test_dataset_flow(num_files=24, file_size_mb=0.5)  # one datablock per file (1 MB target)
+        originals = {f.path: f.chk for b in pipeline.scicat.get_origdatablocks(pid) for f in b.data_file_list}
+        landing = pipeline.landing_keys(pid)
+        job_id = pipeline.new_job("archive", [pid])
+        serve_deployments(PREFECT_API_URL=own_prefect.api_url)
+        local_services.poll_until(lambda: _deployment_exists("archive_datasetlist/datasets_archival"), 120,
+                                  "the archival deployment to be served")
+        flow_run = run_deployment("archive_datasetlist/datasets_archival", parameters={"job_id": job_id}, timeout=0)
+
+        before = local_services.poll_until(lambda: tars(pipeline, pid), 240, "the first datablock", interval=0.1)
+        own_prefect.kill()
+        killed_at = time.time()
+        time.sleep(OUTAGE_S)
+        assert pipeline.landing_keys(pid) == landing
+        own_prefect.start()
+        restarted_at = time.time()
+        at_restart = tars(pipeline, pid)
+        assert pipeline.landing_keys(pid) == landing  # nothing deleted before the job is done
+
+        status = local_services.poll_until(
+            lambda: _final_job_status(pipeline, job_id), 600, "the job to finish", interval=1)
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run(flow_run.id).state
+
+    assert status == "finishedSuccessful", pipeline.scicat_dev.state()["jobs"][job_id]
+    assert state.is_completed(), state
+    assert 0 < len(before) < 24  # the outage began mid-write ...
+    after = tars(pipeline, pid)
+    written_after_outage = [name for name, (_, mtime) in after.items() if mtime / 1e9 > restarted_at]
+    assert written_after_outage, f"every datablock was written before the restart at {restarted_at}: {after}"
+    assert len(at_restart) < 24 or written_after_outage
+    for name, identity in before.items():  # ... and what was on the LTS then was kept, not rewritten
+        assert after[name] == identity, f"{name} was rewritten after the outage"
+    lifecycle = pipeline.scicat_dev.state()["datasets"][pid]["datasetlifecycle"]
+    assert lifecycle["archiveStatusMessage"] == "datasetOnArchiveDisk"
+    datablocks = pipeline.scicat.get_datablocks(pid)
+    assert sorted(naming.datablock_path(pipeline.lts_root, d.archive_id).name for d in datablocks) == sorted(after)
+    archived = {}
+    for datablock in datablocks:
+        manifest = verify_datablock(pipeline.lts_root, datablock.archive_id)
+        archived.update({f.path: f.chk for f in manifest.dataFileList})
+    assert archived == originals
+    assert pipeline.landing_keys(pid) == []
+    assert not list(pipeline.lts_root.rglob("*" + naming.PARTIAL_SUFFIX))
+    assert not (naming.dataset_lts_folder(pipeline.lts_root, pid) / "discarded").exists()
+    print(f"outage {killed_at:.0f}..{restarted_at:.0f}; {len(before)} datablock(s) before, "
+          f"{len(written_after_outage)} written after")
+
+
+def _deployment_exists(name: str) -> bool:
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_deployment_by_name(name)
+            return True
+        except ObjectNotFound:
+            return False
+
+
+def _final_job_status(pipeline, job_id: str) -> str | None:
+    status = pipeline.scicat_dev.state()["jobs"][job_id].get("jobStatusMessage")
+    return status if status and status.startswith("finished") else None

@@ -1,0 +1,106 @@
+"""Naming the service behind a failure, and waiting out an unreachable Prefect API, with real errors:
+a refused TCP connection, botocore's own exceptions, an OSError from the filesystem."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+import time
+
+import httpx
+import pytest
+from archiver.flows.failures import describe_failure, failing_service
+from archiver.flows.outage import PrefectUnavailable, call_prefect
+from archiver.local_services import free_port
+from archiver.packing.errors import IntegrityError, MissingFilesError
+from archiver.scicat.client import ScicatError
+from botocore.exceptions import ClientError, EndpointConnectionError
+
+
+def refused_connection() -> httpx.ConnectError:
+    try:
+        httpx.get(f"http://127.0.0.1:{free_port()}/api/health", timeout=2)
+    except httpx.ConnectError as e:
+        return e
+    raise AssertionError("nothing should listen on a free port")
+
+
+def raised(error: BaseException, cause: BaseException | None = None) -> BaseException:
+    try:
+        raise error from cause
+    except BaseException as e:
+        return e
+
+
+def test_each_service_is_named():
+    missing = ClientError({"Error": {"Code": "NoSuchBucket", "Message": "gone"}}, "GetObject")
+    assert failing_service(refused_connection()) == "Prefect API"
+    assert failing_service(ScicatError("get dataset", "x", "503 Service Unavailable", 503)) == "SciCat"
+    assert failing_service(missing) == "S3"
+    assert failing_service(EndpointConnectionError(endpoint_url="http://minio:9000")) == "S3"
+    assert failing_service(IntegrityError("datablock x", ["checksum differs"])) == "LTS"
+    try:
+        open("/nonexistent-lts/x.tar")
+    except OSError as e:
+        assert failing_service(e) == "LTS"
+    assert failing_service(ValueError("something else")) is None
+
+
+def test_description_names_prefect_unreachable_behind_a_wrapper():
+    wrapped = raised(RuntimeError("Unable to release concurrency slots"), refused_connection())
+    text = describe_failure(wrapped)
+    assert text.startswith("Prefect API unreachable (RuntimeError: Unable to release concurrency slots; ")
+    assert "caused by ConnectError" in text
+
+
+def test_user_errors_and_unknown_errors_are_described_as_they_are():
+    user = MissingFilesError("20.500.11935/x", ["a.bin"])
+    assert describe_failure(user) == f"MissingFilesError: {user}"
+    assert describe_failure(ValueError("odd")) == "ValueError: odd"
+    assert describe_failure(ScicatError("patch job", "j", "500", 500)).startswith("SciCat error (ScicatError: ")
+
+
+def test_call_prefect_gives_up_after_its_bound_naming_what_it_could_not_do():
+    url = f"http://127.0.0.1:{free_port()}/api/health"
+    started = time.monotonic()
+    with pytest.raises(PrefectUnavailable, match="could not check for cancellation") as raised_:
+        call_prefect(lambda: httpx.get(url, timeout=1), "check for cancellation", max_wait_s=3)
+    assert 3 <= time.monotonic() - started < 10
+    assert isinstance(raised_.value.__cause__, httpx.ConnectError)
+
+
+def test_call_prefect_rides_out_an_api_that_comes_back():
+    port = free_port()
+    server = http.server.HTTPServer(("127.0.0.1", port), _Ok)
+    comes_back = threading.Timer(3, lambda: threading.Thread(target=server.serve_forever, daemon=True).start())
+    comes_back.start()
+    try:
+        response = call_prefect(lambda: httpx.get(f"http://127.0.0.1:{port}/", timeout=1).raise_for_status(),
+                                "read the flow run", max_wait_s=60)
+        assert response.status_code == 200
+    finally:
+        comes_back.join()
+        server.shutdown()
+        server.server_close()
+
+
+def test_call_prefect_does_not_retry_a_refusal():
+    calls = []
+
+    def refuse():
+        calls.append(1)
+        request = httpx.Request("GET", "http://prefect/api/flow_runs/x")
+        raise httpx.HTTPStatusError("404", request=request, response=httpx.Response(404, request=request))
+
+    with pytest.raises(httpx.HTTPStatusError):
+        call_prefect(refuse, "read the flow run", max_wait_s=60)
+    assert len(calls) == 1
+
+
+class _Ok(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass

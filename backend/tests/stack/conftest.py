@@ -29,6 +29,7 @@ import pytest
 from archiver.config.secrets import init_secrets
 from archiver.config.settings import ScicatSection, load_vars_file
 from archiver.local_services import free_port
+from archiver.packing.archive import LOCK_FILE_NAME
 from archiver.packing.naming import landing_prefix, retrieval_prefix, safe_name
 from archiver.scicat.client import ScicatClient, ScicatCredentials
 from archiver.scicat.models import DataFile, NewOrigDatablock, new_raw_dataset
@@ -313,9 +314,10 @@ class Operator:
         ).stdout
 
     def lts_files(self, pid: str) -> list[str]:
+        """The files of the dataset's LTS folder, but for the write lock file (an empty file that stays)."""
         folder = f"/lts/openem-network/datasets/{safe_name(pid)}"
         listing = self.lts("sh", "-c", f"test -d '{folder}' && cd '{folder}' && find . -type f | sort || true")
-        return [line.removeprefix("./") for line in listing.split()]
+        return [line.removeprefix("./") for line in listing.split() if line != f"./{LOCK_FILE_NAME}"]
 
     def landing_zone(self, pid: str) -> list[str]:
         return self._keys(VARS.minio.landingzone_bucket, landing_prefix(pid))

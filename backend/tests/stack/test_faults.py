@@ -188,6 +188,12 @@ def iso(value: str) -> datetime:
     return datetime.fromisoformat(f"{head}.{(fraction.split('+')[0] + '000000')[:6]}+00:00")
 
 
+def state_history(stack, run_id: str) -> str:
+    """The states the run went through, e.g. "Pending Running Completed"."""
+    states = stack.prefect("GET", "/flow_run_states/", params={"flow_run_id": run_id}).json()
+    return " ".join(state["name"] for state in sorted(states, key=lambda state: state["timestamp"]))
+
+
 def server_started(stack) -> datetime:
     """When the running prefect-server container started."""
     started = subprocess.run(["docker", "inspect", "-f", "{{.State.StartedAt}}", stack.services()["prefect-server"]["ID"]],
@@ -249,6 +255,7 @@ def test_prefect_server_restarted_mid_write_the_archive_finishes_without_rewriti
 
     run = stack.wait_for_flow_run(run_id, timeout_s=JOB_END_S)
     stack.record_timing("fault: prefect-server restart mid-write, restart to job end", time.monotonic() - start)
+    stack.note(f"fault: prefect-server restart mid-write, the run's states: {state_history(stack, run_id)}")
     assert run["state_type"] == "COMPLETED", stack.flow_run_failure(run)
     assert [r["id"] for r in job_runs(stack, "archive", job_id)] == [run_id]  # finished by itself, not resumed
     operator.assert_archived(pid, job_id)
@@ -352,7 +359,7 @@ def test_whole_stack_down_and_up_mid_write_ends_the_job_clearly(stack, operator)
     first = next(r for r in runs if r["id"] == run_id)
     stack.note(f"fault: stack down ({down_s:.0f}s) and up again ({up_s:.0f}s after down began) mid-write: job "
                f"{outcome} {time.monotonic() - start:.0f}s after down began; first run {first['state_name']}, "
-               f"{len(runs) - 1} crash retr{'y' if len(runs) == 2 else 'ies'}")
+               f"{len(runs) - 1} crash retr{'y' if len(runs) == 2 else 'ies'}; its states: {state_history(stack, run_id)}")
     runs = [stack.wait_for_flow_run(r["id"], timeout_s=120) for r in runs]
     assert max(iso(r["end_time"]) for r in runs) > server_started(stack), "the job ended before the stack was up again"
     assert_nothing_left_running(stack, [r["id"] for r in runs])

@@ -10,26 +10,36 @@ Skipped (with the reason) when not root or without apt-get; ARCHIVER_SKIP_STACK=
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import shutil
 import subprocess
+import tarfile
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
 import pytest
 
 from archiver.config.secrets import init_secrets
-from archiver.config.settings import load_vars_file
+from archiver.config.settings import ScicatSection, load_vars_file
 from archiver.local_services import free_port
+from archiver.packing.archive import LOCK_FILE_NAME
+from archiver.packing.naming import landing_prefix, retrieval_prefix, safe_name
+from archiver.scicat.client import ScicatClient, ScicatCredentials
+from archiver.scicat.models import DataFile, NewOrigDatablock, new_raw_dataset
 from archiver.storage.s3 import S3Credentials, s3_client
 
 REPO = Path(__file__).resolve().parents[3]
 HERE = Path(__file__).resolve().parent
 ENV_FILES = (".env", ".development.env", "backend/tests/stack/offline.env")
+VARS = load_vars_file(REPO / "prefect-vars.toml")
+LTS_ROOT = str(VARS.lts.storage_root)  # where flow-run containers mount the LTS volume
 FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
@@ -40,6 +50,8 @@ class Stack:
     base_url: str  # the proxy, e.g. http://127.0.0.1:PORT
     secrets_dir: Path
     one_shots: dict[str, subprocess.CompletedProcess] = field(default_factory=dict)
+
+    lts_root: str = LTS_ROOT
 
     @property
     def prefect_api(self) -> str:
@@ -105,6 +117,17 @@ class Stack:
         }).json()
         lines = "\n".join(f"{entry['level']} {entry['message'][:500]}" for entry in reversed(logs))
         return f"{run['name']}: {run['state_name']}: {(run.get('state') or {}).get('message')}\n{lines}"
+
+    def set_variable(self, name: str, value) -> None:
+        """Set a Prefect variable (read by flow runs when they start)."""
+        self.prefect("PATCH", f"/variables/name/{name}", json={"value": value})
+
+    def lts_host_path(self) -> Path:
+        """The LTS root (the volume flow runs mount at `lts_root`) where Docker keeps the local volume on this
+        machine: read without a container, fast enough to watch a write in progress."""
+        inspect = subprocess.run(["docker", "volume", "inspect", self.env["LTS_VOLUME_NAME"]], capture_output=True,
+                                 text=True, check=True).stdout
+        return Path(json.loads(inspect)[0]["Mountpoint"])
 
     def scicat_requests(self, since: int = 0) -> list[dict]:
         return httpx.get(f"{self.scicat_url}/dev/requests", params={"since": since}, timeout=30).json()
@@ -204,8 +227,7 @@ def stack(tmp_path_factory) -> Stack:
 @pytest.fixture(scope="session")
 def stack_s3(stack):
     """boto3 client for the stack's S3 (MinIO stand-in) at its published address."""
-    region = load_vars_file(REPO / "prefect-vars.toml").minio.region
-    return s3_client(stack.s3_url, region, S3Credentials(stack.secret("miniouser.txt"), stack.secret("miniopass.txt")))
+    return s3_client(stack.s3_url, VARS.minio.region, S3Credentials(stack.secret("miniouser.txt"), stack.secret("miniopass.txt")))
 
 
 def flow_run_containers(project: str) -> list[str]:
@@ -221,3 +243,169 @@ def _remove_flow_run_containers(project: str) -> None:
     containers = flow_run_containers(project)
     if containers:
         subprocess.run(["docker", "rm", "-f", *containers], capture_output=True, check=False)
+
+
+# --- SciCat, the ingestor and the operator, shared by the test modules ---
+
+class Operator:
+    """What SciCat, an ingestor and an operator do to the stack, from this machine."""
+
+    def __init__(self, stack, s3):
+        self.stack = stack
+        self.s3 = s3
+        credentials = ScicatCredentials(stack.secret("scicatuser.txt"), stack.secret("scicatpass.txt"))
+        self.scicat = ScicatClient(ScicatSection(SCICAT_ENDPOINT=stack.scicat_url), credentials)
+        self.originals: dict[str, dict[str, bytes]] = {}  # pid -> path -> content
+
+    # --- ingestor ---
+
+    def ingest_dataset(self, files: int, size: int) -> str:
+        """Random files uploaded below the landing-zone prefix, then dataset + origdatablock in SciCat."""
+        dataset = self.scicat.create_dataset(new_raw_dataset("e2e", "end-to-end dataset", size=files * size,
+                                                             number_of_files=files))
+        pid = dataset.pid
+        contents = {f"raw/file_{i}.bin": os.urandom(size) for i in range(files)}
+        datafiles = []
+        for path, data in contents.items():
+            self.s3.put_object(Bucket=VARS.minio.landingzone_bucket, Key=landing_prefix(pid) + path, Body=data)
+            datafiles.append(DataFile(path=path, size=len(data), time=datetime.now(timezone.utc),
+                                      chk=hashlib.sha256(data).hexdigest(), uid="0", gid="0", perm="644"))
+        self.scicat.create_origdatablock(pid, NewOrigDatablock(size=files * size, chk_alg="sha256",
+                                                               data_file_list=datafiles))
+        self.originals[pid] = contents
+        return pid
+
+    # --- SciCat ---
+
+    def create_job(self, job_type: str, pids: list[str]) -> tuple[dict, dict]:
+        """A job created in SciCat; returns the job document and the flow run its forward to the API started."""
+        since = self.stack.scicat_requests()[-1]["seq"] if self.stack.scicat_requests() else 0
+        job = self.scicat.create_job(job_type, pids)
+        entry = next(e for e in self.stack.scicat_requests(since)
+                     if e["method"] == "POST" and e.get("jobId") == job.id and e["path"].endswith("/jobs"))
+        forward = entry["forward"]
+        assert forward.get("status") == 200, f"SciCat's call of the archiver API failed: {forward}"
+        assert forward["url"] == "http://archiver-api:8000/api/v1/jobs"
+        started = json.loads(forward["answer"])
+        return job.to_wire(), started
+
+    def job(self, job_id: str) -> dict:
+        return self.stack.scicat_state()["jobs"][job_id]
+
+    def dataset(self, pid: str) -> dict:
+        return self.stack.scicat_state()["datasets"][pid]
+
+    def datablocks(self, pid: str) -> list[dict]:
+        return [b for b in self.stack.scicat_state()["datablocks"].values() if b["datasetId"] == pid]
+
+    # --- the archiver API through the proxy, from this machine ---
+
+    def post_job_through_proxy(self, job: dict, authorization: str | None) -> httpx.Response:
+        headers = {"Authorization": authorization} if authorization is not None else {}
+        return httpx.post(f"{self.stack.base_url}/api/v1/jobs", json=job, headers=headers, timeout=60)
+
+    # --- the LTS volume, read by a throwaway container ---
+
+    def lts(self, *command: str) -> str:
+        return subprocess.run(
+            ["docker", "run", "--rm", "--network", "none", "-v", f"{self.stack.env['LTS_VOLUME_NAME']}:/lts",
+             "--entrypoint", command[0], self.stack.env["ARCHIVER_IMAGE"], *command[1:]],
+            capture_output=True, text=True, check=True, timeout=120,
+        ).stdout
+
+    def lts_files(self, pid: str) -> list[str]:
+        """The files of the dataset's LTS folder, but for the write lock file (an empty file that stays)."""
+        folder = f"/lts/openem-network/datasets/{safe_name(pid)}"
+        listing = self.lts("sh", "-c", f"test -d '{folder}' && cd '{folder}' && find . -type f | sort || true")
+        return [line.removeprefix("./") for line in listing.split() if line != f"./{LOCK_FILE_NAME}"]
+
+    def landing_zone(self, pid: str) -> list[str]:
+        return self._keys(VARS.minio.landingzone_bucket, landing_prefix(pid))
+
+    def retrieval_bucket(self, pid: str) -> list[str]:
+        return self._keys(VARS.minio.retrieval_bucket, retrieval_prefix(pid))
+
+    def unfinished_uploads(self, pid: str) -> list[str]:
+        """Keys of the dataset's multipart uploads to the retrieval bucket that are neither completed nor aborted."""
+        answer = self.s3.list_multipart_uploads(Bucket=VARS.minio.retrieval_bucket, Prefix=retrieval_prefix(pid))
+        return [upload["Key"] for upload in answer.get("Uploads", [])]
+
+    def _keys(self, bucket: str, prefix: str) -> list[str]:
+        return [o["Key"] for o in self.s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])]
+
+    # --- Prefect ---
+
+    def wait(self, started: dict, timeout_s: float = 420) -> dict:
+        return self.stack.wait_for_flow_run(str(started["uuid"]), timeout_s=timeout_s)
+
+    def flow_run_count(self) -> int:
+        return self.stack.prefect("POST", "/flow_runs/count", json={}).json()
+
+    # --- checks ---
+
+    def assert_archived(self, pid: str, job_id: str) -> None:
+        """Job successful, dataset archived in SciCat, one verified-looking datablock per file on the LTS
+        (datablocks of at most 1 MB: the `operator` fixture), nothing left in the landing zone."""
+        assert self.job(job_id)["jobStatusMessage"] == "finishedSuccessful"
+        lifecycle = self.dataset(pid)["datasetlifecycle"]
+        assert lifecycle["archiveStatusMessage"] == "datasetOnArchiveDisk"
+        assert (lifecycle["archivable"], lifecycle["retrievable"]) == (False, True)
+        count = len(self.originals[pid])
+        blocks = self.datablocks(pid)
+        assert len(blocks) == count, blocks
+        assert sorted(f["path"] for b in blocks for f in b["dataFileList"]) == sorted(self.originals[pid])
+        stem = safe_name(pid)
+        expected = sorted([f"datablocks/{stem}_{i:05d}{suffix}" for i in range(count)
+                           for suffix in (".tar", ".manifest.json")])
+        assert self.lts_files(pid) == expected
+        assert {b["archiveId"].rsplit("/", 1)[-1] for b in blocks} == {f"{stem}_{i:05d}.tar" for i in range(count)}
+        assert self.landing_zone(pid) == []
+
+    def assert_lts_holds_originals(self, pid: str) -> None:
+        """Every registered datablock read back from the LTS volume holds the uploaded files, byte for byte."""
+        tars = [(self.stack.lts_host_path() / block["archiveId"]).read_bytes() for block in self.datablocks(pid)]
+        self._assert_originals(pid, tars)
+
+    def assert_retrieved(self, pid: str, job_id: str) -> None:
+        """Job successful with one download URL per datablock; the downloads (from this machine, through the
+        published S3 port) hold the uploaded files, byte for byte."""
+        done = self.job(job_id)
+        assert done["jobStatusMessage"] == "finishedSuccessful"
+        assert self.dataset(pid)["datasetlifecycle"]["retrieveStatusMessage"] == "datasetRetrieved"
+        entries = done["jobResultObject"]["result"]
+        blocks = {b["archiveId"]: b for b in self.datablocks(pid)}
+        assert sorted(e["archiveId"] for e in entries) == sorted(blocks)
+        tars = []
+        for entry in entries:
+            assert entry["datasetId"] == pid
+            assert entry["url"].startswith(self.stack.s3_url + "/"), entry["url"]
+            download = httpx.get(entry["url"], timeout=120)
+            assert download.status_code == 200, download.text[:500]
+            assert len(download.content) == entry["size"] == blocks[entry["archiveId"]]["packedSize"]
+            tars.append(download.content)
+        self._assert_originals(pid, tars)
+
+    def _assert_originals(self, pid: str, tars: list[bytes]) -> None:
+        """The tar files' members are the dataset's uploaded files with the checksums SciCat holds for them."""
+        checksums = {f["path"]: f["chk"] for b in self.stack.scicat_state()["origdatablocks"].values()
+                     if b["datasetId"] == pid for f in b["dataFileList"]}
+        seen: dict[str, bytes] = {}
+        for content in tars:
+            with tarfile.open(fileobj=io.BytesIO(content)) as tar:
+                for member in tar.getmembers():
+                    if member.isfile():
+                        seen[member.name] = tar.extractfile(member).read()
+        assert sorted(seen) == sorted(self.originals[pid])
+        for path, data in seen.items():
+            assert hashlib.sha256(data).hexdigest() == checksums[path], path
+            assert data == self.originals[pid][path], path
+
+
+@pytest.fixture(scope="module")
+def operator(stack, stack_s3):
+    """The Operator, with datablocks of at most 1 MB for the module (one datablock per file of the tests)."""
+    stack.set_variable("archiver_target_size_mb", 1)
+    operator = Operator(stack, stack_s3)
+    yield operator
+    operator.scicat.close()
+    stack.set_variable("archiver_target_size_mb", VARS.archiver.target_size_mb)

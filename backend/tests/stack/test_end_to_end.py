@@ -10,130 +10,15 @@ The tests run in file order and build on each other (archive, then retrieve...).
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
-import os
-import subprocess
-import tarfile
 import time
 import uuid
-from datetime import datetime, timezone
-from pathlib import Path
+from datetime import datetime
 
-import httpx
 import pytest
 
-from archiver.config.settings import ScicatSection, load_vars_file
-from archiver.packing.naming import landing_prefix, retrieval_prefix, safe_name
-from archiver.scicat.client import ScicatClient, ScicatCredentials
-from archiver.scicat.models import DataFile, NewOrigDatablock, new_raw_dataset
-
-REPO = Path(__file__).resolve().parents[3]
-VARS = load_vars_file(REPO / "prefect-vars.toml")
-LTS_ROOT = str(VARS.lts.storage_root)
-FILE_SIZE = 700 * 1024  # with ARCHIVER_TARGET_SIZE_MB=1 below: one datablock per file
+FILE_SIZE = 700 * 1024  # with the `operator` fixture's 1 MB datablocks: one datablock per file
 FILES_PER_DATASET = 3
 pytestmark = [pytest.mark.stack, pytest.mark.timeout(900)]
-
-
-class Operator:
-    """What SciCat, an ingestor and an operator do to the stack, from this machine."""
-
-    def __init__(self, stack, s3):
-        self.stack = stack
-        self.s3 = s3
-        credentials = ScicatCredentials(stack.secret("scicatuser.txt"), stack.secret("scicatpass.txt"))
-        self.scicat = ScicatClient(ScicatSection(SCICAT_ENDPOINT=stack.scicat_url), credentials)
-        self.originals: dict[str, dict[str, bytes]] = {}  # pid -> path -> content
-
-    # --- ingestor ---
-
-    def ingest_dataset(self, files: int = FILES_PER_DATASET, size: int = FILE_SIZE) -> str:
-        """Random files uploaded below the landing-zone prefix, then dataset + origdatablock in SciCat."""
-        dataset = self.scicat.create_dataset(new_raw_dataset("e2e", "end-to-end dataset", size=files * size,
-                                                             number_of_files=files))
-        pid = dataset.pid
-        contents = {f"raw/file_{i}.bin": os.urandom(size) for i in range(files)}
-        datafiles = []
-        for path, data in contents.items():
-            self.s3.put_object(Bucket=VARS.minio.landingzone_bucket, Key=landing_prefix(pid) + path, Body=data)
-            datafiles.append(DataFile(path=path, size=len(data), time=datetime.now(timezone.utc),
-                                      chk=hashlib.sha256(data).hexdigest(), uid="0", gid="0", perm="644"))
-        self.scicat.create_origdatablock(pid, NewOrigDatablock(size=files * size, chk_alg="sha256",
-                                                               data_file_list=datafiles))
-        self.originals[pid] = contents
-        return pid
-
-    # --- SciCat ---
-
-    def create_job(self, job_type: str, pids: list[str]) -> tuple[dict, dict]:
-        """A job created in SciCat; returns the job document and the flow run its forward to the API started."""
-        since = self.stack.scicat_requests()[-1]["seq"] if self.stack.scicat_requests() else 0
-        job = self.scicat.create_job(job_type, pids)
-        entry = next(e for e in self.stack.scicat_requests(since)
-                     if e["method"] == "POST" and e.get("jobId") == job.id and e["path"].endswith("/jobs"))
-        forward = entry["forward"]
-        assert forward.get("status") == 200, f"SciCat's call of the archiver API failed: {forward}"
-        assert forward["url"] == "http://archiver-api:8000/api/v1/jobs"
-        started = json.loads(forward["answer"])
-        return job.to_wire(), started
-
-    def job(self, job_id: str) -> dict:
-        return self.stack.scicat_state()["jobs"][job_id]
-
-    def dataset(self, pid: str) -> dict:
-        return self.stack.scicat_state()["datasets"][pid]
-
-    def datablocks(self, pid: str) -> list[dict]:
-        return [b for b in self.stack.scicat_state()["datablocks"].values() if b["datasetId"] == pid]
-
-    # --- the archiver API through the proxy, from this machine ---
-
-    def post_job_through_proxy(self, job: dict, authorization: str | None) -> httpx.Response:
-        headers = {"Authorization": authorization} if authorization is not None else {}
-        return httpx.post(f"{self.stack.base_url}/api/v1/jobs", json=job, headers=headers, timeout=60)
-
-    # --- the LTS volume, read by a throwaway container ---
-
-    def lts(self, *command: str) -> str:
-        return subprocess.run(
-            ["docker", "run", "--rm", "--network", "none", "-v", f"{self.stack.env['LTS_VOLUME_NAME']}:/lts",
-             "--entrypoint", command[0], self.stack.env["ARCHIVER_IMAGE"], *command[1:]],
-            capture_output=True, text=True, check=True, timeout=120,
-        ).stdout
-
-    def lts_files(self, pid: str) -> list[str]:
-        folder = f"/lts/openem-network/datasets/{safe_name(pid)}"
-        listing = self.lts("sh", "-c", f"test -d '{folder}' && cd '{folder}' && find . -type f | sort || true")
-        return [line.removeprefix("./") for line in listing.split()]
-
-    def landing_zone(self, pid: str) -> list[str]:
-        return self._keys(VARS.minio.landingzone_bucket, landing_prefix(pid))
-
-    def retrieval_bucket(self, pid: str) -> list[str]:
-        return self._keys(VARS.minio.retrieval_bucket, retrieval_prefix(pid))
-
-    def _keys(self, bucket: str, prefix: str) -> list[str]:
-        return [o["Key"] for o in self.s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])]
-
-    # --- Prefect ---
-
-    def wait(self, started: dict, timeout_s: float = 420) -> dict:
-        return self.stack.wait_for_flow_run(str(started["uuid"]), timeout_s=timeout_s)
-
-    def flow_run_count(self) -> int:
-        return self.stack.prefect("POST", "/flow_runs/count", json={}).json()
-
-
-@pytest.fixture(scope="module")
-def operator(stack, stack_s3):
-    """The Operator, with datablocks of at most 1 MB for the module (several datablocks per dataset)."""
-    stack.prefect("PATCH", "/variables/name/archiver_target_size_mb", json={"value": 1})
-    operator = Operator(stack, stack_s3)
-    yield operator
-    operator.scicat.close()
-    stack.prefect("PATCH", "/variables/name/archiver_target_size_mb", json={"value": VARS.archiver.target_size_mb})
 
 
 SHARED: dict[str, str] = {}  # what later tests build on: the archived dataset
@@ -147,27 +32,11 @@ def _assert_ran_in_a_worker_container(stack, run: dict, pool: str) -> None:
     services = {entry["ID"] for entry in stack.services().values()}
     assert not any(container["Id"].startswith(service) for service in services), "ran in a compose service container"
     assert container["Mounts"][0]["Name"] == stack.env["LTS_VOLUME_NAME"]
-    assert container["Mounts"][0]["Destination"] == LTS_ROOT
-
-
-def _assert_archived(operator: Operator, pid: str, job_id: str) -> None:
-    assert operator.job(job_id)["jobStatusMessage"] == "finishedSuccessful"
-    lifecycle = operator.dataset(pid)["datasetlifecycle"]
-    assert lifecycle["archiveStatusMessage"] == "datasetOnArchiveDisk"
-    assert (lifecycle["archivable"], lifecycle["retrievable"]) == (False, True)
-    blocks = operator.datablocks(pid)
-    assert len(blocks) == FILES_PER_DATASET, blocks
-    assert sorted(f["path"] for b in blocks for f in b["dataFileList"]) == sorted(operator.originals[pid])
-    stem = safe_name(pid)
-    expected = sorted([f"datablocks/{stem}_{i:05d}{suffix}" for i in range(FILES_PER_DATASET)
-                       for suffix in (".tar", ".manifest.json")])
-    assert operator.lts_files(pid) == expected
-    assert {b["archiveId"].rsplit("/", 1)[-1] for b in blocks} == {f"{stem}_{i:05d}.tar" for i in range(FILES_PER_DATASET)}
-    assert operator.landing_zone(pid) == []
+    assert container["Mounts"][0]["Destination"] == stack.lts_root
 
 
 def test_archive_job_from_scicat_runs_in_an_archival_worker_container(stack, operator):
-    pid = operator.ingest_dataset()
+    pid = operator.ingest_dataset(FILES_PER_DATASET, FILE_SIZE)
     start = time.monotonic()
     job, started = operator.create_job("archive", [pid])
     run = operator.wait(started)
@@ -176,7 +45,7 @@ def test_archive_job_from_scicat_runs_in_an_archival_worker_container(stack, ope
     assert run["state_type"] == "COMPLETED", stack.flow_run_failure(run)
     assert run["name"] == f"archive-job-{job['id']}"
     _assert_ran_in_a_worker_container(stack, run, "archival-docker-pool")
-    _assert_archived(operator, pid, job["id"])
+    operator.assert_archived(pid, job["id"])
     SHARED["pid"], SHARED["job"], SHARED["run"] = pid, job["id"], run["id"]
 
     # The same job posted from this machine through the proxy with SciCat's header: the run already started.
@@ -196,29 +65,7 @@ def test_retrieve_job_gives_one_url_per_datablock_with_the_original_bytes(stack,
     assert run["state_type"] == "COMPLETED", stack.flow_run_failure(run)
     _assert_ran_in_a_worker_container(stack, run, "retrieval-docker-pool")
 
-    done = operator.job(job["id"])
-    assert done["jobStatusMessage"] == "finishedSuccessful"
-    assert operator.dataset(pid)["datasetlifecycle"]["retrieveStatusMessage"] == "datasetRetrieved"
-    entries = done["jobResultObject"]["result"]
-    blocks = {b["archiveId"]: b for b in operator.datablocks(pid)}
-    assert sorted(e["archiveId"] for e in entries) == sorted(blocks)
-    checksums = {f["path"]: f["chk"] for b in operator.stack.scicat_state()["origdatablocks"].values()
-                 if b["datasetId"] == pid for f in b["dataFileList"]}
-    seen: dict[str, bytes] = {}
-    for entry in entries:
-        assert entry["datasetId"] == pid
-        assert entry["url"].startswith(stack.s3_url + "/"), entry["url"]
-        download = httpx.get(entry["url"], timeout=60)  # from this machine: the published S3 port
-        assert download.status_code == 200, download.text[:500]
-        assert len(download.content) == entry["size"] == blocks[entry["archiveId"]]["packedSize"]
-        with tarfile.open(fileobj=io.BytesIO(download.content)) as tar:
-            for member in tar.getmembers():
-                if member.isfile():
-                    seen[member.name] = tar.extractfile(member).read()
-    assert sorted(seen) == sorted(operator.originals[pid])
-    for path, data in seen.items():
-        assert hashlib.sha256(data).hexdigest() == checksums[path], path
-        assert data == operator.originals[pid][path], path
+    operator.assert_retrieved(pid, job["id"])
 
 
 def test_the_api_refuses_a_wrong_authorization_header_and_starts_nothing(operator):
@@ -247,13 +94,13 @@ def _iso(value: str) -> datetime:
 def test_concurrent_archive_jobs_never_write_more_datablocks_at_once_than_the_limit(stack, operator):
     tag = "move-datablocks-to-lts"
     limit = stack.prefect("GET", f"/concurrency_limits/tag/{tag}").json()["concurrency_limit"]
-    pids = [operator.ingest_dataset() for _ in range(3)]
+    pids = [operator.ingest_dataset(FILES_PER_DATASET, FILE_SIZE) for _ in range(3)]
     started = [operator.create_job("archive", [pid]) for pid in pids]
     runs = [operator.wait(run, timeout_s=600) for _, run in started]
     for run in runs:
         assert run["state_type"] == "COMPLETED", stack.flow_run_failure(run)
     for pid, (job, _) in zip(pids, started):
-        _assert_archived(operator, pid, job["id"])
+        operator.assert_archived(pid, job["id"])
 
     run_ids = [run["id"] for run in runs]
     # The dataset subflows' task runs carry the tag; their flow runs are children of the job runs.
@@ -298,7 +145,7 @@ def test_a_corrupted_datablock_fails_retrieval_cleanly(stack, operator):
 
 
 def test_archival_worker_stopped_mid_job_then_started_job_resubmitted_without_duplicates(stack, operator):
-    pid = operator.ingest_dataset()
+    pid = operator.ingest_dataset(FILES_PER_DATASET, FILE_SIZE)
     job, started = operator.create_job("archive", [pid])
     deadline = time.monotonic() + 180
     while stack.prefect("GET", f"/flow_runs/{started['uuid']}").json()["state_type"] not in ("RUNNING", "COMPLETED"):
@@ -313,7 +160,7 @@ def test_archival_worker_stopped_mid_job_then_started_job_resubmitted_without_du
     finally:
         stack.compose("up", "-d", "--wait", "prefect-archival-worker")
     assert state_at_stop == "RUNNING", f"the run was {state_at_stop} when its worker stopped: not mid-job"
-    _assert_archived(operator, pid, job["id"])
+    operator.assert_archived(pid, job["id"])
 
     # SciCat (or a user) submits the job again: the API answers with the same run, nothing runs twice.
     again = operator.post_job_through_proxy(job, stack.secret("archiverapiauth.txt"))
@@ -322,7 +169,7 @@ def test_archival_worker_stopped_mid_job_then_started_job_resubmitted_without_du
     second_job, second = operator.create_job("archive", [pid])
     rerun = operator.wait(second)
     assert rerun["state_type"] == "COMPLETED", stack.flow_run_failure(rerun)
-    _assert_archived(operator, pid, second_job["id"])
+    operator.assert_archived(pid, second_job["id"])
 
 
 def test_prefect_server_restart_between_jobs_keeps_state_and_slots(stack, operator):
@@ -333,10 +180,10 @@ def test_prefect_server_restart_between_jobs_keeps_state_and_slots(stack, operat
         after = stack.prefect("GET", f"/flow_runs/{SHARED['run']}").json()
         assert (after["state_type"], after["name"]) == (before["state_type"], before["name"])
 
-    pid = operator.ingest_dataset()
+    pid = operator.ingest_dataset(FILES_PER_DATASET, FILE_SIZE)
     job, started = operator.create_job("archive", [pid])
     run = operator.wait(started)
     assert run["state_type"] == "COMPLETED", stack.flow_run_failure(run)
-    _assert_archived(operator, pid, job["id"])
+    operator.assert_archived(pid, job["id"])
     for tag in ("move-datablocks-to-lts", "verify-datablocks-in-lts", "wait-for-free-space"):
         assert stack.prefect("GET", f"/concurrency_limits/tag/{tag}").json()["active_slots"] == [], tag

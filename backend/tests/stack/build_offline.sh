@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
-# Prepare this machine to run the compose stack without any image registry (../shared/OFFLINE_STACK.md):
+# Prepare this machine to run the compose stack without any image registry (docs/deployment.md,
+# "Without an image registry"):
 #   1. Docker Engine (Debian 12's docker.io), debootstrap and Chromium (for the UI test), if missing;
 #   2. Docker Compose v2 from Debian 13 (pinned low: nothing else is taken from trixie), if missing;
 #   3. dockerd, if not running;
 #   4. the base image local/python-base:bookworm (debootstrap + the host's CA bundle), if missing;
 #   5. the stand-in images selected by offline.env (PostgreSQL, Caddy, moto S3 for MinIO); layer cache.
 # Idempotent: a second run only checks and takes seconds. Needs root and apt-get.
+# What it leaves on the machine, and how to undo it:
+#   - packages docker.io, debootstrap, chromium, docker-compose:  apt-get remove <package>
+#   - /etc/apt/sources.list.d/trixie.list and /etc/apt/preferences.d/trixie (the low pin): delete both,
+#     then apt-get update
+#   - a dockerd started in the background (log /var/log/dockerd.log):  pkill dockerd
+#   - the images local/python-base:bookworm and the stand-ins:  docker rmi <image>
 # Then:  docker compose --env-file .env --env-file .development.env \
 #            --env-file backend/tests/stack/offline.env up -d
 set -euo pipefail

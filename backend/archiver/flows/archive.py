@@ -7,7 +7,6 @@ the LTS, registered in SciCat, and the lifecycle says datasetOnArchiveDisk.
 
 from __future__ import annotations
 
-
 from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE

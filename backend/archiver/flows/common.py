@@ -22,8 +22,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from archiver.config.runtime import RunConfiguration
-from archiver.packing.registered import ArchiveOnRecord, check_registered
 from archiver.flows.outage import call_prefect, retry_refused_connections
+from archiver.packing.registered import ArchiveOnRecord, check_registered
 from archiver.scicat.client import ScicatClient, ScicatCredentials, ScicatError
 from archiver.scicat.models import ArchiveStatus, Datablock
 from archiver.storage.s3 import S3Credentials, s3_client

@@ -186,22 +186,19 @@ class ScicatClient:
     def get_dataset(self, pid: str) -> Dataset:
         return Dataset.model_validate(self._call("get dataset", f"dataset {pid}", "GET", self._dataset_url(pid)))
 
-    def update_lifecycle(self, pid: str, call: str, **changes: Any) -> DatasetLifecycle:
+    def update_lifecycle(self, pid: str, call: str, **changes: Any) -> None:
         """Change lifecycle fields of a dataset, keeping all others.
 
         SciCat's `PATCH datasets/{pid}` replaces the whole lifecycle (fields not sent fall back to their
         defaults), so the current lifecycle is read and sent back complete with the changes. With
         `SCICAT_LIFECYCLE_MERGE_ENDPOINT` (SciCat >= 4.19) only the changes go to the merging
         `PATCH datasets/{pid}/datasetlifecycle`."""
-        changes_only = DatasetLifecycle(**changes)
         if self.settings.lifecycle_merge_endpoint:
-            body = changes_only.to_wire()
-            answer = self._call(call, f"dataset {pid}", "PATCH", self._dataset_url(pid) + "/datasetlifecycle", body)
-            return Dataset.model_validate(answer).datasetlifecycle or changes_only
-        current = self.get_dataset(pid).datasetlifecycle or DatasetLifecycle()
-        complete = current.with_changes(**changes)
-        answer = self._call(call, f"dataset {pid}", "PATCH", self._dataset_url(pid), {"datasetlifecycle": complete.to_wire()})
-        return Dataset.model_validate(answer).datasetlifecycle or complete
+            url, body = self._dataset_url(pid) + "/datasetlifecycle", DatasetLifecycle(**changes).to_wire()
+        else:
+            current = self.get_dataset(pid).datasetlifecycle or DatasetLifecycle()
+            url, body = self._dataset_url(pid), {"datasetlifecycle": current.with_changes(**changes).to_wire()}
+        self._call(call, f"dataset {pid}", "PATCH", url, body)
 
     # --- datablocks ---------------------------------------------------------
 

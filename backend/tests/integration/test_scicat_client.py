@@ -117,6 +117,24 @@ def test_lifecycle_updates_send_the_complete_lifecycle(scicat, scicat_dev):
     assert patches[-1]["archiveStatusMessage"] == "datasetOnArchiveDisk" and patches[-1]["archivable"] is False
 
 
+def test_lifecycle_updates_through_the_merging_endpoint_send_only_the_changes(secrets_dir, services_log_dir):
+    with local_services.scicat_dev_server(secrets_dir, services_log_dir, datasetlifecycle_endpoint=True) as server:
+        settings = ScicatSection(endpoint=server.url, lifecycle_merge_endpoint=True)
+        with ScicatClient(settings, ScicatCredentials.from_secret_files(secrets_dir, environ={})) as client:
+            pid = make_dataset(client)
+            client.update_lifecycle(pid, "mark", is_on_central_disk=False)
+            client.update_lifecycle(pid, "started", archive_status_message=ArchiveStatus.STARTED, archivable=False)
+            lifecycle = client.get_dataset(pid).datasetlifecycle
+        log = httpx.get(f"{server.url}/dev/requests").json()
+    assert (lifecycle.archive_status_message, lifecycle.archivable, lifecycle.is_on_central_disk) == (
+        "started", False, False)
+    patches = [(e["path"], e["body"]) for e in log if e["method"] == "PATCH"]
+    assert [path.endswith("/datasetlifecycle") for path, _ in patches] == [True, True]
+    assert [body for _, body in patches] == [
+        {"isOnCentralDisk": False}, {"archiveStatusMessage": "started", "archivable": False}]
+    assert not any(e["method"] == "GET" and e["path"].endswith(pid.replace("/", "%2F")) for e in log[:-1])
+
+
 def test_origdatablocks_are_created_and_read_per_dataset(scicat):
     pid, other = make_dataset(scicat), make_dataset(scicat)
     created = scicat.create_origdatablock(pid, NewOrigDatablock(size=30, data_file_list=files(10, 20)))

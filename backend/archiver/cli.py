@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from archiver.config.errors import ConfigError
+from archiver.config.secrets import load_prefect_auth
 
 
 def _config(args: argparse.Namespace) -> int:
@@ -191,7 +192,11 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="archiver", description=__doc__, formatter_class=_Help)
+    parser = argparse.ArgumentParser(
+        prog="archiver", description=__doc__, formatter_class=_Help,
+        epilog="Commands that talk to Prefect read PREFECT_API_URL and the server's credentials: "
+               "PREFECT_API_AUTH_STRING, or the file PREFECT_API_AUTH_STRING_FILE names (.secrets/prefectauth.txt).",
+    )
     parser.add_argument("--version", action="version", version=_version())
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -326,6 +331,7 @@ def _require_prefect_api() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        load_prefect_auth()
         if args.command in NEEDS_PREFECT:
             _require_prefect_api()
         return args.run(args)
@@ -336,14 +342,14 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as e:
         # A service that failed is said in one line; anything else is a bug and keeps its traceback.
-        from archiver.flows.failures import describe_failure, failing_service
+        from archiver.flows.failures import credentials_refused, describe_failure, failing_service
 
         if failing_service(e) is None or os.environ.get("ARCHIVER_DEBUG"):
             raise
         where = f" at {os.environ['PREFECT_API_URL']}" if failing_service(e) == "Prefect API" and os.environ.get(
             "PREFECT_API_URL") else ""
-        print(f"error: {describe_failure(e)}\n(check that the service{where} runs and is reachable; ARCHIVER_DEBUG=1 "
-              "shows the traceback)", file=sys.stderr)
+        check = "" if credentials_refused(e) else f"check that the service{where} runs and is reachable; "
+        print(f"error: {describe_failure(e)}\n({check}ARCHIVER_DEBUG=1 shows the traceback)", file=sys.stderr)
         return 1
 
 

@@ -27,7 +27,7 @@ import httpx
 import tomli_w
 
 from archiver import local_services
-from archiver.config.secrets import init_secrets
+from archiver.config.secrets import PREFECT_AUTH_FILE_ENV, init_secrets, read_secret, secret_path, secret_spec
 
 REPO_FILES = Path(__file__).resolve().parents[2]
 
@@ -77,8 +77,11 @@ def run(options: DevOptions) -> int:
     logs = workdir / "logs"
     with contextlib.ExitStack() as stack:
         say(f"starting services; logs in {logs}")
+        auth_spec = secret_spec(PREFECT_AUTH_FILE_ENV)
+        auth_file = secret_path(auth_spec, secrets_dir, environ={})
+        os.environ["PREFECT_API_AUTH_STRING"] = auth_string = read_secret(auth_spec, secrets_dir, environ={})
         prefect = stack.enter_context(local_services.prefect_server(
-            workdir / "prefect", port=_port(options.prefect_port), ui=True,
+            workdir / "prefect", auth_string, port=_port(options.prefect_port), ui=True,
             extra_env={"PREFECT_SERVER_TASKS_TAG_CONCURRENCY_SLOT_WAIT_SECONDS": "2"},
         ))
         api_url = f"{prefect.url}/api"
@@ -93,7 +96,7 @@ def run(options: DevOptions) -> int:
         scicat = stack.enter_context(local_services.scicat_dev_server(
             secrets_dir, logs, archiver_url=f"http://127.0.0.1:{api_port}/jobs",
         ))
-        say(f"Prefect UI  {prefect.url}/dashboard")
+        say(f"Prefect UI  {prefect.url}/dashboard  (login: the contents of {auth_file})")
         say(f"S3          {s3.url}")
         say(f"SciCat      {scicat.url}  (state: {scicat.url}/dev/state)")
         say(f"archiver API http://127.0.0.1:{api_port}/openapi.json (POST /jobs)")

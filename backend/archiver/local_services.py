@@ -132,9 +132,11 @@ def s3_server(log_dir: Path, port: int | None = None) -> contextlib.AbstractCont
 
 
 def prefect_server(
-    home: Path, database_url: str | None = None, port: int | None = None, ui: bool = False, extra_env: dict | None = None,
+    home: Path, auth_string: str, database_url: str | None = None, port: int | None = None, ui: bool = False,
+    extra_env: dict | None = None,
 ) -> contextlib.AbstractContextManager[RunningService]:
-    """A Prefect server; on PostgreSQL when `database_url` is given, else SQLite under `home`."""
+    """A Prefect server requiring `auth_string` ('user:password') of every client and of the UI's login;
+    on PostgreSQL when `database_url` is given, else SQLite under `home`."""
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     env = {
@@ -148,6 +150,8 @@ def prefect_server(
         "PREFECT_LOGGING_LEVEL": "WARNING",
         # Leases on disk: a restarted server keeps track of held concurrency slots.
         "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect.server.concurrency.lease_storage.filesystem",
+        "PREFECT_SERVER_API_AUTH_STRING": auth_string,
+        "PREFECT_API_AUTH_STRING": auth_string,
         **(extra_env or {}),
     }
     if database_url:

@@ -1,49 +1,62 @@
-"""Headless Chromium (Debian's package) for tests that look at pages as a person would."""
+"""Headless Chromium (Debian's package) driven by Playwright, for tests that look at pages as a person would."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-import re
 import shutil
-import subprocess
+import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
 
-def chromium(*args: str, profile: Path) -> subprocess.CompletedProcess:
+@contextlib.contextmanager
+def browser_page() -> Iterator:
+    """A fresh page of headless Chromium (1400 x 900)."""
+    from playwright.sync_api import sync_playwright
+
     binary = shutil.which("chromium")
     if not binary:
         pytest.skip("Debian's chromium is not installed (.ci/run and build_offline.sh install it)")
-    flags = [
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        f"--user-data-dir={profile}", "--virtual-time-budget=20000", "--window-size=1400,900",
-    ]
-    return subprocess.run([binary, *flags, *args], capture_output=True, text=True, timeout=180)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=binary, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            yield browser.new_page(viewport={"width": 1400, "height": 900})
+        finally:
+            browser.close()
 
 
-def visible_text(dom: str) -> str:
-    dom = re.sub(r"<(script|style|svg)\b.*?</\1>", " ", dom, flags=re.S)
-    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom))
+@contextlib.contextmanager
+def prefect_ui(ui_url: str, auth_string: str) -> Iterator:
+    """A page logged into the Prefect UI at `ui_url` as an operator does: its login page asks for the
+    server's auth string ('user:password')."""
+    with browser_page() as page:
+        page.goto(f"{ui_url}/dashboard")
+        page.wait_for_url("**/login**")
+        page.locator("input[type=password]").fill(auth_string)
+        page.keyboard.press("Enter")
+        page.wait_for_url(lambda url: "/login" not in url)
+        yield page
 
 
-def rendered_text(url: str, tmp_path: Path, wanted: list[str], attempts: int = 3) -> str:
-    """The page's visible text once every `wanted` string shows (virtual time does not wait for every
-    fetch, so a slow render gets another try); the last text otherwise."""
-    text = ""
-    for attempt in range(attempts):
-        text = visible_text(chromium("--dump-dom", url, profile=tmp_path / f"profile-{attempt}").stdout)
-        if all(w in text for w in wanted):
-            break
-    return text
+def page_text(page, url: str, wanted: list[str], timeout_s: float = 60) -> str:
+    """The visible text of `url` once every `wanted` string shows; the last text seen otherwise."""
+    page.goto(url)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        text = page.inner_text("body")
+        if all(w in text for w in wanted) or time.monotonic() > deadline:
+            return text
+        page.wait_for_timeout(500)
 
 
-def screenshot(url: str, tmp_path: Path, name: str) -> Path:
-    """A PNG of the page (copied to ARCHIVER_SCREENSHOT_DIR when set, for a person to look at)."""
+def screenshot(page, tmp_path: Path, name: str) -> Path:
+    """A PNG of the page as it is (copied to ARCHIVER_SCREENSHOT_DIR when set, for a person to look at)."""
     path = tmp_path / f"{name}.png"
-    shot = chromium(f"--screenshot={path}", url, profile=tmp_path / f"profile-{name}")
-    assert path.is_file() and path.stat().st_size > 10_000, shot.stderr[-2000:]
+    page.screenshot(path=path)
+    assert path.is_file() and path.stat().st_size > 10_000, f"screenshot {path} is (nearly) empty"
     if os.environ.get("ARCHIVER_SCREENSHOT_DIR"):
         shutil.copy(path, Path(os.environ["ARCHIVER_SCREENSHOT_DIR"]) / path.name)
     return path

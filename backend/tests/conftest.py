@@ -2,7 +2,8 @@
 
 - `prefect_api_url`: a Prefect server subprocess on a fresh PostgreSQL database
   (127.0.0.1:5432), dropped after the session. Set ARCHIVER_TEST_PREFECT_DB=sqlite
-  to run it on SQLite instead. The test process's Prefect settings point at it.
+  to run it on SQLite instead. It requires an auth string, which the test process's Prefect
+  settings (and environment) carry, as every client of the stack's server must.
 - `s3_endpoint`: moto's S3 server over HTTP; `s3` a boto3 client for it.
 - `lts_root`: a temporary folder standing in for the LTS.
 - `secrets_dir`: a temporary .secrets/ filled by `archiver secrets init`.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import uuid
 from pathlib import Path
 
@@ -32,22 +34,24 @@ def services_log_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def prefect_api_url(services_log_dir) -> str:
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
+    # Authentication on, as in the stack: every client the tests start must send the credentials.
+    auth_string = "tests:" + secrets.token_urlsafe(16)
     with contextlib.ExitStack() as stack:
         database_url = None
         if os.environ.get("ARCHIVER_TEST_PREFECT_DB", "postgresql") != "sqlite":
             database_url = stack.enter_context(local_services.postgres_database())
         server = stack.enter_context(
             local_services.prefect_server(
-                services_log_dir / "prefect", database_url=database_url,
+                services_log_dir / "prefect", auth_string, database_url=database_url,
                 # Tasks waiting for a tag slot poll every second instead of every 10 s: faster tests.
                 extra_env={"PREFECT_SERVER_TASKS_TAG_CONCURRENCY_SLOT_WAIT_SECONDS": "1"},
             )
         )
         api_url = f"{server.url}/api"
-        stack.enter_context(temporary_settings({PREFECT_API_URL: api_url}))
-        stack.enter_context(_environ(PREFECT_API_URL=api_url))
+        stack.enter_context(temporary_settings({PREFECT_API_URL: api_url, PREFECT_API_AUTH_STRING: auth_string}))
+        stack.enter_context(_environ(PREFECT_API_URL=api_url, PREFECT_API_AUTH_STRING=auth_string))
         yield api_url
 
 

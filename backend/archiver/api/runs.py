@@ -67,6 +67,10 @@ def _by_cause(error: httpx.HTTPError) -> PrefectError:
     if isinstance(error, httpx.HTTPStatusError):
         status = error.response.status_code
         said = _prefect_says(error.response)
+        if status in (401, 403):
+            # The archiver's own configuration is wrong, not the job: SciCat may retry once it is fixed.
+            return PrefectError(502, f"Prefect refused the archiver API's credentials (HTTP {status}); "
+                                     "check PREFECT_API_AUTH_STRING_FILE")
         if 400 <= status < 500:
             # Prefect refused this request's content (e.g. parameters over its size limit): the same job
             # would be refused again, so it is the job's problem, not a moment of unavailability.

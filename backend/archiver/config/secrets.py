@@ -39,9 +39,26 @@ SECRETS: tuple[SecretSpec, ...] = (
         None,
         "Authorization header value SciCat sends to the archiver API (e.g. 'Bearer <token>')",
     ),
+    SecretSpec(
+        "PREFECT_API_AUTH_STRING_FILE",
+        "prefectauth.txt",
+        None,
+        "'user:password' the Prefect server requires of every client and of the UI's login",
+    ),
 )
 
 PREFECT_SECRETS = tuple(spec for spec in SECRETS if spec.block)
+PREFECT_AUTH_FILE_ENV = "PREFECT_API_AUTH_STRING_FILE"
+
+
+def load_prefect_auth(environ=None) -> None:
+    """Set PREFECT_API_AUTH_STRING from the file PREFECT_API_AUTH_STRING_FILE names (unless it is set).
+
+    Prefect reads its settings from the environment when it is imported: call this before."""
+    environ = os.environ if environ is None else environ
+    if environ.get("PREFECT_API_AUTH_STRING") or not environ.get(PREFECT_AUTH_FILE_ENV):
+        return
+    environ["PREFECT_API_AUTH_STRING"] = read_secret(secret_spec(PREFECT_AUTH_FILE_ENV), environ=environ)
 
 
 def secret_spec(file_env: str) -> SecretSpec:
@@ -85,6 +102,8 @@ def init_secrets(secrets_dir: Path = DEFAULT_SECRETS_DIR) -> list[Path]:
             value = "archiver-" + random.token_hex(4)
         elif spec.file_env == "ARCHIVER_API_AUTH_FILE":
             value = "Bearer " + random.token_urlsafe(32)
+        elif spec.file_env == PREFECT_AUTH_FILE_ENV:
+            value = "archiver:" + random.token_urlsafe(24)
         else:
             value = random.token_urlsafe(24)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

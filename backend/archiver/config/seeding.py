@@ -75,6 +75,7 @@ def seed(inputs: SeedInputs, say: Callable[[str], None] = lambda line: None) -> 
         unreachable = client.api_healthcheck()
         if unreachable is not None:
             raise ConfigError(f"Prefect API at {client.api_url} is not reachable: {unreachable}")
+        client.hello()  # unlike the health check, refused without the server's credentials
         s3 = _checked_s3(inputs)
         _check_scicat(inputs, report)
         _seed_variables(client, inputs.settings, inputs.limits, report)

@@ -52,7 +52,15 @@ def describe_failure(error: BaseException) -> str:
     unreachable = any(isinstance(e, (httpx.TransportError, PrefectUnavailable)) for e in _chain(error))
     if service == PREFECT and unreachable:
         return f"{PREFECT} unreachable ({detail})"
+    if service == PREFECT and credentials_refused(source):
+        return (f"{PREFECT} refused the credentials (HTTP 401): set PREFECT_API_AUTH_STRING_FILE to the file holding "
+                "the server's 'user:password' (prefectauth.txt of the secrets folder)")
     return f"{service} error ({detail})"
+
+
+def credentials_refused(error: BaseException) -> bool:
+    """Whether the error, or one that caused it, is a 401 from the Prefect API."""
+    return any(isinstance(e, httpx.HTTPStatusError) and e.response.status_code == 401 for e in _chain(error))
 
 
 def _chain(error: BaseException | None):

@@ -201,6 +201,25 @@ def test_unreachable_prefect_is_503(tmp_path, secrets_dir, deployments):
         assert httpx.get(f"{server.url}{ROOT}/health/readyz", timeout=120).status_code == 503
 
 
+def test_prefect_refusing_the_api_credentials_is_502_naming_the_setting(tmp_path, secrets_dir, prefect_api_url,
+                                                                        deployments):
+    from prefect.client.orchestration import get_client
+
+    wrong = tmp_path / "prefectauth.txt"
+    wrong.write_text("archiver:wrong-password\n")
+    with get_client(sync_client=True) as client:
+        runs_before = client.count_flow_runs()
+    with start_api(tmp_path, secrets_dir, prefect_api_url, deployments, PREFECT_API_AUTH_STRING="",
+                   PREFECT_API_AUTH_STRING_FILE=str(wrong)) as server:
+        response = post_archive_job(server, secrets_dir, timeout=60)
+    assert response.status_code == 502, response.text
+    assert "Prefect refused the archiver API's credentials (HTTP 401); check PREFECT_API_AUTH_STRING_FILE" in (
+        response.json()["detail"])
+    assert "wrong-password" not in response.text + (tmp_path / "api.log").read_text()
+    with get_client(sync_client=True) as client:
+        assert client.count_flow_runs() == runs_before
+
+
 def test_job_created_in_scicat_starts_an_archival_run_through_the_api(api, tmp_path):
     """SciCat's job action (the development server's) calls the API with its Authorization header."""
     from archiver.config.settings import ScicatSection

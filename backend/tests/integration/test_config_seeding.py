@@ -262,3 +262,22 @@ def test_a_value_changed_in_the_ui_is_reset_saying_so(workdir, prefect_api_url):
     [line] = [line for line in result.stdout.splitlines() if line.startswith("variable archiver_target_size_mb")]
     assert line.startswith("variable archiver_target_size_mb: updated (Prefect had 7, the file says")
     assert "change made in the UI is reset" in line
+
+
+def test_wrong_or_missing_prefect_credentials_are_one_clear_error_and_write_nothing(workdir, prefect_api_url):
+    from prefect.variables import Variable
+
+    wrong = workdir / "wrong-auth.txt"
+    wrong.write_text("archiver:not-the-password\n")
+    before = Variable.get("minio_landingzone_bucket")
+    result = run_config(workdir, prefect_api_url, PREFECT_API_AUTH_STRING="", PREFECT_API_AUTH_STRING_FILE=str(wrong))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Prefect API refused the credentials (HTTP 401): set PREFECT_API_AUTH_STRING_FILE" in result.stderr
+    assert "not-the-password" not in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr and "created" not in result.stdout and "updated" not in result.stdout
+    assert Variable.get("minio_landingzone_bucket") == before
+
+    result = run_config(workdir, prefect_api_url, PREFECT_API_AUTH_STRING="",
+                        PREFECT_API_AUTH_STRING_FILE=str(workdir / "missing.txt"))
+    assert result.returncode == 2
+    assert f"secret file {workdir / 'missing.txt'} (PREFECT_API_AUTH_STRING_FILE" in result.stderr

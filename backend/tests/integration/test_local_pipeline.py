@@ -21,7 +21,7 @@ import httpx
 import pytest
 from archiver import local_services
 
-from tests.browser import rendered_text, screenshot
+from tests.browser import page_text, prefect_ui, screenshot
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[3]
@@ -66,11 +66,16 @@ class Terminal:
         os.close(self._master)
 
 
+def _without_prefect_settings() -> dict[str, str]:
+    """This environment without the test session's Prefect server and credentials."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+
+
 def test_dev_runs_the_pipeline_shows_it_in_the_ui_and_sigterm_stops_everything(tmp_path):
     terminal = Terminal(
         [sys.executable, "-m", "archiver.cli", "dev", "--workdir", str(tmp_path / "local"), "--files", "3",
          "--file-size-mb", "4", "--prefect-port", str(local_services.free_port())],
-        env={**{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}, "TERM": "xterm-256color"},
+        env={**_without_prefect_settings(), "TERM": "xterm-256color"},
         cwd=REPO,  # where a user runs it: beside the compose stack's .env, which must not leak into the UI
     )
     process = terminal.process
@@ -86,7 +91,7 @@ def test_dev_runs_the_pipeline_shows_it_in_the_ui_and_sigterm_stops_everything(t
         assert len(set(urls)) >= 4  # Prefect, S3, SciCat, API
         assert all(answers(url) for url in set(urls))
         prefect = re.search(r"Prefect UI +(http://127\.0\.0\.1:\d+)/dashboard", output)[1]
-        _check_ui(prefect, tmp_path)
+        _check_ui(prefect, tmp_path / "local" / "secrets", tmp_path)
         _check_job_command(output, prefect, tmp_path / "local" / "secrets")
 
         process.send_signal(signal.SIGTERM)
@@ -105,22 +110,26 @@ def test_dev_runs_the_pipeline_shows_it_in_the_ui_and_sigterm_stops_everything(t
     assert not any(answers(url) for url in set(urls))
 
 
-def _check_ui(prefect: str, tmp_path: Path) -> None:
-    """The UI talks to this server's API (not the stack's /prefect-ui/api) and shows the job runs' results."""
+def _check_ui(prefect: str, secrets_dir: Path, tmp_path: Path) -> None:
+    """The UI asks for the login, talks to this server's API (not the stack's /prefect-ui/api) and shows the
+    job runs' results."""
+    auth_string = (secrets_dir / "prefectauth.txt").read_text().strip()
     assert httpx.get(f"{prefect}/ui-settings").json()["api_url"] == f"{prefect}/api"
-    screenshot(f"{prefect}/dashboard", tmp_path, "dev-dashboard")
-    dashboard = rendered_text(f"{prefect}/dashboard", tmp_path / "dashboard", ["Flow Runs"])
-    assert "Flow Runs" in dashboard and "Can't connect" not in dashboard, dashboard[:2000]
-
-    [run] = httpx.post(f"{prefect}/api/flow_runs/filter", json={
-        "flow_runs": {"name": {"like_": "archive-job-"}}, "limit": 1}).json()
+    assert httpx.post(f"{prefect}/api/flow_runs/filter", json={}).status_code == 401
+    api = httpx.Client(base_url=f"{prefect}/api", auth=tuple(auth_string.split(":", 1)), timeout=30)
+    [run] = api.post("/flow_runs/filter", json={"flow_runs": {"name": {"like_": "archive-job-"}}, "limit": 1}).json()
     job_id = run["name"].removeprefix("archive-job-")
-    [table] = httpx.post(f"{prefect}/api/artifacts/filter", json={
+    [table] = api.post("/artifacts/filter", json={
         "artifacts": {"flow_run_id": {"any_": [run["id"]]}, "type": {"any_": ["table"]}}}).json()
-    page = f"{prefect}/artifacts/artifact/{table['id']}"
-    screenshot(page, tmp_path, "dev-job-summary-artifact")
-    text = rendered_text(page, tmp_path / "artifact", [f"Job {job_id}", "archiver-dev-"])
-    assert f"Job {job_id}: finishedSuccessful" in text and "archiver-dev-" in text, text[:3000]
+
+    with prefect_ui(prefect, auth_string) as page:
+        dashboard = page_text(page, f"{prefect}/dashboard", ["Flow Runs"])
+        screenshot(page, tmp_path, "dev-dashboard")
+        assert "Flow Runs" in dashboard and "Can't connect" not in dashboard, dashboard[:2000]
+
+        text = page_text(page, f"{prefect}/artifacts/artifact/{table['id']}", [f"Job {job_id}", "archiver-dev-"])
+        screenshot(page, tmp_path, "dev-job-summary-artifact")
+        assert f"Job {job_id}: finishedSuccessful" in text and "archiver-dev-" in text, text[:3000]
 
 
 def _check_job_command(output: str, prefect: str, secrets_dir: Path) -> None:
@@ -130,7 +139,9 @@ def _check_job_command(output: str, prefect: str, secrets_dir: Path) -> None:
     job = subprocess.run(
         [sys.executable, "-m", "archiver.cli", "job", "retrieve", pid, "--scicat-url", scicat,
          "--secrets-dir", str(secrets_dir)],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "PREFECT_API_URL": f"{prefect}/api"},
+        capture_output=True, text=True, timeout=300,
+        env={**_without_prefect_settings(), "PREFECT_API_URL": f"{prefect}/api",
+             "PREFECT_API_AUTH_STRING_FILE": str(secrets_dir / "prefectauth.txt")},
     )
     assert job.returncode == 0, job.stdout + job.stderr
     assert re.search(r"SciCat job \S+: finishedSuccessful", job.stdout), job.stdout

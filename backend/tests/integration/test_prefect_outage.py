@@ -51,7 +51,8 @@ class RestartableServer:
     def start(self) -> None:
         self._stack = contextlib.ExitStack()
         self.process = self._stack.enter_context(local_services.prefect_server(
-            self.home, database_url=self.database_url, port=self.port,
+            # The session server's credentials (the `pipeline` fixture started it): this process already sends them.
+            self.home, os.environ["PREFECT_API_AUTH_STRING"], database_url=self.database_url, port=self.port,
             extra_env={"PREFECT_SERVER_TASKS_TAG_CONCURRENCY_SLOT_WAIT_SECONDS": "1"},
         )).process
 

@@ -58,6 +58,12 @@ class Stack:
         return f"{self.base_url}/prefect-ui/api"
 
     @property
+    def prefect_auth(self) -> tuple[str, str]:
+        """The Prefect server's credentials (prefectauth.txt, 'user:password') for HTTP basic auth."""
+        user, password = self.secret("prefectauth.txt").split(":", 1)
+        return user, password
+
+    @property
     def scicat_url(self) -> str:
         """The SciCat development server, published on the loopback interface."""
         return f"http://127.0.0.1:{self.env['SCICAT_DEV_PORT']}"
@@ -90,7 +96,7 @@ class Stack:
         return set(self.compose("config", "--services").stdout.split())
 
     def prefect(self, method: str, path: str, **kwargs) -> httpx.Response:
-        response = httpx.request(method, f"{self.prefect_api}{path}", timeout=30, **kwargs)
+        response = httpx.request(method, f"{self.prefect_api}{path}", timeout=30, auth=self.prefect_auth, **kwargs)
         response.raise_for_status()
         return response
 

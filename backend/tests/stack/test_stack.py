@@ -15,7 +15,7 @@ from archiver.config.secrets import PREFECT_SECRETS, SECRETS
 from archiver.config.settings import flat_values, load_vars_file, variable_name
 from archiver.flows.outage import FLOW_RUN_ENVIRONMENT
 
-from tests.browser import chromium, rendered_text, screenshot, visible_text
+from tests.browser import browser_page, page_text, prefect_ui, screenshot
 
 REPO = Path(__file__).resolve().parents[3]
 LONG_RUNNING = (
@@ -122,23 +122,42 @@ def test_a_restarted_worker_puts_the_configured_template_back_on_its_existing_po
     assert _pool(stack, pool)["base_job_template"] == json.loads((REPO / POOL_TEMPLATES[pool]).read_text())
 
 
-def test_the_prefect_dashboard_renders_through_the_proxy(stack, tmp_path):
-    url = f"{stack.base_url}/prefect-ui/dashboard"
-    screenshot(url, tmp_path, "prefect-dashboard")
+# What anyone reaching port 80 could do before the server required authentication.
+UNAUTHENTICATED_PREFECT_CALLS = (
+    ("POST", "/block_documents/filter", {"include_secrets": True}),
+    ("POST", "/variables/filter", {}),
+    ("PATCH", "/variables/name/lts_storage_root", {"value": "/elsewhere"}),
+    ("POST", "/flow_runs/filter", {}),
+    ("GET", "/csrf-token?client=attacker", None),
+)
 
-    dom = chromium("--dump-dom", url, profile=tmp_path / "profile-2").stdout
-    assert "workspace-dashboard" in dom, visible_text(dom)[:2000]
-    text = visible_text(dom)
-    assert "Dashboard" in text
-    assert not re.search(r"\b(error|failed to fetch|not found)\b", text, flags=re.I), text[:2000]
+
+def test_the_prefect_api_refuses_every_request_without_the_auth_string_through_the_proxy(stack):
+    for method, path, body in UNAUTHENTICATED_PREFECT_CALLS:
+        for auth in (None, ("archiver", "wrong"), ("", "")):
+            response = httpx.request(method, f"{stack.prefect_api}{path}", json=body, auth=auth, timeout=30)
+            assert response.status_code == 401, f"{method} {path} with {auth}: {response.status_code} {response.text[:300]}"
+    assert stack.prefect("GET", "/variables/name/lts_storage_root").json()["value"] == stack.lts_root
+    # The probe stays open: compose's healthcheck and a load balancer need no secret.
+    assert httpx.get(f"{stack.prefect_api}/health", timeout=30).status_code == 200
 
 
-def test_the_ui_reads_the_api_through_the_proxy(stack, tmp_path):
-    # The work-pools page lists what the UI fetched from /prefect-ui/api through the proxy.
-    # Virtual time does not wait for every fetch: a slow render gets another try.
-    text = rendered_text(f"{stack.base_url}/prefect-ui/work-pools", tmp_path, list(POOL_TEMPLATES))
-    for pool in POOL_TEMPLATES:
-        assert pool in text, text[:2000]
+def test_the_prefect_ui_asks_for_the_login_and_then_renders_the_dashboard_through_the_proxy(stack, tmp_path):
+    ui = f"{stack.base_url}/prefect-ui"
+    with browser_page() as page:
+        page.goto(f"{ui}/dashboard")
+        page.wait_for_url("**/prefect-ui/login**")
+        screenshot(page, tmp_path, "prefect-login")
+    with prefect_ui(ui, stack.secret("prefectauth.txt")) as page:
+        text = page_text(page, f"{ui}/dashboard", ["Dashboard", "Flow Runs"])
+        screenshot(page, tmp_path, "prefect-dashboard")
+        assert "Flow Runs" in text, text[:2000]
+        assert not re.search(r"\b(error|failed to fetch|not found|authentication failed)\b", text, flags=re.I), text[:2000]
+
+        # The work-pools page lists what the UI fetched from /prefect-ui/api through the proxy.
+        text = page_text(page, f"{ui}/work-pools", list(POOL_TEMPLATES))
+        for pool in POOL_TEMPLATES:
+            assert pool in text, text[:2000]
 
 
 def test_the_flows_deployment_one_shot_registers_the_deployments(stack):

@@ -120,14 +120,16 @@ def service(
         _stop(process)
 
 
-def s3_server(log_dir: Path, port: int | None = None) -> contextlib.AbstractContextManager[RunningService]:
-    """moto's S3 server over HTTP (any access key is accepted)."""
+def s3_server(
+    log_dir: Path, port: int | None = None, env: dict[str, str] | None = None,
+) -> contextlib.AbstractContextManager[RunningService]:
+    """moto's S3 server over HTTP (any access key is accepted unless `env` sets INITIAL_NO_AUTH_ACTION_COUNT)."""
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     return service(
         "S3 server (moto)",
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        url, "/moto-api/", log_dir / "s3-server.log",
+        url, "/moto-api/", log_dir / "s3-server.log", env=env,
     )
 
 

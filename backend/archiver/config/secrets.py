@@ -29,8 +29,12 @@ class SecretSpec:
 SECRETS: tuple[SecretSpec, ...] = (
     SecretSpec("POSTGRES_USER_FILE", "postgresuser.txt", None, "PostgreSQL user of the Prefect server", True),
     SecretSpec("POSTGRES_PASSWORD_FILE", "postgrespass.txt", None, "PostgreSQL password of the Prefect server"),
-    SecretSpec("MINIO_USER_FILE", "miniouser.txt", "minio-user", "S3 (MinIO) access key of the archiver", True),
-    SecretSpec("MINIO_PASSWORD_FILE", "miniopass.txt", "minio-password", "S3 (MinIO) secret key of the archiver"),
+    SecretSpec("MINIO_USER_FILE", "miniouser.txt", None, "MinIO root user (`archiver config` creates buckets with it)", True),
+    SecretSpec("MINIO_PASSWORD_FILE", "miniopass.txt", None, "MinIO root password"),
+    SecretSpec("S3_ARCHIVER_USER_FILE", "s3archiveruser.txt", "s3-archiver-user", "S3 access key of the flows", True),
+    SecretSpec("S3_ARCHIVER_PASSWORD_FILE", "s3archiverpass.txt", "s3-archiver-password", "S3 secret key of the flows"),
+    SecretSpec("S3_PRESIGN_USER_FILE", "s3presignuser.txt", "s3-presign-user", "S3 access key signing download URLs", True),
+    SecretSpec("S3_PRESIGN_PASSWORD_FILE", "s3presignpass.txt", "s3-presign-password", "S3 secret key signing download URLs"),
     SecretSpec("SCICAT_USER_FILE", "scicatuser.txt", "scicat-user", "SciCat account the archiver logs in with", True),
     SecretSpec("SCICAT_PASSWORD_FILE", "scicatpass.txt", "scicat-password", "password of that SciCat account"),
     SecretSpec(
@@ -49,6 +53,8 @@ SECRETS: tuple[SecretSpec, ...] = (
 
 PREFECT_SECRETS = tuple(spec for spec in SECRETS if spec.block)
 PREFECT_AUTH_FILE_ENV = "PREFECT_API_AUTH_STRING_FILE"
+# Blocks of earlier versions, which gave the flows MinIO's root account; `archiver config` deletes them.
+OBSOLETE_SECRET_BLOCKS = ("minio-user", "minio-password")
 
 
 def load_prefect_auth(environ=None) -> None:
@@ -67,6 +73,24 @@ def secret_spec(file_env: str) -> SecretSpec:
         if spec.file_env == file_env:
             return spec
     raise KeyError(f"no secret is named by {file_env}; known: {', '.join(s.file_env for s in SECRETS)}")
+
+
+@dataclass(frozen=True)
+class S3Account:
+    """An S3 account as a pair of secrets; its policy is backend/docker/s3-policies/{name}.json."""
+
+    name: str
+    user: SecretSpec
+    password: SecretSpec
+
+    @property
+    def files(self) -> str:
+        return f"{self.user.filename} / {self.password.filename}"
+
+
+MINIO_ROOT = S3Account("root", secret_spec("MINIO_USER_FILE"), secret_spec("MINIO_PASSWORD_FILE"))
+ARCHIVER_S3 = S3Account("archiver", secret_spec("S3_ARCHIVER_USER_FILE"), secret_spec("S3_ARCHIVER_PASSWORD_FILE"))
+PRESIGN_S3 = S3Account("presign", secret_spec("S3_PRESIGN_USER_FILE"), secret_spec("S3_PRESIGN_PASSWORD_FILE"))
 
 
 def secret_path(spec: SecretSpec, secrets_dir: Path = DEFAULT_SECRETS_DIR, environ=None) -> Path:

@@ -18,11 +18,14 @@ from pathlib import Path
 from archiver.config.automations import zombie_automation
 from archiver.config.errors import ConfigError
 from archiver.config.limits import LIMITS_VARIABLE, ConcurrencyLimits, load_limits_file
-from archiver.config.secrets import DEFAULT_SECRETS_DIR, PREFECT_SECRETS, SECRETS, read_secret
+from archiver.config.secrets import (
+    ARCHIVER_S3, DEFAULT_SECRETS_DIR, MINIO_ROOT, OBSOLETE_SECRET_BLOCKS, PREFECT_SECRETS, PRESIGN_S3, SECRETS, S3Account,
+    read_secret,
+)
 from archiver.config.settings import (
     Settings, flat_values, load_vars_file, variable_name, with_environment_overrides,
 )
-from archiver.storage.s3 import S3Credentials, s3_client
+from archiver.storage.s3 import S3Credentials, error_code, s3_client
 
 
 @dataclass
@@ -44,9 +47,13 @@ class SeedInputs:
     settings: Settings
     limits: ConcurrencyLimits
     secrets: dict[str, str]  # block name -> value
+    minio_root: S3Credentials  # creates the buckets; never stored in Prefect
 
     def __repr__(self) -> str:
-        return f"SeedInputs(settings=..., limits=..., secrets=<{len(self.secrets)} hidden>)"
+        return f"SeedInputs(settings=..., limits=..., secrets=<{len(self.secrets)} hidden>, minio_root=<hidden>)"
+
+    def s3_credentials(self, account: S3Account) -> S3Credentials:
+        return S3Credentials(self.secrets[account.user.block], self.secrets[account.password.block])
 
 
 def read_inputs(
@@ -61,6 +68,7 @@ def read_inputs(
         settings=settings,
         limits=load_limits_file(limits_file),
         secrets={spec.block: read_secret(spec, secrets_dir) for spec in PREFECT_SECRETS},
+        minio_root=S3Credentials(read_secret(MINIO_ROOT.user, secrets_dir), read_secret(MINIO_ROOT.password, secrets_dir)),
     )
 
 
@@ -77,9 +85,11 @@ def seed(inputs: SeedInputs, say: Callable[[str], None] = lambda line: None) -> 
             raise ConfigError(f"Prefect API at {client.api_url} is not reachable: {unreachable}")
         client.hello()  # unlike the health check, refused without the server's credentials
         s3 = _checked_s3(inputs)
+        _check_s3_accounts(inputs)
         _check_scicat(inputs, report)
         _seed_variables(client, inputs.settings, inputs.limits, report)
         _seed_secret_blocks(inputs.secrets, report)
+        _delete_obsolete_secret_blocks(client, report)
         _seed_limits(client, inputs.limits, report)
         _seed_automations(client, [zombie_automation(inputs.settings)], report)
     _seed_buckets(s3, inputs, report)
@@ -87,19 +97,55 @@ def seed(inputs: SeedInputs, say: Callable[[str], None] = lambda line: None) -> 
 
 
 def _checked_s3(inputs: SeedInputs):
-    """An S3 client that has been answered with the configured credentials (ConfigError otherwise)."""
+    """A client of MinIO's root account that has been answered (ConfigError otherwise)."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     minio = inputs.settings.minio
-    s3 = s3_client(minio.endpoint, minio.region, S3Credentials(inputs.secrets["minio-user"], inputs.secrets["minio-password"]))
+    s3 = s3_client(minio.endpoint, minio.region, inputs.minio_root)
     try:
         s3.list_buckets()
     except (BotoCoreError, ClientError) as e:
         raise ConfigError(
-            f"S3 at {minio.endpoint} (MINIO_ENDPOINT) does not answer the minio-user account: {e}; "
-            "nothing was written. Check the endpoint and the miniouser.txt / miniopass.txt secrets"
+            f"S3 at {minio.endpoint} (MINIO_ENDPOINT) does not answer MinIO's root account: {e}; "
+            f"nothing was written. Check the endpoint and the {MINIO_ROOT.files} secrets"
         ) from None
     return s3
+
+
+PREFLIGHT_KEY = "archiver-config-preflight/no-such-object"
+
+
+def _check_s3_accounts(inputs: SeedInputs) -> None:
+    """The flows' account can list the landing zone and the presign account is known to S3 (ConfigError otherwise).
+    A bucket not there yet is fine: the root account creates it next."""
+    minio = inputs.settings.minio
+    probes = (
+        (ARCHIVER_S3, f"list bucket {minio.landingzone_bucket!r}", {"NoSuchBucket"},
+         lambda s3: s3.list_objects_v2(Bucket=minio.landingzone_bucket, MaxKeys=1)),
+        # Without s3:ListBucket a missing key may be AccessDenied: the credentials were still accepted.
+        (PRESIGN_S3, f"reach bucket {minio.retrieval_bucket!r}", {"NoSuchBucket", "NoSuchKey", "AccessDenied"},
+         lambda s3: s3.get_object(Bucket=minio.retrieval_bucket, Key=PREFLIGHT_KEY)["Body"].close()),
+    )
+    for account, what, fine, probe in probes:
+        problem = _probe_failure(probe, s3_client(minio.endpoint, minio.region, inputs.s3_credentials(account)), fine)
+        if problem:
+            raise ConfigError(
+                f"S3 account {account.name} ({account.files}) cannot {what} at {minio.endpoint}: {problem}; nothing "
+                f"was written. Create it with policy backend/docker/s3-policies/{account.name}.json, bucket names as "
+                "in prefect-vars.toml (docs/deployment.md, \"S3 accounts\")"
+            )
+
+
+def _probe_failure(probe, s3, fine_codes: set[str]) -> str | None:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        probe(s3)
+    except ClientError as e:
+        return None if error_code(e) in fine_codes else str(e)
+    except BotoCoreError as e:
+        return str(e)
+    return None
 
 
 def _check_scicat(inputs: SeedInputs, report: SeedReport) -> None:
@@ -147,6 +193,22 @@ def _seed_secret_blocks(secrets: dict[str, str], report: SeedReport) -> None:
             Secret(value=value).save(name, overwrite=True)
             action = "created" if current is None else "updated"
         report.record(f"secret block {name}", action)  # never the value
+
+
+def _delete_obsolete_secret_blocks(client, report: SeedReport) -> None:
+    from prefect.exceptions import ObjectNotFound
+
+    deleted = []
+    for name in OBSOLETE_SECRET_BLOCKS:
+        try:
+            document = client.read_block_document_by_name(name, "secret", include_secrets=False)
+        except ObjectNotFound:
+            continue
+        client.delete_block_document(document.id)
+        deleted.append(name)
+    if deleted:
+        report.record(f"secret block(s) {', '.join(deleted)}",
+                      "deleted (obsolete: MinIO's root account is no longer stored in Prefect)")
 
 
 def _seed_limits(client, limits: ConcurrencyLimits, report: SeedReport) -> None:

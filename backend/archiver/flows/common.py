@@ -22,6 +22,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from archiver.config.runtime import RunConfiguration
+from archiver.config.secrets import ARCHIVER_S3, PRESIGN_S3, S3Account
 from archiver.flows.outage import call_prefect, retry_refused_connections
 from archiver.packing.registered import ArchiveOnRecord, check_registered
 from archiver.scicat.client import ScicatClient, ScicatCredentials, ScicatError
@@ -38,8 +39,8 @@ retry_refused_connections()  # every flow module imports this one: Prefect clien
 class Connections:
     """Clients one flow run (or dataset subflow) works with; never passed as a Prefect parameter."""
 
-    s3: Any
-    s3_credentials: S3Credentials
+    s3: Any  # the archiver account's client
+    presign_credentials: S3Credentials  # sign download URLs only (read access to the retrieval bucket)
     scicat: ScicatClient
 
     def close(self) -> None:
@@ -58,12 +59,14 @@ def connect(config: RunConfiguration) -> Connections:
     def secret(name: str) -> str:
         return call_prefect(lambda: Secret.load(name).get(), f"load secret block {name}")
 
+    def s3_account(account: S3Account) -> S3Credentials:
+        return S3Credentials(secret(account.user.block), secret(account.password.block))
+
     minio = config.settings.minio
-    s3_credentials = S3Credentials(secret("minio-user"), secret("minio-password"))
     scicat_credentials = ScicatCredentials(secret("scicat-user"), secret("scicat-password"))
     return Connections(
-        s3=s3_client(minio.endpoint, minio.region, s3_credentials),
-        s3_credentials=s3_credentials,
+        s3=s3_client(minio.endpoint, minio.region, s3_account(ARCHIVER_S3)),
+        presign_credentials=s3_account(PRESIGN_S3),
         scicat=ScicatClient(config.settings.scicat, scicat_credentials),
     )
 

@@ -53,7 +53,7 @@ def _retrieve_datablocks(
         record = record_from_wire(pid, datablock.to_wire())
         key = copy(settings.lts.storage_root, datablock.archive_id, connections.s3, settings.minio.retrieval_bucket,
                    settings.lts.file_timeout_s, record, on_bytes=progress.add)
-        url = presigned_get_url(settings.minio.external_endpoint, settings.minio.region, connections.s3_credentials,
+        url = presigned_get_url(settings.minio.external_endpoint, settings.minio.region, connections.presign_credentials,
                                 settings.minio.retrieval_bucket, key, settings.minio.url_expiration_s)
         name = key.rsplit("/", 1)[-1]
         try:

@@ -81,7 +81,13 @@ class Pipeline:
 
 
 @pytest.fixture
-def pipeline(tmp_path, prefect_api_url, s3_endpoint, s3, scicat_url, scicat_secrets_dir, scicat_credentials,
+def pipeline_secrets_dir(scicat_secrets_dir) -> Path:
+    """The secrets `archiver config` seeds for the pipeline (the SciCat account of the development server)."""
+    return scicat_secrets_dir
+
+
+@pytest.fixture
+def pipeline(tmp_path, prefect_api_url, s3_endpoint, s3, scicat_url, pipeline_secrets_dir, scicat_credentials,
              scicat_dev, unique_name) -> Pipeline:
     from archiver.scicat.client import ScicatClient
 
@@ -100,7 +106,7 @@ def pipeline(tmp_path, prefect_api_url, s3_endpoint, s3, scicat_url, scicat_secr
     limits_file.write_text((REPO / "concurrency-limits.toml").read_text())
     pipeline = Pipeline(
         settings=load_vars_file(vars_file), s3=s3, scicat=None, scicat_dev=scicat_dev, lts_root=lts_root,
-        vars_file=vars_file, limits_file=limits_file, secrets_dir=scicat_secrets_dir,
+        vars_file=vars_file, limits_file=limits_file, secrets_dir=pipeline_secrets_dir,
     )
     pipeline.reseed()
     with ScicatClient(pipeline.settings.scicat, scicat_credentials) as client:

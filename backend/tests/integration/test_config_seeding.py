@@ -158,11 +158,30 @@ def test_missing_secret_file_fails_clearly_and_applies_nothing(workdir, prefect_
 def test_secret_file_named_by_file_variable(workdir, prefect_api_url, tmp_path_factory):
     from prefect.blocks.system import Secret
 
-    elsewhere = tmp_path_factory.mktemp("compose-secrets") / "minio_user"
+    elsewhere = tmp_path_factory.mktemp("compose-secrets") / "s3_archiver_user"
     elsewhere.write_text("user-from-compose-secret\n")
-    result = run_config(workdir, prefect_api_url, MINIO_USER_FILE=str(elsewhere))
+    result = run_config(workdir, prefect_api_url, S3_ARCHIVER_USER_FILE=str(elsewhere))
     assert result.returncode == 0, result.stderr
-    assert Secret.load("minio-user").get() == "user-from-compose-secret"
+    assert Secret.load("s3-archiver-user").get() == "user-from-compose-secret"
+
+
+def test_obsolete_root_account_blocks_are_deleted_saying_so_once(workdir, prefect_api_url):
+    from prefect.blocks.system import Secret
+
+    root_password = (workdir / ".secrets" / "miniopass.txt").read_text().strip()
+    Secret(value="old-root-user").save("minio-user", overwrite=True)
+    Secret(value=root_password).save("minio-password", overwrite=True)
+    first = run_config(workdir, prefect_api_url)
+    assert first.returncode == 0, first.stderr
+    said = [line for line in first.stdout.splitlines() if "minio-user" in line]
+    assert said == ["secret block(s) minio-user, minio-password: deleted (obsolete: MinIO's root account is no longer "
+                    "stored in Prefect)"]
+    assert root_password not in first.stdout + first.stderr and "old-root-user" not in first.stdout
+    for name in ("minio-user", "minio-password"):
+        with pytest.raises(ValueError):
+            Secret.load(name)
+    second = run_config(workdir, prefect_api_url)
+    assert "minio-" not in second.stdout
 
 
 def test_unreachable_api_is_one_clear_error(workdir):

@@ -232,7 +232,8 @@ def stack(tmp_path_factory) -> Stack:
 
 @pytest.fixture(scope="session")
 def stack_s3(stack):
-    """boto3 client for the stack's S3 (MinIO stand-in) at its published address."""
+    """boto3 client for the stack's S3 (MinIO stand-in) at its published address, as MinIO's root account
+    (the tests upload datasets the way an ingestor does, and inspect both buckets)."""
     return s3_client(stack.s3_url, VARS.minio.region, S3Credentials(stack.secret("miniouser.txt"), stack.secret("miniopass.txt")))
 
 

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from archiver.config.limits import load_limits_file
-from archiver.config.secrets import PREFECT_SECRETS, SECRETS
+from archiver.config.secrets import MINIO_ROOT, OBSOLETE_SECRET_BLOCKS, PREFECT_SECRETS, SECRETS
 from archiver.config.settings import flat_values, load_vars_file, variable_name
 from archiver.flows.outage import FLOW_RUN_ENVIRONMENT
 
@@ -80,6 +80,8 @@ def test_prefect_has_the_secret_blocks_with_the_secret_files_values(stack):
     for spec in PREFECT_SECRETS:
         assert spec.block in stored, f"secret block {spec.block} missing"
         assert stored[spec.block] == (stack.secrets_dir / spec.filename).read_text().strip(), spec.block
+    assert not set(OBSOLETE_SECRET_BLOCKS) & set(stored)
+    assert stack.secret(MINIO_ROOT.password.filename) not in stored.values()  # the root account stays out of Prefect
 
 
 def test_prefect_has_the_concurrency_limits_of_concurrency_limits_toml(stack):

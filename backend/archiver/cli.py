@@ -103,6 +103,16 @@ def _prune_discarded(args: argparse.Namespace) -> int:
     return 0
 
 
+def _remove_flow_run_containers(args: argparse.Namespace) -> int:
+    from archiver.flow_run_containers import remove_flow_run_containers
+
+    removed = remove_flow_run_containers(args.network)
+    for name in removed:
+        print(f"removed {name}")
+    print(f"archiver flow-run-containers remove: {len(removed)} container(s) on network {args.network} removed")
+    return 0
+
+
 def _scicat_dev(args: argparse.Namespace) -> int:
     from archiver.config.secrets import read_secret, secret_spec
     from archiver.scicat.client import ScicatCredentials
@@ -254,6 +264,15 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--secrets-dir", type=Path, default=Path(".secrets"),
                        help="SciCat account (asked which datablocks are registered, so their only copy is never deleted)")
     prune.set_defaults(run=_prune_discarded)
+
+    containers = add_command(commands, "flow-run-containers", help="the containers Docker workers started for flow runs")
+    containers_commands = containers.add_subparsers(dest="containers_command", required=True)
+    remove = add_command(containers_commands, "remove",
+        help="remove every flow-run container on a network, finished or not (before `docker compose down -v`, "
+             "whose LTS volume and network they keep in use)",
+    )
+    remove.add_argument("--network", required=True, help="the stack's network (STACK_NETWORK of .env)")
+    remove.set_defaults(run=_remove_flow_run_containers)
 
     serve = add_command(commands, "serve", help="run the archival, retrieval, recovery, test-dataset and discarded-pruning deployments here (no Docker)")
     serve.add_argument("--limit", type=int, default=None, help="most flow runs at once (default: no limit)")

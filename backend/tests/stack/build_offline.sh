@@ -13,8 +13,8 @@
 #     then apt-get update
 #   - a dockerd started in the background (log /var/log/dockerd.log):  pkill dockerd
 #   - the images local/python-base:bookworm and the stand-ins:  docker rmi <image>
-# Then:  docker compose --env-file .env --env-file .development.env \
-#            --env-file backend/tests/stack/offline.env up -d
+# Then the runbook of docs/deployment.md, with
+#   export COMPOSE_ENV_FILES=.env,.development.env,backend/tests/stack/offline.env
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"

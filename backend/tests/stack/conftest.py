@@ -1,10 +1,11 @@
 """The compose stack, built offline and brought up once per session under its own project name.
 
-`stack` runs build_offline.sh (engine, Compose v2, base and stand-in images), builds the
-runtime image, brings the stack up with the README's env files plus offline.env, runs the
-`prefect-config` one-shot and, at the end, takes down (with volumes) only its own project.
-Published ports are free ports on 127.0.0.1 and the network and LTS volume get names of
-their own, so a developer's stack or a concurrent session is never touched.
+`stack` runs the runbook of docs/deployment.md exactly as written there: build_offline.sh (engine,
+Compose v2, base and stand-in images), the secret files from the `secrets-init` one-shot, `up`, the
+`prefect-config` and `prefect-flows-deployment` one-shots; at the end its reset, after which nothing
+of the stack may be left. The project name, published ports (free ports on 127.0.0.1), network,
+LTS volume and image tag are its own, set in the environment (which wins over the env files), so a
+developer's stack or a concurrent session is never touched.
 Skipped (with the reason) when not root or without apt-get; ARCHIVER_SKIP_STACK=1 skips too.
 """
 
@@ -14,6 +15,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import tarfile
@@ -26,7 +28,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from archiver.config.secrets import init_secrets
 from archiver.config.settings import ScicatSection, load_vars_file
 from archiver.local_services import free_port
 from archiver.packing.archive import LOCK_FILE_NAME
@@ -36,8 +37,8 @@ from archiver.scicat.models import DataFile, NewOrigDatablock, new_raw_dataset
 from archiver.storage.s3 import S3Credentials, s3_client
 
 REPO = Path(__file__).resolve().parents[3]
-HERE = Path(__file__).resolve().parent
 ENV_FILES = (".env", ".development.env", "backend/tests/stack/offline.env")
+RUNBOOK_DOC = REPO / "docs" / "deployment.md"
 VARS = load_vars_file(REPO / "prefect-vars.toml")
 LTS_ROOT = str(VARS.lts.storage_root)  # where flow-run containers mount the LTS volume
 FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
@@ -187,20 +188,45 @@ def pytest_terminal_summary(terminalreporter):
             terminalreporter.write_line(line)
 
 
+def runbook(kind: str) -> list[str]:
+    """The command lines of docs/deployment.md's blocks marked `<!-- runbook -->` (kind "up") or
+    `<!-- runbook: reset -->`, in order, as an operator types them."""
+    marker = "<!-- runbook -->" if kind == "up" else f"<!-- runbook: {kind} -->"
+    blocks = re.findall(re.escape(marker) + r"\n```bash\n(.*?)```", RUNBOOK_DOC.read_text(), flags=re.S)
+    assert blocks, f"no {marker} block in {RUNBOOK_DOC}"
+    return [line for block in blocks for line in block.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def run_runbook(lines: list[str], env: dict[str, str], exports: list[str], one_shots: dict) -> None:
+    """Each line run by bash exactly as written, in the repository's top folder, after the `export` lines
+    met so far (one shell session, as an operator's). A failing line fails the stack fixture."""
+    for line in lines:
+        if line.startswith("export "):
+            exports.append(line)
+            continue
+        script = "\n".join(["set -euo pipefail", *exports, line])
+        result = _timed(line, subprocess.run, ["bash", "-c", script], cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=1200)
+        if " run --rm " in line:
+            one_shots[line.split()[-1]] = result
+        if result.returncode != 0:
+            raise AssertionError(f"runbook line `{line}` failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory) -> Stack:
     reason = _skip_reason()
     if reason:
         pytest.skip(reason)
-    _timed("build_offline.sh", subprocess.run, [str(HERE / "build_offline.sh")], check=True)
-
     secrets_dir = tmp_path_factory.mktemp("stack-secrets")
-    init_secrets(secrets_dir)
     project = f"archiver-stacktest-{uuid.uuid4().hex[:8]}"
     proxy_port = free_port()
     env = {
         "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
         "HOME": os.environ.get("HOME", "/root"),
+        # Values in the environment win over the env files: the runbook's commands, run verbatim, get a
+        # stack of this session's own, beside a developer's or another session's.
+        "COMPOSE_PROJECT_NAME": project,
         "SECRETS_DIR": str(secrets_dir),
         "STACK_NETWORK": project,
         "LTS_VOLUME_NAME": f"{project}-lts",
@@ -213,21 +239,30 @@ def stack(tmp_path_factory) -> Stack:
         "ARCHIVER_IMAGE": f"archiver-runtime:{project}",
     }
     stack = Stack(project, env, f"http://127.0.0.1:{proxy_port}", secrets_dir)
+    exports: list[str] = []
     try:
-        _timed("runtime image build", stack.compose, "build")
-        _timed("stack up -d --wait", stack.compose, "up", "-d", "--wait")
-        _timed("prefect-config one-shot", stack.run_one_shot, "prefect-config")
-        _timed("prefect-flows-deployment one-shot", stack.run_one_shot, "prefect-flows-deployment")
+        run_runbook(runbook("up"), env, exports, stack.one_shots)
         yield stack
     finally:
-        _remove_flow_run_containers(project)
-        _timed("stack down -v", stack.compose, "down", "-v", "--remove-orphans", "--timeout", "20")
-        left = subprocess.run(
-            ["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={project}"],
-            capture_output=True, text=True, check=True,
-        ).stdout.split()
-        subprocess.run(["docker", "rmi", "--no-prune", env["ARCHIVER_IMAGE"]], capture_output=True)
-        assert not left, f"containers of {project} still exist after down: {left}"
+        try:
+            run_runbook(runbook("reset"), env, exports, stack.one_shots)
+        finally:
+            leftovers = _leftovers(project, env)
+            _remove_flow_run_containers(project)  # only after a failed reset: the assertion below says so
+            stack.compose("down", "-v", "--remove-orphans", "--timeout", "20", check=False)
+            subprocess.run(["docker", "rmi", "--no-prune", env["ARCHIVER_IMAGE"]], capture_output=True)
+        assert not leftovers, f"the runbook's reset left {leftovers}"
+
+
+def _leftovers(project: str, env: dict[str, str]) -> list[str]:
+    """Containers, network and LTS volume of the stack that still exist."""
+    def ids(*command: str) -> list[str]:
+        return subprocess.run(["docker", *command], capture_output=True, text=True, check=True).stdout.split()
+
+    containers = ids("ps", "-aq", "--filter", f"label=com.docker.compose.project={project}") + flow_run_containers(project)
+    networks = ids("network", "ls", "-q", "--filter", f"name=^{env['STACK_NETWORK']}$")
+    volumes = ids("volume", "ls", "-q", "--filter", f"name=^{env['LTS_VOLUME_NAME']}$")
+    return [f"container {c}" for c in containers] + [f"network {n}" for n in networks] + [f"volume {v}" for v in volumes]
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from archiver.packing import audit, naming
@@ -111,3 +112,20 @@ def test_consistency_names_lost_and_resized_datablocks():
         ("lost", "a.tar", "the tar has 10 bytes, SciCat records 11"),
         ("lost", "gone.tar", "registered in SciCat (5 bytes), no tar on the LTS"),
     ]
+
+
+def test_the_audit_deployment_is_scheduled_from_lts_audit_cron_both_ways():
+    import yaml
+    from archiver.config.settings import load_vars_file
+    from archiver.flows.serve import DEPLOYMENT_NAMES, audit_cron
+
+    repo = Path(__file__).resolve().parents[3]
+    settings = load_vars_file(repo / "prefect-vars.toml")
+    [spec] = [d for d in yaml.safe_load((repo / "prefect.yaml").read_text())["deployments"] if d["name"] == "lts_auditing"]
+    assert spec["entrypoint"].split()[0] == "backend/archiver/flows/audit.py:lts_audit"
+    assert spec["schedules"] == [{"cron": "{{ $LTS_AUDIT_CRON }}", "timezone": "UTC"}]
+    assert "LTS_AUDIT_CRON" in (repo / "backend/docker/deploy-flows.sh").read_text()
+    assert DEPLOYMENT_NAMES["audit"] == "lts_audit/lts_auditing"
+    assert audit_cron(settings) == settings.lts.audit_cron == "0 2 * * *"
+    changed = settings.model_copy(update={"lts": settings.lts.model_copy(update={"audit_cron": "15 4 * * 1"})})
+    assert audit_cron(changed) == "15 4 * * 1" and audit_cron(None) == "0 2 * * *"

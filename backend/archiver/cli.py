@@ -113,6 +113,30 @@ def _remove_flow_run_containers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit(args: argparse.Namespace) -> int:
+    from archiver.config.runtime import load_run_configuration
+    from archiver.flows.audit import LtsAuditFailed, lts_audit, require_lts
+    from archiver.flows.common import exception_of
+
+    if args.all and args.pid:
+        raise UsageError("--pid and --all exclude each other: audit named datasets, or every datablock")
+    require_lts(load_run_configuration().settings.lts.storage_root)  # one line here, not a failed run
+    state = lts_audit(pids=args.pid or None, everything=args.all, return_state=True)
+    error = exception_of(state) if state.is_failed() else None
+    if isinstance(error, LtsAuditFailed):
+        for finding in error.findings:
+            print(finding.line())
+        print(f"error: LTS audit found {len(error.findings)} problem(s); docs/flows.md, \"Auditing the LTS\", says what to do",
+              file=sys.stderr)
+        return 1
+    if error is not None:
+        raise error
+    summary = state.result()
+    print(f"archiver audit: {summary['checked']} of {summary['datablocks']} datablock(s) re-verified "
+          f"({summary['bytes']} bytes), no problems")
+    return 0
+
+
 def _scicat_dev(args: argparse.Namespace) -> int:
     from archiver.config.secrets import read_secret, secret_spec
     from archiver.scicat.client import ScicatCredentials
@@ -274,7 +298,18 @@ def build_parser() -> argparse.ArgumentParser:
     remove.add_argument("--network", required=True, help="the stack's network (STACK_NETWORK of .env)")
     remove.set_defaults(run=_remove_flow_run_containers)
 
-    serve = add_command(commands, "serve", help="run the archival, retrieval, recovery, test-dataset and discarded-pruning deployments here (no Docker)")
+    audit = add_command(commands, "audit",
+        help="run the lts_audit flow here, now: re-verify datablocks against manifests and SciCat, reconcile the LTS with SciCat",
+        description="Runs the lts_audit flow in this process (recorded in Prefect at PREFECT_API_URL, settings from its "
+                    "variables, the LTS at LTS_STORAGE_ROOT mounted here). Without options it reads what a scheduled "
+                    "run reads (LTS_AUDIT_BUDGET_MB). Prints every problem; exit code 1 when there is one.",
+    )
+    audit.add_argument("--pid", action="append", default=[], metavar="PID",
+                       help="audit only this dataset, all its datablocks (repeatable)")
+    audit.add_argument("--all", action="store_true", help="re-verify every datablock on the LTS, whatever the budget")
+    audit.set_defaults(run=_audit)
+
+    serve = add_command(commands, "serve", help="run the archival, retrieval, recovery, test-dataset, discarded-pruning and LTS-audit deployments here (no Docker)")
     serve.add_argument("--limit", type=int, default=None, help="most flow runs at once (default: no limit)")
     serve.set_defaults(run=_serve)
 
@@ -330,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Subcommands that talk to a Prefect server: without PREFECT_API_URL, Prefect would quietly start a
 # temporary server of its own and the command would act on that.
-NEEDS_PREFECT = {"config", "job", "limits", "serve"}
+NEEDS_PREFECT = {"config", "job", "limits", "serve", "audit"}
 
 
 class UsageError(Exception):

@@ -5,5 +5,6 @@
 set -eu
 LTS_STORAGE_ROOT="$(python -c 'import tomllib; print(tomllib.load(open("prefect-vars.toml", "rb"))["lts"]["LTS_STORAGE_ROOT"])')"
 ARCHIVER_HEARTBEAT_S="$(python -c 'import tomllib; print(tomllib.load(open("prefect-vars.toml", "rb"))["archiver"].get("ARCHIVER_HEARTBEAT_S", 30))')"
-export LTS_STORAGE_ROOT ARCHIVER_HEARTBEAT_S
+LTS_AUDIT_CRON="$(python -c 'import tomllib; print(tomllib.load(open("prefect-vars.toml", "rb"))["lts"].get("LTS_AUDIT_CRON", "0 2 * * *"))')"
+export LTS_STORAGE_ROOT ARCHIVER_HEARTBEAT_S LTS_AUDIT_CRON
 exec prefect --no-prompt deploy --all --prefect-file prefect.yaml

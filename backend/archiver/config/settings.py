@@ -31,6 +31,16 @@ def _http_url(value: str) -> str:
     return value.rstrip("/")
 
 
+def _cron(value: str) -> str:
+    from prefect.client.schemas.schedules import CronSchedule
+
+    try:
+        CronSchedule(cron=value)
+    except ValidationError:
+        raise ValueError(f"{value!r} is not a cron schedule of five fields, e.g. '0 2 * * *' (daily at 02:00 UTC)") from None
+    return value
+
+
 # Kept as written (without a trailing slash) so the stored variable matches the file.
 HttpUrl = Annotated[str, AfterValidator(_http_url)]
 
@@ -72,6 +82,15 @@ class LtsSection(_Section):
     free_space_timeout_s: float = Field(3600, alias="LTS_FREE_SPACE_TIMEOUT_S", gt=0)
     file_timeout_s: float = Field(600, alias="LTS_FILE_TIMEOUT_S", gt=0)
     discarded_retention_days: PositiveInt = Field(30, alias="LTS_DISCARDED_RETENTION_DAYS")
+    # The `lts_audit` deployment (docs/flows.md, "Auditing the LTS").
+    audit_cron: Annotated[str, AfterValidator(_cron)] = Field("0 2 * * *", alias="LTS_AUDIT_CRON")
+    audit_budget_mb: PositiveInt = Field(500_000, alias="LTS_AUDIT_BUDGET_MB")
+    audit_period_days: PositiveInt = Field(90, alias="LTS_AUDIT_PERIOD_DAYS")
+    audit_partial_age_hours: float = Field(48, alias="LTS_AUDIT_PARTIAL_AGE_HOURS", gt=0)
+
+    @property
+    def audit_budget_bytes(self) -> int:
+        return self.audit_budget_mb * 1024 * 1024
 
 
 class MinioSection(_Section):

@@ -14,6 +14,7 @@ from pathlib import Path
 from prefect import serve
 
 from archiver.flows.archive import archive_datasets_flow
+from archiver.flows.audit import lts_audit
 from archiver.flows.maintenance import PRUNE_SCHEDULE_CRON, prune_discarded_flow
 from archiver.flows.outage import FLOW_RUN_ENVIRONMENT
 from archiver.flows.recovery import recover_job
@@ -29,6 +30,7 @@ DEPLOYMENT_NAMES = {
     "recover": "recover_job/job_recovery",
     "create": "create_test_dataset/dataset_creation",
     "prune": "prune_discarded/discarded_pruning",
+    "audit": "lts_audit/lts_auditing",
 }
 
 
@@ -45,19 +47,32 @@ def deployment_triggers(name: str, prefect_yaml: Path = PREFECT_YAML) -> list:
     return [TypeAdapter(DeploymentTriggerTypes).validate_python(t) for t in spec.get("triggers", [])]
 
 
-def heartbeat_seconds() -> int:
-    """ARCHIVER_HEARTBEAT_S as seeded by `archiver config` (environment first); the default before seeding."""
+def seeded_settings():
+    """The settings `archiver config` seeded (environment first); None before seeding."""
     from archiver.config.errors import ConfigError
     from archiver.config.runtime import load_run_configuration
 
     try:
-        return load_run_configuration().settings.archiver.heartbeat_s
+        return load_run_configuration().settings
     except ConfigError:
-        return DEFAULT_HEARTBEAT_S
+        return None
+
+
+def heartbeat_seconds(settings=None) -> int:
+    """ARCHIVER_HEARTBEAT_S as seeded; the default before seeding."""
+    return settings.archiver.heartbeat_s if settings else DEFAULT_HEARTBEAT_S
+
+
+def audit_cron(settings=None) -> str:
+    """LTS_AUDIT_CRON as seeded; the default before seeding."""
+    from archiver.config.settings import LtsSection
+
+    return settings.lts.audit_cron if settings else LtsSection.model_fields["audit_cron"].default
 
 
 def serve_deployments(limit: int | None = None) -> None:
     """Block, running scheduled runs of the deployments (at most `limit` at once)."""
+    settings = seeded_settings()
     for key, value in FLOW_RUN_ENVIRONMENT.items():  # flow-run subprocesses inherit it; set values win
         os.environ.setdefault(key, value)
     serve(
@@ -66,7 +81,8 @@ def serve_deployments(limit: int | None = None) -> None:
         recover_job.to_deployment(name="job_recovery", triggers=deployment_triggers("job_recovery")),
         create_test_dataset_flow.to_deployment(name="dataset_creation"),
         prune_discarded_flow.to_deployment(name="discarded_pruning", cron=PRUNE_SCHEDULE_CRON),
+        lts_audit.to_deployment(name="lts_auditing", cron=audit_cron(settings)),
         limit=limit,
-        heartbeat_seconds=heartbeat_seconds(),
+        heartbeat_seconds=heartbeat_seconds(settings),
         print_starting_message=False,
     )

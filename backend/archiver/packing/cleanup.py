@@ -74,7 +74,7 @@ def prune_discarded(
         if discarded.is_symlink() or not discarded.is_dir() or discarded.parent.is_symlink():
             continue
         old = [(folder, when) for folder in sorted(discarded.iterdir())
-               if not folder.is_symlink() and folder.is_dir() and (when := _set_aside_time(folder)) < cutoff]
+               if not folder.is_symlink() and folder.is_dir() and (when := set_aside_time(folder)) < cutoff]
         lost = _registered_but_missing(lts_root, discarded.parent.name, registered) if old and registered else set()
         for folder, set_aside in old:
             only_copies = sorted(name for name in lost if (folder / name).exists())
@@ -97,7 +97,7 @@ def _registered_but_missing(lts_root: Path, safe: str, registered: Callable[[str
             if not naming.datablock_path(lts_root, archive_id).exists()}
 
 
-def _set_aside_time(folder: Path) -> datetime:
+def set_aside_time(folder: Path) -> datetime:
     try:
         return datetime.strptime(folder.name, _DISCARDED_TIME_FORMAT).replace(tzinfo=timezone.utc)
     except ValueError:

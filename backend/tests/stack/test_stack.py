@@ -32,6 +32,7 @@ DEPLOYMENTS = {
     "recover_job/job_recovery": "archival-docker-pool",
     "create_test_dataset/dataset_creation": "archival-docker-pool",
     "prune_discarded/discarded_pruning": "archival-docker-pool",
+    "lts_audit/lts_auditing": "archival-docker-pool",
 }
 
 

@@ -12,7 +12,7 @@ import pytest
 from archiver.cli import main
 
 SUBCOMMANDS = [["config"], ["secrets", "init"], ["api"], ["job"], ["limits", "reconcile"], ["lts", "prune-discarded"],
-               ["serve"], ["dev"], ["scicat-dev"]]
+               ["serve"], ["dev"], ["scicat-dev"], ["audit"]]
 
 
 def archiver(*args: str, tmp_path, **env: str) -> subprocess.CompletedProcess:
@@ -41,7 +41,8 @@ def test_every_subcommand_says_what_it_does_and_its_defaults(argv, capsys):
         assert len(line.split()) > 2 or text.split(line, 1)[1].splitlines()[1].startswith(" " * 20), text
 
 
-@pytest.mark.parametrize("argv", [["config"], ["limits", "reconcile"], ["serve"], ["job", "archive", "x/y"]], ids=" ".join)
+@pytest.mark.parametrize("argv", [["config"], ["limits", "reconcile"], ["serve"], ["job", "archive", "x/y"], ["audit"]],
+                         ids=" ".join)
 def test_prefect_commands_refuse_to_run_without_prefect_api_url(argv, tmp_path):
     result = archiver(*argv, tmp_path=tmp_path)
     assert result.returncode == 2

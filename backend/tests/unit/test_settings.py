@@ -88,6 +88,11 @@ def test_missing_required_value(tmp_path):
         ("ARCHIVER_HEARTBEAT_S = 30", "ARCHIVER_HEARTBEAT_S = 20", "ARCHIVER_HEARTBEAT_S"),
         ("ARCHIVER_CRASH_RETRIES = 2", "ARCHIVER_CRASH_RETRIES = -1", "ARCHIVER_CRASH_RETRIES"),
         ("ARCHIVER_ZOMBIE_WINDOW_S = 90", "ARCHIVER_ZOMBIE_WINDOW_S = 30", "ARCHIVER_ZOMBIE_WINDOW_S"),
+        ('LTS_AUDIT_CRON = "0 2 * * *"', 'LTS_AUDIT_CRON = "daily"', "LTS_AUDIT_CRON.*'daily' is not a cron schedule"),
+        ('LTS_AUDIT_CRON = "0 2 * * *"', 'LTS_AUDIT_CRON = "0 25 * * *"', "LTS_AUDIT_CRON"),
+        ("LTS_AUDIT_BUDGET_MB = 500000", "LTS_AUDIT_BUDGET_MB = 0", "LTS_AUDIT_BUDGET_MB"),
+        ("LTS_AUDIT_PERIOD_DAYS = 90", "LTS_AUDIT_PERIOD_DAYS = 0", "LTS_AUDIT_PERIOD_DAYS"),
+        ("LTS_AUDIT_PARTIAL_AGE_HOURS = 48", "LTS_AUDIT_PARTIAL_AGE_HOURS = -1", "LTS_AUDIT_PARTIAL_AGE_HOURS"),
     ],
 )
 def test_out_of_range_values_are_rejected(tmp_path, old, new, key):

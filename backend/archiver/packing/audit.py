@@ -1,0 +1,231 @@
+"""Auditing the LTS: what is stored, which datablocks to re-verify next, and where the LTS and SciCat disagree.
+
+Plain functions over the LTS folder and SciCat's records (JSON fields); the `lts_audit` flow runs them.
+
+The time a datablock was last verified is kept on the LTS beside its manifest, in
+`<name>.audit.json` (`{"archiveId", "chk", "verified", "ok", "problems"}`), written atomically
+(temporary `.partial` name, fsync, rename). A record whose `chk` is not the manifest's (the datablock
+was written again since) counts as absent, and a datablock without one was last verified when its
+manifest was written (archival verifies every datablock right after writing it). A failed audit
+leaves `ok` false, which puts the datablock first in line again until it is repaired.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from archiver.packing import naming
+from archiver.packing.cleanup import DISCARDED, set_aside_time
+from archiver.packing.errors import ArchiverError
+from archiver.packing.records import read_manifest, write_json_durably
+from archiver.storage.lts import fsync_dir
+
+AUDIT_SUFFIX = ".audit.json"
+NEVER = datetime.min.replace(tzinfo=timezone.utc)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing wrong on the LTS, naming the dataset and the datablock (or file) concerned."""
+
+    kind: str  # fixity, scicat-mismatch, dark, lost, manifest-without-tar, tar-without-manifest, stale-partial, ...
+    pid: str
+    what: str  # the archiveId, or the path relative to the LTS root
+    detail: str
+
+    def line(self) -> str:
+        return f"{self.kind}: dataset {self.pid}, {self.what}: {self.detail}"
+
+
+@dataclass(frozen=True)
+class StoredDatablock:
+    archive_id: str
+    pid: str
+    packed_size: int  # bytes of the tar file
+    last_verified: datetime
+
+
+@dataclass
+class DatasetOnLts:
+    pid: str
+    tars: dict[str, int] = field(default_factory=dict)  # archiveId -> bytes of the tar
+    manifests: set[str] = field(default_factory=set)  # archiveIds whose manifest exists
+    partials: dict[str, datetime] = field(default_factory=dict)  # path relative to the root -> mtime
+    discarded: dict[str, datetime] = field(default_factory=dict)  # path relative to the root -> set-aside time
+
+
+def audit_record_path(tar_path: Path) -> Path:
+    return tar_path.with_name(tar_path.name.removesuffix(naming.TAR_SUFFIX) + AUDIT_SUFFIX)
+
+
+def inventory(lts_root: Path, pids: Iterable[str] | None = None) -> tuple[dict[str, DatasetOnLts], list[Finding]]:
+    """What each dataset folder on the LTS holds (only `pids` when given; their folders need not exist).
+    Folders that are no dataset's are findings."""
+    datasets_root = Path(lts_root) / naming.DATASETS_PREFIX
+    found: dict[str, DatasetOnLts] = {}
+    odd: list[Finding] = []
+    if pids is not None:
+        folders = [naming.dataset_lts_folder(lts_root, pid) for pid in pids]
+    else:
+        folders = sorted(p for p in datasets_root.iterdir() if p.is_dir()) if datasets_root.is_dir() else []
+    for folder in folders:
+        try:
+            pid = naming.pid_from_safe_name(folder.name)
+        except ArchiverError as e:
+            odd.append(Finding("unknown-folder", "?", _relative(lts_root, folder), str(e)))
+            continue
+        found[pid] = _dataset_inventory(lts_root, pid, folder)
+    return found, odd
+
+
+def _dataset_inventory(lts_root: Path, pid: str, folder: Path) -> DatasetOnLts:
+    dataset = DatasetOnLts(pid)
+    blocks = folder / "datablocks"
+    for path in sorted(blocks.iterdir()) if blocks.is_dir() else []:
+        name = path.name
+        if name.endswith(naming.PARTIAL_SUFFIX):
+            dataset.partials[_relative(lts_root, path)] = _mtime(path)
+        elif name.endswith(naming.TAR_SUFFIX):
+            dataset.tars[_relative(lts_root, path)] = path.stat().st_size
+        elif name.endswith(naming.MANIFEST_SUFFIX):
+            tar_name = name.removesuffix(naming.MANIFEST_SUFFIX) + naming.TAR_SUFFIX
+            dataset.manifests.add(_relative(lts_root, path.with_name(tar_name)))
+    discarded = folder / DISCARDED
+    for path in sorted(discarded.iterdir()) if discarded.is_dir() and not discarded.is_symlink() else []:
+        if path.is_dir() and not path.is_symlink():
+            dataset.discarded[_relative(lts_root, path)] = set_aside_time(path)
+    return dataset
+
+
+def _relative(lts_root: Path, path: Path) -> str:
+    return path.relative_to(lts_root).as_posix()
+
+
+def _mtime(path: Path) -> datetime:
+    return datetime.fromtimestamp(path.lstat().st_mtime, timezone.utc)
+
+
+def last_verified(lts_root: Path, archive_id: str) -> datetime:
+    """When the datablock was last verified successfully (module doc); NEVER when unknown or it failed."""
+    tar_path = naming.datablock_path(lts_root, archive_id)
+    try:
+        manifest = read_manifest(naming.manifest_path(tar_path))
+    except (OSError, ValueError, ValidationError):
+        return NEVER
+    try:
+        record = json.loads(audit_record_path(tar_path).read_text(encoding="utf-8"))
+        if record.get("chk") == manifest.chk:
+            return datetime.fromisoformat(record["verified"]) if record.get("ok") else NEVER
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    try:
+        return datetime.fromisoformat(manifest.created)
+    except ValueError:
+        return NEVER
+
+
+def record_verification(lts_root: Path, archive_id: str, when: datetime, problems: list[str]) -> None:
+    """Keep the outcome of an audit of the datablock beside its manifest (atomically)."""
+    tar_path = naming.datablock_path(lts_root, archive_id)
+    try:
+        chk = read_manifest(naming.manifest_path(tar_path)).chk
+    except (OSError, ValueError, ValidationError):
+        chk = None
+    path = audit_record_path(tar_path)
+    text = json.dumps({"archiveId": archive_id, "chk": chk, "verified": when.isoformat(), "ok": not problems,
+                       "problems": problems}, indent=1)
+    write_json_durably(path, text, naming.partial_path(path))
+    fsync_dir(path.parent)
+
+
+def stored_datablocks(lts_root: Path, datasets: Mapping[str, DatasetOnLts]) -> list[StoredDatablock]:
+    """Every datablock with both tar and manifest, with its last-verified time."""
+    return [StoredDatablock(archive_id, pid, size, last_verified(lts_root, archive_id))
+            for pid, dataset in datasets.items() for archive_id, size in dataset.tars.items()
+            if archive_id in dataset.manifests]
+
+
+def select_for_fixity(blocks: Iterable[StoredDatablock], byte_budget: int | None) -> list[StoredDatablock]:
+    """The datablocks verified longest ago, oldest first, as many as fit in `byte_budget` bytes (all
+    of them without one). The oldest is always taken, even alone larger than the budget, or it would
+    never be verified; the order is kept strictly, so no datablock is overtaken by smaller ones forever."""
+    ordered = sorted(blocks, key=lambda b: (b.last_verified, b.archive_id))
+    if byte_budget is None:
+        return ordered
+    chosen, total = [], 0
+    for block in ordered:
+        if chosen and total + block.packed_size > byte_budget:
+            break
+        chosen.append(block)
+        total += block.packed_size
+    return chosen
+
+
+def overdue(blocks: Iterable[StoredDatablock], period: timedelta, now: datetime) -> list[StoredDatablock]:
+    """Datablocks not verified within `period`: the budget per run is too small for the LTS."""
+    return [b for b in blocks if now - b.last_verified > period]
+
+
+def consistency_findings(
+    dataset: DatasetOnLts, registered: list[dict[str, Any]] | None, *, now: datetime,
+    partial_age: timedelta, discarded_retention: timedelta,
+) -> list[Finding]:
+    """Where the dataset's folder on the LTS and SciCat's datablocks (JSON fields; None: SciCat does not
+    know the dataset) disagree, and leftovers that should be gone."""
+    pid = dataset.pid
+    findings: list[Finding] = []
+    on_record = {wire.get("archiveId"): wire for wire in registered or []}
+    for archive_id in sorted(dataset.manifests - set(dataset.tars)):
+        findings.append(Finding("manifest-without-tar", pid, archive_id, "the manifest is on the LTS, the tar is not"))
+    for archive_id in sorted(set(dataset.tars) - dataset.manifests):
+        findings.append(Finding("tar-without-manifest", pid, archive_id, "the tar is on the LTS, its manifest is not"))
+    for archive_id, size in sorted(dataset.tars.items()):
+        if archive_id not in on_record:
+            known = "knows no such dataset" if registered is None else "lists no such datablock"
+            findings.append(Finding("dark", pid, archive_id, f"{size} bytes on the LTS; SciCat {known}"))
+    for archive_id, wire in sorted(on_record.items(), key=lambda item: str(item[0])):
+        recorded = wire.get("packedSize")
+        if archive_id not in dataset.tars:
+            findings.append(Finding("lost", pid, str(archive_id), f"registered in SciCat ({recorded} bytes), no tar on the LTS"))
+        elif dataset.tars[archive_id] != recorded:
+            findings.append(Finding("lost", pid, archive_id,
+                                    f"the tar has {dataset.tars[archive_id]} bytes, SciCat records {recorded}"))
+    for path, modified in sorted(dataset.partials.items()):
+        if now - modified > partial_age:
+            findings.append(Finding("stale-partial", pid, path, f"half-written file last changed {modified:%Y-%m-%d %H:%M} UTC, "
+                                    f"older than any live run ({partial_age} allowed)"))
+    for path, set_aside in sorted(dataset.discarded.items()):
+        if now - set_aside > discarded_retention:
+            findings.append(Finding("discarded-past-retention", pid, path,
+                                    f"set aside {set_aside:%Y-%m-%d %H:%M} UTC, kept longer than {discarded_retention.days} day(s)"))
+    return findings
+
+
+def scicat_checksum_findings(
+    pid: str, manifest_files: Iterable[Any], chk_alg: str, archive_id: str, orig_files: Iterable[Mapping[str, Any]],
+    orig_chk_alg: str | None,
+) -> list[Finding]:
+    """Member checksums of a verified manifest against those the dataset's origdatablocks register
+    (only files that carry a checksum of the same algorithm)."""
+    if orig_chk_alg and orig_chk_alg.lower() != chk_alg:
+        return []
+    registered = {str(f.get("path", "")).removeprefix("./"): f for f in orig_files}
+    findings = []
+    for member in manifest_files:
+        orig = registered.get(member.path)
+        if orig is None:
+            continue
+        if orig.get("size") is not None and orig["size"] != member.size:
+            findings.append(Finding("scicat-mismatch", pid, archive_id,
+                                    f"member {member.path!r} is {member.size} bytes, its origdatablock says {orig['size']}"))
+        if orig.get("chk") and orig["chk"] != member.chk:
+            findings.append(Finding("scicat-mismatch", pid, archive_id,
+                                    f"member {member.path!r} {chk_alg} is {member.chk}, its origdatablock says {orig['chk']}"))
+    return findings

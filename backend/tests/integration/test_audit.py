@@ -1,0 +1,226 @@
+"""The `lts_audit` flow and `archiver audit` against datasets archived by the real flows: each kind of damage is
+found and named with its dataset and datablock; an untouched LTS passes; the byte budget and the tag hold
+(read from the task-run history)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+
+import pytest
+from archiver.flows.archive import archive_datasets_flow
+from archiver.flows.audit import PROBLEM_EVENT, LtsAuditFailed, lts_audit
+from archiver.flows.common import exception_of
+from archiver.flows.test_dataset import create_test_dataset_flow
+from archiver.packing import audit, naming
+from archiver.scicat.models import NewDatablock
+
+pytestmark = pytest.mark.integration
+
+
+def archived(pipeline, num_files: int = 2, file_size_mb: float = 0.6) -> tuple[str, list]:
+    """A dataset archived by the archival flow (one datablock per file: 1 MB target); its SciCat datablocks."""
+    pid = create_test_dataset_flow(num_files=num_files, file_size_mb=file_size_mb)
+    archive_datasets_flow(job_id=pipeline.new_job("archive", [pid]))
+    return pid, pipeline.scicat.get_datablocks(pid)
+
+
+def findings_of(state) -> list:
+    error = exception_of(state)
+    assert isinstance(error, LtsAuditFailed), error
+    return error.findings
+
+
+def flip_a_byte(pipeline, archive_id):
+    with open(naming.datablock_path(pipeline.lts_root, archive_id), "r+b") as f:
+        f.seek(1024 + 100)  # inside the first member's data
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0x01]))
+
+
+def truncate(pipeline, archive_id):
+    tar = naming.datablock_path(pipeline.lts_root, archive_id)
+    os.truncate(tar, tar.stat().st_size // 2)
+
+
+def delete_manifest(pipeline, archive_id):
+    naming.manifest_path(naming.datablock_path(pipeline.lts_root, archive_id)).unlink()
+
+
+def delete_datablock(pipeline, archive_id):
+    tar = naming.datablock_path(pipeline.lts_root, archive_id)
+    tar.unlink()
+    naming.manifest_path(tar).unlink()
+
+
+def add_dark_datablock(pipeline, archive_id):
+    """A copy of the datablock under a name SciCat does not list; returns that name."""
+    pid = naming.pid_from_safe_name(archive_id.split("/")[2])
+    dark = naming.archive_id(pid, 7)
+    source, target = (naming.datablock_path(pipeline.lts_root, a) for a in (archive_id, dark))
+    shutil.copyfile(source, target)
+    shutil.copyfile(naming.manifest_path(source), naming.manifest_path(target))
+    return dark
+
+
+def add_old_partial(pipeline, archive_id):
+    partial = naming.partial_path(naming.datablock_path(pipeline.lts_root, archive_id.replace("_00000", "_00005")))
+    partial.write_bytes(b"half a tar")
+    three_days_ago = time.time() - 3 * 24 * 3600
+    os.utime(partial, (three_days_ago, three_days_ago))
+    return partial.relative_to(pipeline.lts_root).as_posix()
+
+
+def resize_in_scicat(pipeline, archive_id):
+    pid = naming.pid_from_safe_name(archive_id.split("/")[2])
+    [block] = [d for d in pipeline.scicat.get_datablocks(pid) if d.archive_id == archive_id]
+    pipeline.scicat.delete_datablock(pid, block.id)
+    fields = block.model_dump(include=set(NewDatablock.model_fields))
+    pipeline.scicat.create_datablock(pid, NewDatablock(**{**fields, "packed_size": block.packed_size + 512}))
+
+
+DAMAGE = {
+    "flipped byte": (flip_a_byte, {"fixity"}),
+    "truncated tar": (truncate, {"fixity", "lost"}),
+    "deleted manifest": (delete_manifest, {"tar-without-manifest"}),
+    "missing datablock": (delete_datablock, {"lost"}),
+    "dark datablock": (add_dark_datablock, {"dark"}),
+    "old partial": (add_old_partial, {"stale-partial"}),
+    "scicat size mismatch": (resize_in_scicat, {"lost"}),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE, ids=list(DAMAGE))
+def test_each_kind_of_damage_is_found_and_named(pipeline, damage):
+    do, kinds = DAMAGE[damage]
+    pid, blocks = archived(pipeline)
+    target = blocks[0].archive_id
+    named = do(pipeline, target) or target
+
+    state = lts_audit(everything=True, return_state=True)
+
+    assert state.is_failed()
+    findings = findings_of(state)
+    assert {f.kind for f in findings} == kinds, [f.line() for f in findings]
+    assert all(f.pid == pid and f.what == named for f in findings), [f.line() for f in findings]
+    rows = table_rows(state)
+    assert any(row["dataset"] == pid and row["datablock"] == named and row["result"] != "verified" for row in rows)
+    expected = {(pid, named, kind) for kind in kinds}
+    assert problem_events(state, until=lambda got: got >= expected) >= expected
+
+
+def test_an_untouched_lts_passes_and_every_datablock_is_recorded_as_verified(pipeline):
+    pids_blocks = [archived(pipeline, 2), archived(pipeline, 1)]
+
+    state = lts_audit(everything=True, return_state=True)
+
+    assert state.is_completed(), exception_of(state)
+    assert state.result()["checked"] == state.result()["datablocks"] == 3
+    assert state.result()["problems"] == 0
+    for pid, blocks in pids_blocks:
+        for block in blocks:
+            record = audit.audit_record_path(naming.datablock_path(pipeline.lts_root, block.archive_id))
+            assert json.loads(record.read_text())["ok"] is True
+    assert [row["result"] for row in table_rows(state)] == ["verified"] * 3
+
+
+def test_the_byte_budget_holds_and_the_next_run_takes_the_next_oldest(pipeline):
+    pid, blocks = archived(pipeline, num_files=4)  # four datablocks of about 0.6 MB
+    sizes = {b.archive_id: b.packed_size for b in blocks}
+
+    pipeline.set_settings(LTS_AUDIT_BUDGET_MB=1)
+    first = lts_audit(return_state=True)
+    second = lts_audit(byte_budget_mb=1, return_state=True)
+
+    read_first, read_second = verified_in(first), verified_in(second)
+    for read in (read_first, read_second):
+        assert len(read) == 1 and sum(sizes[a] for a, _ in read) <= 1024 * 1024
+    assert read_first[0][0] != read_second[0][0]
+    assert first.is_completed() and first.result()["checked"] == 1
+    verify_tag = tomllib.loads(pipeline.limits_file.read_text())["VERIFY_LTS_LIMIT"]["tag"]
+    assert all(tags == [verify_tag] for _, tags in read_first + read_second)
+
+
+def test_the_audit_command_names_the_problem_and_exits_1(pipeline):
+    pid, blocks = archived(pipeline, 1)
+    flip_a_byte(pipeline, blocks[0].archive_id)
+
+    result = audit_command("--pid", pid)
+
+    assert result.returncode == 1, result.stderr
+    assert f"fixity: dataset {pid}, {blocks[0].archive_id}: " in result.stdout
+    assert "LTS audit found 1 problem(s)" in result.stderr
+
+    refused = audit_command("--pid", pid, "--all")
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1
+
+
+def test_the_audit_command_reports_a_clean_dataset(pipeline):
+    pid, blocks = archived(pipeline, 2)
+    result = audit_command("--pid", pid)
+    assert result.returncode == 0, result.stderr
+    assert "2 of 2 datablock(s) re-verified" in result.stdout
+
+
+def test_the_audit_command_refuses_a_missing_lts_in_one_line(pipeline):
+    result = audit_command(LTS_STORAGE_ROOT=str(pipeline.lts_root / "not-mounted"))
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: LTS_STORAGE_ROOT ") and "not-mounted is not a folder here" in result.stderr
+    assert result.stderr.count("\n") == 1  # checked before any flow run starts
+
+
+def audit_command(*args: str, **environment: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "archiver.cli", "audit", *args], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, **environment})
+
+
+# --- what Prefect recorded ---
+
+
+def table_rows(state) -> list[dict]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        [table] = [a for a in client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]))) if a.type == "table"]
+    return json.loads(table.data) if isinstance(table.data, str) else table.data
+
+
+def verified_in(state) -> list[tuple[str, list[str]]]:
+    """(archiveId, tags) of the verification task runs of an audit run, from Prefect's task-run history."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter, TaskRunFilterName
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])),
+            task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="verify ")),
+        )
+    return [(run.name.removeprefix("verify "), sorted(run.tags)) for run in runs]
+
+
+def problem_events(state, until, timeout_s: float = 30) -> set[tuple[str, str, str]]:
+    """(dataset, datablock, kind) of the audit's problem events of the run, as Prefect's event API serves them;
+    polled until `until(them)` holds or `timeout_s` passed (events arrive asynchronously)."""
+    import httpx
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL
+
+    run_id = str(state.state_details.flow_run_id)
+    body = {"filter": {"event": {"name": [PROBLEM_EVENT]}, "related": {"id": [f"prefect.flow-run.{run_id}"]}}, "limit": 50}
+    auth_string = PREFECT_API_AUTH_STRING.value()
+    auth_string = getattr(auth_string, "get_secret_value", lambda: auth_string)()
+    auth = httpx.BasicAuth(*auth_string.split(":", 1))
+    deadline = time.monotonic() + timeout_s
+    while True:
+        answer = httpx.post(f"{PREFECT_API_URL.value()}/events/filter", json=body, auth=auth, timeout=10).raise_for_status()
+        got = {(e["payload"]["dataset"], e["payload"]["datablock"], e["payload"]["kind"]) for e in answer.json()["events"]}
+        if until(got) or time.monotonic() > deadline:
+            return got
+        time.sleep(1)

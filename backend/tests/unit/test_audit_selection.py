@@ -1,0 +1,131 @@
+"""The audit's pure logic: the rolling fixity selection over simulated days, and the last-verified record on a real folder."""
+
+from __future__ import annotations
+
+import random
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from archiver.packing import audit, naming
+from archiver.packing.records import Manifest, write_json_durably
+
+START = datetime(2026, 1, 1, 2, 0, tzinfo=timezone.utc)
+MB = 1024 * 1024
+
+
+def simulate(sizes: dict[str, int], budget: int, period_days: int, days: int) -> dict[str, list[datetime]]:
+    """Daily audit runs over `days` days: returns when each datablock was verified, starting with its
+    verification before the first run. Time moves by arithmetic."""
+    last = {archive_id: START - timedelta(days=random.Random(archive_id).randint(0, period_days - 1))
+            for archive_id in sizes}  # as if archived at random times during the last period
+    verified = {archive_id: [when] for archive_id, when in last.items()}
+    for day in range(days):
+        now = START + timedelta(days=day)
+        blocks = [audit.StoredDatablock(a, "pid", size, last[a]) for a, size in sizes.items()]
+        chosen = audit.select_for_fixity(blocks, budget)
+        assert sum(b.packed_size for b in chosen) <= budget
+        for block in chosen:
+            last[block.archive_id] = now
+            verified[block.archive_id].append(now)
+    return verified
+
+
+def test_every_datablock_is_verified_within_the_period_when_the_budget_suffices():
+    rng = random.Random(7)
+    sizes = {f"block-{i:04d}": rng.randint(1, 200) * MB for i in range(1500)}
+    period = 90
+    budget = sum(sizes.values()) // period + max(sizes.values())  # the LTS per period, plus one datablock of slack
+    verified = simulate(sizes, budget, period, days=3 * period)
+    for archive_id, times in verified.items():
+        gaps = [b - a for a, b in zip(times, times[1:] + [START + timedelta(days=3 * period)])]
+        assert max(gaps) <= timedelta(days=period), f"{archive_id} went {max(gaps)} without verification"
+
+
+def test_a_too_small_budget_leaves_datablocks_overdue():
+    sizes = {f"block-{i}": 10 * MB for i in range(100)}
+    blocks = [audit.StoredDatablock(a, "pid", s, START - timedelta(days=100)) for a, s in sizes.items()]
+    chosen = audit.select_for_fixity(blocks, 50 * MB)
+    assert len(chosen) == 5
+    late = audit.overdue(set(blocks) - set(chosen), timedelta(days=90), START)
+    assert len(late) == 95
+
+
+def test_the_oldest_datablock_is_read_even_when_larger_than_the_budget_and_never_overtaken():
+    huge = audit.StoredDatablock("huge", "pid", 50 * MB, START - timedelta(days=30))
+    small = [audit.StoredDatablock(f"s{i}", "pid", MB, START - timedelta(days=i)) for i in range(5)]
+    assert audit.select_for_fixity([huge, *small], 10 * MB) == [huge]
+    assert audit.select_for_fixity(small, None) == sorted(small, key=lambda b: b.last_verified)
+
+
+def write_manifest(lts_root, pid: str, index: int, chk: str, created: datetime) -> str:
+    archive_id = naming.archive_id(pid, index)
+    tar = naming.datablock_path(lts_root, archive_id)
+    tar.parent.mkdir(parents=True, exist_ok=True)
+    tar.write_bytes(b"x" * 1024)
+    manifest = Manifest(datasetId=pid, archiveId=archive_id, size=0, packedSize=1024, chkAlg="sha256",
+                        dataFileList=[], chk=chk, created=created.isoformat())
+    path = naming.manifest_path(tar)
+    write_json_durably(path, manifest.model_dump_json(), naming.partial_path(path))
+    return archive_id
+
+
+def test_last_verified_comes_from_the_audit_record_of_the_same_tar(tmp_path):
+    created = START - timedelta(days=10)
+    archive_id = write_manifest(tmp_path, "20.500.11935/a", 0, "aa", created)
+    assert audit.last_verified(tmp_path, archive_id) == created  # archival verified it when it wrote the manifest
+
+    audit.record_verification(tmp_path, archive_id, START, [])
+    assert audit.last_verified(tmp_path, archive_id) == START
+    assert not list(naming.datablocks_folder(tmp_path, "20.500.11935/a").glob("*.partial"))
+
+    audit.record_verification(tmp_path, archive_id, START, ["member 'x' sha256 differs"])
+    assert audit.last_verified(tmp_path, archive_id) == audit.NEVER  # failed: first in line again
+
+    write_manifest(tmp_path, "20.500.11935/a", 0, "bb", START - timedelta(days=1))  # written again since
+    assert audit.last_verified(tmp_path, archive_id) == START - timedelta(days=1)
+
+
+@pytest.mark.parametrize("registered", [None, []], ids=["dataset unknown", "no datablocks"])
+def test_consistency_names_dark_lost_and_leftovers(tmp_path, registered):
+    pid = "20.500.11935/c"
+    dataset = audit.DatasetOnLts(
+        pid, tars={"a.tar": 10, "b.tar": 20}, manifests={"a.tar", "c.tar"},
+        partials={"p.tar.partial": START - timedelta(hours=49), "fresh.tar.partial": START - timedelta(hours=1)},
+        discarded={"d/old": START - timedelta(days=31), "d/new": START - timedelta(days=2)},
+    )
+    findings = audit.consistency_findings(dataset, registered, now=START, partial_age=timedelta(hours=48),
+                                          discarded_retention=timedelta(days=30))
+    kinds = sorted((f.kind, f.what) for f in findings)
+    assert kinds == [("dark", "a.tar"), ("dark", "b.tar"), ("discarded-past-retention", "d/old"),
+                     ("manifest-without-tar", "c.tar"), ("stale-partial", "p.tar.partial"),
+                     ("tar-without-manifest", "b.tar")]
+    assert all(f.pid == pid for f in findings)
+
+
+def test_consistency_names_lost_and_resized_datablocks():
+    dataset = audit.DatasetOnLts("p", tars={"a.tar": 10}, manifests={"a.tar"})
+    registered = [{"archiveId": "a.tar", "packedSize": 11}, {"archiveId": "gone.tar", "packedSize": 5}]
+    findings = audit.consistency_findings(dataset, registered, now=START, partial_age=timedelta(hours=1),
+                                          discarded_retention=timedelta(days=1))
+    assert [(f.kind, f.what, f.detail) for f in findings] == [
+        ("lost", "a.tar", "the tar has 10 bytes, SciCat records 11"),
+        ("lost", "gone.tar", "registered in SciCat (5 bytes), no tar on the LTS"),
+    ]
+
+
+def test_the_audit_deployment_is_scheduled_from_lts_audit_cron_both_ways():
+    import yaml
+    from archiver.config.settings import load_vars_file
+    from archiver.flows.serve import DEPLOYMENT_NAMES, audit_cron
+
+    repo = Path(__file__).resolve().parents[3]
+    settings = load_vars_file(repo / "prefect-vars.toml")
+    [spec] = [d for d in yaml.safe_load((repo / "prefect.yaml").read_text())["deployments"] if d["name"] == "lts_auditing"]
+    assert spec["entrypoint"].split()[0] == "backend/archiver/flows/audit.py:lts_audit"
+    assert spec["schedules"] == [{"cron": "{{ $LTS_AUDIT_CRON }}", "timezone": "UTC"}]
+    assert "LTS_AUDIT_CRON" in (repo / "backend/docker/deploy-flows.sh").read_text()
+    assert DEPLOYMENT_NAMES["audit"] == "lts_audit/lts_auditing"
+    assert audit_cron(settings) == settings.lts.audit_cron == "0 2 * * *"
+    changed = settings.model_copy(update={"lts": settings.lts.model_copy(update={"audit_cron": "15 4 * * 1"})})
+    assert audit_cron(changed) == "15 4 * * 1" and audit_cron(None) == "0 2 * * *"

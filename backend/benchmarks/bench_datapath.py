@@ -7,8 +7,9 @@ landing-zone bucket, then in this process:
     folder and verifies each (datablocks worked on --datablock-concurrency at a time,
     as the archival flow does with ARCHIVER_DATABLOCK_CONCURRENCY),
   - retrieve: checks and uploads the datablocks into a retrieval bucket (same concurrency),
-  - raw download: boto3 download_file of every object, one after the other, to the same
-    filesystem + fsync of each file and the folder,
+  - raw download: every object, one after the other, to the same filesystem + fsync of
+    each file and the folder (boto3 download_file from 8 MiB up, a plain get_object below:
+    download_file's per-call HEAD and thread pool would make small files a slow baseline),
   - plain upload: boto3 upload_file of the datablocks, one after the other,
 and removes the shape's objects and files before the next. It prints MB/s (MiB of
 dataset files per second), the ratios against the targets of issue 16, and the peak
@@ -36,6 +37,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+
+from boto3.s3.transfer import TransferConfig
 
 from archiver import local_services
 from archiver.packing import naming
@@ -188,9 +191,13 @@ class Run:
                                                        file_timeout_s=60), self.blocks))
 
     def raw_download(self) -> None:
-        for i, f in enumerate(list_dataset_files(self.s3, self.buckets["landing"], self.pid)):
+        landing = self.buckets["landing"]
+        for i, f in enumerate(list_dataset_files(self.s3, landing, self.pid)):
             target = self.download_dir / f"{i:05d}"
-            self.s3.download_file(self.buckets["landing"], f.key, str(target))
+            if f.size >= TransferConfig().multipart_threshold:
+                self.s3.download_file(landing, f.key, str(target))  # concurrent ranged GETs
+            else:  # what download_file does for a small object, without its per-call HEAD and thread pool
+                target.write_bytes(self.s3.get_object(Bucket=landing, Key=f.key)["Body"].read())
             fsync_file(target)
         fsync_dir(self.download_dir)
 

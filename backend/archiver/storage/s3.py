@@ -1,4 +1,4 @@
-"""S3 through boto3, configured to work against MinIO and moto alike: clients, listing,
+"""S3 through boto3, configured to work against MinIO and moto alike: clients, streaming reads,
 multipart writes, prefix cleanup, presigned URLs."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from archiver.config.settings import MAX_PRESIGNED_URL_SECONDS
 
@@ -44,7 +44,7 @@ def s3_client(endpoint: str, region: str, credentials: S3Credentials, max_pool_c
     )
 
 
-# --- listing, multipart writes, cleanup, presigned URLs ---
+# --- listing, streaming reads, multipart writes, cleanup, presigned URLs ---
 
 MIN_PART_SIZE = 5 * 1024 * 1024
 
@@ -56,6 +56,37 @@ def iter_objects(s3, bucket: str, prefix: str) -> Iterator[dict]:
 
 def error_code(error: ClientError) -> str:
     return str(error.response.get("Error", {}).get("Code", ""))
+
+
+class ObjectReader:
+    """Reads one object as a stream; a connection lost mid-way resumes with a ranged GET of the same version."""
+
+    def __init__(self, s3, bucket: str, key: str, max_resumes: int = 3):
+        self._s3, self._bucket, self._key = s3, bucket, key
+        self._resumes_left = max_resumes
+        response = s3.get_object(Bucket=bucket, Key=key)
+        self._etag = response["ETag"]
+        self._body = response["Body"]
+        self.position = 0
+
+    def read(self, size: int) -> bytes:
+        while True:
+            try:
+                data = self._body.read(size)
+                self.position += len(data)
+                return data
+            except (BotoCoreError, OSError):
+                if self._resumes_left <= 0:
+                    raise
+                self._resumes_left -= 1
+                self._body.close()
+                response = self._s3.get_object(
+                    Bucket=self._bucket, Key=self._key, Range=f"bytes={self.position}-", IfMatch=self._etag
+                )
+                self._body = response["Body"]
+
+    def close(self) -> None:
+        self._body.close()
 
 
 class MultipartUpload:

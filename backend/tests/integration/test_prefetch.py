@@ -49,11 +49,11 @@ def prefetch_threads() -> list[str]:
 
 def test_members_keep_the_planned_order_when_later_fetches_finish_first(s3, bucket, lts_root):
     files = {f"f{i:02d}.bin": os.urandom(1000 + 997 * i) for i in range(30)}
-    files["f15_large.bin"] = os.urandom(300 * KiB)  # over piece_bytes below: fetched in ranged pieces
+    files["f15_large.bin"] = os.urandom(300 * KiB)  # over small_object_bytes below: streamed in its turn
     block = upload(s3, bucket, files)
     first_key = block.files[0].key
     on_get(s3, lambda key: time.sleep(0.3) if key == first_key else None)  # the first object arrives last
-    prefetch = Prefetch(threads=6, budget_bytes=256 * KiB, piece_bytes=64 * KiB)
+    prefetch = Prefetch(threads=6, budget_bytes=256 * KiB, small_object_bytes=64 * KiB)
 
     with contextlib.closing(read_members(s3, bucket, PID, block.files, "sha256", prefetch)) as members:
         got = [(m.file.path, b"".join(m.chunks), m.checksum()) for m in members]
@@ -74,7 +74,7 @@ def test_objects_fetched_ahead_stay_within_the_byte_budget(s3, bucket):
     requested: set[int] = set()
     on_get(s3, lambda key: requested.add(index[key]))
     budget = 350 * KiB
-    prefetch = Prefetch(threads=8, budget_bytes=budget, piece_bytes=size)
+    prefetch = Prefetch(threads=8, budget_bytes=budget, small_object_bytes=size)
 
     most_ahead = 0
     with contextlib.closing(read_members(s3, bucket, PID, block.files, "sha256", prefetch)) as members:
@@ -104,22 +104,22 @@ def test_a_failed_fetch_fails_the_datablock_and_leaves_nothing_behind(s3, bucket
         expected = pytest.raises(EndpointConnectionError)
 
     with expected:
-        archive_datablock(s3, bucket, block, lts_root, prefetch=Prefetch(threads=4, budget_bytes=MiB, piece_bytes=MiB))
+        archive_datablock(s3, bucket, block, lts_root, prefetch=Prefetch(threads=4, budget_bytes=MiB, small_object_bytes=MiB))
     assert list(naming.datablocks_folder(lts_root, PID).iterdir()) == []  # no tar, no .partial, no manifest
     assert prefetch_threads() == []  # no fetch is left running
 
     repair()  # the next run writes the datablock in full
-    record = archive_datablock(s3, bucket, block, lts_root, prefetch=Prefetch(threads=4, budget_bytes=MiB, piece_bytes=MiB))
+    record = archive_datablock(s3, bucket, block, lts_root, prefetch=Prefetch(threads=4, budget_bytes=MiB, small_object_bytes=MiB))
     assert verify_datablock(lts_root, record.archiveId).record() == record
 
 
-@pytest.mark.parametrize("size", [40 * KiB, 300 * KiB], ids=["whole", "in pieces"])
+@pytest.mark.parametrize("size", [40 * KiB, 300 * KiB], ids=["fetched ahead", "streamed"])
 @pytest.mark.parametrize("change", [-1, +1])
 def test_an_object_that_changed_size_since_planning_fails_the_datablock(s3, bucket, lts_root, size, change):
     block = upload(s3, bucket, {"a.bin": os.urandom(1000), "b.bin": os.urandom(size), "c.bin": os.urandom(1000)})
     s3.put_object(Bucket=bucket, Key=block.files[1].key, Body=os.urandom(size + change * size // 2))
     with pytest.raises(IntegrityError, match="'.*b.bin' changed while being archived"):
-        archive_datablock(s3, bucket, block, lts_root, prefetch=Prefetch(threads=2, budget_bytes=MiB, piece_bytes=64 * KiB))
+        archive_datablock(s3, bucket, block, lts_root, prefetch=Prefetch(threads=2, budget_bytes=MiB, small_object_bytes=64 * KiB))
     assert list(naming.datablocks_folder(lts_root, PID).iterdir()) == []
 
 

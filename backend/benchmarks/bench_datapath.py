@@ -7,9 +7,10 @@ landing-zone bucket, then in this process:
     folder and verifies each (datablocks worked on --datablock-concurrency at a time,
     as the archival flow does with ARCHIVER_DATABLOCK_CONCURRENCY),
   - retrieve: checks and uploads the datablocks into a retrieval bucket (same concurrency),
-  - raw download: every object, one after the other, to the same filesystem + fsync of
-    each file and the folder (boto3 download_file from 8 MiB up, a plain get_object below:
-    download_file's per-call HEAD and thread pool would make small files a slow baseline),
+  - raw download: every object, one after the other, to the same filesystem, then fsync of
+    every file and the folder (boto3 download_file from 8 MiB up, a plain get_object below:
+    download_file's per-call HEAD and thread pool, or an fsync per file, would make small
+    files a slow baseline),
   - plain upload: boto3 upload_file of the datablocks, one after the other,
 and removes the shape's objects and files before the next. It prints MB/s (MiB of
 dataset files per second), the ratios against the targets of issue 16, and the peak
@@ -20,7 +21,7 @@ depends on dataset size. Before each phase freed memory is handed back to the OS
 
     .venv/bin/python backend/benchmarks/bench_datapath.py [--shapes 8x64M,32x64M,1000x1M,20000x64K]
 
-About 5 minutes on 2 cores; needs ~6 GiB free in the temp folder.
+About 6-8 minutes on 2 busy cores; needs ~6 GiB free in the temp folder.
 """
 
 from __future__ import annotations
@@ -192,12 +193,16 @@ class Run:
 
     def raw_download(self) -> None:
         landing = self.buckets["landing"]
+        targets = []
         for i, f in enumerate(list_dataset_files(self.s3, landing, self.pid)):
             target = self.download_dir / f"{i:05d}"
             if f.size >= TransferConfig().multipart_threshold:
                 self.s3.download_file(landing, f.key, str(target))  # concurrent ranged GETs
             else:  # what download_file does for a small object, without its per-call HEAD and thread pool
                 target.write_bytes(self.s3.get_object(Bucket=landing, Key=f.key)["Body"].read())
+            targets.append(target)
+        # Made durable together at the end, as the engine makes a datablock durable once, not file by file.
+        for target in targets:
             fsync_file(target)
         fsync_dir(self.download_dir)
 

@@ -79,11 +79,12 @@ class TeeReader:
 
     def read(self, size: int = -1) -> bytes:
         """Exactly `size` bytes unless the file ends first (tarfile takes a short read as a truncated tar)."""
-        wanted = size if size >= 0 else float("inf")
+        remaining = size if size >= 0 else None  # None: to the end
         parts = []
-        while wanted > 0 and (data := self._take(int(min(wanted, self._read_size)))):
+        while remaining != 0 and (data := self._take(self._read_size if remaining is None else remaining)):
             parts.append(data)
-            wanted -= len(data)
+            if remaining is not None:
+                remaining -= len(data)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def feed(self, size: int, sink: Callable[[memoryview], None]) -> int:
@@ -104,7 +105,7 @@ class TeeReader:
     def seek(self, position: int, whence: int = 0) -> int:
         if whence == 1:
             position += self.tell()
-        elif whence != 0 or position < self.tell():
+        if whence not in (0, 1) or position < self.tell():
             raise ValueError(f"the datablock is read front to back: cannot seek to {position} (whence {whence}) "
                              f"from {self.tell()}")
         while self.tell() < position and self._take(position - self.tell()):

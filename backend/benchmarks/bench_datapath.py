@@ -213,19 +213,19 @@ class Run:
     def rate(self, phase: str) -> float:
         return self.shape.total / MiB / self.figures[phase].seconds
 
-    def rows(self) -> list[str]:
+    def row(self) -> str:
         f = self.figures
         archive_ratio = f["raw download"].seconds / f["archive+verify"].seconds
         retrieve_ratio = f["plain upload"].seconds / f["retrieve"].seconds
         target = ARCHIVE_TARGETS.get(self.shape.size)
-        return [
+        return (
             f"{str(self.shape):<16} {len(self.blocks):>3} "
             f"{self.rate('archive+verify'):>8.1f} {self.rate('raw download'):>8.1f} {archive_ratio:>6.2f}x "
             f"{f'>= {target:.1f}x' if target else '':>8} "
             f"{self.rate('retrieve'):>8.1f} {self.rate('plain upload'):>8.1f} {retrieve_ratio:>6.2f}x "
             f"{f['archive+verify'].peak_rss / MiB:>8.0f} {f['retrieve'].peak_rss / MiB:>8.0f} "
             f"{f['archive+verify'].start_rss / MiB:>6.0f}"
-        ]
+        )
 
 
 HEADER = (
@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> None:
                   flush=True)
         print(HEADER)
         for run in runs:
-            print("\n".join(run.rows()))
+            print(run.row())
         for line in rss_growth_lines(runs):
             print(line)
 

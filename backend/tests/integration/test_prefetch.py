@@ -24,6 +24,7 @@ pytestmark = pytest.mark.integration
 PID = "20.500.11935/prefetch"
 KiB = 1024
 MiB = 1024 * KiB
+FOUR_THREADS = Prefetch(threads=4, budget_bytes=MiB, small_object_bytes=MiB)
 
 
 def upload(s3, bucket, files: dict[str, bytes]) -> list:
@@ -72,7 +73,13 @@ def test_objects_fetched_ahead_stay_within_the_byte_budget(s3, bucket):
     block = upload(s3, bucket, {f"f{i:02d}.bin": os.urandom(size) for i in range(40)})
     index = {f.key: i for i, f in enumerate(block.files)}
     requested: set[int] = set()
-    on_get(s3, lambda key: requested.add(index[key]))
+    lock = threading.Lock()
+
+    def note(key):
+        with lock:
+            requested.add(index[key])
+
+    on_get(s3, note)
     budget = 350 * KiB
     prefetch = Prefetch(threads=8, budget_bytes=budget, small_object_bytes=size)
 
@@ -81,7 +88,8 @@ def test_objects_fetched_ahead_stay_within_the_byte_budget(s3, bucket):
         for i, member in enumerate(members):
             assert member.file == block.files[i]
             time.sleep(0.02)  # a slow writer: fetches run ahead as far as the budget lets them
-            held = {j for j in requested if j >= i}
+            with lock:
+                held = {j for j in requested if j >= i}
             assert len(held) * size <= budget, f"at member {i}, objects {sorted(held)} fetched ahead"
             most_ahead = max(most_ahead, len(held))
     assert most_ahead == budget // size  # it did fetch ahead, as far as allowed
@@ -104,12 +112,12 @@ def test_a_failed_fetch_fails_the_datablock_and_leaves_nothing_behind(s3, bucket
         expected = pytest.raises(EndpointConnectionError)
 
     with expected:
-        archive_datablock(s3, bucket, block, lts_root, prefetch=Prefetch(threads=4, budget_bytes=MiB, small_object_bytes=MiB))
+        archive_datablock(s3, bucket, block, lts_root, prefetch=FOUR_THREADS)
     assert list(naming.datablocks_folder(lts_root, PID).iterdir()) == []  # no tar, no .partial, no manifest
     assert prefetch_threads() == []  # no fetch is left running
 
     repair()  # the next run writes the datablock in full
-    record = archive_datablock(s3, bucket, block, lts_root, prefetch=Prefetch(threads=4, budget_bytes=MiB, small_object_bytes=MiB))
+    record = archive_datablock(s3, bucket, block, lts_root, prefetch=FOUR_THREADS)
     assert verify_datablock(lts_root, record.archiveId).record() == record
 
 
@@ -119,7 +127,7 @@ def test_an_object_that_changed_size_since_planning_fails_the_datablock(s3, buck
     block = upload(s3, bucket, {"a.bin": os.urandom(1000), "b.bin": os.urandom(size), "c.bin": os.urandom(1000)})
     s3.put_object(Bucket=bucket, Key=block.files[1].key, Body=os.urandom(size + change * size // 2))
     with pytest.raises(IntegrityError, match="'.*b.bin' changed while being archived"):
-        archive_datablock(s3, bucket, block, lts_root, prefetch=Prefetch(threads=2, budget_bytes=MiB, small_object_bytes=64 * KiB))
+        archive_datablock(s3, bucket, block, lts_root, prefetch=Prefetch(threads=2, small_object_bytes=64 * KiB))
     assert list(naming.datablocks_folder(lts_root, PID).iterdir()) == []
 
 

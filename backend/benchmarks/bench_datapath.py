@@ -1,19 +1,30 @@
-"""Data path benchmark: prints figures, asserts nothing.
+"""Data path benchmark: prints figures beside plain boto3 baselines, asserts nothing.
 
-Starts a moto S3 server (subprocess), fills a landing-zone bucket with a dataset
-of N x 64 MiB random files, then in this process:
-  - archives it into datablocks on a local LTS folder and verifies them,
-  - retrieves the datablocks into a retrieval bucket,
-  - runs the plain baselines on the same bytes: boto3 download_file of every
-    object to the same filesystem + fsync, and boto3 upload_file of the datablocks.
-It does this for a small and a large dataset (default 512 MiB and 2 GiB; the
-engine runs for both before any baseline runs) and
-prints MB/s and the peak RSS of this process (moto keeps objects in its own
-process, which is not counted) per phase, plus the RSS growth between sizes.
-Before each phase freed memory is handed back to the OS (malloc_trim), so a
-phase's peak is not inflated by what an earlier phase left in malloc's pools.
+Starts a moto S3 server (subprocess). For each file shape (default 8 x 64 MiB,
+32 x 64 MiB, 1000 x 1 MiB, 20000 x 64 KiB), one after the other, it fills a
+landing-zone bucket, then in this process:
+  - archive+verify: lists and plans the dataset, writes its datablocks to a local LTS
+    folder and verifies each (datablocks worked on --datablock-concurrency at a time,
+    as the archival flow does with ARCHIVER_DATABLOCK_CONCURRENCY),
+  - retrieve: checks and uploads the datablocks into a retrieval bucket (same concurrency),
+  - raw download: every object, one after the other, to the same filesystem, then fsync of
+    every file and the folder (boto3 download_file from 8 MiB up, a plain get_object below:
+    download_file's per-call HEAD and thread pool, or an fsync per file, would make small
+    files a slow baseline),
+  - plain upload: boto3 upload_file of the datablocks, one after the other,
+and removes the shape's objects and files before the next. It prints MB/s (MiB of
+dataset files per second), the ratios against the targets of issue 16, and the peak
+RSS of this process per phase (moto keeps objects in its own process, which is not
+counted); the growth of each phase's peak above its start between the 512 MiB and
+2 GiB shapes shows whether memory depends on dataset size. Before each phase freed
+memory is handed back to the OS (malloc_trim), so a phase's peak is not inflated by
+what an earlier phase left.
 
-    .venv/bin/python backend/benchmarks/bench_datapath.py [--small-files 8] [--large-files 32]
+    .venv/bin/python backend/benchmarks/bench_datapath.py [--shapes 8x64M,32x64M,1000x1M,20000x64K]
+
+About 12 minutes on 2 cores shared with other work, 7 of them for the 20000 small files
+(moto answers ~150 requests/s: filling it, archiving and the raw download make 60000);
+needs ~6 GiB free in the temp folder. `--shapes` runs fewer or smaller shapes.
 """
 
 from __future__ import annotations
@@ -23,10 +34,15 @@ import contextlib
 import ctypes
 import gc
 import os
+import shutil
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+
+from boto3.s3.transfer import TransferConfig
 
 from archiver import local_services
 from archiver.packing import naming
@@ -34,11 +50,38 @@ from archiver.packing.archive import archive_datablock, verify_datablock
 from archiver.packing.planning import list_dataset_files, plan_datablocks
 from archiver.packing.retrieve import retrieve_datablock
 from archiver.storage.lts import fsync_dir
-from archiver.storage.s3 import S3Credentials, s3_client
+from archiver.storage.s3 import S3Credentials, delete_prefix, s3_client
 
-MiB = 1024 * 1024
-FILE_SIZE = 64 * MiB
+KiB = 1024
+MiB = 1024 * KiB
 REGION = "eu-west-1"
+DEFAULT_SHAPES = "8x64M,32x64M,1000x1M,20000x64K"
+# Issue 16: archive+verify against the raw download, retrieval against the plain upload.
+ARCHIVE_TARGETS = {64 * MiB: 1.0, 1 * MiB: 1.0, 64 * KiB: 0.8}
+RETRIEVE_TARGET = 1.0
+
+
+@dataclass(frozen=True)
+class Shape:
+    files: int
+    size: int
+
+    @classmethod
+    def parse(cls, text: str) -> Shape:
+        count, _, size = text.strip().lower().partition("x")
+        units = {"k": KiB, "m": MiB, "g": 1024 * MiB}
+        try:
+            return cls(int(count), int(size[:-1]) * units[size[-1]])
+        except (ValueError, KeyError, IndexError):
+            raise argparse.ArgumentTypeError(f"shape {text!r} is not COUNTxSIZE with SIZE ending in K, M or G (e.g. 1000x1M)")
+
+    @property
+    def total(self) -> int:
+        return self.files * self.size
+
+    def __str__(self) -> str:
+        size = f"{self.size // MiB} MiB" if self.size >= MiB else f"{self.size // KiB} KiB"
+        return f"{self.files} x {size}"
 
 
 class PeakRss:
@@ -76,89 +119,156 @@ def release_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def timed(fn):
+@dataclass
+class Figure:
+    seconds: float
+    peak_rss: int
+    start_rss: int
+
+
+def timed(fn) -> Figure:
     release_freed_memory()
     with PeakRss() as rss:
         start_rss = rss.current()
         start = time.perf_counter()
         fn()
         seconds = time.perf_counter() - start
-    return seconds, rss.peak, start_rss
+    return Figure(seconds, rss.peak, start_rss)
 
 
-def fill_landing_zone(s3, bucket: str, pid: str, files: int) -> int:
+def fill_landing_zone(s3, bucket: str, pid: str, shape: Shape) -> None:
     prefix = naming.landing_prefix(pid)
-    for i in range(files):
-        s3.put_object(Bucket=bucket, Key=f"{prefix}run/frame_{i:04d}.raw", Body=os.urandom(FILE_SIZE))
-    return files * FILE_SIZE
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda i: s3.put_object(Bucket=bucket, Key=f"{prefix}run/frame_{i:05d}.raw",
+                                              Body=os.urandom(shape.size)), range(shape.files)))
 
 
-class Dataset:
-    def __init__(self, s3, buckets: dict[str, str], work: Path, files: int, target_mb: int):
-        self.s3, self.buckets, self.files = s3, buckets, files
-        self.pid = f"20.500.11935/bench-{files}"
-        self.total = fill_landing_zone(s3, buckets["landing"], self.pid, files)
-        self.lts = work / f"lts-{files}"
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Run:
+    """One shape: fill, time the engine and the baselines, clean up."""
+
+    def __init__(self, s3, buckets: dict[str, str], work: Path, shape: Shape, target_mb: int, concurrency: int):
+        self.s3, self.buckets, self.shape = s3, buckets, shape
+        self.target_mb, self.concurrency = target_mb, concurrency
+        self.pid = f"20.500.11935/bench-{shape.files}x{shape.size}"
+        self.lts = work / "lts"
+        self.download_dir = work / "baseline"
+        self.blocks = []
+        self.figures: dict[str, Figure] = {}
+
+    def run(self) -> None:
         self.lts.mkdir()
-        self.download_dir = work / f"baseline-{files}"
         self.download_dir.mkdir()
-        self.blocks = plan_datablocks(self.pid, list_dataset_files(s3, buckets["landing"], self.pid), target_mb * MiB)
-        self.figures: dict[str, tuple[float, int, int]] = {}
+        fill_landing_zone(self.s3, self.buckets["landing"], self.pid, self.shape)
+        try:
+            self.figures["archive+verify"] = timed(self.archive_and_verify)
+            self.figures["raw download"] = timed(self.raw_download)
+            self.figures["retrieve"] = timed(self.retrieve)
+            self.figures["plain upload"] = timed(self.plain_upload)
+        finally:
+            for bucket in self.buckets.values():
+                delete_prefix(self.s3, bucket, "")
+            shutil.rmtree(self.lts)
+            shutil.rmtree(self.download_dir)
 
-    def run_engine(self) -> None:
-        s3, landing = self.s3, self.buckets["landing"]
+    def archive_and_verify(self) -> None:
+        landing = self.buckets["landing"]
+        self.blocks = plan_datablocks(self.pid, list_dataset_files(self.s3, landing, self.pid), self.target_mb * MiB)
 
-        def archive_and_verify():
-            for block in self.blocks:
-                archive_datablock(s3, landing, block, self.lts)
-                verify_datablock(self.lts, block.archive_id)
+        def store(block):
+            archive_datablock(self.s3, landing, block, self.lts)
+            verify_datablock(self.lts, block.archive_id)
 
-        self.figures["archive+verify"] = timed(archive_and_verify)
-        self.figures["retrieve"] = timed(lambda: [
-            retrieve_datablock(self.lts, b.archive_id, s3, self.buckets["retrieval"], file_timeout_s=60)
-            for b in self.blocks
-        ])
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            list(pool.map(store, self.blocks))
 
-    def run_baselines(self) -> None:
-        s3 = self.s3
+    def retrieve(self) -> None:
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            list(pool.map(lambda b: retrieve_datablock(self.lts, b.archive_id, self.s3, self.buckets["retrieval"],
+                                                       file_timeout_s=60), self.blocks))
 
-        def download():
-            for i, f in enumerate(list_dataset_files(s3, self.buckets["landing"], self.pid)):
-                target = self.download_dir / f"{i:04d}"
-                s3.download_file(self.buckets["landing"], f.key, str(target))
-                fd = os.open(target, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-            fsync_dir(self.download_dir)
+    def raw_download(self) -> None:
+        landing = self.buckets["landing"]
+        targets = []
+        for i, f in enumerate(list_dataset_files(self.s3, landing, self.pid)):
+            target = self.download_dir / f"{i:05d}"
+            if f.size >= TransferConfig().multipart_threshold:
+                self.s3.download_file(landing, f.key, str(target))  # concurrent ranged GETs
+            else:  # what download_file does for a small object, without its per-call HEAD and thread pool
+                target.write_bytes(self.s3.get_object(Bucket=landing, Key=f.key)["Body"].read())
+            targets.append(target)
+        # Made durable together at the end, as the engine makes a datablock durable once, not file by file.
+        for target in targets:
+            fsync_file(target)
+        fsync_dir(self.download_dir)
 
-        def upload():
-            for b in self.blocks:
-                s3.upload_file(str(naming.datablock_path(self.lts, b.archive_id)), self.buckets["plain"], b.archive_id)
+    def plain_upload(self) -> None:
+        for b in self.blocks:
+            self.s3.upload_file(str(naming.datablock_path(self.lts, b.archive_id)), self.buckets["plain"], b.archive_id)
 
-        self.figures["baseline download+fsync"] = timed(download)
-        self.figures["baseline upload"] = timed(upload)
+    def rate(self, phase: str) -> float:
+        return self.shape.total / MiB / self.figures[phase].seconds
 
-    def report(self, target_mb: int) -> None:
-        packed = sum(b.packed_size for b in self.blocks)
-        print(f"dataset of {self.files} x 64 MiB = {self.total / MiB:.0f} MiB in {len(self.blocks)} datablock(s) "
-              f"of <= {target_mb} MiB ({packed / MiB:.1f} MiB of tar):")
-        for name, (seconds, peak, start_rss) in self.figures.items():
-            print(f"  {name:<26} {self.total / MiB / seconds:8.1f} MB/s   {seconds:6.1f} s   "
-                  f"peak RSS {peak / MiB:6.1f} MiB (at start {start_rss / MiB:6.1f})")
+    def row(self) -> str:
         f = self.figures
-        print(f"  archive / baseline download: {f['baseline download+fsync'][0] / f['archive+verify'][0]:.2f}x"
-              f"   retrieve / baseline upload: {f['baseline upload'][0] / f['retrieve'][0]:.2f}x")
+        archive_ratio = f["raw download"].seconds / f["archive+verify"].seconds
+        retrieve_ratio = f["plain upload"].seconds / f["retrieve"].seconds
+        target = ARCHIVE_TARGETS.get(self.shape.size)
+        return (
+            f"{str(self.shape):<16} {len(self.blocks):>3} "
+            f"{self.rate('archive+verify'):>8.1f} {self.rate('raw download'):>8.1f} {archive_ratio:>6.2f}x "
+            f"{f'>= {target:.1f}x' if target else '':>8} "
+            f"{self.rate('retrieve'):>8.1f} {self.rate('plain upload'):>8.1f} {retrieve_ratio:>6.2f}x "
+            f"{f['archive+verify'].peak_rss / MiB:>8.0f} {f['retrieve'].peak_rss / MiB:>8.0f} "
+            f"{f['archive+verify'].start_rss / MiB:>6.0f}"
+        )
+
+
+HEADER = (
+    f"{'shape':<16} {'blk':>3} {'archive':>8} {'raw dl':>8} {'ratio':>7} {'target':>8} "
+    f"{'retrieve':>8} {'upload':>8} {'ratio':>7} {'RSS arch':>8} {'RSS retr':>8} {'start':>6}\n"
+    f"{'':<16} {'':>3} {'MB/s':>8} {'MB/s':>8} {'':>7} {'':>8} {'MB/s':>8} {'MB/s':>8} "
+    f"{f'>= {RETRIEVE_TARGET:.1f}x':>7} {'MiB':>8} {'MiB':>8} {'MiB':>6}"
+)
+
+
+def rss_growth_lines(runs: list[Run]) -> list[str]:
+    """Peak RSS growth between the smallest and largest dataset of 64 MiB files (512 MiB -> 2 GiB by default),
+    measured above each phase's starting RSS: the process also keeps what earlier phases left in malloc's
+    pools (malloc_trim cannot return all of it), which is not the phase's own memory; both are printed."""
+    big_files = sorted((r for r in runs if r.shape.size == 64 * MiB), key=lambda r: r.shape.total)
+    if len(big_files) < 2 or big_files[0].shape.total == big_files[-1].shape.total:
+        return []
+    small, large = big_files[0], big_files[-1]
+    lines = []
+    for phase in ("archive+verify", "retrieve"):
+        a, b = small.figures[phase], large.figures[phase]
+        own = ((b.peak_rss - b.start_rss) - (a.peak_rss - a.start_rss)) / MiB
+        lines.append(
+            f"peak RSS growth {phase}, {small.shape.total // MiB} MiB -> {large.shape.total // MiB} MiB: {own:+.1f} MiB "
+            f"above the phase's start (target < 32 MiB); absolute peak {(b.peak_rss - a.peak_rss) / MiB:+.1f} MiB, "
+            f"of which the start {(b.start_rss - a.start_rss) / MiB:+.1f} MiB"
+        )
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--small-files", type=int, default=8, help="64 MiB files in the small dataset")
-    parser.add_argument("--large-files", type=int, default=32, help="64 MiB files in the large dataset")
-    parser.add_argument("--target-mb", type=int, default=1024, help="ARCHIVER_TARGET_SIZE_MB for the run")
-    parser.add_argument("--work-dir", type=Path, default=None, help="folder for the LTS and baseline copies")
+    parser.add_argument("--shapes", default=DEFAULT_SHAPES,
+                        help=f"comma-separated COUNTxSIZE datasets, run in this order (default {DEFAULT_SHAPES})")
+    parser.add_argument("--target-mb", type=int, default=200, help="datablock size, ARCHIVER_TARGET_SIZE_MB (default 200)")
+    parser.add_argument("--datablock-concurrency", type=int, default=2,
+                        help="datablocks worked on at once, ARCHIVER_DATABLOCK_CONCURRENCY (default 2, as deployed)")
+    parser.add_argument("--work-dir", type=Path, default=None, help="folder for the LTS and baseline copies (default: temp)")
     args = parser.parse_args(argv)
+    shapes = [Shape.parse(s) for s in args.shapes.split(",") if s.strip()]
 
     with contextlib.ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=args.work_dir, prefix="bench-datapath-")))
@@ -168,19 +278,18 @@ def main(argv: list[str] | None = None) -> None:
         for bucket in buckets.values():
             s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION})
         print(f"data path benchmark (moto S3 at {server.url}, LTS and baseline copies in {work}); "
-              "MB/s = MiB of dataset files per second; RSS is this process's, not moto's")
-        small = Dataset(s3, buckets, work, args.small_files, args.target_mb)
-        large = Dataset(s3, buckets, work, args.large_files, args.target_mb)
-        # Engine first, both sizes back to back, so the growth between them is the engine's own.
-        small.run_engine()
-        large.run_engine()
-        small.run_baselines()
-        large.run_baselines()
-        small.report(args.target_mb)
-        large.report(args.target_mb)
-        for phase in ("archive+verify", "retrieve"):
-            growth = (large.figures[phase][1] - small.figures[phase][1]) / MiB
-            print(f"peak RSS growth {phase}, {small.total // MiB} MiB -> {large.total // MiB} MiB: {growth:+.1f} MiB")
+              f"datablocks <= {args.target_mb} MiB, {args.datablock_concurrency} at a time; "
+              "MB/s = MiB of dataset files per second; RSS is this process's peak, not moto's", flush=True)
+        print(HEADER, flush=True)
+        runs = []
+        for shape in shapes:
+            run = Run(s3, buckets, work, shape, args.target_mb, args.datablock_concurrency)
+            run.run()
+            runs.append(run)
+            print(run.row(), flush=True)
+        for line in rss_growth_lines(runs):
+            print(line)
+
 
 if __name__ == "__main__":
     main()

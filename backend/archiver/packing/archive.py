@@ -14,22 +14,18 @@ from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
-from botocore.exceptions import ClientError
 from pydantic import ValidationError
 
 from archiver.packing import naming, tarformat
 from archiver.packing.cleanup import remove_partial_files
 from archiver.packing.checking import CHUNK, BackgroundHasher, check_datablock_stream
-from archiver.packing.errors import ArchiverError, IntegrityError, MissingFilesError
-from archiver.packing.planning import PlannedDatablock, SourceFile
+from archiver.packing.errors import ArchiverError, IntegrityError
+from archiver.packing.planning import PlannedDatablock
 from archiver.packing.records import (
-    ChecksumAlgorithm, DatablockRecord, DataFileRecord, Manifest, new_hasher, read_manifest, write_json_durably,
+    ChecksumAlgorithm, DatablockRecord, DataFileRecord, Manifest, read_manifest, write_json_durably,
 )
+from archiver.packing.sources import Prefetch, read_members
 from archiver.storage.lts import drop_page_cache, fsync_dir
-from archiver.storage.s3 import ObjectReader, error_code
-
-MISSING_OBJECT_CODES = {"NoSuchKey", "404", "NotFound", "AccessDenied", "403", "InvalidObjectState"}
-
 
 LOCK_FILE_NAME = ".archiving.lock"
 
@@ -65,7 +61,7 @@ def claim_datablocks_folder(lts_root: Path, pid: str) -> Iterator[list[Path]]:
 
 def archive_datablock(
     s3, bucket: str, block: PlannedDatablock, lts_root: Path, algorithm: ChecksumAlgorithm = "sha256",
-    on_bytes: Callable[[int], None] | None = None,
+    on_bytes: Callable[[int], None] | None = None, prefetch: Prefetch = Prefetch(),
 ) -> DatablockRecord:
     """Write `block` to the LTS and return its SciCat record.
 
@@ -83,7 +79,7 @@ def archive_datablock(
     partial = naming.partial_path(tar_path)
     try:
         with open(partial, "wb") as out:  # truncates a leftover from an earlier crash
-            chk, packed_size, members = _write_tar(out, s3, bucket, block, algorithm, on_bytes)
+            chk, packed_size, members = _write_tar(out, s3, bucket, block, algorithm, on_bytes, prefetch)
             out.flush()
             os.fsync(out.fileno())
             drop_page_cache(out.fileno())
@@ -104,57 +100,60 @@ def archive_datablock(
     return manifest.record()
 
 
-def _write_tar(out, s3, bucket: str, block: PlannedDatablock, algorithm: ChecksumAlgorithm, on_bytes):
-    datablock_hash = BackgroundHasher(algorithm)
-    written = 0
+class _TarOutput:
+    """Writes the tar and its checksum; small pieces (headers, padding, small members) are gathered
+    into CHUNK-sized writes so neither the file nor the checksum thread sees thousands of tiny ones."""
 
-    def write(data: bytes) -> None:
-        nonlocal written
-        out.write(data)
-        datablock_hash.update(data)
-        written += len(data)
+    def __init__(self, out, algorithm: ChecksumAlgorithm):
+        self._out = out
+        self.hash = BackgroundHasher(algorithm)
+        self._gathered = bytearray()
+        self.written = 0
 
+    def write(self, data: bytes) -> None:
+        self.written += len(data)
+        if len(data) >= CHUNK:
+            self.flush()
+            self._emit(data)
+            return
+        self._gathered += data
+        if len(self._gathered) >= CHUNK:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._gathered:
+            gathered, self._gathered = self._gathered, bytearray()
+            self._emit(gathered)
+
+    def _emit(self, data) -> None:
+        self._out.write(data)
+        self.hash.update(data)  # the checksum thread owns `data` from here: it is never written to again
+
+
+def _write_tar(out, s3, bucket: str, block: PlannedDatablock, algorithm: ChecksumAlgorithm, on_bytes,
+               prefetch: Prefetch):
+    tar = _TarOutput(out, algorithm)
     members = []
     try:
-        for f in block.files:
-            write(tarformat.member_header(f.path, f.size, int(f.modified.timestamp())))
-            member_hash = new_hasher(algorithm)
-            for chunk in _object_chunks(s3, bucket, block.pid, f):
-                member_hash.update(chunk)
-                write(chunk)
-                if on_bytes:
-                    on_bytes(len(chunk))
-            write(tarformat.padding(f.size))
-            members.append(DataFileRecord(
-                path=f.path, size=f.size, time=f.modified.astimezone(timezone.utc).isoformat(),
-                chk=member_hash.hexdigest(), uid=str(tarformat.MEMBER_UID), gid=str(tarformat.MEMBER_GID),
-                perm=tarformat.member_perm(),
-            ))
-        write(tarformat.end_of_archive(written))
-        return datablock_hash.hexdigest(), written, members
+        with contextlib.closing(read_members(s3, bucket, block.pid, block.files, algorithm, prefetch)) as contents:
+            for member in contents:
+                f = member.file
+                tar.write(tarformat.member_header(f.path, f.size, int(f.modified.timestamp())))
+                for chunk in member.chunks:
+                    tar.write(chunk)
+                    if on_bytes:
+                        on_bytes(len(chunk))
+                tar.write(tarformat.padding(f.size))
+                members.append(DataFileRecord(
+                    path=f.path, size=f.size, time=f.modified.astimezone(timezone.utc).isoformat(),
+                    chk=member.checksum(), uid=str(tarformat.MEMBER_UID), gid=str(tarformat.MEMBER_GID),
+                    perm=tarformat.member_perm(),
+                ))
+        tar.write(tarformat.end_of_archive(tar.written))
+        tar.flush()
+        return tar.hash.hexdigest(), tar.written, members
     finally:
-        datablock_hash.close()
-
-
-def _object_chunks(s3, bucket: str, pid: str, f: SourceFile):
-    try:
-        reader = ObjectReader(s3, bucket, f.key)
-    except ClientError as e:
-        if error_code(e) in MISSING_OBJECT_CODES:
-            raise MissingFilesError(pid, [f.path], detail=f"missing or unreadable in the landing zone ({error_code(e)})") from e
-        raise
-    try:
-        while chunk := reader.read(CHUNK):
-            if reader.position > f.size:
-                break
-            yield chunk
-    finally:
-        reader.close()
-    if reader.position != f.size:
-        raise IntegrityError(
-            f"dataset {pid}", [f"landing-zone object {f.key!r} changed while being archived: "
-                               f"listed {f.size} bytes, read {reader.position}"],
-        )
+        tar.hash.close()
 
 
 def _verified_existing(lts_root: Path, block: PlannedDatablock, algorithm: ChecksumAlgorithm) -> Manifest | None:

@@ -9,6 +9,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from archiver.packing.records import ChecksumAlgorithm, DataFileRecord, new_hasher
 
 CHUNK = 1024 * 1024
+# Reads of the tar file: large, so verification runs at the disk's sequential speed whatever the member size.
+READ_SIZE = 8 * CHUNK
 
 
 class BackgroundHasher:
@@ -39,29 +41,79 @@ class BackgroundHasher:
 
 
 class TeeReader:
-    """Reads a file, passing every byte read to a checksum and to an optional consumer (an upload)."""
+    """Reads a file front to back in large pieces, passing every piece to a checksum and to an optional
+    consumer (an upload), and serves the tar reader's reads and forward seeks from the piece in memory."""
 
     def __init__(self, raw, algorithm: ChecksumAlgorithm, consumer: Callable[[bytes], None] | None = None,
-                 on_bytes: Callable[[int], None] | None = None):
+                 on_bytes: Callable[[int], None] | None = None, read_size: int = READ_SIZE):
         self._raw = raw
         self.hasher = BackgroundHasher(algorithm)
         self._consumer = consumer
         self._on_bytes = on_bytes
-        self.count = 0
+        self._read_size = read_size
+        self._piece, self._offset = b"", 0
+        self.count = 0  # bytes read from the file
 
-    def read(self, size: int = -1) -> bytes:
-        data = self._raw.read(size)
-        if data:
-            self.hasher.update(data)
-            if self._consumer:
-                self._consumer(data)
-            if self._on_bytes:
-                self._on_bytes(len(data))
-            self.count += len(data)
+    def _next_piece(self) -> bool:
+        self._piece, self._offset = self._raw.read(self._read_size), 0
+        if not self._piece:
+            return False
+        self.hasher.update(self._piece)
+        if self._consumer:
+            self._consumer(self._piece)
+        if self._on_bytes:
+            self._on_bytes(len(self._piece))
+        self.count += len(self._piece)
+        return True
+
+    def _take(self, size: int) -> bytes:
+        """Up to `size` bytes of the current piece (the piece itself, uncopied, when it is all of it)."""
+        if self._offset >= len(self._piece) and not self._next_piece():
+            return b""
+        if self._offset == 0 and size >= len(self._piece):
+            self._offset = len(self._piece)
+            return self._piece
+        data = self._piece[self._offset:self._offset + size]
+        self._offset += len(data)
         return data
 
+    def read(self, size: int = -1) -> bytes:
+        """Exactly `size` bytes unless the file ends first (tarfile takes a short read as a truncated tar)."""
+        remaining = size if size >= 0 else None  # None: to the end
+        parts = []
+        while remaining != 0 and (data := self._take(self._read_size if remaining is None else remaining)):
+            parts.append(data)
+            if remaining is not None:
+                remaining -= len(data)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def feed(self, size: int, sink: Callable[[memoryview], None]) -> int:
+        """Pass the next `size` bytes to `sink` as views of the pieces, uncopied; returns how many there were."""
+        fed = 0
+        while fed < size:
+            if self._offset >= len(self._piece) and not self._next_piece():
+                break
+            n = min(size - fed, len(self._piece) - self._offset)
+            sink(memoryview(self._piece)[self._offset:self._offset + n])
+            self._offset += n
+            fed += n
+        return fed
+
+    def tell(self) -> int:
+        return self.count - (len(self._piece) - self._offset)
+
+    def seek(self, position: int, whence: int = 0) -> int:
+        if whence == 1:
+            position += self.tell()
+        if whence not in (0, 1) or position < self.tell():
+            raise ValueError(f"the datablock is read front to back: cannot seek to {position} (whence {whence}) "
+                             f"from {self.tell()}")
+        while self.tell() < position and self._take(position - self.tell()):
+            pass
+        return self.tell()
+
     def drain(self) -> None:
-        while self.read(CHUNK):
+        while self._next_piece():
             pass
 
 
@@ -79,9 +131,9 @@ def check_datablock_stream(
     problems: list[str] = []
     try:
         try:
-            with tarfile.open(fileobj=tee, mode="r|", bufsize=CHUNK) as tar:
+            with tarfile.open(fileobj=tee, mode="r:") as tar:
                 for member in tar:
-                    problems += _check_member(tar, member, expected, seen, algorithm)
+                    problems += _check_member(tee, member, expected, seen, algorithm)
         except (tarfile.TarError, EOFError, ValueError) as e:  # ValueError covers undecodable pax records
             problems.append(f"tar unreadable after {len(seen)} member(s): {e}")
         tee.drain()
@@ -96,21 +148,18 @@ def check_datablock_stream(
     return problems
 
 
-def _check_member(tar, member, expected: dict[str, DataFileRecord], seen: set[str], algorithm) -> list[str]:
+def _check_member(tee: TeeReader, member, expected: dict[str, DataFileRecord], seen: set[str], algorithm) -> list[str]:
+    """Check one member whose header `tarfile` has parsed; its bytes are hashed straight from the read pieces."""
     name = member.name
-    if not member.isfile():
+    if not member.isfile() or member.issparse():
         return [f"unexpected member {name!r} of tar type {member.type!r}"]
     if name in seen:
         return [f"duplicate member {name!r}"]
     hasher = new_hasher(algorithm)
-    size = 0
-    reader = tar.extractfile(member)
-    try:
-        while chunk := reader.read(CHUNK):
-            hasher.update(chunk)
-            size += len(chunk)
-    except tarfile.TarError as e:
-        raise tarfile.ReadError(f"member {name!r} cut short after {size} bytes: {e}") from e
+    tee.seek(member.offset_data)
+    size = tee.feed(member.size, hasher.update)
+    if size < member.size:
+        raise tarfile.ReadError(f"member {name!r} cut short after {size} bytes: unexpected end of data")
     seen.add(name)
     record = expected.get(name)
     if record is None:

@@ -18,7 +18,7 @@ from archiver.storage.s3 import MultipartUpload
 def retrieve_datablock(
     lts_root: Path, archive_id: str, s3, bucket: str, *, file_timeout_s: float,
     record: DatablockRecord | None = None, on_bytes: Callable[[int], None] | None = None,
-    part_size: int = 8 * 1024 * 1024,
+    part_size: int = 8 * 1024 * 1024, parts_in_flight: int = 4,
 ) -> str:
     """Upload the datablock's tar to `bucket` under `naming.retrieval_key(archive_id)`; returns the key.
 
@@ -42,7 +42,7 @@ def retrieve_datablock(
         files, algorithm = record.dataFileList, record.chkAlg
         if record.chkAlg != manifest.chkAlg:
             problems.append(f"SciCat records chkAlg {record.chkAlg}, the manifest {manifest.chkAlg}")
-    with open(tar_path, "rb", buffering=0) as raw, MultipartUpload(s3, bucket, key, part_size=part_size) as upload:
+    with open(tar_path, "rb", buffering=0) as raw, MultipartUpload(s3, bucket, key, part_size, parts_in_flight) as upload:
         problems += check_datablock_stream(
             raw, files, algorithm,
             expected_chk=manifest.chk if algorithm == manifest.chkAlg else None,

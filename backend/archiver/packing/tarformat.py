@@ -2,8 +2,8 @@
 
 Writing: `member_header` + the file's bytes + `padding` for each member, then
 `end_of_archive`. The header comes from the standard library's TarInfo, so long
-names and members over 8 GiB get pax records. Reading back uses `tarfile` in
-stream mode, an independent check of what we wrote.
+names and members over 8 GiB get pax records. Reading back parses the headers with
+`tarfile`, an independent check of what we wrote.
 """
 
 from __future__ import annotations

@@ -58,6 +58,7 @@ class DatasetOnLts:
     tars: dict[str, int] = field(default_factory=dict)  # archiveId -> bytes of the tar
     manifests: set[str] = field(default_factory=set)  # archiveIds whose manifest exists
     partials: dict[str, datetime] = field(default_factory=dict)  # path relative to the root -> mtime
+    changed: dict[str, datetime] = field(default_factory=dict)  # archiveId -> newest mtime of its tar and manifest
     discarded: dict[str, datetime] = field(default_factory=dict)  # path relative to the root -> set-aside time
 
 
@@ -94,14 +95,20 @@ def _dataset_inventory(lts_root: Path, pid: str, folder: Path) -> DatasetOnLts:
             dataset.partials[_relative(lts_root, path)] = _mtime(path)
         elif name.endswith(naming.TAR_SUFFIX):
             dataset.tars[_relative(lts_root, path)] = path.stat().st_size
+            _note_change(dataset, _relative(lts_root, path), path)
         elif name.endswith(naming.MANIFEST_SUFFIX):
             tar_name = name.removesuffix(naming.MANIFEST_SUFFIX) + naming.TAR_SUFFIX
             dataset.manifests.add(_relative(lts_root, path.with_name(tar_name)))
+            _note_change(dataset, _relative(lts_root, path.with_name(tar_name)), path)
     discarded = folder / DISCARDED
     for path in sorted(discarded.iterdir()) if discarded.is_dir() and not discarded.is_symlink() else []:
         if path.is_dir() and not path.is_symlink():
             dataset.discarded[_relative(lts_root, path)] = set_aside_time(path)
     return dataset
+
+
+def _note_change(dataset: DatasetOnLts, archive_id: str, path: Path) -> None:
+    dataset.changed[archive_id] = max(_mtime(path), dataset.changed.get(archive_id, _mtime(path)))
 
 
 def _relative(lts_root: Path, path: Path) -> str:
@@ -178,16 +185,23 @@ def consistency_findings(
     partial_age: timedelta, discarded_retention: timedelta,
 ) -> list[Finding]:
     """Where the dataset's folder on the LTS and SciCat's datablocks (JSON fields; None: SciCat does not
-    know the dataset) disagree, and leftovers that should be gone."""
+    know the dataset) disagree, and leftovers that should be gone.
+
+    What a live archival is in the middle of (a manifest whose tar is not renamed yet, datablocks verified but
+    not registered yet, `.partial` files) is reported only once unchanged for `partial_age`."""
     pid = dataset.pid
     findings: list[Finding] = []
     on_record = {wire.get("archiveId"): wire for wire in registered or []}
-    for archive_id in sorted(dataset.manifests - set(dataset.tars)):
+
+    def settled(archive_id: str) -> bool:
+        return now - dataset.changed[archive_id] > partial_age
+
+    for archive_id in sorted(a for a in dataset.manifests - set(dataset.tars) if settled(a)):
         findings.append(Finding("manifest-without-tar", pid, archive_id, "the manifest is on the LTS, the tar is not"))
-    for archive_id in sorted(set(dataset.tars) - dataset.manifests):
+    for archive_id in sorted(a for a in set(dataset.tars) - dataset.manifests if settled(a)):
         findings.append(Finding("tar-without-manifest", pid, archive_id, "the tar is on the LTS, its manifest is not"))
     for archive_id, size in sorted(dataset.tars.items()):
-        if archive_id not in on_record:
+        if archive_id not in on_record and settled(archive_id):
             known = "knows no such dataset" if registered is None else "lists no such datablock"
             findings.append(Finding("dark", pid, archive_id, f"{size} bytes on the LTS; SciCat {known}"))
     for archive_id, wire in sorted(on_record.items(), key=lambda item: str(item[0])):

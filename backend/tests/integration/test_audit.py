@@ -4,21 +4,27 @@ found and named with its dataset and datablock; an untouched LTS passes; the byt
 
 from __future__ import annotations
 
+import contextvars
 import json
 import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import tomllib
+from datetime import datetime, timezone
 
 import pytest
 from archiver.flows.archive import archive_datasets_flow
 from archiver.flows.audit import PROBLEM_EVENT, LtsAuditFailed, lts_audit
 from archiver.flows.common import exception_of
 from archiver.flows.test_dataset import create_test_dataset_flow
+from archiver.local_services import poll_until
 from archiver.packing import audit, naming
 from archiver.scicat.models import NewDatablock
+
+from tests.integration.task_history import most_at_once, tagged_task_runs_since
 
 pytestmark = pytest.mark.integration
 
@@ -49,8 +55,17 @@ def truncate(pipeline, archive_id):
     os.truncate(tar, tar.stat().st_size // 2)
 
 
+def days_old(*paths, days: float = 3) -> None:
+    """Files last changed `days` ago: older than any live run (LTS_AUDIT_PARTIAL_AGE_HOURS), so not work in progress."""
+    then = time.time() - days * 24 * 3600
+    for path in paths:
+        os.utime(path, (then, then))
+
+
 def delete_manifest(pipeline, archive_id):
-    naming.manifest_path(naming.datablock_path(pipeline.lts_root, archive_id)).unlink()
+    tar = naming.datablock_path(pipeline.lts_root, archive_id)
+    naming.manifest_path(tar).unlink()
+    days_old(tar)
 
 
 def delete_datablock(pipeline, archive_id):
@@ -66,14 +81,14 @@ def add_dark_datablock(pipeline, archive_id):
     source, target = (naming.datablock_path(pipeline.lts_root, a) for a in (archive_id, dark))
     shutil.copyfile(source, target)
     shutil.copyfile(naming.manifest_path(source), naming.manifest_path(target))
+    days_old(target, naming.manifest_path(target))
     return dark
 
 
 def add_old_partial(pipeline, archive_id):
     partial = naming.partial_path(naming.datablock_path(pipeline.lts_root, archive_id.replace("_00000", "_00005")))
     partial.write_bytes(b"half a tar")
-    three_days_ago = time.time() - 3 * 24 * 3600
-    os.utime(partial, (three_days_ago, three_days_ago))
+    days_old(partial)
     return partial.relative_to(pipeline.lts_root).as_posix()
 
 
@@ -224,3 +239,39 @@ def problem_events(state, until, timeout_s: float = 30) -> set[tuple[str, str, s
         if until(got) or time.monotonic() > deadline:
             return got
         time.sleep(1)
+
+
+def test_an_audit_during_an_archival_shares_the_verify_limit_and_takes_its_datablocks_for_work_in_progress(pipeline):
+    """VERIFY_LTS_LIMIT 1, an audit of everything started once an archival has verified its first datablock:
+    no two verifications ever run at once (read from the task-run history), and the archival's datablocks,
+    not yet registered in SciCat, are not reported as dark."""
+    pipeline.set_limits(VERIFY_LTS_LIMIT=1)
+    verify_tag = tomllib.loads(pipeline.limits_file.read_text())["VERIFY_LTS_LIMIT"]["tag"]
+    archived(pipeline, num_files=6, file_size_mb=3)  # six datablocks for the audit to re-read
+    busy = create_test_dataset_flow(num_files=8, file_size_mb=3)
+    job = pipeline.new_job("archive", [busy])
+    since = datetime.now(timezone.utc)
+    states = {}
+
+    def run(name, flow, **parameters):
+        states[name] = flow(**parameters, return_state=True)
+
+    def start(name, flow, **parameters):
+        thread = threading.Thread(target=contextvars.copy_context().run, args=(run, name, flow), kwargs=parameters)
+        thread.start()
+        return thread
+
+    threads = [start("archive", archive_datasets_flow, job_id=job)]
+    first_tar = naming.datablock_path(pipeline.lts_root, naming.archive_id(busy, 0))
+    poll_until(first_tar.exists, 120, "the archival's first datablock", interval=0.05)
+    threads.append(start("audit", lts_audit, everything=True))
+    for thread in threads:
+        thread.join(600)
+
+    assert states["archive"].is_completed(), states["archive"]
+    assert states["audit"].is_completed(), exception_of(states["audit"])
+    verifications = tagged_task_runs_since(verify_tag, "verify ", since)
+    audit_run = states["audit"].state_details.flow_run_id
+    from_audit = [r for r in verifications if r.flow_run_id == audit_run]
+    assert len(from_audit) >= 6 and len(verifications) - len(from_audit) == 8
+    assert most_at_once([(r.start_time, r.end_time) for r in verifications]) == 1

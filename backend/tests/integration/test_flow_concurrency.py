@@ -11,41 +11,13 @@ from archiver.flows.archive import archive_datasets_flow
 from archiver.flows.test_dataset import create_test_dataset_flow
 from archiver.local_services import poll_until
 
+from tests.integration.task_history import asked_at, most_at_once, tagged_task_runs_since
+
 pytestmark = pytest.mark.integration
 
 
-
-def most_at_once(intervals: list[tuple[datetime, datetime]]) -> int:
-    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
-    running = peak = 0
-    for _, step in events:  # an end sorts before a start at the same instant
-        running += step
-        peak = max(peak, running)
-    return peak
-
-
 def lts_writes_since(since: datetime) -> list:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (
-        TaskRunFilter,
-        TaskRunFilterName,
-        TaskRunFilterStartTime,
-    )
-
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(task_run_filter=TaskRunFilter(
-            name=TaskRunFilterName(like_="write "), start_time=TaskRunFilterStartTime(after_=since),
-        ))
-    return [r for r in runs if "move-datablocks-to-lts" in r.tags]
-
-
-def asked_at(task_run) -> datetime:
-    """When the task run was submitted: its first state (Pending), timed by the client. Not `created`, the
-    server's insert time, which under load can come after the task ended (runs are recorded from events)."""
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as client:
-        return min(state.timestamp for state in client.read_task_run_states(task_run.id))
+    return tagged_task_runs_since("move-datablocks-to-lts", "write ", since)
 
 
 @pytest.mark.parametrize("limit", [1, 2])

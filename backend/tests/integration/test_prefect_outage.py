@@ -91,7 +91,6 @@ def tars(pipeline, pid: str) -> dict[str, tuple[int, int]]:
 
 
 def test_prefect_server_killed_mid_write_does_not_fail_the_job(pipeline, own_prefect, serve_deployments):
-    from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
 
     with prefect_api(own_prefect.api_url):
@@ -117,8 +116,8 @@ def test_prefect_server_killed_mid_write_does_not_fail_the_job(pipeline, own_pre
 
         status = local_services.poll_until(
             lambda: _final_job_status(pipeline, job_id), 600, "the job to finish", interval=1)
-        with get_client(sync_client=True) as client:
-            state = client.read_flow_run(flow_run.id).state
+        # The job's status is reported before the run's own final state: give that a moment.
+        state = local_services.poll_until(lambda: _final_state(flow_run.id), 60, "the flow run's final state")
 
     assert status == "finishedSuccessful", pipeline.scicat_dev.state()["jobs"][job_id]
     assert state.is_completed(), state
@@ -143,6 +142,14 @@ def test_prefect_server_killed_mid_write_does_not_fail_the_job(pipeline, own_pre
     assert not (naming.dataset_lts_folder(pipeline.lts_root, pid) / "discarded").exists()
     print(f"outage {killed_at:.0f}..{restarted_at:.0f}; {len(before)} datablock(s) before, "
           f"{len(written_after_outage)} written after")
+
+
+def _final_state(flow_run_id):
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(flow_run_id).state
+    return state if state.is_final() else None
 
 
 def _deployment_exists(name: str) -> bool:

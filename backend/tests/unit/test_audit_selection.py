@@ -89,10 +89,13 @@ def test_last_verified_comes_from_the_audit_record_of_the_same_tar(tmp_path):
 @pytest.mark.parametrize("registered", [None, []], ids=["dataset unknown", "no datablocks"])
 def test_consistency_names_dark_lost_and_leftovers(tmp_path, registered):
     pid = "20.500.11935/c"
+    settled, fresh = START - timedelta(hours=49), START - timedelta(hours=1)
     dataset = audit.DatasetOnLts(
-        pid, tars={"a.tar": 10, "b.tar": 20}, manifests={"a.tar", "c.tar"},
-        partials={"p.tar.partial": START - timedelta(hours=49), "fresh.tar.partial": START - timedelta(hours=1)},
+        pid, tars={"a.tar": 10, "b.tar": 20, "e.tar": 30, "f.tar": 40}, manifests={"a.tar", "c.tar", "e.tar", "g.tar"},
+        partials={"p.tar.partial": settled, "fresh.tar.partial": fresh},
         discarded={"d/old": START - timedelta(days=31), "d/new": START - timedelta(days=2)},
+        # e, f and g: what a live archival is in the middle of (not registered yet, tar not renamed yet)
+        changed={"a.tar": settled, "b.tar": settled, "c.tar": settled, "e.tar": fresh, "f.tar": fresh, "g.tar": fresh},
     )
     findings = audit.consistency_findings(dataset, registered, now=START, partial_age=timedelta(hours=48),
                                           discarded_retention=timedelta(days=30))
@@ -104,7 +107,7 @@ def test_consistency_names_dark_lost_and_leftovers(tmp_path, registered):
 
 
 def test_consistency_names_lost_and_resized_datablocks():
-    dataset = audit.DatasetOnLts("p", tars={"a.tar": 10}, manifests={"a.tar"})
+    dataset = audit.DatasetOnLts("p", tars={"a.tar": 10}, manifests={"a.tar"}, changed={"a.tar": START})
     registered = [{"archiveId": "a.tar", "packedSize": 11}, {"archiveId": "gone.tar", "packedSize": 5}]
     findings = audit.consistency_findings(dataset, registered, now=START, partial_age=timedelta(hours=1),
                                           discarded_retention=timedelta(days=1))

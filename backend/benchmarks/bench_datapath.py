@@ -6,6 +6,9 @@ landing-zone bucket, then in this process:
   - archive+verify: lists and plans the dataset, writes its datablocks to a local LTS
     folder and verifies each (datablocks worked on --datablock-concurrency at a time,
     as the archival flow does with ARCHIVER_DATABLOCK_CONCURRENCY),
+  - verify: the datablocks verified again (page cache dropped, same concurrency),
+  - audit: the LTS audit's fixity pass (issue 15) over every datablock, one at a time as its
+    default tag limit allows: inventory, oldest first, re-read, record (no SciCat),
   - retrieve: checks and uploads the datablocks into a retrieval bucket (same concurrency),
   - raw download: every object, one after the other, to the same filesystem, then fsync of
     every file and the folder (boto3 download_file from 8 MiB up, a plain get_object below:
@@ -40,12 +43,13 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 from boto3.s3.transfer import TransferConfig
 
 from archiver import local_services
-from archiver.packing import naming
+from archiver.packing import audit, naming
 from archiver.packing.archive import archive_datablock, verify_datablock
 from archiver.packing.planning import list_dataset_files, plan_datablocks
 from archiver.packing.retrieve import retrieve_datablock
@@ -169,6 +173,8 @@ class Run:
         fill_landing_zone(self.s3, self.buckets["landing"], self.pid, self.shape)
         try:
             self.figures["archive+verify"] = timed(self.archive_and_verify)
+            self.figures["verify"] = timed(self.verify_again)
+            self.figures["audit"] = timed(self.audit_fixity)
             self.figures["raw download"] = timed(self.raw_download)
             self.figures["retrieve"] = timed(self.retrieve)
             self.figures["plain upload"] = timed(self.plain_upload)
@@ -188,6 +194,19 @@ class Run:
 
         with ThreadPoolExecutor(self.concurrency) as pool:
             list(pool.map(store, self.blocks))
+
+    def verify_again(self) -> None:
+        """Verification alone, the datablocks read back from the LTS (page cache dropped), as after archival."""
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            list(pool.map(lambda b: verify_datablock(self.lts, b.archive_id), self.blocks))
+
+    def audit_fixity(self) -> None:
+        """The LTS audit's fixity pass over every datablock, but for SciCat's records: inventory, oldest first,
+        re-read one at a time (its tag limit's default), record each result."""
+        datasets, _ = audit.inventory(self.lts)
+        for block in audit.select_for_fixity(audit.stored_datablocks(self.lts, datasets), None):
+            verify_datablock(self.lts, block.archive_id)
+            audit.record_verification(self.lts, block.archive_id, datetime.now(timezone.utc), [])
 
     def retrieve(self) -> None:
         with ThreadPoolExecutor(self.concurrency) as pool:
@@ -289,6 +308,9 @@ def main(argv: list[str] | None = None) -> None:
             print(run.row(), flush=True)
         for line in rss_growth_lines(runs):
             print(line)
+        print("\nre-reading the LTS (issue 15): verification after archival, the audit's fixity pass", flush=True)
+        for run in runs:
+            print(f"{str(run.shape):<16} verify {run.rate('verify'):>8.1f} MB/s   audit {run.rate('audit'):>8.1f} MB/s")
 
 
 if __name__ == "__main__":

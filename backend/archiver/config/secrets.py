@@ -26,6 +26,8 @@ class SecretSpec:
     is_username: bool = False
 
 
+PREFECT_AUTH_FILE_ENV = "PREFECT_API_AUTH_STRING_FILE"  # Prefect reads no file: see load_prefect_auth
+
 SECRETS: tuple[SecretSpec, ...] = (
     SecretSpec("POSTGRES_USER_FILE", "postgresuser.txt", None, "PostgreSQL user of the Prefect server", True),
     SecretSpec("POSTGRES_PASSWORD_FILE", "postgrespass.txt", None, "PostgreSQL password of the Prefect server"),
@@ -44,7 +46,7 @@ SECRETS: tuple[SecretSpec, ...] = (
         "Authorization header value SciCat sends to the archiver API (e.g. 'Bearer <token>')",
     ),
     SecretSpec(
-        "PREFECT_API_AUTH_STRING_FILE",
+        PREFECT_AUTH_FILE_ENV,
         "prefectauth.txt",
         None,
         "'user:password' the Prefect server requires of every client and of the UI's login",
@@ -52,7 +54,6 @@ SECRETS: tuple[SecretSpec, ...] = (
 )
 
 PREFECT_SECRETS = tuple(spec for spec in SECRETS if spec.block)
-PREFECT_AUTH_FILE_ENV = "PREFECT_API_AUTH_STRING_FILE"
 # Blocks of earlier versions, which gave the flows MinIO's root account; `archiver config` deletes them.
 OBSOLETE_SECRET_BLOCKS = ("minio-user", "minio-password")
 

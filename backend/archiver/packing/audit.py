@@ -108,7 +108,8 @@ def _dataset_inventory(lts_root: Path, pid: str, folder: Path) -> DatasetOnLts:
 
 
 def _note_change(dataset: DatasetOnLts, archive_id: str, path: Path) -> None:
-    dataset.changed[archive_id] = max(_mtime(path), dataset.changed.get(archive_id, _mtime(path)))
+    changed = _mtime(path)
+    dataset.changed[archive_id] = max(changed, dataset.changed.get(archive_id, changed))
 
 
 def _relative(lts_root: Path, path: Path) -> str:

@@ -20,6 +20,7 @@ import tarfile
 import time
 import tomllib
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,7 +68,20 @@ def _write_vars(options: DevOptions, s3_url: str, scicat_url: str, lts: Path) ->
     return path
 
 
-def run(options: DevOptions) -> int:
+@dataclass(frozen=True)
+class Pipeline:
+    """The running local pipeline: where its parts answer."""
+
+    prefect_url: str
+    s3_url: str
+    scicat_url: str
+    secrets_dir: Path
+    lts: Path
+
+
+@contextlib.contextmanager
+def pipeline(options: DevOptions) -> Iterator[Pipeline]:
+    """Every service of the pipeline, seeded and with the deployments served, until the block ends."""
     workdir = options.workdir
     workdir.mkdir(parents=True, exist_ok=True)
     secrets_dir = workdir / "secrets"
@@ -111,15 +125,21 @@ def run(options: DevOptions) -> int:
 
         local_services.poll_until(lambda: _deployments_ready(DEPLOYMENT_NAMES.values()), 120, "deployments to register")
         say("deployments served: " + ", ".join(DEPLOYMENT_NAMES.values()))
+        try:
+            yield Pipeline(prefect.url, s3.url, scicat.url, secrets_dir, lts)
+        finally:
+            say("stopping everything this command started")
 
+
+def run(options: DevOptions) -> int:
+    with pipeline(options) as running:
         ok = False
         with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C, or SIGTERM (see cli._dev)
-            ok = _exercise(options, scicat.url, secrets_dir, prefect.url)
+            ok = _exercise(options, running.scicat_url, running.secrets_dir, running.prefect_url)
             if options.keep_running:
-                say(f"everything keeps running; explore {prefect.url}/dashboard. Ctrl-C stops it all.")
+                say(f"everything keeps running; explore {running.prefect_url}/dashboard. Ctrl-C stops it all.")
                 while True:
                     time.sleep(3600)
-        say("stopping everything this command started")
     return 0 if ok else 1
 
 

@@ -23,6 +23,11 @@ counted); the growth of each phase's peak above its start between the 512 MiB an
 memory is handed back to the OS (malloc_trim), so a phase's peak is not inflated by
 what an earlier phase left.
 
+Then the job overhead (backend/benchmarks/job_overhead.py): the local pipeline of `archiver dev`
+archives 1 MiB datasets through SciCat jobs (--overhead-jobs, default 3) and prints where each
+job's seconds went, as Prefect recorded them; then a 32 x 64 MiB job, set beside the engine
+alone on that shape from the table above (about 2 more minutes).
+
     .venv/bin/python backend/benchmarks/bench_datapath.py [--shapes 8x64M,32x64M,1000x1M,20000x64K]
 
 About 12 minutes on 2 cores shared with other work, 7 of them for the 20000 small files
@@ -46,6 +51,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+import job_overhead  # beside this file
 from boto3.s3.transfer import TransferConfig
 
 from archiver import local_services
@@ -86,6 +92,10 @@ class Shape:
     def __str__(self) -> str:
         size = f"{self.size // MiB} MiB" if self.size >= MiB else f"{self.size // KiB} KiB"
         return f"{self.files} x {size}"
+
+
+# Issue 16: a job of about 2 GiB spends at most 10% more than the engine alone on the same data.
+LARGE_JOB = Shape(32, 64 * MiB)
 
 
 class PeakRss:
@@ -286,6 +296,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--datablock-concurrency", type=int, default=2,
                         help="datablocks worked on at once, ARCHIVER_DATABLOCK_CONCURRENCY (default 2, as deployed)")
     parser.add_argument("--work-dir", type=Path, default=None, help="folder for the LTS and baseline copies (default: temp)")
+    parser.add_argument("--overhead-jobs", type=int, default=3,
+                        help="1 MiB archive jobs whose phases are printed, under a local runner (default 3; 0: skip "
+                             "the job-overhead section, which also archives 32 x 64 MiB through a job)")
     args = parser.parse_args(argv)
     shapes = [Shape.parse(s) for s in args.shapes.split(",") if s.strip()]
 
@@ -311,6 +324,14 @@ def main(argv: list[str] | None = None) -> None:
         print("\nre-reading the LTS (issue 15): verification after archival, the audit's fixity pass", flush=True)
         for run in runs:
             print(f"{str(run.shape):<16} verify {run.rate('verify'):>8.1f} MB/s   audit {run.rate('audit'):>8.1f} MB/s")
+        stack.close()  # the data path's S3 server and files go before the pipeline starts its own
+        if args.overhead_jobs > 0:
+            print("\njob overhead (issue 16, item 3): SciCat archive jobs under `archiver dev`'s local runner", flush=True)
+            engine = next((r.figures["archive+verify"].seconds for r in runs if str(r.shape) == str(LARGE_JOB)), None)
+            with tempfile.TemporaryDirectory(dir=args.work_dir, prefix="bench-overhead-") as tmp:
+                for line in job_overhead.measure(Path(tmp), args.overhead_jobs, (LARGE_JOB.files, LARGE_JOB.size / MiB),
+                                                 engine):
+                    print(line, flush=True)
 
 
 if __name__ == "__main__":

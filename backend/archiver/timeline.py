@@ -1,0 +1,94 @@
+"""Where the seconds of a job go, read back from Prefect's history of its run.
+
+From the SciCat job's creation to the end of the flow run: the hand-over to Prefect (SciCat's job action and
+the archiver API), the wait for a worker or runner to pick the run up (polling), the start of the flow's
+process or container, then inside the run the wall-clock time covered by SciCat calls, by data tasks, and
+the rest (Prefect's engine, subflows, artifacts). Used by the benchmarks of the local runner and the stack.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from uuid import UUID
+
+SCICAT_TASK_PREFIX = "scicat:"  # task_run_name of flows.common.scicat_call
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    seconds: float
+
+
+def covered_seconds(intervals: list[tuple[datetime, datetime]]) -> float:
+    """Seconds covered by the union of the intervals (tasks running at once count once)."""
+    total, end_so_far = 0.0, None
+    for start, end in sorted(intervals):
+        if end_so_far is None or start > end_so_far:
+            total += (end - start).total_seconds()
+            end_so_far = end
+        elif end > end_so_far:
+            total += (end - end_so_far).total_seconds()
+            end_so_far = end
+    return total
+
+
+def _state_times(client, flow_run_id: UUID) -> dict[str, datetime]:
+    """The first time the run entered each state type (SCHEDULED, PENDING, RUNNING, ...)."""
+    times: dict[str, datetime] = {}
+    for state in sorted(client.read_flow_run_states(flow_run_id), key=lambda s: s.timestamp):
+        times.setdefault(state.type.value, state.timestamp)
+    return times
+
+
+def _run_tree(client, flow_run_id: UUID) -> list[UUID]:
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    ids, frontier = [flow_run_id], [flow_run_id]
+    while frontier:
+        children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=frontier)))
+        frontier = [run.id for run in children]
+        ids += frontier
+    return ids
+
+
+def _task_intervals(client, flow_run_ids: list[UUID]) -> dict[str, list[tuple[datetime, datetime]]]:
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    intervals: dict[str, list[tuple[datetime, datetime]]] = {"scicat": [], "data": []}
+    runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=flow_run_ids)), limit=200)
+    for run in runs:
+        if run.start_time and run.end_time:
+            kind = "scicat" if run.name.startswith(SCICAT_TASK_PREFIX) else "data"
+            intervals[kind].append((run.start_time, run.end_time))
+    return intervals
+
+
+def job_phases(flow_run_id: UUID, job_created_at: datetime) -> list[Phase]:
+    """The phases of a finished job run, in order; their seconds add up to the job's wall time."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        states = _state_times(client, flow_run_id)
+        intervals = _task_intervals(client, _run_tree(client, flow_run_id))
+    scheduled, pending, running = states["SCHEDULED"], states["PENDING"], states["RUNNING"]
+    ended = max(time for kind, time in states.items() if kind in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"))
+    data = covered_seconds(intervals["data"])
+    both = covered_seconds(intervals["scicat"] + intervals["data"])
+    return [
+        Phase("SciCat job -> run scheduled (job action, archiver API)", (scheduled - job_created_at).total_seconds()),
+        Phase("scheduled -> picked up (worker/runner polling)", (pending - scheduled).total_seconds()),
+        Phase("picked up -> flow running (process/container start)", (running - pending).total_seconds()),
+        Phase("data tasks (S3, LTS)", data),
+        Phase("SciCat calls (tasks), outside data tasks", both - data),
+        Phase("rest of the run (engine, subflows, artifacts)", (ended - running).total_seconds() - both),
+    ]
+
+
+def format_phases(title: str, phases: list[Phase]) -> list[str]:
+    total = sum(p.seconds for p in phases)
+    width = max(len(p.name) for p in phases)
+    lines = [title] + [f"  {p.name:<{width}}  {p.seconds:6.2f} s" for p in phases]
+    return lines + [f"  {'total: SciCat job created -> run ended':<{width}}  {total:6.2f} s"]

@@ -1,0 +1,85 @@
+"""Job overhead under `archiver dev` (issue 16, item 3): where the seconds of a SciCat archive job go.
+
+Runs the local pipeline (Prefect server, S3 server, SciCat development server, archiver API, a runner serving
+the deployments), then archives small datasets through SciCat jobs and prints each job's phases as Prefect
+recorded them (archiver.timeline), and one large dataset whose job time is set beside the engine alone.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+from archiver.local_pipeline import DevOptions, pipeline
+from archiver.local_services import free_port, poll_until
+from archiver.timeline import Phase, format_phases, job_phases
+
+
+def _final_state(flow_run_id):
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(flow_run_id).state
+    return state if state and state.is_final() else None
+
+
+def _create_dataset(num_files: int, file_size_mb: float) -> str:
+    from prefect.deployments import run_deployment
+
+    pid = f"20.500.12269/bench-overhead-{uuid.uuid4()}"
+    run = run_deployment("create_test_dataset/dataset_creation", timeout=0, parameters={
+        "num_files": num_files, "file_size_mb": file_size_mb, "dataset_id": pid})
+    state = poll_until(lambda: _final_state(run.id), 600, f"test dataset {pid}")
+    if not state.is_completed():
+        raise RuntimeError(f"creating test dataset {pid} ended {state.name}")
+    return pid
+
+
+def archive_job(scicat, pid: str) -> tuple[list[Phase], str]:
+    """Archive one dataset through a SciCat job; its phases and the run's final state name."""
+    from archiver.job_command import wait_for_run
+
+    created = datetime.now(timezone.utc)
+    job = scicat.create_job("archive", [pid])
+    run_id = wait_for_run(job.id, 60)
+    state = poll_until(lambda: _final_state(run_id), 1800, f"the archive run of job {job.id}", interval=0.2)
+    return job_phases(run_id, created), state.name
+
+
+def measure(work: Path, small_jobs: int = 3, large: tuple[int, float] | None = (32, 64.0),
+            engine_seconds: float | None = None) -> list[str]:
+    """The report lines: each small job's phases, then the large job against the engine alone."""
+    from archiver.config.settings import ScicatSection
+    from archiver.scicat.client import ScicatClient, ScicatCredentials
+
+    options = DevOptions(workdir=work / "overhead", target_size_mb=200, prefect_port=free_port(), keep_running=False)
+    lines = []
+    with pipeline(options) as running:
+        credentials = ScicatCredentials.from_secret_files(running.secrets_dir, environ={})
+        with ScicatClient(ScicatSection(endpoint=running.scicat_url), credentials) as scicat:
+            for i in range(small_jobs):
+                pid = _create_dataset(1, 1.0)
+                phases, outcome = archive_job(scicat, pid)
+                lines += format_phases(f"archive job {i + 1} of a 1 MiB dataset, local runner ({outcome}):", phases)
+            if large:
+                count, size_mb = large
+                pid = _create_dataset(count, size_mb)
+                phases, outcome = archive_job(scicat, pid)
+                lines += format_phases(f"archive job of {count} x {size_mb:g} MiB, local runner ({outcome}):", phases)
+                total = sum(p.seconds for p in phases)
+                if engine_seconds:
+                    lines.append(f"  job / engine alone (archive+verify, same shape): {total:.1f} s / "
+                                 f"{engine_seconds:.1f} s = {total / engine_seconds:.2f}x (target <= 1.10x)")
+    return lines
+
+
+if __name__ == "__main__":
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp:
+        started = time.monotonic()
+        for line in measure(Path(tmp), large=None):
+            print(line, flush=True)
+        print(f"({time.monotonic() - started:.0f} s)")

@@ -74,10 +74,13 @@ class Stack:
         """MinIO (stand-in) as the host reaches it: MINIO_EXTERNAL_ENDPOINT of the development stack."""
         return f"http://localhost:{self.env['MINIO_S3_PORT']}"
 
-    def compose(self, *args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
+    def compose(self, *args: str, check: bool = True, timeout: float = 900,
+                env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        """`docker compose` on this stack; `env` adds to (and wins over) the stack's settings for this call."""
         env_files = [arg for name in ENV_FILES for arg in ("--env-file", name)]
         command = ["docker", "compose", "-p", self.project, *env_files, *args]
-        result = subprocess.run(command, cwd=REPO, env=self.env, capture_output=True, text=True, timeout=timeout)
+        result = subprocess.run(command, cwd=REPO, env={**self.env, **(env or {})}, capture_output=True, text=True,
+                                timeout=timeout)
         if check and result.returncode != 0:
             raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
         return result
@@ -145,6 +148,13 @@ class Stack:
     def note(self, line: str) -> None:
         """A figure for the terminal summary."""
         TIMINGS.append(line)
+
+    def prefect_client_settings(self):
+        """Prefect's Python client in this process pointed at the stack's server, for the block's duration."""
+        from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
+        return temporary_settings({PREFECT_API_URL: self.prefect_api,
+                                   PREFECT_API_AUTH_STRING: self.secret("prefectauth.txt")})
 
     def scicat_state(self) -> dict:
         return httpx.get(f"{self.scicat_url}/dev/state", timeout=30).json()

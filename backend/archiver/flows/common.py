@@ -7,10 +7,11 @@ blocks and never travel as parameters (parameters are stored by Prefect).
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -24,6 +25,7 @@ from prefect.logging import get_run_logger
 from archiver.config.runtime import RunConfiguration
 from archiver.config.secrets import ARCHIVER_S3, PRESIGN_S3, S3Account
 from archiver.flows.outage import call_prefect, retry_refused_connections
+from archiver.packing.sources import Prefetch
 from archiver.packing.registered import ArchiveOnRecord, check_registered
 from archiver.scicat.client import ScicatClient, ScicatCredentials, ScicatError
 from archiver.scicat.models import ArchiveStatus, Datablock
@@ -37,23 +39,26 @@ retry_refused_connections()  # every flow module imports this one: Prefect clien
 
 @dataclass
 class Connections:
-    """Clients one flow run (or dataset subflow) works with; never passed as a Prefect parameter."""
+    """Clients one job run and its dataset subflows work with; never passed as a Prefect parameter."""
 
     s3: Any  # the archiver account's client
     presign_credentials: S3Credentials  # sign download URLs only (read access to the retrieval bucket)
     scicat: ScicatClient
 
-    def close(self) -> None:
-        self.scicat.close()
 
-    def __enter__(self) -> Connections:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+# The connections of the run being executed: its dataset subflows (same process, same configuration) use them
+# instead of loading the secret blocks, making an S3 client and logging in to SciCat once more per dataset.
+_OPEN: contextvars.ContextVar[tuple[RunConfiguration, Connections] | None] = contextvars.ContextVar(
+    "archiver_connections", default=None)
 
 
-def connect(config: RunConfiguration) -> Connections:
+def _s3_pool_size(config: RunConfiguration) -> int:
+    """Connections the S3 client may hold: every datablock worked on at once prefetches on its own threads."""
+    archiver = config.settings.archiver
+    return max(16, archiver.dataset_concurrency * archiver.datablock_concurrency * (Prefetch.threads + 1) + 4)
+
+
+def _open(config: RunConfiguration) -> Connections:
     from prefect.blocks.system import Secret
 
     def secret(name: str) -> str:
@@ -65,10 +70,27 @@ def connect(config: RunConfiguration) -> Connections:
     minio = config.settings.minio
     scicat_credentials = ScicatCredentials(secret("scicat-user"), secret("scicat-password"))
     return Connections(
-        s3=s3_client(minio.endpoint, minio.region, s3_account(ARCHIVER_S3)),
+        s3=s3_client(minio.endpoint, minio.region, s3_account(ARCHIVER_S3), _s3_pool_size(config)),
         presign_credentials=s3_account(PRESIGN_S3),
         scicat=ScicatClient(config.settings.scicat, scicat_credentials),
     )
+
+
+@contextlib.contextmanager
+def connect(config: RunConfiguration) -> Iterator[Connections]:
+    """The clients for `config`: those of the enclosing run when it has the same configuration, else new ones,
+    closed when the block ends."""
+    outer = _OPEN.get()
+    if outer is not None and outer[0] == config:
+        yield outer[1]
+        return
+    connections = _open(config)
+    token = _OPEN.set((config, connections))
+    try:
+        yield connections
+    finally:
+        _OPEN.reset(token)
+        connections.scicat.close()
 
 
 def exception_of(state) -> BaseException | None:

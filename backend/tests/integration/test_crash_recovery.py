@@ -18,6 +18,8 @@ from archiver.flows.test_dataset import create_test_dataset_flow
 from archiver.local_services import descendants, poll_until
 from archiver.packing import archive, naming
 
+from tests.integration.served import start_served_archival
+
 pytestmark = pytest.mark.integration
 
 ZOMBIE_WINDOW_S = 50
@@ -31,19 +33,6 @@ def partial_files(lts_root: Path) -> list[Path]:
 
 def job_status(pipeline, job_id: str) -> str | None:
     return pipeline.scicat_dev.state()["jobs"][job_id].get("jobStatusMessage")
-
-
-def start_job_run(pipeline, job_id: str):
-    from prefect.deployments import run_deployment
-    from prefect.exceptions import ObjectNotFound
-
-    def start():
-        try:
-            return run_deployment("archive_datasetlist/datasets_archival", parameters={"job_id": job_id}, timeout=0)
-        except ObjectNotFound:
-            return None
-
-    return poll_until(start, what="served deployment")
 
 
 def finished_datablocks(lts_root: Path) -> dict[Path, tuple[int, int]]:
@@ -100,7 +89,7 @@ def test_lost_node_run_is_crashed_by_heartbeat_automation_and_resumed(crash_pipe
     originals = {f.path: f.chk for b in pipeline.scicat.get_origdatablocks(pid) for f in b.data_file_list}
     job_id = pipeline.new_job("archive", [pid])
     node = serve_deployments()
-    run = start_job_run(pipeline, job_id)
+    run = start_served_archival(job_id)
 
     killed_at = kill_mid_write(pipeline, lambda: [*descendants(node.pid), node.pid], after_finished=1)
     finished_before = finished_datablocks(pipeline.lts_root)
@@ -145,7 +134,7 @@ def test_killed_run_without_retries_is_reported_failed(crash_pipeline, serve_dep
     landing_before = pipeline.landing_keys(pid)
     job_id = pipeline.new_job("archive", [pid])
     node = serve_deployments()
-    run = start_job_run(pipeline, job_id)
+    run = start_served_archival(job_id)
     killed_at = kill_mid_write(pipeline, lambda: descendants(node.pid))
     poll_until(lambda: job_status(pipeline, job_id) == "finishedUnsuccessful", timeout=180, interval=1,
                what="the job reported failed")
@@ -173,7 +162,7 @@ def test_run_taken_for_dead_but_still_beating_is_left_to_finish(crash_pipeline, 
     pid = create_test_dataset_flow(num_files=1, file_size_mb=0.1)
     job_id = pipeline.new_job("archive", [pid])
     serve_deployments(LTS_FREE_SPACE_PERCENTAGE="99.999")  # the run waits for free space until cancelled
-    run = start_job_run(pipeline, job_id)
+    run = start_served_archival(job_id)
     with get_client(sync_client=True) as client:
         poll_until(lambda: pipeline.scicat_dev.state()["datasets"][pid]["datasetlifecycle"].get("archiveStatusMessage")
                    == "started", what="archival started")

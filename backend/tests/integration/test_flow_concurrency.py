@@ -11,6 +11,7 @@ from archiver.flows.archive import archive_datasets_flow
 from archiver.flows.test_dataset import create_test_dataset_flow
 from archiver.local_services import poll_until
 
+from tests.integration.served import start_served_archival
 from tests.integration.task_history import asked_at, most_at_once, tagged_task_runs_since
 
 pytestmark = pytest.mark.integration
@@ -64,7 +65,7 @@ def test_cancelled_archival_cleans_up_and_reports(pipeline, serve_deployments):
     job_id = pipeline.new_job("archive", [pid])
     # The LTS never has enough free space: the run waits in wait-for-free-space until cancelled.
     serve_deployments(LTS_FREE_SPACE_PERCENTAGE="99.999")
-    run = poll_until(lambda: _deployed_run(job_id), what="served deployment")
+    run = start_served_archival(job_id)
     with get_client(sync_client=True) as client:
         poll_until(lambda: pipeline.scicat.get_dataset(pid).datasetlifecycle.archive_status_message
                  == "started", what="archival started")
@@ -78,16 +79,6 @@ def test_cancelled_archival_cleans_up_and_reports(pipeline, serve_deployments):
     assert lifecycle["archiveStatusMessage"] == "scheduleArchiveJobFailed"
     assert pipeline.scicat.get_datablocks(pid) == []
     assert pipeline.landing_keys(pid) == landing_before
-
-
-def _deployed_run(job_id: str):
-    from prefect.deployments import run_deployment
-    from prefect.exceptions import ObjectNotFound
-
-    try:
-        return run_deployment("archive_datasetlist/datasets_archival", parameters={"job_id": job_id}, timeout=0)
-    except ObjectNotFound:
-        return None
 
 
 
@@ -106,7 +97,7 @@ def test_failed_job_run_retried_from_prefect_finishes_the_job(pipeline, serve_de
     pipeline.s3.delete_object(Bucket=bucket, Key=victim)
     job_id = pipeline.new_job("archive", [pid])
     serve_deployments()
-    run = poll_until(lambda: _deployed_run(job_id), what="served deployment")
+    run = start_served_archival(job_id)
     with get_client(sync_client=True) as client:
         poll_until(lambda: client.read_flow_run(run.id).state.is_final(), what="first attempt to end")
         assert client.read_flow_run(run.id).state.is_failed()

@@ -126,6 +126,7 @@ def _tagged_task_runs(stack, tag: str, parent_run_ids: list[str], expected: int)
 WORKERS, JOBS = 3, 6
 
 
+@pytest.mark.timeout(1800)
 def test_six_archive_jobs_over_three_workers_hold_the_lts_limits_across_all(stack, operator):
     # Each worker runs at most 2 flow runs at once, so 6 jobs need all three: the limits must hold across hosts.
     scaled = {"ARCHIVAL_WORKER_FLOW_RUN_LIMIT": "2"}

@@ -179,6 +179,16 @@ def _flag(value: str | None) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def _metrics(args: argparse.Namespace) -> int:
+    import logging
+
+    from archiver.metrics.server import serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    serve(args.host, args.port, args.slow_cache_s)
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     from archiver.flows.serve import DEPLOYMENT_NAMES, serve_deployments
 
@@ -313,6 +323,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--limit", type=int, default=None, help="most flow runs at once (default: no limit)")
     serve.set_defaults(run=_serve)
 
+    metrics = add_command(commands, "metrics",
+        help="serve archive metrics for Prometheus: jobs, bytes, durations, slots, LTS space, audit (docs/monitoring.md)",
+        description="Serves /metrics, computed at each scrape from Prefect's flow-run history (PREFECT_API_URL), the LTS "
+                    "at LTS_STORAGE_ROOT mounted here (read only) and the retrieval bucket. Counters are derived from "
+                    "history, so a restart does not reset them.",
+    )
+    metrics.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    metrics.add_argument("--port", type=int, default=9108, help="port to listen on")
+    metrics.add_argument("--slow-cache-s", type=float, default=60.0,
+                         help="seconds the LTS audit-record walk and the bucket listing are reused between scrapes")
+    metrics.set_defaults(run=_metrics)
+
     dev = add_command(commands, "dev", help="run the whole pipeline locally without Docker: services, a test dataset archived and retrieved",
     )
     dev.add_argument("--workdir", type=Path, default=Path(".local"), help="state, LTS folder, secrets and logs")
@@ -365,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Subcommands that talk to a Prefect server: without PREFECT_API_URL, Prefect would quietly start a
 # temporary server of its own and the command would act on that.
-NEEDS_PREFECT = {"config", "job", "limits", "serve", "audit"}
+NEEDS_PREFECT = {"config", "job", "limits", "serve", "audit", "metrics"}
 
 
 class UsageError(Exception):

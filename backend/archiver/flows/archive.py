@@ -19,6 +19,7 @@ from archiver.flows.common import (
 )
 from archiver.flows.concurrency import reconcile_tags
 from archiver.flows.failures import describe_failure
+from archiver.flows.figures import BYTES, DATABLOCKS, record_figures
 from archiver.flows.jobs import DatasetDone, JobKind, on_job_cancelled, run_job
 from archiver.flows.lts_tasks import set_aside_datablocks, tagged, verify_datablock, wait_for_free_space, write_datablock
 from archiver.packing import cleanup
@@ -143,6 +144,7 @@ def archive_dataset(job_id: str, dataset_id: str, config: RunConfiguration) -> D
             log.info("%s: archived; %d landing-zone file(s) deleted", pid, deleted)
         except Exception as e:  # the archive is complete and registered; only the cleanup is left to do
             log.error("%s: archived, but its landing-zone files could not be deleted (delete them by hand): %s", pid, e)
+    record_figures({BYTES: sum(m.size for m in manifests), DATABLOCKS: len(manifests)})
     return DatasetDone(datablocks=len(manifests), bytes=sum(m.packedSize for m in manifests))
 
 

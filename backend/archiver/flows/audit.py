@@ -18,6 +18,7 @@ from prefect.logging import get_run_logger
 from archiver.config.errors import ConfigError
 from archiver.config.runtime import load_run_configuration
 from archiver.flows.common import connect, exception_of
+from archiver.flows.figures import AUDIT_BYTES, AUDIT_CHECKED, AUDIT_PROBLEMS, record_figures
 from archiver.flows.lts_tasks import tagged, verify_datablock
 from archiver.packing import audit
 from archiver.packing.errors import IntegrityError
@@ -83,6 +84,7 @@ def lts_audit(pids: list[str] | None = None, everything: bool = False, byte_budg
     summary = {"checked": len(chosen), "bytes": sum(b.packed_size for b in chosen), "problems": len(findings),
                "overdue": len(late), "datablocks": len(blocks)}
     _report(summary, rows, findings, lts)
+    record_figures({AUDIT_CHECKED: summary["checked"], AUDIT_BYTES: summary["bytes"], AUDIT_PROBLEMS: len(findings)})
     if findings:
         raise LtsAuditFailed(findings)
     return summary

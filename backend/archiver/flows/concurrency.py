@@ -23,7 +23,8 @@ class Reconciled:
     kept: int
 
 
-def _is_stale(client, task_run_id: UUID) -> bool:
+def is_stale_holder(client, task_run_id: UUID) -> bool:
+    """Whether a slot holder (task run id) is gone, finished, or of a finished flow run."""
     from prefect.exceptions import ObjectNotFound
 
     try:
@@ -50,7 +51,7 @@ def reconcile_tag(client, tag: str, recheck_after_s: float = 1.0) -> Reconciled:
         holders = client.read_concurrency_limit_by_tag(tag).active_slots
     except ObjectNotFound:
         return Reconciled(tag, 0, 0)
-    live = [holder for holder in holders if not _is_stale(client, holder)]
+    live = [holder for holder in holders if not is_stale_holder(client, holder)]
     if len(live) < len(holders):
         client.reset_concurrency_limit_by_tag(tag, slot_override=live)
     # Slots counted without a lease behind them (lost leases, or the reset above,

@@ -17,6 +17,7 @@ from archiver.flows.common import (
 )
 from archiver.flows.concurrency import reconcile_tags
 from archiver.flows.failures import describe_failure
+from archiver.flows.figures import BYTES, DATABLOCKS, record_figures
 from archiver.flows.jobs import DatasetDone, JobKind, on_job_cancelled, run_job
 from archiver.flows.lts_tasks import copy_datablock_to_retrieval, tagged
 from archiver.packing import cleanup
@@ -91,6 +92,7 @@ def retrieve_dataset(job_id: str, dataset_id: str, config: RunConfiguration) -> 
             _clean_up_failed_retrieval(pid, config, connections, error, log)
             raise
     log.info("%s: %d datablock(s) retrieved and checked", pid, len(entries))
+    record_figures({BYTES: sum(d.size for d in on_record.registered), DATABLOCKS: len(entries)})
     return DatasetDone(entries=entries, datablocks=len(entries), bytes=sum(e.size for e in entries))
 
 

@@ -70,6 +70,11 @@ class Stack:
         return f"http://127.0.0.1:{self.env['SCICAT_DEV_PORT']}"
 
     @property
+    def prometheus_url(self) -> str:
+        """Prometheus, published on the loopback interface only."""
+        return f"http://127.0.0.1:{self.env['PROMETHEUS_PORT']}"
+
+    @property
     def s3_url(self) -> str:
         """MinIO (stand-in) as the host reaches it: MINIO_EXTERNAL_ENDPOINT of the development stack."""
         return f"http://localhost:{self.env['MINIO_S3_PORT']}"
@@ -244,6 +249,7 @@ def stack(tmp_path_factory) -> Stack:
         "MINIO_S3_PORT": str(free_port()),
         "MINIO_CONSOLE_PORT": str(free_port()),
         "SCICAT_DEV_PORT": str(free_port()),
+        "PROMETHEUS_PORT": str(free_port()),
         # An image tag of its own: a concurrent session building the runtime image from another
         # checkout cannot change what this stack's flow runs execute. Layers are still shared.
         "ARCHIVER_IMAGE": f"archiver-runtime:{project}",

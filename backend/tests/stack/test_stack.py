@@ -20,7 +20,7 @@ from tests.browser import browser_page, page_text, prefect_ui, screenshot
 REPO = Path(__file__).resolve().parents[3]
 LONG_RUNNING = (
     "postgres", "prefect-server", "proxy", "minio", "archiver-api", "scicat",
-    "prefect-archival-worker", "prefect-retrieval-worker",
+    "prefect-archival-worker", "prefect-retrieval-worker", "archiver-metrics", "prometheus",
 )
 pytestmark = [pytest.mark.stack, pytest.mark.timeout(1800)]
 
@@ -51,7 +51,7 @@ def test_only_intended_ports_are_published_and_only_on_loopback(stack):
         for publisher in entry.get("Publishers") or []
         if publisher.get("PublishedPort")
     ]
-    assert {name for name, _ in published} == {"proxy", "minio", "scicat"}
+    assert {name for name, _ in published} == {"proxy", "minio", "scicat", "prometheus"}
     for name, publisher in published:
         assert publisher["URL"] == "127.0.0.1", f"{name} publishes on {publisher['URL']}"
         assert publisher["PublishedPort"] not in HOST_SERVICE_PORTS

@@ -1,0 +1,97 @@
+"""Finished flow runs of the archiver's flows, read from Prefect's history.
+
+Every counter the exporter serves is a sum over these records, so a restarted exporter
+counts the same totals again from Prefect (nothing is kept in the exporter alone).
+A finished run is read once and kept; later refreshes ask only for runs that ended since
+(with an overlap, for end times written late). A run re-run by hand (Retry in the UI) ends
+again with a new end time and is read again; its earlier outcomes come from its state
+history, so a failure stays counted after the retry succeeded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from uuid import UUID
+
+FINAL_STATES = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+OVERLAP = timedelta(minutes=10)
+PAGE = 200
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    id: UUID
+    flow: str
+    outcomes: tuple[str, ...]  # every final state the run reached, lower case ("completed", "failed", ...)
+    end: datetime
+    run_seconds: float  # time spent Running, over all its attempts
+    queue_wait_seconds: float | None  # from the scheduled start to the first start; None when it never started
+    labels: dict
+
+    @property
+    def outcome(self) -> str:
+        return self.outcomes[-1]
+
+
+def _outcomes(client, flow_run) -> tuple[str, ...]:
+    latest = flow_run.state.type.value.lower()
+    if (flow_run.run_count or 0) <= 1:
+        return (latest,)
+    states = client.read_flow_run_states(flow_run.id)
+    finals = tuple(s.type.value.lower() for s in states if s.type.value in FINAL_STATES)
+    return finals or (latest,)
+
+
+def _record(client, flow_run, flow_name: str) -> FinishedRun:
+    wait = None
+    if flow_run.start_time and flow_run.expected_start_time:
+        wait = max(0.0, (flow_run.start_time - flow_run.expected_start_time).total_seconds())
+    return FinishedRun(
+        id=flow_run.id, flow=flow_name, outcomes=_outcomes(client, flow_run),
+        end=flow_run.end_time or flow_run.state.timestamp,
+        run_seconds=flow_run.total_run_time.total_seconds() if flow_run.total_run_time else 0.0,
+        queue_wait_seconds=wait, labels=dict(flow_run.labels or {}),
+    )
+
+
+class RunHistory:
+    """The finished runs of `flows` (flow names), refreshed incrementally from a sync Prefect client."""
+
+    def __init__(self, flows: list[str]):
+        self.flows = list(flows)
+        self._runs: dict[UUID, FinishedRun] = {}
+        self._flow_names: dict[UUID, str] = {}
+
+    def runs(self) -> list[FinishedRun]:
+        return list(self._runs.values())
+
+    def refresh(self, client) -> None:
+        from prefect.client.schemas.filters import (
+            FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterEndTime, FlowRunFilterState,
+            FlowRunFilterStateType,
+        )
+        from prefect.client.schemas.sorting import FlowRunSort
+
+        newest = max((run.end for run in self._runs.values()), default=None)
+        run_filter = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=list(FINAL_STATES))))
+        if newest is not None:
+            run_filter.end_time = FlowRunFilterEndTime(after_=newest - OVERLAP)
+        offset = 0
+        while True:
+            page = client.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=self.flows)), flow_run_filter=run_filter,
+                sort=FlowRunSort.EXPECTED_START_TIME_ASC, limit=PAGE, offset=offset,
+            )
+            for flow_run in page:
+                known = self._runs.get(flow_run.id)
+                if known is None or known.end != (flow_run.end_time or flow_run.state.timestamp):
+                    self._runs[flow_run.id] = _record(client, flow_run, self.flow_name(client, flow_run.flow_id))
+            if len(page) < PAGE:
+                return
+            offset += PAGE
+
+    def flow_name(self, client, flow_id: UUID) -> str:
+        if flow_id not in self._flow_names:
+            self._flow_names[flow_id] = client.read_flow(flow_id).name
+        return self._flow_names[flow_id]

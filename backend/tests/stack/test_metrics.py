@@ -1,0 +1,113 @@
+"""Metrics and alerts in the stack (issue 18): after an archive and a retrieval, Prometheus (its HTTP API) holds the
+job, byte and duration series with the right values; a failed job and a killed run make their alerts fire; a
+restart of archiver-metrics resets no counter. Values are checked as differences from before the jobs (other
+test modules share the stack)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from archiver.config.settings import load_vars_file
+from tests.stack.test_faults import crash_retries, kill_flow_run_container, poll, wait_mid_archive_write
+
+pytestmark = [pytest.mark.stack, pytest.mark.timeout(1800)]
+
+REPO = Path(__file__).resolve().parents[3]
+VARS = load_vars_file(REPO / "prefect-vars.toml")
+
+FILES, FILE_SIZE = 3, 2 * 1024 * 1024
+# Prometheus scrapes every 15 s and evaluates rules every 15 s (backend/docker/prometheus/prometheus.yml).
+SEEN_S = 120
+
+
+def query(stack, promql: str) -> dict[tuple, float]:
+    """An instant query: {sorted label pairs without __name__/instance/job: value}."""
+    answer = httpx.get(f"{stack.prometheus_url}/api/v1/query", params={"query": promql}, timeout=30).raise_for_status()
+    return {tuple(sorted((k, v) for k, v in r["metric"].items() if k not in ("__name__", "instance", "job"))):
+            float(r["value"][1]) for r in answer.json()["data"]["result"]}
+
+
+def scalar(stack, promql: str) -> float:
+    values = list(query(stack, promql).values())
+    return values[0] if values else 0.0
+
+
+def firing(stack, alert: str) -> list[dict]:
+    alerts = httpx.get(f"{stack.prometheus_url}/api/v1/alerts", timeout=30).raise_for_status().json()["data"]["alerts"]
+    return [a for a in alerts if a["labels"]["alertname"] == alert and a["state"] == "firing"]
+
+
+def jobs(stack, job_type: str, outcome: str) -> float:
+    return scalar(stack, f'archiver_jobs_total{{job_type="{job_type}", outcome="{outcome}"}}')
+
+
+def test_prometheus_scrapes_the_exporter(stack):
+    poll(lambda: scalar(stack, 'up{job="archiver"}') == 1, SEEN_S, "archiver-metrics scraped by Prometheus")
+    sources = query(stack, "archiver_metrics_source_up")
+    assert sources == {(("source", s),): 1.0 for s in ("prefect", "lts", "s3")}
+    threshold = VARS.lts.free_space_percentage / 100
+    assert scalar(stack, "archiver_lts_free_space_threshold_ratio") == pytest.approx(threshold)
+
+
+def test_archive_and_retrieve_show_in_prometheus_with_their_bytes(stack, operator):
+    poll(lambda: scalar(stack, 'up{job="archiver"}') == 1, SEEN_S, "archiver-metrics scraped by Prometheus")
+    before = {(t, o): jobs(stack, t, o) for t in ("archive", "retrieve") for o in ("completed", "failed")}
+    bytes_before = {t: scalar(stack, f'archiver_dataset_bytes_total{{job_type="{t}"}}') for t in ("archive", "retrieve")}
+    durations_before = scalar(stack, 'archiver_job_duration_seconds_count{job_type="archive"}')
+    pid = operator.ingest_dataset(FILES, FILE_SIZE)
+    job, started = operator.create_job("archive", [pid])
+    assert operator.wait(started)["state_type"] == "COMPLETED"
+    job, started = operator.create_job("retrieve", [pid])
+    assert operator.wait(started)["state_type"] == "COMPLETED"
+
+    expected = {("archive", "completed"): 1, ("retrieve", "completed"): 1, ("archive", "failed"): 0,
+                ("retrieve", "failed"): 0}
+    poll(lambda: all(jobs(stack, t, o) - before[(t, o)] == n for (t, o), n in expected.items()), SEEN_S,
+         "both jobs counted in Prometheus")
+    for job_type in ("archive", "retrieve"):
+        grown = scalar(stack, f'archiver_dataset_bytes_total{{job_type="{job_type}"}}') - bytes_before[job_type]
+        assert grown == FILES * FILE_SIZE, job_type
+    assert scalar(stack, 'archiver_job_duration_seconds_count{job_type="archive"}') == durations_before + 1
+    assert scalar(stack, 'archiver_job_duration_seconds_sum{job_type="archive"}') > 0
+    assert scalar(stack, 'archiver_job_queue_wait_seconds_count{job_type="retrieve"}') >= 1
+    assert scalar(stack, "archiver_retrieval_bucket_bytes") >= FILES * FILE_SIZE
+
+    counters = query(stack, '{__name__=~"archiver_(jobs|datasets|dataset_bytes)_total"}')
+    stack.compose("restart", "archiver-metrics")
+    time.sleep(20)  # one scrape of the restarted exporter
+    poll(lambda: scalar(stack, 'up{job="archiver"}') == 1, SEEN_S, "restarted archiver-metrics scraped")
+    poll(lambda: scalar(stack, 'time() - timestamp(archiver_jobs_total{job_type="archive", outcome="completed"})') < 15,
+         SEEN_S, "a scrape after the restart")
+    assert scalar(stack, 'sum(resets({__name__=~"archiver_(jobs|datasets|dataset_bytes)_total"}[30m]))') == 0
+    after = query(stack, '{__name__=~"archiver_(jobs|datasets|dataset_bytes)_total"}')
+    assert {k: v for k, v in counters.items() if after.get(k, 0) < v} == {}
+
+
+def test_a_failed_job_fires_its_alert(stack, operator, stack_s3):
+    poll(lambda: scalar(stack, 'up{job="archiver"}') == 1, SEEN_S, "archiver-metrics scraped by Prometheus")
+    pid = operator.ingest_dataset(2, 1024)
+    [victim, *_] = operator.landing_zone(pid)
+    stack_s3.delete_object(Bucket=VARS.minio.landingzone_bucket, Key=victim)
+    job, started = operator.create_job("archive", [pid])
+    assert operator.wait(started)["state_type"] == "FAILED"
+
+    alerts = poll(lambda: firing(stack, "ArchiverJobFailed"), SEEN_S, "ArchiverJobFailed firing")
+    assert alerts[0]["labels"]["job_type"] == "archive"
+
+
+def test_a_killed_run_fires_its_alert(stack, operator):
+    poll(lambda: scalar(stack, 'up{job="archiver"}') == 1, SEEN_S, "archiver-metrics scraped by Prometheus")
+    pid = operator.ingest_dataset(6, 16 * 1024 * 1024)
+    with crash_retries(stack, 0):
+        job, started = operator.create_job("archive", [pid])
+        run_id = str(started["uuid"])
+        wait_mid_archive_write(stack, pid, run_id)
+        kill_flow_run_container(stack, run_id)
+        assert operator.wait(started)["state_type"] == "CRASHED"
+
+        alerts = poll(lambda: firing(stack, "ArchiverJobCrashed"), SEEN_S, "ArchiverJobCrashed firing")
+    assert alerts[0]["labels"]["job_type"] == "archive"

@@ -101,6 +101,10 @@ class Stack:
         entries = json.loads(output) if output.startswith("[") else [json.loads(line) for line in output.splitlines()]
         return {entry["Service"]: entry for entry in entries}
 
+    def service_image(self, service: str) -> str:
+        """The image a service runs, as compose resolves it from the env files."""
+        return json.loads(self.compose("config", "--format", "json").stdout)["services"][service]["image"]
+
     def enabled_services(self) -> set[str]:
         return set(self.compose("config", "--services").stdout.split())
 

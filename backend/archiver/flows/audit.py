@@ -23,7 +23,7 @@ from archiver.flows.lts_tasks import tagged, verify_datablock
 from archiver.packing import audit
 from archiver.packing.errors import IntegrityError
 from archiver.packing.records import Manifest
-from archiver.scicat.client import ScicatError
+from archiver.scicat.client import DATABLOCK_PAGE_SIZE, ScicatError
 
 PROBLEM_EVENT = "archiver.lts-audit.problem"
 
@@ -55,10 +55,12 @@ def require_lts(root) -> None:
 
 
 @flow(name="lts_audit", flow_run_name="lts-audit")
-def lts_audit(pids: list[str] | None = None, everything: bool = False, byte_budget_mb: int | None = None) -> dict:
+def lts_audit(pids: list[str] | None = None, everything: bool = False, byte_budget_mb: int | None = None,
+              scicat_page_size: int = DATABLOCK_PAGE_SIZE) -> dict:
     """Audit the LTS: fixity of the datablocks verified longest ago (within LTS_AUDIT_BUDGET_MB, or
     `byte_budget_mb`; all of them with `everything` or `pids`) and consistency of every dataset on the
-    LTS (only `pids` when given) with SciCat. Fails naming every problem found."""
+    LTS (only `pids` when given) with SciCat; without `pids` also every datablock SciCat holds, listed in
+    pages of `scicat_page_size`, against the LTS. Fails naming every problem found."""
     config = load_run_configuration()
     lts = config.settings.lts
     root = lts.storage_root
@@ -77,17 +79,37 @@ def lts_audit(pids: list[str] | None = None, everything: bool = False, byte_budg
                 dataset, registered[pid], now=now, partial_age=timedelta(hours=lts.audit_partial_age_hours),
                 discarded_retention=timedelta(days=lts.discarded_retention_days),
             )
+        listed = 0
+        if pids is None:
+            listed, lost = _lost_of_every_dataset(scicat, root, datasets, scicat_page_size)
+            findings += lost
         rows, problems = _check_fixity(chosen, config, registered, scicat)
     findings = problems + findings
     rows += [{"dataset": f.pid, "datablock": f.what, "bytes": None, "result": f"{f.kind}: {f.detail}"}
              for f in findings if f not in problems]
     summary = {"checked": len(chosen), "bytes": sum(b.packed_size for b in chosen), "problems": len(findings),
-               "overdue": len(late), "datablocks": len(blocks)}
+               "overdue": len(late), "datablocks": len(blocks), "scicat_datablocks_listed": listed}
     _report(summary, rows, findings, lts)
     record_figures({AUDIT_CHECKED: summary["checked"], AUDIT_BYTES: summary["bytes"], AUDIT_PROBLEMS: len(findings)})
     if findings:
         raise LtsAuditFailed(findings)
     return summary
+
+
+def _lost_of_every_dataset(scicat, root, datasets: dict, page_size: int) -> tuple[int, list[audit.Finding]]:
+    """Every datablock SciCat holds, page by page, against the LTS: those of datasets whose folder is gone
+    (or was never written) are found here; the inventoried datasets were compared already. How many were
+    listed, and the findings."""
+    listed = 0
+
+    def registered():
+        nonlocal listed
+        for block in scicat.iter_datablocks(page_size):
+            listed += 1
+            yield block.dataset_id, block.archive_id, block.packed_size
+
+    lost = list(audit.lost_beyond_inventory(root, registered(), datasets))
+    return listed, lost
 
 
 def _report(summary: dict, rows: list[dict], findings: list[audit.Finding], lts) -> None:
@@ -96,8 +118,8 @@ def _report(summary: dict, rows: list[dict], findings: list[audit.Finding], lts)
     create_table_artifact(
         rows, key="lts-audit",
         description=f"LTS audit: {summary['checked']} of {summary['datablocks']} datablock(s) re-verified "
-                    f"({summary['bytes']} bytes), {len(findings)} problem(s), {summary['overdue']} not verified "
-                    f"within {lts.audit_period_days} day(s)",
+                    f"({summary['bytes']} bytes), {summary['scicat_datablocks_listed']} SciCat datablock(s) listed, "
+                    f"{len(findings)} problem(s), {summary['overdue']} not verified within {lts.audit_period_days} day(s)",
     )
     for finding in findings:
         _announce(finding)

@@ -13,7 +13,7 @@ leaves `ok` false, which puts the datablock first in line again until it is repa
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -206,12 +206,9 @@ def consistency_findings(
             known = "knows no such dataset" if registered is None else "lists no such datablock"
             findings.append(Finding("dark", pid, archive_id, f"{size} bytes on the LTS; SciCat {known}"))
     for archive_id, wire in sorted(on_record.items(), key=lambda item: str(item[0])):
-        recorded = wire.get("packedSize")
-        if archive_id not in dataset.tars:
-            findings.append(Finding("lost", pid, str(archive_id), f"registered in SciCat ({recorded} bytes), no tar on the LTS"))
-        elif dataset.tars[archive_id] != recorded:
-            findings.append(Finding("lost", pid, archive_id,
-                                    f"the tar has {dataset.tars[archive_id]} bytes, SciCat records {recorded}"))
+        finding = _lost(pid, str(archive_id), wire.get("packedSize"), dataset.tars.get(archive_id))
+        if finding is not None:
+            findings.append(finding)
     for path, modified in sorted(dataset.partials.items()):
         if now - modified > partial_age:
             findings.append(Finding("stale-partial", pid, path, f"half-written file last changed {modified:%Y-%m-%d %H:%M} UTC, "
@@ -221,6 +218,44 @@ def consistency_findings(
             findings.append(Finding("discarded-past-retention", pid, path,
                                     f"set aside {set_aside:%Y-%m-%d %H:%M} UTC, kept longer than {discarded_retention.days} day(s)"))
     return findings
+
+
+def _lost(pid: str, archive_id: str, recorded: int | None, on_lts: int | None, why: str = "") -> Finding | None:
+    """A datablock SciCat registers (`recorded` packed bytes) whose tar is missing (`on_lts` None) or differs."""
+    if on_lts is None:
+        return Finding("lost", pid, archive_id, f"registered in SciCat ({recorded} bytes), no tar on the LTS{why}")
+    if on_lts != recorded:
+        return Finding("lost", pid, archive_id, f"the tar has {on_lts} bytes, SciCat records {recorded}")
+    return None
+
+
+def lost_beyond_inventory(
+    lts_root: Path, registered: Iterable[tuple[str, str, int | None]], inventoried: Container[str],
+) -> Iterator[Finding]:
+    """`lost` findings for SciCat's datablocks (dataset, archiveId, packed bytes) of the datasets the inventory
+    did not cover (`consistency_findings` compares those it did): one stat per datablock, nothing kept, so a
+    listing of all of SciCat streams through in bounded memory. A datablock whose archiveId does not name a
+    tar in its own dataset's folder is lost too: retrieval refuses to read it."""
+    for pid, archive_id, recorded in registered:
+        if pid in inventoried:
+            continue
+        try:
+            own = naming.archive_id_of_dataset(pid, archive_id)
+        except ArchiverError:  # a PID no LTS folder can be named after
+            own = False
+        if not own:
+            yield Finding("lost", pid, archive_id, f"registered in SciCat ({recorded} bytes), no tar on the LTS: "
+                          "its archiveId does not name a datablock in the dataset's own LTS folder")
+            continue
+        tar = naming.datablock_path(lts_root, archive_id)
+        try:
+            on_lts = tar.stat().st_size
+        except FileNotFoundError:
+            on_lts = None
+        gone = "; the dataset's folder is not on the LTS" if not naming.dataset_lts_folder(lts_root, pid).is_dir() else ""
+        finding = _lost(pid, archive_id, recorded, on_lts, gone)
+        if finding is not None:
+            yield finding
 
 
 def scicat_checksum_findings(

@@ -12,10 +12,11 @@ never registers a datablock twice.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,13 +26,17 @@ import httpx
 
 from archiver.config.secrets import DEFAULT_SECRETS_DIR, read_secret, secret_spec
 from archiver.config.settings import ScicatSection
+from pydantic import ValidationError
+
 from archiver.scicat.models import (
+    LISTED_DATABLOCK_FIELDS,
     Datablock,
     Dataset,
     DatasetLifecycle,
     Job,
     JobResultObject,
     JobStatus,
+    ListedDatablock,
     NewDatablock,
     NewOrigDatablock,
     OrigDatablock,
@@ -40,6 +45,7 @@ from archiver.scicat.models import (
 log = logging.getLogger(__name__)
 
 RETRY_STATUSES = frozenset({502, 503, 504})
+DATABLOCK_PAGE_SIZE = 1000
 BODY_EXCERPT_CHARS = 300
 
 
@@ -220,6 +226,48 @@ class ScicatClient:
         answer = self._call("get datablocks", f"dataset {pid}", "GET", self._dataset_url(pid) + "/datablocks")
         return [Datablock.model_validate(item) for item in answer]
 
+    def iter_datablocks(self, page_size: int = DATABLOCK_PAGE_SIZE) -> Iterator[ListedDatablock]:
+        """Every datablock SciCat holds, with only `LISTED_DATABLOCK_FIELDS`, in pages of `page_size` ordered by
+        `_id` (`GET {api}/datablocks?filter=`): one page in memory at a time.
+
+        Paging is by skip, so a datablock registered meanwhile can shift a page: what was seen already is
+        dropped; one deleted meanwhile can be missed until the next listing. A SciCat that does not honour
+        `limits` (more than a page, or not in `_id` order) is refused, or the listing would never end."""
+        if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
+            raise ValueError(f"datablock page size {page_size!r} must be a whole number of at least 1")
+        skip, last_id = 0, None
+        while True:
+            target = f"datablocks {skip} to {skip + page_size - 1}"
+            listing = {"fields": list(LISTED_DATABLOCK_FIELDS),
+                       "limits": {"limit": page_size, "skip": skip, "order": "_id:asc"}}
+            page = self._call("list datablocks", target, "GET", self._api + "datablocks",
+                              params={"filter": json.dumps(listing, separators=(",", ":"))})
+            blocks = self._listed_page(target, page, page_size)
+            fresh = [block for block in blocks if last_id is None or block.id > last_id]
+            if len(blocks) == page_size and not fresh:
+                raise ScicatError("list datablocks", target, "SciCat answered the same datablocks again: it does not "
+                                  "honour limits.skip; upgrade SciCat")
+            yield from fresh
+            if len(blocks) < page_size:
+                return
+            last_id, skip = blocks[-1].id, skip + len(blocks)
+
+    @staticmethod
+    def _listed_page(target: str, page: Any, page_size: int) -> list[ListedDatablock]:
+        if not isinstance(page, list):
+            raise ScicatError("list datablocks", target, f"answer is not a list: {str(page)[:BODY_EXCERPT_CHARS]}")
+        if len(page) > page_size:
+            raise ScicatError("list datablocks", target, f"{len(page)} datablocks for a page of {page_size}: SciCat "
+                              "does not honour limits.limit; upgrade SciCat")
+        try:
+            blocks = [ListedDatablock.model_validate(item) for item in page]
+        except ValidationError as e:
+            raise ScicatError("list datablocks", target, f"a datablock lacks _id, datasetId or archiveId: {e}") from None
+        if any(a.id >= b.id for a, b in zip(blocks, blocks[1:])):
+            raise ScicatError("list datablocks", target, "datablocks not in _id order: SciCat does not honour "
+                              "limits.order; upgrade SciCat")
+        return blocks
+
     def delete_datablock(self, pid: str, datablock_id: str) -> None:
         url = self._dataset_url(pid) + "/datablocks/" + encode_id(datablock_id)
         self._call("delete datablock", f"dataset {pid}, datablock {datablock_id}", "DELETE", url)
@@ -232,13 +280,14 @@ class ScicatClient:
     def _job_url(self, job_id: str) -> str:
         return self._jobs_api + "jobs/" + encode_id(job_id)
 
-    def _call(self, call: str, target: str, method: str, url: str, body: dict | None = None) -> Any:
+    def _call(self, call: str, target: str, method: str, url: str, body: dict | None = None,
+              params: dict[str, str] | None = None) -> Any:
         """One authenticated call; logs in again once if the token was refused."""
         token = self._current_token()
-        response = self._send(call, target, method, url, json=body, token=token)
+        response = self._send(call, target, method, url, json=body, token=token, params=params)
         if response.status_code == 401:
             token = self._current_token(stale=token)
-            response = self._send(call, target, method, url, json=body, token=token)
+            response = self._send(call, target, method, url, json=body, token=token, params=params)
         self._check(call, target, response)
         if not response.content:
             return None
@@ -247,12 +296,13 @@ class ScicatClient:
         except ValueError:
             raise ScicatError(call, target, "answer is not JSON", response.status_code, _excerpt(response)) from None
 
-    def _send(self, call: str, target: str, method: str, url: str, json: dict | None = None, token: str | None = None) -> httpx.Response:
+    def _send(self, call: str, target: str, method: str, url: str, json: dict | None = None, token: str | None = None,
+              params: dict[str, str] | None = None) -> httpx.Response:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         attempt = 0
         while True:
             try:
-                response = self._http.request(method, url, json=json, headers=headers)
+                response = self._http.request(method, url, json=json, headers=headers, params=params)
                 if response.status_code not in RETRY_STATUSES:
                     return response
                 problem = f"HTTP {response.status_code}: {_excerpt(response)}"

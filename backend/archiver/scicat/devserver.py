@@ -28,6 +28,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, NonNegativeInt
 
+from archiver.scicat import dev_filters
 from archiver.scicat import dev_rules as rules
 from archiver.scicat.dev_job_action import JobAction
 
@@ -484,6 +485,7 @@ def create_app(config: DevServerConfig, state: DevState | None = None) -> FastAP
             return _pipe_error(problems)
         return job_v3(update_job(job, update, request.scope["dev_user"]))
 
+    add_datablock_listing(v3, state)
     app.include_router(v3, prefix=V3)
     app.include_router(jobs_v3, prefix=V3)
     app.include_router(jobs_v4, prefix=V4)
@@ -536,6 +538,20 @@ def create_app(config: DevServerConfig, state: DevState | None = None) -> FastAP
 
     app.add_middleware(_DevMiddleware, state=state)
     return app
+
+
+def add_datablock_listing(router: APIRouter, state: DevState) -> None:
+    """`GET /api/v3/datablocks?filter=...`: SciCat's DatablocksController.findAll (`dev_filters` says how the
+    filter is read). Every account of this server is the archiver's, which SciCat lets read any datablock
+    (it is in DELETE_GROUPS and ADMIN_GROUPS: DatablockReadAny), so no access filter is added."""
+
+    @router.get("/datablocks")
+    async def list_datablocks(filter: str | None = None):  # noqa: A002 - SciCat's parameter name
+        try:
+            chosen = dev_filters.parse_filter(filter)
+        except dev_filters.FilterRefused as refused:
+            return JSONResponse(refused.body, status_code=refused.status)
+        return dev_filters.apply(list(state.datablocks.values()), chosen)
 
 
 def serve(config: DevServerConfig, host: str, port: int) -> None:

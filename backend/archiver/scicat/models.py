@@ -143,6 +143,18 @@ class Datablock(ScicatModel):
     data_file_list: list[DataFile]
 
 
+class ListedDatablock(ScicatModel):
+    """A datablock as `GET datablocks` lists it when asked for `LISTED_DATABLOCK_FIELDS` only."""
+
+    id: str = Field(alias="_id", min_length=1)
+    dataset_id: str = Field(min_length=1)
+    archive_id: str = Field(min_length=1)
+    packed_size: int | None = None
+
+
+LISTED_DATABLOCK_FIELDS = ("datasetId", "archiveId", "packedSize")  # SciCat always adds _id
+
+
 class NewOrigDatablock(ScicatModel):
     """Body of `POST datasets/{pid}/origdatablocks`: the dataset is the path; owner and access groups
     are the dataset's, set by SciCat."""

@@ -20,6 +20,7 @@ from archiver.flows.archive import archive_datasets_flow
 from archiver.flows.audit import PROBLEM_EVENT, LtsAuditFailed, lts_audit
 from archiver.flows.common import exception_of
 from archiver.flows.test_dataset import create_test_dataset_flow
+from archiver import local_services
 from archiver.local_services import poll_until
 from archiver.packing import audit, naming
 from archiver.scicat.models import NewDatablock
@@ -27,6 +28,14 @@ from archiver.scicat.models import NewDatablock
 from tests.integration.task_history import most_at_once, tagged_task_runs_since
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def scicat_url(services_log_dir, scicat_secrets_dir):
+    """A SciCat of this test alone: an audit without --pid reconciles every datablock SciCat holds with this
+    test's LTS, so datablocks other tests registered would be lost here."""
+    with local_services.scicat_dev_server(scicat_secrets_dir, services_log_dir) as server:
+        yield server.url
 
 
 def archived(pipeline, num_files: int = 2, file_size_mb: float = 0.6) -> tuple[str, list]:
@@ -143,6 +152,31 @@ def test_an_untouched_lts_passes_and_every_datablock_is_recorded_as_verified(pip
             record = audit.audit_record_path(naming.datablock_path(pipeline.lts_root, block.archive_id))
             assert json.loads(record.read_text())["ok"] is True
     assert [row["result"] for row in table_rows(state)] == ["verified"] * 3
+
+
+def test_a_scheduled_audit_finds_every_datablock_of_a_dataset_whose_folder_is_gone(pipeline):
+    """No --pid: SciCat's datablocks are listed (pages of 2 here, 5 datablocks), so a dataset the LTS holds
+    nothing of any more is found too, each of its datablocks named."""
+    gone, gone_blocks = archived(pipeline, num_files=3)
+    kept, _ = archived(pipeline, num_files=2)
+    since = pipeline.scicat_dev.state()["nextSeq"]
+
+    untouched = lts_audit(scicat_page_size=2, return_state=True)
+    assert untouched.is_completed(), exception_of(untouched)
+    pages = [e for e in pipeline.scicat_dev.requests() if e["seq"] >= since and e["path"].startswith("/api/v3/datablocks")]
+    assert [e["status"] for e in pages] == [200] * 3
+
+    shutil.rmtree(naming.dataset_lts_folder(pipeline.lts_root, gone))
+    state = lts_audit(scicat_page_size=2, return_state=True)
+
+    assert state.is_failed()
+    findings = findings_of(state)
+    expected = {(gone, block.archive_id, "lost") for block in gone_blocks}
+    assert {(f.pid, f.what, f.kind) for f in findings} == expected, [f.line() for f in findings]
+    assert all("no tar on the LTS" in f.detail and "folder" in f.detail for f in findings)
+    rows = {(row["dataset"], row["datablock"]): row["result"] for row in table_rows(state)}
+    assert all(rows[(pid, what)].startswith("lost: ") for pid, what, _ in expected)
+    assert problem_events(state, until=lambda got: got >= expected) >= expected
 
 
 def test_the_byte_budget_holds_and_the_next_run_takes_the_next_oldest(pipeline):

@@ -132,3 +132,29 @@ def test_the_audit_deployment_is_scheduled_from_lts_audit_cron_both_ways():
     assert audit_cron(settings) == settings.lts.audit_cron == "0 2 * * *"
     changed = settings.model_copy(update={"lts": settings.lts.model_copy(update={"audit_cron": "15 4 * * 1"})})
     assert audit_cron(changed) == "15 4 * * 1" and audit_cron(None) == "0 2 * * *"
+
+
+def test_scicats_datablocks_beyond_the_inventory_are_lost_when_missing_resized_or_named_outside_their_folder(tmp_path):
+    """What the listing of all of SciCat's datablocks finds, one stat each, on a real folder."""
+    kept, gone, elsewhere = "20.500.1/kept", "20.500.1/gone", "20.500.1/elsewhere"
+    tar = naming.datablock_path(tmp_path, naming.archive_id(kept, 0))
+    tar.parent.mkdir(parents=True)
+    tar.write_bytes(b"x" * 10)
+    registered = [
+        (kept, naming.archive_id(kept, 0), 10),  # matches: nothing to say
+        (kept, naming.archive_id(kept, 0), 11),  # another size
+        (kept, naming.archive_id(kept, 1), 20),  # missing, its folder is there
+        (gone, naming.archive_id(gone, 0), 30),  # missing with its whole folder
+        (elsewhere, naming.archive_id(kept, 0), 10),  # names another dataset's tar
+        ("inventoried/x", "anything", 5),  # compared by consistency_findings instead
+    ]
+
+    found = list(audit.lost_beyond_inventory(tmp_path, iter(registered), {"inventoried/x"}))
+
+    assert [(f.kind, f.pid, f.what) for f in found] == [
+        ("lost", kept, naming.archive_id(kept, 0)), ("lost", kept, naming.archive_id(kept, 1)),
+        ("lost", gone, naming.archive_id(gone, 0)), ("lost", elsewhere, naming.archive_id(kept, 0))]
+    assert found[0].detail == "the tar has 10 bytes, SciCat records 11"
+    assert found[1].detail == "registered in SciCat (20 bytes), no tar on the LTS"
+    assert found[2].detail.endswith("no tar on the LTS; the dataset's folder is not on the LTS")
+    assert "does not name a datablock in the dataset's own LTS folder" in found[3].detail

@@ -42,6 +42,7 @@ class Connections:
     s3: Any  # the archiver account's client
     presign_credentials: S3Credentials  # sign download URLs only (read access to the retrieval bucket)
     scicat: ScicatClient
+    s3_credentials: S3Credentials | None = None  # the archiver account's (signs upload URLs)
 
     def close(self) -> None:
         self.scicat.close()
@@ -64,10 +65,12 @@ def connect(config: RunConfiguration) -> Connections:
 
     minio = config.settings.minio
     scicat_credentials = ScicatCredentials(secret("scicat-user"), secret("scicat-password"))
+    archiver_credentials = s3_account(ARCHIVER_S3)
     return Connections(
-        s3=s3_client(minio.endpoint, minio.region, s3_account(ARCHIVER_S3)),
+        s3=s3_client(minio.endpoint, minio.region, archiver_credentials),
         presign_credentials=s3_account(PRESIGN_S3),
         scicat=ScicatClient(config.settings.scicat, scicat_credentials),
+        s3_credentials=archiver_credentials,
     )
 
 

@@ -245,3 +245,52 @@ def test_openapi_lists_the_upload_endpoints(upload_api):
     paths = httpx.get(f"{upload_api}/openapi.json").json()["paths"]
     for endpoint in ("", "/status", "/resume", "/complete", "/abort", "/finalize"):
         assert f"{ROOT}/uploads{endpoint}" in paths
+
+
+def test_landing_zone_gets_the_abort_rule_and_cleanup_aborts_old_uploads(uploads, tmp_path):
+    import subprocess
+    import sys
+
+    bucket = uploads.settings.minio.landingzone_bucket
+    rules = uploads.s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
+    assert [r["AbortIncompleteMultipartUpload"] for r in rules] == [{"DaysAfterInitiation": 7}]
+    key = landing_prefix("20.500.1/abandoned") + "f.bin"
+    uploads.s3.create_multipart_upload(Bucket=bucket, Key=key)
+    command = [sys.executable, "-m", "archiver.cli", "upload-cleanup", "--vars", str(uploads.vars_file),
+               "--secrets-dir", str(uploads.secrets_dir)]
+
+    # moto dates every multipart upload 2010-11-10: "older than N days" is tried with a century
+    kept = subprocess.run([*command, "--older-than-days", "36500"], capture_output=True, text=True, timeout=120, check=True)
+    aborted = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
+
+    assert "0 unfinished upload(s) older than 36500 day(s) aborted" in kept.stdout
+    assert "older than 7 day(s)" in aborted.stdout  # UPLOAD_ABORT_INCOMPLETE_DAYS
+    assert f"aborted s3://{bucket}/{key}" in aborted.stdout
+    assert uploads.s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+def test_property_based_run_against_the_upload_endpoints_gives_no_server_error(uploads, upload_api, tmp_path):
+    """schemathesis against the upload endpoints, with a real user's token or none, one dataset registered."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+    from schemathesis.checks import not_a_server_error
+
+    register(uploads, "group-z", make_files(tmp_path / "data", {"z.bin": 10}))
+    user = Uploader(uploads, upload_api, "zed", ["group-z"])
+    schema = schemathesis.openapi.from_url(f"{upload_api}/openapi.json").include(tag="uploads")
+    cases = st.one_of(schema.as_strategy(generation_mode=schemathesis.GenerationMode.POSITIVE),
+                      schema.as_strategy(generation_mode=schemathesis.GenerationMode.NEGATIVE))
+    statuses: dict[int, int] = {}
+
+    @settings(max_examples=50, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(case=cases, authenticated=st.booleans())
+    def run(case, authenticated):
+        headers = {"Authorization": f"Bearer {user.token}"} if authenticated else {}
+        response = case.call_and_validate(base_url=upload_api.removesuffix(ROOT), headers=headers,
+                                          checks=[not_a_server_error], timeout=90)
+        statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+
+    run()
+    print(f"schemathesis (uploads): statuses {statuses}")
+    assert 401 in statuses and any(status in (404, 422) for status in statuses)

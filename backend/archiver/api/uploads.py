@@ -176,7 +176,10 @@ class DatasetFiles:
         s3, bucket, upload = self.backend.s3, self.backend.bucket, self.backend.settings.upload
         data_file, chk_alg = self.listed[path]
         key, size = self.prefix + path, data_file.size
-        part_size = multipart.part_size_for(size, upload.part_size_mb * multipart.MIB)
+        try:
+            part_size = multipart.part_size_for(size, upload.part_size_mb * multipart.MIB)
+        except multipart.TooLargeError as e:
+            raise HTTPException(413, f"file {shorten(path)} of dataset {self.pid!r}: {e}; split it") from None
         count = multipart.part_count(size, part_size)
         plan = FilePlan(path=path, size=size, state="missing", partSize=part_size, partCount=count,
                         chk=data_file.chk, chkAlg=chk_alg)

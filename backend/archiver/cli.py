@@ -65,6 +65,40 @@ def _job(args: argparse.Namespace) -> int:
         return 1
 
 
+def _upload(args: argparse.Namespace) -> int:
+    from archiver.upload_command import UploadError, read_token, run
+
+    try:
+        token = read_token(args.token_file)
+        return run(args.pid, args.files, args.root, args.api_url, token, args.parallel, args.finalize, args.archive)
+    except UploadError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+def _upload_cleanup(args: argparse.Namespace) -> int:
+    from datetime import datetime, timedelta, timezone
+
+    from archiver.config.secrets import ARCHIVER_S3, read_secret
+    from archiver.config.settings import load_vars_file, with_environment_overrides
+    from archiver.packing.naming import DATASETS_PREFIX
+    from archiver.storage.multipart import abort_uploads_older_than
+    from archiver.storage.s3 import S3Credentials, s3_client
+
+    settings = with_environment_overrides(load_vars_file(args.vars), os.environ, str(args.vars))
+    days = settings.upload.abort_incomplete_days if args.older_than_days is None else args.older_than_days
+    if days < 0:
+        raise ConfigError(f"--older-than-days {days}: must be 0 or more")
+    credentials = S3Credentials(read_secret(ARCHIVER_S3.user, args.secrets_dir), read_secret(ARCHIVER_S3.password, args.secrets_dir))
+    s3 = s3_client(settings.minio.endpoint, settings.minio.region, credentials)
+    bucket = settings.minio.landingzone_bucket
+    aborted = abort_uploads_older_than(s3, bucket, DATASETS_PREFIX + "/", datetime.now(timezone.utc) - timedelta(days=days))
+    for upload in aborted:
+        print(f"aborted s3://{bucket}/{upload.key} (started {upload.initiated:%Y-%m-%d %H:%M} UTC)")
+    print(f"archiver upload-cleanup: {len(aborted)} unfinished upload(s) older than {days:g} day(s) aborted")
+    return 0
+
+
 def _limits_reconcile(args: argparse.Namespace) -> int:
     from archiver.config.limits import load_limits_file
     from archiver.flows.concurrency import reconcile_tags
@@ -277,6 +311,37 @@ def build_parser() -> argparse.ArgumentParser:
     job.add_argument("--no-follow", action="store_true", help="only create the job")
     job.add_argument("--start-timeout", type=float, default=60, help="seconds to wait for the flow run to appear (default: 60)")
     job.set_defaults(run=_job)
+
+    upload = add_command(commands, "upload",
+        help="upload a dataset's files through the archiver API's presigned URLs (no S3 credentials), then finalize",
+        description="Uploads the files of a dataset registered in SciCat (with its origdatablocks) into the landing "
+                    "zone through presigned multipart URLs the archiver API hands out for your SciCat token. A second "
+                    "run resumes: only parts S3 does not hold yet are sent. Sizes and checksums are verified "
+                    "(docs/api.md, \"Uploads\"). Exit code 0 when every file is uploaded (and finalized if asked).",
+    )
+    upload.add_argument("pid", metavar="PID", help="the dataset's PID")
+    upload.add_argument("files", nargs="+", type=Path, metavar="FILE", help="files or folders of the dataset")
+    upload.add_argument("--root", type=Path, default=Path("."),
+                        help="folder the dataset's paths are relative to (default: the current folder)")
+    upload.add_argument("--api-url", default=os.environ.get("ARCHIVER_API_URL", "http://localhost/api/v1"),
+                        help="the archiver API with its root path (default: $ARCHIVER_API_URL, else http://localhost/api/v1)")
+    upload.add_argument("--token-file", type=Path,
+                        help="file holding your SciCat token (or a service account's); default: $ARCHIVER_UPLOAD_TOKEN")
+    upload.add_argument("--parallel", type=int, default=4, help="parts sent at once")
+    upload.add_argument("--finalize", action="store_true", help="then mark the dataset archivable in SciCat")
+    upload.add_argument("--archive", action="store_true", help="then finalize and create the archive job in SciCat")
+    upload.set_defaults(run=_upload)
+
+    upload_cleanup = add_command(commands, "upload-cleanup",
+        help="abort unfinished uploads in the landing zone older than N days (what the bucket's lifecycle rule does too)",
+    )
+    upload_cleanup.add_argument("--older-than-days", type=float, default=None,
+                                help="age limit in days (default: UPLOAD_ABORT_INCOMPLETE_DAYS of --vars)")
+    upload_cleanup.add_argument("--vars", type=Path, default=Path("prefect-vars.toml"),
+                                help="variables file for the S3 endpoint and bucket (environment overrides it)")
+    upload_cleanup.add_argument("--secrets-dir", type=Path, default=Path(".secrets"),
+                                help="the archiver's S3 account (s3archiveruser.txt / s3archiverpass.txt)")
+    upload_cleanup.set_defaults(run=_upload_cleanup)
 
     limits = add_command(commands, "limits", help="inspect and repair tag concurrency limits")
     limits_commands = limits.add_subparsers(dest="limits_command", required=True)

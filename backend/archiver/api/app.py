@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from archiver.api.jobs import JobDocument, dataset_ids, parse_job, read_body
 from archiver.api.runs import PrefectError, readiness, start_job_run
 from archiver.api.settings import ApiSettings
+from archiver.api.uploads import create_upload_router
 
 log = logging.getLogger("archiver.api")
 
@@ -133,4 +134,5 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
 
     app.include_router(public)
     app.include_router(protected)
+    app.include_router(create_upload_router(settings))
     return app

@@ -29,6 +29,8 @@ class ApiSettings(BaseSettings):
     # Peers whose X-Forwarded-For / X-Forwarded-Proto are believed (uvicorn's forwarded_allow_ips: addresses or
     # networks, comma-separated); empty: nobody's, the peer address is the client address.
     forwarded_allow_ips: str = Field("", validation_alias="API_FORWARDED_ALLOW_IPS")
+    # The upload endpoints read the flows' settings and accounts from Prefect and keep them this long.
+    upload_settings_cache_s: float = Field(60, ge=0, validation_alias="API_UPLOAD_SETTINGS_CACHE_S")
     # /docs loads swagger-ui from a CDN: off unless asked for (development); /openapi.json is always served.
     docs_enabled: bool = Field(False, validation_alias="API_DOCS_ENABLED")
 

@@ -46,6 +46,12 @@ SECRETS: tuple[SecretSpec, ...] = (
         "Authorization header value SciCat sends to the archiver API (e.g. 'Bearer <token>')",
     ),
     SecretSpec(
+        "ARCHIVER_UPLOAD_ACCOUNTS_FILE",
+        "uploadaccounts.txt",
+        None,
+        "service accounts of automated ingestors for the archiver API's uploads, one 'name:token:group,group' a line",
+    ),
+    SecretSpec(
         PREFECT_AUTH_FILE_ENV,
         "prefectauth.txt",
         None,
@@ -127,6 +133,9 @@ def init_secrets(secrets_dir: Path = DEFAULT_SECRETS_DIR) -> list[Path]:
             value = "archiver-" + random.token_hex(4)
         elif spec.file_env == "ARCHIVER_API_AUTH_FILE":
             value = "Bearer " + random.token_urlsafe(32)
+        elif spec.file_env == "ARCHIVER_UPLOAD_ACCOUNTS_FILE":
+            value = "# name:token:group,group (one service account a line; no groups: it may upload nothing)\n" \
+                    "ingestor:" + random.token_urlsafe(32) + ":"
         elif spec.file_env == PREFECT_AUTH_FILE_ENV:
             value = "archiver:" + random.token_urlsafe(24)
         else:

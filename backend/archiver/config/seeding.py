@@ -281,14 +281,19 @@ def _seed_buckets(s3, inputs: SeedInputs, report: SeedReport) -> None:
             raise ConfigError(f"S3 at {minio.endpoint}: cannot create bucket {bucket!r}: {e}") from None
         report.record(f"bucket {bucket}", action)
     _seed_abort_uploads_rule(s3, minio.retrieval_bucket, minio.abort_incomplete_uploads_days, report)
+    _seed_abort_uploads_rule(s3, minio.landingzone_bucket, inputs.settings.upload.abort_incomplete_days, report,
+                             left_by="uploads through the archiver API abandoned by their uploader",
+                             otherwise="`archiver upload-cleanup`")
 
 
 ABORT_UPLOADS_RULE_ID = "archiver-abort-incomplete-uploads"
 
 
-def _seed_abort_uploads_rule(s3, bucket: str, days: int, report: SeedReport) -> None:
-    """A lifecycle rule aborting multipart uploads left unfinished for `days` (a killed retrieval's);
-    the bucket's other rules are kept. A server without lifecycle support gets a warning, not an error."""
+def _seed_abort_uploads_rule(s3, bucket: str, days: int, report: SeedReport, left_by: str = "killed retrievals",
+                             otherwise: str = "a retrieval of the same dataset") -> None:
+    """A lifecycle rule aborting multipart uploads left unfinished for `days` (a killed retrieval's, an
+    abandoned upload's); the bucket's other rules are kept. A server without lifecycle support gets a
+    warning, not an error."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     wanted = {"ID": ABORT_UPLOADS_RULE_ID, "Status": "Enabled", "Filter": {"Prefix": ""},
@@ -308,8 +313,8 @@ def _seed_abort_uploads_rule(s3, bucket: str, days: int, report: SeedReport) -> 
         others = [r for r in rules if r.get("ID") != ABORT_UPLOADS_RULE_ID]
         s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": [*others, wanted]})
     except (BotoCoreError, ClientError) as e:
-        report.say(f"warning: {what} not set, the S3 server refused it ({e}); unfinished uploads of killed "
-                   "retrievals are then only aborted when the dataset is retrieved again")
+        report.say(f"warning: {what} not set, the S3 server refused it ({e}); unfinished uploads of {left_by} "
+                   f"are then only aborted by {otherwise}")
         return
     report.record(what, "created" if current is None else "updated")
 

@@ -143,11 +143,27 @@ class ScicatSection(_Section):
         return self
 
 
+class UploadSection(_Section):
+    """Uploads through the archiver API's presigned multipart URLs (docs/api.md, "Uploads")."""
+
+    landingzone_budget_gb: float = Field(0, alias="UPLOAD_LANDINGZONE_BUDGET_GB", ge=0)
+    part_size_mb: int = Field(64, alias="UPLOAD_PART_SIZE_MB", ge=5, le=5 * 1024)
+    url_expiration_s: int = Field(24 * 3600, alias="UPLOAD_URL_EXPIRATION_S", gt=0, le=MAX_PRESIGNED_URL_SECONDS)
+    urls_per_answer: PositiveInt = Field(1000, alias="UPLOAD_URLS_PER_ANSWER")
+    abort_incomplete_days: PositiveInt = Field(7, alias="UPLOAD_ABORT_INCOMPLETE_DAYS")
+
+    @property
+    def budget_bytes(self) -> int | None:
+        """None: no budget."""
+        return int(self.landingzone_budget_gb * 10**9) or None
+
+
 class Settings(_Section):
     archiver: ArchiverSection
     lts: LtsSection
     minio: MinioSection
     scicat: ScicatSection
+    upload: UploadSection = UploadSection()
 
 
 SECTIONS: dict[str, type[_Section]] = {

@@ -44,6 +44,7 @@ class Connections:
     s3: Any  # the archiver account's client
     presign_credentials: S3Credentials  # sign download URLs only (read access to the retrieval bucket)
     scicat: ScicatClient
+    s3_credentials: S3Credentials  # the archiver account's (the API signs upload URLs with it)
 
 
 # The connections of the run being executed: its dataset subflows (same process, same configuration) use them
@@ -58,7 +59,8 @@ def _s3_pool_size(config: RunConfiguration) -> int:
     return max(16, archiver.dataset_concurrency * archiver.datablock_concurrency * (Prefetch.threads + 1) + 4)
 
 
-def _open(config: RunConfiguration) -> Connections:
+def open_connections(config: RunConfiguration) -> Connections:
+    """New clients for `config`; the caller closes `scicat` (flows use `connect`)."""
     from prefect.blocks.system import Secret
 
     def secret(name: str) -> str:
@@ -69,10 +71,12 @@ def _open(config: RunConfiguration) -> Connections:
 
     minio = config.settings.minio
     scicat_credentials = ScicatCredentials(secret("scicat-user"), secret("scicat-password"))
+    archiver_credentials = s3_account(ARCHIVER_S3)
     return Connections(
-        s3=s3_client(minio.endpoint, minio.region, s3_account(ARCHIVER_S3), _s3_pool_size(config)),
+        s3=s3_client(minio.endpoint, minio.region, archiver_credentials, _s3_pool_size(config)),
         presign_credentials=s3_account(PRESIGN_S3),
         scicat=ScicatClient(config.settings.scicat, scicat_credentials),
+        s3_credentials=archiver_credentials,
     )
 
 
@@ -84,7 +88,7 @@ def connect(config: RunConfiguration) -> Iterator[Connections]:
     if outer is not None and outer[0] == config:
         yield outer[1]
         return
-    connections = _open(config)
+    connections = open_connections(config)
     token = _OPEN.set((config, connections))
     try:
         yield connections

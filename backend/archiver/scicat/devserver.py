@@ -44,6 +44,7 @@ class DevServerConfig:
     users: dict[str, str] = field(repr=False)  # username -> password
     job_action: JobAction | None = None  # called when a job is created; None: jobs are only stored
     lifecycle_endpoint: bool = False  # PATCH/GET datasets/{pid}/datasetlifecycle (SciCat >= 4.19)
+    groups: dict[str, list[str]] = field(default_factory=dict)  # username -> the groups of its identity
 
 
 @dataclass
@@ -486,6 +487,7 @@ def create_app(config: DevServerConfig, state: DevState | None = None) -> FastAP
         return job_v3(update_job(job, update, request.scope["dev_user"]))
 
     add_datablock_listing(v3, state)
+    add_user_routes(app, v3, config)
     app.include_router(v3, prefix=V3)
     app.include_router(jobs_v3, prefix=V3)
     app.include_router(jobs_v4, prefix=V4)
@@ -542,8 +544,9 @@ def create_app(config: DevServerConfig, state: DevState | None = None) -> FastAP
 
 def add_datablock_listing(router: APIRouter, state: DevState) -> None:
     """`GET /api/v3/datablocks?filter=...`: SciCat's DatablocksController.findAll (`dev_filters` says how the
-    filter is read). Every account of this server is the archiver's, which SciCat lets read any datablock
-    (it is in DELETE_GROUPS and ADMIN_GROUPS: DatablockReadAny), so no access filter is added."""
+    filter is read). No access filter: the archiver's account, the only one that lists, may read any datablock
+    in SciCat (it is in DELETE_GROUPS and ADMIN_GROUPS: DatablockReadAny). A user added through /dev/users
+    sees them all too, where SciCat would show only its groups' datablocks."""
 
     @router.get("/datablocks")
     async def list_datablocks(filter: str | None = None):  # noqa: A002 - SciCat's parameter name
@@ -552,6 +555,44 @@ def add_datablock_listing(router: APIRouter, state: DevState) -> None:
         except dev_filters.FilterRefused as refused:
             return JSONResponse(refused.body, status_code=refused.status)
         return dev_filters.apply(list(state.datablocks.values()), chosen)
+
+
+class DevUser(BaseModel):
+    username: str = Field(min_length=1)
+    password: str = Field(min_length=1)
+    groups: list[str] = Field(default_factory=list, description="accessGroups of the user's identity")
+
+
+def add_user_routes(app: FastAPI, v3: APIRouter, config: DevServerConfig) -> None:
+    """SciCat's `users/my/self` and `users/my/identity` (src/users/users.controller.ts), and `/dev/users` to
+    add accounts. A token is required (the middleware answers 401); `self` is a ReturnedUserDto (never the
+    password), `identity` a UserIdentity whose `profile.accessGroups` are the user's groups."""
+
+    def user_id(username: str) -> str:
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"scicat-dev-user:{username}"))
+
+    @v3.get("/users/my/self")
+    async def my_self(request: Request):
+        username = request.scope["dev_user"]
+        return {"id": user_id(username), "username": username, "email": f"{username}@scicat-dev.invalid",
+                "authStrategy": "local"}
+
+    @v3.get("/users/my/identity")
+    async def my_identity(request: Request):
+        username = request.scope["dev_user"]
+        groups = config.groups.get(username, [])
+        return {"authScheme": "local", "provider": "local", "userId": user_id(username), "externalId": username,
+                "created": _now(), "modified": _now(), "credentials": {},
+                "profile": {"id": user_id(username), "username": username, "displayName": username,
+                            "email": f"{username}@scicat-dev.invalid", "emails": [], "thumbnailPhoto": "",
+                            "accessGroups": list(groups)}}
+
+    @app.post("/dev/users", status_code=201)
+    async def add_user(user: DevUser):
+        """Add (or replace) an account that can log in, with its groups."""
+        config.users[user.username] = user.password
+        config.groups[user.username] = list(user.groups)
+        return {"username": user.username, "groups": user.groups}
 
 
 def serve(config: DevServerConfig, host: str, port: int) -> None:

@@ -299,3 +299,28 @@ def test_an_unsupported_template_is_refused_at_start(secrets_dir, services_log_d
     with pytest.raises(RuntimeError, match=r"env\.SECRET.*not supported"):
         with serve_with_action(secrets_dir, services_log_dir, archiver_url="http://127.0.0.1:9/{{env.SECRET}}"):
             pass
+
+
+# --- who a token belongs to (users/my/self, users/my/identity) -----------------------
+
+
+def test_user_endpoints_need_a_known_token_and_tell_the_groups_as_scicat_does(scicat_dev):
+    """SciCat (users.controller.ts): both need an authenticated user (401 otherwise); `self` is a ReturnedUserDto
+    without the password, `identity` a UserIdentity whose profile.accessGroups are the user's groups."""
+    import httpx
+
+    for path in ("/api/v3/users/my/self", "/api/v3/users/my/identity"):
+        assert httpx.get(scicat_dev.url + path).status_code == 401
+        assert httpx.get(scicat_dev.url + path, headers={"Authorization": "Bearer made-up"}).status_code == 401
+    name = f"user-{uuid.uuid4().hex[:8]}"
+    httpx.post(f"{scicat_dev.url}/dev/users", json={"username": name, "password": "pw", "groups": ["g1", "g2"]}).raise_for_status()
+    assert httpx.post(f"{scicat_dev.url}/api/v3/auth/login", json={"username": name, "password": "wrong"}).status_code == 401
+    token = httpx.post(f"{scicat_dev.url}/api/v3/auth/login", json={"username": name, "password": "pw"}).json()["access_token"]
+    headers = {"Authorization": f"Bearer {token}"}
+
+    me = httpx.get(f"{scicat_dev.url}/api/v3/users/my/self", headers=headers).json()
+    identity = httpx.get(f"{scicat_dev.url}/api/v3/users/my/identity", headers=headers).json()
+
+    assert set(me) == {"id", "username", "email", "authStrategy"} and me["username"] == name
+    assert identity["userId"] == me["id"] and identity["profile"]["accessGroups"] == ["g1", "g2"]
+    assert "password" not in json.dumps([me, identity])

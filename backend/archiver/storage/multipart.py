@@ -1,0 +1,137 @@
+"""Multipart uploads that someone else carries out: part sizes, presigned part URLs, what S3 holds so far.
+
+The archiver creates, lists, completes and aborts the upload with its own account; the uploader only PUTs
+parts to presigned URLs, so it never holds S3 credentials."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+
+from botocore.exceptions import ClientError
+
+from archiver.storage.s3 import MIN_PART_SIZE, error_code, iter_objects
+
+MAX_PARTS = 10_000  # S3's limit per upload
+MAX_PART_SIZE = 5 * 2**30
+MAX_OBJECT_SIZE = 5 * 2**40
+MIB = 2**20
+
+
+class TooLargeError(ValueError):
+    """A file larger than S3 stores in one object."""
+
+
+def part_size_for(size: int, preferred: int) -> int:
+    """The part size of a file: `preferred` unless the file would need more than MAX_PARTS parts, then the
+    smallest whole number of MiB that fits it in MAX_PARTS parts."""
+    if size > MAX_OBJECT_SIZE:
+        raise TooLargeError(f"{size} bytes is more than S3 stores in one object ({MAX_OBJECT_SIZE} bytes, 5 TiB)")
+    fitting = math.ceil(math.ceil(size / MAX_PARTS) / MIB) * MIB
+    return min(MAX_PART_SIZE, max(preferred, MIN_PART_SIZE, fitting))
+
+
+def part_count(size: int, part_size: int) -> int:
+    """Parts of a file (an empty file is one empty part)."""
+    return max(1, math.ceil(size / part_size))
+
+
+def part_length(size: int, part_size: int, number: int) -> int:
+    """Bytes of part `number` (1-based): all parts are `part_size` but the last."""
+    return max(0, min(part_size, size - (number - 1) * part_size))
+
+
+@dataclass(frozen=True)
+class UploadedPart:
+    number: int
+    etag: str
+    size: int
+
+
+@dataclass(frozen=True)
+class UnfinishedUpload:
+    key: str
+    upload_id: str
+    initiated: datetime
+
+
+def unfinished_uploads(s3, bucket: str, prefix: str) -> Iterator[UnfinishedUpload]:
+    for page in s3.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=prefix):
+        for upload in page.get("Uploads", []):
+            yield UnfinishedUpload(upload["Key"], upload["UploadId"], upload["Initiated"])
+
+
+def newest_unfinished_upload(s3, bucket: str, key: str) -> str | None:
+    """The upload id of the latest unfinished upload of exactly `key`, if any."""
+    found = [u for u in unfinished_uploads(s3, bucket, key) if u.key == key]
+    return max(found, key=lambda u: u.initiated).upload_id if found else None
+
+
+def start_upload(s3, bucket: str, key: str) -> str:
+    return s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+
+
+def uploaded_parts(s3, bucket: str, key: str, upload_id: str) -> dict[int, UploadedPart]:
+    """The parts S3 holds for an unfinished upload; KeyError when the upload does not exist (any more)."""
+    parts: dict[int, UploadedPart] = {}
+    try:
+        for page in s3.get_paginator("list_parts").paginate(Bucket=bucket, Key=key, UploadId=upload_id):
+            for part in page.get("Parts", []):
+                parts[part["PartNumber"]] = UploadedPart(part["PartNumber"], part["ETag"], part["Size"])
+    except ClientError as e:
+        if error_code(e) in ("NoSuchUpload", "404"):
+            raise KeyError(upload_id) from None
+        raise
+    return parts
+
+
+def presigned_part_url(signer, bucket: str, key: str, upload_id: str, number: int, expires_s: int) -> str:
+    """A PUT URL for one part; `signer` is a client for the endpoint the uploader reaches."""
+    return signer.generate_presigned_url(
+        "upload_part", Params={"Bucket": bucket, "Key": key, "UploadId": upload_id, "PartNumber": number},
+        ExpiresIn=int(expires_s),
+    )
+
+
+def complete_upload(s3, bucket: str, key: str, upload_id: str, parts: list[UploadedPart]) -> None:
+    s3.complete_multipart_upload(
+        Bucket=bucket, Key=key, UploadId=upload_id,
+        MultipartUpload={"Parts": [{"PartNumber": p.number, "ETag": p.etag} for p in sorted(parts, key=lambda p: p.number)]},
+    )
+
+
+def abort_upload(s3, bucket: str, key: str, upload_id: str) -> bool:
+    """False when there was no such upload."""
+    try:
+        s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+    except ClientError as e:
+        if error_code(e) in ("NoSuchUpload", "404"):
+            return False
+        raise
+    return True
+
+
+def object_sizes(s3, bucket: str, prefix: str) -> dict[str, int]:
+    return {obj["Key"]: obj["Size"] for obj in iter_objects(s3, bucket, prefix)}
+
+
+def bucket_usage(s3, bucket: str) -> int:
+    """Bytes the bucket holds: its objects and the parts of its unfinished uploads."""
+    used = sum(obj["Size"] for obj in iter_objects(s3, bucket, ""))
+    for upload in unfinished_uploads(s3, bucket, ""):
+        try:
+            used += sum(p.size for p in uploaded_parts(s3, bucket, upload.key, upload.upload_id).values())
+        except KeyError:  # finished or aborted meanwhile
+            continue
+    return used
+
+
+def abort_uploads_older_than(s3, bucket: str, prefix: str, cutoff: datetime) -> list[UnfinishedUpload]:
+    """Abort the unfinished uploads below `prefix` started before `cutoff`; returns those aborted."""
+    aborted = []
+    for upload in unfinished_uploads(s3, bucket, prefix):
+        if upload.initiated < cutoff and abort_upload(s3, bucket, upload.key, upload.upload_id):
+            aborted.append(upload)
+    return aborted

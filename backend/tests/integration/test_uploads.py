@@ -1,0 +1,296 @@
+"""Uploads through the archiver API's presigned URLs: the API served for real, moto's S3 server over HTTP,
+the strict SciCat development server, archival and retrieval run for real. The uploading side holds no S3
+credentials: it sees only the API and presigned URLs."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tarfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import httpx
+import pytest
+from archiver.config.secrets import init_secrets
+from archiver.flows.archive import archive_datasets_flow
+from archiver.flows.retrieve import retrieve_datasets_flow
+from archiver.packing.naming import landing_prefix
+from archiver.scicat.models import DataFile, NewOrigDatablock, new_raw_dataset
+from archiver.upload_command import UploadApi, upload_dataset
+
+from tests.integration.test_api import ROOT, deployments, start_api  # noqa: F401 (the fixture)
+
+pytestmark = pytest.mark.integration
+
+MIB = 2**20
+SERVICE_TOKEN = "service-token-" + "x" * 24
+
+
+@pytest.fixture(scope="module")
+def upload_api(tmp_path_factory, prefect_api_url, deployments):
+    """The archiver API reading the settings from Prefect on every request (each test seeds its own)."""
+    tmp = tmp_path_factory.mktemp("upload-api")
+    secrets = tmp / "secrets"
+    init_secrets(secrets)
+    (secrets / "uploadaccounts.txt").write_text(f"# test\ningest-robot:{SERVICE_TOKEN}:robots\n")
+    with start_api(tmp, secrets, prefect_api_url, deployments, API_UPLOAD_SETTINGS_CACHE_S="0") as server:
+        yield server.url + ROOT
+
+
+@pytest.fixture
+def uploads(pipeline, upload_api):
+    pipeline.set_settings(UPLOAD_PART_SIZE_MB=5)
+    return pipeline
+
+
+class Uploader:
+    """A SciCat user of the development server, with a token, in the given groups."""
+
+    def __init__(self, pipeline, api_url: str, name: str, groups: list[str]):
+        dev = pipeline.scicat_dev.url
+        password = "pw-" + name
+        httpx.post(f"{dev}/dev/users", json={"username": name, "password": password, "groups": groups}).raise_for_status()
+        answer = httpx.post(f"{dev}/api/v3/auth/login", json={"username": name, "password": password})
+        self.token = answer.raise_for_status().json()["access_token"]
+        self.api = UploadApi(api_url, self.token)
+        self.http = httpx.Client(base_url=api_url, headers={"Authorization": f"Bearer {self.token}"}, timeout=60)
+
+
+def make_files(folder: Path, sizes: dict[str, int]) -> dict[str, Path]:
+    files = {}
+    for name, size in sizes.items():
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(os.urandom(size))
+        files[name] = path
+    return files
+
+
+def register(pipeline, group: str, files: dict[str, Path], readers: tuple[str, ...] = ()) -> str:
+    """A raw dataset owned by `group` (read by `readers` too) with an origdatablock listing `files` (sha256),
+    as an ingestor registers it."""
+    total = sum(p.stat().st_size for p in files.values())
+    dataset = new_raw_dataset(group, "upload test", size=total, number_of_files=len(files))
+    dataset = dataset.model_copy(update={"access_groups": [group, *readers]})
+    pid = pipeline.scicat.create_dataset(dataset).pid
+    entries = [DataFile(path=name, size=p.stat().st_size, time=datetime.now(timezone.utc),
+                        chk=hashlib.sha256(p.read_bytes()).hexdigest()) for name, p in files.items()]
+    pipeline.scicat.create_origdatablock(pid, NewOrigDatablock(size=total, chk_alg="sha256", data_file_list=entries))
+    return pid
+
+
+def landing_state(pipeline, pid: str) -> tuple[list[str], list[str]]:
+    """Objects and unfinished uploads below the dataset's landing prefix."""
+    bucket, prefix = pipeline.settings.minio.landingzone_bucket, landing_prefix(pid)
+    uploads = pipeline.s3.list_multipart_uploads(Bucket=bucket, Prefix=prefix).get("Uploads", [])
+    return pipeline.landing_keys(pid), sorted(u["Key"] for u in uploads)
+
+
+def test_multi_part_upload_through_presigned_urls_archives_and_retrieves_byte_identical(uploads, upload_api, tmp_path):
+    files = make_files(tmp_path / "data", {"a.bin": 11 * MIB + 3, "sub/b.bin": 11 * MIB, "c.txt": 1234})
+    pid = register(uploads, "group-a", files)
+    user = Uploader(uploads, upload_api, "alice", ["group-a", "other"])
+
+    report = upload_dataset(user.api, pid, files, parallel=3, archive=True)
+
+    assert report.parts_put == 3 + 3 + 1  # 5 MiB parts: 11 MiB files in three parts, the small one in one
+    assert sorted(report.files_completed) == sorted(files)
+    assert landing_state(uploads, pid) == (sorted(landing_prefix(pid) + n for n in files), [])
+    lifecycle = uploads.scicat.get_dataset(pid).datasetlifecycle
+    assert lifecycle.archivable is True
+    job_id = report.finalized["jobId"]
+    uploads.set_settings(ARCHIVER_TARGET_SIZE_MB=16)  # a few datablocks, not one per MB
+    job = uploads.job(job_id)
+    assert job["type"] == "archive" and [e["pid"] for e in job["datasetList"]] == [pid]
+
+    archive_datasets_flow(job_id=job_id)
+    assert uploads.job(job_id)["jobStatusMessage"] == "finishedSuccessful"
+    retrieve_job = uploads.new_job("retrieve", [pid])
+    retrieve_datasets_flow(job_id=retrieve_job)
+
+    retrieved = {}
+    for entry in uploads.job(retrieve_job)["jobResultObject"]["result"]:
+        content = httpx.get(entry["url"], timeout=60).raise_for_status().content
+        with tarfile.open(fileobj=io.BytesIO(content)) as tar:
+            for member in tar.getmembers():
+                retrieved[member.name] = tar.extractfile(member).read()
+    assert retrieved == {name: path.read_bytes() for name, path in files.items()}
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_interrupted_upload_resumes_sending_only_the_missing_parts(uploads, upload_api, tmp_path):
+    files = make_files(tmp_path / "data", {"one.bin": 11 * MIB, "two.bin": 11 * MIB})
+    pid = register(uploads, "group-r", files)
+    user = Uploader(uploads, upload_api, "rita", ["group-r"])
+    sent = []
+
+    def stop_after_four(path, number, size):
+        sent.append((path, number))
+        if len(sent) == 4:
+            raise Interrupted()
+
+    with pytest.raises(Interrupted):
+        upload_dataset(user.api, pid, files, parallel=1, on_part=stop_after_four)
+    status = user.api.status(pid)
+    assert status["complete"] is False
+    # one.bin's three parts went first and it was completed; of two.bin's, the part that stopped the run and
+    # any already handed to the (single) worker are on S3, the others not
+    files_state = {f["path"]: f for f in status["files"]}
+    assert files_state["one.bin"]["state"] == "uploaded"
+    held = {("two.bin", d["partNumber"]) for d in files_state["two.bin"]["partsDone"]}
+    assert files_state["two.bin"]["state"] == "uploading" and 1 <= len(held) < 3
+
+    resent = []
+    report = upload_dataset(user.api, pid, files, parallel=2, finalize=True,
+                            on_part=lambda path, number, size: resent.append((path, number)))
+
+    assert report.parts_put == len(resent) == 3 - len(held)
+    assert not set(resent) & held and not {p for p in resent if p[0] == "one.bin"}
+    assert user.api.status(pid)["complete"] is True
+    assert uploads.scicat.get_dataset(pid).datasetlifecycle.archivable is True
+    for name, path in files.items():
+        stored = uploads.s3.get_object(Bucket=uploads.settings.minio.landingzone_bucket, Key=landing_prefix(pid) + name)
+        assert stored["Body"].read() == path.read_bytes()
+
+
+def test_finalize_refuses_missing_and_wrong_size_files(uploads, upload_api, tmp_path):
+    files = make_files(tmp_path / "data", {"kept.bin": 6 * MIB, "missing.bin": 2000, "short.bin": 3000})
+    pid = register(uploads, "group-f", files)
+    user = Uploader(uploads, upload_api, "fred", ["group-f"])
+    upload_dataset(user.api, pid, {"kept.bin": files["kept.bin"]})
+    bucket = uploads.settings.minio.landingzone_bucket
+    uploads.s3.put_object(Bucket=bucket, Key=landing_prefix(pid) + "short.bin", Body=b"x" * 10)
+
+    answer = user.http.post("/uploads/finalize", json={"pid": pid, "archive": True})
+
+    assert answer.status_code == 409
+    detail = answer.json()["detail"]
+    assert "missing.bin" in detail and "short.bin (10 bytes, listed 3000)" in detail
+    assert uploads.scicat.get_dataset(pid).datasetlifecycle.archive_status_message != "isOnCentralDisk"
+    assert [j for j in uploads.scicat_dev.state()["jobs"].values() if j["jobParams"]["datasetList"][0]["pid"] == pid] == []
+
+
+def test_caller_without_write_rights_is_refused_and_nothing_is_written(uploads, upload_api, tmp_path):
+    files = make_files(tmp_path / "data", {"f.bin": 6 * MIB})
+    # accessGroups grant reading only: SciCat lets the owner group alone change a dataset
+    pid = register(uploads, "group-owner", files, readers=("group-reader",))
+    stranger = Uploader(uploads, upload_api, "mallory", ["group-reader", "group-other"])
+
+    answer = stranger.http.post("/uploads", json={"pid": pid, "files": [{"path": "f.bin", "size": 6 * MIB}]})
+
+    assert answer.status_code == 403
+    assert "group-owner" in answer.json()["detail"] and "mallory" in answer.json()["detail"]
+    for path, body in (("/uploads/finalize", {"pid": pid}), ("/uploads/resume", {"pid": pid, "path": "f.bin"})):
+        assert stranger.http.post(path, json=body).status_code == 403
+    assert stranger.http.get("/uploads/status", params={"pid": pid}).status_code == 403
+    assert landing_state(uploads, pid) == ([], [])
+    assert uploads.scicat.get_dataset(pid).datasetlifecycle.archive_status_message == "datasetCreated"
+
+
+def test_unknown_token_is_401_and_a_service_account_uploads_for_its_groups(uploads, upload_api, tmp_path):
+    files = make_files(tmp_path / "data", {"r.bin": 100})
+    pid = register(uploads, "robots", files)
+    body = {"pid": pid, "files": [{"path": "r.bin", "size": 100}]}
+
+    assert httpx.post(f"{upload_api}/uploads", json=body).status_code == 401
+    assert httpx.post(f"{upload_api}/uploads", json=body, headers={"Authorization": "Bearer not-a-token"}).status_code == 401
+    robot = UploadApi(upload_api, SERVICE_TOKEN)
+    report = upload_dataset(robot, pid, files, finalize=True)
+    assert report.parts_put == 1 and report.finalized["archivable"] is True
+
+
+def test_over_budget_upload_is_refused_up_front(uploads, upload_api, tmp_path):
+    files = make_files(tmp_path / "data", {"big.bin": 6 * MIB})
+    pid = register(uploads, "group-b", files)
+    user = Uploader(uploads, upload_api, "bob", ["group-b"])
+    uploads.set_settings(UPLOAD_LANDINGZONE_BUDGET_GB=0.005)  # 5,000,000 bytes
+
+    answer = user.http.post("/uploads", json={"pid": pid, "files": [{"path": "big.bin", "size": 6 * MIB}]})
+
+    assert answer.status_code == 507
+    detail = answer.json()["detail"]
+    assert f"upload of {6 * MIB} bytes" in detail and "budget of 5000000 bytes" in detail
+    assert landing_state(uploads, pid) == ([], [])
+
+
+@pytest.mark.parametrize("path", ["../escape.bin", "/etc/passwd", "a//b.bin", "a\\b.bin", "./f.bin", "sub/../../x",
+                                  "f.bin\x00", ""])
+def test_path_outside_the_landing_prefix_is_refused(uploads, upload_api, tmp_path, path):
+    files = make_files(tmp_path / "data", {"f.bin": 100})
+    pid = register(uploads, "group-p", files)
+    user = Uploader(uploads, upload_api, "paula", ["group-p"])
+
+    answer = user.http.post("/uploads", json={"pid": pid, "files": [{"path": path, "size": 100}]})
+
+    assert answer.status_code == 422, answer.text
+    assert "file path" in answer.json()["detail"]
+    bucket = uploads.settings.minio.landingzone_bucket
+    assert uploads.s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert uploads.landing_keys(pid) == []
+
+
+def test_bad_pid_is_refused_by_the_flows_rules(uploads, upload_api):
+    user = Uploader(uploads, upload_api, "pete", ["group-x"])
+    for pid in ("../other", "a/raw_files/b", "/abs"):
+        answer = user.http.post("/uploads", json={"pid": pid, "files": [{"path": "f", "size": 1}]})
+        assert answer.status_code == 422 and "pid" in answer.json()["detail"], answer.text
+
+
+def test_openapi_lists_the_upload_endpoints(upload_api):
+    paths = httpx.get(f"{upload_api}/openapi.json").json()["paths"]
+    for endpoint in ("", "/status", "/resume", "/complete", "/abort", "/finalize"):
+        assert f"{ROOT}/uploads{endpoint}" in paths
+
+
+def test_landing_zone_gets_the_abort_rule_and_cleanup_aborts_old_uploads(uploads, tmp_path):
+    import subprocess
+    import sys
+
+    bucket = uploads.settings.minio.landingzone_bucket
+    rules = uploads.s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
+    assert [r["AbortIncompleteMultipartUpload"] for r in rules] == [{"DaysAfterInitiation": 7}]
+    key = landing_prefix("20.500.1/abandoned") + "f.bin"
+    uploads.s3.create_multipart_upload(Bucket=bucket, Key=key)
+    command = [sys.executable, "-m", "archiver.cli", "upload-cleanup", "--vars", str(uploads.vars_file),
+               "--secrets-dir", str(uploads.secrets_dir)]
+
+    # moto dates every multipart upload 2010-11-10: "older than N days" is tried with a century
+    kept = subprocess.run([*command, "--older-than-days", "36500"], capture_output=True, text=True, timeout=120, check=True)
+    aborted = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
+
+    assert "0 unfinished upload(s) older than 36500 day(s) aborted" in kept.stdout
+    assert "older than 7 day(s)" in aborted.stdout  # UPLOAD_ABORT_INCOMPLETE_DAYS
+    assert f"aborted s3://{bucket}/{key}" in aborted.stdout
+    assert uploads.s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+def test_property_based_run_against_the_upload_endpoints_gives_no_server_error(uploads, upload_api, tmp_path):
+    """schemathesis against the upload endpoints, with a real user's token or none, one dataset registered."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+    from schemathesis.checks import not_a_server_error
+
+    register(uploads, "group-z", make_files(tmp_path / "data", {"z.bin": 10}))
+    user = Uploader(uploads, upload_api, "zed", ["group-z"])
+    schema = schemathesis.openapi.from_url(f"{upload_api}/openapi.json").include(tag="uploads")
+    cases = st.one_of(schema.as_strategy(generation_mode=schemathesis.GenerationMode.POSITIVE),
+                      schema.as_strategy(generation_mode=schemathesis.GenerationMode.NEGATIVE))
+    statuses: dict[int, int] = {}
+
+    @settings(max_examples=50, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(case=cases, authenticated=st.booleans())
+    def run(case, authenticated):
+        headers = {"Authorization": f"Bearer {user.token}"} if authenticated else {}
+        response = case.call_and_validate(base_url=upload_api.removesuffix(ROOT), headers=headers,
+                                          checks=[not_a_server_error], timeout=90)
+        statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+
+    run()
+    print(f"schemathesis (uploads): statuses {statuses}")
+    assert 401 in statuses and any(status in (404, 422) for status in statuses)

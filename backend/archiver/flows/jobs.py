@@ -67,17 +67,21 @@ def run_job(
     dataset_ids: list[str] | None,
     config: RunConfiguration,
     connections: Connections,
-    process_dataset: Callable[[str], DatasetDone],
+    process_dataset: Callable[[str, list[str]], DatasetDone],
+    dataset_files: dict[str, list[str]] | None = None,
 ) -> list[JobResultEntry]:
     """Mark the job in progress, process each dataset (bounded in parallel), report the outcome.
 
-    `process_dataset` raises for a failed dataset (after cleaning up after it) and
-    returns what goes into the job result (retrieval URLs) and message."""
+    `process_dataset(pid, files)` gets the files the job names for the dataset (`dataset_files`, or
+    the job's dataset list when SciCat is asked for it; [] for all). It raises for a failed dataset
+    (after cleaning up after it) and returns what goes into the job result (retrieval URLs) and message."""
     log = get_run_logger()
     scicat = connections.scicat
     scicat_call("job inProgress", scicat.update_job_status, job_id, JobStatus.IN_PROGRESS)
     if not dataset_ids:
-        dataset_ids = scicat_call("datasets of the job", scicat.get_job_dataset_pids, job_id)
+        job = scicat_call("datasets of the job", scicat.get_job, job_id)
+        dataset_ids, dataset_files = job.dataset_pids, job.dataset_files
+    dataset_files = dataset_files or {}
     if not dataset_ids:
         error = NoDatasetsError(job_id)
         scicat_call("job finishedUnsuccessful", scicat.update_job_status, job_id, JobStatus.FINISHED_UNSUCCESSFUL, str(error))
@@ -91,7 +95,7 @@ def run_job(
     def timed(pid: str) -> DatasetDone:
         start = time.monotonic()
         try:
-            return process_dataset(pid)
+            return process_dataset(pid, dataset_files.get(pid, []))
         finally:
             seconds[pid] = time.monotonic() - start
 

@@ -95,7 +95,8 @@ class MultipartUpload:
     Nothing is visible in the bucket until `complete()`; `abort()` (or leaving the
     `with` block by an exception) removes every uploaded part."""
 
-    def __init__(self, s3, bucket: str, key: str, part_size: int = 8 * 1024 * 1024, max_in_flight: int = 2):
+    def __init__(self, s3, bucket: str, key: str, part_size: int = 8 * 1024 * 1024, max_in_flight: int = 2,
+                 metadata: dict[str, str] | None = None):
         if part_size < MIN_PART_SIZE:
             raise ValueError(f"part_size must be at least {MIN_PART_SIZE} bytes (S3 minimum), got {part_size}")
         self._s3, self.bucket, self.key = s3, bucket, key
@@ -107,7 +108,8 @@ class MultipartUpload:
         self._parts: list[Future] = []
         self._pool = ThreadPoolExecutor(max_in_flight, thread_name_prefix="s3-part")
         self.size = 0
-        self.upload_id = s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+        extra = {"Metadata": metadata} if metadata else {}
+        self.upload_id = s3.create_multipart_upload(Bucket=bucket, Key=key, **extra)["UploadId"]
 
     def write(self, data) -> None:
         view = memoryview(data)

@@ -6,6 +6,9 @@ job result; nothing that failed its checksums is ever left in the bucket.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 from prefect import flow
 from prefect.artifacts import create_link_artifact
 from prefect.logging import get_run_logger
@@ -19,13 +22,15 @@ from archiver.flows.concurrency import reconcile_tags
 from archiver.flows.failures import describe_failure
 from archiver.flows.jobs import DatasetDone, JobKind, on_job_cancelled, run_job
 from archiver.flows.lts_tasks import copy_datablock_to_retrieval, copy_files_to_retrieval, tagged
-from archiver.packing import cleanup
+from archiver.packing import cleanup, naming
 from archiver.packing.errors import DatasetUserError, RegistrationConflictError
 from archiver.packing.partial import FileSelection, select_files
+from archiver.packing.records import DatablockRecord
 from archiver.packing.registered import record_from_wire
-from archiver.packing.retrieve import RetrievedObject
-from archiver.scicat.models import Datablock, JobResultEntry, RetrieveStatus
-from archiver.storage.s3 import presigned_get_url
+from archiver.packing.retained import check_budget, extend_retention, present_objects, retain_until, retrieval_lock
+from archiver.packing.retrieve import RetrievedObject, expected_datablock
+from archiver.scicat.models import JobResultEntry, RetrieveStatus
+from archiver.storage.s3 import delete_keys, presigned_get_url
 
 
 class NotArchivedError(DatasetUserError):
@@ -44,11 +49,10 @@ def _check_archived(pid: str, on_record: OnRecord) -> None:
         raise NotArchivedError(pid, f"{len(missing)} of its files are in no registered datablock: {', '.join(missing[:5])}")
 
 
-def _download_link(pid: str, retrieved: RetrievedObject, what: str, config: RunConfiguration,
-                   connections: Connections) -> str:
+def _download_link(pid: str, key: str, what: str, config: RunConfiguration, connections: Connections) -> str:
     minio = config.settings.minio
     url = presigned_get_url(minio.external_endpoint, minio.region, connections.presign_credentials,
-                            minio.retrieval_bucket, retrieved.key, minio.url_expiration_s)
+                            minio.retrieval_bucket, key, minio.url_expiration_s)
     try:
         create_link_artifact(url, link_text=f"{pid}: {what}", description=f"Download of {what} of {pid}")
     except Exception as e:  # the URL goes to SciCat in the job result; the artifact is a convenience
@@ -56,84 +60,144 @@ def _download_link(pid: str, retrieved: RetrievedObject, what: str, config: RunC
     return url
 
 
-def _retrieve_datablocks(
-    pid: str, datablocks: list[Datablock], config: RunConfiguration, connections: Connections,
-) -> list[JobResultEntry]:
+def _upload_datablocks(
+    pid: str, records: list[DatablockRecord], config: RunConfiguration, connections: Connections,
+) -> list[RetrievedObject]:
     settings = config.settings
     copy = tagged(copy_datablock_to_retrieval, config.limits.LTS_TO_RETRIEVAL_LIMIT)
-    progress = ProgressReporter(sum(d.packed_size for d in datablocks), f"retrieving {pid}: checked and uploaded")
-
-    def retrieve_one(datablock: Datablock) -> JobResultEntry:
-        record = record_from_wire(pid, datablock.to_wire())
-        retrieved = copy(settings.lts.storage_root, datablock.archive_id, connections.s3, settings.minio.retrieval_bucket,
-                         settings.lts.file_timeout_s, record, on_bytes=progress.add)
-        name = retrieved.key.rsplit("/", 1)[-1]
-        url = _download_link(pid, retrieved, f"datablock {name}", config, connections)
-        return JobResultEntry(dataset_id=pid, name=name, size=datablock.packed_size, archive_id=datablock.archive_id,
-                              url=url, type="datablock", chk_alg=retrieved.algorithm, chk=retrieved.chk)
-
-    results = run_bounded_or_raise(retrieve_one, datablocks, settings.archiver.datablock_concurrency)
+    progress = ProgressReporter(sum(r.packedSize for r in records), f"retrieving {pid}: checked and uploaded")
+    retrieved = run_bounded_or_raise(
+        lambda record: copy(settings.lts.storage_root, record.archiveId, connections.s3, settings.minio.retrieval_bucket,
+                            settings.lts.file_timeout_s, record, on_bytes=progress.add),
+        records, settings.archiver.datablock_concurrency)
     progress.finish()
-    return results
+    return retrieved
 
 
-def _retrieve_files(
+def _upload_files(
     pid: str, selections: list[FileSelection], config: RunConfiguration, connections: Connections,
-) -> list[JobResultEntry]:
-    """Partial retrieval: the selected files, one object and one link each (packing.partial)."""
+) -> list[RetrievedObject]:
+    """Partial retrieval: the selected files, one object each (packing.partial)."""
     settings = config.settings
     copy = tagged(copy_files_to_retrieval, config.limits.LTS_TO_RETRIEVAL_LIMIT)
     total = sum(f.size for s in selections for f in s.files)
     progress = ProgressReporter(total, f"retrieving {pid}: selected files checked and uploaded")
-
-    def retrieve_some(selection: FileSelection) -> list[JobResultEntry]:
-        archive_id = selection.datablock.archiveId
-        retrieved = copy(settings.lts.storage_root, archive_id, len(selection.files), selection, connections.s3,
-                         settings.minio.retrieval_bucket, settings.lts.file_timeout_s, on_bytes=progress.add)
-        return [JobResultEntry(dataset_id=pid, name=file.path, size=file.size, archive_id=archive_id,
-                               url=_download_link(pid, obj, f"file {file.path}", config, connections), type="file",
-                               chk_alg=obj.algorithm, chk=obj.chk)
-                for file, obj in zip(selection.files, retrieved, strict=True)]
-
-    results = run_bounded_or_raise(retrieve_some, selections, settings.archiver.datablock_concurrency)
+    retrieved = run_bounded_or_raise(
+        lambda s: copy(settings.lts.storage_root, s.datablock.archiveId, len(s.files), s, connections.s3,
+                       settings.minio.retrieval_bucket, settings.lts.file_timeout_s, on_bytes=progress.add),
+        selections, settings.archiver.datablock_concurrency)
     progress.finish()
-    return [entry for entries in results for entry in entries]
+    return [obj for objects in retrieved for obj in objects]
+
+
+@dataclass(frozen=True)
+class _Wanted:
+    """One download of the job: what it is, where it comes from, and the object it needs."""
+
+    name: str
+    archive_id: str
+    is_file: bool
+    expected: RetrievedObject
+
+
+def _wanted(pid: str, lts_root, records: list[DatablockRecord], selections: list[FileSelection] | None) -> list[_Wanted]:
+    if selections is None:
+        return [_Wanted(Path(r.archiveId).name, r.archiveId, False, expected_datablock(lts_root, r)) for r in records]
+    return [_Wanted(f.path, s.datablock.archiveId, True,
+                    RetrievedObject(naming.retrieved_file_key(pid, f.path), f.size, s.datablock.chkAlg, f.chk))
+            for s in selections for f in s.files]
+
+
+def _missing_part(wanted: list[_Wanted], records: list[DatablockRecord], selections: list[FileSelection] | None,
+                  missing_keys: set[str]):
+    """The datablocks (or file selections) whose objects are not in the bucket yet."""
+    if selections is None:
+        return [r for r, w in zip(records, wanted, strict=True) if w.expected.key in missing_keys]
+    narrowed = [FileSelection(s.datablock, [f for f in s.files if naming.retrieved_file_key(s.datablock.datasetId, f.path)
+                                            in missing_keys]) for s in selections]
+    return [s for s in narrowed if s.files]
+
+
+def _provide_copy(pid: str, records: list[DatablockRecord], selections: list[FileSelection] | None,
+                  config: RunConfiguration, connections: Connections, log) -> tuple[list[_Wanted], int]:
+    """Make the dataset's retrieved copy (or the selected files) present and retained in the bucket, once
+    for any number of jobs: under the dataset's retrieval lock, reuse what is there, upload only what is
+    missing. Returns what was wanted and the bytes uploaded. On failure, what this run uploaded is removed."""
+    settings = config.settings
+    s3, bucket = connections.s3, settings.minio.retrieval_bucket
+    wait_note = lambda: log.info("%s: another run retrieves this dataset; waiting for it (MINIO_RETRIEVAL_WAIT_S)", pid)  # noqa: E731
+    with retrieval_lock(settings.lts.storage_root, pid, settings.minio.retrieval_wait_s, on_wait=wait_note):
+        wanted = _wanted(pid, settings.lts.storage_root, records, selections)
+        present = present_objects(s3, bucket, [w.expected for w in wanted])
+        missing_keys = {w.expected.key for w in wanted} - {o.key for o in present}
+        missing = _missing_part(wanted, records, selections, missing_keys)
+        uploaded = sum(w.expected.size for w in wanted if w.expected.key in missing_keys)
+        if present:
+            log.info("%s: %d object(s) already in the retrieval bucket, checked by size and checksum: reused",
+                     pid, len(present))
+        if missing:
+            check_budget(s3, bucket, pid, uploaded, settings.minio.retrieval_budget_bytes)
+            aborted = cleanup.abort_retrieval_uploads(s3, bucket, pid)  # a dead run's: the lock says none is alive
+            if aborted:
+                log.warning("%s: %d unfinished upload(s) of an earlier retrieval aborted", pid, aborted)
+            try:
+                if selections is None:
+                    _upload_datablocks(pid, missing, config, connections)
+                else:
+                    _upload_files(pid, missing, config, connections)
+            except BaseException:
+                _delete_quietly(s3, bucket, sorted(missing_keys), pid, log)
+                raise
+        until = retain_until(settings.minio.retrieval_retention_days)
+        for w in wanted:
+            extend_retention(s3, bucket, w.expected.key, until)
+    return wanted, uploaded
+
+
+def _delete_quietly(s3, bucket: str, keys: list[str], pid: str, log) -> None:
+    try:
+        removed = delete_keys(s3, bucket, keys)
+        if removed:
+            log.warning("%s: %d object(s) of the failed retrieval removed from the retrieval bucket", pid, removed)
+    except Exception as e:
+        log.error("%s: retrieval bucket could not be cleaned: %s", pid, e)
+
+
+def _entries(pid: str, wanted: list[_Wanted], config: RunConfiguration, connections: Connections) -> list[JobResultEntry]:
+    return [JobResultEntry(dataset_id=pid, name=w.name, size=w.expected.size, archive_id=w.archive_id,
+                           url=_download_link(pid, w.expected.key, f"{'file' if w.is_file else 'datablock'} {w.name}",
+                                              config, connections),
+                           type="file" if w.is_file else "datablock", chk_alg=w.expected.algorithm, chk=w.expected.chk)
+            for w in wanted]
 
 
 @flow(name="retrieve_dataset", flow_run_name="retrieve-{dataset_id}-job-{job_id}")
 def retrieve_dataset(job_id: str, dataset_id: str, config: RunConfiguration, files: list[str] | None = None) -> DatasetDone:
-    """Retrieve the whole dataset (a link per datablock), or only `files` (a link per file)."""
+    """Retrieve the whole dataset (a link per datablock), or only `files` (a link per file); a copy
+    already in the retrieval bucket is reused (packing.retained)."""
     log = get_run_logger()
     pid = dataset_id
     with connect(config) as connections:
         scicat = connections.scicat
-        uploading = False
         try:
             on_record = dataset_on_record(pid, config, connections)
             _check_archived(pid, on_record)
-            selections = select_files(pid, [record_from_wire(pid, d.to_wire()) for d in on_record.registered],
-                                      files) if files else None
+            records = [record_from_wire(pid, d.to_wire()) for d in on_record.registered]
+            selections = select_files(pid, records, files) if files else None
             scicat_call(f"{pid} retrieve started", scicat.update_lifecycle, pid, "set retrieve status started",
                         retrieve_status_message=RetrieveStatus.STARTED, retrieve_integrity_check=False,
                         **ARCHIVED_LIFECYCLE)
-            aborted = cleanup.abort_retrieval_uploads(connections.s3, config.settings.minio.retrieval_bucket, pid)
-            if aborted:
-                log.warning("%s: %d unfinished upload(s) of an earlier retrieval aborted", pid, aborted)
-            uploading = True
-            if selections is None:
-                entries = _retrieve_datablocks(pid, on_record.registered, config, connections)
-            else:
-                entries = _retrieve_files(pid, selections, config, connections)
+            wanted, uploaded = _provide_copy(pid, records, selections, config, connections, log)
+            entries = _entries(pid, wanted, config, connections)
             scicat_call(f"{pid} retrieved", scicat.update_lifecycle, pid, "set retrieve status datasetRetrieved",
                         retrieve_status_message=RetrieveStatus.DATASET_RETRIEVED, retrieve_integrity_check=True,
                         **ARCHIVED_LIFECYCLE)
         except BaseException as error:
-            _clean_up_failed_retrieval(pid, config, connections, error, log, delete_uploads=uploading)
+            _clean_up_failed_retrieval(pid, config, connections, error, log, delete_uploads=False)
             raise
     what = "datablock(s)" if selections is None else "file(s)"
-    log.info("%s: %d %s retrieved and checked", pid, len(entries), what)
-    return DatasetDone(entries=entries, datablocks=len(selections if selections is not None else entries),
-                       bytes=sum(e.size for e in entries))
+    log.info("%s: %d %s retrieved and checked (%d bytes uploaded, the rest reused)", pid, len(entries), what, uploaded)
+    return DatasetDone(entries=entries, datablocks=len({w.archive_id for w in wanted}), bytes=uploaded)
 
 
 def _clean_up_failed_retrieval(pid: str, config: RunConfiguration, connections: Connections, error: BaseException, log,

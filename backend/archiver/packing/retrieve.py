@@ -22,7 +22,7 @@ CHK_METADATA, CHK_ALG_METADATA = "chk", "chk-alg"
 
 @dataclass(frozen=True)
 class RetrievedObject:
-    """An object in the retrieval bucket, checked while it was uploaded against `chk` (algorithm `algorithm`)."""
+    """An object of the retrieval bucket as it is, or must be: checked while it was uploaded against `chk`."""
 
     key: str
     size: int
@@ -32,6 +32,17 @@ class RetrievedObject:
 
 def checksum_metadata(algorithm: str, chk: str) -> dict[str, str]:
     return {CHK_METADATA: chk, CHK_ALG_METADATA: algorithm}
+
+
+def expected_datablock(lts_root: Path, record: DatablockRecord) -> RetrievedObject:
+    """What the retrieved copy of a registered datablock must be: its key, size and the manifest's tar checksum
+    (registered.check_registered compared that manifest with SciCat's record before)."""
+    tar_path = naming.datablock_path(lts_root, record.archiveId)
+    try:
+        manifest = read_manifest(naming.manifest_path(tar_path))
+    except (OSError, ValueError, ValidationError) as e:
+        raise IntegrityError(f"retrieval of datablock {record.archiveId}", [f"manifest unreadable: {e}"]) from e
+    return RetrievedObject(naming.retrieval_key(record.archiveId), record.packedSize, manifest.chkAlg, manifest.chk)
 
 
 def retrieve_datablock(

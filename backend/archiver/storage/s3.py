@@ -169,30 +169,27 @@ class MultipartUpload:
 def delete_prefix(s3, bucket: str, prefix: str) -> int:
     """Delete every object below `prefix` and abort its unfinished multipart uploads; returns objects deleted."""
     deleted = 0
-    batch: list[dict] = []
-
-    def flush() -> None:
-        nonlocal deleted
-        if not batch:
-            return
-        response = s3.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
-        errors = response.get("Errors", [])
-        if errors:
-            first = errors[0]
-            raise RuntimeError(
-                f"could not delete {len(errors)} object(s) below s3://{bucket}/{prefix}, "
-                f"e.g. {first.get('Key')}: {first.get('Code')} {first.get('Message')}"
-            )
-        deleted += len(batch)
-        batch.clear()
-
+    batch: list[str] = []
     for obj in iter_objects(s3, bucket, prefix):
-        batch.append({"Key": obj["Key"]})
+        batch.append(obj["Key"])
         if len(batch) == 1000:
-            flush()
-    flush()
+            deleted += delete_keys(s3, bucket, batch)
+            batch = []
+    deleted += delete_keys(s3, bucket, batch)
     abort_multipart_uploads(s3, bucket, prefix)
     return deleted
+
+
+def delete_keys(s3, bucket: str, keys: list[str]) -> int:
+    """Delete the named objects (absent ones are no error); returns how many were asked for."""
+    for start in range(0, len(keys), 1000):
+        batch = [{"Key": key} for key in keys[start:start + 1000]]
+        errors = s3.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True}).get("Errors", [])
+        if errors:
+            first = errors[0]
+            raise RuntimeError(f"could not delete {len(errors)} object(s) of s3://{bucket}, e.g. {first.get('Key')}: "
+                               f"{first.get('Code')} {first.get('Message')}")
+    return len(keys)
 
 
 def abort_multipart_uploads(s3, bucket: str, prefix: str) -> int:

@@ -15,6 +15,7 @@ from fastapi.security import APIKeyHeader
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from archiver.api import links
 from archiver.api.jobs import JobDocument, dataset_files, dataset_ids, parse_job, read_body
 from archiver.api.runs import PrefectError, readiness, start_job_run
 from archiver.api.settings import ApiSettings
@@ -133,6 +134,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         log.info("job %s (%s): flow run %s (%s)", job.id, job.type, run.name, run.id)
         return FlowRunStarted(uuid=run.id, name=run.name)
 
+    protected.include_router(links.router)
     app.include_router(public)
     app.include_router(protected)
     return app

@@ -17,7 +17,7 @@ from archiver.packing import naming
 from archiver.packing.retained import read_retain_until
 
 from tests.integration import test_partial_retrieval as recording
-from tests.integration.test_flows import job_of, new_dataset
+from tests.integration.test_flows import _artifacts_of, job_of, new_dataset
 from tests.integration.test_partial_retrieval import retrieval_calls
 
 pytestmark = pytest.mark.integration
@@ -135,3 +135,29 @@ def test_a_retrieval_over_the_bucket_budget_fails_naming_bytes_and_setting(pipel
     assert f"needs {needed} bytes" in message
     assert pipeline.retrieval_keys(pid) == []
 
+
+def test_the_cleanup_deletes_expired_retrievals_and_reports_the_bytes_freed(pipeline, archived):
+    import json
+
+    from archiver.flows.maintenance import clean_retrievals_flow
+
+    kept = new_dataset(1, 0.2)
+    archive_datasets_flow(job_id=pipeline.new_job("archive", [kept]))
+    retrieve_datasets_flow(job_id=pipeline.new_job("retrieve", [archived, kept]))
+    bucket = pipeline.settings.minio.retrieval_bucket
+    expired = pipeline.retrieval_keys(archived)
+    for key in expired:  # as if its retention had passed
+        pipeline.s3.put_object_tagging(Bucket=bucket, Key=key, Tagging={
+            "TagSet": [{"Key": "retain-until", "Value": "2020-01-01T00:00:00Z"}]})
+    sizes = sum(pipeline.s3.head_object(Bucket=bucket, Key=key)["ContentLength"] for key in expired)
+    start = pipeline.scicat_dev.state()["nextSeq"] - 1
+
+    state = clean_retrievals_flow(return_state=True)
+
+    assert state.result() == sizes > 0
+    assert pipeline.retrieval_keys(archived) == [] and pipeline.retrieval_keys(kept) != []
+    [table] = [a for a in _artifacts_of(state) if a.type == "table"]
+    rows = json.loads(table.data) if isinstance(table.data, str) else table.data
+    assert sorted(r["object"] for r in rows) == expired and all(r["action"] == "deleted" for r in rows)
+    assert f"{sizes} bytes freed" in table.description
+    assert retrieval_calls(pipeline, start) == []  # the cleanup asks SciCat nothing

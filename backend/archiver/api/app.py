@@ -15,7 +15,8 @@ from fastapi.security import APIKeyHeader
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from archiver.api.jobs import JobDocument, dataset_ids, parse_job, read_body
+from archiver.api import links
+from archiver.api.jobs import JobDocument, dataset_files, dataset_ids, parse_job, read_body
 from archiver.api.runs import PrefectError, readiness, start_job_run
 from archiver.api.settings import ApiSettings
 from archiver.api.uploads import create_upload_router
@@ -124,6 +125,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         parameters: dict[str, Any] = {"job_id": str(job.id)}
         if (pids := dataset_ids(job, settings.max_datasets_per_job)) is not None:
             parameters["dataset_ids"] = pids
+        if job.type == "retrieve" and (files := dataset_files(job)) is not None:
+            parameters["dataset_files"] = files
         try:
             run = await start_job_run(deployments[job.type], job.type, job.id, parameters, prefect_limits)
         except PrefectError as e:
@@ -132,6 +135,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         log.info("job %s (%s): flow run %s (%s)", job.id, job.type, run.name, run.id)
         return FlowRunStarted(uuid=run.id, name=run.name)
 
+    protected.include_router(links.router)
     app.include_router(public)
     app.include_router(protected)
     app.include_router(create_upload_router(settings))

@@ -12,8 +12,8 @@ from uuid import UUID
 from fastapi import HTTPException
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from archiver.packing.errors import InvalidPidError
-from archiver.packing.naming import check_pid
+from archiver.packing.errors import InvalidNameError, InvalidPidError
+from archiver.packing.naming import check_pid, check_relative_path
 
 JobType = Literal["archive", "retrieve"]
 JOB_TYPES: tuple[str, ...] = get_args(JobType)
@@ -117,3 +117,30 @@ def dataset_ids(job: JobDocument, max_datasets: int) -> list[str] | None:
             raise HTTPException(422, f"{where}[{index}] must be an object with a 'pid', got {shorten(entry)}")
         pids.append(check_pid_at_the_door(entry["pid"], f"{where}[{index}].pid"))
     return pids
+
+
+MAX_FILE_PATH_LENGTH = 4096  # characters, PATH_MAX on Linux
+
+
+def dataset_files(job: JobDocument) -> dict[str, list[str]] | None:
+    """The files each dataset entry lists (`datasetList[].files`, what to retrieve alone), None when none
+    does; each path a printable relative path staying inside the dataset (422 naming the first bad one).
+    Call after `dataset_ids`, which checked the entries' shape and PIDs."""
+    where, datasets = job.dataset_list()
+    selected: dict[str, list[str]] = {}
+    for index, entry in enumerate(datasets or []):
+        files = entry.get("files") or []
+        if not isinstance(files, list):
+            raise HTTPException(422, f"{where}[{index}].files must be a list of file paths, got {shorten(files)}")
+        for number, path in enumerate(files):
+            at = f"{where}[{index}].files[{number}]"
+            if not isinstance(path, str) or not path.isprintable() or len(path) > MAX_FILE_PATH_LENGTH:
+                raise HTTPException(422, f"{at}: a file path must be a printable string of at most "
+                                         f"{MAX_FILE_PATH_LENGTH} characters, got {shorten(path)}")
+            try:
+                check_relative_path(path.removeprefix("./"), "file path")
+            except InvalidNameError as e:
+                raise HTTPException(422, f"{at}: {e}") from None
+        if files:
+            selected.setdefault(entry["pid"], []).extend(files)
+    return selected or None

@@ -108,6 +108,16 @@ class MinioSection(_Section):
         le=MAX_PRESIGNED_URL_SECONDS,
     )
     abort_incomplete_uploads_days: PositiveInt = Field(1, alias="MINIO_ABORT_INCOMPLETE_UPLOADS_DAYS")
+    # Retrieved copies: kept this long after the last retrieval that asked for them (docs/flows.md, "Retrieved copies").
+    retrieval_retention_days: float = Field(14, alias="MINIO_RETRIEVAL_RETENTION_DAYS", gt=0)
+    # Most GiB the retrieval bucket may hold; a retrieval that would pass it fails (0: no limit).
+    retrieval_budget_gb: float = Field(0, alias="MINIO_RETRIEVAL_BUDGET_GB", ge=0)
+    # How long a retrieval waits for another run retrieving (or cleaning up) the same dataset.
+    retrieval_wait_s: float = Field(6 * 3600, alias="MINIO_RETRIEVAL_WAIT_S", ge=0)
+
+    @property
+    def retrieval_budget_bytes(self) -> int | None:
+        return int(self.retrieval_budget_gb * 1024**3) or None
 
 
 def _api_version(prefix: str) -> str | None:

@@ -218,4 +218,4 @@ def archive_datasets_flow(job_id: str, dataset_ids: list[str] | None = None) -> 
     reconcile_tags(limit.tag for limit in config.limits.by_name().values())
     with connect(config) as connections:
         run_job(job_id, dataset_ids, config, connections,
-                lambda pid: archive_dataset(job_id=job_id, dataset_id=pid, config=config))
+                lambda pid, _files: archive_dataset(job_id=job_id, dataset_id=pid, config=config))

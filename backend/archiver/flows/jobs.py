@@ -14,6 +14,7 @@ from prefect.logging.loggers import flow_run_logger
 from archiver.config.runtime import RunConfiguration, load_run_configuration
 from archiver.flows.common import Connections, connect, run_bounded, scicat_call
 from archiver.flows.failures import describe_failure
+from archiver.packing.download_script import Download, download_script
 from archiver.packing.errors import DatasetUserError, InvalidPidError
 from archiver.packing.naming import check_pid
 from archiver.scicat.models import Job, JobResultEntry, JobResultObject, JobStatus
@@ -67,17 +68,21 @@ def run_job(
     dataset_ids: list[str] | None,
     config: RunConfiguration,
     connections: Connections,
-    process_dataset: Callable[[str], DatasetDone],
+    process_dataset: Callable[[str, list[str]], DatasetDone],
+    dataset_files: dict[str, list[str]] | None = None,
 ) -> list[JobResultEntry]:
     """Mark the job in progress, process each dataset (bounded in parallel), report the outcome.
 
-    `process_dataset` raises for a failed dataset (after cleaning up after it) and
-    returns what goes into the job result (retrieval URLs) and message."""
+    `process_dataset(pid, files)` gets the files the job names for the dataset (`dataset_files`, or
+    the job's dataset list when SciCat is asked for it; [] for all). It raises for a failed dataset
+    (after cleaning up after it) and returns what goes into the job result (retrieval URLs) and message."""
     log = get_run_logger()
     scicat = connections.scicat
     scicat_call("job inProgress", scicat.update_job_status, job_id, JobStatus.IN_PROGRESS)
     if not dataset_ids:
-        dataset_ids = scicat_call("datasets of the job", scicat.get_job_dataset_pids, job_id)
+        job = scicat_call("datasets of the job", scicat.get_job, job_id)
+        dataset_ids, dataset_files = job.dataset_pids, job.dataset_files
+    dataset_files = dataset_files or {}
     if not dataset_ids:
         error = NoDatasetsError(job_id)
         scicat_call("job finishedUnsuccessful", scicat.update_job_status, job_id, JobStatus.FINISHED_UNSUCCESSFUL, str(error))
@@ -91,7 +96,7 @@ def run_job(
     def timed(pid: str) -> DatasetDone:
         start = time.monotonic()
         try:
-            return process_dataset(pid)
+            return process_dataset(pid, dataset_files.get(pid, []))
         finally:
             seconds[pid] = time.monotonic() - start
 
@@ -102,17 +107,27 @@ def run_job(
 
     verdict = job_verdict(failures)
     message = _summary(len(requested), failures, [o.note for o in done if o.note])
-    result_object = JobResultObject(result=results) if results else None
+    script = _download_script(job_id, results)
+    result_object = JobResultObject(result=results, download_script=script) if results else None
     scicat_call(f"job {verdict.value}", scicat.update_job_status, job_id, verdict, message, result_object)
-    _report_job(job_id, verdict, dict(zip(dataset_ids, outcomes, strict=True)) | failures, seconds, results)
+    _report_job(job_id, verdict, dict(zip(dataset_ids, outcomes, strict=True)) | failures, seconds, results, script)
     if failures:
         raise JobFailed(f"job {job_id}: {message}")
     log.info("job %s: %s", job_id, message)
     return results
 
 
+def _download_script(job_id: str, results: list[JobResultEntry]) -> str | None:
+    """The job's download script (packing.download_script), when every result carries its checksum."""
+    if not results or any(e.chk is None or e.chk_alg is None for e in results):
+        return None
+    return download_script(job_id, [
+        Download(e.dataset_id, e.name, e.url, e.size, e.chk_alg, e.chk, is_datablock=e.type != "file")
+        for e in results])
+
+
 def _report_job(job_id: str, verdict: JobStatus, outcomes: dict[str, DatasetDone | BaseException],
-                seconds: dict[str, float], results: list[JobResultEntry]) -> None:
+                seconds: dict[str, float], results: list[JobResultEntry], script: str | None = None) -> None:
     """The job's results on the job run itself (Artifacts tab): a row per dataset, and the download links.
     For people: never fails the job."""
     rows = []
@@ -126,7 +141,11 @@ def _report_job(job_id: str, verdict: JobStatus, outcomes: dict[str, DatasetDone
         create_table_artifact(rows, description=f"Job {job_id}: {verdict.value}")
         if results:
             links = "\n".join(f"- {e.dataset_id}: [{e.name}]({e.url}) ({e.size} bytes)" for e in results)
-            create_markdown_artifact(f"# Downloads of job {job_id}\n\n{links}\n", description=f"Download links of job {job_id}")
+            script_part = (f"\n## Download script\n\nSave as `download.sh` and run `sh download.sh` where the data "
+                           f"should go: it resumes interrupted downloads, checks checksums and unpacks datablocks."
+                           f"\n\n```sh\n{script}```\n") if script else ""
+            create_markdown_artifact(f"# Downloads of job {job_id}\n\n{links}\n{script_part}",
+                                     description=f"Download links of job {job_id}")
     except Exception as e:
         get_run_logger().warning("job %s: summary artifacts not created: %s", job_id, e)
 

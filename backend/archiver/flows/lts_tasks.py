@@ -10,7 +10,7 @@ from prefect.cache_policies import NO_CACHE
 
 from archiver.config.limits import TagLimit
 from archiver.flows.common import exception_of
-from archiver.packing import archive, cleanup, retrieve
+from archiver.packing import archive, cleanup, partial, retrieve
 from archiver.packing.errors import ArchiverError
 from archiver.packing.planning import PlannedDatablock
 from archiver.packing.records import DatablockRecord, Manifest
@@ -60,10 +60,22 @@ def verify_datablock(lts_root: Path, archive_id: str, file_timeout_s: float, on_
 )
 def copy_datablock_to_retrieval(
     lts_root: Path, archive_id: str, s3, bucket: str, file_timeout_s: float, record: DatablockRecord, on_bytes=None,
-) -> str:
+) -> retrieve.RetrievedObject:
     return retrieve.retrieve_datablock(
         lts_root, archive_id, s3, bucket, file_timeout_s=file_timeout_s, record=record, on_bytes=on_bytes
     )
+
+
+@task(
+    name="files-lts-to-retrieval",
+    task_run_name="retrieve {n_files} file(s) of {archive_id}",
+    **_STORAGE_RETRIES,
+)
+def copy_files_to_retrieval(
+    lts_root: Path, archive_id: str, n_files: int, selection: partial.FileSelection, s3, bucket: str,
+    file_timeout_s: float, on_bytes=None,
+) -> list[retrieve.RetrievedObject]:
+    return partial.retrieve_files(lts_root, selection, s3, bucket, file_timeout_s=file_timeout_s, on_bytes=on_bytes)
 
 
 @task(name="set-aside-unverified-datablocks", task_run_name="set aside datablocks that failed verification",

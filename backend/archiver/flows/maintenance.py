@@ -1,4 +1,4 @@
-"""Housekeeping deployments: pruning what failed archivals set aside on the LTS."""
+"""Housekeeping deployments: pruning what failed archivals set aside on the LTS; deleting expired retrievals."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from prefect.logging import get_run_logger
 
 from archiver.config.runtime import load_run_configuration
 from archiver.flows.common import connect
-from archiver.packing import cleanup
+from archiver.packing import cleanup, retained
 
 PRUNE_SCHEDULE_CRON = "30 3 * * *"  # daily, 03:30 UTC
+RETRIEVAL_CLEANUP_CRON = "15 4 * * *"  # daily, 04:15 UTC
 
 
 def registered_in(scicat):
@@ -57,3 +58,27 @@ def prune_discarded_flow(older_than_days: int | None = None, dry_run: bool = Fal
     log.info("%s %d discarded folder(s) older than %d day(s) under %s: %d bytes", verb, deleted, days,
              lts.storage_root, freed)
     return freed
+
+
+@flow(name="clean_retrievals", flow_run_name="clean-retrievals")
+def clean_retrievals_flow(dry_run: bool = False) -> int:
+    """Delete retrieved objects whose retention (`retain-until`, MINIO_RETRIEVAL_RETENTION_DAYS after the last
+    retrieval asking for them) has passed; returns the bytes freed (with `dry_run`: that would be freed)."""
+    log = get_run_logger()
+    config = load_run_configuration()
+    minio = config.settings.minio
+    with connect(config) as connections:
+        report = retained.clean_expired(connections.s3, minio.retrieval_bucket, config.settings.lts.storage_root,
+                                        minio.retrieval_retention_days, dry_run=dry_run)
+    verb = "would delete" if dry_run else "deleted"
+    rows = [{"dataset": pid, "object": obj.key, "bytes": obj.size,
+             "retain until": obj.retain_until.isoformat() if obj.retain_until else "untagged", "action": verb}
+            for pid, obj in report.expired]
+    rows += [{"dataset": pid, "object": "", "bytes": 0, "retain until": "", "action": "skipped: being retrieved"}
+             for pid in report.busy]
+    create_table_artifact(rows, key="clean-retrievals",
+                          description=f"Expired retrievals in {minio.retrieval_bucket}: {verb} {len(report.expired)} "
+                                      f"object(s), {report.freed_bytes} bytes freed; {len(report.busy)} dataset(s) busy")
+    log.info("%s %d expired object(s) in %s: %d bytes; %d dataset(s) being retrieved skipped", verb,
+             len(report.expired), minio.retrieval_bucket, report.freed_bytes, len(report.busy))
+    return report.freed_bytes

@@ -6,6 +6,9 @@ job result; nothing that failed its checksums is ever left in the bucket.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 from prefect import flow
 from prefect.artifacts import create_link_artifact
 from prefect.logging import get_run_logger
@@ -19,12 +22,16 @@ from archiver.flows.concurrency import reconcile_tags
 from archiver.flows.failures import describe_failure
 from archiver.flows.figures import BYTES, DATABLOCKS, record_figures
 from archiver.flows.jobs import DatasetDone, JobKind, on_job_cancelled, run_job
-from archiver.flows.lts_tasks import copy_datablock_to_retrieval, tagged
-from archiver.packing import cleanup
+from archiver.flows.lts_tasks import copy_datablock_to_retrieval, copy_files_to_retrieval, tagged
+from archiver.packing import cleanup, naming
 from archiver.packing.errors import DatasetUserError, RegistrationConflictError
+from archiver.packing.partial import FileSelection, select_files
+from archiver.packing.records import DatablockRecord
 from archiver.packing.registered import record_from_wire
-from archiver.scicat.models import Datablock, JobResultEntry, RetrieveStatus
-from archiver.storage.s3 import presigned_get_url
+from archiver.packing.retained import check_budget, extend_retention, present_objects, retain_until, retrieval_lock
+from archiver.packing.retrieve import RetrievedObject, expected_datablock
+from archiver.scicat.models import JobResultEntry, RetrieveStatus
+from archiver.storage.s3 import delete_keys, presigned_get_url
 
 
 class NotArchivedError(DatasetUserError):
@@ -43,34 +50,132 @@ def _check_archived(pid: str, on_record: OnRecord) -> None:
         raise NotArchivedError(pid, f"{len(missing)} of its files are in no registered datablock: {', '.join(missing[:5])}")
 
 
-def _retrieve_datablocks(
-    pid: str, datablocks: list[Datablock], config: RunConfiguration, connections: Connections,
-) -> list[JobResultEntry]:
+def _download_link(pid: str, key: str, what: str, config: RunConfiguration, connections: Connections) -> str:
+    minio = config.settings.minio
+    url = presigned_get_url(minio.external_endpoint, minio.region, connections.presign_credentials,
+                            minio.retrieval_bucket, key, minio.url_expiration_s)
+    try:
+        create_link_artifact(url, link_text=f"{pid}: {what}", description=f"Download of {what} of {pid}")
+    except Exception as e:  # the URL goes to SciCat in the job result; the artifact is a convenience
+        get_run_logger().warning("%s: link artifact of %s not created (Prefect API: %s)", pid, what, e)
+    return url
+
+
+def _upload_datablocks(
+    pid: str, records: list[DatablockRecord], config: RunConfiguration, connections: Connections,
+) -> list[RetrievedObject]:
     settings = config.settings
     copy = tagged(copy_datablock_to_retrieval, config.limits.LTS_TO_RETRIEVAL_LIMIT)
-    progress = ProgressReporter(sum(d.packed_size for d in datablocks), f"retrieving {pid}: checked and uploaded")
-
-    def retrieve_one(datablock: Datablock) -> JobResultEntry:
-        record = record_from_wire(pid, datablock.to_wire())
-        key = copy(settings.lts.storage_root, datablock.archive_id, connections.s3, settings.minio.retrieval_bucket,
-                   settings.lts.file_timeout_s, record, on_bytes=progress.add)
-        url = presigned_get_url(settings.minio.external_endpoint, settings.minio.region, connections.presign_credentials,
-                                settings.minio.retrieval_bucket, key, settings.minio.url_expiration_s)
-        name = key.rsplit("/", 1)[-1]
-        try:
-            create_link_artifact(url, link_text=f"{pid}: {name}", description=f"Download of datablock {name} of {pid}")
-        except Exception as e:  # the URL goes to SciCat in the job result; the artifact is a convenience
-            get_run_logger().warning("%s: link artifact of %s not created (Prefect API: %s)", pid, name, e)
-        return JobResultEntry(dataset_id=pid, name=name, size=datablock.packed_size, archive_id=datablock.archive_id,
-                              url=url)
-
-    results = run_bounded_or_raise(retrieve_one, datablocks, settings.archiver.datablock_concurrency)
+    progress = ProgressReporter(sum(r.packedSize for r in records), f"retrieving {pid}: checked and uploaded")
+    retrieved = run_bounded_or_raise(
+        lambda record: copy(settings.lts.storage_root, record.archiveId, connections.s3, settings.minio.retrieval_bucket,
+                            settings.lts.file_timeout_s, record, on_bytes=progress.add),
+        records, settings.archiver.datablock_concurrency)
     progress.finish()
-    return results
+    return retrieved
+
+
+def _upload_files(
+    pid: str, selections: list[FileSelection], config: RunConfiguration, connections: Connections,
+) -> list[RetrievedObject]:
+    """Partial retrieval: the selected files, one object each (packing.partial)."""
+    settings = config.settings
+    copy = tagged(copy_files_to_retrieval, config.limits.LTS_TO_RETRIEVAL_LIMIT)
+    total = sum(f.size for s in selections for f in s.files)
+    progress = ProgressReporter(total, f"retrieving {pid}: selected files checked and uploaded")
+    retrieved = run_bounded_or_raise(
+        lambda s: copy(settings.lts.storage_root, s.datablock.archiveId, len(s.files), s, connections.s3,
+                       settings.minio.retrieval_bucket, settings.lts.file_timeout_s, on_bytes=progress.add),
+        selections, settings.archiver.datablock_concurrency)
+    progress.finish()
+    return [obj for objects in retrieved for obj in objects]
+
+
+@dataclass(frozen=True)
+class _Wanted:
+    """One download of the job: what it is, where it comes from, and the object it needs."""
+
+    name: str
+    archive_id: str
+    is_file: bool
+    expected: RetrievedObject
+
+
+def _wanted(pid: str, lts_root, records: list[DatablockRecord], selections: list[FileSelection] | None) -> list[_Wanted]:
+    if selections is None:
+        return [_Wanted(Path(r.archiveId).name, r.archiveId, False, expected_datablock(lts_root, r)) for r in records]
+    return [_Wanted(f.path, s.datablock.archiveId, True,
+                    RetrievedObject(naming.retrieved_file_key(pid, f.path), f.size, s.datablock.chkAlg, f.chk))
+            for s in selections for f in s.files]
+
+
+def _missing_part(wanted: list[_Wanted], records: list[DatablockRecord], selections: list[FileSelection] | None,
+                  missing_keys: set[str]):
+    """The datablocks (or file selections) whose objects are not in the bucket yet."""
+    if selections is None:
+        return [r for r, w in zip(records, wanted, strict=True) if w.expected.key in missing_keys]
+    narrowed = [FileSelection(s.datablock, [f for f in s.files if naming.retrieved_file_key(s.datablock.datasetId, f.path)
+                                            in missing_keys]) for s in selections]
+    return [s for s in narrowed if s.files]
+
+
+def _provide_copy(pid: str, records: list[DatablockRecord], selections: list[FileSelection] | None,
+                  config: RunConfiguration, connections: Connections, log) -> tuple[list[_Wanted], int]:
+    """Make the dataset's retrieved copy (or the selected files) present and retained in the bucket, once
+    for any number of jobs: under the dataset's retrieval lock, reuse what is there, upload only what is
+    missing. Returns what was wanted and the bytes uploaded. On failure, what this run uploaded is removed."""
+    settings = config.settings
+    s3, bucket = connections.s3, settings.minio.retrieval_bucket
+    wait_note = lambda: log.info("%s: another run retrieves this dataset; waiting for it (MINIO_RETRIEVAL_WAIT_S)", pid)  # noqa: E731
+    with retrieval_lock(settings.lts.storage_root, pid, settings.minio.retrieval_wait_s, on_wait=wait_note):
+        wanted = _wanted(pid, settings.lts.storage_root, records, selections)
+        present = present_objects(s3, bucket, [w.expected for w in wanted])
+        missing_keys = {w.expected.key for w in wanted} - {o.key for o in present}
+        missing = _missing_part(wanted, records, selections, missing_keys)
+        uploaded = sum(w.expected.size for w in wanted if w.expected.key in missing_keys)
+        if present:
+            log.info("%s: %d object(s) already in the retrieval bucket, checked by size and checksum: reused",
+                     pid, len(present))
+        if missing:
+            check_budget(s3, bucket, pid, uploaded, settings.minio.retrieval_budget_bytes)
+            aborted = cleanup.abort_retrieval_uploads(s3, bucket, pid)  # a dead run's: the lock says none is alive
+            if aborted:
+                log.warning("%s: %d unfinished upload(s) of an earlier retrieval aborted", pid, aborted)
+            try:
+                if selections is None:
+                    _upload_datablocks(pid, missing, config, connections)
+                else:
+                    _upload_files(pid, missing, config, connections)
+            except BaseException:
+                _delete_quietly(s3, bucket, sorted(missing_keys), pid, log)
+                raise
+        until = retain_until(settings.minio.retrieval_retention_days)
+        for w in wanted:
+            extend_retention(s3, bucket, w.expected.key, until)
+    return wanted, uploaded
+
+
+def _delete_quietly(s3, bucket: str, keys: list[str], pid: str, log) -> None:
+    try:
+        removed = delete_keys(s3, bucket, keys)
+        if removed:
+            log.warning("%s: %d object(s) of the failed retrieval removed from the retrieval bucket", pid, removed)
+    except Exception as e:
+        log.error("%s: retrieval bucket could not be cleaned: %s", pid, e)
+
+
+def _entries(pid: str, wanted: list[_Wanted], config: RunConfiguration, connections: Connections) -> list[JobResultEntry]:
+    return [JobResultEntry(dataset_id=pid, name=w.name, size=w.expected.size, archive_id=w.archive_id,
+                           url=_download_link(pid, w.expected.key, f"{'file' if w.is_file else 'datablock'} {w.name}",
+                                              config, connections),
+                           type="file" if w.is_file else "datablock", chk_alg=w.expected.algorithm, chk=w.expected.chk)
+            for w in wanted]
 
 
 @flow(name="retrieve_dataset", flow_run_name="retrieve-{dataset_id}-job-{job_id}")
-def retrieve_dataset(job_id: str, dataset_id: str, config: RunConfiguration) -> DatasetDone:
+def retrieve_dataset(job_id: str, dataset_id: str, config: RunConfiguration, files: list[str] | None = None) -> DatasetDone:
+    """Retrieve the whole dataset (a link per datablock), or only `files` (a link per file); a copy
+    already in the retrieval bucket is reused (packing.retained)."""
     log = get_run_logger()
     pid = dataset_id
     with connect(config) as connections:
@@ -78,28 +183,33 @@ def retrieve_dataset(job_id: str, dataset_id: str, config: RunConfiguration) -> 
         try:
             on_record = dataset_on_record(pid, config, connections)
             _check_archived(pid, on_record)
+            records = [record_from_wire(pid, d.to_wire()) for d in on_record.registered]
+            selections = select_files(pid, records, files) if files else None
             scicat_call(f"{pid} retrieve started", scicat.update_lifecycle, pid, "set retrieve status started",
                         retrieve_status_message=RetrieveStatus.STARTED, retrieve_integrity_check=False,
                         **ARCHIVED_LIFECYCLE)
-            aborted = cleanup.abort_retrieval_uploads(connections.s3, config.settings.minio.retrieval_bucket, pid)
-            if aborted:
-                log.warning("%s: %d unfinished upload(s) of an earlier retrieval aborted", pid, aborted)
-            entries = _retrieve_datablocks(pid, on_record.registered, config, connections)
+            wanted, uploaded = _provide_copy(pid, records, selections, config, connections, log)
+            entries = _entries(pid, wanted, config, connections)
             scicat_call(f"{pid} retrieved", scicat.update_lifecycle, pid, "set retrieve status datasetRetrieved",
                         retrieve_status_message=RetrieveStatus.DATASET_RETRIEVED, retrieve_integrity_check=True,
                         **ARCHIVED_LIFECYCLE)
         except BaseException as error:
-            _clean_up_failed_retrieval(pid, config, connections, error, log)
+            _clean_up_failed_retrieval(pid, config, connections, error, log, delete_uploads=False)
             raise
-    log.info("%s: %d datablock(s) retrieved and checked", pid, len(entries))
-    record_figures({BYTES: sum(d.size for d in on_record.registered), DATABLOCKS: len(entries)})
-    return DatasetDone(entries=entries, datablocks=len(entries), bytes=sum(e.size for e in entries))
+    what = "datablock(s)" if selections is None else "file(s)"
+    log.info("%s: %d %s retrieved and checked (%d bytes uploaded, the rest reused)", pid, len(entries), what, uploaded)
+    # For the metrics: the bytes of the dataset's files handed out, whether uploaded now or reused.
+    handed_out = sum(d.size for d in on_record.registered) if selections is None else sum(w.expected.size for w in wanted)
+    datablocks = len({w.archive_id for w in wanted})
+    record_figures({BYTES: handed_out, DATABLOCKS: datablocks})
+    return DatasetDone(entries=entries, datablocks=datablocks, bytes=uploaded)
 
 
-def _clean_up_failed_retrieval(pid: str, config: RunConfiguration, connections: Connections, error: BaseException, log):
-    """Remove what was uploaded; the dataset's archive state in SciCat is left as it is."""
+def _clean_up_failed_retrieval(pid: str, config: RunConfiguration, connections: Connections, error: BaseException, log,
+                               delete_uploads: bool = True):
+    """Remove what was uploaded (when anything may have been); the dataset's archive state in SciCat is left as it is."""
     try:
-        removed = cleanup.delete_retrieved(connections.s3, config.settings.minio.retrieval_bucket, pid)
+        removed = cleanup.delete_retrieved(connections.s3, config.settings.minio.retrieval_bucket, pid) if delete_uploads else 0
         if removed:
             log.warning("%s: %d object(s) removed from the retrieval bucket", pid, removed)
     except Exception as e:
@@ -129,10 +239,14 @@ RETRIEVAL = JobKind("retrieval", _clean_up_interrupted_retrieval)
     flow_run_name="retrieve-job-{job_id}",
     on_cancellation=[on_job_cancelled(RETRIEVAL)],
 )
-def retrieve_datasets_flow(job_id: str, dataset_ids: list[str] | None = None) -> list[JobResultEntry]:
-    """Retrieve the datasets of a SciCat job into the retrieval bucket; the job result carries download URLs."""
+def retrieve_datasets_flow(
+    job_id: str, dataset_ids: list[str] | None = None, dataset_files: dict[str, list[str]] | None = None,
+) -> list[JobResultEntry]:
+    """Retrieve the datasets of a SciCat job into the retrieval bucket; the job result carries download URLs.
+    `dataset_files`: per dataset the files to retrieve alone (the job's `datasetList[].files`)."""
     config = load_run_configuration()
     reconcile_tags(limit.tag for limit in config.limits.by_name().values())
     with connect(config) as connections:
         return run_job(job_id, dataset_ids, config, connections,
-                       lambda pid: retrieve_dataset(job_id=job_id, dataset_id=pid, config=config))
+                       lambda pid, files: retrieve_dataset(job_id=job_id, dataset_id=pid, config=config, files=files),
+                       dataset_files)

@@ -15,7 +15,7 @@ from prefect import serve
 
 from archiver.flows.archive import archive_datasets_flow
 from archiver.flows.audit import lts_audit
-from archiver.flows.maintenance import PRUNE_SCHEDULE_CRON, prune_discarded_flow
+from archiver.flows.maintenance import PRUNE_SCHEDULE_CRON, RETRIEVAL_CLEANUP_CRON, clean_retrievals_flow, prune_discarded_flow
 from archiver.flows.outage import FLOW_RUN_ENVIRONMENT
 from archiver.flows.recovery import recover_job
 from archiver.flows.retrieve import retrieve_datasets_flow
@@ -30,6 +30,7 @@ DEPLOYMENT_NAMES = {
     "recover": "recover_job/job_recovery",
     "create": "create_test_dataset/dataset_creation",
     "prune": "prune_discarded/discarded_pruning",
+    "clean": "clean_retrievals/retrieval_cleanup",
     "audit": "lts_audit/lts_auditing",
 }
 
@@ -81,6 +82,7 @@ def serve_deployments(limit: int | None = None) -> None:
         recover_job.to_deployment(name="job_recovery", triggers=deployment_triggers("job_recovery")),
         create_test_dataset_flow.to_deployment(name="dataset_creation"),
         prune_discarded_flow.to_deployment(name="discarded_pruning", cron=PRUNE_SCHEDULE_CRON),
+        clean_retrievals_flow.to_deployment(name="retrieval_cleanup", cron=RETRIEVAL_CLEANUP_CRON),
         lts_audit.to_deployment(name="lts_auditing", cron=audit_cron(settings)),
         limit=limit,
         heartbeat_seconds=heartbeat_seconds(settings),

@@ -67,6 +67,19 @@ class UnsafeFileNamesError(DatasetUserError):
         )
 
 
+class FilesNotInDatasetError(DatasetUserError):
+    """A retrieve job names files the dataset does not hold."""
+
+    def __init__(self, pid: str, files: list[str]):
+        self.pid = pid
+        self.files = list(files)
+        super().__init__(
+            f"dataset {pid} has no file(s) {_listing([repr(f) for f in self.files])}; nothing was retrieved: "
+            "list paths exactly as the dataset's file list shows them (relative to the dataset), or none for the "
+            "whole dataset"
+        )
+
+
 class EmptyDatasetError(DatasetUserError):
     def __init__(self, pid: str, prefix: str, bucket: str):
         self.pid = pid

@@ -16,6 +16,7 @@ from archiver.packing.errors import InvalidNameError, InvalidPidError
 
 DATASETS_PREFIX = "openem-network/datasets"
 TAR_SUFFIX = ".tar"
+RETRIEVED_FILES_SEGMENT = "files"
 MANIFEST_SUFFIX = ".manifest.json"
 PARTIAL_SUFFIX = ".partial"
 LANDING_FILES_SEGMENT = "raw_files"
@@ -124,7 +125,13 @@ def partial_path(final_path: Path) -> Path:
 
 
 def retrieval_prefix(pid: str) -> str:
-    return f"{DATASETS_PREFIX}/{safe_name(pid)}/datablocks/"
+    """Everything of a dataset in the retrieval bucket: its datablocks and its single retrieved files."""
+    return f"{DATASETS_PREFIX}/{safe_name(pid)}/"
+
+
+def retrieved_file_key(pid: str, path: str) -> str:
+    """Key of one file of a partial retrieval: `{retrieval_prefix}files/{path}`."""
+    return f"{retrieval_prefix(pid)}{RETRIEVED_FILES_SEGMENT}/{check_relative_path(path, 'file path')}"
 
 
 def retrieval_key(archive_id_: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -15,12 +16,41 @@ from archiver.storage.lts import wait_until_readable
 from archiver.storage.s3 import MultipartUpload
 
 
+# Object metadata of a retrieved object: the checksum it was checked against (S3 keeps it with the object).
+CHK_METADATA, CHK_ALG_METADATA = "chk", "chk-alg"
+
+
+@dataclass(frozen=True)
+class RetrievedObject:
+    """An object of the retrieval bucket as it is, or must be: checked while it was uploaded against `chk`."""
+
+    key: str
+    size: int
+    algorithm: str
+    chk: str
+
+
+def checksum_metadata(algorithm: str, chk: str) -> dict[str, str]:
+    return {CHK_METADATA: chk, CHK_ALG_METADATA: algorithm}
+
+
+def expected_datablock(lts_root: Path, record: DatablockRecord) -> RetrievedObject:
+    """What the retrieved copy of a registered datablock must be: its key, size and the manifest's tar checksum
+    (registered.check_registered compared that manifest with SciCat's record before)."""
+    tar_path = naming.datablock_path(lts_root, record.archiveId)
+    try:
+        manifest = read_manifest(naming.manifest_path(tar_path))
+    except (OSError, ValueError, ValidationError) as e:
+        raise IntegrityError(f"retrieval of datablock {record.archiveId}", [f"manifest unreadable: {e}"]) from e
+    return RetrievedObject(naming.retrieval_key(record.archiveId), record.packedSize, manifest.chkAlg, manifest.chk)
+
+
 def retrieve_datablock(
     lts_root: Path, archive_id: str, s3, bucket: str, *, file_timeout_s: float,
     record: DatablockRecord | None = None, on_bytes: Callable[[int], None] | None = None,
     part_size: int = 8 * 1024 * 1024, parts_in_flight: int = 4,
-) -> str:
-    """Upload the datablock's tar to `bucket` under `naming.retrieval_key(archive_id)`; returns the key.
+) -> RetrievedObject:
+    """Upload the datablock's tar to `bucket` under `naming.retrieval_key(archive_id)`.
 
     Members are checked against `record` (SciCat's Datablock) when given, else against the
     manifest on the LTS; the whole tar against the manifest's checksum. On any difference the
@@ -42,7 +72,9 @@ def retrieve_datablock(
         files, algorithm = record.dataFileList, record.chkAlg
         if record.chkAlg != manifest.chkAlg:
             problems.append(f"SciCat records chkAlg {record.chkAlg}, the manifest {manifest.chkAlg}")
-    with open(tar_path, "rb", buffering=0) as raw, MultipartUpload(s3, bucket, key, part_size, parts_in_flight) as upload:
+    metadata = checksum_metadata(manifest.chkAlg, manifest.chk)
+    with (open(tar_path, "rb", buffering=0) as raw,
+          MultipartUpload(s3, bucket, key, part_size, parts_in_flight, metadata=metadata) as upload):
         problems += check_datablock_stream(
             raw, files, algorithm,
             expected_chk=manifest.chk if algorithm == manifest.chkAlg else None,
@@ -51,5 +83,5 @@ def retrieve_datablock(
         if problems:
             raise IntegrityError(what, problems)  # leaving the block aborts the upload
         upload.complete()
-    return key
+    return RetrievedObject(key, manifest.packedSize, manifest.chkAlg, manifest.chk)
 

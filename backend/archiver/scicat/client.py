@@ -160,9 +160,11 @@ class ScicatClient:
 
     # --- jobs -------------------------------------------------------------
 
-    def create_job(self, job_type: str, pids: list[str], contact_email: str = "archiver@example.org") -> Job:
-        """Create a job as a SciCat user would (tests and tools; SciCat's users create the real ones)."""
-        entries = [{"pid": pid, "files": []} for pid in pids]
+    def create_job(self, job_type: str, pids: list[str], contact_email: str = "archiver@example.org",
+                   files: dict[str, list[str]] | None = None) -> Job:
+        """Create a job as a SciCat user would (tests and tools; SciCat's users create the real ones).
+        `files`: per PID the files to retrieve (SciCat's frontend lets users pick single files)."""
+        entries = [{"pid": pid, "files": list((files or {}).get(pid, []))} for pid in pids]
         if self.settings.job_status_schema == "v3":
             body = {"type": job_type, "emailJobInitiator": contact_email, "datasetList": entries}
         else:

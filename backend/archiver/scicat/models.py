@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt
 from pydantic.alias_generators import to_camel
@@ -187,15 +187,22 @@ class JobParams(ScicatModel):
 
 
 class JobResultEntry(ScicatModel):
+    """One download: a datablock (a tar to unpack) or, in a partial retrieval, one file (`name` its path).
+    `chk`/`chkAlg` let a downloader check what it got (SciCat keeps the result object as it is sent)."""
+
     dataset_id: str
     name: str
     size: NonNegativeInt
     archive_id: str
     url: str
+    type: Literal["datablock", "file"] | None = None
+    chk_alg: str | None = None
+    chk: str | None = None
 
 
 class JobResultObject(ScicatModel):
     result: list[JobResultEntry]
+    download_script: str | None = None  # POSIX sh: resumable downloads, checksums, unpacking (packing.download_script)
 
 
 class Job(ScicatModel):
@@ -214,8 +221,15 @@ class Job(ScicatModel):
     @property
     def dataset_pids(self) -> list[str]:
         """The PIDs of the job's datasets, whichever shape the job came in."""
-        entries = (self.job_params.dataset_list if self.job_params else None) or self.dataset_list or []
-        return [entry.pid for entry in entries]
+        return [entry.pid for entry in self._entries()]
+
+    def _entries(self) -> list[DatasetListEntry]:
+        return (self.job_params.dataset_list if self.job_params else None) or self.dataset_list or []
+
+    @property
+    def dataset_files(self) -> dict[str, list[str]]:
+        """The files a job names per dataset (`files` of its dataset list); datasets without any are left out."""
+        return {entry.pid: list(entry.files) for entry in self._entries() if entry.files}
 
     @property
     def status(self) -> str | None:

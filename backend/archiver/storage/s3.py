@@ -95,7 +95,8 @@ class MultipartUpload:
     Nothing is visible in the bucket until `complete()`; `abort()` (or leaving the
     `with` block by an exception) removes every uploaded part."""
 
-    def __init__(self, s3, bucket: str, key: str, part_size: int = 8 * 1024 * 1024, max_in_flight: int = 2):
+    def __init__(self, s3, bucket: str, key: str, part_size: int = 8 * 1024 * 1024, max_in_flight: int = 2,
+                 metadata: dict[str, str] | None = None):
         if part_size < MIN_PART_SIZE:
             raise ValueError(f"part_size must be at least {MIN_PART_SIZE} bytes (S3 minimum), got {part_size}")
         self._s3, self.bucket, self.key = s3, bucket, key
@@ -107,7 +108,8 @@ class MultipartUpload:
         self._parts: list[Future] = []
         self._pool = ThreadPoolExecutor(max_in_flight, thread_name_prefix="s3-part")
         self.size = 0
-        self.upload_id = s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+        extra = {"Metadata": metadata} if metadata else {}
+        self.upload_id = s3.create_multipart_upload(Bucket=bucket, Key=key, **extra)["UploadId"]
 
     def write(self, data) -> None:
         view = memoryview(data)
@@ -167,30 +169,27 @@ class MultipartUpload:
 def delete_prefix(s3, bucket: str, prefix: str) -> int:
     """Delete every object below `prefix` and abort its unfinished multipart uploads; returns objects deleted."""
     deleted = 0
-    batch: list[dict] = []
-
-    def flush() -> None:
-        nonlocal deleted
-        if not batch:
-            return
-        response = s3.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
-        errors = response.get("Errors", [])
-        if errors:
-            first = errors[0]
-            raise RuntimeError(
-                f"could not delete {len(errors)} object(s) below s3://{bucket}/{prefix}, "
-                f"e.g. {first.get('Key')}: {first.get('Code')} {first.get('Message')}"
-            )
-        deleted += len(batch)
-        batch.clear()
-
+    batch: list[str] = []
     for obj in iter_objects(s3, bucket, prefix):
-        batch.append({"Key": obj["Key"]})
+        batch.append(obj["Key"])
         if len(batch) == 1000:
-            flush()
-    flush()
+            deleted += delete_keys(s3, bucket, batch)
+            batch = []
+    deleted += delete_keys(s3, bucket, batch)
     abort_multipart_uploads(s3, bucket, prefix)
     return deleted
+
+
+def delete_keys(s3, bucket: str, keys: list[str]) -> int:
+    """Delete the named objects (absent ones are no error); returns how many were asked for."""
+    for start in range(0, len(keys), 1000):
+        batch = [{"Key": key} for key in keys[start:start + 1000]]
+        errors = s3.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True}).get("Errors", [])
+        if errors:
+            first = errors[0]
+            raise RuntimeError(f"could not delete {len(errors)} object(s) of s3://{bucket}, e.g. {first.get('Key')}: "
+                               f"{first.get('Code')} {first.get('Message')}")
+    return len(keys)
 
 
 def abort_multipart_uploads(s3, bucket: str, prefix: str) -> int:

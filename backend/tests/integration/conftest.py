@@ -41,9 +41,10 @@ class Pipeline:
         listing = self.s3.list_objects_v2(Bucket=self.settings.minio.retrieval_bucket, Prefix=retrieval_prefix(pid))
         return sorted(o["Key"] for o in listing.get("Contents", []))
 
-    def new_job(self, job_type: str, pids: list[str]) -> str:
-        """A SciCat job naming `pids`, created as SciCat would store it; returns its id."""
-        return self.scicat.create_job(job_type, pids).id
+    def new_job(self, job_type: str, pids: list[str], files: dict[str, list[str]] | None = None) -> str:
+        """A SciCat job naming `pids` (and per PID the `files` to retrieve), created as SciCat would store it;
+        returns its id."""
+        return self.scicat.create_job(job_type, pids, files=files).id
 
     def set_vars(self, section: str, **values) -> None:
         """Change settings of `prefect-vars.toml` and seed them: the next flow run uses them."""

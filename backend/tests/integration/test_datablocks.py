@@ -86,7 +86,7 @@ def test_round_trip_is_byte_identical(s3, bucket, second_bucket, lts_root, datas
         assert record.packedSize == tar_path(lts_root, record.archiveId).stat().st_size
         for f in record.dataFileList:
             assert f.chk == hashlib.new(algorithm, dataset[f.path]).hexdigest()
-        key = retrieve_datablock(lts_root, record.archiveId, s3, second_bucket, file_timeout_s=5, record=record)
+        key = retrieve_datablock(lts_root, record.archiveId, s3, second_bucket, file_timeout_s=5, record=record).key
         assert key.startswith(naming.retrieval_prefix(PID))
         retrieved.update(members_of(s3.get_object(Bucket=second_bucket, Key=key)["Body"].read()))
     assert retrieved == dataset
@@ -147,7 +147,7 @@ def test_corrupt_datablock_never_reaches_the_retrieval_bucket(s3, bucket, second
     upload(s3, bucket, PID, files)
     _, (record,) = archive_all(s3, bucket, PID, lts_root, target_bytes=100 * MiB)
     # intact: uploaded in 3 parts through reused part buffers, byte-identical
-    key = retrieve_datablock(lts_root, record.archiveId, s3, second_bucket, file_timeout_s=5, part_size=5 * MiB)
+    key = retrieve_datablock(lts_root, record.archiveId, s3, second_bucket, file_timeout_s=5, part_size=5 * MiB).key
     assert members_of(s3.get_object(Bucket=second_bucket, Key=key)["Body"].read()) == files
     s3.delete_object(Bucket=second_bucket, Key=key)
 

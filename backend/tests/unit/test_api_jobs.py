@@ -96,3 +96,25 @@ def test_malformed_job_is_refused_naming_the_problem(body, status, says):
     with pytest.raises(HTTPException) as raised:
         parse_job(body)
     assert raised.value.status_code == status and says in raised.value.detail
+
+
+def test_files_of_a_retrieve_job_per_dataset():
+    from archiver.api.jobs import dataset_files
+
+    job = _job([{"pid": "20.500/a", "files": ["x/1.bin", "./2.bin"]}, {"pid": "20.500/b", "files": []}])
+    assert dataset_files(job) == {"20.500/a": ["x/1.bin", "./2.bin"]}
+    assert dataset_files(_job([{"pid": "20.500/a", "files": []}])) is None
+
+
+@pytest.mark.parametrize(("files", "says"), [
+    (["../etc/passwd"], "files[0]: file path '../etc/passwd'"),
+    (["ok.bin", "/abs"], "files[1]: file path '/abs' is an absolute path"),
+    ([3], "files[0]: a file path must be a printable string"),
+    ("x.bin", "files must be a list of file paths"),
+])
+def test_bad_file_path_is_422_naming_entry_and_value(files, says):
+    from archiver.api.jobs import dataset_files
+
+    with pytest.raises(HTTPException) as raised:
+        dataset_files(_job([{"pid": "20.500/a", "files": files}]))
+    assert raised.value.status_code == 422 and says in raised.value.detail

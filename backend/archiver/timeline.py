@@ -87,6 +87,18 @@ def job_phases(flow_run_id: UUID, job_created_at: datetime) -> list[Phase]:
     ]
 
 
+def slowest_tasks(flow_run_id: UUID, count: int = 5) -> list[Phase]:
+    """The run's longest task runs (its subflows' included), longest first."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        ids = _run_tree(client, flow_run_id)
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)), limit=200)
+    timed = [Phase(r.name, (r.end_time - r.start_time).total_seconds()) for r in runs if r.start_time and r.end_time]
+    return sorted(timed, key=lambda p: -p.seconds)[:count]
+
+
 def format_phases(title: str, phases: list[Phase]) -> list[str]:
     total = sum(p.seconds for p in phases)
     width = max(len(p.name) for p in phases)

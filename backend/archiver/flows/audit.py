@@ -18,7 +18,7 @@ from prefect.logging import get_run_logger
 from archiver.config.errors import ConfigError
 from archiver.config.runtime import load_run_configuration
 from archiver.flows.common import connect, exception_of
-from archiver.flows.figures import AUDIT_BYTES, AUDIT_CHECKED, AUDIT_PROBLEMS, record_figures
+from archiver.flows.figures import AUDIT_BYTES, AUDIT_CHECKED, AUDIT_PROBLEMS, record_figures, wait_for_figures
 from archiver.flows.lts_tasks import tagged, verify_datablock
 from archiver.packing import audit
 from archiver.packing.errors import IntegrityError
@@ -91,6 +91,7 @@ def lts_audit(pids: list[str] | None = None, everything: bool = False, byte_budg
                "overdue": len(late), "datablocks": len(blocks), "scicat_datablocks_listed": listed}
     _report(summary, rows, findings, lts)
     record_figures({AUDIT_CHECKED: summary["checked"], AUDIT_BYTES: summary["bytes"], AUDIT_PROBLEMS: len(findings)})
+    wait_for_figures()
     if findings:
         raise LtsAuditFailed(findings)
     return summary

@@ -14,6 +14,7 @@ from prefect.logging.loggers import flow_run_logger
 from archiver.config.runtime import RunConfiguration, load_run_configuration
 from archiver.flows.common import Connections, connect, run_bounded, scicat_call
 from archiver.flows.failures import describe_failure
+from archiver.flows.figures import wait_for_figures
 from archiver.packing.download_script import Download, download_script
 from archiver.packing.errors import DatasetUserError, InvalidPidError
 from archiver.packing.naming import check_pid
@@ -110,6 +111,7 @@ def run_job(
     script = _download_script(job_id, results)
     result_object = JobResultObject(result=results, download_script=script) if results else None
     scicat_call(f"job {verdict.value}", scicat.update_job_status, job_id, verdict, message, result_object)
+    wait_for_figures()
     _report_job(job_id, verdict, dict(zip(dataset_ids, outcomes, strict=True)) | failures, seconds, results, script)
     if failures:
         raise JobFailed(f"job {job_id}: {message}")

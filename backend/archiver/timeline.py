@@ -42,24 +42,32 @@ def _state_times(client, flow_run_id: UUID) -> dict[str, datetime]:
     return times
 
 
-def _run_tree(client, flow_run_id: UUID) -> list[UUID]:
+def _run_tree(client, flow_run_id: UUID) -> tuple[list[UUID], set[UUID]]:
+    """The run and its subflow runs; and the task runs that stand for those subflows in their parents."""
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
 
-    ids, frontier = [flow_run_id], [flow_run_id]
+    ids, frontier, wrappers = [flow_run_id], [flow_run_id], set()
     while frontier:
         children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
             parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=frontier)))
         frontier = [run.id for run in children]
+        wrappers |= {run.parent_task_run_id for run in children if run.parent_task_run_id}
         ids += frontier
-    return ids
+    return ids, wrappers
 
 
-def _task_intervals(client, flow_run_ids: list[UUID]) -> dict[str, list[tuple[datetime, datetime]]]:
+def _task_runs(client, flow_run_id: UUID) -> list:
+    """The task runs of the run and its subflows, without the task runs standing for subflows."""
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
+    ids, wrappers = _run_tree(client, flow_run_id)
+    runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)), limit=200)
+    return [run for run in runs if run.id not in wrappers]
+
+
+def _task_intervals(task_runs: list) -> dict[str, list[tuple[datetime, datetime]]]:
     intervals: dict[str, list[tuple[datetime, datetime]]] = {"scicat": [], "data": []}
-    runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=flow_run_ids)), limit=200)
-    for run in runs:
+    for run in task_runs:
         if run.start_time and run.end_time:
             kind = "scicat" if run.name.startswith(SCICAT_TASK_PREFIX) else "data"
             intervals[kind].append((run.start_time, run.end_time))
@@ -72,7 +80,7 @@ def job_phases(flow_run_id: UUID, job_created_at: datetime) -> list[Phase]:
 
     with get_client(sync_client=True) as client:
         states = _state_times(client, flow_run_id)
-        intervals = _task_intervals(client, _run_tree(client, flow_run_id))
+        intervals = _task_intervals(_task_runs(client, flow_run_id))
     scheduled, pending, running = states["SCHEDULED"], states["PENDING"], states["RUNNING"]
     ended = max(time for kind, time in states.items() if kind in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"))
     data = covered_seconds(intervals["data"])
@@ -83,18 +91,16 @@ def job_phases(flow_run_id: UUID, job_created_at: datetime) -> list[Phase]:
         Phase("picked up -> flow running (process/container start)", (running - pending).total_seconds()),
         Phase("data tasks (S3, LTS)", data),
         Phase("SciCat calls (tasks), outside data tasks", both - data),
-        Phase("rest of the run (engine, subflows, artifacts)", (ended - running).total_seconds() - both),
+        Phase("rest of the run (engine, subflow runs, settings, logins, artifacts)", (ended - running).total_seconds() - both),
     ]
 
 
 def slowest_tasks(flow_run_id: UUID, count: int = 5) -> list[Phase]:
     """The run's longest task runs (its subflows' included), longest first."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     with get_client(sync_client=True) as client:
-        ids = _run_tree(client, flow_run_id)
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)), limit=200)
+        runs = _task_runs(client, flow_run_id)
     timed = [Phase(r.name, (r.end_time - r.start_time).total_seconds()) for r in runs if r.start_time and r.end_time]
     return sorted(timed, key=lambda p: -p.seconds)[:count]
 

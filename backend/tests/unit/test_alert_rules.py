@@ -1,5 +1,5 @@
 """Every alert of backend/docker/prometheus/alerts.yml has a promtool unit test and an entry in docs/monitoring.md
-(promtool itself runs them in the stack tier, backend/tests/stack/test_alert_rules.py)."""
+(promtool itself runs them in the stack tier, backend/tests/stack/test_promtool.py)."""
 
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ and Secret blocks)."""
 
 from __future__ import annotations
 
+import contextlib
 from datetime import datetime, timedelta, timezone
 from typing import Any
 from uuid import UUID
@@ -16,6 +17,7 @@ from uuid import UUID
 import anyio
 from fastapi import APIRouter, HTTPException
 
+from archiver.api.upload_backend import flows_settings_errors, service_errors
 from archiver.flows.jobs import job_is_finished
 from archiver.packing import naming
 from archiver.packing.download_script import Download, download_script
@@ -38,31 +40,34 @@ def fresh_links(job_id: str) -> dict[str, Any]:
     from archiver.config.runtime import load_run_configuration
     from archiver.flows.common import connect
 
-    config = load_run_configuration()
-    minio = config.settings.minio
-    with connect(config) as connections:
-        try:
-            job = connections.scicat.get_job(job_id)
-        except ScicatError as e:
-            if e.status_code in (400, 404):
-                raise HTTPException(404, f"SciCat has no job {job_id}") from None
-            raise HTTPException(502, f"SciCat could not be asked for job {job_id}: {e}") from None
-        entries = [JobResultEntry.model_validate(e) for e in (job.job_result_object or {}).get("result", [])]
-        if job.type != "retrieve" or not job_is_finished(job) or not entries:
-            raise HTTPException(409, f"job {job_id} is not a finished retrieval with download links "
-                                     f"(type {job.type}, status {job.status}); only those get fresh links")
-        wanted = [_object_of(e) for e in entries]
-        present = {o.key for o in present_objects(connections.s3, minio.retrieval_bucket, wanted)}
-        gone = [e.name for e, o in zip(entries, wanted, strict=True) if o.key not in present]
-        if gone:
-            raise HTTPException(410, f"the retrieved copy of job {job_id} is gone (expired or cleaned up): "
-                                     f"{', '.join(gone[:5])}; retrieve the dataset again with a new job")
-        expires = datetime.now(timezone.utc) + timedelta(seconds=minio.url_expiration_s)
-        for obj in wanted:  # the copy outlives the new links
-            extend_retention(connections.s3, minio.retrieval_bucket, obj.key, expires)
-        fresh = [e.model_copy(update={"url": presigned_get_url(
-            minio.external_endpoint, minio.region, connections.presign_credentials, minio.retrieval_bucket, o.key,
-            minio.url_expiration_s)}) for e, o in zip(entries, wanted, strict=True)]
+    with contextlib.ExitStack() as stack:
+        with flows_settings_errors("fresh links"):
+            config = load_run_configuration()
+            connections = stack.enter_context(connect(config))
+        minio = config.settings.minio
+        with service_errors():
+            try:
+                job = connections.scicat.get_job(job_id)
+            except ScicatError as e:
+                if e.status_code in (400, 404):
+                    raise HTTPException(404, f"SciCat has no job {job_id}") from None
+                raise HTTPException(502, f"SciCat could not be asked for job {job_id}: {e}") from None
+            entries = [JobResultEntry.model_validate(e) for e in (job.job_result_object or {}).get("result", [])]
+            if job.type != "retrieve" or not job_is_finished(job) or not entries:
+                raise HTTPException(409, f"job {job_id} is not a finished retrieval with download links "
+                                         f"(type {job.type}, status {job.status}); only those get fresh links")
+            wanted = [_object_of(e) for e in entries]
+            present = {o.key for o in present_objects(connections.s3, minio.retrieval_bucket, wanted)}
+            gone = [e.name for e, o in zip(entries, wanted, strict=True) if o.key not in present]
+            if gone:
+                raise HTTPException(410, f"the retrieved copy of job {job_id} is gone (expired or cleaned up): "
+                                         f"{', '.join(gone[:5])}; retrieve the dataset again with a new job")
+            expires = datetime.now(timezone.utc) + timedelta(seconds=minio.url_expiration_s)
+            for obj in wanted:  # the copy outlives the new links
+                extend_retention(connections.s3, minio.retrieval_bucket, obj.key, expires)
+            fresh = [e.model_copy(update={"url": presigned_get_url(
+                minio.external_endpoint, minio.region, connections.presign_credentials, minio.retrieval_bucket, o.key,
+                minio.url_expiration_s)}) for e, o in zip(entries, wanted, strict=True)]
     script = download_script(job_id, [Download(e.dataset_id, e.name, e.url, e.size, e.chk_alg, e.chk,
                                                is_datablock=e.type != "file") for e in fresh])
     return {"jobId": job_id, "expires": expires.isoformat(timespec="seconds"),

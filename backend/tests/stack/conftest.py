@@ -387,6 +387,11 @@ class Operator:
     def retrieval_bucket(self, pid: str) -> list[str]:
         return self._keys(VARS.minio.retrieval_bucket, retrieval_prefix(pid))
 
+    def drop_retrieved_copy(self, pid: str) -> None:
+        """Delete the dataset's retrieved copy, so that the next retrieval uploads again instead of reusing it."""
+        for key in self.retrieval_bucket(pid):
+            self.s3.delete_object(Bucket=VARS.minio.retrieval_bucket, Key=key)
+
     def unfinished_uploads(self, pid: str) -> list[str]:
         """Keys of the dataset's multipart uploads to the retrieval bucket that are neither completed nor aborted."""
         answer = self.s3.list_multipart_uploads(Bucket=VARS.minio.retrieval_bucket, Prefix=retrieval_prefix(pid))

@@ -226,6 +226,7 @@ def archive_mid_write(operator, files: int = FILES) -> tuple[str, str, str, dict
 def retrieval_mid_upload(operator) -> tuple[str, str, str]:
     """A retrieve job of an archived dataset, once it is uploading: pid, job id and run id."""
     pid = archived_dataset(operator)
+    operator.drop_retrieved_copy(pid)  # an earlier test's copy would be reused, with nothing uploaded
     job, started = operator.create_job("retrieve", [pid])
     run_id = str(started["uuid"])
     wait_mid_upload(operator, pid, run_id)

@@ -46,8 +46,11 @@ def zombie_automation(settings: Settings):
             threshold=1,
             within=timedelta(seconds=window),
         ),
+        # Not forced: Prefect then refuses to turn a run that is already final into Crashed. The trigger
+        # also fires for a run whose final-state event it missed (seen across a Prefect server restart),
+        # and a forced change showed such a Completed job run as Crashed.
         actions=[ChangeFlowRunState(
-            state=StateType.CRASHED, force=True,
+            state=StateType.CRASHED, force=False,
             message=f"{ZOMBIE_MESSAGE_PREFIX} {window} s: the process running the flow is gone (killed, out of memory, node lost)",
         )],
     )

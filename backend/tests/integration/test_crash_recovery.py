@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import signal
 import time
+import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -71,6 +73,26 @@ def assert_nothing_left_running(pipeline, client, crashed_run) -> None:
     assert partial_files(pipeline.lts_root) == []
 
 
+def finished_run_with_a_late_heartbeat(client, deployment_id):
+    """A Completed run of the deployment, then a heartbeat of it with no final event after: the zombie
+    automation's trigger fires for it too, as for a run whose Completed event it missed (seen after the
+    Prefect server restarted). Returns the run and when the automation may have acted on it (monotonic)."""
+    from prefect.events import Event
+    from prefect.states import Completed
+
+    run = client.create_flow_run_from_deployment(deployment_id, parameters={"job_id": "finished-before"},
+                                                 state=Completed(message="finished before the heartbeat"))
+    flow = client.read_flow(run.flow_id)
+    event = Event(event="prefect.flow-run.heartbeat", id=uuid.uuid4(), occurred=datetime.now(timezone.utc),
+                  resource={"prefect.resource.id": f"prefect.flow-run.{run.id}", "prefect.resource.name": run.name},
+                  related=[{"prefect.resource.id": f"prefect.flow.{flow.id}", "prefect.resource.role": "flow",
+                            "prefect.resource.name": flow.name},
+                           {"prefect.resource.id": f"prefect.deployment.{deployment_id}",
+                            "prefect.resource.role": "deployment"}])
+    client.request("POST", "/events", json=[event.model_dump(mode="json")]).raise_for_status()
+    return run, time.monotonic() + ZOMBIE_WINDOW_S + 30
+
+
 @pytest.fixture
 def crash_pipeline(pipeline):
     pipeline.set_settings(ARCHIVER_ZOMBIE_WINDOW_S=ZOMBIE_WINDOW_S, ARCHIVER_HEARTBEAT_S=30,
@@ -95,6 +117,7 @@ def test_lost_node_run_is_crashed_by_heartbeat_automation_and_resumed(crash_pipe
     finished_before = finished_datablocks(pipeline.lts_root)
     serve_deployments()  # another node, for the recovery and the resumed run
     with get_client(sync_client=True) as client:
+        finished, acted_by = finished_run_with_a_late_heartbeat(client, run.deployment_id)
         poll_until(lambda: client.read_flow_run(run.id).state.is_crashed(), timeout=ZOMBIE_WINDOW_S + 60,
                    interval=1, what="zombie automation to mark the run Crashed")
         crashed_after = time.monotonic() - killed_at
@@ -108,6 +131,9 @@ def test_lost_node_run_is_crashed_by_heartbeat_automation_and_resumed(crash_pipe
         print(f"\nlost node: Crashed {crashed_after:.0f} s after the kill; SciCat shows finishedSuccessful "
               f"{finished_after:.0f} s after the kill (resumed run included)")
         assert_nothing_left_running(pipeline, client, run)
+        # The automation may not turn a finished run into a crashed one (a job that succeeded shown Crashed).
+        time.sleep(max(0.0, acted_by - time.monotonic()))
+        assert [s.type.value for s in client.read_flow_run_states(finished.id)] == ["COMPLETED"]
 
     lifecycle = pipeline.scicat_dev.state()["datasets"][pid]["datasetlifecycle"]
     assert lifecycle["archiveStatusMessage"] == "datasetOnArchiveDisk"

@@ -10,7 +10,7 @@ history, so a failure stays counted after the retry succeeded.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from uuid import UUID
 
@@ -55,6 +55,14 @@ def _record(client, flow_run, flow_name: str) -> FinishedRun:
     )
 
 
+def _keeping_outcomes(known: FinishedRun, now: FinishedRun) -> FinishedRun:
+    """`now`, still counting the outcomes `known` was counted with: a run whose final state was changed
+    by hand (forced, without a new attempt) must not take back what a counter already showed."""
+    if now.outcomes[:len(known.outcomes)] == known.outcomes:
+        return now
+    return replace(now, outcomes=known.outcomes + now.outcomes[-1:])
+
+
 class RunHistory:
     """The finished runs of `flows` (flow names), refreshed incrementally from a sync Prefect client."""
 
@@ -86,7 +94,8 @@ class RunHistory:
             for flow_run in page:
                 known = self._runs.get(flow_run.id)
                 if known is None or known.end != (flow_run.end_time or flow_run.state.timestamp):
-                    self._runs[flow_run.id] = _record(client, flow_run, self.flow_name(client, flow_run.flow_id))
+                    record = _record(client, flow_run, self.flow_name(client, flow_run.flow_id))
+                    self._runs[flow_run.id] = record if known is None else _keeping_outcomes(known, record)
             if len(page) < PAGE:
                 return
             offset += PAGE

@@ -3,6 +3,8 @@ so the limits hold across every flow-run container at once."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from prefect import Task, task
@@ -28,8 +30,20 @@ _STORAGE_RETRIES = {"retries": 2, "retry_delay_seconds": [10, 60], "retry_condit
                     "cache_policy": NO_CACHE}
 
 
-def tagged(lts_task: Task, limit: TagLimit) -> Task:
-    return lts_task.with_options(tags=[limit.tag])
+def tagged(lts_task: Task, limit: TagLimit) -> Callable:
+    """The task with the limit's tag, called through a gate of the limit's size for the calls made through
+    this one callable (one dataset's datablocks). Prefect makes a task denied a slot ask again after a
+    Retry-After of up to PREFECT_SERVER_TASKS_TAG_CONCURRENCY_SLOT_WAIT_SECONDS; a dataset's datablocks
+    queued here instead get the slot the moment their sibling releases it. The limit itself is Prefect's,
+    across runs and containers."""
+    tagged_task = lts_task.with_options(tags=[limit.tag])
+    gate = threading.BoundedSemaphore(max(1, limit.limit))
+
+    def call(*args, **kwargs):
+        with gate:
+            return tagged_task(*args, **kwargs)
+
+    return call
 
 
 @task(name="wait-for-free-space", task_run_name="wait for free space on the LTS", cache_policy=NO_CACHE)

@@ -243,7 +243,7 @@ def _dev(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGHUP, stop)  # its terminal closed
     return run(DevOptions(
         workdir=args.workdir.resolve(), num_files=args.files, file_size_mb=args.file_size_mb,
-        prefect_port=args.prefect_port, keep_running=not args.exit,
+        prefect_port=args.prefect_port, keep_running=not args.exit, database_url=args.database_url,
     ))
 
 
@@ -406,6 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--files", type=int, default=5, help="files in the test dataset")
     dev.add_argument("--file-size-mb", type=float, default=4.0, help="size of each test file")
     dev.add_argument("--prefect-port", type=int, default=4200, help="Prefect server and UI port (a free one if taken)")
+    dev.add_argument("--database-url", help="Prefect's database, e.g. postgresql+asyncpg://postgres@127.0.0.1:5432/prefect "
+                                            "(default: SQLite in --workdir; slower under concurrent writes)")
     dev.add_argument("--exit", action="store_true", help="stop everything after the run instead of waiting for Ctrl-C")
     dev.set_defaults(run=_dev)
 

@@ -41,6 +41,9 @@ class DevOptions:
     target_size_mb: int = 8
     prefect_port: int = 4200
     keep_running: bool = True
+    # Prefect's database (SQLAlchemy URL, postgresql+asyncpg://...); None: SQLite under workdir. SQLite
+    # answers concurrent writes with 503s that Prefect's client retries after about 2 s each.
+    database_url: str | None = None
 
 
 def say(line: str) -> None:
@@ -95,7 +98,8 @@ def pipeline(options: DevOptions) -> Iterator[Pipeline]:
         auth_file = secret_path(auth_spec, secrets_dir, environ={})
         os.environ["PREFECT_API_AUTH_STRING"] = auth_string = read_secret(auth_spec, secrets_dir, environ={})
         prefect = stack.enter_context(local_services.prefect_server(
-            workdir / "prefect", auth_string, port=_port(options.prefect_port), ui=True,
+            workdir / "prefect", auth_string, database_url=options.database_url, port=_port(options.prefect_port),
+            ui=True,
             extra_env={"PREFECT_SERVER_TASKS_TAG_CONCURRENCY_SLOT_WAIT_SECONDS": "2"},
         ))
         api_url = f"{prefect.url}/api"

@@ -7,13 +7,14 @@ recorded them (archiver.timeline), and one large dataset whose job time is set b
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
 from archiver.local_pipeline import DevOptions, pipeline
-from archiver.local_services import free_port, poll_until
+from archiver.local_services import free_port, poll_until, postgres_database
 from archiver.timeline import Phase, format_phases, job_phases, slowest_tasks
 
 
@@ -54,9 +55,13 @@ def measure(work: Path, small_jobs: int = 3, large: tuple[int, float] | None = (
     from archiver.config.settings import ScicatSection
     from archiver.scicat.client import ScicatClient, ScicatCredentials
 
-    options = DevOptions(workdir=work / "overhead", target_size_mb=200, prefect_port=free_port(), keep_running=False)
     lines = []
-    with pipeline(options) as running:
+    with contextlib.ExitStack() as stack:
+        # Prefect on PostgreSQL, as deployed: on SQLite, concurrent writes get 503s retried after ~2 s each.
+        database_url = stack.enter_context(postgres_database())
+        options = DevOptions(workdir=work / "overhead", target_size_mb=200, prefect_port=free_port(),
+                             keep_running=False, database_url=database_url)
+        running = stack.enter_context(pipeline(options))
         credentials = ScicatCredentials.from_secret_files(running.secrets_dir, environ={})
         with ScicatClient(ScicatSection(endpoint=running.scicat_url), credentials) as scicat:
             for i in range(small_jobs):

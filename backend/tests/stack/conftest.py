@@ -31,6 +31,7 @@ import pytest
 from archiver.config.settings import ScicatSection, load_vars_file
 from archiver.local_services import free_port
 from archiver.packing.archive import LOCK_FILE_NAME
+from archiver.packing.cleanup import delete_retrieved
 from archiver.packing.naming import landing_prefix, retrieval_prefix, safe_name
 from archiver.scicat.client import ScicatClient, ScicatCredentials
 from archiver.scicat.models import DataFile, NewOrigDatablock, new_raw_dataset
@@ -389,8 +390,7 @@ class Operator:
 
     def drop_retrieved_copy(self, pid: str) -> None:
         """Delete the dataset's retrieved copy, so that the next retrieval uploads again instead of reusing it."""
-        for key in self.retrieval_bucket(pid):
-            self.s3.delete_object(Bucket=VARS.minio.retrieval_bucket, Key=key)
+        delete_retrieved(self.s3, VARS.minio.retrieval_bucket, pid)
 
     def unfinished_uploads(self, pid: str) -> list[str]:
         """Keys of the dataset's multipart uploads to the retrieval bucket that are neither completed nor aborted."""

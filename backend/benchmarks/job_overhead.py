@@ -12,6 +12,7 @@ import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
+from uuid import UUID
 
 from archiver.local_pipeline import DevOptions, pipeline
 from archiver.local_services import free_port, poll_until, postgres_database
@@ -38,15 +39,15 @@ def _create_dataset(num_files: int, file_size_mb: float) -> str:
     return pid
 
 
-def archive_job(scicat, pid: str) -> tuple[list[Phase], str, list[Phase]]:
-    """Archive one dataset through a SciCat job; its phases, the run's final state name, its slowest tasks."""
+def archive_job(scicat, pid: str) -> tuple[list[Phase], str, UUID]:
+    """Archive one dataset through a SciCat job; its phases, the run's final state name, the run's id."""
     from archiver.job_command import wait_for_run
 
     created = datetime.now(timezone.utc)
     job = scicat.create_job("archive", [pid])
     run_id = wait_for_run(job.id, 60)
     state = poll_until(lambda: _final_state(run_id), 1800, f"the archive run of job {job.id}", interval=0.2)
-    return job_phases(run_id, created), state.name, slowest_tasks(run_id)
+    return job_phases(run_id, created), state.name, run_id
 
 
 def measure(work: Path, small_jobs: int = 3, large: tuple[int, float] | None = (32, 64.0),
@@ -66,9 +67,9 @@ def measure(work: Path, small_jobs: int = 3, large: tuple[int, float] | None = (
         with ScicatClient(ScicatSection(endpoint=running.scicat_url), credentials) as scicat:
             for i in range(small_jobs):
                 pid = _create_dataset(1, 1.0)
-                phases, outcome, slowest = archive_job(scicat, pid)
+                phases, outcome, run_id = archive_job(scicat, pid)
                 lines += format_phases(f"archive job {i + 1} of a 1 MiB dataset, local runner ({outcome}):", phases)
-                lines.append("  slowest tasks: " + ", ".join(f"{t.name} {t.seconds:.2f} s" for t in slowest))
+                lines.append("  slowest tasks: " + ", ".join(f"{t.name} {t.seconds:.2f} s" for t in slowest_tasks(run_id)))
             if large:
                 count, size_mb = large
                 pid = _create_dataset(count, size_mb)

@@ -28,7 +28,14 @@ from archiver.packing.errors import DatasetUserError, RegistrationConflictError
 from archiver.packing.partial import FileSelection, select_files
 from archiver.packing.records import DatablockRecord
 from archiver.packing.registered import record_from_wire
-from archiver.packing.retained import check_budget, extend_retention, present_objects, retain_until, retrieval_lock
+from archiver.packing.retained import (
+    check_budget,
+    extend_retention,
+    present_objects,
+    remove_dead_run_objects,
+    retain_until,
+    retrieval_lock,
+)
 from archiver.packing.retrieve import RetrievedObject, expected_datablock
 from archiver.scicat.models import JobResultEntry, RetrieveStatus
 from archiver.storage.s3 import delete_keys, presigned_get_url
@@ -207,13 +214,10 @@ def retrieve_dataset(job_id: str, dataset_id: str, config: RunConfiguration, fil
 
 def _clean_up_failed_retrieval(pid: str, config: RunConfiguration, connections: Connections, error: BaseException, log,
                                delete_uploads: bool = True):
-    """Remove what was uploaded (when anything may have been); the dataset's archive state in SciCat is left as it is."""
-    try:
-        removed = cleanup.delete_retrieved(connections.s3, config.settings.minio.retrieval_bucket, pid) if delete_uploads else 0
-        if removed:
-            log.warning("%s: %d object(s) removed from the retrieval bucket", pid, removed)
-    except Exception as e:
-        log.error("%s: retrieval bucket could not be cleaned: %s", pid, e)
+    """Remove what a dead run left in the retrieval bucket (when asked: a live run removes its own uploads);
+    the dataset's archive state in SciCat is left as it is."""
+    if delete_uploads:
+        _remove_dead_run_objects(pid, config, connections, log)
     try:
         connections.scicat.update_lifecycle(
             pid, "set retrieve status datasetRetrievalFailed", retrieve_status_message=RetrieveStatus.DATASET_RETRIEVAL_FAILED,
@@ -222,6 +226,20 @@ def _clean_up_failed_retrieval(pid: str, config: RunConfiguration, connections: 
     except Exception as e:
         log.error("%s: SciCat could not be told datasetRetrievalFailed: %s", pid, e)
     log.error("%s: retrieval failed: %s", pid, error)
+
+
+def _remove_dead_run_objects(pid: str, config: RunConfiguration, connections: Connections, log) -> None:
+    settings = config.settings
+    try:
+        removed = remove_dead_run_objects(connections.s3, settings.minio.retrieval_bucket, settings.lts.storage_root, pid)
+    except Exception as e:
+        log.error("%s: retrieval bucket could not be cleaned: %s", pid, e)
+        return
+    if removed is None:
+        log.warning("%s: another run is retrieving the dataset; what is in the retrieval bucket is left to it", pid)
+    elif removed:
+        log.warning("%s: %d object(s) of the interrupted retrieval removed from the retrieval bucket (copies "
+                    "handed out by finished jobs kept)", pid, removed)
 
 
 def _clean_up_interrupted_retrieval(pid, config, connections, error, log) -> None:

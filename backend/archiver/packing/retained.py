@@ -29,7 +29,7 @@ from botocore.exceptions import ClientError
 from archiver.packing import naming
 from archiver.packing.retrieve import CHK_ALG_METADATA, CHK_METADATA, RetrievedObject
 from archiver.packing.errors import ArchiverError
-from archiver.storage.s3 import delete_keys, error_code, iter_objects
+from archiver.storage.s3 import abort_multipart_uploads, delete_keys, error_code, iter_objects
 
 RETAIN_UNTIL_TAG = "retain-until"
 LOCK_FILE_NAME = ".retrieving.lock"
@@ -132,6 +132,21 @@ def present_objects(s3, bucket: str, expected: list[RetrievedObject]) -> list[Re
                 want.size, want.algorithm, want.chk):
             found.append(want)
     return found
+
+
+def remove_dead_run_objects(s3, bucket: str, lts_root: Path, pid: str, now: datetime | None = None) -> int | None:
+    """After a retrieval of `pid` died: abort its unfinished uploads and delete the dataset's objects that no
+    finished retrieval handed out (no `retain-until` to come: a finished one sets it before making links).
+    Copies that earlier jobs' links point to stay. Returns the objects deleted, or None when a live run holds
+    the dataset's lock: what is there may be its work, left to it and to the scheduled cleanup."""
+    now = now or datetime.now(timezone.utc)
+    with try_retrieval_lock(lts_root, pid) as held:
+        if not held:
+            return None
+        abort_multipart_uploads(s3, bucket, naming.retrieval_prefix(pid))
+        unretained = [obj["Key"] for obj in iter_objects(s3, bucket, naming.retrieval_prefix(pid))
+                      if (until := read_retain_until(s3, bucket, obj["Key"])) is None or until < now]
+        return delete_keys(s3, bucket, unretained)
 
 
 def bucket_bytes(s3, bucket: str) -> int:

@@ -5,6 +5,7 @@ that would overfill the bucket's budget fails saying so. LTS reads are seen thro
 from __future__ import annotations
 
 import contextvars
+import logging
 import threading
 from collections import Counter
 from datetime import datetime, timedelta, timezone
@@ -161,3 +162,49 @@ def test_the_cleanup_deletes_expired_retrievals_and_reports_the_bytes_freed(pipe
     assert sorted(r["object"] for r in rows) == expired and all(r["action"] == "deleted" for r in rows)
     assert f"{sizes} bytes freed" in table.description
     assert retrieval_calls(pipeline, start) == []  # the cleanup asks SciCat nothing
+
+
+def _interrupt_retrieval(pipeline, pid: str, job_id: str) -> None:
+    """Clean up after a retrieval job of `pid` that died mid-upload, as recover_job (or the cancellation hook) does."""
+    from archiver.config.runtime import load_run_configuration
+    from archiver.flows.common import connect
+    from archiver.flows.jobs import finish_interrupted_job
+    from archiver.flows.retrieve import RETRIEVAL
+
+    config = load_run_configuration()
+    with connect(config) as connections:
+        finish_interrupted_job(RETRIEVAL, job_id, [pid], "retrieval run killed", config, connections,
+                               logging.getLogger("test"))
+
+
+def test_an_interrupted_retrieval_removes_what_it_left_and_keeps_the_copy_earlier_links_point_to(pipeline, archived):
+    from archiver.packing.retained import retrieval_lock
+    from archiver.scicat.models import RetrieveStatus
+
+    pid = archived
+    first = pipeline.new_job("retrieve", [pid])
+    retrieve_datasets_flow(job_id=first)
+    handed_out = objects(pipeline, pid)
+    bucket, s3 = pipeline.settings.minio.retrieval_bucket, pipeline.s3
+    # A second job of the dataset started, uploaded a file of its own and had another upload under way when it died.
+    second = pipeline.new_job("retrieve", [pid])
+    pipeline.scicat.update_lifecycle(pid, "test: retrieval started", retrieve_status_message=RetrieveStatus.STARTED)
+    own = naming.retrieved_file_key(pid, "raw/own.bin")
+    s3.put_object(Bucket=bucket, Key=own, Body=b"uploaded by the dead run")
+    s3.create_multipart_upload(Bucket=bucket, Key=naming.retrieved_file_key(pid, "raw/unfinished.bin"))
+
+    with retrieval_lock(pipeline.lts_root, pid, wait_s=0):  # a live retrieval of the dataset: its objects are its own
+        _interrupt_retrieval(pipeline, pid, second)
+    assert own in pipeline.retrieval_keys(pid)
+    assert len(s3.list_multipart_uploads(Bucket=bucket, Prefix=naming.retrieval_prefix(pid)).get("Uploads", [])) == 1
+
+    third = pipeline.new_job("retrieve", [pid])  # and a third job's run died later, with nobody retrieving
+    pipeline.scicat.update_lifecycle(pid, "test: retrieval started", retrieve_status_message=RetrieveStatus.STARTED)
+    _interrupt_retrieval(pipeline, pid, third)
+
+    assert objects(pipeline, pid) == handed_out  # untouched, retention included
+    assert downloads_ok(pipeline, first)
+    assert s3.list_multipart_uploads(Bucket=bucket, Prefix=naming.retrieval_prefix(pid)).get("Uploads", []) == []
+    assert [job_of(pipeline, j)["jobStatusMessage"] for j in (second, third)] == ["finishedUnsuccessful"] * 2
+    lifecycle = pipeline.scicat_dev.state()["datasets"][pid]["datasetlifecycle"]
+    assert lifecycle["retrieveStatusMessage"] == "datasetRetrievalFailed"

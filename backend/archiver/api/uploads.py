@@ -192,6 +192,7 @@ class DatasetFiles:
                 plan.state = "wrong-size" if key in objects else "missing"
                 return plan
             upload_id = multipart.start_upload(s3, bucket, key)
+            multipart.reserve(s3, bucket, upload_id, size)
         try:
             done = multipart.uploaded_parts(s3, bucket, key, upload_id)
         except KeyError:
@@ -228,13 +229,17 @@ def refuse_over_budget(backend: UploadBackend, pid: str, needed: int) -> None:
 
 
 def bytes_still_needed(files: DatasetFiles, paths: list[str], objects: dict[str, int]) -> int:
+    """Bytes the files will add beyond what the bucket holds or has reserved for them."""
     s3, bucket = files.backend.s3, files.backend.bucket
+    reserved = multipart.reservations(s3, bucket)
     needed = 0
     for path in paths:
         key, size = files.prefix + path, files.listed[path][0].size
         if objects.get(key) == size:
             continue
         upload_id = multipart.newest_unfinished_upload(s3, bucket, key)
+        if upload_id in reserved:
+            continue
         done = multipart.uploaded_parts(s3, bucket, key, upload_id) if upload_id else {}
         needed += max(0, size - sum(p.size for p in done.values()))
     return needed
@@ -309,6 +314,7 @@ def create_upload_router(settings: ApiSettings, backend: CachedBackend | None = 
             s3, bucket = files.backend.s3, files.backend.bucket
             multipart.complete_upload(s3, bucket, key, body.uploadId,
                                       [UploadedPart(p.partNumber, p.etag, 0) for p in body.parts])
+            multipart.release(s3, bucket, [body.uploadId])
             stored = s3.head_object(Bucket=bucket, Key=key)["ContentLength"]
             if stored != data_file.size:  # cannot happen after _check_parts unless someone else wrote the key
                 raise HTTPException(409, f"{shorten(body.path)} holds {stored} bytes after completion, not "
@@ -321,8 +327,10 @@ def create_upload_router(settings: ApiSettings, backend: CachedBackend | None = 
         with service_errors():
             files = dataset(body.pid, caller)
             files.listed_file(body.path)
-            return Aborted(aborted=multipart.abort_upload(files.backend.s3, files.backend.bucket,
-                                                          files.prefix + body.path, body.uploadId))
+            s3, bucket = files.backend.s3, files.backend.bucket
+            aborted = multipart.abort_upload(s3, bucket, files.prefix + body.path, body.uploadId)
+            multipart.release(s3, bucket, [body.uploadId])
+            return Aborted(aborted=aborted)
 
     @router.post("/finalize", response_model=Finalized,
                  responses={**errors, 409: {"description": "files missing or of the wrong size"}})

@@ -6,18 +6,22 @@ parts to presigned URLs, so it never holds S3 credentials."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from urllib.parse import quote, unquote
 
 from botocore.exceptions import ClientError
 
-from archiver.storage.s3 import MIN_PART_SIZE, error_code, iter_objects
+from archiver.storage.s3 import MIN_PART_SIZE, delete_keys, error_code, iter_objects
 
 MAX_PARTS = 10_000  # S3's limit per upload
 MAX_PART_SIZE = 5 * 2**30
 MAX_OBJECT_SIZE = 5 * 2**40
 MIB = 2**20
+# What an upload under way will still bring: an empty object `<prefix><upload id>/<file size>` per upload,
+# beside the datasets (S3 lists no size for an unfinished upload), so the budget counts it before its parts.
+RESERVATIONS_PREFIX = "openem-network/upload-reservations/"
 
 
 class TooLargeError(ValueError):
@@ -117,15 +121,50 @@ def object_sizes(s3, bucket: str, prefix: str) -> dict[str, int]:
     return {obj["Key"]: obj["Size"] for obj in iter_objects(s3, bucket, prefix)}
 
 
+def _reservation_prefix(upload_id: str) -> str:
+    return RESERVATIONS_PREFIX + quote(upload_id, safe="") + "/"
+
+
+def reserve(s3, bucket: str, upload_id: str, size: int) -> None:
+    s3.put_object(Bucket=bucket, Key=f"{_reservation_prefix(upload_id)}{size}", Body=b"")
+
+
+def release(s3, bucket: str, upload_ids: Iterable[str]) -> int:
+    """Remove the reservations of uploads that finished or were aborted; returns how many were removed."""
+    keys = [obj["Key"] for upload_id in upload_ids for obj in iter_objects(s3, bucket, _reservation_prefix(upload_id))]
+    return delete_keys(s3, bucket, keys)
+
+
+def reservations(s3, bucket: str) -> dict[str, int]:
+    """File size per upload id, for the uploads that have a reservation."""
+    found = {}
+    for obj in iter_objects(s3, bucket, RESERVATIONS_PREFIX):
+        upload_id, _, size = obj["Key"].removeprefix(RESERVATIONS_PREFIX).rpartition("/")
+        if size.isdecimal():
+            found[unquote(upload_id)] = int(size)
+    return found
+
+
 def bucket_usage(s3, bucket: str) -> int:
-    """Bytes the bucket holds: its objects and the parts of its unfinished uploads."""
+    """Bytes the bucket holds or is promised: its objects, and per unfinished upload its file's size
+    (reserved) or, if more or unreserved, the parts it holds."""
     used = sum(obj["Size"] for obj in iter_objects(s3, bucket, ""))
+    reserved = reservations(s3, bucket)
     for upload in unfinished_uploads(s3, bucket, ""):
         try:
-            used += sum(p.size for p in uploaded_parts(s3, bucket, upload.key, upload.upload_id).values())
+            parts = sum(p.size for p in uploaded_parts(s3, bucket, upload.key, upload.upload_id).values())
         except KeyError:  # finished or aborted meanwhile
             continue
+        used += max(parts, reserved.get(upload.upload_id, 0))
     return used
+
+
+def release_orphaned(s3, bucket: str) -> int:
+    """Remove the reservations whose upload is gone (aborted by the bucket's lifecycle rule, or whose
+    release failed); returns how many."""
+    reserved = reservations(s3, bucket)  # first: an upload is created before its reservation
+    live = {upload.upload_id for upload in unfinished_uploads(s3, bucket, "")}
+    return release(s3, bucket, [upload_id for upload_id in reserved if upload_id not in live])
 
 
 def abort_uploads_older_than(s3, bucket: str, prefix: str, cutoff: datetime) -> list[UnfinishedUpload]:

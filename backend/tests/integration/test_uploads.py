@@ -18,6 +18,7 @@ from archiver.flows.archive import archive_datasets_flow
 from archiver.flows.retrieve import retrieve_datasets_flow
 from archiver.packing.naming import landing_prefix
 from archiver.scicat.models import DataFile, NewOrigDatablock, new_raw_dataset
+from archiver.storage import multipart
 from archiver.upload_command import UploadApi, upload_dataset
 
 from tests.integration.test_api import ROOT, deployments, start_api  # noqa: F401 (the fixture)
@@ -220,6 +221,31 @@ def test_over_budget_upload_is_refused_up_front(uploads, upload_api, tmp_path):
     assert landing_state(uploads, pid) == ([], [])
 
 
+def test_the_budget_counts_what_uploads_under_way_will_still_bring(uploads, upload_api, tmp_path):
+    first_files = make_files(tmp_path / "first", {"big.bin": 6 * MIB})
+    second_files = make_files(tmp_path / "second", {"big.bin": 6 * MIB})
+    first, second = register(uploads, "group-q", first_files), register(uploads, "group-q", second_files)
+    user = Uploader(uploads, upload_api, "quinn", ["group-q"])
+    # Room for one of the two files, not for both, beside what other tests left (their uploads' reservations too).
+    budget = multipart.bucket_usage(uploads.s3, uploads.settings.minio.landingzone_bucket) + 10 * MIB
+    uploads.set_settings(UPLOAD_LANDINGZONE_BUDGET_GB=budget / 1e9)
+    start = lambda pid: user.http.post("/uploads", json={"pid": pid, "files": [{"path": "big.bin", "size": 6 * MIB}]})  # noqa: E731
+
+    started = start(first)
+    assert started.status_code == 200, started.text
+    assert start(first).status_code == 200  # taking its own upload up again needs no more room
+
+    refused = start(second)  # nothing of the first file is uploaded yet: its 6 MiB are promised all the same
+    assert refused.status_code == 507, refused.text
+    assert f"upload of {6 * MIB} bytes" in refused.json()["detail"]
+    assert landing_state(uploads, second) == ([], [])
+
+    [plan] = started.json()["files"]
+    aborted = user.http.post("/uploads/abort", json={"pid": first, "path": "big.bin", "uploadId": plan["uploadId"]})
+    assert aborted.status_code == 200, aborted.text
+    assert start(second).status_code == 200  # the room the first file gave up
+
+
 @pytest.mark.parametrize("path", ["../escape.bin", "/etc/passwd", "a//b.bin", "a\\b.bin", "./f.bin", "sub/../../x",
                                   "f.bin\x00", ""])
 def test_path_outside_the_landing_prefix_is_refused(uploads, upload_api, tmp_path, path):
@@ -257,18 +283,24 @@ def test_landing_zone_gets_the_abort_rule_and_cleanup_aborts_old_uploads(uploads
     rules = uploads.s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
     assert [r["AbortIncompleteMultipartUpload"] for r in rules] == [{"DaysAfterInitiation": 7}]
     key = landing_prefix("20.500.1/abandoned") + "f.bin"
-    uploads.s3.create_multipart_upload(Bucket=bucket, Key=key)
+    upload_id = uploads.s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+    multipart.reserve(uploads.s3, bucket, upload_id, 123)
+    multipart.reserve(uploads.s3, bucket, "an upload S3 already aborted", 456)
     command = [sys.executable, "-m", "archiver.cli", "upload-cleanup", "--vars", str(uploads.vars_file),
                "--secrets-dir", str(uploads.secrets_dir)]
 
     # moto dates every multipart upload 2010-11-10: "older than N days" is tried with a century
     kept = subprocess.run([*command, "--older-than-days", "36500"], capture_output=True, text=True, timeout=120, check=True)
+    reserved = multipart.reservations(uploads.s3, bucket)
+    assert reserved[upload_id] == 123 and "an upload S3 already aborted" not in reserved
     aborted = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
 
     assert "0 unfinished upload(s) older than 36500 day(s) aborted" in kept.stdout
     assert "older than 7 day(s)" in aborted.stdout  # UPLOAD_ABORT_INCOMPLETE_DAYS
     assert f"aborted s3://{bucket}/{key}" in aborted.stdout
     assert uploads.s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert "budget reservation(s) of uploads no longer under way released" in kept.stdout
+    assert multipart.reservations(uploads.s3, bucket) == {}  # every upload was aborted: none is reserved
 
 
 def test_property_based_run_against_the_upload_endpoints_gives_no_server_error(uploads, upload_api, tmp_path):

@@ -17,7 +17,7 @@ from uuid import UUID
 import anyio
 from fastapi import APIRouter, HTTPException
 
-from archiver.api.upload_backend import flows_settings_errors, service_errors
+from archiver.api.errors import flows_settings_errors, service_errors
 from archiver.flows.jobs import job_is_finished
 from archiver.packing import naming
 from archiver.packing.download_script import Download, download_script

@@ -8,18 +8,14 @@ from __future__ import annotations
 
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-from fastapi import HTTPException
-
+from archiver.api.errors import flows_settings_errors
 from archiver.api.upload_access import ServiceAccount, load_service_accounts
-from archiver.config.errors import ConfigError
 from archiver.config.settings import Settings
-from archiver.scicat.client import ScicatClient, ScicatError
+from archiver.scicat.client import ScicatClient
 from archiver.storage.s3 import s3_client
 
 CACHE_SECONDS = 60.0
@@ -69,28 +65,3 @@ class CachedBackend:
                     self._backend.scicat.close()
                 self._backend, self._loaded_at = backend, time.monotonic()
             return self._backend
-
-
-@contextmanager
-def flows_settings_errors(feature: str) -> Iterator[None]:
-    """Reading the flows' settings and accounts from Prefect failed: 503 saying what to do."""
-    try:
-        yield
-    except HTTPException:
-        raise
-    except ConfigError as e:
-        raise HTTPException(503, f"{feature} are not configured: {e}") from None
-    except Exception as e:  # Prefect unreachable, a variable or secret block missing
-        raise HTTPException(503, f"{feature} unavailable: the settings could not be read from Prefect "
-                                 f"({e.__class__.__name__}: {str(e)[:200]}); run `archiver config`") from None
-
-
-@contextmanager
-def service_errors() -> Iterator[None]:
-    """S3 and SciCat failures as 502 naming the service; nothing of the request is echoed."""
-    try:
-        yield
-    except (BotoCoreError, ClientError) as e:
-        raise HTTPException(502, f"S3 failed: {str(e)[:300]}") from None
-    except ScicatError as e:
-        raise HTTPException(502, str(e)[:500]) from None

@@ -27,9 +27,10 @@ from pathlib import Path
 from botocore.exceptions import ClientError
 
 from archiver.packing import naming
+from archiver.packing.cleanup import abort_retrieval_uploads
 from archiver.packing.retrieve import CHK_ALG_METADATA, CHK_METADATA, RetrievedObject
 from archiver.packing.errors import ArchiverError
-from archiver.storage.s3 import abort_multipart_uploads, delete_keys, error_code, iter_objects
+from archiver.storage.s3 import delete_keys, error_code, iter_objects
 
 RETAIN_UNTIL_TAG = "retain-until"
 LOCK_FILE_NAME = ".retrieving.lock"
@@ -143,10 +144,11 @@ def remove_dead_run_objects(s3, bucket: str, lts_root: Path, pid: str, now: date
     with try_retrieval_lock(lts_root, pid) as held:
         if not held:
             return None
-        abort_multipart_uploads(s3, bucket, naming.retrieval_prefix(pid))
-        unretained = [obj["Key"] for obj in iter_objects(s3, bucket, naming.retrieval_prefix(pid))
-                      if (until := read_retain_until(s3, bucket, obj["Key"])) is None or until < now]
-        return delete_keys(s3, bucket, unretained)
+        abort_retrieval_uploads(s3, bucket, pid)
+        # Untagged objects of any age count: a dead run's uploads are untagged until it makes links.
+        unretained = expired_objects(s3, bucket, naming.retrieval_prefix(pid), now,
+                                     untagged_older_than=datetime.max.replace(tzinfo=timezone.utc))
+        return delete_keys(s3, bucket, [obj.key for obj in unretained])
 
 
 def bucket_bytes(s3, bucket: str) -> int:

@@ -216,14 +216,19 @@ class DatasetFiles:
         return multipart.object_sizes(self.backend.s3, self.backend.bucket, self.prefix)
 
 
-def refuse_over_budget(backend: UploadBackend, pid: str, needed: int) -> None:
+def refuse_over_budget(files: DatasetFiles, paths: list[str], objects: dict[str, int]) -> None:
+    """507 when the files would take the landing zone over its budget (nothing is listed without a budget)."""
+    backend = files.backend
     budget = backend.settings.upload.budget_bytes
-    if budget is None or needed == 0:
+    if budget is None:
+        return
+    needed = bytes_still_needed(files, paths, objects)
+    if needed == 0:
         return
     used = multipart.bucket_usage(backend.s3, backend.bucket)
     if used + needed > budget:
         raise HTTPException(
-            507, f"upload of {needed} bytes for dataset {pid!r} refused: the landing zone holds {used} bytes "
+            507, f"upload of {needed} bytes for dataset {files.pid!r} refused: the landing zone holds {used} bytes "
                  f"(objects and unfinished uploads) of its budget of {budget} bytes (UPLOAD_LANDINGZONE_BUDGET_GB), "
                  f"{used + needed - budget} bytes too many; retry once archivals have emptied it",
         )
@@ -275,7 +280,7 @@ def create_upload_router(settings: ApiSettings, backend: CachedBackend | None = 
             if len(set(paths)) != len(paths):
                 raise HTTPException(422, "a file is named twice in `files`; name each once")
             objects = files.objects()
-            refuse_over_budget(files.backend, files.pid, bytes_still_needed(files, paths, objects))
+            refuse_over_budget(files, paths, objects)
             urls_left = [files.backend.settings.upload.urls_per_answer]
             plans = [files.plan(path, objects, urls_left, create=True) for path in paths]
             return DatasetUpload(pid=files.pid, files=plans, complete=_complete(files, objects))

@@ -29,6 +29,7 @@ from archiver.packing.planning import PlannedDatablock, check_expected_files, li
 from archiver.packing.records import Manifest
 from archiver.packing.registered import record_from_wire, same_datablock
 from archiver.scicat.models import ArchiveStatus, Datablock, NewDatablock
+from archiver.storage import lts
 
 
 @task(name="plan-datablocks", task_run_name="plan datablocks of {pid}", retries=2, retry_delay_seconds=10,
@@ -62,7 +63,9 @@ def _store_datablocks(
     verify = tagged(verify_datablock, limits.VERIFY_LTS_LIMIT)
 
     def store(block: PlannedDatablock) -> Manifest:
-        wait(settings.lts.storage_root, settings.lts.free_space_percentage, settings.lts.free_space_timeout_s)
+        # The tagged wait (two Prefect API round trips for its slot) only when the LTS is short of room.
+        if not lts.has_free_space(settings.lts.storage_root, settings.lts.free_space_percentage):
+            wait(settings.lts.storage_root, settings.lts.free_space_percentage, settings.lts.free_space_timeout_s)
         record = write(connections.s3, settings.minio.landingzone_bucket, block, settings.lts.storage_root,
                        settings.archiver.checksum_algorithm, on_bytes=progress.add)
         try:

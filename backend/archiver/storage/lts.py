@@ -34,6 +34,10 @@ def free_percentage(path: Path) -> float:
     return 100.0 * usage.free / usage.total if usage.total else 0.0
 
 
+def has_free_space(path: Path, min_free_percentage: float) -> bool:
+    return free_percentage(path) > min_free_percentage
+
+
 def _wait(
     ready: Callable[[], bool], timeout_s: float, describe_timeout: Callable[[], str],
     first_interval_s: float, max_interval_s: float,

@@ -3,11 +3,16 @@ import time
 
 import pytest
 
-from archiver.storage.lts import LtsWaitTimeout, free_percentage, wait_for_free_space, wait_until_readable
+from archiver.storage.lts import LtsWaitTimeout, free_percentage, has_free_space, wait_for_free_space, wait_until_readable
 
 
 def test_free_space_wait_returns_at_once_when_there_is_room(tmp_path):
     assert wait_for_free_space(tmp_path, 0, timeout_s=1) == pytest.approx(free_percentage(tmp_path), abs=1)
+
+
+def test_has_free_space_compares_with_the_threshold(tmp_path):
+    free = free_percentage(tmp_path)
+    assert has_free_space(tmp_path, free - 1) and not has_free_space(tmp_path, min(free + 1, 100))
 
 
 def test_free_space_wait_times_out_with_a_message_naming_path_threshold_and_settings(tmp_path):

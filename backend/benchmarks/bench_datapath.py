@@ -14,7 +14,8 @@ landing-zone bucket, then in this process:
     every file and the folder (boto3 download_file from 8 MiB up, a plain get_object below:
     download_file's per-call HEAD and thread pool, or an fsync per file, would make small
     files a slow baseline),
-  - plain upload: boto3 upload_file of the datablocks, one after the other,
+  - plain upload: boto3 upload_file of the datablocks, one after the other (retrieve and plain upload
+    run in turn twice; the faster of each is kept),
 and removes the shape's objects and files before the next. It prints MB/s (MiB of
 dataset files per second), the ratios against the targets of issue 16, and the peak
 RSS of this process per phase (moto keeps objects in its own process, which is not
@@ -186,13 +187,25 @@ class Run:
             self.figures["verify"] = timed(self.verify_again)
             self.figures["audit"] = timed(self.audit_fixity)
             self.figures["raw download"] = timed(self.raw_download)
-            self.figures["retrieve"] = timed(self.retrieve)
-            self.figures["plain upload"] = timed(self.plain_upload)
+            # Both moved through the same S3 server, whose speed on a shared machine varies from run to run:
+            # taken in turn, twice, and the faster of each kept.
+            for _ in range(2):
+                self.keep_faster("retrieve", timed(self.retrieve))
+                self.keep_faster("plain upload", timed(self.plain_upload))
         finally:
             for bucket in self.buckets.values():
                 delete_prefix(self.s3, bucket, "")
             shutil.rmtree(self.lts)
             shutil.rmtree(self.download_dir)
+
+    def keep_faster(self, phase: str, figure: Figure) -> None:
+        """The time of the phase's faster run, the RSS of the run whose peak rose most above its start."""
+        earlier = self.figures.get(phase)
+        if earlier is not None:
+            faster = min(earlier, figure, key=lambda f: f.seconds)
+            hungrier = max(earlier, figure, key=lambda f: f.peak_rss - f.start_rss)
+            figure = Figure(faster.seconds, hungrier.peak_rss, hungrier.start_rss)
+        self.figures[phase] = figure
 
     def archive_and_verify(self) -> None:
         landing = self.buckets["landing"]

@@ -30,6 +30,7 @@ from archiver.flows.jobs import JobKind, checked_pids, finish_interrupted_job, j
 from archiver.flows.retrieve import RETRIEVAL
 from archiver.packing import cleanup
 from archiver.packing.archive import DatasetBusyError, claim_datablocks_folder
+from archiver.packing.retained import try_retrieval_lock
 
 JOB_KINDS = {"archive_datasetlist": ARCHIVAL, "retrieve_datasetlist": RETRIEVAL}
 RETRY_TAG = "crash-retry:"
@@ -89,9 +90,10 @@ def crash_leftovers(client, flow_run, reason: str) -> set[str]:
     return tags
 
 
-def remove_storage_leftovers(kind: JobKind, pids: list[str], config: RunConfiguration, connections: Connections) -> None:
-    """Half-written datablocks on the LTS (archival), unfinished uploads to the retrieval bucket (retrieval)."""
-    log = get_run_logger()
+def remove_storage_leftovers(kind: JobKind, pids: list[str], config: RunConfiguration, connections: Connections,
+                             log) -> None:
+    """Half-written datablocks on the LTS (archival), unfinished uploads to the retrieval bucket (retrieval): each
+    only under the dataset's lock, so a live run's files and uploads stay."""
     settings = config.settings
     for pid in pids:
         if kind is ARCHIVAL:
@@ -101,9 +103,13 @@ def remove_storage_leftovers(kind: JobKind, pids: list[str], config: RunConfigur
                         log.info("%s: removed half-written %s", pid, path.name)
             except DatasetBusyError as e:
                 log.warning("%s: half-written files left in place: %s", pid, e)
-        else:
-            aborted = cleanup.abort_retrieval_uploads(connections.s3, settings.minio.retrieval_bucket, pid)
-            if aborted:
+        else:  # under the dataset's retrieval lock: a live run's uploads are its own
+            bucket = settings.minio.retrieval_bucket
+            with try_retrieval_lock(settings.lts.storage_root, pid) as held:
+                aborted = cleanup.abort_retrieval_uploads(connections.s3, bucket, pid) if held else 0
+            if not held:
+                log.warning("%s: unfinished uploads left in place: another run is retrieving the dataset", pid)
+            elif aborted:
                 log.info("%s: aborted %d unfinished upload(s) to the retrieval bucket", pid, aborted)
 
 
@@ -189,7 +195,7 @@ def recover_job(flow_run_id: str) -> str:
         job_id, dataset_ids = flow_run.parameters["job_id"], flow_run.parameters.get("dataset_ids")
         with connect(config) as connections:
             pids, _ = checked_pids(dataset_ids or connections.scicat.get_job_dataset_pids(job_id))
-            remove_storage_leftovers(kind, pids, config, connections)
+            remove_storage_leftovers(kind, pids, config, connections, log)
             if state.is_cancelled() and _wait_for_cancellation_hook(connections, job_id):
                 log.info("job %s: reported by the cancellation hook", job_id)
                 return "nothing to report"

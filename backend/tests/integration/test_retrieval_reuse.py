@@ -165,16 +165,17 @@ def test_the_cleanup_deletes_expired_retrievals_and_reports_the_bytes_freed(pipe
 
 
 def _interrupt_retrieval(pipeline, pid: str, job_id: str) -> None:
-    """Clean up after a retrieval job of `pid` that died mid-upload, as recover_job (or the cancellation hook) does."""
+    """Clean up after a retrieval job of `pid` that died mid-upload, as recover_job does."""
     from archiver.config.runtime import load_run_configuration
     from archiver.flows.common import connect
     from archiver.flows.jobs import finish_interrupted_job
+    from archiver.flows.recovery import remove_storage_leftovers
     from archiver.flows.retrieve import RETRIEVAL
 
-    config = load_run_configuration()
+    config, log = load_run_configuration(), logging.getLogger("test")
     with connect(config) as connections:
-        finish_interrupted_job(RETRIEVAL, job_id, [pid], "retrieval run killed", config, connections,
-                               logging.getLogger("test"))
+        remove_storage_leftovers(RETRIEVAL, [pid], config, connections, log)
+        finish_interrupted_job(RETRIEVAL, job_id, [pid], "retrieval run killed", config, connections, log)
 
 
 def test_an_interrupted_retrieval_removes_what_it_left_and_keeps_the_copy_earlier_links_point_to(pipeline, archived):

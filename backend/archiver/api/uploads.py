@@ -171,9 +171,9 @@ class DatasetFiles:
         return found[0]
 
     def plan(self, path: str, objects: dict[str, int], urls_left: list[int], upload_id: str | None = None,
-             create: bool = False) -> FilePlan:
-        """What S3 holds of one file; with `create`, an upload is started when none is under way; part URLs
-        for missing parts while `urls_left[0]` allows."""
+             created: list[tuple[str, str]] | None = None) -> FilePlan:
+        """What S3 holds of one file; given `created`, an upload is started when none is under way (its key and
+        id appended there); part URLs for missing parts while `urls_left[0]` allows."""
         s3, bucket, upload = self.backend.s3, self.backend.bucket, self.backend.settings.upload
         data_file, chk_alg = self.listed[path]
         key, size = self.prefix + path, data_file.size
@@ -189,11 +189,12 @@ class DatasetFiles:
             return plan
         upload_id = upload_id or multipart.newest_unfinished_upload(s3, bucket, key)
         if upload_id is None:
-            if not create:
+            if created is None:
                 plan.state = "wrong-size" if key in objects else "missing"
                 return plan
             upload_id = multipart.start_upload(s3, bucket, key)
             multipart.reserve(s3, bucket, upload_id, size)
+            created.append((key, upload_id))
         try:
             done = multipart.uploaded_parts(s3, bucket, key, upload_id)
         except KeyError:
@@ -232,6 +233,27 @@ def refuse_over_budget(files: DatasetFiles, paths: list[str], objects: dict[str,
                  f"(objects and unfinished uploads) of its budget of {budget} bytes (UPLOAD_LANDINGZONE_BUDGET_GB), "
                  f"{used + needed - budget} bytes too many; retry once archivals have emptied it",
         )
+
+
+def give_back_if_over_budget(files: DatasetFiles, created: list[tuple[str, str]]) -> None:
+    """After reserving: 507, the uploads just started aborted and their reservations released, when the landing
+    zone is over its budget with them. Starts at the same instant each pass `refuse_over_budget` before any has
+    reserved; each then sees the others' reservations here, so together they never pass the budget (all of
+    them may be refused, and retry)."""
+    backend = files.backend
+    budget = backend.settings.upload.budget_bytes
+    if budget is None or not created:
+        return
+    used = multipart.bucket_usage(backend.s3, backend.bucket)
+    if used <= budget:
+        return
+    for key, upload_id in created:
+        multipart.abort_upload(backend.s3, backend.bucket, key, upload_id)
+    multipart.release(backend.s3, backend.bucket, [upload_id for _, upload_id in created])
+    raise HTTPException(
+        507, f"upload for dataset {files.pid!r} refused: with uploads started at the same time the landing zone would "
+             f"hold {used} bytes, over its budget of {budget} bytes (UPLOAD_LANDINGZONE_BUDGET_GB); retry in a moment",
+    )
 
 
 def bytes_still_needed(files: DatasetFiles, paths: list[str], objects: dict[str, int]) -> int:
@@ -282,7 +304,9 @@ def create_upload_router(settings: ApiSettings, backend: CachedBackend | None = 
             objects = files.objects()
             refuse_over_budget(files, paths, objects)
             urls_left = [files.backend.settings.upload.urls_per_answer]
-            plans = [files.plan(path, objects, urls_left, create=True) for path in paths]
+            created: list[tuple[str, str]] = []
+            plans = [files.plan(path, objects, urls_left, created=created) for path in paths]
+            give_back_if_over_budget(files, created)
             return DatasetUpload(pid=files.pid, files=plans, complete=_complete(files, objects))
 
     @router.get("/status", response_model=DatasetUpload, responses=errors)

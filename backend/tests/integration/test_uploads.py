@@ -4,10 +4,14 @@ credentials: it sees only the API and presigned URLs."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
 import tarfile
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -29,15 +33,20 @@ MIB = 2**20
 SERVICE_TOKEN = "service-token-" + "x" * 24
 
 
-@pytest.fixture(scope="module")
-def upload_api(tmp_path_factory, prefect_api_url, deployments):
-    """The archiver API reading the settings from Prefect on every request (each test seeds its own)."""
-    tmp = tmp_path_factory.mktemp("upload-api")
+@contextlib.contextmanager
+def running_upload_api(tmp: Path, prefect_api_url: str, deployments, settings_cache_s: float) -> Iterator[str]:
     secrets = tmp / "secrets"
     init_secrets(secrets)
     (secrets / "uploadaccounts.txt").write_text(f"# test\ningest-robot:{SERVICE_TOKEN}:robots\n")
-    with start_api(tmp, secrets, prefect_api_url, deployments, API_UPLOAD_SETTINGS_CACHE_S="0") as server:
+    with start_api(tmp, secrets, prefect_api_url, deployments, API_UPLOAD_SETTINGS_CACHE_S=str(settings_cache_s)) as server:
         yield server.url + ROOT
+
+
+@pytest.fixture(scope="module")
+def upload_api(tmp_path_factory, prefect_api_url, deployments):
+    """The archiver API reading the settings from Prefect on every request (each test seeds its own)."""
+    with running_upload_api(tmp_path_factory.mktemp("upload-api"), prefect_api_url, deployments, 0) as url:
+        yield url
 
 
 @pytest.fixture
@@ -244,6 +253,44 @@ def test_the_budget_counts_what_uploads_under_way_will_still_bring(uploads, uplo
     aborted = user.http.post("/uploads/abort", json={"pid": first, "path": "big.bin", "uploadId": plan["uploadId"]})
     assert aborted.status_code == 200, aborted.text
     assert start(second).status_code == 200  # the room the first file gave up
+
+
+def test_uploads_started_at_the_same_instant_never_pass_the_budget_together(uploads, tmp_path, prefect_api_url,
+                                                                            deployments):
+    count = 6
+    pids = [register(uploads, "group-r", make_files(tmp_path / str(i), {"big.bin": 6 * MIB})) for i in range(count)]
+    bucket = uploads.settings.minio.landingzone_bucket
+    budget = multipart.bucket_usage(uploads.s3, bucket) + 10 * MIB  # room for one of the files
+    uploads.set_settings(UPLOAD_LANDINGZONE_BUDGET_GB=budget / 1e9)
+    body = lambda pid: {"pid": pid, "files": [{"path": "big.bin", "size": 6 * MIB}]}  # noqa: E731
+    # An API that keeps its settings, as deployed: requests are not spaced out by reading them from Prefect.
+    with running_upload_api(tmp_path / "api", prefect_api_url, deployments, 600) as api_url:
+        user = Uploader(uploads, api_url, "rita", ["group-r"])
+        user.http.get("/uploads/status", params={"pid": pids[0]}).raise_for_status()  # settings loaded
+        at_once = threading.Barrier(count)
+
+        def start(pid: str) -> httpx.Response:
+            at_once.wait()
+            return user.http.post("/uploads", json=body(pid))
+
+        with ThreadPoolExecutor(count) as pool:
+            answers = dict(zip(pids, pool.map(start, pids)))
+
+        assert {a.status_code for a in answers.values()} <= {200, 507}, [a.text for a in answers.values()]
+        admitted = [pid for pid, a in answers.items() if a.status_code == 200]
+        assert len(admitted) <= 1, f"{len(admitted)} of {count} uploads of 6 MiB admitted with room for one"
+        assert multipart.bucket_usage(uploads.s3, bucket) <= budget
+        for pid in set(pids) - set(admitted):
+            assert landing_state(uploads, pid) == ([], [])  # a refused start leaves no upload behind
+        for pid in admitted:
+            [plan] = answers[pid].json()["files"]
+            aborted = user.http.post("/uploads/abort", json={"pid": pid, "path": "big.bin", "uploadId": plan["uploadId"]})
+            assert aborted.status_code == 200, aborted.text
+        last = next(pid for pid in pids if pid not in admitted)
+        retried = user.http.post("/uploads", json=body(last))
+        assert retried.status_code == 200, retried.text  # the refused starts gave their room back
+        [plan] = retried.json()["files"]
+        user.http.post("/uploads/abort", json={"pid": last, "path": "big.bin", "uploadId": plan["uploadId"]})
 
 
 @pytest.mark.parametrize("path", ["../escape.bin", "/etc/passwd", "a//b.bin", "a\\b.bin", "./f.bin", "sub/../../x",

@@ -31,7 +31,7 @@ alone on that shape from the table above (about 2 more minutes).
 
     .venv/bin/python backend/benchmarks/bench_datapath.py [--shapes 8x64M,32x64M,1000x1M,20000x64K]
 
-About 12 minutes on 2 cores shared with other work, 7 of them for the 20000 small files
+About 10-15 minutes on 2 cores shared with other work, 3-7 of them for the 20000 small files
 (moto answers ~150 requests/s: filling it, archiving and the raw download make 60000);
 needs ~6 GiB free in the temp folder. `--shapes` runs fewer or smaller shapes.
 """

@@ -34,8 +34,10 @@ def free_percentage(path: Path) -> float:
     return 100.0 * usage.free / usage.total if usage.total else 0.0
 
 
-def has_free_space(path: Path, min_free_percentage: float) -> bool:
-    return free_percentage(path) > min_free_percentage
+def has_free_space(path: Path, min_free_percentage: float,
+                   free: Callable[[Path], float] = free_percentage) -> bool:
+    """The one test of enough room, for the wait below and for skipping it (archival)."""
+    return free(path) > min_free_percentage
 
 
 def _wait(
@@ -61,7 +63,7 @@ def wait_for_free_space(
 ) -> float:
     """Block until more than `min_free_percentage` % of the filesystem of `path` is free; returns the free %."""
     _wait(
-        lambda: free(path) > min_free_percentage, timeout_s,
+        lambda: has_free_space(path, min_free_percentage, free), timeout_s,
         lambda: (
             f"LTS at {path} has {free(path):.1f}% free space, below LTS_FREE_SPACE_PERCENTAGE={min_free_percentage:g}%, "
             f"and did not free up within {timeout_s:g}s (LTS_FREE_SPACE_TIMEOUT_S); free space on the LTS "

@@ -1,7 +1,7 @@
 """Archive one datablock: landing-zone objects -> one pax tar on the LTS, checksums in the same pass.
 
 The tar is written under a temporary name (`.partial`), fsynced and renamed,
-so a file under a final name is always complete. The manifest beside it
+so a file under a final name is always complete; a final name is never replaced. The manifest beside it
 records what was written; `verify_datablock` reads the tar back against it.
 """
 
@@ -10,7 +10,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -19,13 +20,13 @@ from pydantic import ValidationError
 from archiver.packing import naming, tarformat
 from archiver.packing.cleanup import remove_partial_files
 from archiver.packing.checking import CHUNK, BackgroundHasher, check_datablock_stream
-from archiver.packing.errors import ArchiverError, IntegrityError
+from archiver.packing.errors import ArchiverError, ChecksumMismatchError, DatablockExistsError, IntegrityError
 from archiver.packing.planning import PlannedDatablock
 from archiver.packing.records import (
-    ChecksumAlgorithm, DatablockRecord, DataFileRecord, Manifest, read_manifest, write_json_durably,
+    ChecksumAlgorithm, DatablockRecord, DataFileRecord, ListedChecksum, Manifest, read_manifest, write_json_durably,
 )
-from archiver.packing.sources import Prefetch, read_members
-from archiver.storage.lts import drop_page_cache, fsync_dir
+from archiver.packing.sources import Member, Prefetch, read_members
+from archiver.storage.lts import drop_page_cache, fsync_dir, rename_no_replace
 
 LOCK_FILE_NAME = ".archiving.lock"
 
@@ -59,27 +60,58 @@ def claim_datablocks_folder(lts_root: Path, pid: str) -> Iterator[list[Path]]:
             fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
 
+@dataclass(frozen=True)
+class DatablocksOnLts:
+    manifests: list[Manifest]  # datablocks with a readable manifest of this dataset beside their tar
+    taken_indices: set[int]  # indices of every datablock file in the folder, readable or not
+
+
+def datablocks_on_lts(lts_root: Path, pid: str) -> DatablocksOnLts:
+    """What the dataset's datablocks folder holds. Call it holding the dataset's lock (no `.partial` left)."""
+    folder = naming.datablocks_folder(lts_root, pid)
+    manifests, taken = [], set()
+    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+        index = naming.datablock_index(pid, path.name)
+        if index is None:
+            continue
+        taken.add(index)
+        if not path.name.endswith(naming.TAR_SUFFIX):
+            continue
+        try:
+            manifest = read_manifest(naming.manifest_path(path))
+        except (OSError, ValueError, ValidationError):
+            continue
+        if manifest.datasetId == pid and manifest.archiveId == naming.archive_id(pid, index):
+            manifests.append(manifest)
+    return DatablocksOnLts(manifests, taken)
+
+
 def archive_datablock(
     s3, bucket: str, block: PlannedDatablock, lts_root: Path, algorithm: ChecksumAlgorithm = "sha256",
     on_bytes: Callable[[int], None] | None = None, prefetch: Prefetch = Prefetch(),
+    listed: Mapping[str, ListedChecksum] | None = None,
 ) -> DatablockRecord:
-    """Write `block` to the LTS and return its SciCat record.
+    """Write `block` as a new datablock on the LTS and return its SciCat record.
 
-    A datablock already under its final name with the same files, which
-    verifies, is kept as is (resume). Raises MissingFilesError when a landing-zone
-    object is gone or unreadable (user error), IntegrityError when an object
-    changed size while being read, other errors for storage problems."""
+    The LTS is written once: DatablockExistsError when a file already has the datablock's name (plans reuse
+    existing datablocks and give new ones free names). A file with a checksum in `listed` (by path) must have
+    it: ChecksumMismatchError, naming each that does not, and nothing is published. Raises MissingFilesError
+    when a landing-zone object is gone or unreadable (user error), IntegrityError when an object changed size
+    while being read, other errors for storage problems."""
     tar_path = naming.datablock_path(lts_root, block.archive_id)
+    manifest_file = naming.manifest_path(tar_path)
     folder = tar_path.parent
     folder.mkdir(parents=True, exist_ok=True)
-    existing = _verified_existing(lts_root, block, algorithm)
-    if existing is not None:
-        return existing.record()
-
+    if tar_path.exists() or manifest_file.exists():
+        raise DatablockExistsError(
+            f"datablock {block.archive_id} is already on the LTS; it is never overwritten (a bug in planning: "
+            "report it; the datablock stays as it is)"
+        )
+    listed = listed or {}
     partial = naming.partial_path(tar_path)
     try:
         with open(partial, "wb") as out:  # truncates a leftover from an earlier crash
-            chk, packed_size, members = _write_tar(out, s3, bucket, block, algorithm, on_bytes, prefetch)
+            chk, packed_size, members = _write_tar(out, s3, bucket, block, algorithm, on_bytes, prefetch, listed)
             out.flush()
             os.fsync(out.fileno())
             drop_page_cache(out.fileno())
@@ -87,16 +119,19 @@ def archive_datablock(
             datasetId=block.pid, archiveId=block.archive_id, size=block.size, packedSize=packed_size,
             chkAlg=algorithm, dataFileList=members, chk=chk, created=datetime.now(timezone.utc).isoformat(),
         )
-        manifest_file = naming.manifest_path(tar_path)
-        # Manifest first: a crash between the two renames leaves a tar that fails verification, never a
-        # verified tar with a stale manifest.
-        write_json_durably(manifest_file, manifest.model_dump_json(indent=1), naming.partial_path(manifest_file))
-        os.replace(partial, tar_path)
+        # Manifest first: a crash between the two renames leaves a manifest without a tar (a taken name,
+        # never reused), never a verified tar with a stale manifest.
+        write_json_durably(manifest_file, manifest.model_dump_json(indent=1), naming.partial_path(manifest_file),
+                           rename=rename_no_replace)
+        rename_no_replace(partial, tar_path)
         fsync_dir(folder)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            partial.unlink()
-        raise
+    except FileExistsError as e:
+        raise DatablockExistsError(f"datablock {block.archive_id}: {e.filename} appeared while it was written; "
+                                   "nothing was overwritten") from e
+    finally:
+        for leftover in (partial, naming.partial_path(manifest_file)):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
     return manifest.record()
 
 
@@ -131,11 +166,12 @@ class _TarOutput:
 
 
 def _write_tar(out, s3, bucket: str, block: PlannedDatablock, algorithm: ChecksumAlgorithm, on_bytes,
-               prefetch: Prefetch):
+               prefetch: Prefetch, listed: Mapping[str, ListedChecksum]):
     tar = _TarOutput(out, algorithm)
-    members = []
+    members, mismatches = [], []
+    extra = {path: c.algorithm for path, c in listed.items() if c.algorithm != algorithm}
     try:
-        with contextlib.closing(read_members(s3, bucket, block.pid, block.files, algorithm, prefetch)) as contents:
+        with contextlib.closing(read_members(s3, bucket, block.pid, block.files, algorithm, prefetch, extra)) as contents:
             for member in contents:
                 f = member.file
                 tar.write(tarformat.member_header(f.path, f.size, int(f.modified.timestamp())))
@@ -149,6 +185,11 @@ def _write_tar(out, s3, bucket: str, block: PlannedDatablock, algorithm: Checksu
                     chk=member.checksum(), uid=str(tarformat.MEMBER_UID), gid=str(tarformat.MEMBER_GID),
                     perm=tarformat.member_perm(),
                 ))
+                mismatch = _checksum_mismatch(member, listed.get(f.path), algorithm)
+                if mismatch:
+                    mismatches.append(mismatch)
+        if mismatches:
+            raise ChecksumMismatchError(block.pid, mismatches)
         tar.write(tarformat.end_of_archive(tar.written))
         tar.flush()
         return tar.hash.hexdigest(), tar.written, members
@@ -156,22 +197,14 @@ def _write_tar(out, s3, bucket: str, block: PlannedDatablock, algorithm: Checksu
         tar.hash.close()
 
 
-def _verified_existing(lts_root: Path, block: PlannedDatablock, algorithm: ChecksumAlgorithm) -> Manifest | None:
-    """The manifest of an already written datablock holding exactly the planned files, if it verifies."""
-    tar_path = naming.datablock_path(lts_root, block.archive_id)
-    if not tar_path.exists():
+def _checksum_mismatch(member: Member, expected: ListedChecksum | None, algorithm: str) -> str | None:
+    """How the file read differs from the checksum SciCat lists for it (None: it does not, or none is listed)."""
+    if expected is None:
         return None
-    try:
-        manifest = read_manifest(naming.manifest_path(tar_path))
-    except (OSError, ValueError, ValidationError):
+    computed = member.checksum() if expected.algorithm == algorithm else member.extra_checksum()
+    if computed is None or not expected.contradicts(expected.algorithm, computed):
         return None
-    planned = [(f.path, f.size) for f in block.files]
-    if manifest.chkAlg != algorithm or [(m.path, m.size) for m in manifest.dataFileList] != planned:
-        return None
-    try:
-        return verify_datablock(lts_root, block.archive_id)
-    except IntegrityError:
-        return None
+    return f"{member.file.path} (SciCat lists {expected.algorithm} {expected.value}, the landing zone has {computed})"
 
 
 def verify_datablock(lts_root: Path, archive_id: str, on_bytes: Callable[[int], None] | None = None) -> Manifest:

@@ -96,3 +96,45 @@ class IntegrityError(ArchiverError):
         self.problems = list(problems)
         lines = "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(f"{what}: {len(self.problems)} problem(s):\n{lines}")
+
+
+class ConflictingListingError(DatasetUserError):
+    """SciCat's origdatablocks list one path twice, with different sizes or checksums."""
+
+    def __init__(self, pid: str, files: list[str]):
+        self.pid = pid
+        self.files = list(files)
+        super().__init__(
+            f"dataset {pid}: {len(self.files)} file(s) listed twice in its origdatablocks with different content: "
+            f"{_listing(self.files)}; correct the origdatablocks so each file is listed once, then restart the job"
+        )
+
+
+class ChecksumMismatchError(DatasetUserError):
+    """Landing-zone files whose bytes do not have the checksum SciCat's origdatablocks list for them."""
+
+    def __init__(self, pid: str, files: list[str]):
+        self.pid = pid
+        self.files = list(files)
+        super().__init__(
+            f"dataset {pid}: {len(self.files)} file(s) in the landing zone differ from the checksum SciCat lists: "
+            f"{_listing(self.files)}; nothing was registered: upload the right files again (or correct the "
+            "origdatablocks), then restart the job"
+        )
+
+
+class ArchivedDatasetChangedError(DatasetUserError):
+    """An archive job for a dataset already archived, whose files are no longer what its datablocks hold."""
+
+    def __init__(self, pid: str, differences: list[str]):
+        self.pid = pid
+        self.differences = list(differences)
+        super().__init__(
+            f"dataset {pid} is archived and its files differ from what its registered datablocks hold: "
+            f"{_listing(self.differences)}; nothing was changed on the LTS or in SciCat: a changed dataset is a new "
+            "dataset in SciCat (register it under a new PID and archive that)"
+        )
+
+
+class DatablockExistsError(ArchiverError):
+    """A datablock was about to be published under a name the LTS already holds (never overwritten)."""

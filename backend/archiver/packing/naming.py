@@ -90,6 +90,17 @@ def datablock_name(pid: str, index: int) -> str:
     return f"{safe_name(pid)}_{index:05d}{TAR_SUFFIX}"
 
 
+def datablock_index(pid: str, file_name: str) -> int | None:
+    """The index of a datablock file of the dataset (tar, manifest or their temporary names), else None."""
+    rest = file_name.removeprefix(f"{safe_name(pid)}_")
+    digits = rest.split(".", 1)[0]
+    if rest == file_name or not digits.isdigit() or rest[len(digits):] not in (
+        TAR_SUFFIX, MANIFEST_SUFFIX, TAR_SUFFIX + PARTIAL_SUFFIX, MANIFEST_SUFFIX + PARTIAL_SUFFIX,
+    ):
+        return None
+    return int(digits)
+
+
 def archive_id(pid: str, index: int) -> str:
     """The datablock's id in SciCat: its path relative to the LTS root."""
     return f"{DATASETS_PREFIX}/{safe_name(pid)}/datablocks/{datablock_name(pid, index)}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -20,6 +21,27 @@ def new_hasher(algorithm: ChecksumAlgorithm):
     if algorithm not in ("sha256", "md5"):
         raise ValueError(f"checksum algorithm {algorithm!r} is not supported; use 'sha256' or 'md5'")
     return hashlib.new(algorithm)
+
+
+def listed_algorithm(name: str | None) -> str | None:
+    """hashlib's name for a checksum algorithm as an ingestor wrote it in an origdatablock's `chkAlg`
+    ("SHA-256", "sha256", "MD5", ...); None when there is none or hashlib cannot compute it."""
+    if not name:
+        return None
+    normalized = name.strip().lower().replace("-", "").replace("_", "")
+    return normalized if normalized in hashlib.algorithms_guaranteed and not normalized.startswith("shake") else None
+
+
+class ListedChecksum(BaseModel):
+    """A file's checksum as SciCat's origdatablocks list it (algorithm in hashlib's spelling)."""
+
+    model_config = ConfigDict(frozen=True)
+    algorithm: str
+    value: str
+
+    def contradicts(self, algorithm: str, value: str) -> bool:
+        """Whether a checksum computed with `algorithm` proves the file is not the one listed."""
+        return self.algorithm == algorithm and self.value.strip().lower() != value.strip().lower()
 
 
 class DataFileRecord(BaseModel):
@@ -59,13 +81,15 @@ class Manifest(DatablockRecord):
         return DatablockRecord.model_validate(self.model_dump(include=set(DatablockRecord.model_fields)))
 
 
-def write_json_durably(path: Path, text: str, temp_path: Path) -> None:
-    """Write to `temp_path`, fsync, rename to `path` (the caller fsyncs the folder)."""
+def write_json_durably(
+    path: Path, text: str, temp_path: Path, rename: Callable[[Path, Path], None] = os.replace,
+) -> None:
+    """Write to `temp_path`, fsync, `rename` to `path` (the caller fsyncs the folder)."""
     with open(temp_path, "w", encoding="utf-8") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(temp_path, path)
+    rename(temp_path, path)
 
 
 def read_manifest(path: Path) -> Manifest:

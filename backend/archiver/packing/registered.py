@@ -6,6 +6,11 @@ the LTS says the same (archive id, sizes, checksum algorithm, every file with it
 whose tar has the recorded size is one that was verified. A dataset is archived when its registered
 datablocks all are, and together hold every file its origdatablocks list. A status string in the
 lifecycle is no evidence: SciCat resets it when a lifecycle update is replaced.
+
+Registered datablocks are never rewritten. When a dataset's files as SciCat lists them differ from what
+they hold, the dataset was changed after it was archived (`archive_differences`), unless the registration
+is an unfinished one: the landing zone, cleaned only once a registration is complete, still holds every
+registered file as it was written (`written_from`).
 """
 
 from __future__ import annotations
@@ -15,10 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from datetime import datetime
+
 from pydantic import ValidationError
 
 from archiver.packing import naming
 from archiver.packing.errors import InvalidNameError
+from archiver.packing.planning import ListedFile, SourceFile
 from archiver.packing.records import DatablockRecord, read_manifest
 
 
@@ -83,3 +91,50 @@ def check_registered(
             held.update(f["path"] for f in wire["dataFileList"])
     missing = sorted({p.removeprefix("./") for p in listed_paths} - held)
     return ArchiveOnRecord(matching, problems, missing)
+
+
+@dataclass(frozen=True)
+class ArchiveDifferences:
+    changed: list[str] = field(default_factory=list)  # held with other content, or held but no longer listed
+    not_archived: list[str] = field(default_factory=list)  # listed, held by no registered datablock
+
+
+def archive_differences(registered: Iterable[dict[str, Any]], listed: Iterable[ListedFile]) -> ArchiveDifferences:
+    """How the files SciCat lists for a dataset (every origdatablock entry) differ from the files its
+    registered datablocks (SciCat's JSON) hold: sizes, and checksums where both are in one algorithm."""
+    held: dict[str, tuple[int, str | None, str | None]] = {}
+    for wire in registered:
+        for f in wire.get("dataFileList", []):
+            held[f["path"]] = (f["size"], wire.get("chkAlg"), f.get("chk"))
+    changed, not_archived, seen = [], [], set()
+    for f in listed:
+        seen.add(f.path)
+        if f.path not in held:
+            not_archived.append(f"{f.path} (listed, in no registered datablock)")
+            continue
+        size, algorithm, chk = held[f.path]
+        if size != f.size:
+            changed.append(f"{f.path} (listed {f.size} bytes, archived {size})")
+        elif f.checksum and algorithm and chk and f.checksum.contradicts(algorithm, chk):
+            changed.append(f"{f.path} (listed {f.checksum.algorithm} {f.checksum.value}, archived {chk})")
+    changed += [f"{path} (archived, no longer listed)" for path in sorted(held.keys() - seen)]
+    return ArchiveDifferences(sorted(set(changed)), sorted(set(not_archived)))
+
+
+def written_from(registered: Iterable[dict[str, Any]], files: Iterable[SourceFile]) -> bool:
+    """Whether the landing zone (`files`) still holds every file of the registered datablocks as it was
+    when they were written: same size and modification time."""
+    present = {f.path: f for f in files}
+    for wire in registered:
+        for f in wire.get("dataFileList", []):
+            source = present.get(f["path"])
+            if source is None or source.size != f["size"] or _time(f.get("time")) != source.modified:
+                return False
+    return True
+
+
+def _time(value: Any) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None

@@ -10,8 +10,9 @@ size or number of files.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -46,15 +47,34 @@ class Member:
     file: SourceFile
     chunks: Iterable[bytes]
     checksum: Callable[[], str]  # the member's checksum, once `chunks` is read to its end
+    extra_checksum: Callable[[], str | None]  # in the file's extra algorithm, if it has one
+
+
+class _Hashers:
+    """The datablock's checksum of a file and, where SciCat lists one in another algorithm, that one too."""
+
+    def __init__(self, algorithm: ChecksumAlgorithm, extra: str | None):
+        self.main = new_hasher(algorithm)
+        self.extra = hashlib.new(extra) if extra else None
+
+    def update(self, data: bytes) -> None:
+        self.main.update(data)
+        if self.extra:
+            self.extra.update(data)
+
+    def extra_hexdigest(self) -> str | None:
+        return self.extra.hexdigest() if self.extra else None
 
 
 def read_members(
     s3, bucket: str, pid: str, files: Iterable[SourceFile], algorithm: ChecksumAlgorithm,
-    prefetch: Prefetch = Prefetch(),
+    prefetch: Prefetch = Prefetch(), extra_algorithms: Mapping[str, str] | None = None,
 ) -> Iterator[Member]:
     """Yield each file's contents in order; read each member's chunks to the end before the next.
+    Files named in `extra_algorithms` (path -> hashlib name) are checksummed in that algorithm too.
     Use it in `contextlib.closing`, so fetches still queued stop when the caller stops early.
     An error of any fetch is raised when its file's turn comes."""
+    extra_algorithms = extra_algorithms or {}
     pool = ThreadPoolExecutor(prefetch.threads, thread_name_prefix="s3-get")
     ahead: deque[tuple[SourceFile, Future | None]] = deque()  # None: streamed in its turn
     held = 0  # bytes of the small objects in `ahead` and of the one being written
@@ -66,7 +86,8 @@ def read_members(
                 if following.size > prefetch.small_object_bytes:
                     ahead.append((following, None))
                 elif held + following.size <= prefetch.budget_bytes:
-                    ahead.append((following, pool.submit(_fetch_whole, s3, bucket, pid, following, algorithm)))
+                    ahead.append((following, pool.submit(_fetch_whole, s3, bucket, pid, following,
+                                                         _Hashers(algorithm, extra_algorithms.get(following.path)))))
                     held += following.size
                 else:
                     break
@@ -75,24 +96,24 @@ def read_members(
                 return
             f, fetch = ahead.popleft()
             if fetch is None:
-                hasher = new_hasher(algorithm)
-                yield Member(f, _hashed(object_chunks(s3, bucket, pid, f), hasher), hasher.hexdigest)
+                hashers = _Hashers(algorithm, extra_algorithms.get(f.path))
+                yield Member(f, _hashed(object_chunks(s3, bucket, pid, f), hashers), hashers.main.hexdigest,
+                             hashers.extra_hexdigest)
             else:
-                data, checksum = fetch.result()
-                yield Member(f, (data,), lambda checksum=checksum: checksum)
+                data, hashers = fetch.result()
+                yield Member(f, (data,), hashers.main.hexdigest, hashers.extra_hexdigest)
                 held -= f.size
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _fetch_whole(s3, bucket: str, pid: str, f: SourceFile, algorithm: ChecksumAlgorithm) -> tuple[bytes, str]:
+def _fetch_whole(s3, bucket: str, pid: str, f: SourceFile, hashers: _Hashers) -> tuple[bytes, _Hashers]:
     data = b"".join(object_chunks(s3, bucket, pid, f))
-    hasher = new_hasher(algorithm)
-    hasher.update(data)
-    return data, hasher.hexdigest()
+    hashers.update(data)
+    return data, hashers
 
 
-def _hashed(chunks: Iterator[bytes], hasher) -> Iterator[bytes]:
+def _hashed(chunks: Iterator[bytes], hasher: _Hashers) -> Iterator[bytes]:
     for chunk in chunks:
         hasher.update(chunk)
         yield chunk

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import time
@@ -20,6 +21,25 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def rename_no_replace(source: Path, target: Path) -> None:
+    """Give `source` the name `target` unless a file has that name: raises FileExistsError then.
+
+    A hard link is created atomically or not at all, so two writers cannot both win; where the
+    filesystem has no hard links the name is checked first (callers hold the dataset's lock)."""
+    try:
+        os.link(source, target)
+    except FileExistsError:
+        raise
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK):
+            raise
+        if os.path.lexists(target):
+            raise FileExistsError(errno.EEXIST, "file exists", str(target)) from None
+        os.rename(source, target)
+        return
+    os.unlink(source)
 
 
 def drop_page_cache(fd: int) -> None:

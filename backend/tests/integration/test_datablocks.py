@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 from archiver.packing import naming
-from archiver.packing.archive import archive_datablock, verify_datablock
+from archiver.packing.archive import archive_datablock, datablocks_on_lts, verify_datablock
 from archiver.packing.cleanup import (
     abort_retrieval_uploads,
     delete_landing_zone_files,
@@ -18,13 +18,15 @@ from archiver.packing.cleanup import (
     set_aside_datablocks,
 )
 from archiver.packing.errors import (
+    ChecksumMismatchError,
+    DatablockExistsError,
     EmptyDatasetError,
     IntegrityError,
     MissingFilesError,
     UnsafeFileNamesError,
 )
 from archiver.packing.planning import list_dataset_files, plan_datablocks
-from archiver.packing.records import read_manifest
+from archiver.packing.records import ListedChecksum, read_manifest
 from archiver.packing.retrieve import retrieve_datablock
 from archiver.storage.s3 import presigned_get_url
 from tests.conftest import S3_TEST_CREDENTIALS, S3_TEST_REGION
@@ -172,30 +174,55 @@ def test_checksum_recorded_in_scicat_is_checked_on_retrieval(s3, bucket, second_
     assert s3.list_objects_v2(Bucket=second_bucket).get("KeyCount", 0) == 0
 
 
-def test_resume_keeps_a_verified_datablock_and_replaces_leftovers(s3, bucket, lts_root):
+def test_a_datablock_on_the_lts_is_never_overwritten_whatever_its_state(s3, bucket, lts_root):
     upload(s3, bucket, PID, {"a.bin": os.urandom(10_000), "b.bin": os.urandom(10_000)})
     (block,) = plan_datablocks(PID, list_dataset_files(s3, bucket, PID), 100 * MiB)
     path = tar_path(lts_root, block.archive_id)
-    partial = naming.partial_path(path)
-
-    # a crash left a temporary file: it is not a datablock and gets replaced
-    path.parent.mkdir(parents=True)
-    partial.write_bytes(b"half a datablock")
-    with pytest.raises(IntegrityError):
-        verify_datablock(lts_root, block.archive_id)
     first = archive_datablock(s3, bucket, block, lts_root)
-    assert not partial.exists() and path.exists()
+    original = path.read_bytes()
 
-    # archiving again is a no-op: same record, file untouched
-    stamp = path.stat().st_mtime_ns
-    assert archive_datablock(s3, bucket, block, lts_root) == first
-    assert path.stat().st_mtime_ns == stamp
+    # archiving the same plan again refuses, whether the tar verifies, is damaged or lost its manifest
+    with pytest.raises(DatablockExistsError, match="never overwritten"):
+        archive_datablock(s3, bucket, block, lts_root)
+    path.write_bytes(original[:-2000])
+    with pytest.raises(DatablockExistsError):
+        archive_datablock(s3, bucket, block, lts_root)
+    assert path.read_bytes() == original[:-2000]
+    path.write_bytes(original)
+    naming.manifest_path(path).unlink()
+    with pytest.raises(DatablockExistsError):
+        archive_datablock(s3, bucket, block, lts_root)
+    assert path.read_bytes() == original and first.dataFileList
 
-    # a corrupted final file does not verify, so it is written again
-    path.write_bytes(path.read_bytes()[:-2000])
-    again = archive_datablock(s3, bucket, block, lts_root)
-    assert again.dataFileList == first.dataFileList
-    verify_datablock(lts_root, block.archive_id)
+    # plans give new datablocks names no file of the dataset has, so nothing existing is named
+    on_lts = datablocks_on_lts(lts_root, PID)
+    (again,) = plan_datablocks(PID, list_dataset_files(s3, bucket, PID), 100 * MiB, on_lts.taken_indices)
+    assert again.index == 1
+    archive_datablock(s3, bucket, again, lts_root)
+    assert verify_datablock(lts_root, again.archive_id).record().dataFileList == first.dataFileList
+
+
+def test_files_whose_bytes_differ_from_the_listed_checksum_are_named_and_nothing_is_published(s3, bucket, lts_root):
+    data = {"a.bin": os.urandom(1000), "big.bin": os.urandom(3 * MiB), "c.bin": os.urandom(1000)}
+    upload(s3, bucket, PID, data)
+    (block,) = plan_datablocks(PID, list_dataset_files(s3, bucket, PID), 100 * MiB)
+    listed = {  # big.bin is streamed, the small ones fetched whole; md5 is computed beside the sha256
+        "a.bin": ListedChecksum(algorithm="sha256", value=hashlib.sha256(data["a.bin"]).hexdigest()),
+        "big.bin": ListedChecksum(algorithm="md5", value=hashlib.md5(b"other bytes").hexdigest()),
+        "c.bin": ListedChecksum(algorithm="sha1", value="0" * 40),
+    }
+    with pytest.raises(ChecksumMismatchError) as e:
+        archive_datablock(s3, bucket, block, lts_root, listed=listed)
+    assert e.value.files == [
+        f"big.bin (SciCat lists md5 {listed['big.bin'].value}, the landing zone has {hashlib.md5(data['big.bin']).hexdigest()})",
+        f"c.bin (SciCat lists sha1 {'0' * 40}, the landing zone has {hashlib.sha1(data['c.bin']).hexdigest()})",
+    ]
+    assert list(naming.datablocks_folder(lts_root, PID).iterdir()) == []
+
+    listed["big.bin"] = ListedChecksum(algorithm="md5", value=hashlib.md5(data["big.bin"]).hexdigest().upper())
+    listed["c.bin"] = ListedChecksum(algorithm="sha1", value=hashlib.sha1(data["c.bin"]).hexdigest())
+    record = archive_datablock(s3, bucket, block, lts_root, listed=listed)
+    assert {f.path: f.chk for f in record.dataFileList} == {p: hashlib.sha256(d).hexdigest() for p, d in data.items()}
 
 
 def test_user_errors(s3, bucket, lts_root):

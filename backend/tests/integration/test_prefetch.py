@@ -116,7 +116,7 @@ def test_a_failed_fetch_fails_the_datablock_and_leaves_nothing_behind(s3, bucket
     assert list(naming.datablocks_folder(lts_root, PID).iterdir()) == []  # no tar, no .partial, no manifest
     assert prefetch_threads() == []  # no fetch is left running
 
-    repair()  # the next run writes the datablock in full
+    repair()  # the next run writes the datablock in full (nothing of the failed one was published)
     record = archive_datablock(s3, bucket, block, lts_root, prefetch=FOUR_THREADS)
     assert verify_datablock(lts_root, record.archiveId).record() == record
 

@@ -4,8 +4,11 @@ from pathlib import Path
 import pytest
 
 from archiver.packing import naming, tarformat
-from archiver.packing.errors import InvalidNameError, MissingFilesError
-from archiver.packing.planning import SourceFile, check_expected_files, plan_datablocks
+from archiver.packing.errors import ConflictingListingError, InvalidNameError, MissingFilesError
+from archiver.packing.planning import (
+    ListedFile, SourceFile, check_expected_files, listed_by_path, plan_dataset_datablocks, plan_datablocks,
+)
+from archiver.packing.records import DataFileRecord, ListedChecksum, Manifest
 
 PID = "20.500.11935/0a1b-c2d3"
 WHEN = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
@@ -84,11 +87,59 @@ def test_planned_packed_size_matches_the_tar_layout():
     assert plan_datablocks(PID, [f], 10**9)[0].packed_size % tarformat.RECORD == 0
 
 
+def listed(*entries: tuple) -> dict[str, ListedFile]:
+    """(path, size) or (path, size, sha256 value) entries as listed_by_path indexes them."""
+    return listed_by_path(PID, [ListedFile(e[0], e[1], ListedChecksum(algorithm="sha256", value=e[2]) if len(e) > 2
+                                           else None) for e in entries])
+
+
 def test_expected_files_missing_or_resized_are_user_errors_naming_every_file():
     files = [source("a", 1), source("b", 2), source("extra", 3)]
-    assert check_expected_files(PID, files, [("a", 1), ("./b", 2)]) == ["extra"]
+    assert check_expected_files(PID, files, listed(("a", 1), ("b", 2))) == ["extra"]
     with pytest.raises(MissingFilesError) as e:
-        check_expected_files(PID, files, [("a", 1), ("gone1", 5), ("gone2", 6)])
+        check_expected_files(PID, files, listed(("a", 1), ("gone1", 5), ("gone2", 6)))
     assert e.value.files == ["gone1", "gone2"] and "gone1" in str(e.value) and PID in str(e.value)
     with pytest.raises(MissingFilesError, match="differ in size"):
-        check_expected_files(PID, files, [("a", 99)])
+        check_expected_files(PID, files, listed(("a", 99)))
+
+
+def test_a_path_listed_twice_must_say_the_same_both_times():
+    assert listed(("a", 1, "aa"), ("a", 1), ("a", 1, "AA"))["a"].checksum.value == "aa"
+    with pytest.raises(ConflictingListingError) as e:
+        listed(("a", 1, "aa"), ("b", 2), ("a", 1, "bb"), ("b", 3))
+    assert e.value.files == ["a (1 bytes, sha256 aa and 1 bytes, sha256 bb)", "b (2 bytes and 3 bytes)"]
+
+
+def manifest_of(index: int, *files: SourceFile, chk: str = "c") -> Manifest:
+    members = [DataFileRecord(path=f.path, size=f.size, time=f.modified.isoformat(), chk=chk, uid="0", gid="0",
+                              perm="0644") for f in files]
+    return Manifest(datasetId=PID, archiveId=naming.archive_id(PID, index), size=sum(f.size for f in files),
+                    packedSize=1024, chkAlg="sha256", dataFileList=members, chk="t", created=WHEN.isoformat())
+
+
+def test_datablocks_on_the_lts_holding_the_same_files_are_reused_and_new_ones_never_take_a_used_name():
+    a, b, c = source("a", 10), source("b", 20), source("c", 30)
+    changed_b = SourceFile("b", b.key, 20, WHEN.replace(year=2027))  # uploaded again: another modification time
+    on_lts = [manifest_of(0, a), manifest_of(1, b), manifest_of(4, c, chk="old")]
+    plan = plan_dataset_datablocks(PID, [a, changed_b, c], listed(("c", 30, "new")), on_lts, {0, 1, 3, 4}, 10**9)
+    assert [m.archiveId for m in plan.reused] == [naming.archive_id(PID, 0)]
+    assert [[f.path for f in block.files] for block in plan.new] == [["b", "c"]]
+    assert [block.index for block in plan.new] == [5]  # after every index in use, gaps included
+    assert plan.superseded == [naming.archive_id(PID, 1), naming.archive_id(PID, 4)]
+
+
+def test_registered_datablocks_are_preferred_when_two_hold_the_same_file():
+    a = source("a", 10)
+    plan = plan_dataset_datablocks(PID, [a], {}, [manifest_of(0, a), manifest_of(1, a)], {0, 1}, 10**9,
+                                   registered=[naming.archive_id(PID, 1)])
+    assert [m.archiveId for m in plan.reused] == [naming.archive_id(PID, 1)] and plan.new == []
+    assert plan.superseded == [naming.archive_id(PID, 0)]
+
+
+@pytest.mark.parametrize(("name", "index"), [
+    ("20.500.11935%2F0a1b-c2d3_00007.tar", 7), ("20.500.11935%2F0a1b-c2d3_00007.manifest.json", 7),
+    ("20.500.11935%2F0a1b-c2d3_123456.tar.partial", 123456), ("20.500.11935%2F0a1b-c2d3_00007.txt", None),
+    ("other_00007.tar", None), ("20.500.11935%2F0a1b-c2d3_x.tar", None),
+])
+def test_datablock_index_is_read_from_every_datablock_file_name_of_the_dataset(name, index):
+    assert naming.datablock_index(PID, name) == index

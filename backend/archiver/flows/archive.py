@@ -14,8 +14,8 @@ from prefect.logging import get_run_logger
 
 from archiver.config.runtime import RunConfiguration, load_run_configuration
 from archiver.flows.common import (
-    ARCHIVED_LIFECYCLE, Connections, ProgressReporter, connect, dataset_on_record, exception_of, raise_if_cancelled,
-    run_bounded_or_raise, scicat_call,
+    ARCHIVED_LIFECYCLE, Connections, OnRecord, ProgressReporter, connect, dataset_on_record, exception_of,
+    raise_if_cancelled, run_bounded, run_bounded_or_raise, scicat_call,
 )
 from archiver.flows.concurrency import reconcile_tags
 from archiver.flows.failures import describe_failure
@@ -23,25 +23,32 @@ from archiver.flows.figures import BYTES, DATABLOCKS, record_figures
 from archiver.flows.jobs import DatasetDone, JobKind, on_job_cancelled, run_job
 from archiver.flows.lts_tasks import set_aside_datablocks, tagged, verify_datablock, wait_for_free_space, write_datablock
 from archiver.packing import cleanup
-from archiver.packing.archive import claim_datablocks_folder
-from archiver.packing.errors import DatasetUserError, IntegrityError, RegistrationConflictError
-from archiver.packing.planning import PlannedDatablock, check_expected_files, list_dataset_files, plan_datablocks
+from archiver.packing.archive import claim_datablocks_folder, datablocks_on_lts
+from archiver.packing.errors import (
+    ArchivedDatasetChangedError, ChecksumMismatchError, DatasetUserError, EmptyDatasetError, IntegrityError,
+    RegistrationConflictError,
+)
+from archiver.packing.planning import (
+    DatasetPlan, ListedFile, PlannedDatablock, SourceFile, check_expected_files, list_dataset_files, listed_by_path,
+    plan_dataset_datablocks,
+)
 from archiver.packing.records import Manifest
-from archiver.packing.registered import record_from_wire, same_datablock
+from archiver.packing.registered import ArchiveDifferences, written_from
 from archiver.scicat.models import ArchiveStatus, Datablock, NewDatablock
 from archiver.storage import lts
 
 
-@task(name="plan-datablocks", task_run_name="plan datablocks of {pid}", retries=2, retry_delay_seconds=10,
+@task(name="list-landing-zone", task_run_name="list landing-zone files of {pid}", retries=2, retry_delay_seconds=10,
       retry_condition_fn=lambda task, run, state: not isinstance(exception_of(state), DatasetUserError),
       cache_policy=NO_CACHE)
-def plan_dataset(s3, bucket: str, pid: str, expected: list[tuple[str, int | None]], target_size_bytes: int):
+def list_landing_zone(s3, bucket: str, pid: str, listed: list[ListedFile]) -> list[SourceFile]:
+    """The dataset's landing-zone files, checked against the files SciCat lists."""
     files = list_dataset_files(s3, bucket, pid)
-    unlisted = check_expected_files(pid, files, expected) if expected else []
+    unlisted = check_expected_files(pid, files, listed_by_path(pid, listed)) if listed else []
     if unlisted:
         get_run_logger().warning("%s: %d landing-zone file(s) not listed in SciCat are archived too: %s",
                                  pid, len(unlisted), ", ".join(unlisted[:10]))
-    return plan_datablocks(pid, files, target_size_bytes)
+    return files
 
 
 @task(name="clean-landing-zone", task_run_name="delete landing-zone files of {pid}", retries=3, retry_delay_seconds=10,
@@ -51,76 +58,103 @@ def clean_landing_zone(s3, bucket: str, pid: str) -> int:
 
 
 def _store_datablocks(
-    pid: str, blocks: list[PlannedDatablock], config: RunConfiguration, connections: Connections,
-    failed_verification: list[str],
+    pid: str, plan: DatasetPlan, listed: list[ListedFile], config: RunConfiguration, connections: Connections,
+    failed_verification: list[str], registered: set[str],
 ) -> list[Manifest]:
-    """Write and verify each datablock (bounded in parallel), LTS access limited by tag.
-    Archive ids whose verification found a difference are added to `failed_verification`."""
+    """Verify the reused datablocks, write and verify the new ones (bounded in parallel), LTS access limited by
+    tag. Archive ids whose verification found a difference, registered ones excepted, are added to
+    `failed_verification`."""
     settings, limits = config.settings, config.limits
-    progress = ProgressReporter(2 * sum(b.packed_size for b in blocks), f"archiving {pid}: written and verified")
+    packed = sum(m.packedSize for m in plan.reused) + 2 * sum(b.packed_size for b in plan.new)
+    progress = ProgressReporter(packed, f"archiving {pid}: written and verified")
     wait = tagged(wait_for_free_space, limits.LTS_FREE_LIMIT)
     write = tagged(write_datablock, limits.MOVE_TO_LTS_LIMIT)
     verify = tagged(verify_datablock, limits.VERIFY_LTS_LIMIT)
+    checksums = {f.path: f.checksum for f in listed if f.checksum}
+
+    def checked(archive_id: str) -> Manifest:
+        try:
+            return verify(settings.lts.storage_root, archive_id, settings.lts.file_timeout_s, on_bytes=progress.add)
+        except IntegrityError:
+            if archive_id not in registered:
+                failed_verification.append(archive_id)
+            raise
 
     def store(block: PlannedDatablock) -> Manifest:
         # The tagged wait (two Prefect API round trips for its slot) only when the LTS is short of room.
         if not lts.has_free_space(settings.lts.storage_root, settings.lts.free_space_percentage):
             wait(settings.lts.storage_root, settings.lts.free_space_percentage, settings.lts.free_space_timeout_s)
         record = write(connections.s3, settings.minio.landingzone_bucket, block, settings.lts.storage_root,
-                       settings.archiver.checksum_algorithm, on_bytes=progress.add)
-        try:
-            return verify(settings.lts.storage_root, record.archiveId, settings.lts.file_timeout_s, on_bytes=progress.add)
-        except IntegrityError:
-            failed_verification.append(record.archiveId)
-            raise
+                       settings.archiver.checksum_algorithm, on_bytes=progress.add,
+                       listed={f.path: checksums[f.path] for f in block.files if f.path in checksums})
+        return checked(record.archiveId)
 
-    # One writer per dataset at a time; what dead runs left half-written is removed first.
-    with claim_datablocks_folder(settings.lts.storage_root, pid) as leftovers:
-        if leftovers:
-            get_run_logger().warning("%s: %d half-written file(s) of a dead run removed: %s",
-                                     pid, len(leftovers), ", ".join(p.name for p in leftovers))
-        results = run_bounded_or_raise(store, blocks, settings.archiver.datablock_concurrency)
+    results = run_bounded_or_raise(lambda m: checked(m.archiveId), plan.reused, settings.archiver.datablock_concurrency)
+    written = run_bounded(store, plan.new, settings.archiver.datablock_concurrency)
+    mismatched = [f for outcome in written if isinstance(outcome, ChecksumMismatchError) for f in outcome.files]
+    if mismatched:  # every file of every datablock, not only the first datablock's
+        raise ChecksumMismatchError(pid, mismatched)
+    for outcome in written:
+        if isinstance(outcome, BaseException):
+            raise outcome
+        results.append(outcome)
     progress.finish()
     return results
 
 
 def _register(pid: str, manifests: list[Manifest], earlier: list[Datablock], connections: Connections,
-              registered_now: list[str], log) -> None:
-    """Register the dataset's datablocks. Registrations left by an interrupted archival (the dataset was
-    not archived, so they are an incomplete set) are kept where they describe a written datablock and
-    removed where they no longer do; `registered_now` collects the ids this run creates."""
+              registered_now: list[str]) -> None:
+    """Register the datablocks SciCat does not list yet; `registered_now` collects the ids this run creates.
+    Registrations already there stay (they are of datablocks in the plan: checked before)."""
     scicat = connections.scicat
-    written = {m.archiveId: m for m in manifests}
-    kept = set()
-    for d in earlier:
-        manifest = written.get(d.archive_id)
-        if manifest is not None and same_datablock(record_from_wire(pid, d.to_wire()), manifest.record()):
-            kept.add(d.archive_id)
-        else:
-            log.warning("%s: removing registration %s left by an interrupted archival (it no longer matches)", pid, d.archive_id)
-            scicat_call(f"remove stale {d.archive_id}", scicat.delete_datablock, pid, d.id)
+    known = {d.archive_id for d in earlier}
     for manifest in manifests:
-        if manifest.archiveId not in kept:
+        if manifest.archiveId not in known:
             created = scicat_call(f"register {manifest.archiveId}", scicat.create_datablock, pid,
                                   NewDatablock.model_validate(manifest.record().model_dump(exclude={"datasetId"})))
             registered_now.append(created.id)
+
+
+def _refusal_of_archived(
+    pid: str, on_record: OnRecord, differences: ArchiveDifferences, s3, bucket: str,
+) -> ArchivedDatasetChangedError | None:
+    """Why an archive job must leave a dataset with registered datablocks as it is (None: it may go on,
+    as the archival that registered them did not finish)."""
+    if differences.changed:
+        return ArchivedDatasetChangedError(pid, differences.changed)
+    try:
+        files = list_dataset_files(s3, bucket, pid)
+    except EmptyDatasetError:
+        files = []
+    if written_from(on_record.registered_wire(), files):
+        return None
+    return ArchivedDatasetChangedError(pid, differences.not_archived)
 
 
 @flow(name="archive_dataset", flow_run_name="archive-{dataset_id}-job-{job_id}")
 def archive_dataset(job_id: str, dataset_id: str, config: RunConfiguration) -> DatasetDone:
     log = get_run_logger()
     pid = dataset_id
+    settings = config.settings
+    bucket = settings.minio.landingzone_bucket
     with connect(config) as connections:
         scicat = connections.scicat
         on_record = dataset_on_record(pid, config, connections)
-        if on_record.archive.complete:
-            # Archived before (a lifecycle reset or a re-sent job): the LTS and SciCat stay as they are.
-            scicat_call(f"{pid} on archive disk", scicat.update_lifecycle, pid, "restore archived state",
-                        **ARCHIVED_LIFECYCLE)
-            note = (f"dataset {pid} was already archived ({len(on_record.archive.matching)} datablock(s) registered and on the "
-                    "LTS); nothing was rewritten")
-            log.info(note)
-            return DatasetDone(note=note, datablocks=len(on_record.archive.matching))
+        differences = on_record.differences()
+        if on_record.registered and not on_record.archive.problems:
+            if not differences.not_archived and not differences.changed:
+                # Archived before (a lifecycle reset or a re-sent job): the LTS and SciCat stay as they are.
+                scicat_call(f"{pid} on archive disk", scicat.update_lifecycle, pid, "restore archived state",
+                            **ARCHIVED_LIFECYCLE)
+                note = (f"dataset {pid} was already archived ({len(on_record.archive.matching)} datablock(s) registered "
+                        "and on the LTS); nothing was rewritten")
+                log.info(note)
+                return DatasetDone(note=note, datablocks=len(on_record.archive.matching))
+            refusal = _refusal_of_archived(pid, on_record, differences, connections.s3, bucket)
+            if refusal:  # the owner's error; nothing is touched, the lifecycle neither
+                log.error("%s: archive job refused: %s", pid, refusal)
+                raise refusal
+        registered = {d.archive_id for d in on_record.registered}
         registered_now: list[str] = []
         failed_verification: list[str] = []
         try:
@@ -128,27 +162,52 @@ def archive_dataset(job_id: str, dataset_id: str, config: RunConfiguration) -> D
                 raise RegistrationConflictError(pid, on_record.archive.problems)
             scicat_call(f"{pid} archive started", scicat.update_lifecycle, pid, "set archive status started",
                         archive_status_message=ArchiveStatus.STARTED, archivable=False, retrievable=False)
-            blocks = plan_dataset(connections.s3, config.settings.minio.landingzone_bucket, pid, on_record.listed,
-                                  config.settings.archiver.target_size_bytes)
-            log.info("%s: %d file(s) in %d datablock(s)", pid, sum(len(b.files) for b in blocks), len(blocks))
-            manifests = _store_datablocks(pid, blocks, config, connections, failed_verification)
-
-            raise_if_cancelled()
-            _register(pid, manifests, on_record.registered, connections, registered_now, log)
-            scicat_call(f"{pid} on archive disk", scicat.update_lifecycle, pid, "set archive status datasetOnArchiveDisk",
-                        **ARCHIVED_LIFECYCLE)
-            raise_if_cancelled()  # last check before the one step that cannot be undone
+            files = list_landing_zone(connections.s3, bucket, pid, on_record.listed)
+            # One archival per dataset at a time; what dead runs left half-written is removed first.
+            with claim_datablocks_folder(settings.lts.storage_root, pid) as leftovers:
+                if leftovers:
+                    log.warning("%s: %d half-written file(s) of a dead run removed: %s",
+                                pid, len(leftovers), ", ".join(p.name for p in leftovers))
+                on_lts = datablocks_on_lts(settings.lts.storage_root, pid)
+                plan = plan_dataset_datablocks(pid, files, listed_by_path(pid, on_record.listed), on_lts.manifests,
+                                               on_lts.taken_indices, settings.archiver.target_size_bytes, registered)
+                kept = {m.archiveId for m in plan.reused}
+                if registered and (plan.new or not registered <= kept):
+                    raise ArchivedDatasetChangedError(pid, differences.not_archived)
+                log.info("%s: %d file(s): %d datablock(s) on the LTS reused, %d to write", pid, len(files),
+                         len(plan.reused), len(plan.new))
+                manifests = _store_datablocks(pid, plan, on_record.listed, config, connections, failed_verification,
+                                              registered)
+                raise_if_cancelled()
+                _register(pid, manifests, on_record.registered, connections, registered_now)
+                scicat_call(f"{pid} on archive disk", scicat.update_lifecycle, pid,
+                            "set archive status datasetOnArchiveDisk", **ARCHIVED_LIFECYCLE)
+                raise_if_cancelled()  # last check before the one step that cannot be undone
+                _set_aside_superseded(pid, plan.superseded, config, log)
         except BaseException as error:
             _clean_up_failed_archival(pid, config, connections, registered_now, failed_verification, error, log)
             raise
         _report_datablocks(pid, manifests)
         try:
-            deleted = clean_landing_zone(connections.s3, config.settings.minio.landingzone_bucket, pid)
+            deleted = clean_landing_zone(connections.s3, bucket, pid)
             log.info("%s: archived; %d landing-zone file(s) deleted", pid, deleted)
         except Exception as e:  # the archive is complete and registered; only the cleanup is left to do
             log.error("%s: archived, but its landing-zone files could not be deleted (delete them by hand): %s", pid, e)
     record_figures({BYTES: sum(m.size for m in manifests), DATABLOCKS: len(manifests)})
     return DatasetDone(datablocks=len(manifests), bytes=sum(m.packedSize for m in manifests))
+
+
+def _set_aside_superseded(pid: str, archive_ids: list[str], config: RunConfiguration, log) -> None:
+    """Datablocks of earlier, unfinished archivals that the registered set does not hold: never registered,
+    and now known to be abandoned, so they go to `discarded/` (pruned after the retention time)."""
+    if not archive_ids:
+        return
+    try:
+        moved = cleanup.set_aside_datablocks(config.settings.lts.storage_root, archive_ids)
+        log.warning("%s: %d datablock(s) of unfinished earlier archivals superseded, set aside: %s",
+                    pid, len(archive_ids), ", ".join(str(p) for p in moved))
+    except Exception as e:  # the dataset is archived; they stay where they are, unregistered
+        log.error("%s: superseded datablocks %s could not be set aside: %s", pid, ", ".join(archive_ids), e)
 
 
 def _clean_up_failed_archival(
@@ -172,7 +231,8 @@ def _clean_up_failed_archival(
     status = (ArchiveStatus.MISSING_FILES_ERROR if isinstance(error, DatasetUserError)
               else ArchiveStatus.SCHEDULE_ARCHIVE_JOB_FAILED)
     # Not archived: archivable again once fixed. A conflict leaves the flags to whoever resolves it.
-    flags = {} if isinstance(error, RegistrationConflictError) else {"archivable": True, "retrievable": False}
+    conflict = isinstance(error, (RegistrationConflictError, ArchivedDatasetChangedError))
+    flags = {} if conflict else {"archivable": True, "retrievable": False}
     try:
         connections.scicat.update_lifecycle(pid, f"set archive status {status.value}", archive_status_message=status,
                                             archive_return_message=describe_failure(error)[:2000], **flags)
@@ -194,16 +254,25 @@ def _report_datablocks(pid: str, manifests: list[Manifest]) -> None:
 
 
 def _clean_up_interrupted_archival(pid, config, connections, error, log) -> None:
-    """After a run died or was cancelled: a dataset found archived is left as it is (its lifecycle set
-    to say so); otherwise its registrations are an incomplete set left by the run and removed."""
+    """After a run died or was cancelled. A dataset found archived is left as it is (its lifecycle set to
+    say so), and so are the registrations of one archived before and changed since. Registrations of an
+    archival that did not finish (the landing zone still holds their files as written) are an incomplete
+    set and removed; their datablocks stay on the LTS for the next run to reuse."""
     on_record = dataset_on_record(pid, config, connections)
-    if on_record.archive.complete:
-        connections.scicat.update_lifecycle(pid, "set archive status datasetOnArchiveDisk", **ARCHIVED_LIFECYCLE)
-        return
     if on_record.archive.problems:
         conflict = RegistrationConflictError(pid, on_record.archive.problems)
         _clean_up_failed_archival(pid, config, connections, [], [], conflict, log)
         return
+    if on_record.registered:
+        differences = on_record.differences()
+        if not differences.changed and not differences.not_archived:
+            connections.scicat.update_lifecycle(pid, "set archive status datasetOnArchiveDisk", **ARCHIVED_LIFECYCLE)
+            return
+        refusal = _refusal_of_archived(pid, on_record, differences, connections.s3,
+                                       config.settings.minio.landingzone_bucket)
+        if refusal:
+            log.warning("%s: archived before and changed since; its registrations stay: %s", pid, refusal)
+            return
     _clean_up_failed_archival(pid, config, connections, [d.id for d in on_record.registered], [], error, log)
 
 

@@ -25,10 +25,12 @@ from prefect.logging import get_run_logger
 from archiver.config.runtime import RunConfiguration
 from archiver.config.secrets import ARCHIVER_S3, PRESIGN_S3, S3Account
 from archiver.flows.outage import call_prefect, retry_refused_connections
+from archiver.packing.planning import ListedFile
 from archiver.packing.sources import Prefetch
-from archiver.packing.registered import ArchiveOnRecord, check_registered
+from archiver.packing.records import ListedChecksum, listed_algorithm
+from archiver.packing.registered import ArchiveDifferences, ArchiveOnRecord, archive_differences, check_registered
 from archiver.scicat.client import ScicatClient, ScicatCredentials, ScicatError
-from archiver.scicat.models import ArchiveStatus, Datablock
+from archiver.scicat.models import ArchiveStatus, Datablock, DataFile
 from archiver.storage.s3 import S3Credentials, s3_client
 
 T = TypeVar("T")
@@ -135,8 +137,14 @@ ARCHIVED_LIFECYCLE = {
 @dataclass(frozen=True)
 class OnRecord:
     registered: list[Datablock]  # the dataset's datablocks in SciCat
-    listed: list[tuple[str, int]]  # (path, size) of the files its origdatablocks list
+    listed: list[ListedFile]  # every file entry of its origdatablocks
     archive: ArchiveOnRecord  # what the registered datablocks amount to on the LTS
+
+    def registered_wire(self) -> list[dict[str, Any]]:
+        return [d.to_wire() for d in self.registered]
+
+    def differences(self) -> ArchiveDifferences:
+        return archive_differences(self.registered_wire(), self.listed)
 
 
 def dataset_on_record(pid: str, config: RunConfiguration, connections: Connections) -> OnRecord:
@@ -144,10 +152,17 @@ def dataset_on_record(pid: str, config: RunConfiguration, connections: Connectio
     scicat = connections.scicat
     registered = scicat_call(f"datablocks of {pid}", scicat.get_datablocks, pid)
     origdatablocks = scicat_call(f"origdatablocks of {pid}", scicat.get_origdatablocks, pid)
-    listed = [(f.path, f.size) for block in origdatablocks for f in block.data_file_list]
+    listed = [listed_file(f, block.chk_alg) for block in origdatablocks for f in block.data_file_list]
     archive = check_registered(config.settings.lts.storage_root, pid, [d.to_wire() for d in registered],
-                               [path for path, _ in listed])
+                               [f.path for f in listed])
     return OnRecord(registered, listed, archive)
+
+
+def listed_file(data_file: DataFile, chk_alg: str | None) -> ListedFile:
+    """An origdatablock's file entry; its checksum kept when its algorithm is one we can compute."""
+    algorithm = listed_algorithm(chk_alg)
+    checksum = ListedChecksum(algorithm=algorithm, value=data_file.chk) if algorithm and data_file.chk else None
+    return ListedFile(data_file.path.removeprefix("./"), data_file.size, checksum)
 
 
 class RunCancelled(Exception):

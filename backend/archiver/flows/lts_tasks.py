@@ -15,7 +15,7 @@ from archiver.flows.common import exception_of
 from archiver.packing import archive, cleanup, partial, retrieve
 from archiver.packing.errors import ArchiverError
 from archiver.packing.planning import PlannedDatablock
-from archiver.packing.records import DatablockRecord, Manifest
+from archiver.packing.records import DatablockRecord, ListedChecksum, Manifest
 from archiver.storage import lts
 
 
@@ -56,8 +56,9 @@ def wait_for_free_space(lts_root: Path, min_free_percentage: float, timeout_s: f
     task_run_name="write {block.archive_id}",
     **_STORAGE_RETRIES,
 )
-def write_datablock(s3, bucket: str, block: PlannedDatablock, lts_root: Path, algorithm: str, on_bytes=None) -> DatablockRecord:
-    return archive.archive_datablock(s3, bucket, block, lts_root, algorithm, on_bytes=on_bytes)
+def write_datablock(s3, bucket: str, block: PlannedDatablock, lts_root: Path, algorithm: str, on_bytes=None,
+                    listed: dict[str, ListedChecksum] | None = None) -> DatablockRecord:
+    return archive.archive_datablock(s3, bucket, block, lts_root, algorithm, on_bytes=on_bytes, listed=listed)
 
 
 @task(name="verify-datablocks-in-lts", task_run_name="verify {archive_id}", cache_policy=NO_CACHE)

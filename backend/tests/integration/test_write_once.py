@@ -1,0 +1,128 @@
+"""The LTS is written once, and what is archived is what SciCat lists: archive jobs run for real (Prefect server,
+S3 server, the strict SciCat development server, an LTS folder) after an owner's ordinary SciCat calls."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from datetime import datetime, timezone
+from urllib.parse import quote
+
+import pytest
+from archiver.flows.archive import archive_datasets_flow
+from archiver.flows.test_dataset import create_test_dataset_flow
+from archiver.packing import naming
+from archiver.packing.archive import archive_datablock
+from archiver.packing.planning import list_dataset_files, plan_datablocks
+from archiver.scicat.models import DataFile, NewOrigDatablock
+
+pytestmark = pytest.mark.integration
+
+
+def archive(pipeline, pid: str) -> dict:
+    """Run an archive job for `pid`; SciCat's job (v3 shape) after it."""
+    job_id = pipeline.new_job("archive", [pid])
+    try:
+        archive_datasets_flow(job_id=job_id)
+    except Exception:
+        pass  # a failed job raises after its status is in SciCat; the tests read that
+    return pipeline.job(job_id, "v3")
+
+
+def lts_files(pipeline, pid: str) -> dict[str, str]:
+    """Every file of the dataset's LTS folder (relative path -> sha256)."""
+    folder = naming.dataset_lts_folder(pipeline.lts_root, pid)
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.startswith(".")}
+
+
+def registered(pipeline, pid: str) -> list[tuple[str, str]]:
+    return sorted((d.id, d.archive_id) for d in pipeline.scicat.get_datablocks(pid))
+
+
+def owner_replaces_lifecycle(pipeline, pid: str) -> None:
+    """An ordinary dataset PATCH: SciCat replaces the lifecycle, so its archive status is back at its default."""
+    response = pipeline.scicat_dev.call("PATCH", f"/api/v3/datasets/{quote(pid, safe='')}",
+                                        json={"datasetlifecycle": {"retrievable": True}})
+    assert response.status_code == 200, response.text
+    assert pipeline.scicat.get_dataset(pid).datasetlifecycle.archive_status_message == "datasetCreated"
+
+
+def put_landing(pipeline, pid: str, path: str, data: bytes) -> DataFile:
+    pipeline.s3.put_object(Bucket=pipeline.settings.minio.landingzone_bucket, Key=naming.landing_prefix(pid) + path,
+                           Body=data)
+    return DataFile(path=path, size=len(data), time=datetime.now(timezone.utc), chk=hashlib.sha256(data).hexdigest())
+
+
+def test_a_changed_archived_dataset_is_refused_and_its_only_copy_stays(pipeline):
+    pid = create_test_dataset_flow(num_files=2, file_size_mb=0.01)
+    assert archive(pipeline, pid)["jobStatusMessage"] == "finishedSuccessful"
+    archived, records = lts_files(pipeline, pid), registered(pipeline, pid)
+    assert pipeline.landing_keys(pid) == []
+
+    # the owner resets the lifecycle, lists file_0000.bin again with other bytes and uploads those
+    owner_replaces_lifecycle(pipeline, pid)
+    changed = put_landing(pipeline, pid, "file_0000.bin", os.urandom(5000))
+    pipeline.scicat.create_origdatablock(pid, NewOrigDatablock(size=5000, chk_alg="sha256", data_file_list=[changed]))
+    job = archive(pipeline, pid)
+
+    assert job["jobStatusMessage"] == "finishedWithDatasetErrors"
+    assert f"dataset {pid} is archived" in job["jobStatusMessage"] + str(job.get("jobResultObject"))
+    assert lts_files(pipeline, pid) == archived  # not a byte of the LTS changed, nothing set aside
+    assert registered(pipeline, pid) == records
+    assert pipeline.landing_keys(pid) == [naming.landing_prefix(pid) + "file_0000.bin"]  # the upload is left
+    lifecycle = pipeline.scicat.get_dataset(pid).datasetlifecycle
+    assert lifecycle.archive_status_message == "datasetCreated"  # the refusal touched nothing in SciCat
+
+
+def test_an_unchanged_archived_dataset_archived_again_is_a_successful_no_op(pipeline):
+    pid = create_test_dataset_flow(num_files=2, file_size_mb=0.01)
+    archive(pipeline, pid)
+    archived, records = lts_files(pipeline, pid), registered(pipeline, pid)
+    owner_replaces_lifecycle(pipeline, pid)
+
+    assert archive(pipeline, pid)["jobStatusMessage"] == "finishedSuccessful"
+    assert lts_files(pipeline, pid) == archived and registered(pipeline, pid) == records
+    lifecycle = pipeline.scicat.get_dataset(pid).datasetlifecycle
+    assert (lifecycle.archive_status_message, lifecycle.retrievable) == ("datasetOnArchiveDisk", True)
+
+
+def test_bytes_that_differ_from_the_listed_checksum_fail_the_dataset_as_the_owners_error(pipeline):
+    pid = create_test_dataset_flow(num_files=3, file_size_mb=0.01)
+    listed = {f.path: f.chk for b in pipeline.scicat.get_origdatablocks(pid) for f in b.data_file_list}
+    # same size, other bytes: only the checksum can tell
+    size = pipeline.s3.head_object(Bucket=pipeline.settings.minio.landingzone_bucket,
+                                   Key=naming.landing_prefix(pid) + "file_0001.bin")["ContentLength"]
+    other = put_landing(pipeline, pid, "file_0001.bin", os.urandom(size))
+
+    job = archive(pipeline, pid)
+
+    assert job["jobStatusMessage"] == "finishedWithDatasetErrors"
+    lifecycle = pipeline.scicat.get_dataset(pid).datasetlifecycle
+    assert lifecycle.archive_status_message == "missingFilesError"
+    message = str(lifecycle.archive_return_message)
+    assert f"file_0001.bin (SciCat lists sha256 {listed['file_0001.bin']}, the landing zone has {other.chk})" in message
+    assert registered(pipeline, pid) == []
+    assert not any(name.endswith((".tar", ".partial")) for name in lts_files(pipeline, pid))
+    assert len(pipeline.landing_keys(pid)) == 3
+
+
+def test_a_rerun_after_the_owner_fixed_a_file_writes_it_under_a_new_name_and_sets_the_old_one_aside(pipeline):
+    pid = create_test_dataset_flow(num_files=1, file_size_mb=0.01)
+    bucket, key = pipeline.settings.minio.landingzone_bucket, naming.landing_prefix(pid) + "file_0000.bin"
+    listed_bytes = pipeline.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    # an earlier archival wrote a datablock of other bytes and died before registering it; then the owner
+    # uploaded the listed file again
+    put_landing(pipeline, pid, "file_0000.bin", os.urandom(2000))
+    (stale,) = plan_datablocks(pid, list_dataset_files(pipeline.s3, bucket, pid), 10**9)
+    archive_datablock(pipeline.s3, bucket, stale, pipeline.lts_root)
+    stale_sha = lts_files(pipeline, pid)[f"datablocks/{naming.datablock_name(pid, 0)}"]
+    put_landing(pipeline, pid, "file_0000.bin", listed_bytes)
+
+    assert archive(pipeline, pid)["jobStatusMessage"] == "finishedSuccessful"
+    ((_, archive_id),) = registered(pipeline, pid)
+    assert archive_id == naming.archive_id(pid, 1)  # index 0 is taken: never written over
+    files = lts_files(pipeline, pid)
+    discarded = [(name, sha) for name, sha in files.items() if name.startswith("discarded/") and name.endswith(".tar")]
+    assert [sha for _, sha in discarded] == [stale_sha]  # superseded, kept aside until pruned
+    assert pipeline.landing_keys(pid) == []

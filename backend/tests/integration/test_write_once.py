@@ -4,17 +4,20 @@ S3 server, the strict SciCat development server, an LTS folder) after an owner's
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from datetime import datetime, timezone
 from urllib.parse import quote
 
 import pytest
-from archiver.flows.archive import archive_datasets_flow
+from archiver.config.runtime import load_run_configuration
+from archiver.flows.archive import _clean_up_interrupted_archival, archive_datasets_flow
+from archiver.flows.common import connect
 from archiver.flows.test_dataset import create_test_dataset_flow
 from archiver.packing import naming
 from archiver.packing.archive import archive_datablock
 from archiver.packing.planning import list_dataset_files, plan_datablocks
-from archiver.scicat.models import DataFile, NewOrigDatablock
+from archiver.scicat.models import DataFile, NewDatablock, NewOrigDatablock
 
 pytestmark = pytest.mark.integration
 
@@ -126,3 +129,47 @@ def test_a_rerun_after_the_owner_fixed_a_file_writes_it_under_a_new_name_and_set
     discarded = [(name, sha) for name, sha in files.items() if name.startswith("discarded/") and name.endswith(".tar")]
     assert [sha for _, sha in discarded] == [stale_sha]  # superseded, kept aside until pruned
     assert pipeline.landing_keys(pid) == []
+
+
+def write_unregistered(pipeline, pid: str, target_bytes: int) -> list:
+    """What an archival that died before registering leaves: every datablock written and verified on the LTS."""
+    bucket = pipeline.settings.minio.landingzone_bucket
+    blocks = plan_datablocks(pid, list_dataset_files(pipeline.s3, bucket, pid), target_bytes)
+    return [archive_datablock(pipeline.s3, bucket, block, pipeline.lts_root) for block in blocks]
+
+
+def test_an_unfinished_registration_is_completed_from_the_lts_without_writing(pipeline):
+    pid = create_test_dataset_flow(num_files=3, file_size_mb=0.01)
+    records = write_unregistered(pipeline, pid, 12_000)  # one file per datablock
+    assert len(records) == 3
+    first = NewDatablock.model_validate(records[0].model_dump(exclude={"datasetId"}))
+    pipeline.scicat.create_datablock(pid, first)  # the run died after its first registration
+    before = lts_files(pipeline, pid)
+
+    assert archive(pipeline, pid)["jobStatusMessage"] == "finishedSuccessful"
+    assert sorted(a for _, a in registered(pipeline, pid)) == sorted(r.archiveId for r in records)
+    assert lts_files(pipeline, pid) == before  # nothing written, nothing set aside
+    assert pipeline.landing_keys(pid) == []
+
+
+def test_crash_recovery_removes_an_unfinished_registration_but_never_an_archived_datasets(pipeline):
+    unfinished = create_test_dataset_flow(num_files=2, file_size_mb=0.01)
+    record, _ = write_unregistered(pipeline, unfinished, 12_000)  # one file per datablock, one registered
+    pipeline.scicat.create_datablock(unfinished, NewDatablock.model_validate(record.model_dump(exclude={"datasetId"})))
+    archived = create_test_dataset_flow(num_files=2, file_size_mb=0.01)
+    archive(pipeline, archived)
+    records = registered(pipeline, archived)
+    owner_replaces_lifecycle(pipeline, archived)
+    added = put_landing(pipeline, archived, "added.bin", os.urandom(100))
+    pipeline.scicat.create_origdatablock(archived, NewOrigDatablock(size=100, chk_alg="sha256", data_file_list=[added]))
+
+    config = load_run_configuration()
+    with connect(config) as connections:
+        for pid in (unfinished, archived):
+            _clean_up_interrupted_archival(pid, config, connections, RuntimeError("run crashed"),
+                                           logging.getLogger("test"))
+
+    assert registered(pipeline, unfinished) == []  # its datablock stays on the LTS for the next run
+    assert lts_files(pipeline, unfinished)[f"datablocks/{naming.datablock_name(unfinished, 0)}"]
+    assert registered(pipeline, archived) == records
+    assert pipeline.scicat.get_dataset(archived).datasetlifecycle.archive_status_message == "datasetCreated"

@@ -123,8 +123,11 @@ class ScicatDev:
         """SciCat calls received since this object was made, oldest first."""
         return self._http.get("/dev/requests", params={"since": self.start_seq - 1}).raise_for_status().json()
 
-    def fail_next(self, count: int, status: int = 503) -> None:
-        self._http.post("/dev/faults", json={"count": count, "status": status}).raise_for_status()
+    def fail_next(self, count: int, status: int = 503, *, after: bool = False, match: str | None = None) -> None:
+        """The next `count` SciCat calls (those whose 'METHOD path' contains `match`) answer `status`; `after`:
+        each is carried out first, its answer lost."""
+        faults = {"count": count, "status": status, "after": after, "match": match}
+        self._http.post("/dev/faults", json=faults).raise_for_status()
 
     def expire_tokens(self) -> None:
         self._http.delete("/dev/tokens").raise_for_status()

@@ -8,6 +8,7 @@ the LTS, registered in SciCat, and the lifecycle says datasetOnArchiveDisk.
 from __future__ import annotations
 
 from prefect import flow, task
+from prefect.runtime import task_run
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
@@ -15,7 +16,7 @@ from prefect.logging import get_run_logger
 from archiver.config.runtime import RunConfiguration, load_run_configuration
 from archiver.flows.common import (
     ARCHIVED_LIFECYCLE, Connections, OnRecord, ProgressReporter, connect, dataset_on_record, exception_of,
-    raise_if_cancelled, run_bounded, run_bounded_or_raise, scicat_call,
+    raise_if_cancelled, run_bounded, run_bounded_or_raise, scicat_call, scicat_may_recover,
 )
 from archiver.flows.concurrency import reconcile_tags
 from archiver.flows.failures import describe_failure
@@ -102,17 +103,30 @@ def _store_datablocks(
     return results
 
 
+@task(name="register-datablock", task_run_name="scicat: register {manifest.archiveId}", retries=4,
+      retry_delay_seconds=[5, 15, 30, 60], retry_condition_fn=scicat_may_recover, cache_policy=NO_CACHE)
+def register_datablock(scicat, pid: str, manifest: Manifest) -> str:
+    """Register one datablock; returns its SciCat id. A POST whose answer was lost may have registered it,
+    so a retry first looks for the archive id among the dataset's datablocks and adopts what it finds
+    (keeping one record where SciCat holds several of it): a datablock is never registered twice."""
+    if task_run.run_count > 1:
+        found = sorted((d for d in scicat.get_datablocks(pid) if d.archive_id == manifest.archiveId), key=lambda d: d.id)
+        if found:
+            for extra in found[1:]:
+                scicat.delete_datablock(pid, extra.id)
+            return found[0].id
+    new = NewDatablock.model_validate(manifest.record().model_dump(exclude={"datasetId"}))
+    return scicat.create_datablock(pid, new).id
+
+
 def _register(pid: str, manifests: list[Manifest], earlier: list[Datablock], connections: Connections,
               registered_now: list[str]) -> None:
     """Register the datablocks SciCat does not list yet; `registered_now` collects the ids this run creates.
     Registrations already there stay (they are of datablocks in the plan: checked before)."""
-    scicat = connections.scicat
     known = {d.archive_id for d in earlier}
     for manifest in manifests:
         if manifest.archiveId not in known:
-            created = scicat_call(f"register {manifest.archiveId}", scicat.create_datablock, pid,
-                                  NewDatablock.model_validate(manifest.record().model_dump(exclude={"datasetId"})))
-            registered_now.append(created.id)
+            registered_now.append(register_datablock(connections.scicat, pid, manifest))
 
 
 def _refusal_of_archived(

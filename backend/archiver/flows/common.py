@@ -108,7 +108,7 @@ def exception_of(state) -> BaseException | None:
     return None
 
 
-def _scicat_may_recover(task, task_run, state) -> bool:
+def scicat_may_recover(task, task_run, state) -> bool:
     """Retry SciCat calls only when SciCat was unreachable or unavailable, never on a 4xx answer."""
     error = exception_of(state)
     if isinstance(error, ScicatError):
@@ -121,7 +121,7 @@ def _scicat_may_recover(task, task_run, state) -> bool:
     task_run_name="scicat: {what}",
     retries=4,
     retry_delay_seconds=[5, 15, 30, 60],
-    retry_condition_fn=_scicat_may_recover,
+    retry_condition_fn=scicat_may_recover,
     cache_policy=NO_CACHE,
 )
 def scicat_call(what: str, call: Callable[..., R], *args: Any, **kwargs: Any) -> R:
@@ -150,12 +150,21 @@ class OnRecord:
 def dataset_on_record(pid: str, config: RunConfiguration, connections: Connections) -> OnRecord:
     """What SciCat and the LTS say about a dataset's archive (packing.registered)."""
     scicat = connections.scicat
-    registered = scicat_call(f"datablocks of {pid}", scicat.get_datablocks, pid)
+    registered = _one_per_archive_id(scicat_call(f"datablocks of {pid}", scicat.get_datablocks, pid))
     origdatablocks = scicat_call(f"origdatablocks of {pid}", scicat.get_origdatablocks, pid)
     listed = [listed_file(f, block.chk_alg) for block in origdatablocks for f in block.data_file_list]
     archive = check_registered(config.settings.lts.storage_root, pid, [d.to_wire() for d in registered],
                                [f.path for f in listed])
     return OnRecord(registered, listed, archive)
+
+
+def _one_per_archive_id(datablocks: list[Datablock]) -> list[Datablock]:
+    """A datablock SciCat holds twice (a registration repeated by an older archiver) counts once, so it is
+    retrieved once; the audit reports the duplicates (`duplicate-registration`)."""
+    first: dict[str, Datablock] = {}
+    for datablock in datablocks:
+        first.setdefault(datablock.archive_id, datablock)
+    return list(first.values())
 
 
 def listed_file(data_file: DataFile, chk_alg: str | None) -> ListedFile:

@@ -13,6 +13,7 @@ leaves `ok` false, which puts the datablock first in line again until it is repa
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -205,6 +206,10 @@ def consistency_findings(
         if archive_id not in on_record and settled(archive_id):
             known = "knows no such dataset" if registered is None else "lists no such datablock"
             findings.append(Finding("dark", pid, archive_id, f"{size} bytes on the LTS; SciCat {known}"))
+    counted = Counter(wire.get("archiveId") for wire in registered or [])
+    for archive_id, count in sorted((str(a), n) for a, n in counted.items() if n > 1):
+        findings.append(Finding("duplicate-registration", pid, archive_id,
+                                f"registered {count} times in SciCat; delete all but one record"))
     for archive_id, wire in sorted(on_record.items(), key=lambda item: str(item[0])):
         finding = _lost(pid, str(archive_id), wire.get("packedSize"), dataset.tars.get(archive_id))
         if finding is not None:

@@ -5,9 +5,11 @@ thread-safe and the bearer token is guarded by a lock. It logs in on first use,
 reuses the token, and logs in again once when SciCat answers 401.
 
 Retries: connection errors and 502/503/504 are retried with exponential
-backoff; 4xx answers never are. A POST is retried only when the request
-cannot have reached SciCat (connect errors, 502/503/504), so a lost answer
-never registers a datablock twice.
+backoff; 4xx answers never are. A POST that creates something is retried only
+when the request cannot have reached SciCat (connect errors): a gateway's
+502/504 or a dropped connection may follow a request SciCat carried out, so a
+lost answer never registers a datablock twice here. The caller decides (the
+flows look for the record before trying again).
 """
 
 from __future__ import annotations
@@ -139,7 +141,7 @@ class ScicatClient:
         """Log in and keep the token for the following calls."""
         response = self._send(
             "login", f"user {self._credentials.username!r}", "POST", self._api + "auth/login",
-            json={"username": self._credentials.username, "password": self._credentials.password},
+            json={"username": self._credentials.username, "password": self._credentials.password}, repeatable=True,
         )
         self._check("login", f"user {self._credentials.username!r}", response)
         try:
@@ -299,13 +301,16 @@ class ScicatClient:
             raise ScicatError(call, target, "answer is not JSON", response.status_code, _excerpt(response)) from None
 
     def _send(self, call: str, target: str, method: str, url: str, json: dict | None = None, token: str | None = None,
-              params: dict[str, str] | None = None) -> httpx.Response:
+              params: dict[str, str] | None = None, repeatable: bool | None = None) -> httpx.Response:
+        """The answer, retrying what cannot have taken effect twice: everything but a POST (unless
+        `repeatable`) on 502/503/504 and lost connections, and any request that never connected."""
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        repeatable = method != "POST" if repeatable is None else repeatable
         attempt = 0
         while True:
             try:
                 response = self._http.request(method, url, json=json, headers=headers, params=params)
-                if response.status_code not in RETRY_STATUSES:
+                if response.status_code not in RETRY_STATUSES or not repeatable:
                     return response
                 problem = f"HTTP {response.status_code}: {_excerpt(response)}"
                 if attempt >= self._retries:
@@ -313,7 +318,7 @@ class ScicatClient:
             except httpx.TransportError as e:
                 problem = f"{e.__class__.__name__}: {e}"
                 may_have_arrived = not isinstance(e, (httpx.ConnectError, httpx.ConnectTimeout))
-                if attempt >= self._retries or (method == "POST" and may_have_arrived):
+                if attempt >= self._retries or (not repeatable and may_have_arrived):
                     raise ScicatError(call, target, f"no answer from {url}: {problem} (after {attempt + 1} tries)") from e
             delay = min(self._max_backoff_s, self._backoff_s * 2**attempt)
             log.warning("SciCat call '%s' for %s: %s; retrying in %.1fs", call, target, problem, delay)

@@ -47,6 +47,14 @@ class DevServerConfig:
     groups: dict[str, list[str]] = field(default_factory=dict)  # username -> the groups of its identity
 
 
+class FaultRequest(BaseModel):
+    count: NonNegativeInt = Field(description="how many of the next SciCat calls fail")
+    status: int = Field(503, ge=400, le=599)
+    after: bool = Field(False, description="carry the call out, then answer `status` instead (a gateway that "
+                                           "timed out waiting for SciCat's answer)")
+    match: str | None = Field(None, description="only calls whose 'METHOD path' contains this fail")
+
+
 @dataclass
 class DevState:
     datasets: dict[str, dict] = field(default_factory=dict)
@@ -56,8 +64,7 @@ class DevState:
     tokens: dict[str, str] = field(default_factory=dict)  # token -> username
     requests: list[dict] = field(default_factory=list)
     next_seq: int = 1
-    fault_count: int = 0
-    fault_status: int = 503
+    faults: FaultRequest = field(default_factory=lambda: FaultRequest(count=0))
 
     def log_request(self, method: str, raw_path: str, route_path: str, body: bytes) -> dict:
         entry: dict[str, Any] = {"seq": self.next_seq, "method": method, "path": raw_path, "body": _logged_body(body)}
@@ -68,10 +75,13 @@ class DevState:
         self.requests.append(entry)
         return entry
 
-
-class FaultRequest(BaseModel):
-    count: NonNegativeInt = Field(description="how many of the next SciCat calls fail")
-    status: int = Field(503, ge=400, le=599)
+    def take_fault(self, call: str) -> FaultRequest | None:
+        """The fault this call ('METHOD path') gets, counted off the pending ones; None when it gets none."""
+        faults = self.faults
+        if faults.count == 0 or (faults.match is not None and faults.match not in call):
+            return None
+        self.faults = faults.model_copy(update={"count": faults.count - 1})
+        return faults
 
 
 def _now() -> str:
@@ -143,10 +153,15 @@ class _DevMiddleware:
         body = await _read_body(receive)
         entry = self.state.log_request(scope["method"], raw_path, scope["path"], body)
         scope["dev_log_entry"] = entry
-        if self.state.fault_count > 0:
-            self.state.fault_count -= 1
+        fault = self.state.take_fault(f"{scope['method']} {scope['path']}")
+        if fault is not None:
             entry["fault"] = True
-            return await self._answer(entry, _http_error(self.state.fault_status, "fault injected by /dev/faults"), scope, send)
+            if fault.after:  # carried out, its answer lost on the way back
+                await self._carry_out(scope, receive, body, entry, _discard)
+            return await self._answer(entry, _http_error(fault.status, "fault injected by /dev/faults"), scope, send)
+        await self._carry_out(scope, receive, body, entry, send)
+
+    async def _carry_out(self, scope, receive, body: bytes, entry: dict, send) -> None:
         user = self._user(scope)
         if scope["path"] != LOGIN_PATH and user is None:
             return await self._answer(entry, _http_error(401, "Unauthorized"), scope, send)
@@ -181,6 +196,10 @@ class _DevMiddleware:
             return {"type": "http.request", "body": b"", "more_body": False}
 
         await response(scope, no_body, send)
+
+
+async def _discard(message) -> None:
+    """An ASGI `send` for an answer that never reaches the client."""
 
 
 async def _read_body(receive) -> bytes:
@@ -515,12 +534,12 @@ def create_app(config: DevServerConfig, state: DevState | None = None) -> FastAP
 
     @app.post("/dev/faults")
     async def set_faults(body: FaultRequest):
-        state.fault_count, state.fault_status = body.count, body.status
+        state.faults = body
         return body
 
     @app.get("/dev/faults")
     async def get_faults():
-        return FaultRequest(count=state.fault_count, status=state.fault_status)
+        return state.faults
 
     @app.delete("/dev/tokens")
     async def expire_tokens():

@@ -173,3 +173,16 @@ def test_crash_recovery_removes_an_unfinished_registration_but_never_an_archived
     assert lts_files(pipeline, unfinished)[f"datablocks/{naming.datablock_name(unfinished, 0)}"]
     assert registered(pipeline, archived) == records
     assert pipeline.scicat.get_dataset(archived).datasetlifecycle.archive_status_message == "datasetCreated"
+
+
+def test_a_registration_whose_answer_was_lost_is_adopted_not_repeated(pipeline):
+    pipeline.set_settings(ARCHIVER_TARGET_SIZE_MB=1)
+    pid = create_test_dataset_flow(num_files=3, file_size_mb=0.4)  # 2 datablocks of 1 MB
+    # the first registration reaches SciCat, its answer is lost (a gateway's 504)
+    pipeline.scicat_dev.fail_next(1, 504, after=True, match="POST /api/v3/datasets/")
+
+    assert archive(pipeline, pid)["jobStatusMessage"] == "finishedSuccessful"
+    archive_ids = [a for _, a in registered(pipeline, pid)]
+    assert len(archive_ids) == 2 and len(set(archive_ids)) == 2  # one record per datablock
+    posts = [e for e in pipeline.scicat_dev.requests() if e["method"] == "POST" and e["path"].endswith("/datablocks")]
+    assert [e.get("fault", False) for e in posts] == [True, False]  # the lost answer's record adopted, not sent again

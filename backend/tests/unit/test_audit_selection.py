@@ -117,6 +117,16 @@ def test_consistency_names_lost_and_resized_datablocks():
     ]
 
 
+def test_consistency_names_a_datablock_registered_more_than_once():
+    dataset = audit.DatasetOnLts("p", tars={"a.tar": 10, "b.tar": 20}, manifests={"a.tar", "b.tar"},
+                                 changed={"a.tar": START, "b.tar": START})
+    registered = [{"archiveId": "a.tar", "packedSize": 10}] * 3 + [{"archiveId": "b.tar", "packedSize": 20}]
+    findings = audit.consistency_findings(dataset, registered, now=START, partial_age=timedelta(hours=1),
+                                          discarded_retention=timedelta(days=1))
+    assert [(f.kind, f.what, f.detail) for f in findings] == [
+        ("duplicate-registration", "a.tar", "registered 3 times in SciCat; delete all but one record")]
+
+
 def test_the_audit_deployment_is_scheduled_from_lts_audit_cron_both_ways():
     import yaml
     from archiver.config.settings import load_vars_file

@@ -7,6 +7,8 @@ the LTS, registered in SciCat, and the lifecycle says datasetOnArchiveDisk.
 
 from __future__ import annotations
 
+import time
+
 from prefect import flow, task
 from prefect.runtime import task_run
 from prefect.artifacts import create_table_artifact
@@ -72,6 +74,10 @@ def _store_datablocks(
     write = tagged(write_datablock, limits.MOVE_TO_LTS_LIMIT)
     verify = tagged(verify_datablock, limits.VERIFY_LTS_LIMIT)
     checksums = {f.path: f.checksum for f in listed if f.checksum}
+    # One wait for room per dataset: the timeout bounds all of its waits together, and once a datablock
+    # found the LTS full the ones not started yet are not tried (the verified ones stay for a re-run).
+    room_deadline = time.monotonic() + settings.lts.free_space_timeout_s
+    full: list[str] = []
 
     def checked(archive_id: str) -> Manifest:
         try:
@@ -82,12 +88,21 @@ def _store_datablocks(
             raise
 
     def store(block: PlannedDatablock) -> Manifest:
+        if full:
+            raise lts.LtsFullError(f"datablock {block.archive_id} not written: datablock {full[0]} of dataset {pid} "
+                                   "found the LTS full; free space on the LTS, then run the job again")
         # The tagged wait (two Prefect API round trips for its slot) only when the LTS is short of room.
         if not lts.has_free_space(settings.lts.storage_root, settings.lts.free_space_percentage):
-            wait(settings.lts.storage_root, settings.lts.free_space_percentage, settings.lts.free_space_timeout_s)
-        record = write(connections.s3, settings.minio.landingzone_bucket, block, settings.lts.storage_root,
-                       settings.archiver.checksum_algorithm, on_bytes=progress.add,
-                       listed={f.path: checksums[f.path] for f in block.files if f.path in checksums})
+            wait(settings.lts.storage_root, settings.lts.free_space_percentage,
+                 max(0.0, room_deadline - time.monotonic()))
+        try:
+            record = write(connections.s3, settings.minio.landingzone_bucket, block, settings.lts.storage_root,
+                           settings.archiver.checksum_algorithm, on_bytes=progress.add,
+                           listed={f.path: checksums[f.path] for f in block.files if f.path in checksums})
+        except OSError as e:
+            if lts.is_full(e):
+                full.append(block.archive_id)
+            raise
         return checked(record.archiveId)
 
     results = run_bounded_or_raise(lambda m: checked(m.archiveId), plan.reused, settings.archiver.datablock_concurrency)

@@ -20,9 +20,9 @@ from archiver.storage import lts
 
 
 def _may_recover(task, task_run, state) -> bool:
-    """Retry storage hiccups; never a user's mistake, a checksum mismatch or a refused name."""
+    """Retry storage hiccups; never a user's mistake, a checksum mismatch, a refused name or a full LTS."""
     error = exception_of(state)
-    return isinstance(error, Exception) and not isinstance(error, ArchiverError)
+    return isinstance(error, Exception) and not isinstance(error, ArchiverError) and not lts.is_full(error)
 
 
 # Storage tasks that stream data: transient S3/LTS errors get two more tries.

@@ -15,6 +15,18 @@ class LtsWaitTimeout(Exception):
     """The LTS did not reach the needed state in time; the message says which and what to do."""
 
 
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def is_full(error: BaseException) -> bool:
+    """Whether an error says the LTS (or the account's quota on it) has no room left: trying again will not help."""
+    return isinstance(error, OSError) and error.errno in NO_SPACE_ERRNOS
+
+
+class LtsFullError(Exception):
+    """A datablock not tried because another of its dataset already found the LTS full."""
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:

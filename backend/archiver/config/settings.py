@@ -15,7 +15,8 @@ from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AfterValidator, AnyHttpUrl, BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, TypeAdapter, ValidationError,
+    AfterValidator, AnyHttpUrl, BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveInt, TypeAdapter,
+    ValidationError,
     model_validator,
 )
 
@@ -61,6 +62,7 @@ class ArchiverSection(_Section):
     crash_retries: NonNegativeInt = Field(2, alias="ARCHIVER_CRASH_RETRIES")
     heartbeat_s: int = Field(30, alias="ARCHIVER_HEARTBEAT_S", ge=MINIMUM_HEARTBEAT_S)
     zombie_window_s: int = Field(90, alias="ARCHIVER_ZOMBIE_WINDOW_S")
+    dataset_lock_wait_s: NonNegativeFloat = Field(900, alias="ARCHIVER_DATASET_LOCK_WAIT_S")
 
     @model_validator(mode="after")
     def _window_longer_than_heartbeat(self) -> ArchiverSection:

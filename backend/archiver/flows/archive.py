@@ -17,7 +17,7 @@ from prefect.logging import get_run_logger
 
 from archiver.config.runtime import RunConfiguration, load_run_configuration
 from archiver.flows.common import (
-    ARCHIVED_LIFECYCLE, Connections, OnRecord, ProgressReporter, connect, dataset_on_record, exception_of,
+    ARCHIVED_LIFECYCLE, Connections, OnRecord, OwnershipCheck, ProgressReporter, RunNotOwned, connect, dataset_on_record, exception_of,
     raise_if_cancelled, run_bounded, run_bounded_or_raise, scicat_call, scicat_may_recover,
 )
 from archiver.flows.concurrency import reconcile_tags
@@ -78,6 +78,7 @@ def _store_datablocks(
     # found the LTS full the ones not started yet are not tried (the verified ones stay for a re-run).
     room_deadline = time.monotonic() + settings.lts.free_space_timeout_s
     full: list[str] = []
+    still_owner = OwnershipCheck()
 
     def checked(archive_id: str) -> Manifest:
         try:
@@ -88,6 +89,7 @@ def _store_datablocks(
             raise
 
     def store(block: PlannedDatablock) -> Manifest:
+        still_owner()
         if full:
             raise lts.LtsFullError(f"datablock {block.archive_id} not written: datablock {full[0]} of dataset {pid} "
                                    "found the LTS full; free space on the LTS, then run the job again")
@@ -192,8 +194,10 @@ def archive_dataset(job_id: str, dataset_id: str, config: RunConfiguration) -> D
             scicat_call(f"{pid} archive started", scicat.update_lifecycle, pid, "set archive status started",
                         archive_status_message=ArchiveStatus.STARTED, archivable=False, retrievable=False)
             files = list_landing_zone(connections.s3, bucket, pid, on_record.listed)
-            # One archival per dataset at a time; what dead runs left half-written is removed first.
-            with claim_datablocks_folder(settings.lts.storage_root, pid) as leftovers:
+            # One archival per dataset at a time, from planning to the landing zone's clean-up; what dead runs
+            # left half-written is removed first.
+            with claim_datablocks_folder(settings.lts.storage_root, pid, settings.archiver.dataset_lock_wait_s,
+                                         lambda lock: _waiting_for(pid, lock, settings, log)) as leftovers:
                 if leftovers:
                     log.warning("%s: %d half-written file(s) of a dead run removed: %s",
                                 pid, len(leftovers), ", ".join(p.name for p in leftovers))
@@ -213,17 +217,26 @@ def archive_dataset(job_id: str, dataset_id: str, config: RunConfiguration) -> D
                             "set archive status datasetOnArchiveDisk", **ARCHIVED_LIFECYCLE)
                 raise_if_cancelled()  # last check before the one step that cannot be undone
                 _set_aside_superseded(pid, plan.superseded, config, log)
+                _report_datablocks(pid, manifests)
+                try:
+                    deleted = clean_landing_zone(connections.s3, bucket, pid)
+                    log.info("%s: archived; %d landing-zone file(s) deleted", pid, deleted)
+                except Exception as e:  # the archive is complete and registered; only the cleanup is left to do
+                    log.error("%s: archived, but its landing-zone files could not be deleted (delete them by hand): "
+                              "%s", pid, e)
+        except RunNotOwned as error:
+            log.warning("%s: %s", pid, error)
+            raise
         except BaseException as error:
             _clean_up_failed_archival(pid, config, connections, registered_now, failed_verification, error, log)
             raise
-        _report_datablocks(pid, manifests)
-        try:
-            deleted = clean_landing_zone(connections.s3, bucket, pid)
-            log.info("%s: archived; %d landing-zone file(s) deleted", pid, deleted)
-        except Exception as e:  # the archive is complete and registered; only the cleanup is left to do
-            log.error("%s: archived, but its landing-zone files could not be deleted (delete them by hand): %s", pid, e)
     record_figures({BYTES: sum(m.size for m in manifests), DATABLOCKS: len(manifests)})
     return DatasetDone(datablocks=len(manifests), bytes=sum(m.packedSize for m in manifests))
+
+
+def _waiting_for(pid: str, lock, settings, log) -> None:
+    log.warning("%s: another process holds %s (a run taken for crashed may still be alive); waiting up to %.0f s "
+                "(ARCHIVER_DATASET_LOCK_WAIT_S) for it to let go", pid, lock, settings.archiver.dataset_lock_wait_s)
 
 
 def _set_aside_superseded(pid: str, archive_ids: list[str], config: RunConfiguration, log) -> None:

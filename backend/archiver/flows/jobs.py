@@ -13,7 +13,9 @@ from prefect.logging.loggers import flow_run_logger
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
 from archiver.config.runtime import RunConfiguration, load_run_configuration
-from archiver.flows.common import Connections, connect, run_bounded, scicat_call
+from archiver.flows.common import (
+    Connections, RunCancelled, RunNotOwned, connect, raise_if_cancelled, run_bounded, scicat_call,
+)
 from archiver.flows.failures import describe_failure
 from archiver.flows.figures import wait_for_figures
 from archiver.packing.download_script import Download, download_script
@@ -111,6 +113,7 @@ def run_job(
     done = [o for o in outcomes if isinstance(o, DatasetDone)]
     results = [entry for o in done for entry in o.entries]
 
+    _raise_if_not_owned(failures)
     verdict = job_verdict(failures)
     message = _summary(len(requested), failures, [o.note for o in done if o.note])
     script = _download_script(job_id, results)
@@ -122,6 +125,18 @@ def run_job(
         raise JobFailed(f"job {job_id}: {message}")
     log.info("job %s: %s", job_id, message)
     return results
+
+
+def _raise_if_not_owned(failures: dict[str, BaseException]) -> None:
+    """A run no longer running in Prefect (taken for crashed while it was frozen) reports nothing: its job is
+    another run's. A cancelled one still reports (its cancellation hook would otherwise)."""
+    for error in failures.values():
+        if isinstance(error, RunNotOwned):
+            raise error
+    try:
+        raise_if_cancelled()
+    except RunCancelled:
+        pass
 
 
 def _download_script(job_id: str, results: list[JobResultEntry]) -> str | None:

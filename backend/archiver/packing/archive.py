@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -36,24 +37,37 @@ class DatasetBusyError(ArchiverError):
 
 
 @contextlib.contextmanager
-def claim_datablocks_folder(lts_root: Path, pid: str) -> Iterator[list[Path]]:
+def claim_datablocks_folder(
+    lts_root: Path, pid: str, wait_s: float = 0.0, on_wait: Callable[[Path], None] | None = None,
+) -> Iterator[list[Path]]:
     """Hold the dataset's write lock while its datablocks are written; yields the leftover `.partial`
     files of dead runs, removed on entry.
 
     The lock is an exclusive `flock` on `{dataset}/.archiving.lock`, held for the whole `with` block.
     The kernel drops it when its holder dies, so whoever gets it knows no live writer is left and
-    every `.partial` file is a dead run's. Raises DatasetBusyError while another process holds it."""
+    every `.partial` file is a dead run's. While another process holds it, waits up to `wait_s` (a
+    frozen run that wakes up gives it back once it sees it no longer owns its job), calling `on_wait`
+    once; then raises DatasetBusyError."""
     folder = naming.datablocks_folder(lts_root, pid)
     folder.mkdir(parents=True, exist_ok=True)
     lock_path = folder.parent / LOCK_FILE_NAME
+    deadline = time.monotonic() + wait_s
     with open(lock_path, "a") as lock:
-        try:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise DatasetBusyError(
-                f"dataset {pid}: another process is writing its datablocks (it holds {lock_path}); "
-                "wait for that run to end before archiving the dataset again"
-            ) from None
+        while True:
+            try:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise DatasetBusyError(
+                        f"dataset {pid}: another process is writing its datablocks (it holds {lock_path}"
+                        + (f" and kept it for {wait_s:.0f} s" if wait_s else "")
+                        + "); wait for that run to end before archiving the dataset again"
+                    ) from None
+                if on_wait:
+                    on_wait(lock_path)
+                    on_wait = None
+                time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
         try:
             yield remove_partial_files(lts_root, pid)
         finally:

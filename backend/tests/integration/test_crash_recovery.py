@@ -202,3 +202,61 @@ def test_run_taken_for_dead_but_still_beating_is_left_to_finish(crash_pipeline, 
         client.set_flow_run_state(run.id, Cancelling(), force=True)  # end it; the cancellation hook reports
         poll_until(lambda: job_status(pipeline, job_id) == "finishedUnsuccessful", timeout=120, interval=1,
                    what="the cancelled job reported")
+
+
+def test_a_frozen_run_that_wakes_up_changes_nothing_and_the_resumed_job_finishes(crash_pipeline, serve_deployments):
+    """The flow-run process frozen mid-write (SIGSTOP, as `docker pause`) past the zombie window: the run is
+    marked Crashed and started again; the new run waits for the dataset's lock instead of failing. Woken up
+    (SIGCONT), the old run sees it no longer owns the job and stops: no registration, no lifecycle or job
+    status from it; the resumed run finishes and SciCat's job and dataset agree."""
+    from prefect.client.orchestration import get_client
+
+    from tests.integration.task_history import most_at_once, tagged_task_runs_since
+
+    pipeline = crash_pipeline
+    pipeline.set_settings(ARCHIVER_CRASH_RETRIES=2, ARCHIVER_DATASET_LOCK_WAIT_S=600)
+    pid = create_test_dataset_flow(num_files=NUM_FILES, file_size_mb=FILE_SIZE_MB)
+    originals = {f.path: f.chk for b in pipeline.scicat.get_origdatablocks(pid) for f in b.data_file_list}
+    job_id = pipeline.new_job("archive", [pid])
+    since = datetime.now(timezone.utc)
+    node = serve_deployments()
+    run = start_served_archival(job_id)
+    poll_until(lambda: partial_files(pipeline.lts_root) and len(finished_datablocks(pipeline.lts_root)) >= 1,
+               timeout=180, interval=0.02, what="a datablock being written")
+    frozen = descendants(node.pid)
+    for process in frozen:
+        os.kill(process, signal.SIGSTOP)
+    try:
+        with get_client(sync_client=True) as client:
+            poll_until(lambda: client.read_flow_run(run.id).state.is_crashed(), timeout=ZOMBIE_WINDOW_S + 60,
+                       interval=1, what="zombie automation to mark the frozen run Crashed")
+            retried = poll_until(lambda: [r for r in job_runs(client, job_id)
+                                          if r.id != run.id and r.state and r.state.is_running()],
+                                 timeout=180, interval=1, what="the job started again")
+            time.sleep(5)  # the new run is at the dataset's lock now
+    finally:
+        for process in frozen:
+            os.kill(process, signal.SIGCONT)
+    woken_at = time.monotonic()
+    poll_until(lambda: job_status(pipeline, job_id) == "finishedSuccessful", timeout=300, interval=1,
+               what="the resumed job to finish")
+    print(f"\nfrozen run woken up: SciCat shows finishedSuccessful {time.monotonic() - woken_at:.0f} s after")
+
+    statuses = [e["body"].get("jobStatusMessage") for e in pipeline.scicat_dev.requests()
+                if e.get("jobId") == job_id and e["method"] == "PATCH"]
+    assert "finishedUnsuccessful" not in statuses and statuses[-1] == "finishedSuccessful", statuses
+    lifecycle = pipeline.scicat_dev.state()["datasets"][pid]["datasetlifecycle"]
+    assert lifecycle["archiveStatusMessage"] == "datasetOnArchiveDisk"
+    datablocks = pipeline.scicat.get_datablocks(pid)
+    assert len({d.archive_id for d in datablocks}) == len(datablocks) == NUM_FILES
+    archived = {}
+    for datablock in datablocks:
+        archived.update({f.path: f.chk for f in archive.verify_datablock(pipeline.lts_root, datablock.archive_id).dataFileList})
+    assert archived == originals
+    assert pipeline.landing_keys(pid) == [] and partial_files(pipeline.lts_root) == []
+    with get_client(sync_client=True) as client:
+        old = client.read_flow_run(run.id)
+        assert not old.state.is_completed(), old.state  # it stopped on waking: nothing of the job is its own
+        assert len(retried) == 1 and client.read_flow_run(retried[0].id).state.is_completed()
+    writes = tagged_task_runs_since("move-datablocks-to-lts", "write ", since)
+    assert most_at_once([(w.start_time, w.end_time) for w in writes if w.start_time]) <= 1

@@ -9,6 +9,11 @@ both failed archive jobs during a `docker compose restart prefect-server`:
   every tagged task, for lease renewals and for block loads, so the first refused connection
   of such a client raised at once. `retry_refused_connections` makes every client in this
   process retry it: the API URL of a flow run is known to be right (the run was started by it).
+- While the server's database restarts, every request answers 500 (the server lives, its queries
+  fail), which the client does not retry: a job failed on its concurrency-slot release 15 s into a
+  10 s PostgreSQL restart. `retry_refused_connections` also makes the client retry a 500 for
+  requests that are safe to repeat (`safe_to_repeat`: reads, filters, slot releases, lease
+  renewals); a 500 to anything else still fails at once.
 - Calls of our own that must not give up after the client's retries (`call_prefect`).
 
 With `FLOW_RUN_ENVIRONMENT` (set by `archiver serve` and the Docker job templates) the
@@ -33,8 +38,19 @@ class PrefectUnavailable(Exception):
     """The Prefect API stayed unreachable (or answered 5xx) longer than we wait for it."""
 
 
+# POSTs that only read, or give back what the caller holds: repeating them changes nothing.
+_SAFE_POST_SUFFIXES = ("/filter", "/count", "/paginate", "/decrement-with-lease", "/renew")
+
+
+def safe_to_repeat(request: httpx.Request) -> bool:
+    """A Prefect API request whose repetition cannot do anything twice."""
+    return request.method in ("GET", "HEAD") or (
+        request.method == "POST" and request.url.path.rstrip("/").endswith(_SAFE_POST_SUFFIXES))
+
+
 def retry_refused_connections() -> None:
-    """Make Prefect's HTTP clients in this process retry refused connections from their first request."""
+    """Make Prefect's HTTP clients in this process retry refused connections from their first request, and a
+    500 answer to requests that are safe to repeat (the database behind the server restarting)."""
     from prefect.client import base
 
     for cls in (base.PrefectHttpxAsyncClient, base.PrefectHttpxSyncClient):
@@ -49,7 +65,13 @@ def retry_refused_connections() -> None:
             _original(self, *args, **kwargs)
             self._has_connected = True
 
+        def _send_with_retry(self, request, *args, retry_codes=frozenset(), _original=cls._send_with_retry, **kwargs):
+            if safe_to_repeat(request):
+                retry_codes = {*retry_codes, 500}
+            return _original(self, request, *args, retry_codes=retry_codes, **kwargs)
+
         cls.__init__ = __init__
+        cls._send_with_retry = _send_with_retry
         cls._archiver_retries_refused = True
 
 

@@ -104,3 +104,45 @@ class _Ok(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, *args):
         pass
+
+
+class _DatabaseRestarting(http.server.BaseHTTPRequestHandler):
+    """Answers 500 to each path's first request (the server's database is away), then 200."""
+
+    seen: list[str] = []
+
+    def do_POST(self):  # noqa: N802 (http.server's naming)
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        first = self.path not in self.seen
+        self.seen.append(self.path)
+        self.send_response(500 if first else 200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    do_GET = do_POST  # noqa: N815
+
+    def log_message(self, *args):
+        pass
+
+
+def test_prefect_clients_retry_a_500_only_where_repeating_is_safe():
+    from archiver.flows.outage import retry_refused_connections
+    from prefect.client.base import PrefectHttpxSyncClient
+    from prefect.exceptions import PrefectHTTPStatusError
+    from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
+    retry_refused_connections()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), _DatabaseRestarting)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with temporary_settings({PREFECT_CLIENT_MAX_RETRIES: 2}), \
+                PrefectHttpxSyncClient(base_url=f"http://127.0.0.1:{server.server_port}/api") as client:
+            assert client.post("/v2/concurrency_limits/decrement-with-lease", json={}).status_code == 200
+            assert client.get("/flow_runs/x").status_code == 200
+            with pytest.raises(PrefectHTTPStatusError, match="500"):
+                client.post("/flow_runs/", json={})  # creating: a 500 may follow a commit, so not repeated
+    finally:
+        server.shutdown()
+    assert _DatabaseRestarting.seen == ["/api/v2/concurrency_limits/decrement-with-lease"] * 2 + ["/api/flow_runs/x"] * 2 + [
+        "/api/flow_runs/"]

@@ -1,4 +1,4 @@
-"""Uploads through the archiver API's presigned URLs: the API served for real, moto's S3 server over HTTP,
+"""Uploads through the archiver API's presigned URLs: the API served for real, the test S3 server over HTTP,
 the strict SciCat development server, archival and retrieval run for real. The uploading side holds no S3
 credentials: it sees only the API and presigned URLs."""
 
@@ -336,14 +336,13 @@ def test_landing_zone_gets_the_abort_rule_and_cleanup_aborts_old_uploads(uploads
     command = [sys.executable, "-m", "archiver.cli", "upload-cleanup", "--vars", str(uploads.vars_file),
                "--secrets-dir", str(uploads.secrets_dir)]
 
-    # moto dates every multipart upload 2010-11-10: "older than N days" is tried with a century
-    kept = subprocess.run([*command, "--older-than-days", "36500"], capture_output=True, text=True, timeout=120, check=True)
+    kept = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
     reserved = multipart.reservations(uploads.s3, bucket)
     assert reserved[upload_id] == 123 and "an upload S3 already aborted" not in reserved
-    aborted = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
+    aborted = subprocess.run([*command, "--older-than-days", "0"], capture_output=True, text=True, timeout=120, check=True)
 
-    assert "0 unfinished upload(s) older than 36500 day(s) aborted" in kept.stdout
-    assert "older than 7 day(s)" in aborted.stdout  # UPLOAD_ABORT_INCOMPLETE_DAYS
+    assert "0 unfinished upload(s) older than 7 day(s) aborted" in kept.stdout  # UPLOAD_ABORT_INCOMPLETE_DAYS
+    assert "1 unfinished upload(s) older than 0 day(s) aborted" in aborted.stdout
     assert f"aborted s3://{bucket}/{key}" in aborted.stdout
     assert uploads.s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
     assert "budget reservation(s) of uploads no longer under way released" in kept.stdout

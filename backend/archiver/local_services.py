@@ -197,7 +197,7 @@ def s3_server(
         # As S3 does: no bucket made by a write to a missing one, no deletion of a bucket that holds objects.
         "-s3.autoCreateBucket=false", "-s3.allowDeleteBucketNotEmpty=false",
         # Every bucket is a collection with volumes of its own: room for many buckets (volumes grow as written).
-        "-volume.max=1000", "-master.volumeSizeLimitMB=1024", "-volume.preStopSeconds=0",
+        "-volume.max=10000", "-master.volumeSizeLimitMB=1024", "-volume.preStopSeconds=0",
     ]
     # One volume per new collection instead of 7 (master.toml's volume_growth.copy_1, read from the environment).
     env = {"WEED_MASTER_VOLUME_GROWTH_COPY_1": "1"}

@@ -6,7 +6,8 @@ names substituted) as managed policies, as `mc admin policy attach` does on MinI
 PutUserPolicy into its own coarse actions and refuses s3:ListBucketMultipartUploads there; attached policies
 are evaluated as written.) The flows run for real with those accounts and the download URLs are fetched as
 URLs. Where SeaweedFS is laxer than MinIO: ListBuckets lists the buckets an account may reach instead of
-being denied, and ListParts is allowed wherever ListBucketMultipartUploads is.
+being denied, and the archiver account may list an upload's parts in the retrieval bucket, which its policy
+does not grant (s3:ListMultipartUploadParts).
 """
 
 from __future__ import annotations

@@ -104,7 +104,7 @@ def pipeline(options: DevOptions) -> Iterator[Pipeline]:
         ))
         api_url = f"{prefect.url}/api"
         os.environ["PREFECT_API_URL"] = api_url
-        s3 = stack.enter_context(local_services.s3_server(logs))
+        s3 = stack.enter_context(local_services.s3_server(workdir / "s3", logs, _s3_identities(secrets_dir)))
         api_port = local_services.free_port()
         api_env = {"PREFECT_API_URL": api_url, "ARCHIVER_SECRETS_DIR": str(secrets_dir)}
         stack.enter_context(local_services.service(
@@ -146,6 +146,16 @@ def run(options: DevOptions) -> int:
                 while True:
                     time.sleep(3600)
     return 0 if ok else 1
+
+
+def _s3_identities(secrets_dir: Path) -> list[local_services.S3Identity]:
+    from archiver.config.secrets import ARCHIVER_S3, MINIO_ROOT, PRESIGN_S3
+    from archiver.storage.s3 import S3Credentials
+
+    return local_services.account_identities({
+        account: S3Credentials(read_secret(account.user, secrets_dir, {}), read_secret(account.password, secrets_dir, {}))
+        for account in (MINIO_ROOT, ARCHIVER_S3, PRESIGN_S3)
+    })
 
 
 def _seed(vars_file: Path, secrets_dir: Path) -> None:

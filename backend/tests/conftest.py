@@ -4,9 +4,10 @@
   (127.0.0.1:5432), dropped after the session. Set ARCHIVER_TEST_PREFECT_DB=sqlite
   to run it on SQLite instead. It requires an auth string, which the test process's Prefect
   settings (and environment) carry, as every client of the stack's server must.
-- `s3_endpoint`: moto's S3 server over HTTP; `s3` a boto3 client for it.
+- `s3_endpoint`: a SeaweedFS S3 server over HTTP that knows the accounts of S3_TEST_ACCOUNTS (and no other
+  key); `s3` a boto3 client for it with the root account.
 - `lts_root`: a temporary folder standing in for the LTS.
-- `secrets_dir`: a temporary .secrets/ filled by `archiver secrets init`.
+- `secrets_dir`: a temporary .secrets/ filled by `archiver secrets init`, with the test S3 accounts.
 """
 
 from __future__ import annotations
@@ -20,11 +21,29 @@ from pathlib import Path
 import pytest
 
 from archiver import local_services
-from archiver.config.secrets import init_secrets
+from archiver.config.secrets import ARCHIVER_S3, MINIO_ROOT, PRESIGN_S3, S3Account, init_secrets
 from archiver.storage.s3 import S3Credentials, s3_client
 
 S3_TEST_CREDENTIALS = S3Credentials("testing-access-key", "testing-secret-key")
 S3_TEST_REGION = "eu-west-1"
+# The S3 accounts the test S3 server knows (with the access local_services.ACCOUNT_ACTIONS gives them).
+S3_TEST_ACCOUNTS = {
+    MINIO_ROOT: S3_TEST_CREDENTIALS,
+    ARCHIVER_S3: S3Credentials("testing-archiver-key", "testing-archiver-secret"),
+    PRESIGN_S3: S3Credentials("testing-presign-key", "testing-presign-secret"),
+}
+
+
+def write_s3_account(secrets_dir: Path, account: S3Account, credentials: S3Credentials) -> None:
+    (secrets_dir / account.user.filename).write_text(credentials.access_key + "\n")
+    (secrets_dir / account.password.filename).write_text(credentials.secret_key + "\n")
+
+
+def init_test_secrets(path: Path) -> None:
+    """`archiver secrets init`, then the S3 accounts the test S3 server knows in place of its random ones."""
+    init_secrets(path)
+    for account, credentials in S3_TEST_ACCOUNTS.items():
+        write_s3_account(path, account, credentials)
 
 
 @pytest.fixture(scope="session")
@@ -70,8 +89,9 @@ def _environ(**values: str):
 
 
 @pytest.fixture(scope="session")
-def s3_endpoint(services_log_dir) -> str:
-    with local_services.s3_server(services_log_dir) as server:
+def s3_endpoint(services_log_dir, tmp_path_factory) -> str:
+    data_dir = tmp_path_factory.mktemp("s3-data")
+    with local_services.s3_server(data_dir, services_log_dir, local_services.account_identities(S3_TEST_ACCOUNTS)) as server:
         yield server.url
 
 
@@ -96,7 +116,7 @@ def lts_root(tmp_path) -> Path:
 @pytest.fixture
 def secrets_dir(tmp_path) -> Path:
     path = tmp_path / "secrets"
-    init_secrets(path)
+    init_test_secrets(path)
     return path
 
 
@@ -208,7 +228,7 @@ def http_receiver(make_http_receiver) -> HttpReceiver:
 @pytest.fixture(scope="session")
 def scicat_secrets_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("scicat-secrets")
-    init_secrets(path)
+    init_test_secrets(path)
     return path
 
 

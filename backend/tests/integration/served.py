@@ -7,12 +7,17 @@ from archiver.local_services import poll_until
 
 def start_served_archival(job_id: str):
     """A run of the archival deployment for the job, once the runner has registered the deployment."""
+    return start_served("archive_datasetlist/datasets_archival", job_id)
+
+
+def start_served(deployment: str, job_id: str):
+    """A run of `deployment` for the job, once the runner has registered the deployment."""
     from prefect.deployments import run_deployment
     from prefect.exceptions import ObjectNotFound
 
     def start():
         try:
-            return run_deployment("archive_datasetlist/datasets_archival", parameters={"job_id": job_id}, timeout=0)
+            return run_deployment(deployment, parameters={"job_id": job_id}, timeout=0)
         except ObjectNotFound:
             return None
 

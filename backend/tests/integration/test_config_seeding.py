@@ -11,8 +11,10 @@ import pytest
 import tomli_w
 from archiver.config.limits import load_limits_file
 from archiver.config.runtime import load_run_configuration
-from archiver.config.secrets import PREFECT_SECRETS, read_secret
+from archiver.config.secrets import ARCHIVER_S3, PREFECT_SECRETS, read_secret
 from archiver.config.settings import flat_values, load_vars_file, variable_name
+
+from tests.conftest import S3_TEST_ACCOUNTS
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[3]
@@ -158,11 +160,14 @@ def test_missing_secret_file_fails_clearly_and_applies_nothing(workdir, prefect_
 def test_secret_file_named_by_file_variable(workdir, prefect_api_url, tmp_path_factory):
     from prefect.blocks.system import Secret
 
+    # The key must be one S3 knows: `archiver config` asks S3 with it before writing anything.
+    access_key = S3_TEST_ACCOUNTS[ARCHIVER_S3].access_key
     elsewhere = tmp_path_factory.mktemp("compose-secrets") / "s3_archiver_user"
-    elsewhere.write_text("user-from-compose-secret\n")
+    elsewhere.write_text(access_key + "\n")
+    (workdir / ".secrets" / ARCHIVER_S3.user.filename).write_text("not-the-file-named-by-the-variable\n")
     result = run_config(workdir, prefect_api_url, S3_ARCHIVER_USER_FILE=str(elsewhere))
     assert result.returncode == 0, result.stderr
-    assert Secret.load("s3-archiver-user").get() == "user-from-compose-secret"
+    assert Secret.load("s3-archiver-user").get() == access_key
 
 
 def test_obsolete_root_account_blocks_are_deleted_saying_so_once(workdir, prefect_api_url):

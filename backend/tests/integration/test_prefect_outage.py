@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import time
 
 import pytest
@@ -16,6 +15,8 @@ from archiver import local_services
 from archiver.flows.test_dataset import create_test_dataset_flow
 from archiver.packing import naming
 from archiver.packing.archive import verify_datablock
+
+from tests.integration.restartable import Restartable
 
 pytestmark = pytest.mark.integration
 
@@ -39,34 +40,17 @@ def prefect_api(api_url: str):
             os.environ["PREFECT_API_URL"] = saved
 
 
-class RestartableServer:
+class RestartableServer(Restartable):
     """A Prefect server that can be killed and started again on the same port and database."""
 
     def __init__(self, home, database_url: str):
-        self.home, self.database_url = home, database_url
-        self.port = local_services.free_port()
-        self.api_url = f"http://127.0.0.1:{self.port}/api"
-        self._stack = None
-
-    def start(self) -> None:
-        self._stack = contextlib.ExitStack()
-        self.process = self._stack.enter_context(local_services.prefect_server(
+        port = local_services.free_port()
+        self.api_url = f"http://127.0.0.1:{port}/api"
+        super().__init__(lambda: local_services.prefect_server(
             # The session server's credentials (the `pipeline` fixture started it): this process already sends them.
-            self.home, os.environ["PREFECT_API_AUTH_STRING"], database_url=self.database_url, port=self.port,
+            home, os.environ["PREFECT_API_AUTH_STRING"], database_url=database_url, port=port,
             extra_env={"PREFECT_SERVER_TASKS_TAG_CONCURRENCY_SLOT_WAIT_SECONDS": "1"},
-        )).process
-
-    def kill(self) -> None:
-        """SIGKILL, as a crashed or restarted container: no graceful shutdown."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
-        self.stop()
-
-    def stop(self) -> None:
-        if self._stack is not None:
-            self._stack.close()
-            self._stack = None
+        ))
 
 
 @pytest.fixture

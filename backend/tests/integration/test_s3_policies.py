@@ -1,23 +1,27 @@
 """The shipped S3 policies (backend/docker/s3-policies/) against an S3 server that enforces them.
 
-moto's server checks IAM policies once INITIAL_NO_AUTH_ACTION_COUNT requests have gone by: the first
-three create an all-powerful user standing in for MinIO's root account, which then creates the archiver
-and presign accounts with the shipped policy documents (bucket names substituted). The flows run for
-real with those accounts. moto cannot check presigned (query-signed) requests under enforcement (it
-answers 500), so a download URL is checked for the account that signed it and its object is fetched
-with that account's header-signed GET: the permission the URL carries.
+A SeaweedFS server of this module's own, with its IAM API open to MinIO's root account stand-in (an Admin
+identity), which creates the archiver and presign accounts and attaches the shipped policy documents (bucket
+names substituted) as managed policies, as `mc admin policy attach` does on MinIO. (SeaweedFS turns an inline
+PutUserPolicy into its own coarse actions and refuses s3:ListBucketMultipartUploads there; attached policies
+are evaluated as written.) The flows run for real with those accounts and the download URLs are fetched as
+URLs. Where SeaweedFS is laxer than MinIO: ListBuckets lists the buckets an account may reach instead of
+being denied, and the archiver account may list an upload's parts in the retrieval bucket, which its policy
+does not grant (s3:ListMultipartUploadParts).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import shutil
 import tarfile
 from pathlib import Path
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
+import httpx
 import pytest
 from archiver import local_services
 from archiver.config.errors import ConfigError
@@ -26,10 +30,10 @@ from archiver.config.seeding import read_inputs, seed
 from archiver.flows.archive import archive_datasets_flow
 from archiver.flows.retrieve import retrieve_datasets_flow
 from archiver.flows.test_dataset import create_test_dataset_flow
-from archiver.storage.s3 import S3Credentials, error_code, s3_client
+from archiver.storage.s3 import S3Credentials, error_code, presigned_get_url, s3_client
 from botocore.exceptions import ClientError
 
-from tests.conftest import S3_TEST_REGION
+from tests.conftest import S3_TEST_CREDENTIALS, S3_TEST_REGION, write_s3_account
 
 pytestmark = pytest.mark.integration
 POLICIES = Path(__file__).resolve().parents[2] / "docker" / "s3-policies"
@@ -37,34 +41,22 @@ SHIPPED_BUCKETS = {"landingzone": "landing", "retrieval": "retrieval"}  # bucket
 
 
 class EnforcingS3:
-    def __init__(self, url: str):
-        self.url = url
-        iam = self._client("iam", S3Credentials("bootstrap", "bootstrap"))
-        # The three unchecked requests: MinIO's root account stand-in.
-        self.root = self._user(iam, "minio-root", {"Version": "2012-10-17",
-                                                  "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]})
-        self.iam = self._client("iam", self.root)
-
-    def _client(self, service: str, credentials: S3Credentials):
-        if service == "s3":
-            return s3_client(self.url, S3_TEST_REGION, credentials)
+    def __init__(self, url: str, root: S3Credentials):
         import boto3
 
-        return boto3.client(service, endpoint_url=self.url, region_name=S3_TEST_REGION,
-                            aws_access_key_id=credentials.access_key, aws_secret_access_key=credentials.secret_key)
-
-    @staticmethod
-    def _user(iam, name: str, policy: dict) -> S3Credentials:
-        iam.create_user(UserName=name)
-        iam.put_user_policy(UserName=name, PolicyName=name, PolicyDocument=json.dumps(policy))
-        key = iam.create_access_key(UserName=name)["AccessKey"]
-        return S3Credentials(key["AccessKeyId"], key["SecretAccessKey"])
+        self.url, self.root = url, root
+        self.iam = boto3.client("iam", endpoint_url=url, region_name=S3_TEST_REGION,
+                                aws_access_key_id=root.access_key, aws_secret_access_key=root.secret_key)
 
     def account(self, name: str, policy: dict) -> S3Credentials:
-        return self._user(self.iam, name, policy)
+        self.iam.create_user(UserName=name)
+        arn = self.iam.create_policy(PolicyName=name, PolicyDocument=json.dumps(policy))["Policy"]["Arn"]
+        self.iam.attach_user_policy(UserName=name, PolicyArn=arn)
+        key = self.iam.create_access_key(UserName=name)["AccessKey"]
+        return S3Credentials(key["AccessKeyId"], key["SecretAccessKey"])
 
     def s3(self, credentials: S3Credentials):
-        return self._client("s3", credentials)
+        return s3_client(self.url, S3_TEST_REGION, credentials)
 
 
 def shipped_policy(account: S3Account, buckets: dict[str, str]) -> dict:
@@ -78,9 +70,10 @@ def shipped_policy(account: S3Account, buckets: dict[str, str]) -> dict:
 
 @pytest.fixture(scope="module")
 def enforcing_s3(tmp_path_factory) -> EnforcingS3:
-    log_dir = tmp_path_factory.mktemp("enforcing-s3")
-    with local_services.s3_server(log_dir, env={"INITIAL_NO_AUTH_ACTION_COUNT": "3"}) as server:
-        yield EnforcingS3(server.url)
+    folder = tmp_path_factory.mktemp("enforcing-s3")
+    root = local_services.S3Identity("root", S3_TEST_CREDENTIALS)
+    with local_services.s3_server(folder / "data", folder, [root], iam_api=True) as server:
+        yield EnforcingS3(server.url, root.credentials)
 
 
 @pytest.fixture
@@ -100,18 +93,13 @@ def accounts(enforcing_s3, unique_name) -> dict[str, S3Credentials]:
             for account in (ARCHIVER_S3, PRESIGN_S3)}
 
 
-def write_account(secrets_dir: Path, account: S3Account, credentials: S3Credentials) -> None:
-    (secrets_dir / account.user.filename).write_text(credentials.access_key + "\n")
-    (secrets_dir / account.password.filename).write_text(credentials.secret_key + "\n")
-
-
 @pytest.fixture
 def pipeline_secrets_dir(tmp_path, scicat_secrets_dir, enforcing_s3, accounts) -> Path:
     secrets_dir = tmp_path / "secrets-with-s3-accounts"
     shutil.copytree(scicat_secrets_dir, secrets_dir)
-    write_account(secrets_dir, MINIO_ROOT, enforcing_s3.root)
-    write_account(secrets_dir, ARCHIVER_S3, accounts["archiver"])
-    write_account(secrets_dir, PRESIGN_S3, accounts["presign"])
+    write_s3_account(secrets_dir, MINIO_ROOT, enforcing_s3.root)
+    write_s3_account(secrets_dir, ARCHIVER_S3, accounts["archiver"])
+    write_s3_account(secrets_dir, PRESIGN_S3, accounts["presign"])
     return secrets_dir
 
 
@@ -126,7 +114,6 @@ def denied(call, *args, **kwargs) -> bool:
 def test_flows_archive_and_retrieve_with_their_own_accounts_and_urls_are_signed_by_the_presign_account(
     pipeline, enforcing_s3, accounts,
 ):
-    presign = enforcing_s3.s3(accounts["presign"])
     pid = create_test_dataset_flow(num_files=3, file_size_mb=0.4)  # the flows' account uploads the test files
     originals = {f.path: f.chk for b in pipeline.scicat.get_origdatablocks(pid) for f in b.data_file_list}
 
@@ -143,8 +130,7 @@ def test_flows_archive_and_retrieve_with_their_own_accounts_and_urls_are_signed_
     for entry in job["jobResultObject"]["result"]:
         url = urlsplit(entry["url"])
         assert parse_qs(url.query)["X-Amz-Credential"][0].startswith(accounts["presign"].access_key + "/")
-        bucket, key = unquote(url.path).lstrip("/").split("/", 1)
-        content = presign.get_object(Bucket=bucket, Key=key)["Body"].read()
+        content = httpx.get(entry["url"], timeout=60).raise_for_status().content
         assert len(content) == entry["size"]
         with tarfile.open(fileobj=io.BytesIO(content)) as tar:
             for member in tar.getmembers():
@@ -169,6 +155,23 @@ def test_presign_account_reads_the_retrieval_bucket_and_nothing_else(pipeline, e
     assert s3.get_object(Bucket=landing, Key="openem-network/datasets/p/raw_files/a")["Body"].read() == b"landed"
 
 
+def test_urls_the_presign_account_signs_download_from_the_retrieval_bucket_only(pipeline, enforcing_s3, accounts, s3):
+    landing, retrieval = pipeline.settings.minio.landingzone_bucket, pipeline.settings.minio.retrieval_bucket
+    s3.put_object(Bucket=landing, Key="openem-network/datasets/p/raw_files/a", Body=b"landed")
+    s3.put_object(Bucket=retrieval, Key="some/datablock.tar", Body=b"retrieved")
+
+    def url(bucket: str, key: str) -> str:
+        return presigned_get_url(enforcing_s3.url, S3_TEST_REGION, accounts["presign"], bucket, key, 600)
+
+    assert httpx.get(url(retrieval, "some/datablock.tar")).content == b"retrieved"
+    assert httpx.get(url(landing, "openem-network/datasets/p/raw_files/a")).status_code == 403
+    put_url = enforcing_s3.s3(accounts["presign"]).generate_presigned_url(
+        "put_object", Params={"Bucket": retrieval, "Key": "some/datablock.tar"}, ExpiresIn=600)
+    assert httpx.put(put_url, content=b"overwritten").status_code == 403
+    assert httpx.get(url(retrieval, "some/datablock.tar") + "x").status_code == 403  # signature no longer matches
+    assert s3.get_object(Bucket=retrieval, Key="some/datablock.tar")["Body"].read() == b"retrieved"
+
+
 def test_archiver_account_cannot_create_buckets_or_reach_other_buckets(pipeline, enforcing_s3, accounts, s3,
                                                                      unique_name):
     archiver = enforcing_s3.s3(accounts["archiver"])
@@ -178,7 +181,9 @@ def test_archiver_account_cannot_create_buckets_or_reach_other_buckets(pipeline,
 
     assert denied(archiver.create_bucket, Bucket=f"{unique_name}-new",
                   CreateBucketConfiguration={"LocationConstraint": S3_TEST_REGION})
-    assert denied(archiver.list_buckets)
+    # MinIO denies ListBuckets without s3:ListAllMyBuckets; SeaweedFS lists only the buckets the account may reach.
+    with contextlib.suppress(ClientError):
+        assert other not in {b["Name"] for b in archiver.list_buckets()["Buckets"]}
     assert denied(archiver.list_objects_v2, Bucket=other)
     assert denied(archiver.get_object, Bucket=other, Key="k")
     assert denied(archiver.delete_object, Bucket=other, Key="k")

@@ -1,4 +1,4 @@
-"""Uploads through the archiver API's presigned URLs: the API served for real, moto's S3 server over HTTP,
+"""Uploads through the archiver API's presigned URLs: the API served for real, the test S3 server over HTTP,
 the strict SciCat development server, archival and retrieval run for real. The uploading side holds no S3
 credentials: it sees only the API and presigned URLs."""
 
@@ -255,6 +255,23 @@ def test_the_budget_counts_what_uploads_under_way_will_still_bring(uploads, uplo
     assert start(second).status_code == 200  # the room the first file gave up
 
 
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "/uploads/abort releases the reservation of the upload id it is given even when S3 kept that upload (the id "
+    "of another file: NoSuchUpload); it should release only an upload it aborted (moto aborted it: no difference)"))
+def test_aborting_with_another_files_upload_id_keeps_that_uploads_room(uploads, upload_api, tmp_path):
+    pid = register(uploads, "group-s", make_files(tmp_path / "data", {"big.bin": 6 * MIB, "small.bin": 10}))
+    user = Uploader(uploads, upload_api, "sam", ["group-s"])
+    started = user.http.post("/uploads", json={"pid": pid, "files": [{"path": "big.bin", "size": 6 * MIB}]})
+    [plan] = started.raise_for_status().json()["files"]
+
+    answer = user.http.post("/uploads/abort", json={"pid": pid, "path": "small.bin", "uploadId": plan["uploadId"]})
+
+    assert answer.status_code == 200 and answer.json() == {"aborted": False}, answer.text
+    assert landing_state(uploads, pid) == ([], [landing_prefix(pid) + "big.bin"])  # S3 kept the upload ...
+    reserved = multipart.reservations(uploads.s3, uploads.settings.minio.landingzone_bucket)
+    assert reserved.get(plan["uploadId"]) == 6 * MIB  # ... so the room it will take stays promised
+
+
 def test_uploads_started_at_the_same_instant_never_pass_the_budget_together(uploads, tmp_path, prefect_api_url,
                                                                             deployments):
     count = 6
@@ -336,14 +353,13 @@ def test_landing_zone_gets_the_abort_rule_and_cleanup_aborts_old_uploads(uploads
     command = [sys.executable, "-m", "archiver.cli", "upload-cleanup", "--vars", str(uploads.vars_file),
                "--secrets-dir", str(uploads.secrets_dir)]
 
-    # moto dates every multipart upload 2010-11-10: "older than N days" is tried with a century
-    kept = subprocess.run([*command, "--older-than-days", "36500"], capture_output=True, text=True, timeout=120, check=True)
+    kept = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
     reserved = multipart.reservations(uploads.s3, bucket)
     assert reserved[upload_id] == 123 and "an upload S3 already aborted" not in reserved
-    aborted = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
+    aborted = subprocess.run([*command, "--older-than-days", "0"], capture_output=True, text=True, timeout=120, check=True)
 
-    assert "0 unfinished upload(s) older than 36500 day(s) aborted" in kept.stdout
-    assert "older than 7 day(s)" in aborted.stdout  # UPLOAD_ABORT_INCOMPLETE_DAYS
+    assert "0 unfinished upload(s) older than 7 day(s) aborted" in kept.stdout  # UPLOAD_ABORT_INCOMPLETE_DAYS
+    assert "1 unfinished upload(s) older than 0 day(s) aborted" in aborted.stdout
     assert f"aborted s3://{bucket}/{key}" in aborted.stdout
     assert uploads.s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
     assert "budget reservation(s) of uploads no longer under way released" in kept.stdout

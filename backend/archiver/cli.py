@@ -192,11 +192,17 @@ def _scicat_dev(args: argparse.Namespace) -> int:
             )
         except ValueError as e:
             raise ConfigError(f"scicat-dev job action: {e}") from e
-    config = DevServerConfig({account.username: account.password}, action, args.datasetlifecycle_endpoint)
+    if args.unchanged_lifecycle_conflict and not args.datasetlifecycle_endpoint:
+        raise ConfigError("--unchanged-lifecycle-conflict is a quirk of the datasetlifecycle endpoint; "
+                          "give --datasetlifecycle-endpoint too")
+    config = DevServerConfig({account.username: account.password}, action, args.datasetlifecycle_endpoint,
+                             unchanged_lifecycle_conflict=args.unchanged_lifecycle_conflict)
     target = f"{action.method} {args.archiver_url}" if action else "nowhere"
+    endpoint = "off"
+    if config.lifecycle_endpoint:
+        endpoint = "on, 409 for an unchanged lifecycle" if config.unchanged_lifecycle_conflict else "on"
     print(f"SciCat development server on http://{args.host}:{args.port} (user {account.username!r}, "
-          f"new jobs sent to {target}, datasetlifecycle endpoint {'on' if config.lifecycle_endpoint else 'off'})",
-          flush=True)
+          f"new jobs sent to {target}, datasetlifecycle endpoint {endpoint})", flush=True)
     serve(config, args.host, args.port)
     return 0
 
@@ -449,6 +455,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=_flag(os.environ.get("SCICAT_DEV_DATASETLIFECYCLE_ENDPOINT")),
         help="serve PATCH/GET datasets/{pid}/datasetlifecycle (merging lifecycle updates, SciCat >= 4.19); "
              "default: $SCICAT_DEV_DATASETLIFECYCLE_ENDPOINT, else off",
+    )
+    scicat.add_argument(
+        "--unchanged-lifecycle-conflict", action="store_true",
+        default=_flag(os.environ.get("SCICAT_DEV_UNCHANGED_LIFECYCLE_CONFLICT")),
+        help="that endpoint answers 409 to an update leaving the lifecycle as it is, as SciCat 4.19-4.23 do; "
+             "default: $SCICAT_DEV_UNCHANGED_LIFECYCLE_CONFLICT, else off",
     )
     scicat.set_defaults(run=_scicat_dev)
     return parser

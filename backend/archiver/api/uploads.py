@@ -153,7 +153,15 @@ class DatasetFiles:
             for data_file in block.data_file_list:
                 self.listed[data_file.path] = (data_file, block.chk_alg)
 
-    def refuse_if_archiving(self) -> None:
+    def refuse_if_archived(self) -> None:
+        """409 for a dataset that is archived by the record (SciCat lists datablocks of it: the archive is
+        write-once, whatever the lifecycle says, which the owner can reset with an ordinary dataset PATCH) or
+        being archived (archiveStatusMessage `started`)."""
+        registered = self.backend.scicat.get_datablocks(self.pid)
+        if registered:
+            raise HTTPException(409, f"dataset {self.pid!r} is archived: {len(registered)} datablock(s) registered "
+                                     "in SciCat; a changed dataset is a new dataset in SciCat (register one and "
+                                     "upload its files there)")
         status = self.lifecycle.archive_status_message if self.lifecycle else None
         if status in BUSY_STATUSES:
             raise HTTPException(409, f"dataset {self.pid!r} is being archived or archived (archiveStatusMessage "
@@ -290,14 +298,14 @@ def create_upload_router(settings: ApiSettings, backend: CachedBackend | None = 
         bearer_token(authorization)  # 401 before anything is asked of Prefect or SciCat
         return identify(authorization, backend.get().service_accounts, backend.get().settings.scicat)
 
-    @router.post("", response_model=DatasetUpload, responses={**errors, 409: {"description": "dataset being archived"},
+    @router.post("", response_model=DatasetUpload, responses={**errors, 409: {"description": "dataset archived or being archived"},
                                                               507: {"description": "over the landing-zone budget"}})
     def start(body: StartUpload, caller: Caller = Depends(who)) -> DatasetUpload:
         """Start (or take up again) the upload of files of a dataset: a multipart upload per file and PUT URLs
         of its parts, signed for the external S3 endpoint."""
         with service_errors():
             files = dataset(body.pid, caller)
-            files.refuse_if_archiving()
+            files.refuse_if_archived()
             paths = [files.listed_file(f.path, f.size).path for f in body.files]
             if len(set(paths)) != len(paths):
                 raise HTTPException(422, "a file is named twice in `files`; name each once")
@@ -318,12 +326,14 @@ def create_upload_router(settings: ApiSettings, backend: CachedBackend | None = 
             plans = [files.plan(path, objects, [0]) for path in sorted(files.listed)]
             return DatasetUpload(pid=files.pid, files=plans, complete=_complete(files, objects))
 
-    @router.post("/resume", response_model=FilePlan, responses=errors)
+    refused = {409: {"description": "dataset archived or being archived"}}
+
+    @router.post("/resume", response_model=FilePlan, responses={**errors, **refused})
     def resume(body: FileRef, caller: Caller = Depends(who)) -> FilePlan:
         """PUT URLs for the parts of a file that S3 does not hold yet (from S3's list of parts)."""
         with service_errors():
             files = dataset(body.pid, caller)
-            files.refuse_if_archiving()
+            files.refuse_if_archived()
             files.listed_file(body.path)
             objects = files.objects()
             plan = files.plan(body.path, objects, [files.backend.settings.upload.urls_per_answer])
@@ -331,12 +341,12 @@ def create_upload_router(settings: ApiSettings, backend: CachedBackend | None = 
                 raise HTTPException(409, f"no upload of {shorten(body.path)} is under way; start it with POST /uploads")
             return plan
 
-    @router.post("/complete", response_model=FilePlan, responses=errors)
+    @router.post("/complete", response_model=FilePlan, responses={**errors, **refused})
     def complete(body: CompleteFile, caller: Caller = Depends(who)) -> FilePlan:
         """Assemble a file from its parts once S3 holds every part with the ETag given and the right size."""
         with service_errors():
             files = dataset(body.pid, caller)
-            files.refuse_if_archiving()
+            files.refuse_if_archived()
             data_file = files.listed_file(body.path)
             plan = files.plan(body.path, {}, [0], upload_id=body.uploadId)
             _check_parts(plan, body.parts)
@@ -363,13 +373,13 @@ def create_upload_router(settings: ApiSettings, backend: CachedBackend | None = 
             return Aborted(aborted=aborted)
 
     @router.post("/finalize", response_model=Finalized,
-                 responses={**errors, 409: {"description": "files missing or of the wrong size"}})
+                 responses={**errors, 409: {"description": "dataset archived, or files missing or of the wrong size"}})
     def finalize(body: Finalize, caller: Caller = Depends(who)) -> Finalized:
         """Check that every file of the origdatablocks is in the landing zone with its size, mark the dataset
         archivable in SciCat and, with `archive`, create its archive job."""
         with service_errors():
             files = dataset(body.pid, caller)
-            files.refuse_if_archiving()
+            files.refuse_if_archived()
             if not files.listed:
                 raise HTTPException(409, f"dataset {files.pid!r} has no files in its origdatablocks; nothing to archive")
             _refuse_incomplete(files, files.objects())

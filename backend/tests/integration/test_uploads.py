@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -127,6 +128,43 @@ def test_multi_part_upload_through_presigned_urls_archives_and_retrieves_byte_id
             for member in tar.getmembers():
                 retrieved[member.name] = tar.extractfile(member).read()
     assert retrieved == {name: path.read_bytes() for name, path in files.items()}
+
+
+def test_an_archived_dataset_takes_no_upload_nor_finalize_whatever_its_lifecycle_says(uploads, upload_api, tmp_path):
+    files = make_files(tmp_path / "data", {"f1.bin": 6 * MIB + 5, "f2.txt": 300})
+    pid = register(uploads, "group-w", files)
+    owner = Uploader(uploads, upload_api, "wanda", ["group-w"])
+    report = upload_dataset(owner.api, pid, files, archive=True)
+    archive_datasets_flow(job_id=report.finalized["jobId"])
+    registered = uploads.scicat.get_datablocks(pid)
+    assert registered and uploads.landing_keys(pid) == []
+    # The owner's ordinary dataset PATCH: SciCat replaces the lifecycle, archiveStatusMessage is datasetCreated again
+    dev = uploads.scicat_dev.url
+    patched = httpx.patch(f"{dev}/api/v3/datasets/{quote(pid, safe='')}", json={"datasetlifecycle": {"retrievable": True}},
+                          headers={"Authorization": f"Bearer {owner.token}"})
+    assert patched.status_code == 200, patched.text
+    lifecycle = uploads.scicat.get_dataset(pid).datasetlifecycle
+    assert lifecycle.archive_status_message == "datasetCreated" and lifecycle.archivable is True
+    jobs_before = len(uploads.scicat_dev.state()["jobs"])
+
+    calls = {
+        "start": ("/uploads", {"pid": pid, "files": [{"path": "f1.bin", "size": 6 * MIB + 5}]}),
+        "resume": ("/uploads/resume", {"pid": pid, "path": "f1.bin"}),
+        "complete": ("/uploads/complete", {"pid": pid, "path": "f1.bin", "uploadId": "any",
+                                           "parts": [{"partNumber": 1, "etag": "0" * 32}]}),
+        "finalize": ("/uploads/finalize", {"pid": pid, "archive": True}),
+    }
+    for name, (path, body) in calls.items():
+        answer = owner.http.post(path, json=body)
+        assert answer.status_code == 409, (name, answer.text)
+        detail = answer.json()["detail"]
+        assert f"dataset {pid!r} is archived: {len(registered)} datablock(s) registered" in detail, (name, detail)
+        assert "a changed dataset is a new dataset in SciCat" in detail
+
+    assert landing_state(uploads, pid) == ([], [])
+    assert uploads.scicat.get_dataset(pid).datasetlifecycle == lifecycle  # finalize did not mark it archivable
+    assert len(uploads.scicat_dev.state()["jobs"]) == jobs_before
+    assert [b.id for b in uploads.scicat.get_datablocks(pid)] == [b.id for b in registered]
 
 
 class Interrupted(Exception):

@@ -82,7 +82,7 @@ def _upload_cleanup(args: argparse.Namespace) -> int:
     from archiver.config.secrets import ARCHIVER_S3, read_secret
     from archiver.config.settings import load_vars_file, with_environment_overrides
     from archiver.packing.naming import DATASETS_PREFIX
-    from archiver.storage.multipart import abort_uploads_older_than, release_orphaned
+    from archiver.storage.multipart import abort_uploads, release_orphaned
     from archiver.storage.s3 import S3Credentials, s3_client
 
     settings = with_environment_overrides(load_vars_file(args.vars), os.environ, str(args.vars))
@@ -92,10 +92,10 @@ def _upload_cleanup(args: argparse.Namespace) -> int:
     credentials = S3Credentials(read_secret(ARCHIVER_S3.user, args.secrets_dir), read_secret(ARCHIVER_S3.password, args.secrets_dir))
     s3 = s3_client(settings.minio.endpoint, settings.minio.region, credentials)
     bucket = settings.minio.landingzone_bucket
-    aborted = abort_uploads_older_than(s3, bucket, DATASETS_PREFIX + "/", datetime.now(timezone.utc) - timedelta(days=days))
+    aborted = abort_uploads(s3, bucket, DATASETS_PREFIX + "/", datetime.now(timezone.utc) - timedelta(days=days))
     for upload in aborted:
         print(f"aborted s3://{bucket}/{upload.key} (started {upload.initiated:%Y-%m-%d %H:%M} UTC)")
-    released = release_orphaned(s3, bucket)  # the aborted uploads' and those the lifecycle rule aborted
+    released = release_orphaned(s3, bucket)  # those the lifecycle rule aborted (the aborted uploads' went with them)
     print(f"archiver upload-cleanup: {len(aborted)} unfinished upload(s) older than {days:g} day(s) aborted, "
           f"{released} budget reservation(s) of uploads no longer under way released")
     return 0

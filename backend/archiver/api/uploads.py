@@ -348,13 +348,19 @@ def create_upload_router(settings: ApiSettings, backend: CachedBackend | None = 
             files = dataset(body.pid, caller)
             files.refuse_if_archived()
             data_file = files.listed_file(body.path)
-            plan = files.plan(body.path, {}, [0], upload_id=body.uploadId)
-            _check_parts(plan, body.parts)
             key = files.prefix + body.path
             s3, bucket = files.backend.s3, files.backend.bucket
-            multipart.complete_upload(s3, bucket, key, body.uploadId,
-                                      [UploadedPart(p.partNumber, p.etag, 0) for p in body.parts])
-            multipart.release(s3, bucket, [body.uploadId])
+            if not multipart.is_upload_of(s3, bucket, key, body.uploadId):
+                raise HTTPException(404, f"upload {shorten(body.uploadId)} of {shorten(body.path)} is not under way "
+                                         "(finished, aborted, expired, or of another file); complete the file with "
+                                         "the upload id its start or `resume` gave")
+            plan = files.plan(body.path, {}, [0], upload_id=body.uploadId)
+            _check_parts(plan, body.parts)
+            try:
+                multipart.complete_upload(s3, bucket, key, body.uploadId,
+                                          [UploadedPart(p.partNumber, p.etag, 0) for p in body.parts])
+            finally:  # the reservation goes once S3 has assembled the file (even if its answer got lost), not before
+                multipart.release_if_gone(s3, bucket, [body.uploadId])
             stored = s3.head_object(Bucket=bucket, Key=key)["ContentLength"]
             if stored != data_file.size:  # cannot happen after _check_parts unless someone else wrote the key
                 raise HTTPException(409, f"{shorten(body.path)} holds {stored} bytes after completion, not "
@@ -363,13 +369,15 @@ def create_upload_router(settings: ApiSettings, backend: CachedBackend | None = 
 
     @router.post("/abort", response_model=Aborted, responses=errors)
     def abort(body: AbortFile, caller: Caller = Depends(who)) -> Aborted:
-        """Abort a file's upload; S3 drops its parts."""
+        """Abort a file's upload; S3 drops its parts. An upload id that is not an upload of this file aborts
+        nothing (`aborted: false`), and its budget reservation stays as long as S3 lists the upload."""
         with service_errors():
             files = dataset(body.pid, caller)
             files.listed_file(body.path)
-            s3, bucket = files.backend.s3, files.backend.bucket
-            aborted = multipart.abort_upload(s3, bucket, files.prefix + body.path, body.uploadId)
-            multipart.release(s3, bucket, [body.uploadId])
+            s3, bucket, key = files.backend.s3, files.backend.bucket, files.prefix + body.path
+            aborted = multipart.is_upload_of(s3, bucket, key, body.uploadId) and multipart.abort_upload(
+                s3, bucket, key, body.uploadId)
+            multipart.release_if_gone(s3, bucket, [body.uploadId])
             return Aborted(aborted=aborted)
 
     @router.post("/finalize", response_model=Finalized,

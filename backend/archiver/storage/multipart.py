@@ -73,6 +73,12 @@ def newest_unfinished_upload(s3, bucket: str, key: str) -> str | None:
     return max(found, key=lambda u: u.initiated).upload_id if found else None
 
 
+def is_upload_of(s3, bucket: str, key: str, upload_id: str) -> bool:
+    """Whether `upload_id` is an unfinished upload of exactly `key`. Asked before completing or aborting: S3 and
+    MinIO refuse a wrong key (NoSuchUpload), some servers (moto) go by the upload id alone."""
+    return any(u.key == key and u.upload_id == upload_id for u in unfinished_uploads(s3, bucket, key))
+
+
 def start_upload(s3, bucket: str, key: str) -> str:
     return s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
 
@@ -159,18 +165,28 @@ def bucket_usage(s3, bucket: str) -> int:
     return used
 
 
+def release_if_gone(s3, bucket: str, upload_ids: Iterable[str]) -> int:
+    """Remove the reservations of those uploads that S3 no longer lists as under way (completed or aborted),
+    whatever the call that was meant to end them answered; returns how many were removed. An upload still
+    listed keeps its reservation: the budget goes on counting it."""
+    wanted = set(upload_ids)
+    if not wanted:
+        return 0
+    live = {upload.upload_id for upload in unfinished_uploads(s3, bucket, "")}
+    return release(s3, bucket, sorted(wanted - live))
+
+
 def release_orphaned(s3, bucket: str) -> int:
     """Remove the reservations whose upload is gone (aborted by the bucket's lifecycle rule, or whose
     release failed); returns how many."""
-    reserved = reservations(s3, bucket)  # first: an upload is created before its reservation
-    live = {upload.upload_id for upload in unfinished_uploads(s3, bucket, "")}
-    return release(s3, bucket, [upload_id for upload_id in reserved if upload_id not in live])
+    return release_if_gone(s3, bucket, reservations(s3, bucket))  # listed first: an upload is created before its reservation
 
 
-def abort_uploads_older_than(s3, bucket: str, prefix: str, cutoff: datetime) -> list[UnfinishedUpload]:
-    """Abort the unfinished uploads below `prefix` started before `cutoff`; returns those aborted."""
-    aborted = []
-    for upload in unfinished_uploads(s3, bucket, prefix):
-        if upload.initiated < cutoff and abort_upload(s3, bucket, upload.key, upload.upload_id):
-            aborted.append(upload)
+def abort_uploads(s3, bucket: str, prefix: str, started_before: datetime | None = None) -> list[UnfinishedUpload]:
+    """Abort the unfinished uploads below `prefix` (only those started before `started_before`, if given) and
+    release the budget reservations of those S3 ended; returns the uploads aborted."""
+    aborted = [upload for upload in unfinished_uploads(s3, bucket, prefix)
+               if (started_before is None or upload.initiated < started_before)
+               and abort_upload(s3, bucket, upload.key, upload.upload_id)]
+    release_if_gone(s3, bucket, [upload.upload_id for upload in aborted])
     return aborted

@@ -293,6 +293,96 @@ def test_the_budget_counts_what_uploads_under_way_will_still_bring(uploads, uplo
     assert start(second).status_code == 200  # the room the first file gave up
 
 
+def room_for_one_more(uploads, size: int) -> None:
+    """A budget with room for one more file of `size` bytes beside what the bucket holds and has promised (other
+    tests' objects and reservations too), not for two."""
+    budget = multipart.bucket_usage(uploads.s3, uploads.settings.minio.landingzone_bucket) + size + size // 2
+    uploads.set_settings(UPLOAD_LANDINGZONE_BUDGET_GB=budget / 1e9)
+
+
+def put_parts(plan: dict, data: bytes) -> list[dict]:
+    """PUT a file's parts to the plan's URLs, as an uploader does; the parts to name at completion."""
+    parts = []
+    for url in plan["urls"]:
+        offset = (url["partNumber"] - 1) * plan["partSize"]
+        answer = httpx.put(url["url"], content=data[offset:offset + plan["partSize"]], timeout=60)
+        assert answer.status_code == 200, answer.text
+        parts.append({"partNumber": url["partNumber"], "etag": answer.headers["ETag"].strip('"')})
+    return parts
+
+
+def test_an_abort_naming_another_files_path_keeps_the_upload_and_its_reservation(uploads, upload_api, tmp_path):
+    """On MinIO and AWS an abort with the wrong key answers NoSuchUpload and the upload lives on: its room in the
+    budget must stay taken. (moto aborts by upload id alone, whatever the key: the API checks the key itself.)"""
+    first_files = make_files(tmp_path / "first", {"big.bin": 6 * MIB, "small.txt": 100})
+    first = register(uploads, "group-k", first_files)
+    second = register(uploads, "group-k", make_files(tmp_path / "second", {"big.bin": 6 * MIB}))
+    user = Uploader(uploads, upload_api, "kim", ["group-k"])
+    bucket = uploads.settings.minio.landingzone_bucket
+    room_for_one_more(uploads, 6 * MIB)
+    started = user.http.post("/uploads", json={"pid": first, "files": [{"path": "big.bin", "size": 6 * MIB}]})
+    assert started.status_code == 200, started.text
+    upload_id = started.json()["files"][0]["uploadId"]
+
+    wrong = user.http.post("/uploads/abort", json={"pid": first, "path": "small.txt", "uploadId": upload_id})
+
+    assert wrong.status_code == 200 and wrong.json() == {"aborted": False}, wrong.text
+    assert landing_state(uploads, first)[1] == [landing_prefix(first) + "big.bin"]  # still under way
+    assert multipart.reservations(uploads.s3, bucket).get(upload_id) == 6 * MIB
+    refused = user.http.post("/uploads", json={"pid": second, "files": [{"path": "big.bin", "size": 6 * MIB}]})
+    assert refused.status_code == 507, refused.text
+    assert landing_state(uploads, second) == ([], [])
+
+    right = user.http.post("/uploads/abort", json={"pid": first, "path": "big.bin", "uploadId": upload_id})
+    assert right.json() == {"aborted": True}
+    assert upload_id not in multipart.reservations(uploads.s3, bucket)
+    admitted = user.http.post("/uploads", json={"pid": second, "files": [{"path": "big.bin", "size": 6 * MIB}]})
+    assert admitted.status_code == 200, admitted.text
+    user.http.post("/uploads/abort", json={"pid": second, "path": "big.bin",
+                                           "uploadId": admitted.json()["files"][0]["uploadId"]})
+
+
+def test_a_complete_naming_another_files_path_assembles_nothing_and_keeps_the_reservation(uploads, upload_api,
+                                                                                         tmp_path):
+    files = make_files(tmp_path / "data", {"a.bin": 6 * MIB, "b.bin": 6 * MIB})
+    pid = register(uploads, "group-c", files)
+    user = Uploader(uploads, upload_api, "carl", ["group-c"])
+    bucket = uploads.settings.minio.landingzone_bucket
+    [plan] = user.api.start(pid, [{"path": "a.bin", "size": 6 * MIB}])["files"]
+    parts = put_parts(plan, files["a.bin"].read_bytes())
+
+    wrong = user.http.post("/uploads/complete", json={"pid": pid, "path": "b.bin", "uploadId": plan["uploadId"],
+                                                      "parts": parts})
+
+    assert wrong.status_code == 404, wrong.text
+    assert "b.bin" in wrong.json()["detail"]
+    assert landing_state(uploads, pid) == ([], [landing_prefix(pid) + "a.bin"])
+    assert multipart.reservations(uploads.s3, bucket).get(plan["uploadId"]) == 6 * MIB
+
+    right = user.http.post("/uploads/complete", json={"pid": pid, "path": "a.bin", "uploadId": plan["uploadId"],
+                                                      "parts": parts})
+    assert right.status_code == 200, right.text
+    assert landing_state(uploads, pid) == ([landing_prefix(pid) + "a.bin"], [])
+    assert plan["uploadId"] not in multipart.reservations(uploads.s3, bucket)
+
+
+def test_archival_releases_the_reservations_of_the_uploads_its_cleanup_aborts(uploads, upload_api, tmp_path):
+    files = make_files(tmp_path / "data", {"f.bin": 3000})
+    pid = register(uploads, "group-l", files)
+    user = Uploader(uploads, upload_api, "lena", ["group-l"])
+    report = upload_dataset(user.api, pid, files, archive=True)
+    bucket = uploads.settings.minio.landingzone_bucket
+    # the owner starts the file again while the archive job waits (straight on S3: the API sees it uploaded)
+    again = uploads.s3.create_multipart_upload(Bucket=bucket, Key=landing_prefix(pid) + "f.bin")["UploadId"]
+    multipart.reserve(uploads.s3, bucket, again, 3000)
+
+    archive_datasets_flow(job_id=report.finalized["jobId"])
+
+    assert uploads.job(report.finalized["jobId"])["jobStatusMessage"] == "finishedSuccessful"
+    assert landing_state(uploads, pid) == ([], [])  # the landing prefix emptied, the upload aborted
+    assert again not in multipart.reservations(uploads.s3, bucket)  # and its room given back in the same step
+
+
 def test_uploads_started_at_the_same_instant_never_pass_the_budget_together(uploads, tmp_path, prefect_api_url,
                                                                             deployments):
     count = 6

@@ -213,10 +213,11 @@ class DatasetFiles:
         for number in range(1, count + 1):
             if urls_left[0] <= 0:
                 break
-            if number in done and done[number].size == multipart.part_length(size, part_size, number):
+            length = multipart.part_length(size, part_size, number)
+            if number in done and done[number].size == length:
                 continue
             url = multipart.presigned_part_url(self.backend.signer, bucket, key, upload_id, number,
-                                               upload.url_expiration_s)
+                                               upload.url_expiration_s, length)
             plan.urls.append(PartUrl(partNumber=number, url=url))
             urls_left[0] -= 1
         return plan

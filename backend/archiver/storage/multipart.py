@@ -97,12 +97,15 @@ def uploaded_parts(s3, bucket: str, key: str, upload_id: str) -> dict[int, Uploa
     return parts
 
 
-def presigned_part_url(signer, bucket: str, key: str, upload_id: str, number: int, expires_s: int) -> str:
-    """A PUT URL for one part; `signer` is a client for the endpoint the uploader reaches."""
-    return signer.generate_presigned_url(
-        "upload_part", Params={"Bucket": bucket, "Key": key, "UploadId": upload_id, "PartNumber": number},
-        ExpiresIn=int(expires_s),
-    )
+def presigned_part_url(signer, bucket: str, key: str, upload_id: str, number: int, expires_s: int, length: int,
+                       md5_base64: str | None = None) -> str:
+    """A PUT URL for one part of exactly `length` bytes (and, given its MD5, exactly those bytes); `signer` is a
+    client for the endpoint the uploader reaches. Content-Length (and Content-MD5) become signed headers: S3
+    refuses a PUT of another size (SignatureDoesNotMatch, 403), so a URL never stores more than its part."""
+    params = {"Bucket": bucket, "Key": key, "UploadId": upload_id, "PartNumber": number, "ContentLength": length}
+    if md5_base64 is not None:
+        params["ContentMD5"] = md5_base64
+    return signer.generate_presigned_url("upload_part", Params=params, ExpiresIn=int(expires_s))
 
 
 def complete_upload(s3, bucket: str, key: str, upload_id: str, parts: list[UploadedPart]) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
 import pytest
@@ -364,6 +364,47 @@ def test_a_complete_naming_another_files_path_assembles_nothing_and_keeps_the_re
     assert right.status_code == 200, right.text
     assert landing_state(uploads, pid) == ([landing_prefix(pid) + "a.bin"], [])
     assert plan["uploadId"] not in multipart.reservations(uploads.s3, bucket)
+
+
+def signed_headers(url: str) -> list[str]:
+    return parse_qs(urlsplit(url).query)["X-Amz-SignedHeaders"][0].split(";")
+
+
+def test_each_part_url_is_signed_with_its_parts_exact_size(uploads, upload_api, tmp_path):
+    files = make_files(tmp_path / "data", {"one.bin": 1, "big.bin": 11 * MIB, "empty.bin": 0})
+    pid = register(uploads, "group-s", files)
+    user = Uploader(uploads, upload_api, "sam", ["group-s"])
+
+    plans = user.api.start(pid, [{"path": name, "size": p.stat().st_size} for name, p in files.items()])["files"]
+
+    for plan in plans:
+        assert plan["urls"], plan
+        for url in plan["urls"]:
+            assert "content-length" in signed_headers(url["url"]), url
+    report = upload_dataset(user.api, pid, files)  # the client PUTs exactly those sizes
+    assert sorted(report.files_completed) == sorted(files)
+
+
+def test_a_part_url_refuses_a_put_of_another_size(uploads, upload_api, tmp_path):
+    """S3 checks the signed Content-Length: a 20 MiB PUT to the URL of a 1-byte file's part is refused (403).
+    Needs an S3 server that verifies signatures (SeaweedFS, MinIO, AWS); moto does not."""
+    files = make_files(tmp_path / "data", {"one.bin": 1})
+    pid = register(uploads, "group-s", files)
+    user = Uploader(uploads, upload_api, "sam", ["group-s"])
+    [plan] = user.api.start(pid, [{"path": "one.bin", "size": 1}])["files"]
+    [url] = plan["urls"]
+    tampered = url["url"].replace("X-Amz-Signature=", "X-Amz-Signature=0")
+    if httpx.put(tampered, content=b"x", timeout=60).status_code < 400:
+        user.api.abort(pid, "one.bin", plan["uploadId"])
+        pytest.skip("the test S3 server does not verify signatures (moto); SeaweedFS, MinIO and AWS do")
+
+    oversize = httpx.put(url["url"], content=os.urandom(20 * MIB), timeout=120)
+
+    assert oversize.status_code == 403, oversize.text[:300]
+    bucket, key = uploads.settings.minio.landingzone_bucket, landing_prefix(pid) + "one.bin"
+    assert multipart.uploaded_parts(uploads.s3, bucket, key, plan["uploadId"]) == {}
+    assert httpx.put(url["url"], content=files["one.bin"].read_bytes(), timeout=60).status_code == 200
+    user.api.abort(pid, "one.bin", plan["uploadId"])
 
 
 def test_archival_releases_the_reservations_of_the_uploads_its_cleanup_aborts(uploads, upload_api, tmp_path):

@@ -55,11 +55,19 @@ class FileRef(_Body):
 class PartEtag(_Body):
     partNumber: int = Field(ge=1, le=multipart.MAX_PARTS)
     etag: str
+    md5: str | None = Field(None, pattern="^[0-9a-fA-F]{32}$",
+                            description="hex MD5 of the part's bytes as the uploader read them; compared with the "
+                                        "part's ETag on S3 (the MD5 of what S3 received)")
 
 
 class CompleteFile(FileRef):
     uploadId: str
     parts: list[PartEtag] = Field(min_length=1, max_length=multipart.MAX_PARTS)
+    chk: str | None = Field(None, min_length=1, max_length=256,
+                            description="the whole file's checksum as the uploader computed it (with chkAlg)")
+    chkAlg: str | None = Field(None, min_length=1, max_length=32,
+                               description="its algorithm: compared with the origdatablock's checksum when that has "
+                                           "the same algorithm, and for md5 with S3's ETag of a one-part file")
 
 
 class AbortFile(FileRef):
@@ -357,6 +365,7 @@ def create_upload_router(settings: ApiSettings, backend: CachedBackend | None = 
                                          "the upload id its start or `resume` gave")
             plan = files.plan(body.path, {}, [0], upload_id=body.uploadId)
             _check_parts(plan, body.parts)
+            _check_client_checksums(files, plan, body)
             try:
                 multipart.complete_upload(s3, bucket, key, body.uploadId,
                                           [UploadedPart(p.partNumber, p.etag, 0) for p in body.parts])
@@ -429,6 +438,33 @@ def _check_parts(plan: FilePlan, given: list[PartEtag]) -> None:
         if stored.size != expected:
             raise HTTPException(422, f"part {part.partNumber} of {shorten(plan.path)} has {stored.size} bytes, "
                                      f"expected {expected} (parts of {plan.partSize} bytes); upload it again")
+
+
+def _check_client_checksums(files: DatasetFiles, plan: FilePlan, body: CompleteFile) -> None:
+    """422 when a checksum the uploader sent disagrees with what S3 holds or SciCat lists. Checked without reading
+    the file: each part's MD5 against its ETag on S3 (S3's MD5 of the bytes it received; not so behind SSE-KMS or
+    SSE-C); the whole file's checksum against the origdatablock's of the same algorithm, and an md5 of a one-part
+    file against that part's ETag. A whole-file checksum of a multipart object would mean reading it back."""
+    name = shorten(plan.path)
+    on_s3 = {p.partNumber: p.etag.strip('"').lower() for p in plan.partsDone}
+    for part in body.parts:
+        if part.md5 is not None and part.md5.lower() != on_s3[part.partNumber]:
+            raise HTTPException(422, f"part {part.partNumber} of {name}: S3 received bytes of MD5 "
+                                     f"{on_s3[part.partNumber]} (its ETag), the uploader sent MD5 {part.md5.lower()}; "
+                                     "upload the part again (`resume`)")
+    if (body.chk is None) != (body.chkAlg is None):
+        raise HTTPException(422, f"{name}: send `chk` and `chkAlg` together (the file's checksum and its algorithm)")
+    if body.chk is None:
+        return
+    algorithm, sent = body.chkAlg.lower(), body.chk.lower()
+    data_file, listed_algorithm = files.listed[plan.path]
+    if data_file.chk and (listed_algorithm or "").lower() == algorithm and data_file.chk.lower() != sent:
+        raise HTTPException(422, f"{name}: its {algorithm} is {shorten(sent)}, its origdatablock of dataset "
+                                 f"{files.pid!r} lists {shorten(data_file.chk.lower())}; this is not the file SciCat "
+                                 "describes: upload that one (abort this upload), or register the file as it is")
+    if algorithm == "md5" and plan.partCount == 1 and on_s3.get(1) not in (None, sent):
+        raise HTTPException(422, f"{name}: its md5 is {shorten(sent)}, S3 received bytes of MD5 {on_s3[1]}; "
+                                 "upload the file again (`resume`)")
 
 
 def _refuse_incomplete(files: DatasetFiles, objects: dict[str, int]) -> None:

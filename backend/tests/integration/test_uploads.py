@@ -407,6 +407,35 @@ def test_a_part_url_refuses_a_put_of_another_size(uploads, upload_api, tmp_path)
     user.api.abort(pid, "one.bin", plan["uploadId"])
 
 
+def test_complete_compares_the_checksums_the_client_sends_with_what_s3_and_scicat_hold(uploads, upload_api,
+                                                                                      tmp_path):
+    files = make_files(tmp_path / "data", {"a.bin": 6 * MIB})
+    pid = register(uploads, "group-m", files)  # its origdatablock lists the sha256
+    user = Uploader(uploads, upload_api, "mia", ["group-m"])
+    data = files["a.bin"].read_bytes()
+    [plan] = user.api.start(pid, [{"path": "a.bin", "size": 6 * MIB}])["files"]
+    parts = put_parts(plan, data)
+    local_md5 = [hashlib.md5(data[i:i + plan["partSize"]]).hexdigest() for i in range(0, len(data), plan["partSize"])]
+    other_md5 = hashlib.md5(b"other bytes").hexdigest()
+    complete = lambda **extra: user.http.post("/uploads/complete", json={  # noqa: E731
+        "pid": pid, "path": "a.bin", "uploadId": plan["uploadId"], **extra})
+
+    wrong_part = complete(parts=[{**parts[0], "md5": other_md5}, {**parts[1], "md5": local_md5[1]}])
+    assert wrong_part.status_code == 422, wrong_part.text
+    detail = wrong_part.json()["detail"]
+    assert "part 1 of 'a.bin'" in detail and other_md5 in detail and local_md5[0] in detail, detail
+    wrong_file = complete(parts=[{**p, "md5": m} for p, m in zip(parts, local_md5)], chk="0" * 64, chkAlg="sha256")
+    assert wrong_file.status_code == 422, wrong_file.text
+    detail = wrong_file.json()["detail"]
+    assert "0" * 64 in detail and hashlib.sha256(data).hexdigest() in detail and "origdatablock" in detail, detail
+    assert landing_state(uploads, pid) == ([], [landing_prefix(pid) + "a.bin"])  # nothing assembled
+
+    done = complete(parts=[{**p, "md5": m} for p, m in zip(parts, local_md5)],
+                    chk=hashlib.sha256(data).hexdigest(), chkAlg="SHA256")
+    assert done.status_code == 200, done.text
+    assert landing_state(uploads, pid) == ([landing_prefix(pid) + "a.bin"], [])
+
+
 def test_archival_releases_the_reservations_of_the_uploads_its_cleanup_aborts(uploads, upload_api, tmp_path):
     files = make_files(tmp_path / "data", {"f.bin": 3000})
     pid = register(uploads, "group-l", files)

@@ -6,6 +6,7 @@ uploaded; finalize checks they are all there, marks the dataset archivable and c
 
 from __future__ import annotations
 
+import base64
 from typing import Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Security
@@ -52,10 +53,24 @@ class FileRef(_Body):
     path: str
 
 
+MD5_HEX = "^[0-9a-fA-F]{32}$"
+
+
+class PartMd5(_Body):
+    partNumber: int = Field(ge=1, le=multipart.MAX_PARTS)
+    md5: str = Field(pattern=MD5_HEX, description="hex MD5 of the part's bytes")
+
+
+class ResumeFile(FileRef):
+    partsMd5: list[PartMd5] = Field([], max_length=multipart.MAX_PARTS,
+                                    description="MD5s of parts to be sent: their URLs are signed with Content-MD5 "
+                                                "too, so S3 takes only those bytes")
+
+
 class PartEtag(_Body):
     partNumber: int = Field(ge=1, le=multipart.MAX_PARTS)
     etag: str
-    md5: str | None = Field(None, pattern="^[0-9a-fA-F]{32}$",
+    md5: str | None = Field(None, pattern=MD5_HEX,
                             description="hex MD5 of the part's bytes as the uploader read them; compared with the "
                                         "part's ETag on S3 (the MD5 of what S3 received)")
 
@@ -187,9 +202,10 @@ class DatasetFiles:
         return found[0]
 
     def plan(self, path: str, objects: dict[str, int], urls_left: list[int], upload_id: str | None = None,
-             created: list[tuple[str, str]] | None = None) -> FilePlan:
+             created: list[tuple[str, str]] | None = None, md5s: dict[int, str] | None = None) -> FilePlan:
         """What S3 holds of one file; given `created`, an upload is started when none is under way (its key and
-        id appended there); part URLs for missing parts while `urls_left[0]` allows."""
+        id appended there); part URLs for missing parts while `urls_left[0]` allows, each signed with its part's
+        size and, for the parts in `md5s` (hex), its MD5."""
         s3, bucket, upload = self.backend.s3, self.backend.bucket, self.backend.settings.upload
         data_file, chk_alg = self.listed[path]
         key, size = self.prefix + path, data_file.size
@@ -224,8 +240,10 @@ class DatasetFiles:
             length = multipart.part_length(size, part_size, number)
             if number in done and done[number].size == length:
                 continue
+            md5 = (md5s or {}).get(number)
             url = multipart.presigned_part_url(self.backend.signer, bucket, key, upload_id, number,
-                                               upload.url_expiration_s, length)
+                                               upload.url_expiration_s, length,
+                                               base64.b64encode(bytes.fromhex(md5)).decode() if md5 else None)
             plan.urls.append(PartUrl(partNumber=number, url=url))
             urls_left[0] -= 1
         return plan
@@ -338,14 +356,16 @@ def create_upload_router(settings: ApiSettings, backend: CachedBackend | None = 
     refused = {409: {"description": "dataset archived or being archived"}}
 
     @router.post("/resume", response_model=FilePlan, responses={**errors, **refused})
-    def resume(body: FileRef, caller: Caller = Depends(who)) -> FilePlan:
-        """PUT URLs for the parts of a file that S3 does not hold yet (from S3's list of parts)."""
+    def resume(body: ResumeFile, caller: Caller = Depends(who)) -> FilePlan:
+        """PUT URLs for the parts of a file that S3 does not hold yet (from S3's list of parts); those of the
+        parts whose MD5 is given are signed with it."""
         with service_errors():
             files = dataset(body.pid, caller)
             files.refuse_if_archived()
             files.listed_file(body.path)
             objects = files.objects()
-            plan = files.plan(body.path, objects, [files.backend.settings.upload.urls_per_answer])
+            plan = files.plan(body.path, objects, [files.backend.settings.upload.urls_per_answer],
+                              md5s={p.partNumber: p.md5 for p in body.partsMd5})
             if plan.state in ("missing", "wrong-size"):
                 raise HTTPException(409, f"no upload of {shorten(body.path)} is under way; start it with POST /uploads")
             return plan

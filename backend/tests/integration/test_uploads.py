@@ -4,6 +4,7 @@ credentials: it sees only the API and presigned URLs."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import io
@@ -385,6 +386,27 @@ def test_each_part_url_is_signed_with_its_parts_exact_size(uploads, upload_api, 
     assert sorted(report.files_completed) == sorted(files)
 
 
+def test_part_urls_are_signed_with_the_md5_the_uploader_gives(uploads, upload_api, tmp_path):
+    files = make_files(tmp_path / "data", {"big.bin": 11 * MIB})
+    pid = register(uploads, "group-s", files)
+    user = Uploader(uploads, upload_api, "sam", ["group-s"])
+    data = files["big.bin"].read_bytes()
+    [plan] = user.api.start(pid, [{"path": "big.bin", "size": len(data)}])["files"]
+    md5 = hashlib.md5(data[:plan["partSize"]])
+
+    answer = user.http.post("/uploads/resume", json={"pid": pid, "path": "big.bin",
+                                                     "partsMd5": [{"partNumber": 1, "md5": md5.hexdigest()}]})
+
+    assert answer.status_code == 200, answer.text
+    urls = {u["partNumber"]: u["url"] for u in answer.json()["urls"]}
+    assert signed_headers(urls[1]) == ["content-length", "content-md5", "host"]
+    assert signed_headers(urls[2]) == ["content-length", "host"]
+    put = httpx.put(urls[1], content=data[:plan["partSize"]], timeout=60,
+                    headers={"Content-MD5": base64.b64encode(md5.digest()).decode()})
+    assert put.status_code == 200 and put.headers["ETag"].strip('"') == md5.hexdigest()
+    user.api.abort(pid, "big.bin", plan["uploadId"])
+
+
 def test_a_part_url_refuses_a_put_of_another_size(uploads, upload_api, tmp_path):
     """S3 checks the signed Content-Length: a 20 MiB PUT to the URL of a 1-byte file's part is refused (403).
     Needs an S3 server that verifies signatures (SeaweedFS, MinIO, AWS); moto does not."""
@@ -403,6 +425,14 @@ def test_a_part_url_refuses_a_put_of_another_size(uploads, upload_api, tmp_path)
     assert oversize.status_code == 403, oversize.text[:300]
     bucket, key = uploads.settings.minio.landingzone_bucket, landing_prefix(pid) + "one.bin"
     assert multipart.uploaded_parts(uploads.s3, bucket, key, plan["uploadId"]) == {}
+    # bound to the bytes too when the uploader gives their MD5: other bytes of the same size are refused
+    md5 = hashlib.md5(files["one.bin"].read_bytes())
+    [bound] = user.http.post("/uploads/resume", json={"pid": pid, "path": "one.bin", "partsMd5": [
+        {"partNumber": 1, "md5": md5.hexdigest()}]}).raise_for_status().json()["urls"]
+    other = bytes([files["one.bin"].read_bytes()[0] ^ 1])
+    swapped = httpx.put(bound["url"], content=other, timeout=60,
+                        headers={"Content-MD5": base64.b64encode(hashlib.md5(other).digest()).decode()})
+    assert swapped.status_code == 403, swapped.text[:300]
     assert httpx.put(url["url"], content=files["one.bin"].read_bytes(), timeout=60).status_code == 200
     user.api.abort(pid, "one.bin", plan["uploadId"])
 

@@ -82,7 +82,7 @@ def _upload_cleanup(args: argparse.Namespace) -> int:
     from archiver.config.secrets import ARCHIVER_S3, read_secret
     from archiver.config.settings import load_vars_file, with_environment_overrides
     from archiver.packing.naming import DATASETS_PREFIX
-    from archiver.storage.multipart import abort_uploads_older_than, release_orphaned
+    from archiver.storage.multipart import abort_uploads, release_orphaned
     from archiver.storage.s3 import S3Credentials, s3_client
 
     settings = with_environment_overrides(load_vars_file(args.vars), os.environ, str(args.vars))
@@ -92,10 +92,10 @@ def _upload_cleanup(args: argparse.Namespace) -> int:
     credentials = S3Credentials(read_secret(ARCHIVER_S3.user, args.secrets_dir), read_secret(ARCHIVER_S3.password, args.secrets_dir))
     s3 = s3_client(settings.minio.endpoint, settings.minio.region, credentials)
     bucket = settings.minio.landingzone_bucket
-    aborted = abort_uploads_older_than(s3, bucket, DATASETS_PREFIX + "/", datetime.now(timezone.utc) - timedelta(days=days))
+    aborted = abort_uploads(s3, bucket, DATASETS_PREFIX + "/", datetime.now(timezone.utc) - timedelta(days=days))
     for upload in aborted:
         print(f"aborted s3://{bucket}/{upload.key} (started {upload.initiated:%Y-%m-%d %H:%M} UTC)")
-    released = release_orphaned(s3, bucket)  # the aborted uploads' and those the lifecycle rule aborted
+    released = release_orphaned(s3, bucket)  # those the lifecycle rule aborted (the aborted uploads' went with them)
     print(f"archiver upload-cleanup: {len(aborted)} unfinished upload(s) older than {days:g} day(s) aborted, "
           f"{released} budget reservation(s) of uploads no longer under way released")
     return 0
@@ -192,11 +192,17 @@ def _scicat_dev(args: argparse.Namespace) -> int:
             )
         except ValueError as e:
             raise ConfigError(f"scicat-dev job action: {e}") from e
-    config = DevServerConfig({account.username: account.password}, action, args.datasetlifecycle_endpoint)
+    if args.unchanged_lifecycle_conflict and not args.datasetlifecycle_endpoint:
+        raise ConfigError("--unchanged-lifecycle-conflict is a quirk of the datasetlifecycle endpoint; "
+                          "give --datasetlifecycle-endpoint too")
+    config = DevServerConfig({account.username: account.password}, action, args.datasetlifecycle_endpoint,
+                             unchanged_lifecycle_conflict=args.unchanged_lifecycle_conflict)
     target = f"{action.method} {args.archiver_url}" if action else "nowhere"
+    endpoint = "off"
+    if config.lifecycle_endpoint:
+        endpoint = "on, 409 for an unchanged lifecycle" if config.unchanged_lifecycle_conflict else "on"
     print(f"SciCat development server on http://{args.host}:{args.port} (user {account.username!r}, "
-          f"new jobs sent to {target}, datasetlifecycle endpoint {'on' if config.lifecycle_endpoint else 'off'})",
-          flush=True)
+          f"new jobs sent to {target}, datasetlifecycle endpoint {endpoint})", flush=True)
     serve(config, args.host, args.port)
     return 0
 
@@ -449,6 +455,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=_flag(os.environ.get("SCICAT_DEV_DATASETLIFECYCLE_ENDPOINT")),
         help="serve PATCH/GET datasets/{pid}/datasetlifecycle (merging lifecycle updates, SciCat >= 4.19); "
              "default: $SCICAT_DEV_DATASETLIFECYCLE_ENDPOINT, else off",
+    )
+    scicat.add_argument(
+        "--unchanged-lifecycle-conflict", action="store_true",
+        default=_flag(os.environ.get("SCICAT_DEV_UNCHANGED_LIFECYCLE_CONFLICT")),
+        help="that endpoint answers 409 to an update leaving the lifecycle as it is, as SciCat 4.19-4.23 do; "
+             "default: $SCICAT_DEV_UNCHANGED_LIFECYCLE_CONFLICT, else off",
     )
     scicat.set_defaults(run=_scicat_dev)
     return parser

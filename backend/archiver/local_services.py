@@ -288,7 +288,7 @@ def postgres_database(admin_dsn: str = "postgresql://postgres@127.0.0.1:5432/pos
 def scicat_dev_server(
     secrets_dir: Path, log_dir: Path, archiver_url: str | None = None, port: int | None = None,
     archiver_method: str | None = None, archiver_headers: dict[str, str] | None = None, archiver_body: str | None = None,
-    datasetlifecycle_endpoint: bool = False,
+    datasetlifecycle_endpoint: bool = False, unchanged_lifecycle_conflict: bool = False,
 ) -> contextlib.AbstractContextManager[RunningService]:
     """The SciCat development server (`archiver scicat-dev`); logs in the account of `secrets_dir`.
 
@@ -306,6 +306,8 @@ def scicat_dev_server(
         command += ["--archiver-body", archiver_body]
     if datasetlifecycle_endpoint:
         command.append("--datasetlifecycle-endpoint")
+    if unchanged_lifecycle_conflict:
+        command.append("--unchanged-lifecycle-conflict")
     return service(
         "SciCat development server", command, f"http://127.0.0.1:{port}", "/dev/health",
         log_dir / f"scicat-dev-{port}.log", timeout=60,

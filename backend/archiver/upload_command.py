@@ -4,8 +4,9 @@
 What is verified: each local file's size against its origdatablock entry before anything is sent; its
 checksum too when the origdatablock gives one (md5 or sha256, the whole file read once); every part as it is
 PUT (Content-MD5, so S3 refuses a part damaged on the way); parts a previous run uploaded against the ETag S3
-reports for them (a part's MD5), so a file changed since is noticed; the whole file's size on S3 at
-completion (the API checks); every file's presence and size at finalize (the API checks)."""
+reports for them (a part's MD5), so a file changed since is noticed; at completion the API compares each part's
+local MD5 with what S3 received and the file's checksum with the origdatablock's, and checks the whole file's
+size on S3; every file's presence and size at finalize (the API checks)."""
 
 from __future__ import annotations
 
@@ -69,8 +70,12 @@ class UploadApi:
     def resume(self, pid: str, path: str) -> dict:
         return self._call("POST", "/resume", json={"pid": pid, "path": path})
 
-    def complete(self, pid: str, path: str, upload_id: str, parts: list[dict]) -> dict:
-        return self._call("POST", "/complete", json={"pid": pid, "path": path, "uploadId": upload_id, "parts": parts})
+    def complete(self, pid: str, path: str, upload_id: str, parts: list[dict],
+                 checksum: tuple[str, str] | None = None) -> dict:
+        body = {"pid": pid, "path": path, "uploadId": upload_id, "parts": parts}
+        if checksum is not None:
+            body["chkAlg"], body["chk"] = checksum
+        return self._call("POST", "/complete", json=body)
 
     def abort(self, pid: str, path: str, upload_id: str) -> dict:
         return self._call("POST", "/abort", json={"pid": pid, "path": path, "uploadId": upload_id})
@@ -118,7 +123,10 @@ def read_part(path: Path, plan: dict, number: int) -> bytes:
     return data
 
 
-def check_local_files(files: dict[str, Path], listed: dict[str, dict]) -> None:
+def check_local_files(files: dict[str, Path], listed: dict[str, dict]) -> dict[str, tuple[str, str]]:
+    """Refuses local files that are not what the origdatablocks list; returns the checksums computed
+    (algorithm, hex digest) per remote path, for the files listed with one."""
+    checksums = {}
     for remote, path in files.items():
         entry = listed.get(remote)
         if entry is None:
@@ -128,9 +136,12 @@ def check_local_files(files: dict[str, Path], listed: dict[str, dict]) -> None:
         if size != entry["size"]:
             raise UploadError(f"{path} has {size} bytes, the dataset's origdatablock lists {remote} with {entry['size']}")
         algorithm = (entry.get("chkAlg") or "").lower()
-        if entry.get("chk") and algorithm in CHECKSUMS and file_checksum(path, algorithm) != entry["chk"]:
-            raise UploadError(f"{path}: its {algorithm} differs from the checksum its origdatablock lists; "
-                              "this is not the file SciCat describes")
+        if entry.get("chk") and algorithm in CHECKSUMS:
+            checksums[remote] = (algorithm, file_checksum(path, algorithm))
+            if checksums[remote][1] != entry["chk"]:
+                raise UploadError(f"{path}: its {algorithm} differs from the checksum its origdatablock lists; "
+                                  "this is not the file SciCat describes")
+    return checksums
 
 
 class _PartUploader:
@@ -153,33 +164,40 @@ class _PartUploader:
             report.parts_put += 1
             report.bytes_put += len(data)
         self._on_part(remote, number, len(data))
-        return {"partNumber": number, "etag": etag}
+        return {"partNumber": number, "etag": etag, "md5": digest.hexdigest()}
 
 
-def _verify_done_parts(path: Path, plan: dict) -> bool:
-    """Parts S3 holds from an earlier run match the local file (a part's ETag is its MD5)."""
-    return all(hashlib.md5(read_part(path, plan, d["partNumber"])).hexdigest() == d["etag"].strip('"')
-               for d in plan["partsDone"])
+def _done_parts_md5(path: Path, plan: dict) -> dict[int, str] | None:
+    """The local MD5 of each part S3 holds from an earlier run, or None when one differs from its ETag (a part's
+    MD5 on S3): the local file changed since."""
+    md5s = {d["partNumber"]: hashlib.md5(read_part(path, plan, d["partNumber"])).hexdigest() for d in plan["partsDone"]}
+    return md5s if all(md5s[d["partNumber"]] == d["etag"].strip('"') for d in plan["partsDone"]) else None
 
 
 def upload_file(api: UploadApi, uploader: _PartUploader, pool: ThreadPoolExecutor, pid: str, remote: str,
-                path: Path, plan: dict, report: UploadReport) -> None:
-    if not _verify_done_parts(path, plan):
+                path: Path, plan: dict, report: UploadReport, checksum: tuple[str, str] | None = None) -> None:
+    """Send the parts S3 lacks, then complete the file, naming each part's local MD5 (and the file's checksum,
+    when computed) for the API to compare with what S3 and SciCat hold."""
+    md5s = _done_parts_md5(path, plan)
+    if md5s is None:
         api.abort(pid, remote, plan["uploadId"])  # the local file changed since: start the file again
         plan = api.start(pid, [{"path": remote, "size": plan["size"]}])["files"][0]
+        md5s = {}
     while plan["urls"]:
         futures = [pool.submit(uploader.put, remote, path, plan, u["partNumber"], u["url"], report) for u in plan["urls"]]
         try:
             for future in futures:
-                future.result()
+                sent = future.result()
+                md5s[sent["partNumber"]] = sent["md5"]
         except BaseException:
             for future in futures:  # parts not begun stay unsent: a later run resumes from what S3 holds
                 future.cancel()
             raise
         plan = api.resume(pid, remote)
     if plan["state"] != "uploaded":
-        parts = [{"partNumber": d["partNumber"], "etag": d["etag"]} for d in plan["partsDone"]]
-        api.complete(pid, remote, plan["uploadId"], parts)
+        parts = [{"partNumber": d["partNumber"], "etag": d["etag"]}
+                 | ({"md5": md5s[d["partNumber"]]} if d["partNumber"] in md5s else {}) for d in plan["partsDone"]]
+        api.complete(pid, remote, plan["uploadId"], parts, checksum)
     report.files_completed.append(remote)
 
 
@@ -189,7 +207,7 @@ def upload_dataset(api: UploadApi, pid: str, files: dict[str, Path], *, parallel
     """Upload what S3 does not hold yet of `files`, complete each, then finalize if asked."""
     report = UploadReport()
     listed = {entry["path"]: entry for entry in api.status(pid)["files"]}
-    check_local_files(files, listed)
+    checksums = check_local_files(files, listed)
     todo = [remote for remote in files if listed[remote]["state"] != "uploaded"]
     plans = api.start(pid, [{"path": r, "size": listed[r]["size"]} for r in todo])["files"] if todo else []
     total = sum(listed[r]["size"] for r in files)
@@ -201,7 +219,7 @@ def upload_dataset(api: UploadApi, pid: str, files: dict[str, Path], *, parallel
             if plan["state"] == "uploaded":
                 report.files_completed.append(remote)
                 continue
-            upload_file(api, uploader, pool, pid, remote, files[remote], plan, report)
+            upload_file(api, uploader, pool, pid, remote, files[remote], plan, report, checksums.get(remote))
     if finalize or archive:
         report.finalized = api.finalize(pid, archive)
     return report

@@ -35,7 +35,8 @@ def presigned_upload(s3, bucket: str, key: str, path: Path, part_size: int, para
     upload_id = multipart.start_upload(s3, bucket, key)
     plan = {"size": size, "partSize": part_size}
     count = multipart.part_count(size, part_size)
-    urls = [multipart.presigned_part_url(s3, bucket, key, upload_id, n, 3600) for n in range(1, count + 1)]
+    urls = [multipart.presigned_part_url(s3, bucket, key, upload_id, n, 3600, multipart.part_length(size, part_size, n))
+            for n in range(1, count + 1)]
     report = UploadReport()
     with httpx.Client(timeout=300) as http, ThreadPoolExecutor(parallel) as pool:
         uploader = _PartUploader(http, lambda *a: None)

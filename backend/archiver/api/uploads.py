@@ -6,6 +6,7 @@ uploaded; finalize checks they are all there, marks the dataset archivable and c
 
 from __future__ import annotations
 
+import base64
 from typing import Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Security
@@ -52,14 +53,36 @@ class FileRef(_Body):
     path: str
 
 
+MD5_HEX = "^[0-9a-fA-F]{32}$"
+
+
+class PartMd5(_Body):
+    partNumber: int = Field(ge=1, le=multipart.MAX_PARTS)
+    md5: str = Field(pattern=MD5_HEX, description="hex MD5 of the part's bytes")
+
+
+class ResumeFile(FileRef):
+    partsMd5: list[PartMd5] = Field([], max_length=multipart.MAX_PARTS,
+                                    description="MD5s of parts to be sent: their URLs are signed with Content-MD5 "
+                                                "too, so S3 takes only those bytes")
+
+
 class PartEtag(_Body):
     partNumber: int = Field(ge=1, le=multipart.MAX_PARTS)
     etag: str
+    md5: str | None = Field(None, pattern=MD5_HEX,
+                            description="hex MD5 of the part's bytes as the uploader read them; compared with the "
+                                        "part's ETag on S3 (the MD5 of what S3 received)")
 
 
 class CompleteFile(FileRef):
     uploadId: str
     parts: list[PartEtag] = Field(min_length=1, max_length=multipart.MAX_PARTS)
+    chk: str | None = Field(None, min_length=1, max_length=256,
+                            description="the whole file's checksum as the uploader computed it (with chkAlg)")
+    chkAlg: str | None = Field(None, min_length=1, max_length=32,
+                               description="its algorithm: compared with the origdatablock's checksum when that has "
+                                           "the same algorithm, and for md5 with S3's ETag of a one-part file")
 
 
 class AbortFile(FileRef):
@@ -153,7 +176,15 @@ class DatasetFiles:
             for data_file in block.data_file_list:
                 self.listed[data_file.path] = (data_file, block.chk_alg)
 
-    def refuse_if_archiving(self) -> None:
+    def refuse_if_archived(self) -> None:
+        """409 for a dataset that is archived by the record (SciCat lists datablocks of it: the archive is
+        write-once, whatever the lifecycle says, which the owner can reset with an ordinary dataset PATCH) or
+        being archived (archiveStatusMessage `started`)."""
+        registered = self.backend.scicat.get_datablocks(self.pid)
+        if registered:
+            raise HTTPException(409, f"dataset {self.pid!r} is archived: {len(registered)} datablock(s) registered "
+                                     "in SciCat; a changed dataset is a new dataset in SciCat (register one and "
+                                     "upload its files there)")
         status = self.lifecycle.archive_status_message if self.lifecycle else None
         if status in BUSY_STATUSES:
             raise HTTPException(409, f"dataset {self.pid!r} is being archived or archived (archiveStatusMessage "
@@ -171,9 +202,10 @@ class DatasetFiles:
         return found[0]
 
     def plan(self, path: str, objects: dict[str, int], urls_left: list[int], upload_id: str | None = None,
-             created: list[tuple[str, str]] | None = None) -> FilePlan:
+             created: list[tuple[str, str]] | None = None, md5s: dict[int, str] | None = None) -> FilePlan:
         """What S3 holds of one file; given `created`, an upload is started when none is under way (its key and
-        id appended there); part URLs for missing parts while `urls_left[0]` allows."""
+        id appended there); part URLs for missing parts while `urls_left[0]` allows, each signed with its part's
+        size and, for the parts in `md5s` (hex), its MD5."""
         s3, bucket, upload = self.backend.s3, self.backend.bucket, self.backend.settings.upload
         data_file, chk_alg = self.listed[path]
         key, size = self.prefix + path, data_file.size
@@ -205,10 +237,13 @@ class DatasetFiles:
         for number in range(1, count + 1):
             if urls_left[0] <= 0:
                 break
-            if number in done and done[number].size == multipart.part_length(size, part_size, number):
+            length = multipart.part_length(size, part_size, number)
+            if number in done and done[number].size == length:
                 continue
+            md5 = (md5s or {}).get(number)
             url = multipart.presigned_part_url(self.backend.signer, bucket, key, upload_id, number,
-                                               upload.url_expiration_s)
+                                               upload.url_expiration_s, length,
+                                               base64.b64encode(bytes.fromhex(md5)).decode() if md5 else None)
             plan.urls.append(PartUrl(partNumber=number, url=url))
             urls_left[0] -= 1
         return plan
@@ -290,14 +325,14 @@ def create_upload_router(settings: ApiSettings, backend: CachedBackend | None = 
         bearer_token(authorization)  # 401 before anything is asked of Prefect or SciCat
         return identify(authorization, backend.get().service_accounts, backend.get().settings.scicat)
 
-    @router.post("", response_model=DatasetUpload, responses={**errors, 409: {"description": "dataset being archived"},
+    @router.post("", response_model=DatasetUpload, responses={**errors, 409: {"description": "dataset archived or being archived"},
                                                               507: {"description": "over the landing-zone budget"}})
     def start(body: StartUpload, caller: Caller = Depends(who)) -> DatasetUpload:
         """Start (or take up again) the upload of files of a dataset: a multipart upload per file and PUT URLs
         of its parts, signed for the external S3 endpoint."""
         with service_errors():
             files = dataset(body.pid, caller)
-            files.refuse_if_archiving()
+            files.refuse_if_archived()
             paths = [files.listed_file(f.path, f.size).path for f in body.files]
             if len(set(paths)) != len(paths):
                 raise HTTPException(422, "a file is named twice in `files`; name each once")
@@ -318,33 +353,44 @@ def create_upload_router(settings: ApiSettings, backend: CachedBackend | None = 
             plans = [files.plan(path, objects, [0]) for path in sorted(files.listed)]
             return DatasetUpload(pid=files.pid, files=plans, complete=_complete(files, objects))
 
-    @router.post("/resume", response_model=FilePlan, responses=errors)
-    def resume(body: FileRef, caller: Caller = Depends(who)) -> FilePlan:
-        """PUT URLs for the parts of a file that S3 does not hold yet (from S3's list of parts)."""
+    refused = {409: {"description": "dataset archived or being archived"}}
+
+    @router.post("/resume", response_model=FilePlan, responses={**errors, **refused})
+    def resume(body: ResumeFile, caller: Caller = Depends(who)) -> FilePlan:
+        """PUT URLs for the parts of a file that S3 does not hold yet (from S3's list of parts); those of the
+        parts whose MD5 is given are signed with it."""
         with service_errors():
             files = dataset(body.pid, caller)
-            files.refuse_if_archiving()
+            files.refuse_if_archived()
             files.listed_file(body.path)
             objects = files.objects()
-            plan = files.plan(body.path, objects, [files.backend.settings.upload.urls_per_answer])
+            plan = files.plan(body.path, objects, [files.backend.settings.upload.urls_per_answer],
+                              md5s={p.partNumber: p.md5 for p in body.partsMd5})
             if plan.state in ("missing", "wrong-size"):
                 raise HTTPException(409, f"no upload of {shorten(body.path)} is under way; start it with POST /uploads")
             return plan
 
-    @router.post("/complete", response_model=FilePlan, responses=errors)
+    @router.post("/complete", response_model=FilePlan, responses={**errors, **refused})
     def complete(body: CompleteFile, caller: Caller = Depends(who)) -> FilePlan:
         """Assemble a file from its parts once S3 holds every part with the ETag given and the right size."""
         with service_errors():
             files = dataset(body.pid, caller)
-            files.refuse_if_archiving()
+            files.refuse_if_archived()
             data_file = files.listed_file(body.path)
-            plan = files.plan(body.path, {}, [0], upload_id=body.uploadId)
-            _check_parts(plan, body.parts)
             key = files.prefix + body.path
             s3, bucket = files.backend.s3, files.backend.bucket
-            multipart.complete_upload(s3, bucket, key, body.uploadId,
-                                      [UploadedPart(p.partNumber, p.etag, 0) for p in body.parts])
-            multipart.release(s3, bucket, [body.uploadId])
+            if not multipart.is_upload_of(s3, bucket, key, body.uploadId):
+                raise HTTPException(404, f"upload {shorten(body.uploadId)} of {shorten(body.path)} is not under way "
+                                         "(finished, aborted, expired, or of another file); complete the file with "
+                                         "the upload id its start or `resume` gave")
+            plan = files.plan(body.path, {}, [0], upload_id=body.uploadId)
+            _check_parts(plan, body.parts)
+            _check_client_checksums(files, plan, body)
+            try:
+                multipart.complete_upload(s3, bucket, key, body.uploadId,
+                                          [UploadedPart(p.partNumber, p.etag, 0) for p in body.parts])
+            finally:  # the reservation goes once S3 has assembled the file (even if its answer got lost), not before
+                multipart.release_if_gone(s3, bucket, [body.uploadId])
             stored = s3.head_object(Bucket=bucket, Key=key)["ContentLength"]
             if stored != data_file.size:  # cannot happen after _check_parts unless someone else wrote the key
                 raise HTTPException(409, f"{shorten(body.path)} holds {stored} bytes after completion, not "
@@ -353,23 +399,25 @@ def create_upload_router(settings: ApiSettings, backend: CachedBackend | None = 
 
     @router.post("/abort", response_model=Aborted, responses=errors)
     def abort(body: AbortFile, caller: Caller = Depends(who)) -> Aborted:
-        """Abort a file's upload; S3 drops its parts."""
+        """Abort a file's upload; S3 drops its parts. An upload id that is not an upload of this file aborts
+        nothing (`aborted: false`), and its budget reservation stays as long as S3 lists the upload."""
         with service_errors():
             files = dataset(body.pid, caller)
             files.listed_file(body.path)
-            s3, bucket = files.backend.s3, files.backend.bucket
-            aborted = multipart.abort_upload(s3, bucket, files.prefix + body.path, body.uploadId)
-            multipart.release(s3, bucket, [body.uploadId])
+            s3, bucket, key = files.backend.s3, files.backend.bucket, files.prefix + body.path
+            aborted = multipart.is_upload_of(s3, bucket, key, body.uploadId) and multipart.abort_upload(
+                s3, bucket, key, body.uploadId)
+            multipart.release_if_gone(s3, bucket, [body.uploadId])
             return Aborted(aborted=aborted)
 
     @router.post("/finalize", response_model=Finalized,
-                 responses={**errors, 409: {"description": "files missing or of the wrong size"}})
+                 responses={**errors, 409: {"description": "dataset archived, or files missing or of the wrong size"}})
     def finalize(body: Finalize, caller: Caller = Depends(who)) -> Finalized:
         """Check that every file of the origdatablocks is in the landing zone with its size, mark the dataset
         archivable in SciCat and, with `archive`, create its archive job."""
         with service_errors():
             files = dataset(body.pid, caller)
-            files.refuse_if_archiving()
+            files.refuse_if_archived()
             if not files.listed:
                 raise HTTPException(409, f"dataset {files.pid!r} has no files in its origdatablocks; nothing to archive")
             _refuse_incomplete(files, files.objects())
@@ -410,6 +458,33 @@ def _check_parts(plan: FilePlan, given: list[PartEtag]) -> None:
         if stored.size != expected:
             raise HTTPException(422, f"part {part.partNumber} of {shorten(plan.path)} has {stored.size} bytes, "
                                      f"expected {expected} (parts of {plan.partSize} bytes); upload it again")
+
+
+def _check_client_checksums(files: DatasetFiles, plan: FilePlan, body: CompleteFile) -> None:
+    """422 when a checksum the uploader sent disagrees with what S3 holds or SciCat lists. Checked without reading
+    the file: each part's MD5 against its ETag on S3 (S3's MD5 of the bytes it received; not so behind SSE-KMS or
+    SSE-C); the whole file's checksum against the origdatablock's of the same algorithm, and an md5 of a one-part
+    file against that part's ETag. A whole-file checksum of a multipart object would mean reading it back."""
+    name = shorten(plan.path)
+    on_s3 = {p.partNumber: p.etag.strip('"').lower() for p in plan.partsDone}
+    for part in body.parts:
+        if part.md5 is not None and part.md5.lower() != on_s3[part.partNumber]:
+            raise HTTPException(422, f"part {part.partNumber} of {name}: S3 received bytes of MD5 "
+                                     f"{on_s3[part.partNumber]} (its ETag), the uploader sent MD5 {part.md5.lower()}; "
+                                     "upload the part again (`resume`)")
+    if (body.chk is None) != (body.chkAlg is None):
+        raise HTTPException(422, f"{name}: send `chk` and `chkAlg` together (the file's checksum and its algorithm)")
+    if body.chk is None:
+        return
+    algorithm, sent = body.chkAlg.lower(), body.chk.lower()
+    data_file, listed_algorithm = files.listed[plan.path]
+    if data_file.chk and (listed_algorithm or "").lower() == algorithm and data_file.chk.lower() != sent:
+        raise HTTPException(422, f"{name}: its {algorithm} is {shorten(sent)}, its origdatablock of dataset "
+                                 f"{files.pid!r} lists {shorten(data_file.chk.lower())}; this is not the file SciCat "
+                                 "describes: upload that one (abort this upload), or register the file as it is")
+    if algorithm == "md5" and plan.partCount == 1 and on_s3.get(1) not in (None, sent):
+        raise HTTPException(422, f"{name}: its md5 is {shorten(sent)}, S3 received bytes of MD5 {on_s3[1]}; "
+                                 "upload the file again (`resume`)")
 
 
 def _refuse_incomplete(files: DatasetFiles, objects: dict[str, int]) -> None:

@@ -22,6 +22,7 @@ from archiver.packing.download_script import Download, download_script
 from archiver.packing.errors import DatasetUserError, InvalidPidError
 from archiver.packing.naming import check_pid
 from archiver.scicat.models import Job, JobResultEntry, JobResultObject, JobStatus
+from archiver.storage.s3 import presigned_url_expiry
 
 
 class JobFailed(Exception):
@@ -120,7 +121,7 @@ def run_job(
     result_object = JobResultObject(result=results, download_script=script) if results else None
     scicat_call(f"job {verdict.value}", scicat.update_job_status, job_id, verdict, message, result_object)
     wait_for_figures()
-    _report_job(job_id, verdict, dict(zip(dataset_ids, outcomes, strict=True)) | failures, seconds, results, script)
+    _report_job(job_id, verdict, dict(zip(dataset_ids, outcomes, strict=True)) | failures, seconds, results)
     if failures:
         raise JobFailed(f"job {job_id}: {message}")
     log.info("job %s: %s", job_id, message)
@@ -149,8 +150,9 @@ def _download_script(job_id: str, results: list[JobResultEntry]) -> str | None:
 
 
 def _report_job(job_id: str, verdict: JobStatus, outcomes: dict[str, DatasetDone | BaseException],
-                seconds: dict[str, float], results: list[JobResultEntry], script: str | None = None) -> None:
-    """The job's results on the job run itself (Artifacts tab): a row per dataset, and the download links.
+                seconds: dict[str, float], results: list[JobResultEntry]) -> None:
+    """The job's results on the job run itself (Artifacts tab): a row per dataset, and what was retrieved (no
+    download link: the presigned URLs are bearer links to the data, which every Prefect UI user could read there).
     For people: never fails the job."""
     rows = []
     for pid, outcome in outcomes.items():
@@ -162,14 +164,23 @@ def _report_job(job_id: str, verdict: JobStatus, outcomes: dict[str, DatasetDone
     try:
         create_table_artifact(rows, description=f"Job {job_id}: {verdict.value}")
         if results:
-            links = "\n".join(f"- {e.dataset_id}: [{e.name}]({e.url}) ({e.size} bytes)" for e in results)
-            script_part = (f"\n## Download script\n\nSave as `download.sh` and run `sh download.sh` where the data "
-                           f"should go: it resumes interrupted downloads, checks checksums and unpacks datablocks."
-                           f"\n\n```sh\n{script}```\n") if script else ""
-            create_markdown_artifact(f"# Downloads of job {job_id}\n\n{links}\n{script_part}",
-                                     description=f"Download links of job {job_id}")
+            create_markdown_artifact(_retrieved_listing(job_id, results), description=f"Retrieved by job {job_id}")
     except Exception as e:
         get_run_logger().warning("job %s: summary artifacts not created: %s", job_id, e)
+
+
+def _retrieved_listing(job_id: str, results: list[JobResultEntry]) -> str:
+    """Markdown: each retrieved object with its size and checksum, when its link expires, where the links are."""
+    lines = [f"# Retrieved by job {job_id}", "", "| dataset | name | type | bytes | checksum |", "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {e.dataset_id} | {e.name} | {e.type or 'datablock'} | {e.size} | "
+              f"{f'{e.chk_alg}:{e.chk}' if e.chk else '-'} |" for e in results]
+    expiries = [when for e in results if (when := presigned_url_expiry(e.url)) is not None]
+    if expiries:
+        lines += ["", f"The download links expire {min(expiries):%Y-%m-%d %H:%M} UTC."]
+    lines += ["", f"The download links and the download script are in SciCat's job result; fresh ones come from the "
+                  f"archiver API's `GET /jobs/{job_id}/links`; `archiver job` prints them when it follows a job. They "
+                  "are bearer links to the data and are never shown here."]
+    return "\n".join(lines) + "\n"
 
 
 def _summary(total: int, failures: dict[str, BaseException], notes: list[str]) -> str:

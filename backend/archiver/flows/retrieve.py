@@ -1,7 +1,7 @@
 """Retrieval: SciCat retrieve job -> datablocks streamed from the LTS into the retrieval bucket, checked on the way.
 
 Users get presigned download URLs (signed for the external S3 endpoint) in the
-job result; nothing that failed its checksums is ever left in the bucket.
+job result, and nowhere in Prefect; nothing that failed its checksums is ever left in the bucket.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prefect import flow
-from prefect.artifacts import create_link_artifact
 from prefect.logging import get_run_logger
 
 from archiver.config.runtime import RunConfiguration, load_run_configuration
@@ -57,15 +56,12 @@ def _check_archived(pid: str, on_record: OnRecord) -> None:
         raise NotArchivedError(pid, f"{len(missing)} of its files are in no registered datablock: {', '.join(missing[:5])}")
 
 
-def _download_link(pid: str, key: str, what: str, config: RunConfiguration, connections: Connections) -> str:
+def _download_link(key: str, config: RunConfiguration, connections: Connections) -> str:
+    """A presigned GET URL of a retrieved object: a bearer link to the user's data, so it goes only into the job
+    result in SciCat, never into an artifact or a log line that every Prefect UI user reads."""
     minio = config.settings.minio
-    url = presigned_get_url(minio.external_endpoint, minio.region, connections.presign_credentials,
-                            minio.retrieval_bucket, key, minio.url_expiration_s)
-    try:
-        create_link_artifact(url, link_text=f"{pid}: {what}", description=f"Download of {what} of {pid}")
-    except Exception as e:  # the URL goes to SciCat in the job result; the artifact is a convenience
-        get_run_logger().warning("%s: link artifact of %s not created (Prefect API: %s)", pid, what, e)
-    return url
+    return presigned_get_url(minio.external_endpoint, minio.region, connections.presign_credentials,
+                             minio.retrieval_bucket, key, minio.url_expiration_s)
 
 
 def _upload_datablocks(
@@ -173,8 +169,7 @@ def _delete_quietly(s3, bucket: str, keys: list[str], pid: str, log) -> None:
 
 def _entries(pid: str, wanted: list[_Wanted], config: RunConfiguration, connections: Connections) -> list[JobResultEntry]:
     return [JobResultEntry(dataset_id=pid, name=w.name, size=w.expected.size, archive_id=w.archive_id,
-                           url=_download_link(pid, w.expected.key, f"{'file' if w.is_file else 'datablock'} {w.name}",
-                                              config, connections),
+                           url=_download_link(w.expected.key, config, connections),
                            type="file" if w.is_file else "datablock", chk_alg=w.expected.algorithm, chk=w.expected.chk)
             for w in wanted]
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from archiver.packing import naming
 from archiver.storage.lts import fsync_dir
+from archiver.storage.multipart import abort_uploads
 from archiver.storage.s3 import abort_multipart_uploads, delete_prefix
 
 
@@ -118,8 +119,11 @@ def delete_retrieved(s3, bucket: str, pid: str) -> int:
 
 
 def delete_landing_zone_files(s3, bucket: str, pid: str) -> int:
-    """Remove a dataset's files from the landing zone. Only after its datablocks are verified and registered."""
-    return delete_prefix(s3, bucket, naming.landing_prefix(pid))
+    """Remove a dataset's files from the landing zone, aborting its unfinished uploads and releasing their
+    budget reservations. Only after its datablocks are verified and registered."""
+    prefix = naming.landing_prefix(pid)
+    abort_uploads(s3, bucket, prefix)
+    return delete_prefix(s3, bucket, prefix)
 
 
 def remove_partial_files(lts_root: Path, pid: str) -> list[Path]:

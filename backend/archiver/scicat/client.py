@@ -202,13 +202,29 @@ class ScicatClient:
         SciCat's `PATCH datasets/{pid}` replaces the whole lifecycle (fields not sent fall back to their
         defaults), so the current lifecycle is read and sent back complete with the changes. With
         `SCICAT_LIFECYCLE_MERGE_ENDPOINT` (SciCat >= 4.19) only the changes go to the merging
-        `PATCH datasets/{pid}/datasetlifecycle`."""
-        if self.settings.lifecycle_merge_endpoint:
-            url, body = self._dataset_url(pid) + "/datasetlifecycle", DatasetLifecycle(**changes).to_wire()
-        else:
+        `PATCH datasets/{pid}/datasetlifecycle`.
+
+        SciCat 4.19-4.23 answer that endpoint's update with 409 when it changes nothing (a retried update):
+        the lifecycle is read again and the update is done if it holds the values asked for."""
+        if not self.settings.lifecycle_merge_endpoint:
             current = self.get_dataset(pid).datasetlifecycle or DatasetLifecycle()
-            url, body = self._dataset_url(pid), {"datasetlifecycle": current.with_changes(**changes).to_wire()}
-        self._call(call, f"dataset {pid}", "PATCH", url, body)
+            body = {"datasetlifecycle": current.with_changes(**changes).to_wire()}
+            self._call(call, f"dataset {pid}", "PATCH", self._dataset_url(pid), body)
+            return
+        wanted = DatasetLifecycle(**changes).to_wire()
+        try:
+            self._call(call, f"dataset {pid}", "PATCH", self._dataset_url(pid) + "/datasetlifecycle", wanted)
+        except ScicatError as e:
+            if e.status_code != 409:
+                raise
+            stored = (self.get_dataset(pid).datasetlifecycle or DatasetLifecycle()).to_wire()
+            differing = {name: stored.get(name) for name, value in wanted.items() if stored.get(name) != value}
+            if differing:
+                shown = ", ".join(f"{name} {stored_value!r} (wanted {wanted[name]!r})"
+                                  for name, stored_value in differing.items())
+                raise ScicatError(call, f"dataset {pid}", f"SciCat answered 409 ({e.body}) but the lifecycle holds "
+                                  f"{shown}; check the dataset's lifecycle in SciCat", 409, e.body) from None
+            log.info("SciCat call '%s' for dataset %s: lifecycle already as asked (SciCat answered 409)", call, pid)
 
     # --- datablocks ---------------------------------------------------------
 

@@ -44,6 +44,8 @@ class DevServerConfig:
     users: dict[str, str] = field(repr=False)  # username -> password
     job_action: JobAction | None = None  # called when a job is created; None: jobs are only stored
     lifecycle_endpoint: bool = False  # PATCH/GET datasets/{pid}/datasetlifecycle (SciCat >= 4.19)
+    # SciCat 4.19-4.23: that PATCH answers 409 when it would leave the stored lifecycle as it is
+    unchanged_lifecycle_conflict: bool = False
     groups: dict[str, list[str]] = field(default_factory=dict)  # username -> the groups of its identity
 
 
@@ -338,7 +340,8 @@ def create_app(config: DevServerConfig, state: DevState | None = None) -> FastAP
 
         @v3.patch("/datasets/{pid}/datasetlifecycle")
         async def patch_lifecycle(pid: str, request: Request):
-            """SciCat >= 4.19: merges the fields sent into the lifecycle; null resets a field to its default."""
+            """SciCat >= 4.19: merges the fields sent into the lifecycle; null resets a field to its default.
+            With `unchanged_lifecycle_conflict` (4.19-4.23) an update that changes nothing is a 409."""
             body = await _json_body(request)
             problems = rules.check(body, rules.LIFECYCLE, partial=True)
             if problems:
@@ -348,8 +351,11 @@ def create_app(config: DevServerConfig, state: DevState | None = None) -> FastAP
                 return dataset
             defaults = lifecycle_defaults()
             merged = {**dataset["datasetlifecycle"], **body}
-            dataset["datasetlifecycle"] = {name: defaults.get(name) if value is None else value
-                                           for name, value in merged.items() if value is not None or name in defaults}
+            merged = {name: defaults.get(name) if value is None else value
+                      for name, value in merged.items() if value is not None or name in defaults}
+            if config.unchanged_lifecycle_conflict and merged == dataset["datasetlifecycle"]:
+                return _http_error(409, f"Dataset lifecycle of {_segment(pid)} is already in the requested state")
+            dataset["datasetlifecycle"] = merged
             dataset["updatedBy"], dataset["updatedAt"] = request.scope["dev_user"], _now()
             return dataset["datasetlifecycle"]
 

@@ -73,6 +73,12 @@ def newest_unfinished_upload(s3, bucket: str, key: str) -> str | None:
     return max(found, key=lambda u: u.initiated).upload_id if found else None
 
 
+def is_upload_of(s3, bucket: str, key: str, upload_id: str) -> bool:
+    """Whether `upload_id` is an unfinished upload of exactly `key`. Asked before completing or aborting: S3 and
+    MinIO refuse a wrong key (NoSuchUpload), some servers (moto) go by the upload id alone."""
+    return any(u.key == key and u.upload_id == upload_id for u in unfinished_uploads(s3, bucket, key))
+
+
 def start_upload(s3, bucket: str, key: str) -> str:
     return s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
 
@@ -91,12 +97,15 @@ def uploaded_parts(s3, bucket: str, key: str, upload_id: str) -> dict[int, Uploa
     return parts
 
 
-def presigned_part_url(signer, bucket: str, key: str, upload_id: str, number: int, expires_s: int) -> str:
-    """A PUT URL for one part; `signer` is a client for the endpoint the uploader reaches."""
-    return signer.generate_presigned_url(
-        "upload_part", Params={"Bucket": bucket, "Key": key, "UploadId": upload_id, "PartNumber": number},
-        ExpiresIn=int(expires_s),
-    )
+def presigned_part_url(signer, bucket: str, key: str, upload_id: str, number: int, expires_s: int, length: int,
+                       md5_base64: str | None = None) -> str:
+    """A PUT URL for one part of exactly `length` bytes (and, given its MD5, exactly those bytes); `signer` is a
+    client for the endpoint the uploader reaches. Content-Length (and Content-MD5) become signed headers: S3
+    refuses a PUT of another size (SignatureDoesNotMatch, 403), so a URL never stores more than its part."""
+    params = {"Bucket": bucket, "Key": key, "UploadId": upload_id, "PartNumber": number, "ContentLength": length}
+    if md5_base64 is not None:
+        params["ContentMD5"] = md5_base64
+    return signer.generate_presigned_url("upload_part", Params=params, ExpiresIn=int(expires_s))
 
 
 def complete_upload(s3, bucket: str, key: str, upload_id: str, parts: list[UploadedPart]) -> None:
@@ -159,18 +168,28 @@ def bucket_usage(s3, bucket: str) -> int:
     return used
 
 
+def release_if_gone(s3, bucket: str, upload_ids: Iterable[str]) -> int:
+    """Remove the reservations of those uploads that S3 no longer lists as under way (completed or aborted),
+    whatever the call that was meant to end them answered; returns how many were removed. An upload still
+    listed keeps its reservation: the budget goes on counting it."""
+    wanted = set(upload_ids)
+    if not wanted:
+        return 0
+    live = {upload.upload_id for upload in unfinished_uploads(s3, bucket, "")}
+    return release(s3, bucket, sorted(wanted - live))
+
+
 def release_orphaned(s3, bucket: str) -> int:
     """Remove the reservations whose upload is gone (aborted by the bucket's lifecycle rule, or whose
     release failed); returns how many."""
-    reserved = reservations(s3, bucket)  # first: an upload is created before its reservation
-    live = {upload.upload_id for upload in unfinished_uploads(s3, bucket, "")}
-    return release(s3, bucket, [upload_id for upload_id in reserved if upload_id not in live])
+    return release_if_gone(s3, bucket, reservations(s3, bucket))  # listed first: an upload is created before its reservation
 
 
-def abort_uploads_older_than(s3, bucket: str, prefix: str, cutoff: datetime) -> list[UnfinishedUpload]:
-    """Abort the unfinished uploads below `prefix` started before `cutoff`; returns those aborted."""
-    aborted = []
-    for upload in unfinished_uploads(s3, bucket, prefix):
-        if upload.initiated < cutoff and abort_upload(s3, bucket, upload.key, upload.upload_id):
-            aborted.append(upload)
+def abort_uploads(s3, bucket: str, prefix: str, started_before: datetime | None = None) -> list[UnfinishedUpload]:
+    """Abort the unfinished uploads below `prefix` (only those started before `started_before`, if given) and
+    release the budget reservations of those S3 ended; returns the uploads aborted."""
+    aborted = [upload for upload in unfinished_uploads(s3, bucket, prefix)
+               if (started_before is None or upload.initiated < started_before)
+               and abort_upload(s3, bucket, upload.key, upload.upload_id)]
+    release_if_gone(s3, bucket, [upload.upload_id for upload in aborted])
     return aborted

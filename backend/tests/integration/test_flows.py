@@ -180,17 +180,25 @@ def test_scicat_down_mid_job_then_back(pipeline):
     assert statuses.count(503) == 6
 
 
-def _artifacts_of(state) -> list:
+def _artifacts_of(state, subflows: bool = False) -> list:
+    """The artifacts of a flow run (and, with `subflows`, of the flow runs it started)."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+    from prefect.client.schemas.filters import (
+        ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterParentFlowRunId,
+    )
 
+    run_ids = [state.state_details.flow_run_id]
     with get_client(sync_client=True) as client:
-        return client.read_artifacts(artifact_filter=ArtifactFilter(
-            flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+        if subflows:
+            children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=run_ids)))
+            run_ids += [child.id for child in children]
+        return client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=run_ids)))
 
 
-def test_the_job_run_itself_shows_each_dataset_and_the_download_links(pipeline):
+def test_the_job_run_itself_shows_each_dataset_and_what_was_retrieved_but_no_download_link(pipeline):
     import json
+    from datetime import datetime, timedelta, timezone
 
     pids = [new_dataset(2, 0.2), new_dataset(1, 0.2)]
     archived = archive_datasets_flow(job_id=pipeline.new_job("archive", pids), return_state=True)
@@ -203,11 +211,25 @@ def test_the_job_run_itself_shows_each_dataset_and_the_download_links(pipeline):
         assert rows[pid]["bytes"] == sum(b.packed_size for b in blocks) > 0
 
     job_id = pipeline.new_job("retrieve", pids)
+    signed = datetime.now(timezone.utc)
     retrieved = retrieve_datasets_flow(job_id=job_id, return_state=True)
-    [links] = [a for a in _artifacts_of(retrieved) if a.type == "markdown"]
-    urls = [entry["url"] for entry in job_of(pipeline, job_id)["jobResultObject"]["result"]]
-    assert len(urls) == sum(len(pipeline.scicat.get_datablocks(pid)) for pid in pids)
-    assert all(url in links.data for url in urls)
+
+    entries = job_of(pipeline, job_id)["jobResultObject"]["result"]
+    assert len(entries) == sum(len(pipeline.scicat.get_datablocks(pid)) for pid in pids)
+    artifacts = _artifacts_of(retrieved, subflows=True)
+    assert len({a.flow_run_id for a in artifacts}) == 1 + len(pids)  # the job run's and each dataset's
+    for artifact in artifacts:  # bearer links stay with SciCat and the authenticated API, off the Prefect UI
+        text = json.dumps(artifact.data) if not isinstance(artifact.data, str) else artifact.data
+        text += json.dumps(artifact.description or "")
+        assert "X-Amz-Signature" not in text and "X-Amz-Credential" not in text, artifact.key or artifact.type
+        assert not any(entry["url"] in text or entry["url"].split("?")[0] in text for entry in entries)
+    [listing] = [a for a in _artifacts_of(retrieved) if a.type == "markdown"]
+    for entry in entries:  # what was retrieved: name, size, checksum
+        assert entry["name"] in listing.data and str(entry["size"]) in listing.data and entry["chk"] in listing.data
+    assert f"/jobs/{job_id}/links" in listing.data and "archiver job" in listing.data  # where the links are
+    expiry = (signed + timedelta(seconds=pipeline.settings.minio.url_expiration_s)).strftime("%Y-%m-%d %H:%M")
+    later = (signed + timedelta(seconds=pipeline.settings.minio.url_expiration_s + 60)).strftime("%Y-%m-%d %H:%M")
+    assert expiry in listing.data or later in listing.data
 
 
 def test_retrieval_aborts_the_unfinished_upload_of_a_killed_retrieval(pipeline):

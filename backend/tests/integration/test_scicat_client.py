@@ -135,6 +135,44 @@ def test_lifecycle_updates_through_the_merging_endpoint_send_only_the_changes(se
     assert not any(e["method"] == "GET" and e["path"].endswith(pid.replace("/", "%2F")) for e in log[:-1])
 
 
+@pytest.fixture
+def conflicting_lifecycle_client(secrets_dir, services_log_dir):
+    """A client of a development server behaving like SciCat 4.19-4.23: an unchanged lifecycle update is a 409."""
+    with local_services.scicat_dev_server(secrets_dir, services_log_dir, datasetlifecycle_endpoint=True,
+                                          unchanged_lifecycle_conflict=True) as server:
+        settings = ScicatSection(endpoint=server.url, lifecycle_merge_endpoint=True)
+        with ScicatClient(settings, ScicatCredentials.from_secret_files(secrets_dir, environ={})) as client:
+            yield client, server.url
+
+
+def test_a_retried_identical_lifecycle_update_succeeds_on_scicat_answering_409(conflicting_lifecycle_client):
+    client, url = conflicting_lifecycle_client
+    pid = make_dataset(client)
+    archived = dict(archive_status_message=ArchiveStatus.DATASET_ON_ARCHIVE_DISK, archivable=False, retrievable=True)
+    client.update_lifecycle(pid, "archived", **archived)
+
+    client.update_lifecycle(pid, "archived (retried)", **archived)  # SciCat answers 409: it is so already
+
+    conflicts = [e for e in httpx.get(f"{url}/dev/requests").json() if e.get("status") == 409]
+    assert len(conflicts) == 1  # the retry did meet SciCat's 409
+    lifecycle = client.get_dataset(pid).datasetlifecycle
+    assert (lifecycle.archive_status_message, lifecycle.archivable, lifecycle.retrievable) == (
+        "datasetOnArchiveDisk", False, True)
+
+
+def test_a_409_lifecycle_update_whose_values_do_not_hold_is_an_error_naming_them(conflicting_lifecycle_client):
+    client, url = conflicting_lifecycle_client
+    pid = make_dataset(client)
+    httpx.post(f"{url}/dev/faults", json={"count": 1, "status": 409}).raise_for_status()
+
+    with pytest.raises(ScicatError) as refused:
+        client.update_lifecycle(pid, "archive started", archive_status_message=ArchiveStatus.STARTED, archivable=False)
+
+    message = str(refused.value)
+    assert refused.value.status_code == 409 and pid in message
+    assert "archiveStatusMessage" in message and "'started'" in message and "'datasetCreated'" in message
+
+
 def test_origdatablocks_are_created_and_read_per_dataset(scicat):
     pid, other = make_dataset(scicat), make_dataset(scicat)
     created = scicat.create_origdatablock(pid, NewOrigDatablock(size=30, data_file_list=files(10, 20)))

@@ -247,6 +247,27 @@ def test_merging_lifecycle_endpoint_merges_when_switched_on(lifecycle_server):
     assert validation_messages(unknown) == ["property colour should not exist"]
 
 
+def test_unchanged_lifecycle_update_is_409_only_with_the_4_19_to_4_23_quirk(secrets_dir, services_log_dir,
+                                                                            scicat_dev_for, lifecycle_server):
+    update = {"archiveStatusMessage": "started", "archivable": False}
+    with local_services.scicat_dev_server(secrets_dir, services_log_dir, datasetlifecycle_endpoint=True,
+                                          unchanged_lifecycle_conflict=True) as server:
+        dev = scicat_dev_for(server.url, secrets_dir)
+        pid = new_dataset(dev)
+        assert dev.call("PATCH", dataset_path(pid, "/datasetlifecycle"), json=update).status_code == 200
+        stored = dev.call("GET", dataset_path(pid)).json()["datasetlifecycle"]
+        again = dev.call("PATCH", dataset_path(pid, "/datasetlifecycle"), json=update)
+        assert again.status_code == 409, again.text
+        assert dev.call("PATCH", dataset_path(pid, "/datasetlifecycle"), json={}).status_code == 409
+        assert dev.call("GET", dataset_path(pid)).json()["datasetlifecycle"] == stored
+        changed = dev.call("PATCH", dataset_path(pid, "/datasetlifecycle"), json={**update, "retrievable": True})
+        assert changed.status_code == 200 and changed.json()["retrievable"] is True
+    # without the quirk (SciCat >= 4.24) the same update again is a 200
+    pid = new_dataset(lifecycle_server)
+    for _ in range(2):
+        assert lifecycle_server.call("PATCH", dataset_path(pid, "/datasetlifecycle"), json=update).status_code == 200
+
+
 # --- the job action (SciCat's url action) -----------------------------------------------------
 
 

@@ -17,8 +17,8 @@ from prefect.logging import get_run_logger
 
 from archiver.config.runtime import RunConfiguration, load_run_configuration
 from archiver.flows.common import (
-    ARCHIVED_LIFECYCLE, Connections, OnRecord, OwnershipCheck, ProgressReporter, RunNotOwned, connect, dataset_on_record, exception_of,
-    raise_if_cancelled, run_bounded, run_bounded_or_raise, scicat_call, scicat_may_recover,
+    ARCHIVED_LIFECYCLE, Connections, OnRecord, OwnershipCheck, ProgressReporter, RunCancelled, RunNotOwned, connect,
+    dataset_on_record, exception_of, raise_if_cancelled, run_bounded, run_bounded_or_raise, scicat_call, scicat_may_recover,
 )
 from archiver.flows.concurrency import reconcile_tags
 from archiver.flows.failures import describe_failure
@@ -100,7 +100,8 @@ def _store_datablocks(
         try:
             record = write(connections.s3, settings.minio.landingzone_bucket, block, settings.lts.storage_root,
                            settings.archiver.checksum_algorithm, on_bytes=progress.add,
-                           listed={f.path: checksums[f.path] for f in block.files if f.path in checksums})
+                           listed={f.path: checksums[f.path] for f in block.files if f.path in checksums},
+                           before_writing=still_owner)
         except OSError as e:
             if lts.is_full(e):
                 full.append(block.archive_id)
@@ -109,6 +110,9 @@ def _store_datablocks(
 
     results = run_bounded_or_raise(lambda m: checked(m.archiveId), plan.reused, settings.archiver.datablock_concurrency)
     written = run_bounded(store, plan.new, settings.archiver.datablock_concurrency)
+    stop = next((o for o in written if isinstance(o, (RunCancelled, RunNotOwned))), None)
+    if stop is not None:  # before any other error: a run that must stop leaves the clean-up to the job's owner
+        raise stop
     mismatched = [f for outcome in written if isinstance(outcome, ChecksumMismatchError) for f in outcome.files]
     if mismatched:  # every file of every datablock, not only the first datablock's
         raise ChecksumMismatchError(pid, mismatched)

@@ -214,19 +214,27 @@ def raise_if_cancelled(max_wait_s: float = 300) -> None:
 
 class OwnershipCheck:
     """`raise_if_cancelled` at most every `interval_s` (before each datablock: a woken run stops writing soon,
-    without an API round trip per datablock)."""
+    without an API round trip per datablock). Once it has found the run cancelled or no longer owned, every
+    later call raises too: the datablocks of a dataset are written in parallel, and each must stop."""
 
     def __init__(self, interval_s: float = 10.0):
         self._interval_s = interval_s
         self._last = time.monotonic()
         self._lock = threading.Lock()
+        self._verdict: RunCancelled | RunNotOwned | None = None
 
     def __call__(self) -> None:
         with self._lock:
+            if self._verdict is not None:
+                raise type(self._verdict)(*self._verdict.args)
             if time.monotonic() - self._last < self._interval_s:
                 return
             self._last = time.monotonic()
-        raise_if_cancelled()
+        try:
+            raise_if_cancelled()
+        except (RunCancelled, RunNotOwned) as verdict:
+            self._verdict = verdict
+            raise
 
 
 def run_bounded(function: Callable[[T], R], items: Iterable[T], max_workers: int) -> list[R | BaseException]:

@@ -11,7 +11,7 @@ from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 
 from archiver.config.limits import TagLimit
-from archiver.flows.common import exception_of
+from archiver.flows.common import RunCancelled, RunNotOwned, exception_of
 from archiver.packing import archive, cleanup, partial, retrieve
 from archiver.packing.errors import ArchiverError
 from archiver.packing.planning import PlannedDatablock
@@ -20,9 +20,11 @@ from archiver.storage import lts
 
 
 def _may_recover(task, task_run, state) -> bool:
-    """Retry storage hiccups; never a user's mistake, a checksum mismatch, a refused name or a full LTS."""
+    """Retry storage hiccups; never a user's mistake, a checksum mismatch, a refused name, a full LTS or a run
+    that must stop."""
     error = exception_of(state)
-    return isinstance(error, Exception) and not isinstance(error, ArchiverError) and not lts.is_full(error)
+    return (isinstance(error, Exception) and not isinstance(error, (ArchiverError, RunCancelled, RunNotOwned))
+            and not lts.is_full(error))
 
 
 # Storage tasks that stream data: transient S3/LTS errors get two more tries.
@@ -57,7 +59,12 @@ def wait_for_free_space(lts_root: Path, min_free_percentage: float, timeout_s: f
     **_STORAGE_RETRIES,
 )
 def write_datablock(s3, bucket: str, block: PlannedDatablock, lts_root: Path, algorithm: str, on_bytes=None,
-                    listed: dict[str, ListedChecksum] | None = None) -> DatablockRecord:
+                    listed: dict[str, ListedChecksum] | None = None,
+                    before_writing: Callable[[], None] | None = None) -> DatablockRecord:
+    """`before_writing` (e.g. an OwnershipCheck) runs once the slot is held: a run frozen while it waited
+    for the slot, and taken for crashed meanwhile, stops here instead of writing."""
+    if before_writing is not None:
+        before_writing()
     return archive.archive_datablock(s3, bucket, block, lts_root, algorithm, on_bytes=on_bytes, listed=listed)
 
 

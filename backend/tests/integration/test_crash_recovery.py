@@ -210,6 +210,7 @@ def test_a_frozen_run_that_wakes_up_changes_nothing_and_the_resumed_job_finishes
     (SIGCONT), the old run sees it no longer owns the job and stops: no registration, no lifecycle or job
     status from it; the resumed run finishes and SciCat's job and dataset agree."""
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
 
     from tests.integration.task_history import most_at_once, tagged_task_runs_since
 
@@ -237,7 +238,7 @@ def test_a_frozen_run_that_wakes_up_changes_nothing_and_the_resumed_job_finishes
     finally:
         for process in frozen:
             os.kill(process, signal.SIGCONT)
-    woken_at = time.monotonic()
+    woken_at, woke = time.monotonic(), datetime.now(timezone.utc)
     poll_until(lambda: job_status(pipeline, job_id) == "finishedSuccessful", timeout=300, interval=1,
                what="the resumed job to finish")
     print(f"\nfrozen run woken up: SciCat shows finishedSuccessful {time.monotonic() - woken_at:.0f} s after")
@@ -260,3 +261,10 @@ def test_a_frozen_run_that_wakes_up_changes_nothing_and_the_resumed_job_finishes
         assert len(retried) == 1 and client.read_flow_run(retried[0].id).state.is_completed()
     writes = tagged_task_runs_since("move-datablocks-to-lts", "write ", since)
     assert most_at_once([(w.start_time, w.end_time) for w in writes if w.start_time]) <= 1
+    # Woken, the old run wrote no datablock (one it was writing when frozen may end; none may begin).
+    with get_client(sync_client=True) as client:
+        old_subflows = {r.id for r in client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run.id])))}
+    assert old_subflows, "the old run's dataset subflow is missing"
+    assert [w.name for w in writes if w.flow_run_id in old_subflows and w.start_time and w.start_time > woke
+            and w.state.is_completed()] == []

@@ -14,10 +14,15 @@ landing-zone bucket, then in this process:
     every file and the folder (boto3 download_file from 8 MiB up, a plain get_object below:
     download_file's per-call HEAD and thread pool, or an fsync per file, would make small
     files a slow baseline),
+  - parallel raw download: every object with one GET each, as many in flight as the engine
+    has for files of that size (baselines.engine_gets_in_flight: 2 for 64 MiB files, 16 for
+    small ones, with 2 datablocks at a time), then the same fsyncs; archive+verify's targets
+    are set against this one, which had the same parallelism to work with,
   - plain upload: boto3 upload_file of the datablocks, one after the other (retrieve and plain upload
     run in turn twice; the faster of each is kept),
 and removes the shape's objects and files before the next. It prints MB/s (MiB of
-dataset files per second), the ratios against the targets of issue 16, and the peak
+dataset files per second), the ratios against the targets of issues 16 and 27 (met or not met,
+also listed together after the table), and the peak
 RSS of this process per phase (the S3 server keeps objects in its own process, which is
 not counted); the growth of each phase's peak above its start between the 512 MiB and
 2 GiB shapes shows whether memory depends on dataset size. Before each phase freed
@@ -52,24 +57,20 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+import baselines  # beside this file
 import bench_s3  # beside this file
 import job_overhead  # beside this file
-from boto3.s3.transfer import TransferConfig
 
 from archiver.packing import audit, naming
 from archiver.packing.archive import archive_datablock, verify_datablock
 from archiver.packing.planning import list_dataset_files, plan_datablocks
 from archiver.packing.retrieve import retrieve_datablock
-from archiver.storage.lts import fsync_dir
 from archiver.storage.s3 import S3Credentials, delete_prefix, s3_client
 
 KiB = 1024
 MiB = 1024 * KiB
 REGION = "eu-west-1"
 DEFAULT_SHAPES = "8x64M,32x64M,1000x1M,20000x64K"
-# Issue 16: archive+verify against the raw download, retrieval against the plain upload.
-ARCHIVE_TARGETS = {64 * MiB: 1.0, 1 * MiB: 1.0, 64 * KiB: 0.8}
-RETRIEVE_TARGET = 1.0
 
 
 @dataclass(frozen=True)
@@ -158,14 +159,6 @@ def fill_landing_zone(s3, bucket: str, pid: str, shape: Shape) -> None:
                                               Body=os.urandom(shape.size)), range(shape.files)))
 
 
-def fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class Run:
     """One shape: fill, time the engine and the baselines, clean up."""
 
@@ -187,6 +180,8 @@ class Run:
             self.figures["verify"] = timed(self.verify_again)
             self.figures["audit"] = timed(self.audit_fixity)
             self.figures["raw download"] = timed(self.raw_download)
+            self.reset_download_dir()
+            self.figures["parallel download"] = timed(self.parallel_download)
             # Both moved through the same S3 server, whose speed on a shared machine varies from run to run:
             # taken in turn, twice, and the faster of each kept.
             for _ in range(2):
@@ -236,48 +231,70 @@ class Run:
             list(pool.map(lambda b: retrieve_datablock(self.lts, b.archive_id, self.s3, self.buckets["retrieval"],
                                                        file_timeout_s=60), self.blocks))
 
+    def dataset_objects(self) -> list[tuple[str, int]]:
+        return [(f.key, f.size) for f in list_dataset_files(self.s3, self.buckets["landing"], self.pid)]
+
+    def reset_download_dir(self) -> None:
+        shutil.rmtree(self.download_dir)
+        self.download_dir.mkdir()
+
     def raw_download(self) -> None:
-        landing = self.buckets["landing"]
-        targets = []
-        for i, f in enumerate(list_dataset_files(self.s3, landing, self.pid)):
-            target = self.download_dir / f"{i:05d}"
-            if f.size >= TransferConfig().multipart_threshold:
-                self.s3.download_file(landing, f.key, str(target))  # concurrent ranged GETs
-            else:  # what download_file does for a small object, without its per-call HEAD and thread pool
-                target.write_bytes(self.s3.get_object(Bucket=landing, Key=f.key)["Body"].read())
-            targets.append(target)
-        # Made durable together at the end, as the engine makes a datablock durable once, not file by file.
-        for target in targets:
-            fsync_file(target)
-        fsync_dir(self.download_dir)
+        baselines.sequential_download(self.s3, self.buckets["landing"], self.dataset_objects(), self.download_dir)
+
+    @property
+    def gets_in_flight(self) -> int:
+        return baselines.engine_gets_in_flight(self.shape.size, len(self.blocks), self.concurrency)
+
+    def parallel_download(self) -> None:
+        baselines.parallel_download(self.s3, self.buckets["landing"], self.dataset_objects(), self.download_dir,
+                                    self.gets_in_flight)
 
     def plain_upload(self) -> None:
-        for b in self.blocks:
-            self.s3.upload_file(str(naming.datablock_path(self.lts, b.archive_id)), self.buckets["plain"], b.archive_id)
+        baselines.plain_upload(self.s3, self.buckets["plain"],
+                               [(naming.datablock_path(self.lts, b.archive_id), b.archive_id) for b in self.blocks])
 
     def rate(self, phase: str) -> float:
         return self.shape.total / MiB / self.figures[phase].seconds
 
+    def archive_ratio(self) -> float:
+        return self.figures["parallel download"].seconds / self.figures["archive+verify"].seconds
+
+    def retrieve_ratio(self) -> float:
+        return self.figures["plain upload"].seconds / self.figures["retrieve"].seconds
+
     def row(self) -> str:
         f = self.figures
-        archive_ratio = f["raw download"].seconds / f["archive+verify"].seconds
-        retrieve_ratio = f["plain upload"].seconds / f["retrieve"].seconds
-        target = ARCHIVE_TARGETS.get(self.shape.size)
+        archive_target = baselines.ARCHIVE_TARGETS.get(self.shape.size)
+        retrieve_target = baselines.RETRIEVE_TARGETS.get(self.shape.size)
         return (
             f"{str(self.shape):<16} {len(self.blocks):>3} "
-            f"{self.rate('archive+verify'):>8.1f} {self.rate('raw download'):>8.1f} {archive_ratio:>6.2f}x "
-            f"{f'>= {target:.1f}x' if target else '':>8} "
-            f"{self.rate('retrieve'):>8.1f} {self.rate('plain upload'):>8.1f} {retrieve_ratio:>6.2f}x "
+            f"{self.rate('archive+verify'):>8.1f} {self.rate('raw download'):>8.1f} "
+            f"{self.rate('parallel download'):>8.1f} {self.gets_in_flight:>3} {self.archive_ratio():>6.2f}x "
+            f"{f'>= {archive_target:.1f}x' if archive_target else '':>8} "
+            f"{self.rate('retrieve'):>8.1f} {self.rate('plain upload'):>8.1f} {self.retrieve_ratio():>6.2f}x "
+            f"{f'>= {retrieve_target:.1f}x' if retrieve_target else '':>8} "
             f"{f['archive+verify'].peak_rss / MiB:>8.0f} {f['retrieve'].peak_rss / MiB:>8.0f} "
             f"{f['archive+verify'].start_rss / MiB:>6.0f}"
         )
 
+    def target_lines(self) -> list[str]:
+        lines = []
+        for what, ratio, baseline, target in (
+            ("archive+verify", self.archive_ratio(), "parallel raw download",
+             baselines.ARCHIVE_TARGETS.get(self.shape.size)),
+            ("retrieve", self.retrieve_ratio(), "plain upload", baselines.RETRIEVE_TARGETS.get(self.shape.size)),
+        ):
+            if target is not None:
+                lines.append(f"{str(self.shape):<16} {what:<15} {ratio:5.2f}x the {baseline:<22} "
+                             f"target >= {target:.1f}x: {baselines.verdict(ratio, target)}")
+        return lines
+
 
 HEADER = (
-    f"{'shape':<16} {'blk':>3} {'archive':>8} {'raw dl':>8} {'ratio':>7} {'target':>8} "
-    f"{'retrieve':>8} {'upload':>8} {'ratio':>7} {'RSS arch':>8} {'RSS retr':>8} {'start':>6}\n"
-    f"{'':<16} {'':>3} {'MB/s':>8} {'MB/s':>8} {'':>7} {'':>8} {'MB/s':>8} {'MB/s':>8} "
-    f"{f'>= {RETRIEVE_TARGET:.1f}x':>7} {'MiB':>8} {'MiB':>8} {'MiB':>6}"
+    f"{'shape':<16} {'blk':>3} {'archive':>8} {'seq dl':>8} {'par dl':>8} {'GET':>3} {'ratio':>7} {'target':>8} "
+    f"{'retrieve':>8} {'upload':>8} {'ratio':>7} {'target':>8} {'RSS arch':>8} {'RSS retr':>8} {'start':>6}\n"
+    f"{'':<16} {'':>3} {'MB/s':>8} {'MB/s':>8} {'MB/s':>8} {'':>3} {'/par dl':>7} {'':>8} {'MB/s':>8} {'MB/s':>8} "
+    f"{'':>7} {'':>8} {'MiB':>8} {'MiB':>8} {'MiB':>6}"
 )
 
 
@@ -336,6 +353,10 @@ def main(argv: list[str] | None = None) -> None:
             print(run.row(), flush=True)
         for line in rss_growth_lines(runs):
             print(line)
+        print("\ntargets (issues 16 and 27), this run:", flush=True)
+        for run in runs:
+            for line in run.target_lines():
+                print(line, flush=True)
         print("\nre-reading the LTS (issue 15): verification after archival, the audit's fixity pass", flush=True)
         for run in runs:
             print(f"{str(run.shape):<16} verify {run.rate('verify'):>8.1f} MB/s   audit {run.rate('audit'):>8.1f} MB/s")

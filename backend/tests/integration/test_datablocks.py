@@ -203,7 +203,7 @@ def test_a_datablock_on_the_lts_is_never_overwritten_whatever_its_state(s3, buck
 
 
 def test_files_whose_bytes_differ_from_the_listed_checksum_are_named_and_nothing_is_published(s3, bucket, lts_root):
-    data = {"a.bin": os.urandom(1000), "big.bin": os.urandom(3 * MiB), "c.bin": os.urandom(1000)}
+    data = {"a.bin": os.urandom(1000), "big.bin": os.urandom(5 * MiB), "c.bin": os.urandom(1000)}
     upload(s3, bucket, PID, data)
     (block,) = plan_datablocks(PID, list_dataset_files(s3, bucket, PID), 100 * MiB)
     listed = {  # big.bin is streamed, the small ones fetched whole; md5 is computed beside the sha256

@@ -12,7 +12,7 @@ from archiver.config.secrets import load_prefect_auth
 
 
 def _config(args: argparse.Namespace) -> int:
-    from archiver.config.seeding import read_inputs, seed
+    from archiver.tools.seeding import read_inputs, seed
     from archiver.config.settings import environment_overrides
 
     for key in environment_overrides():
@@ -232,7 +232,8 @@ def _metrics(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from archiver.flows.serve import DEPLOYMENT_NAMES, serve_deployments
+    from archiver.config.deployments import DEPLOYMENT_NAMES
+    from archiver.flows.serve import serve_deployments
 
     print("serving " + ", ".join(DEPLOYMENT_NAMES.values()), flush=True)
     serve_deployments(limit=args.limit)

@@ -126,7 +126,7 @@ def pipeline(options: DevOptions) -> Iterator[Pipeline]:
             # Polling every second: on a single machine a cheap query, and half a second less per job on average.
             logs / "serve.log", env={"PREFECT_API_URL": api_url, "PREFECT_RUNNER_POLL_FREQUENCY": "1"}, timeout=60,
         ))
-        from archiver.flows.serve import DEPLOYMENT_NAMES
+        from archiver.config.deployments import DEPLOYMENT_NAMES
 
         local_services.poll_until(lambda: _deployments_ready(DEPLOYMENT_NAMES.values()), 120, "deployments to register")
         say("deployments served: " + ", ".join(DEPLOYMENT_NAMES.values()))
@@ -159,7 +159,7 @@ def _s3_identities(secrets_dir: Path) -> list[local_services.S3Identity]:
 
 
 def _seed(vars_file: Path, secrets_dir: Path) -> None:
-    from archiver.config.seeding import read_inputs, seed
+    from archiver.tools.seeding import read_inputs, seed
 
     report = seed(read_inputs(vars_file, REPO_FILES / "concurrency-limits.toml", secrets_dir))
     say(f"configuration seeded: {len(report.changes)} change(s), {report.unchanged} already up to date")

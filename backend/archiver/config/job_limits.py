@@ -37,7 +37,7 @@ def apply_job_limits(limits: dict[str, int]) -> None:
     from prefect import get_client
     from prefect.client.schemas.actions import DeploymentUpdate
 
-    from archiver.flows.serve import DEPLOYMENT_NAMES
+    from archiver.config.deployments import DEPLOYMENT_NAMES
 
     with get_client(sync_client=True) as client:
         for job_type, limit in limits.items():

@@ -24,17 +24,6 @@ from archiver.flows.test_dataset import create_test_dataset_flow
 PREFECT_YAML = Path(__file__).resolve().parents[3] / "prefect.yaml"
 DEFAULT_HEARTBEAT_S = 30
 
-DEPLOYMENT_NAMES = {
-    "archive": "archive_datasetlist/datasets_archival",
-    "retrieve": "retrieve_datasetlist/datasets_retrieval",
-    "recover": "recover_job/job_recovery",
-    "create": "create_test_dataset/dataset_creation",
-    "prune": "prune_discarded/discarded_pruning",
-    "clean": "clean_retrievals/retrieval_cleanup",
-    "audit": "lts_audit/lts_auditing",
-}
-
-
 def deployment_triggers(name: str, prefect_yaml: Path = PREFECT_YAML) -> list:
     """The triggers of deployment `name` in prefect.yaml, as Prefect's deploy command reads them."""
     import yaml

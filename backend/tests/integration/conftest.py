@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import tomli_w
-from archiver.config.seeding import read_inputs, seed
+from archiver.tools.seeding import read_inputs, seed
 from archiver.config.settings import Settings, load_vars_file
 
 REPO = Path(__file__).resolve().parents[3]

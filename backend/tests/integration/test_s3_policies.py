@@ -26,7 +26,7 @@ import pytest
 from archiver import local_services
 from archiver.config.errors import ConfigError
 from archiver.config.secrets import ARCHIVER_S3, MINIO_ROOT, PRESIGN_S3, S3Account
-from archiver.config.seeding import read_inputs, seed
+from archiver.tools.seeding import read_inputs, seed
 from archiver.flows.archive import archive_datasets_flow
 from archiver.flows.retrieve import retrieve_datasets_flow
 from archiver.flows.test_dataset import create_test_dataset_flow

@@ -130,7 +130,8 @@ def test_consistency_names_a_datablock_registered_more_than_once():
 def test_the_audit_deployment_is_scheduled_from_lts_audit_cron_both_ways():
     import yaml
     from archiver.config.settings import load_vars_file
-    from archiver.flows.serve import DEPLOYMENT_NAMES, audit_cron
+    from archiver.config.deployments import DEPLOYMENT_NAMES
+    from archiver.flows.serve import audit_cron
 
     repo = Path(__file__).resolve().parents[3]
     settings = load_vars_file(repo / "prefect-vars.toml")

@@ -7,7 +7,7 @@ import tomllib
 from archiver.config.errors import ConfigError
 from archiver.config.limits import load_limits_file
 from archiver.config.secrets import init_secrets
-from archiver.config.seeding import read_inputs
+from archiver.tools.seeding import read_inputs
 from archiver.config.settings import (
     environment_overrides,
     flat_values,

@@ -162,7 +162,8 @@ def _audit(args: argparse.Namespace) -> int:
     if isinstance(error, LtsAuditFailed):
         for finding in error.findings:
             print(finding.line())
-        print(f"error: LTS audit found {len(error.findings)} problem(s); docs/flows.md, \"Auditing the LTS\", says what to do",
+        print(f"error: LTS audit found {len(error.findings)} problem(s); "
+            "docs/flows.md, \"Auditing the LTS\", says what to do",
               file=sys.stderr)
         return 1
     if error is not None:
@@ -308,7 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     api.set_defaults(run=_api)
 
     job = add_command(commands, "job", help="create a SciCat archive or retrieve job (as a user would) and follow it to the end",
-        description="Creates the job in SciCat with the archiver's account; SciCat's job action calls the archiver API, "
+        description="Creates the job in SciCat with the archiver's account; "
+            "SciCat's job action calls the archiver API, "
                     "which starts the flow run. Shows its progress, the outcome and any download links. Prefect is "
                     "PREFECT_API_URL. Exit code 0 when the job finished successfully.",
     )
@@ -316,7 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     job.add_argument("pids", nargs="+", metavar="PID", help="dataset PIDs the job is for")
     job.add_argument("--scicat-url", help="SciCat base URL (default: the scicat_endpoint Prefect variable)")
     job.add_argument("--secrets-dir", type=Path, default=Path(".secrets"),
-                     help="where scicatuser.txt / scicatpass.txt are, unless SCICAT_USER_FILE / SCICAT_PASSWORD_FILE name them (default: .secrets)")
+                     help="where scicatuser.txt / scicatpass.txt are, "
+            "unless SCICAT_USER_FILE / SCICAT_PASSWORD_FILE name them (default: .secrets)")
     job.add_argument("--no-follow", action="store_true", help="only create the job")
     job.add_argument("--start-timeout", type=float, default=60, help="seconds to wait for the flow run to appear (default: 60)")
     job.set_defaults(run=_job)
@@ -342,7 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     upload.set_defaults(run=_upload)
 
     upload_cleanup = add_command(commands, "upload-cleanup",
-        help="abort unfinished uploads in the landing zone older than N days (what the bucket's lifecycle rule does too)",
+        help="abort unfinished uploads in the landing zone older than N days "
+            "(what the bucket's lifecycle rule does too)",
     )
     upload_cleanup.add_argument("--older-than-days", type=float, default=None,
                                 help="age limit in days (default: UPLOAD_ABORT_INCOMPLETE_DAYS of --vars)")
@@ -362,7 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
     lts = add_command(commands, "lts", help="housekeeping on the LTS")
     lts_commands = lts.add_subparsers(dest="lts_command", required=True)
     prune = add_command(lts_commands, "prune-discarded",
-        help="delete discarded/ folders (datablocks set aside by failed archivals) older than N days; never datablocks/",
+        help="delete discarded/ folders (datablocks set aside by failed archivals) "
+            "older than N days; never datablocks/",
     )
     prune.add_argument("--older-than-days", type=float, default=None,
                        help="age limit in days (default: LTS_DISCARDED_RETENTION_DAYS of --vars)")
@@ -383,8 +388,10 @@ def build_parser() -> argparse.ArgumentParser:
     remove.set_defaults(run=_remove_flow_run_containers)
 
     audit = add_command(commands, "audit",
-        help="run the lts_audit flow here, now: re-verify datablocks against manifests and SciCat, reconcile the LTS with SciCat",
-        description="Runs the lts_audit flow in this process (recorded in Prefect at PREFECT_API_URL, settings from its "
+        help="run the lts_audit flow here, now: "
+            "re-verify datablocks against manifests and SciCat, reconcile the LTS with SciCat",
+        description="Runs the lts_audit flow in this process "
+            "(recorded in Prefect at PREFECT_API_URL, settings from its "
                     "variables, the LTS at LTS_STORAGE_ROOT mounted here). Without options it reads what a scheduled "
                     "run reads (LTS_AUDIT_BUDGET_MB). Prints every problem; exit code 1 when there is one.",
     )
@@ -393,13 +400,16 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--all", action="store_true", help="re-verify every datablock on the LTS, whatever the budget")
     audit.set_defaults(run=_audit)
 
-    serve = add_command(commands, "serve", help="run the archival, retrieval, recovery, test-dataset, discarded-pruning and LTS-audit deployments here (no Docker)")
+    serve = add_command(commands, "serve", help="run the archival, retrieval, recovery, test-dataset, "
+            "discarded-pruning and LTS-audit deployments here (no Docker)")
     serve.add_argument("--limit", type=int, default=None, help="most flow runs at once (default: no limit)")
     serve.set_defaults(run=_serve)
 
     metrics = add_command(commands, "metrics",
-        help="serve archive metrics for Prometheus: jobs, bytes, durations, slots, LTS space, audit (docs/monitoring.md)",
-        description="Serves /metrics, computed at each scrape from Prefect's flow-run history (PREFECT_API_URL), the LTS "
+        help="serve archive metrics for Prometheus: "
+            "jobs, bytes, durations, slots, LTS space, audit (docs/monitoring.md)",
+        description="Serves /metrics, computed at each scrape "
+            "from Prefect's flow-run history (PREFECT_API_URL), the LTS "
                     "at LTS_STORAGE_ROOT mounted here (read only) and the retrieval bucket. Counters are derived from "
                     "history, so a restart does not reset them.",
     )
@@ -427,7 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
     scicat.add_argument("--port", type=int, default=3000, help="port to listen on")
     scicat.add_argument(
         "--secrets-dir", type=Path, default=Path(".secrets"),
-        help="the account that may log in: SCICAT_USER_FILE / SCICAT_PASSWORD_FILE, else scicatuser.txt / scicatpass.txt here",
+        help="the account that may log in: "
+            "SCICAT_USER_FILE / SCICAT_PASSWORD_FILE, else scicatuser.txt / scicatpass.txt here",
     )
     scicat.add_argument(
         "--archiver-url", default=os.environ.get("SCICAT_DEV_ARCHIVER_URL"),
@@ -436,7 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     scicat.add_argument(
         "--archiver-auth-file", type=Path,
-        help="file with the Authorization header value sent with it (default: ARCHIVER_API_AUTH_FILE, else archiverapiauth.txt in --secrets-dir)",
+        help="file with the Authorization header value sent with it "
+            "(default: ARCHIVER_API_AUTH_FILE, else archiverapiauth.txt in --secrets-dir)",
     )
     scicat.add_argument(
         "--archiver-method", default=os.environ.get("SCICAT_DEV_ARCHIVER_METHOD", "POST"),
@@ -449,7 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     scicat.add_argument(
         "--archiver-body", default=os.environ.get("SCICAT_DEV_ARCHIVER_BODY", "{{{jsonify job}}}"),
-        help="body template of that call (default: $SCICAT_DEV_ARCHIVER_BODY, else {{{jsonify job}}}; '' sends no body)",
+        help="body template of that call "
+            "(default: $SCICAT_DEV_ARCHIVER_BODY, else {{{jsonify job}}}; '' sends no body)",
     )
     scicat.add_argument(
         "--datasetlifecycle-endpoint", action="store_true",

@@ -1,1 +1,1 @@
-"""Typed settings, concurrency limits, secrets and the deployments' names; `tools/seeding.py` seeds them into Prefect."""
+"""Typed settings, concurrency limits, secrets and the deployments' names (seeded by `tools/seeding.py`)."""

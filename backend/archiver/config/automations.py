@@ -51,6 +51,7 @@ def zombie_automation(settings: Settings):
         # and a forced change showed such a Completed job run as Crashed.
         actions=[ChangeFlowRunState(
             state=StateType.CRASHED, force=False,
-            message=f"{ZOMBIE_MESSAGE_PREFIX} {window} s: the process running the flow is gone (killed, out of memory, node lost)",
+            message=f"{ZOMBIE_MESSAGE_PREFIX} {window} s: "
+            "the process running the flow is gone (killed, out of memory, node lost)",
         )],
     )

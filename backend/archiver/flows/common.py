@@ -8,6 +8,7 @@ blocks and never travel as parameters (parameters are stored by Prefect).
 from __future__ import annotations
 
 import contextlib
+from functools import partial
 import contextvars
 import threading
 import time
@@ -200,7 +201,7 @@ def raise_if_cancelled(max_wait_s: float = 300) -> None:
     flow_run_id = context.flow_run.id if context and context.flow_run else None
     with get_client(sync_client=True) as client:
         while flow_run_id is not None:
-            flow_run = call_prefect(lambda: client.read_flow_run(flow_run_id), "check for cancellation", max_wait_s)
+            flow_run = call_prefect(partial(client.read_flow_run, flow_run_id), "check for cancellation", max_wait_s)
             state = flow_run.state
             if state and (state.is_cancelling() or state.is_cancelled()):
                 raise RunCancelled(f"flow run {flow_run.name} is {state.name.lower()}")
@@ -208,7 +209,7 @@ def raise_if_cancelled(max_wait_s: float = 300) -> None:
                 raise RunNotOwned(f"flow run {flow_run.name} is {state.name} in Prefect, no longer running; "
                                   "stopping without further changes (its job is another run's now)")
             parent_task = flow_run.parent_task_run_id
-            flow_run_id = call_prefect(lambda: client.read_task_run(parent_task), "check for cancellation",
+            flow_run_id = call_prefect(partial(client.read_task_run, parent_task), "check for cancellation",
                                        max_wait_s).flow_run_id if parent_task else None
 
 

@@ -1,4 +1,5 @@
-"""What is true now, read at scrape time: unfinished runs and stuck ones, tag-limit slots, the LTS, the retrieval bucket."""
+"""What is true now, read at scrape time: unfinished runs and stuck ones, tag-limit slots, the LTS, the
+retrieval bucket."""
 
 from __future__ import annotations
 

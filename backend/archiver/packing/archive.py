@@ -231,7 +231,7 @@ def verify_datablock(lts_root: Path, archive_id: str, on_bytes: Callable[[int], 
     except (OSError, ValueError, ValidationError) as e:
         raise IntegrityError(what, [f"manifest {naming.manifest_path(tar_path).name} unreadable: {e}"]) from e
     try:
-        raw = open(tar_path, "rb", buffering=0)
+        raw = open(tar_path, "rb", buffering=0)  # noqa: SIM115 (closed by the `with` below)
     except OSError as e:
         raise IntegrityError(what, [f"tar file unreadable: {e}"]) from e
     with raw:

@@ -61,7 +61,8 @@ def datablock_problem(lts_root: Path, pid: str, wire: dict[str, Any]) -> str | N
     try:
         record = record_from_wire(pid, wire)
     except ValidationError as e:
-        return f"{archive_id}: not a datablock record this archiver writes ({e.error_count()} problem(s): {e.errors()[0]['msg']})"
+        return (f"{archive_id}: not a datablock record this archiver writes "
+                f"({e.error_count()} problem(s): {e.errors()[0]['msg']})")
     if not naming.archive_id_of_dataset(pid, archive_id):
         return f"archiveId {archive_id!r} is not a datablock of dataset {pid}"
     try:

@@ -14,6 +14,7 @@ flows look for the record before trying again).
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import threading
@@ -283,7 +284,7 @@ class ScicatClient:
             blocks = [ListedDatablock.model_validate(item) for item in page]
         except ValidationError as e:
             raise ScicatError("list datablocks", target, f"a datablock lacks _id, datasetId or archiveId: {e}") from None
-        if any(a.id >= b.id for a, b in zip(blocks, blocks[1:])):
+        if any(a.id >= b.id for a, b in itertools.pairwise(blocks)):
             raise ScicatError("list datablocks", target, "datablocks not in _id order: SciCat does not honour "
                               "limits.order; upgrade SciCat")
         return blocks

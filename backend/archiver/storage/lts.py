@@ -97,7 +97,8 @@ def wait_for_free_space(
     _wait(
         lambda: has_free_space(path, min_free_percentage, free), timeout_s,
         lambda: (
-            f"LTS at {path} has {free(path):.1f}% free space, below LTS_FREE_SPACE_PERCENTAGE={min_free_percentage:g}%, "
+            f"LTS at {path} has {free(path):.1f}% free space, "
+            f"below LTS_FREE_SPACE_PERCENTAGE={min_free_percentage:g}%, "
             f"and did not free up within {timeout_s:g}s (LTS_FREE_SPACE_TIMEOUT_S); free space on the LTS "
             "or lower the threshold, then restart the job"
         ),

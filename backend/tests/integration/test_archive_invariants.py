@@ -116,7 +116,8 @@ def after(name, original, when=lambda *a, **k: True):
 
 status = lambda wanted: lambda *a, **k: str(getattr(k.get("archive_status_message"), "value", "")) == wanted
 ScicatClient.update_lifecycle = after("lifecycle started", ScicatClient.update_lifecycle, status("started"))
-ScicatClient.update_lifecycle = after("lifecycle archived", ScicatClient.update_lifecycle, status("datasetOnArchiveDisk"))
+ScicatClient.update_lifecycle = after("lifecycle archived", ScicatClient.update_lifecycle,
+                                      status("datasetOnArchiveDisk"))
 ScicatClient.create_datablock = after("datablock registered", ScicatClient.create_datablock)
 archive._write_tar = after("datablock half written", archive._write_tar)  # before the rename: a .partial is left
 cleanup.delete_landing_zone_files = after("landing zone cleaned", cleanup.delete_landing_zone_files)

@@ -147,7 +147,7 @@ def test_an_untouched_lts_passes_and_every_datablock_is_recorded_as_verified(pip
     assert state.is_completed(), exception_of(state)
     assert state.result()["checked"] == state.result()["datablocks"] == 3
     assert state.result()["problems"] == 0
-    for pid, blocks in pids_blocks:
+    for _pid, blocks in pids_blocks:
         for block in blocks:
             record = audit.audit_record_path(naming.datablock_path(pipeline.lts_root, block.archive_id))
             assert json.loads(record.read_text())["ok"] is True

@@ -164,7 +164,8 @@ def test_killed_run_without_retries_is_reported_failed(crash_pipeline, serve_dep
     killed_at = kill_mid_write(pipeline, lambda: descendants(node.pid))
     poll_until(lambda: job_status(pipeline, job_id) == "finishedUnsuccessful", timeout=180, interval=1,
                what="the job reported failed")
-    print(f"\nkilled flow-run process: SciCat shows finishedUnsuccessful {time.monotonic() - killed_at:.0f} s after the kill")
+    print(f"\nkilled flow-run process: "
+            f"SciCat shows finishedUnsuccessful {time.monotonic() - killed_at:.0f} s after the kill")
     lifecycle = pipeline.scicat_dev.state()["datasets"][pid]["datasetlifecycle"]
     assert lifecycle["archiveStatusMessage"] == "scheduleArchiveJobFailed"
     assert "crashed" in lifecycle["archiveReturnMessage"]

@@ -40,7 +40,7 @@ def read_chars() -> int:
 def retrieval_calls(pipeline, since_seq: int) -> list[tuple]:
     """SciCat calls as (method, what, status): a dataset PATCH shows its retrieveStatusMessage."""
     seen = []
-    for (method, what, _, status), entry in zip(calls(pipeline, since_seq), _without_logins(pipeline, since_seq)):
+    for (method, what, _, status), entry in zip(calls(pipeline, since_seq), _without_logins(pipeline, since_seq), strict=False):
         if (method, what) == ("PATCH", "dataset"):
             status = entry["body"]["datasetlifecycle"]["retrieveStatusMessage"]
         seen.append((method, what, status))

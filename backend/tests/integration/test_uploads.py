@@ -468,13 +468,13 @@ def test_complete_compares_the_checksums_the_client_sends_with_what_s3_and_scica
     assert wrong_part.status_code == 422, wrong_part.text
     detail = wrong_part.json()["detail"]
     assert "part 1 of 'a.bin'" in detail and other_md5 in detail and local_md5[0] in detail, detail
-    wrong_file = complete(parts=[{**p, "md5": m} for p, m in zip(parts, local_md5)], chk="0" * 64, chkAlg="sha256")
+    wrong_file = complete(parts=[{**p, "md5": m} for p, m in zip(parts, local_md5, strict=True)], chk="0" * 64, chkAlg="sha256")
     assert wrong_file.status_code == 422, wrong_file.text
     detail = wrong_file.json()["detail"]
     assert "0" * 64 in detail and hashlib.sha256(data).hexdigest() in detail and "origdatablock" in detail, detail
     assert landing_state(uploads, pid) == ([], [landing_prefix(pid) + "a.bin"])  # nothing assembled
 
-    done = complete(parts=[{**p, "md5": m} for p, m in zip(parts, local_md5)],
+    done = complete(parts=[{**p, "md5": m} for p, m in zip(parts, local_md5, strict=True)],
                     chk=hashlib.sha256(data).hexdigest(), chkAlg="SHA256")
     assert done.status_code == 200, done.text
     assert landing_state(uploads, pid) == ([landing_prefix(pid) + "a.bin"], [])
@@ -516,7 +516,7 @@ def test_uploads_started_at_the_same_instant_never_pass_the_budget_together(uplo
             return user.http.post("/uploads", json=body(pid))
 
         with ThreadPoolExecutor(count) as pool:
-            answers = dict(zip(pids, pool.map(start, pids)))
+            answers = dict(zip(pids, pool.map(start, pids), strict=True))
 
         assert {a.status_code for a in answers.values()} <= {200, 507}, [a.text for a in answers.values()]
         admitted = [pid for pid, a in answers.items() if a.status_code == 200]

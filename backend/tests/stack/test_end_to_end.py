@@ -155,7 +155,7 @@ def test_six_archive_jobs_over_three_workers_hold_the_lts_limits_across_all(stac
         _deploy_flows(stack, {})
     for run in runs:
         assert run["state_type"] == "COMPLETED", stack.flow_run_failure(run)
-    for pid, (job, _) in zip(pids, started):
+    for pid, (job, _) in zip(pids, started, strict=True):
         operator.assert_archived(pid, job["id"])
 
     by_worker = Counter(run["labels"].get("prefect.worker.name") for run in runs)

@@ -1,4 +1,5 @@
-"""The audit's pure logic: the rolling fixity selection over simulated days, and the last-verified record on a real folder."""
+"""The audit's pure logic: the rolling fixity selection over simulated days, and the last-verified record on a
+real folder."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def test_every_datablock_is_verified_within_the_period_when_the_budget_suffices(
     budget = sum(sizes.values()) // period + max(sizes.values())  # the LTS per period, plus one datablock of slack
     verified = simulate(sizes, budget, period, days=3 * period)
     for archive_id, times in verified.items():
-        gaps = [b - a for a, b in zip(times, times[1:] + [START + timedelta(days=3 * period)])]
+        gaps = [b - a for a, b in zip(times, times[1:] + [START + timedelta(days=3 * period)], strict=True)]
         assert max(gaps) <= timedelta(days=period), f"{archive_id} went {max(gaps)} without verification"
 
 

@@ -40,7 +40,8 @@ def test_each_service_is_named():
     assert failing_service(EndpointConnectionError(endpoint_url="http://minio:9000")) == "S3"
     assert failing_service(IntegrityError("datablock x", ["checksum differs"])) == "LTS"
     try:
-        open("/nonexistent-lts/x.tar")
+        with open("/nonexistent-lts/x.tar"):
+            pass
     except OSError as e:
         assert failing_service(e) == "LTS"
     assert failing_service(ValueError("something else")) is None

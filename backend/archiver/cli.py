@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from datetime import UTC
 from pathlib import Path
 
 from archiver.config.errors import ConfigError
@@ -12,8 +13,8 @@ from archiver.config.secrets import load_prefect_auth
 
 
 def _config(args: argparse.Namespace) -> int:
-    from archiver.tools.seeding import read_inputs, seed
     from archiver.config.settings import environment_overrides
+    from archiver.tools.seeding import read_inputs, seed
 
     for key in environment_overrides():
         print(f"{key}: taken from the environment (overrides {args.vars})")
@@ -77,7 +78,7 @@ def _upload(args: argparse.Namespace) -> int:
 
 
 def _upload_cleanup(args: argparse.Namespace) -> int:
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     from archiver.config.secrets import ARCHIVER_S3, read_secret
     from archiver.config.settings import load_vars_file, with_environment_overrides
@@ -92,7 +93,7 @@ def _upload_cleanup(args: argparse.Namespace) -> int:
     credentials = S3Credentials(read_secret(ARCHIVER_S3.user, args.secrets_dir), read_secret(ARCHIVER_S3.password, args.secrets_dir))
     s3 = s3_client(settings.minio.endpoint, settings.minio.region, credentials)
     bucket = settings.minio.landingzone_bucket
-    aborted = abort_uploads(s3, bucket, DATASETS_PREFIX + "/", datetime.now(timezone.utc) - timedelta(days=days))
+    aborted = abort_uploads(s3, bucket, DATASETS_PREFIX + "/", datetime.now(UTC) - timedelta(days=days))
     for upload in aborted:
         print(f"aborted s3://{bucket}/{upload.key} (started {upload.initiated:%Y-%m-%d %H:%M} UTC)")
     released = release_orphaned(s3, bucket)  # those the lifecycle rule aborted (the aborted uploads' went with them)

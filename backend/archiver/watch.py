@@ -17,9 +17,8 @@ from uuid import UUID
 
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Column
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 _TOTAL = re.compile(r"^(?P<what>.*) \((?P<total>\d+) bytes\)$")
 

@@ -49,7 +49,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import bench_s3  # beside this file
@@ -229,7 +229,7 @@ class Run:
         datasets, _ = audit.inventory(self.lts)
         for block in audit.select_for_fixity(audit.stored_datablocks(self.lts, datasets), None):
             verify_datablock(self.lts, block.archive_id)
-            audit.record_verification(self.lts, block.archive_id, datetime.now(timezone.utc), [])
+            audit.record_verification(self.lts, block.archive_id, datetime.now(UTC), [])
 
     def retrieve(self) -> None:
         with ThreadPoolExecutor(self.concurrency) as pool:

@@ -10,7 +10,7 @@ and Secret blocks)."""
 from __future__ import annotations
 
 import contextlib
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -62,7 +62,7 @@ def fresh_links(job_id: str) -> dict[str, Any]:
             if gone:
                 raise HTTPException(410, f"the retrieved copy of job {job_id} is gone (expired or cleaned up): "
                                          f"{', '.join(gone[:5])}; retrieve the dataset again with a new job")
-            expires = datetime.now(timezone.utc) + timedelta(seconds=minio.url_expiration_s)
+            expires = datetime.now(UTC) + timedelta(seconds=minio.url_expiration_s)
             for obj in wanted:  # the copy outlives the new links
                 extend_retention(connections.s3, minio.retrieval_bucket, obj.key, expires)
             fresh = [e.model_copy(update={"url": presigned_get_url(

@@ -13,11 +13,11 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Security
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt
 
-from archiver.api.jobs import check_pid_at_the_door, shorten
-from archiver.api.upload_access import Caller, bearer_token, identify, require_write
 from archiver.api.errors import service_errors
-from archiver.api.upload_backend import CachedBackend, UploadBackend
+from archiver.api.jobs import check_pid_at_the_door, shorten
 from archiver.api.settings import ApiSettings
+from archiver.api.upload_access import Caller, bearer_token, identify, require_write
+from archiver.api.upload_backend import CachedBackend, UploadBackend
 from archiver.packing.errors import InvalidNameError
 from archiver.packing.naming import check_relative_path, landing_prefix
 from archiver.scicat.client import ScicatError

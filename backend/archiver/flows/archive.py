@@ -10,29 +10,57 @@ from __future__ import annotations
 import time
 
 from prefect import flow, task
-from prefect.runtime import task_run
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
+from prefect.runtime import task_run
 
 from archiver.config.runtime import RunConfiguration, load_run_configuration
 from archiver.flows.common import (
-    ARCHIVED_LIFECYCLE, Connections, OnRecord, OwnershipCheck, ProgressReporter, RunNotOwned, connect, dataset_on_record, exception_of,
-    raise_if_cancelled, run_bounded, run_bounded_or_raise, scicat_call, scicat_may_recover,
+    ARCHIVED_LIFECYCLE,
+    Connections,
+    OnRecord,
+    OwnershipCheck,
+    ProgressReporter,
+    RunNotOwned,
+    connect,
+    dataset_on_record,
+    exception_of,
+    raise_if_cancelled,
+    run_bounded,
+    run_bounded_or_raise,
+    scicat_call,
+    scicat_may_recover,
 )
 from archiver.flows.concurrency import reconcile_tags
 from archiver.flows.failures import describe_failure
 from archiver.flows.figures import BYTES, DATABLOCKS, record_figures
 from archiver.flows.jobs import DatasetDone, JobKind, on_job_cancelled, run_job
-from archiver.flows.lts_tasks import set_aside_datablocks, tagged, verify_datablock, wait_for_free_space, write_datablock
+from archiver.flows.lts_tasks import (
+    set_aside_datablocks,
+    tagged,
+    verify_datablock,
+    wait_for_free_space,
+    write_datablock,
+)
 from archiver.packing import cleanup
 from archiver.packing.archive import claim_datablocks_folder, datablocks_on_lts
 from archiver.packing.errors import (
-    ArchivedDatasetChangedError, ChecksumMismatchError, DatasetUserError, EmptyDatasetError, IntegrityError,
+    ArchivedDatasetChangedError,
+    ChecksumMismatchError,
+    DatasetUserError,
+    EmptyDatasetError,
+    IntegrityError,
     RegistrationConflictError,
 )
 from archiver.packing.planning import (
-    DatasetPlan, ListedFile, PlannedDatablock, SourceFile, check_expected_files, list_dataset_files, listed_by_path,
+    DatasetPlan,
+    ListedFile,
+    PlannedDatablock,
+    SourceFile,
+    check_expected_files,
+    list_dataset_files,
+    listed_by_path,
     plan_dataset_datablocks,
 )
 from archiver.packing.records import Manifest

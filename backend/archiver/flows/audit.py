@@ -8,7 +8,7 @@ can notify on; the run ends Failed when there is any.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from prefect import flow
 from prefect.artifacts import create_table_artifact
@@ -65,7 +65,7 @@ def lts_audit(pids: list[str] | None = None, everything: bool = False, byte_budg
     lts = config.settings.lts
     root = lts.storage_root
     require_lts(root)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     datasets, findings = audit.inventory(root, pids)
     blocks = audit.stored_datablocks(root, datasets)
     budget = None if everything or pids else (byte_budget_mb or lts.audit_budget_mb) * 1024 * 1024
@@ -143,7 +143,7 @@ def _check_fixity(chosen: list[audit.StoredDatablock], config, registered: dict,
         if block.pid not in origdatablocks:
             origdatablocks[block.pid] = _registered(scicat.get_origdatablocks, block.pid) or []
         problems = _fixity_findings(block, state, registered.get(block.pid), origdatablocks[block.pid])
-        audit.record_verification(lts.storage_root, block.archive_id, datetime.now(timezone.utc), [f.detail for f in problems])
+        audit.record_verification(lts.storage_root, block.archive_id, datetime.now(UTC), [f.detail for f in problems])
         findings += problems
         rows.append({"dataset": block.pid, "datablock": block.archive_id, "bytes": block.packed_size,
                      "result": "; ".join(f"{f.kind}: {f.detail}" for f in problems) or "verified"})

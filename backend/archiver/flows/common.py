@@ -8,13 +8,13 @@ blocks and never travel as parameters (parameters are stored by Prefect).
 from __future__ import annotations
 
 import contextlib
-from functools import partial
 import contextvars
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 import httpx
@@ -27,9 +27,9 @@ from archiver.config.runtime import RunConfiguration
 from archiver.config.secrets import ARCHIVER_S3, PRESIGN_S3, S3Account
 from archiver.flows.outage import call_prefect, retry_refused_connections
 from archiver.packing.planning import ListedFile
-from archiver.packing.sources import Prefetch
 from archiver.packing.records import ListedChecksum, listed_algorithm
 from archiver.packing.registered import ArchiveDifferences, ArchiveOnRecord, archive_differences, check_registered
+from archiver.packing.sources import Prefetch
 from archiver.scicat.client import ScicatClient, ScicatCredentials, ScicatError
 from archiver.scicat.models import ArchiveStatus, Datablock, DataFile
 from archiver.storage.s3 import S3Credentials, s3_client

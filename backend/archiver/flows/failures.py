@@ -14,8 +14,8 @@ PREFECT, S3, SCICAT, LTS = "Prefect API", "S3", "SciCat", "LTS"
 
 
 def _service_of(error: BaseException) -> str | None:
-    from prefect.concurrency.v1._asyncio import ConcurrencySlotAcquisitionError as V1SlotError
     from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
+    from prefect.concurrency.v1._asyncio import ConcurrencySlotAcquisitionError as V1SlotError
     from prefect.exceptions import PrefectHTTPStatusError
 
     if isinstance(error, ScicatError):

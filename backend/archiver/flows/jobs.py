@@ -14,7 +14,13 @@ from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settin
 
 from archiver.config.runtime import RunConfiguration, load_run_configuration
 from archiver.flows.common import (
-    Connections, RunCancelled, RunNotOwned, connect, raise_if_cancelled, run_bounded, scicat_call,
+    Connections,
+    RunCancelled,
+    RunNotOwned,
+    connect,
+    raise_if_cancelled,
+    run_bounded,
+    scicat_call,
 )
 from archiver.flows.failures import describe_failure
 from archiver.flows.figures import wait_for_figures

@@ -14,7 +14,13 @@ from prefect.logging import get_run_logger
 
 from archiver.config.runtime import RunConfiguration, load_run_configuration
 from archiver.flows.common import (
-    ARCHIVED_LIFECYCLE, Connections, OnRecord, ProgressReporter, connect, dataset_on_record, run_bounded_or_raise,
+    ARCHIVED_LIFECYCLE,
+    Connections,
+    OnRecord,
+    ProgressReporter,
+    connect,
+    dataset_on_record,
+    run_bounded_or_raise,
     scicat_call,
 )
 from archiver.flows.concurrency import reconcile_tags

@@ -15,7 +15,12 @@ from prefect import serve
 
 from archiver.flows.archive import archive_datasets_flow
 from archiver.flows.audit import lts_audit
-from archiver.flows.maintenance import PRUNE_SCHEDULE_CRON, RETRIEVAL_CLEANUP_CRON, clean_retrievals_flow, prune_discarded_flow
+from archiver.flows.maintenance import (
+    PRUNE_SCHEDULE_CRON,
+    RETRIEVAL_CLEANUP_CRON,
+    clean_retrievals_flow,
+    prune_discarded_flow,
+)
 from archiver.flows.outage import FLOW_RUN_ENVIRONMENT
 from archiver.flows.recovery import recover_job
 from archiver.flows.retrieve import retrieve_datasets_flow
@@ -27,8 +32,8 @@ DEFAULT_HEARTBEAT_S = 30
 def deployment_triggers(name: str, prefect_yaml: Path = PREFECT_YAML) -> list:
     """The triggers of deployment `name` in prefect.yaml, as Prefect's deploy command reads them."""
     import yaml
-    from pydantic import TypeAdapter
     from prefect.events import DeploymentTriggerTypes
+    from pydantic import TypeAdapter
 
     deployments = yaml.safe_load(prefect_yaml.read_text()).get("deployments", [])
     [spec] = [d for d in deployments if d.get("name") == name] or [None]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
@@ -35,7 +35,7 @@ class RandomFile:
 def upload_test_file(s3, bucket: str, pid: str, path: str, size: int, algorithm: str) -> DataFile:
     source = RandomFile(size, algorithm)
     s3.upload_fileobj(source, bucket, landing_prefix(pid) + path)
-    return DataFile(path=path, size=size, time=datetime.now(timezone.utc), chk=source.hash.hexdigest(),
+    return DataFile(path=path, size=size, time=datetime.now(UTC), chk=source.hash.hexdigest(),
                     uid="0", gid="0", perm="644")
 
 

@@ -13,18 +13,24 @@ import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from archiver.packing import naming, tarformat
-from archiver.packing.cleanup import remove_partial_files
 from archiver.packing.checking import CHUNK, BackgroundHasher, check_datablock_stream
+from archiver.packing.cleanup import remove_partial_files
 from archiver.packing.errors import ArchiverError, ChecksumMismatchError, DatablockExistsError, IntegrityError
 from archiver.packing.planning import PlannedDatablock
 from archiver.packing.records import (
-    ChecksumAlgorithm, DatablockRecord, DataFileRecord, ListedChecksum, Manifest, read_manifest, write_json_durably,
+    ChecksumAlgorithm,
+    DatablockRecord,
+    DataFileRecord,
+    ListedChecksum,
+    Manifest,
+    read_manifest,
+    write_json_durably,
 )
 from archiver.packing.sources import Member, Prefetch, read_members
 from archiver.storage.lts import drop_page_cache, fsync_dir, rename_no_replace
@@ -131,7 +137,7 @@ def archive_datablock(
             drop_page_cache(out.fileno())
         manifest = Manifest(
             datasetId=block.pid, archiveId=block.archive_id, size=block.size, packedSize=packed_size,
-            chkAlg=algorithm, dataFileList=members, chk=chk, created=datetime.now(timezone.utc).isoformat(),
+            chkAlg=algorithm, dataFileList=members, chk=chk, created=datetime.now(UTC).isoformat(),
         )
         # Manifest first: a crash between the two renames leaves a manifest without a tar (a taken name,
         # never reused), never a verified tar with a stale manifest.
@@ -195,7 +201,7 @@ def _write_tar(out, s3, bucket: str, block: PlannedDatablock, algorithm: Checksu
                         on_bytes(len(chunk))
                 tar.write(tarformat.padding(f.size))
                 members.append(DataFileRecord(
-                    path=f.path, size=f.size, time=f.modified.astimezone(timezone.utc).isoformat(),
+                    path=f.path, size=f.size, time=f.modified.astimezone(UTC).isoformat(),
                     chk=member.checksum(), uid=str(tarformat.MEMBER_UID), gid=str(tarformat.MEMBER_GID),
                     perm=tarformat.member_perm(),
                 ))

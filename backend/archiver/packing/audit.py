@@ -16,7 +16,7 @@ import json
 from collections import Counter
 from collections.abc import Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from archiver.packing.records import read_manifest, write_json_durably
 from archiver.storage.lts import fsync_dir
 
 AUDIT_SUFFIX = ".audit.json"
-NEVER = datetime.min.replace(tzinfo=timezone.utc)
+NEVER = datetime.min.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,7 @@ def _relative(lts_root: Path, path: Path) -> str:
 
 
 def _mtime(path: Path) -> datetime:
-    return datetime.fromtimestamp(path.lstat().st_mtime, timezone.utc)
+    return datetime.fromtimestamp(path.lstat().st_mtime, UTC)
 
 
 def last_verified(lts_root: Path, archive_id: str) -> datetime:

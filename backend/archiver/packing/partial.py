@@ -16,10 +16,11 @@ from pathlib import Path
 from archiver.packing import naming
 from archiver.packing.checking import CHUNK
 from archiver.packing.errors import FilesNotInDatasetError, IntegrityError
-from archiver.packing.records import DataFileRecord, DatablockRecord, new_hasher
+from archiver.packing.records import DatablockRecord, DataFileRecord, new_hasher
 from archiver.packing.retrieve import RetrievedObject, checksum_metadata
 from archiver.storage.lts import wait_until_readable
 from archiver.storage.s3 import MultipartUpload
+
 
 @dataclass(frozen=True)
 class FileSelection:

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
-
-from datetime import datetime
 
 from pydantic import ValidationError
 

@@ -21,15 +21,15 @@ import fcntl
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from botocore.exceptions import ClientError
 
 from archiver.packing import naming
 from archiver.packing.cleanup import abort_retrieval_uploads
-from archiver.packing.retrieve import CHK_ALG_METADATA, CHK_METADATA, RetrievedObject
 from archiver.packing.errors import ArchiverError
+from archiver.packing.retrieve import CHK_ALG_METADATA, CHK_METADATA, RetrievedObject
 from archiver.storage.s3 import delete_keys, error_code, iter_objects
 
 RETAIN_UNTIL_TAG = "retain-until"
@@ -91,11 +91,11 @@ def try_retrieval_lock(lts_root: Path, pid: str) -> Iterator[bool]:
 
 
 def retain_until(days: float, now: datetime | None = None) -> datetime:
-    return ((now or datetime.now(timezone.utc)) + timedelta(days=days)).replace(microsecond=0)
+    return ((now or datetime.now(UTC)) + timedelta(days=days)).replace(microsecond=0)
 
 
 def _tag_value(when: datetime) -> str:
-    return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def read_retain_until(s3, bucket: str, key: str) -> datetime | None:
@@ -103,7 +103,7 @@ def read_retain_until(s3, bucket: str, key: str) -> datetime | None:
     tags = s3.get_object_tagging(Bucket=bucket, Key=key).get("TagSet", [])
     value = next((t["Value"] for t in tags if t["Key"] == RETAIN_UNTIL_TAG), None)
     try:
-        return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc) if value else None
+        return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC) if value else None
     except ValueError:
         return None
 
@@ -140,14 +140,14 @@ def remove_dead_run_objects(s3, bucket: str, lts_root: Path, pid: str, now: date
     finished retrieval handed out (no `retain-until` to come: a finished one sets it before making links).
     Copies that earlier jobs' links point to stay. Returns the objects deleted, or None when a live run holds
     the dataset's lock: what is there may be its work, left to it and to the scheduled cleanup."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     with try_retrieval_lock(lts_root, pid) as held:
         if not held:
             return None
         abort_retrieval_uploads(s3, bucket, pid)
         # Untagged objects of any age count: a dead run's uploads are untagged until it makes links.
         unretained = expired_objects(s3, bucket, naming.retrieval_prefix(pid), now,
-                                     untagged_older_than=datetime.max.replace(tzinfo=timezone.utc))
+                                     untagged_older_than=datetime.max.replace(tzinfo=UTC))
         return delete_keys(s3, bucket, [obj.key for obj in unretained])
 
 
@@ -219,7 +219,7 @@ def clean_expired(s3, bucket: str, lts_root: Path, retention_days: float, *, dry
     """Delete the retrieval bucket's objects whose `retain-until` has passed (untagged ones, left by
     retrievals before retention existed, once older than `retention_days`), one dataset at a time under
     its retrieval lock; a dataset being retrieved is skipped."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     expired, busy = [], []
     for pid in retrieved_datasets(s3, bucket):
         with try_retrieval_lock(lts_root, pid) as held:

@@ -26,11 +26,10 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
+from pydantic import ValidationError
 
 from archiver.config.secrets import DEFAULT_SECRETS_DIR, read_secret, secret_spec
 from archiver.config.settings import ScicatSection
-from pydantic import ValidationError
-
 from archiver.scicat.models import (
     LISTED_DATABLOCK_FIELDS,
     Datablock,

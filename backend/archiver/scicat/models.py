@@ -13,7 +13,7 @@ and ignored (extra="ignore"), never stored to be echoed back.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -120,7 +120,7 @@ def new_raw_dataset(owner_group: str, name: str, *, pid: str | None = None, size
         **fields, type="raw", owner="archiver", owner_group=owner_group, access_groups=[owner_group],
         contact_email="archiver@example.org", principal_investigator="archiver@example.org",
         creation_location="archiver test data", source_folder="/test-data", dataset_name=name,
-        creation_time=datetime.now(timezone.utc),
+        creation_time=datetime.now(UTC),
     )
 
 

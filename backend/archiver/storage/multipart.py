@@ -6,7 +6,7 @@ parts to presigned URLs, so it never holds S3 credentials."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import quote, unquote

@@ -19,11 +19,22 @@ from archiver.config.automations import zombie_automation
 from archiver.config.errors import ConfigError
 from archiver.config.limits import LIMITS_VARIABLE, ConcurrencyLimits, load_limits_file
 from archiver.config.secrets import (
-    ARCHIVER_S3, DEFAULT_SECRETS_DIR, MINIO_ROOT, OBSOLETE_SECRET_BLOCKS, PREFECT_SECRETS, PRESIGN_S3, SECRETS, S3Account,
+    ARCHIVER_S3,
+    DEFAULT_SECRETS_DIR,
+    MINIO_ROOT,
+    OBSOLETE_SECRET_BLOCKS,
+    PREFECT_SECRETS,
+    PRESIGN_S3,
+    SECRETS,
+    S3Account,
     read_secret,
 )
 from archiver.config.settings import (
-    Settings, flat_values, load_vars_file, variable_name, with_environment_overrides,
+    Settings,
+    flat_values,
+    load_vars_file,
+    variable_name,
+    with_environment_overrides,
 )
 from archiver.storage.s3 import S3Credentials, error_code, s3_client
 

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 import tomli_w
-from archiver.tools.seeding import read_inputs, seed
+
 from archiver.config.settings import Settings, load_vars_file
+from archiver.tools.seeding import read_inputs, seed
 
 REPO = Path(__file__).resolve().parents[3]
 

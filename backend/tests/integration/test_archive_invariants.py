@@ -56,11 +56,22 @@ import tarfile
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from urllib.parse import quote
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
 from archiver.flows.archive import archive_datasets_flow
 from archiver.flows.retrieve import retrieve_datasets_flow
 from archiver.packing import naming
@@ -68,12 +79,6 @@ from archiver.packing.naming import landing_prefix
 from archiver.packing.records import read_manifest
 from archiver.scicat.models import DataFile, NewOrigDatablock, new_raw_dataset
 from archiver.storage import multipart
-from hypothesis import HealthCheck, settings
-from hypothesis import strategies as st
-from hypothesis.stateful import (
-    RuleBasedStateMachine, initialize, invariant, precondition, rule, run_state_machine_as_test,
-)
-
 from tests.integration.test_api import deployments  # noqa: F401 (the fixture)
 from tests.integration.test_uploads import Uploader, running_upload_api
 
@@ -221,7 +226,7 @@ def make_machine(pipeline, owner: Uploader):
             return listed
 
         def _add_origdatablock(self, model: DatasetModel, paths: list[str]) -> None:
-            entries = [DataFile(path=p, size=len(model.files[p]), time=datetime.now(timezone.utc),
+            entries = [DataFile(path=p, size=len(model.files[p]), time=datetime.now(UTC),
                                 chk=sha256(model.files[p])) for p in paths]
             scicat.create_origdatablock(model.pid, NewOrigDatablock(
                 size=sum(e.size for e in entries), chk_alg="sha256", data_file_list=entries))
@@ -434,10 +439,11 @@ def make_machine(pipeline, owner: Uploader):
         @step
         def killed_archival(self, point, nth):
             """An archival killed with SIGKILL at `point`, then recovered as the recovery automation does."""
-            from archiver.flows.recovery import recover_job
             from prefect.client.orchestration import get_client
             from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
             from prefect.states import Crashed
+
+            from archiver.flows.recovery import recover_job
 
             self._changed()
             job_id = pipeline.new_job("archive", [self.model.pid])

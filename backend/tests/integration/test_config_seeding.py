@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import tomli_w
+
 from archiver.config.limits import load_limits_file
 from archiver.config.runtime import load_run_configuration
 from archiver.config.secrets import ARCHIVER_S3, PREFECT_SECRETS, read_secret
 from archiver.config.settings import flat_values, load_vars_file, variable_name
-
 from tests.conftest import S3_TEST_ACCOUNTS
 
 pytestmark = pytest.mark.integration
@@ -103,8 +103,9 @@ def test_changed_limit_and_secret_are_applied_by_next_run(workdir, prefect_api_u
 
 
 def test_zombie_automation_seeded_once_and_updated_when_window_changes(workdir, prefect_api_url):
-    from archiver.config.automations import ZOMBIE_AUTOMATION
     from prefect.client.orchestration import get_client
+
+    from archiver.config.automations import ZOMBIE_AUTOMATION
 
     def automations():
         with get_client(sync_client=True) as client:
@@ -252,8 +253,9 @@ def _set_var(workdir: Path, section: str, key: str, value) -> None:
 
 
 def test_unreachable_s3_writes_nothing_and_names_the_setting(workdir, prefect_api_url, unique_name):
-    from archiver.local_services import free_port
     from prefect.client.orchestration import get_client
+
+    from archiver.local_services import free_port
 
     _set_var(workdir, "minio", "MINIO_ENDPOINT", f"http://127.0.0.1:{free_port()}")
     result = run_config(workdir, prefect_api_url)

@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+
 from archiver.packing import naming
 from archiver.packing.archive import archive_datablock, datablocks_on_lts, verify_datablock
 from archiver.packing.cleanup import (

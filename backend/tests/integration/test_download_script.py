@@ -8,10 +8,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from archiver.flows.archive import archive_datasets_flow
 from archiver.flows.retrieve import retrieve_datasets_flow
 from archiver.packing import naming
-
 from tests.integration.test_flows import _artifacts_of, job_of, new_dataset
 
 pytestmark = pytest.mark.integration

@@ -7,10 +7,12 @@ import hashlib
 import io
 import tarfile
 import tomllib
+from datetime import UTC
 
 import httpx
 import pytest
 import tomli_w
+
 from archiver.flows.archive import archive_datasets_flow
 from archiver.flows.retrieve import retrieve_datasets_flow
 from archiver.flows.test_dataset import create_test_dataset_flow
@@ -184,7 +186,10 @@ def _artifacts_of(state, subflows: bool = False) -> list:
     """The artifacts of a flow run (and, with `subflows`, of the flow runs it started)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
-        ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterParentFlowRunId,
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        FlowRunFilter,
+        FlowRunFilterParentFlowRunId,
     )
 
     run_ids = [state.state_details.flow_run_id]
@@ -198,7 +203,7 @@ def _artifacts_of(state, subflows: bool = False) -> list:
 
 def test_the_job_run_itself_shows_each_dataset_and_what_was_retrieved_but_no_download_link(pipeline):
     import json
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     pids = [new_dataset(2, 0.2), new_dataset(1, 0.2)]
     archived = archive_datasets_flow(job_id=pipeline.new_job("archive", pids), return_state=True)
@@ -211,7 +216,7 @@ def test_the_job_run_itself_shows_each_dataset_and_what_was_retrieved_but_no_dow
         assert rows[pid]["bytes"] == sum(b.packed_size for b in blocks) > 0
 
     job_id = pipeline.new_job("retrieve", pids)
-    signed = datetime.now(timezone.utc)
+    signed = datetime.now(UTC)
     retrieved = retrieve_datasets_flow(job_id=job_id, return_state=True)
 
     entries = job_of(pipeline, job_id)["jobResultObject"]["result"]

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -147,7 +147,7 @@ def test_a_running_job_without_recent_heartbeat_is_reported_stuck(pipeline, expo
     from prefect.states import Completed, Running
 
     window = pipeline.settings.archiver.zombie_window_s
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     before = value(exporter.scrape(), "archiver_flow_runs_stuck", flow="archive_datasetlist")
     with get_client(sync_client=True) as client:
         stuck = client.create_flow_run(archive_datasets_flow, parameters={"job_id": "stuck"}, state=Running())

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from archiver.flows.archive import archive_datasets_flow
 from archiver.flows.retrieve import retrieve_datasets_flow
 from archiver.packing import naming
-
 from tests.integration.test_flows import calls, job_of, lifecycle_of, new_dataset
 
 pytestmark = pytest.mark.integration

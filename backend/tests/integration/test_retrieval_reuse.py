@@ -8,15 +8,15 @@ import contextvars
 import logging
 import threading
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
+
 from archiver.flows.archive import archive_datasets_flow
 from archiver.flows.retrieve import retrieve_datasets_flow
 from archiver.packing import naming
 from archiver.packing.retained import read_retain_until
-
 from tests.integration import test_partial_retrieval as recording
 from tests.integration.test_flows import _artifacts_of, job_of, new_dataset
 from tests.integration.test_partial_retrieval import retrieval_calls
@@ -52,7 +52,7 @@ def test_a_second_retrieval_reuses_the_copy_and_extends_its_retention(pipeline, 
     first = pipeline.new_job("retrieve", [pid])
     retrieve_datasets_flow(job_id=first)
     before = objects(pipeline, pid)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     assert before and all(now + timedelta(days=13) < o["until"] < now + timedelta(days=15) for o in before.values())
     pipeline.set_settings(MINIO_RETRIEVAL_RETENTION_DAYS=30)
     start = pipeline.scicat_dev.state()["nextSeq"] - 1

@@ -9,13 +9,13 @@ import logging
 from urllib.parse import quote
 
 import pytest
+
+from archiver.config.runtime import load_run_configuration
 from archiver.flows.archive import _clean_up_interrupted_archival, archive_datasets_flow
 from archiver.flows.common import connect
 from archiver.flows.retrieve import retrieve_datasets_flow
-from archiver.config.runtime import load_run_configuration
 from archiver.packing import naming
 from archiver.scicat.models import NewDatablock
-
 from tests.integration.test_flows import job_of, lifecycle_of
 from tests.integration.test_flows import new_dataset as new_unmarked_dataset
 

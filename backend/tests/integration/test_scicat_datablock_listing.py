@@ -7,9 +7,9 @@ import json
 import uuid
 
 import pytest
+
 from archiver import local_services
 from archiver.scicat.client import ScicatClient, ScicatCredentials, ScicatError
-
 from tests.integration.test_scicat_devserver import DATABLOCK, dataset_path, new_dataset
 
 pytestmark = pytest.mark.integration

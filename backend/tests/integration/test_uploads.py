@@ -13,12 +13,13 @@ import tarfile
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
 import pytest
+
 from archiver.config.secrets import init_secrets
 from archiver.flows.archive import archive_datasets_flow
 from archiver.flows.retrieve import retrieve_datasets_flow
@@ -26,7 +27,6 @@ from archiver.packing.naming import landing_prefix
 from archiver.scicat.models import DataFile, NewOrigDatablock, new_raw_dataset
 from archiver.storage import multipart
 from archiver.upload_command import UploadApi, upload_dataset
-
 from tests.integration.test_api import ROOT, deployments, start_api  # noqa: F401 (the fixture)
 
 pytestmark = pytest.mark.integration
@@ -87,7 +87,7 @@ def register(pipeline, group: str, files: dict[str, Path], readers: tuple[str, .
     dataset = new_raw_dataset(group, "upload test", size=total, number_of_files=len(files))
     dataset = dataset.model_copy(update={"access_groups": [group, *readers]})
     pid = pipeline.scicat.create_dataset(dataset).pid
-    entries = [DataFile(path=name, size=p.stat().st_size, time=datetime.now(timezone.utc),
+    entries = [DataFile(path=name, size=p.stat().st_size, time=datetime.now(UTC),
                         chk=hashlib.sha256(p.read_bytes()).hexdigest()) for name, p in files.items()]
     pipeline.scicat.create_origdatablock(pid, NewOrigDatablock(size=total, chk_alg="sha256", data_file_list=entries))
     return pid

@@ -6,10 +6,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from urllib.parse import quote
 
 import pytest
+
 from archiver.config.runtime import load_run_configuration
 from archiver.flows.archive import _clean_up_interrupted_archival, archive_datasets_flow
 from archiver.flows.common import connect
@@ -54,7 +55,7 @@ def owner_replaces_lifecycle(pipeline, pid: str) -> None:
 def put_landing(pipeline, pid: str, path: str, data: bytes) -> DataFile:
     pipeline.s3.put_object(Bucket=pipeline.settings.minio.landingzone_bucket, Key=naming.landing_prefix(pid) + path,
                            Body=data)
-    return DataFile(path=path, size=len(data), time=datetime.now(timezone.utc), chk=hashlib.sha256(data).hexdigest())
+    return DataFile(path=path, size=len(data), time=datetime.now(UTC), chk=hashlib.sha256(data).hexdigest())
 
 
 def test_a_changed_archived_dataset_is_refused_and_its_only_copy_stays(pipeline):

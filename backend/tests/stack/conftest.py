@@ -23,7 +23,7 @@ import tarfile
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -327,7 +327,7 @@ class Operator:
         datafiles = []
         for path, data in contents.items():
             self.s3.put_object(Bucket=VARS.minio.landingzone_bucket, Key=landing_prefix(pid) + path, Body=data)
-            datafiles.append(DataFile(path=path, size=len(data), time=datetime.now(timezone.utc),
+            datafiles.append(DataFile(path=path, size=len(data), time=datetime.now(UTC),
                                       chk=hashlib.sha256(data).hexdigest(), uid="0", gid="0", perm="644"))
         self.scicat.create_origdatablock(pid, NewOrigDatablock(size=files * size, chk_alg="sha256",
                                                                data_file_list=datafiles))

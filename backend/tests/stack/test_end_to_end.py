@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from uuid import UUID
 
 import pytest
@@ -65,7 +65,7 @@ def test_a_1_mib_archive_job_prints_where_its_seconds_go(stack, operator):
     The first is still the first flow-run container of this pool's image on this host, so three are run."""
     for attempt in range(1, 4):
         pid = operator.ingest_dataset(1, 1024 * 1024)
-        created = datetime.now(timezone.utc)
+        created = datetime.now(UTC)
         job, started = operator.create_job("archive", [pid])
         run = operator.wait(started)
         assert run["state_type"] == "COMPLETED", stack.flow_run_failure(run)

@@ -4,14 +4,15 @@ real folder."""
 from __future__ import annotations
 
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+
 from archiver.packing import audit, naming
 from archiver.packing.records import Manifest, write_json_durably
 
-START = datetime(2026, 1, 1, 2, 0, tzinfo=timezone.utc)
+START = datetime(2026, 1, 1, 2, 0, tzinfo=UTC)
 MB = 1024 * 1024
 
 
@@ -130,8 +131,9 @@ def test_consistency_names_a_datablock_registered_more_than_once():
 
 def test_the_audit_deployment_is_scheduled_from_lts_audit_cron_both_ways():
     import yaml
-    from archiver.config.settings import load_vars_file
+
     from archiver.config.deployments import DEPLOYMENT_NAMES
+    from archiver.config.settings import load_vars_file
     from archiver.flows.serve import audit_cron
 
     repo = Path(__file__).resolve().parents[3]

@@ -9,12 +9,13 @@ import time
 
 import httpx
 import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError
+
 from archiver.flows.failures import describe_failure, failing_service
 from archiver.flows.outage import PrefectUnavailable, call_prefect
 from archiver.local_services import free_port
 from archiver.packing.errors import IntegrityError, MissingFilesError
 from archiver.scicat.client import ScicatError
-from botocore.exceptions import ClientError, EndpointConnectionError
 
 
 def refused_connection() -> httpx.ConnectError:
@@ -128,10 +129,11 @@ class _DatabaseRestarting(http.server.BaseHTTPRequestHandler):
 
 
 def test_prefect_clients_retry_a_500_only_where_repeating_is_safe():
-    from archiver.flows.outage import retry_refused_connections
     from prefect.client.base import PrefectHttpxSyncClient
     from prefect.exceptions import PrefectHTTPStatusError
     from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
+    from archiver.flows.outage import retry_refused_connections
 
     retry_refused_connections()
     server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), _DatabaseRestarting)

@@ -1,13 +1,12 @@
+import tomllib
 from pathlib import Path
 
 import pytest
 import tomli_w
-import tomllib
 
 from archiver.config.errors import ConfigError
 from archiver.config.limits import load_limits_file
 from archiver.config.secrets import init_secrets
-from archiver.tools.seeding import read_inputs
 from archiver.config.settings import (
     environment_overrides,
     flat_values,
@@ -15,6 +14,7 @@ from archiver.config.settings import (
     load_vars_file,
     variable_name,
 )
+from archiver.tools.seeding import read_inputs
 
 REPO = Path(__file__).resolve().parents[3]
 SEED_KEYS = {

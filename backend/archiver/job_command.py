@@ -48,8 +48,8 @@ def submit(job_type: str, pids: list[str], scicat: ScicatClient, follow: bool, s
     say(f"SciCat {job_type} job {job.id} created for {len(pids)} dataset(s)")
     if not follow:
         return 0
-    follow_run(wait_for_run(job.id, start_timeout_s), ui_url())
-    job = scicat.get_job(job.id)
+    follow_run(wait_for_run(job.created_id, start_timeout_s), ui_url())
+    job = scicat.get_job(job.created_id)
     message = job.status_message or (job.job_result_object or {}).get("message", "")
     say(f"SciCat job {job.id}: {job.status}" + (f" ({message})" if message else ""))
     for entry in (job.job_result_object or {}).get("result", []):

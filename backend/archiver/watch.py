@@ -13,11 +13,20 @@ import json
 import re
 import time
 from dataclasses import dataclass, field
+from typing import cast
 from uuid import UUID
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Column, Table
 
 _TOTAL = re.compile(r"^(?P<what>.*) \((?P<total>\d+) bytes\)$")
@@ -26,7 +35,7 @@ _TOTAL = re.compile(r"^(?P<what>.*) \((?P<total>\d+) bytes\)$")
 @dataclass
 class _Seen:
     states: dict[UUID, str] = field(default_factory=dict)  # flow run -> last state name shown
-    bars: dict[UUID, int] = field(default_factory=dict)  # progress artifact -> rich task id
+    bars: dict[UUID, TaskID] = field(default_factory=dict)  # progress artifact -> rich task id
     steps: dict[UUID, int] = field(default_factory=dict)  # progress artifact -> last quarter printed
 
 
@@ -49,14 +58,15 @@ def follow_run(flow_run_id: UUID, ui_url: str, console: Console | None = None, p
                 _show_state(console, seen, each)
             for artifact in _progress_artifacts(client, [run.id, *(c.id for c in children)]):
                 _show_progress(console, progress, seen, artifact)
-            if run.state.is_final():
+            if run.state is not None and run.state.is_final():
+                final = run.state
                 break
             time.sleep(poll_s)
     _show_summary(console, run_summary(run.id))
-    if not run.state.is_completed():
-        console.print(f"[red]{escape(run.name)} {run.state.name}[/red]: {escape(run.state.message or '')}; "
+    if not final.is_completed():
+        console.print(f"[red]{escape(run.name)} {final.name}[/red]: {escape(final.message or '')}; "
                       f"see {ui_url}/runs/flow-run/{run.id}")
-    return run.state.is_completed()
+    return final.is_completed()
 
 
 def _console() -> Console:
@@ -113,7 +123,8 @@ def run_summary(flow_run_id: UUID) -> tuple[str, list[dict]] | None:
     if not tables:
         return None
     data = tables[0].data
-    return tables[0].description or "", json.loads(data) if isinstance(data, str) else data
+    rows: list[dict] = json.loads(data) if isinstance(data, str) else cast(list[dict], data)
+    return tables[0].description or "", rows
 
 
 def _show_summary(console: Console, summary: tuple[str, list[dict]] | None) -> None:

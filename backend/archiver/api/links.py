@@ -20,7 +20,7 @@ from fastapi import APIRouter, HTTPException
 from archiver.api.errors import flows_settings_errors, service_errors
 from archiver.flows.jobs import job_is_finished
 from archiver.packing import naming
-from archiver.packing.download_script import Download, download_script
+from archiver.packing.download_script import job_download_script
 from archiver.packing.retained import extend_retention, present_objects
 from archiver.packing.retrieve import RetrievedObject
 from archiver.scicat.client import ScicatError
@@ -68,8 +68,7 @@ def fresh_links(job_id: str) -> dict[str, Any]:
             fresh = [e.model_copy(update={"url": presigned_get_url(
                 minio.external_endpoint, minio.region, connections.presign_credentials, minio.retrieval_bucket, o.key,
                 minio.url_expiration_s)}) for e, o in zip(entries, wanted, strict=True)]
-    script = download_script(job_id, [Download(e.dataset_id, e.name, e.url, e.size, e.chk_alg, e.chk,
-                                               is_datablock=e.type != "file") for e in fresh])
+    script = job_download_script(job_id, fresh)
     return {"jobId": job_id, "expires": expires.isoformat(timespec="seconds"),
             "result": [e.to_wire() for e in fresh], "downloadScript": script}
 

@@ -12,7 +12,7 @@ import os
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import (
     AfterValidator,
@@ -187,17 +187,18 @@ class Settings(_Section):
 
 
 SECTIONS: dict[str, type[_Section]] = {
-    name: field.annotation for name, field in Settings.model_fields.items()
+    name: cast(type[_Section], field.annotation) for name, field in Settings.model_fields.items()
 }
+
+
+def section_keys(section: type[_Section]) -> list[str]:
+    """The keys of prefect-vars.toml a section reads: its fields' aliases."""
+    return [field.alias for field in section.model_fields.values() if field.alias]
 
 
 def known_keys() -> dict[str, str]:
     """Every key of prefect-vars.toml, mapped to its section."""
-    return {
-        field.alias: section
-        for section, model in SECTIONS.items()
-        for field in model.model_fields.values()
-    }
+    return {key: section for section, model in SECTIONS.items() for key in section_keys(model)}
 
 
 def variable_name(key: str) -> str:
@@ -268,4 +269,4 @@ def validate(data: dict[str, Any], source: str) -> Settings:
 def _expected_keys(parent: Sequence) -> list[str]:
     if not parent:
         return [f"[{name}]" for name in SECTIONS]
-    return [field.alias for field in SECTIONS[parent[0]].model_fields.values()]
+    return section_keys(SECTIONS[parent[0]])

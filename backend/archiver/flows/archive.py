@@ -343,7 +343,7 @@ def _clean_up_interrupted_archival(pid, config, connections, error, log) -> None
         if refusal:
             log.warning("%s: archived before and changed since; its registrations stay: %s", pid, refusal)
             return
-    _clean_up_failed_archival(pid, config, connections, [d.id for d in on_record.registered], [], error, log)
+    _clean_up_failed_archival(pid, config, connections, [str(d.id) for d in on_record.registered], [], error, log)
 
 
 ARCHIVAL = JobKind("archival", _clean_up_interrupted_archival)

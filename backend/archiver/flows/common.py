@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
+from uuid import UUID
 
 import httpx
 from prefect import task
@@ -24,7 +25,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from archiver.config.runtime import RunConfiguration
-from archiver.config.secrets import ARCHIVER_S3, PRESIGN_S3, S3Account
+from archiver.config.secrets import ARCHIVER_S3, PRESIGN_S3, S3Account, read_secret_block
 from archiver.flows.outage import call_prefect, retry_refused_connections
 from archiver.packing.planning import ListedFile
 from archiver.packing.records import ListedChecksum, listed_algorithm
@@ -64,13 +65,11 @@ def _s3_pool_size(config: RunConfiguration) -> int:
 
 def open_connections(config: RunConfiguration) -> Connections:
     """New clients for `config`; the caller closes `scicat` (flows use `connect`)."""
-    from prefect.blocks.system import Secret
-
     def secret(name: str) -> str:
-        return call_prefect(lambda: Secret.load(name).get(), f"load secret block {name}")
+        return call_prefect(partial(read_secret_block, name), f"load secret block {name}")
 
     def s3_account(account: S3Account) -> S3Credentials:
-        return S3Credentials(secret(account.user.block), secret(account.password.block))
+        return S3Credentials(secret(account.user.prefect_block), secret(account.password.prefect_block))
 
     minio = config.settings.minio
     scicat_credentials = ScicatCredentials(secret("scicat-user"), secret("scicat-password"))
@@ -204,7 +203,7 @@ def raise_if_cancelled(max_wait_s: float = 300) -> None:
             flow_run = call_prefect(partial(client.read_flow_run, flow_run_id), "check for cancellation", max_wait_s)
             state = flow_run.state
             if state and (state.is_cancelling() or state.is_cancelled()):
-                raise RunCancelled(f"flow run {flow_run.name} is {state.name.lower()}")
+                raise RunCancelled(f"flow run {flow_run.name} is {str(state.name).lower()}")
             if state and not state.is_running():
                 raise RunNotOwned(f"flow run {flow_run.name} is {state.name} in Prefect, no longer running; "
                                   "stopping without further changes (its job is another run's now)")
@@ -251,11 +250,12 @@ def run_bounded(function: Callable[[T], R], items: Iterable[T], max_workers: int
 
 def run_bounded_or_raise(function: Callable[[T], R], items: Iterable[T], max_workers: int) -> list[R]:
     """`run_bounded`, raising the first error once every item has finished (none is left running)."""
-    outcomes = run_bounded(function, items, max_workers)
-    for outcome in outcomes:
+    results: list[R] = []
+    for outcome in run_bounded(function, items, max_workers):
         if isinstance(outcome, BaseException):
             raise outcome
-    return outcomes
+        results.append(outcome)
+    return results
 
 
 class ProgressReporter:
@@ -272,9 +272,11 @@ class ProgressReporter:
         self._interval_s = interval_s
         self._last_update = 0.0
         self._sending = False
-        self._artifact_id = None
+        self._artifact_id: UUID | None = None
         try:
-            self._artifact_id = create_progress_artifact(progress=0.0, description=f"{description} ({self._total} bytes)")
+            # Prefect types the call as sync or async; in a flow run's thread it is sync.
+            self._artifact_id = cast(UUID, create_progress_artifact(
+                progress=0.0, description=f"{description} ({self._total} bytes)"))
         except Exception as e:  # progress is for humans; never fail a transfer over it
             get_run_logger().warning("progress artifact not created (Prefect API: %s); progress is not shown", e)
 
@@ -300,15 +302,16 @@ class ProgressReporter:
 
     def _update(self, progress: float) -> None:
         with self._lock:
-            if self._artifact_id is None or self._sending:
+            artifact_id = self._artifact_id
+            if artifact_id is None or self._sending:
                 return
             self._sending = True
         context = contextvars.copy_context()
-        threading.Thread(target=context.run, args=(self._send, progress), daemon=True).start()
+        threading.Thread(target=context.run, args=(self._send, artifact_id, progress), daemon=True).start()
 
-    def _send(self, progress: float) -> None:
+    def _send(self, artifact_id: UUID, progress: float) -> None:
         try:
-            update_progress_artifact(self._artifact_id, progress=progress)
+            update_progress_artifact(artifact_id, progress=progress)
         except Exception as e:  # progress is for humans; never fail a transfer over it
             get_run_logger().debug("progress artifact not updated: %s", e)
         finally:

@@ -24,7 +24,7 @@ from archiver.flows.common import (
 )
 from archiver.flows.failures import describe_failure
 from archiver.flows.figures import wait_for_figures
-from archiver.packing.download_script import Download, download_script
+from archiver.packing.download_script import job_download_script
 from archiver.packing.errors import DatasetUserError, InvalidPidError
 from archiver.packing.naming import check_pid
 from archiver.scicat.models import Job, JobResultEntry, JobResultObject, JobStatus
@@ -65,7 +65,8 @@ class NoDatasetsError(Exception):
 
 def checked_pids(dataset_ids: list[str]) -> tuple[list[str], dict[str, BaseException]]:
     """The usable PIDs, and the refused ones with why; a refused PID is never put into a SciCat URL."""
-    usable, refused = [], {}
+    usable: list[str] = []
+    refused: dict[str, BaseException] = {}
     for pid in dataset_ids:
         try:
             usable.append(check_pid(pid))
@@ -123,11 +124,13 @@ def run_job(
     _raise_if_not_owned(failures)
     verdict = job_verdict(failures)
     message = _summary(len(requested), failures, [o.note for o in done if o.note])
-    script = _download_script(job_id, results)
+    script = job_download_script(job_id, results)
     result_object = JobResultObject(result=results, download_script=script) if results else None
     scicat_call(f"job {verdict.value}", scicat.update_job_status, job_id, verdict, message, result_object)
     wait_for_figures()
-    _report_job(job_id, verdict, dict(zip(dataset_ids, outcomes, strict=True)) | failures, seconds, results)
+    reported: dict[str, DatasetDone | BaseException] = dict(zip(dataset_ids, outcomes, strict=True))
+    reported.update(failures)
+    _report_job(job_id, verdict, reported, seconds, results)
     if failures:
         raise JobFailed(f"job {job_id}: {message}")
     log.info("job %s: %s", job_id, message)
@@ -144,15 +147,6 @@ def _raise_if_not_owned(failures: dict[str, BaseException]) -> None:
         raise_if_cancelled()
     except RunCancelled:
         pass
-
-
-def _download_script(job_id: str, results: list[JobResultEntry]) -> str | None:
-    """The job's download script (packing.download_script), when every result carries its checksum."""
-    if not results or any(e.chk is None or e.chk_alg is None for e in results):
-        return None
-    return download_script(job_id, [
-        Download(e.dataset_id, e.name, e.url, e.size, e.chk_alg, e.chk, is_datablock=e.type != "file")
-        for e in results])
 
 
 def _report_job(job_id: str, verdict: JobStatus, outcomes: dict[str, DatasetDone | BaseException],

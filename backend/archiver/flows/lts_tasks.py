@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
@@ -15,7 +16,7 @@ from archiver.flows.common import exception_of
 from archiver.packing import archive, cleanup, partial, retrieve
 from archiver.packing.errors import ArchiverError
 from archiver.packing.planning import PlannedDatablock
-from archiver.packing.records import DatablockRecord, ListedChecksum, Manifest
+from archiver.packing.records import ChecksumAlgorithm, DatablockRecord, ListedChecksum, Manifest
 from archiver.storage import lts
 
 
@@ -26,7 +27,7 @@ def _may_recover(task, task_run, state) -> bool:
 
 
 # Storage tasks that stream data: transient S3/LTS errors get two more tries.
-_STORAGE_RETRIES = {"retries": 2, "retry_delay_seconds": [10, 60], "retry_condition_fn": _may_recover,
+_STORAGE_RETRIES: dict[str, Any] = {"retries": 2, "retry_delay_seconds": [10, 60], "retry_condition_fn": _may_recover,
                     "cache_policy": NO_CACHE}
 
 
@@ -56,7 +57,7 @@ def wait_for_free_space(lts_root: Path, min_free_percentage: float, timeout_s: f
     task_run_name="write {block.archive_id}",
     **_STORAGE_RETRIES,
 )
-def write_datablock(s3, bucket: str, block: PlannedDatablock, lts_root: Path, algorithm: str, on_bytes=None,
+def write_datablock(s3, bucket: str, block: PlannedDatablock, lts_root: Path, algorithm: ChecksumAlgorithm, on_bytes=None,
                     listed: dict[str, ListedChecksum] | None = None) -> DatablockRecord:
     return archive.archive_datablock(s3, bucket, block, lts_root, algorithm, on_bytes=on_bytes, listed=listed)
 

@@ -70,9 +70,9 @@ def retry_refused_connections() -> None:
                 retry_codes = {*retry_codes, 500}
             return _original(self, request, *args, retry_codes=retry_codes, **kwargs)
 
-        cls.__init__ = __init__
-        cls._send_with_retry = _send_with_retry
-        cls._archiver_retries_refused = True
+        cls.__init__ = __init__  # type: ignore[method-assign]
+        cls._send_with_retry = _send_with_retry  # type: ignore[method-assign]
+        cls._archiver_retries_refused = True  # type: ignore[union-attr]
 
 
 def is_prefect_outage(error: BaseException) -> bool:

@@ -152,10 +152,11 @@ def _wait_for_cancellation_hook(connections: Connections, job_id: str) -> bool:
 
 
 def _retry(client, flow_run, attempt: int) -> None:
+    from prefect.client.schemas.objects import FlowRun
     from prefect.deployments import run_deployment
 
     tags = [tag for tag in flow_run.tags if not tag.startswith(RETRY_TAG)] + [f"{RETRY_TAG}{attempt}"]
-    retry = run_deployment(
+    retry: FlowRun = run_deployment(  # type: ignore[assignment]  # typed sync-or-async; sync in a flow
         flow_run.deployment_id, parameters=flow_run.parameters, job_variables=flow_run.job_variables or None,
         tags=tags, idempotency_key=f"{flow_run.id}-crash-retry", timeout=0, as_subflow=False,
     )
@@ -185,9 +186,10 @@ def recover_job(flow_run_id: str) -> str:
                              f"({', '.join(JOB_KINDS)}); check the job_recovery trigger in prefect.yaml")
         if state.is_crashed() and still_alive(client, flow_run, config.settings.archiver.heartbeat_s):
             return "still alive"
-        what = f"{kind.name} run {flow_run.name} {state.name.lower()}"
+        state_name = str(state.name).lower()
+        what = f"{kind.name} run {flow_run.name} {state_name}"
         reason = f"{what} (its process or container died: killed, out of memory or node lost)" if state.is_crashed() else what
-        tags = crash_leftovers(client, flow_run, f"the job run {flow_run.name} is {state.name.lower()}")
+        tags = crash_leftovers(client, flow_run, f"the job run {flow_run.name} is {state_name}")
         for result in reconcile_tags(tags | {limit.tag for limit in config.limits.by_name().values()}):
             if result.released:
                 log.info("tag %s: released %d slot(s) of dead task runs", result.tag, result.released)

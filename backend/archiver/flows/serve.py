@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from prefect import serve
 
@@ -70,7 +71,8 @@ def serve_deployments(limit: int | None = None) -> None:
     settings = seeded_settings()
     for key, value in FLOW_RUN_ENVIRONMENT.items():  # flow-run subprocesses inherit it; set values win
         os.environ.setdefault(key, value)
-    serve(
+    # to_deployment is typed sync-or-async; outside an event loop it is sync.
+    deployments: list[Any] = [
         archive_datasets_flow.to_deployment(name="datasets_archival", tags=["archival"]),
         retrieve_datasets_flow.to_deployment(name="datasets_retrieval", tags=["retrieval"]),
         recover_job.to_deployment(name="job_recovery", triggers=deployment_triggers("job_recovery")),
@@ -78,6 +80,9 @@ def serve_deployments(limit: int | None = None) -> None:
         prune_discarded_flow.to_deployment(name="discarded_pruning", cron=PRUNE_SCHEDULE_CRON),
         clean_retrievals_flow.to_deployment(name="retrieval_cleanup", cron=RETRIEVAL_CLEANUP_CRON),
         lts_audit.to_deployment(name="lts_auditing", cron=audit_cron(settings)),
+    ]
+    serve(
+        *deployments,
         limit=limit,
         heartbeat_seconds=heartbeat_seconds(settings),
         print_starting_message=False,

@@ -56,6 +56,8 @@ def create_test_dataset_flow(
         dataset = scicat_call("create dataset", scicat.create_dataset, new_raw_dataset(
             owner_group, "archiver test dataset", pid=dataset_id, size=num_files * size, number_of_files=num_files))
         pid = dataset.pid
+        if pid is None:
+            raise ValueError("SciCat answered the new dataset without its pid")
         bucket = config.settings.minio.landingzone_bucket
         files = [upload_test_file(connections.s3, bucket, pid, f"file_{i:04d}.bin", size, algorithm)
                  for i in range(num_files)]

@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -37,7 +37,8 @@ class SlowReads:
     """Results of reads too slow for every scrape (LTS walk, bucket listing), kept `ttl_s` seconds."""
 
     def __init__(self, ttl_s: float, clock: Callable[[], float] = time.monotonic):
-        self.ttl_s, self._clock, self._kept = ttl_s, clock, {}
+        self.ttl_s, self._clock = ttl_s, clock
+        self._kept: dict[str, tuple[float, object]] = {}
 
     def get(self, key: str, read: Callable[[], object]):
         at, value = self._kept.get(key, (None, None))
@@ -70,7 +71,7 @@ class ArchiverCollector(Collector):
     def describe(self) -> list[Metric]:
         return []  # names are fixed; no collection at registration
 
-    def collect(self) -> Iterator[Metric]:
+    def collect(self) -> Iterable[Metric]:
         with self._lock:  # one scrape at a time: the history is refreshed in place
             families: list[Metric] = []
             up = {source: 1 for source in SOURCES}

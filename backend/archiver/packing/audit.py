@@ -168,7 +168,8 @@ def select_for_fixity(blocks: Iterable[StoredDatablock], byte_budget: int | None
     ordered = sorted(blocks, key=lambda b: (b.last_verified, b.archive_id))
     if byte_budget is None:
         return ordered
-    chosen, total = [], 0
+    chosen: list[StoredDatablock] = []
+    total = 0
     for block in ordered:
         if chosen and total + block.packed_size > byte_budget:
             break
@@ -210,8 +211,8 @@ def consistency_findings(
     for archive_id, count in sorted((str(a), n) for a, n in counted.items() if n > 1):
         findings.append(Finding("duplicate-registration", pid, archive_id,
                                 f"registered {count} times in SciCat; delete all but one record"))
-    for archive_id, wire in sorted(on_record.items(), key=lambda item: str(item[0])):
-        finding = _lost(pid, str(archive_id), wire.get("packedSize"), dataset.tars.get(archive_id))
+    for recorded_id, wire in sorted(on_record.items(), key=lambda item: str(item[0])):
+        finding = _lost(pid, str(recorded_id), wire.get("packedSize"), dataset.tars.get(str(recorded_id)))
         if finding is not None:
             findings.append(finding)
     for path, modified in sorted(dataset.partials.items()):

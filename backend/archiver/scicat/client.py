@@ -156,9 +156,10 @@ class ScicatClient:
 
     def _current_token(self, stale: str | None = None) -> str:
         with self._token_lock:
-            if self._token is None or self._token == stale:
-                self.login()
-            return self._token
+            token = self._token
+            if token is None or token == stale:
+                token = self.login()
+            return token
 
     # --- jobs -------------------------------------------------------------
 
@@ -167,6 +168,7 @@ class ScicatClient:
         """Create a job as a SciCat user would (tests and tools; SciCat's users create the real ones).
         `files`: per PID the files to retrieve (SciCat's frontend lets users pick single files)."""
         entries = [{"pid": pid, "files": list((files or {}).get(pid, []))} for pid in pids]
+        body: dict[str, Any]
         if self.settings.job_status_schema == "v3":
             body = {"type": job_type, "emailJobInitiator": contact_email, "datasetList": entries}
         else:

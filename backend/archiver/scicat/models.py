@@ -113,7 +113,7 @@ class Dataset(ScicatModel):
 def new_raw_dataset(owner_group: str, name: str, *, pid: str | None = None, size: int | None = None,
                     number_of_files: int | None = None) -> Dataset:
     """A raw dataset with every field SciCat requires, as an ingestor registers one (test data, tools)."""
-    fields = {"pid": pid} if pid else {}
+    fields: dict[str, Any] = {"pid": pid} if pid else {}
     if size is not None:
         fields.update(size=size, number_of_files=number_of_files)
     return Dataset(
@@ -217,6 +217,13 @@ class Job(ScicatModel):
     status_code: str | None = None
     status_message: str | None = None
     job_result_object: dict[str, Any] | None = None
+
+    @property
+    def created_id(self) -> str:
+        """The id SciCat gave the job (ValueError for a job without one)."""
+        if self.id is None:
+            raise ValueError(f"SciCat answered with a {self.type} job without an id")
+        return self.id
 
     @property
     def dataset_pids(self) -> list[str]:

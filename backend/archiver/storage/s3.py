@@ -138,7 +138,7 @@ class MultipartUpload:
             )
             return {"PartNumber": number, "ETag": response["ETag"]}
         finally:
-            if reuse:
+            if reuse and isinstance(data, bytearray):
                 self._free.put(data)
 
     def complete(self) -> int:

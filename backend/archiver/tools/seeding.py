@@ -28,6 +28,7 @@ from archiver.config.secrets import (
     SECRETS,
     S3Account,
     read_secret,
+    read_secret_block,
 )
 from archiver.config.settings import (
     Settings,
@@ -64,7 +65,7 @@ class SeedInputs:
         return f"SeedInputs(settings=..., limits=..., secrets=<{len(self.secrets)} hidden>, minio_root=<hidden>)"
 
     def s3_credentials(self, account: S3Account) -> S3Credentials:
-        return S3Credentials(self.secrets[account.user.block], self.secrets[account.password.block])
+        return S3Credentials(self.secrets[account.user.prefect_block], self.secrets[account.password.prefect_block])
 
 
 def read_inputs(
@@ -78,7 +79,7 @@ def read_inputs(
     return SeedInputs(
         settings=settings,
         limits=load_limits_file(limits_file),
-        secrets={spec.block: read_secret(spec, secrets_dir) for spec in PREFECT_SECRETS},
+        secrets={spec.prefect_block: read_secret(spec, secrets_dir) for spec in PREFECT_SECRETS},
         minio_root=S3Credentials(read_secret(MINIO_ROOT.user, secrets_dir), read_secret(MINIO_ROOT.password, secrets_dir)),
     )
 
@@ -195,7 +196,7 @@ def _seed_secret_blocks(secrets: dict[str, str], report: SeedReport) -> None:
 
     for name, value in secrets.items():
         try:
-            current = Secret.load(name).get()
+            current = read_secret_block(name)
         except ValueError:  # no such block yet
             current = None
         if current == value:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from archiver.config.errors import ConfigError
 from archiver.config.secrets import load_prefect_auth
+from archiver.errors import UserError
 
 
 def _config(args: argparse.Namespace) -> int:
@@ -486,7 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
 NEEDS_PREFECT = {"config", "job", "limits", "serve", "audit", "metrics"}
 
 
-class UsageError(Exception):
+class UsageError(UserError):
     """The command cannot run as called; the message says what to do."""
 
 

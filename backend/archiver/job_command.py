@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import os
 
+from archiver.errors import ArchiverError
 from archiver.scicat.client import ScicatClient, ScicatCredentials
 from archiver.scicat.models import JobStatus
 
 
-class JobNotStarted(Exception):
+class JobNotStarted(ArchiverError):
     """SciCat stored the job, but no flow run appeared for it."""
 
 

@@ -14,10 +14,12 @@ from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 
+from archiver.errors import ArchiverError
+
 DETAIL_CHARS = 300  # of Prefect's answer quoted in an error: its 422s echo the whole request
 
 
-class PrefectError(Exception):
+class PrefectError(ArchiverError):
     """Nothing was started; `status` is what the API answers and `message` says why (short, no request echo)."""
 
     def __init__(self, status: int, message: str):

@@ -13,10 +13,12 @@ from __future__ import annotations
 import os
 import sys
 
+from archiver.errors import ArchiverError
+
 JOB_LIMIT_ENV = {"archive": "ARCHIVAL_JOBS_LIMIT", "retrieve": "RETRIEVAL_JOBS_LIMIT"}
 
 
-class JobLimitError(ValueError):
+class JobLimitError(ArchiverError, ValueError):
     pass
 
 

@@ -16,6 +16,7 @@ from prefect.logging import get_run_logger
 from prefect.runtime import task_run
 
 from archiver.config.runtime import RunConfiguration, load_run_configuration
+from archiver.errors import Verdict, is_system_fault, verdict_of
 from archiver.flows.common import (
     ARCHIVED_LIFECYCLE,
     Connections,
@@ -48,7 +49,6 @@ from archiver.packing.archive import claim_datablocks_folder, datablocks_on_lts
 from archiver.packing.errors import (
     ArchivedDatasetChangedError,
     ChecksumMismatchError,
-    DatasetUserError,
     EmptyDatasetError,
     IntegrityError,
     RegistrationConflictError,
@@ -70,7 +70,7 @@ from archiver.storage import lts
 
 
 @task(name="list-landing-zone", task_run_name="list landing-zone files of {pid}", retries=2, retry_delay_seconds=10,
-      retry_condition_fn=lambda task, run, state: not isinstance(exception_of(state), DatasetUserError),
+      retry_condition_fn=lambda task, run, state: is_system_fault(exception_of(state)),
       cache_policy=NO_CACHE)
 def list_landing_zone(s3, bucket: str, pid: str, listed: list[ListedFile]) -> list[SourceFile]:
     """The dataset's landing-zone files, checked against the files SciCat lists."""
@@ -298,7 +298,7 @@ def _clean_up_failed_archival(
             log.warning("%s: datablocks that failed verification set aside in %s (never taken as archived)", pid, moved)
     except Exception as e:
         log.error("%s: datablocks could not be set aside on the LTS: %s", pid, e)
-    status = (ArchiveStatus.MISSING_FILES_ERROR if isinstance(error, DatasetUserError)
+    status = (ArchiveStatus.MISSING_FILES_ERROR if verdict_of(error) is Verdict.USER
               else ArchiveStatus.SCHEDULE_ARCHIVE_JOB_FAILED)
     # Not archived: archivable again once fixed. A conflict leaves the flags to whoever resolves it.
     conflict = isinstance(error, (RegistrationConflictError, ArchivedDatasetChangedError))

@@ -17,6 +17,7 @@ from prefect.logging import get_run_logger
 
 from archiver.config.errors import ConfigError
 from archiver.config.runtime import load_run_configuration
+from archiver.errors import ArchiverError
 from archiver.flows.common import connect, exception_of
 from archiver.flows.figures import AUDIT_BYTES, AUDIT_CHECKED, AUDIT_PROBLEMS, record_figures, wait_for_figures
 from archiver.flows.lts_tasks import tagged, verify_datablock
@@ -28,7 +29,7 @@ from archiver.scicat.client import DATABLOCK_PAGE_SIZE, ScicatError
 PROBLEM_EVENT = "archiver.lts-audit.problem"
 
 
-class LtsAuditFailed(Exception):
+class LtsAuditFailed(ArchiverError):
     """The audit found problems; the message lists each, naming dataset and datablock."""
 
     def __init__(self, findings: list[audit.Finding]):

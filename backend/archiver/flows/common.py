@@ -26,6 +26,7 @@ from prefect.logging import get_run_logger
 
 from archiver.config.runtime import RunConfiguration
 from archiver.config.secrets import ARCHIVER_S3, PRESIGN_S3, S3Account, read_secret_block
+from archiver.errors import ArchiverError
 from archiver.flows.outage import call_prefect, retry_refused_connections
 from archiver.packing.planning import ListedFile
 from archiver.packing.records import ListedChecksum, listed_algorithm
@@ -174,11 +175,11 @@ def listed_file(data_file: DataFile, chk_alg: str | None) -> ListedFile:
     return ListedFile(data_file.path.removeprefix("./"), data_file.size, checksum)
 
 
-class RunCancelled(Exception):
+class RunCancelled(ArchiverError):
     """The run (or a run above it) is being cancelled: stop before any further irreversible step."""
 
 
-class RunNotOwned(Exception):
+class RunNotOwned(ArchiverError):
     """The run (or a run above it) is no longer running in Prefect's eyes: taken for crashed while frozen
     or cut off, its job may already be another run's. It stops without touching SciCat, the LTS or the
     landing zone again; the run that owns the job finishes it."""

@@ -13,6 +13,7 @@ from prefect.logging.loggers import flow_run_logger
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
 from archiver.config.runtime import RunConfiguration, load_run_configuration
+from archiver.errors import ArchiverError, UserError, is_system_fault
 from archiver.flows.common import (
     Connections,
     RunCancelled,
@@ -25,21 +26,22 @@ from archiver.flows.common import (
 from archiver.flows.failures import describe_failure
 from archiver.flows.figures import wait_for_figures
 from archiver.packing.download_script import job_download_script
-from archiver.packing.errors import DatasetUserError, InvalidPidError
+from archiver.packing.errors import InvalidPidError
 from archiver.packing.naming import check_pid
 from archiver.scicat.models import Job, JobResultEntry, JobResultObject, JobStatus
 from archiver.storage.s3 import presigned_url_expiry
 
 
-class JobFailed(Exception):
+class JobFailed(ArchiverError):
     """Raised after the job's final status is in SciCat, so the Prefect run shows as failed too."""
 
 
 def job_verdict(failures: dict[str, BaseException]) -> JobStatus:
-    """finishedWithDatasetErrors when only users' mistakes failed datasets; finishedUnsuccessful on any system error."""
+    """finishedWithDatasetErrors when no dataset failed by a system fault (archiver.errors); finishedUnsuccessful
+    on any."""
     if not failures:
         return JobStatus.FINISHED_SUCCESSFUL
-    if all(isinstance(e, DatasetUserError) for e in failures.values()):
+    if not any(is_system_fault(e) for e in failures.values()):
         return JobStatus.FINISHED_WITH_DATASET_ERRORS
     return JobStatus.FINISHED_UNSUCCESSFUL
 
@@ -55,7 +57,7 @@ class DatasetDone:
     bytes: int = 0
 
 
-class NoDatasetsError(Exception):
+class NoDatasetsError(UserError):
     def __init__(self, job_id: str):
         super().__init__(
             f"job {job_id} names no datasets (neither datasetList nor jobParams.datasetList has a pid); "

@@ -12,9 +12,9 @@ from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 
 from archiver.config.limits import TagLimit
+from archiver.errors import retry_may_help
 from archiver.flows.common import exception_of
 from archiver.packing import archive, cleanup, partial, retrieve
-from archiver.packing.errors import ArchiverError
 from archiver.packing.planning import PlannedDatablock
 from archiver.packing.records import ChecksumAlgorithm, DatablockRecord, ListedChecksum, Manifest
 from archiver.storage import lts
@@ -23,7 +23,7 @@ from archiver.storage import lts
 def _may_recover(task, task_run, state) -> bool:
     """Retry storage hiccups; never a user's mistake, a checksum mismatch, a refused name or a full LTS."""
     error = exception_of(state)
-    return isinstance(error, Exception) and not isinstance(error, ArchiverError) and not lts.is_full(error)
+    return error is not None and retry_may_help(error) and not lts.is_full(error)
 
 
 # Storage tasks that stream data: transient S3/LTS errors get two more tries.

@@ -28,13 +28,15 @@ from typing import TypeVar
 
 import httpx
 
+from archiver.errors import ArchiverError
+
 R = TypeVar("R")
 
 # Retries 2 + 4 + ... + 128 s: one request waits out about 4 minutes of API downtime.
 FLOW_RUN_ENVIRONMENT = {"PREFECT_CLIENT_MAX_RETRIES": "7"}
 
 
-class PrefectUnavailable(Exception):
+class PrefectUnavailable(ArchiverError):
     """The Prefect API stayed unreachable (or answered 5xx) longer than we wait for it."""
 
 

@@ -18,10 +18,11 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from archiver.errors import TryLaterError
 from archiver.packing import naming, tarformat
 from archiver.packing.checking import CHUNK, BackgroundHasher, check_datablock_stream
 from archiver.packing.cleanup import remove_partial_files
-from archiver.packing.errors import ArchiverError, ChecksumMismatchError, DatablockExistsError, IntegrityError
+from archiver.packing.errors import ChecksumMismatchError, DatablockExistsError, IntegrityError
 from archiver.packing.planning import PlannedDatablock
 from archiver.packing.records import (
     ChecksumAlgorithm,
@@ -38,7 +39,7 @@ from archiver.storage.lts import drop_page_cache, fsync_dir, rename_no_replace
 LOCK_FILE_NAME = ".archiving.lock"
 
 
-class DatasetBusyError(ArchiverError):
+class DatasetBusyError(TryLaterError):
     """Another live process is writing this dataset's datablocks."""
 
 

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from archiver.packing import naming
 from archiver.packing.cleanup import DISCARDED, set_aside_time
-from archiver.packing.errors import ArchiverError
+from archiver.packing.errors import InvalidNameError
 from archiver.packing.records import read_manifest, write_json_durably
 from archiver.storage.lts import fsync_dir
 
@@ -80,7 +80,7 @@ def inventory(lts_root: Path, pids: Iterable[str] | None = None) -> tuple[dict[s
     for folder in folders:
         try:
             pid = naming.pid_from_safe_name(folder.name)
-        except ArchiverError as e:
+        except InvalidNameError as e:
             odd.append(Finding("unknown-folder", "?", _relative(lts_root, folder), str(e)))
             continue
         found[pid] = _dataset_inventory(lts_root, pid, folder)
@@ -247,7 +247,7 @@ def lost_beyond_inventory(
             continue
         try:
             own = naming.archive_id_of_dataset(pid, archive_id)
-        except ArchiverError:  # a PID no LTS folder can be named after
+        except InvalidNameError:  # a PID no LTS folder can be named after
             own = False
         if not own:
             yield Finding("lost", pid, archive_id, f"registered in SciCat ({recorded} bytes), no tar on the LTS: "

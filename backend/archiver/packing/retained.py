@@ -26,9 +26,10 @@ from pathlib import Path
 
 from botocore.exceptions import ClientError
 
+from archiver.errors import TryLaterError
 from archiver.packing import naming
 from archiver.packing.cleanup import abort_retrieval_uploads
-from archiver.packing.errors import ArchiverError
+from archiver.packing.errors import InvalidNameError
 from archiver.packing.retrieve import CHK_ALG_METADATA, CHK_METADATA, RetrievedObject
 from archiver.storage.s3 import delete_keys, error_code, iter_objects
 
@@ -36,7 +37,7 @@ RETAIN_UNTIL_TAG = "retain-until"
 LOCK_FILE_NAME = ".retrieving.lock"
 
 
-class RetrievalBusyError(Exception):
+class RetrievalBusyError(TryLaterError):
     """Another run retrieves (or cleans up) the dataset for longer than we wait."""
 
 
@@ -155,7 +156,7 @@ def bucket_bytes(s3, bucket: str) -> int:
     return sum(obj["Size"] for obj in iter_objects(s3, bucket, ""))
 
 
-class RetrievalBudgetError(Exception):
+class RetrievalBudgetError(TryLaterError):
     def __init__(self, pid: str, needed: int, used: int, budget: int):
         super().__init__(
             f"dataset {pid}: retrieving it needs {needed} bytes in the retrieval bucket, but only "
@@ -199,7 +200,7 @@ def retrieved_datasets(s3, bucket: str) -> list[str]:
         for common in page.get("CommonPrefixes", []):
             try:
                 pids.append(naming.pid_from_safe_name(common["Prefix"].rstrip("/").rsplit("/", 1)[-1]))
-            except ArchiverError:
+            except InvalidNameError:
                 continue
     return pids
 

@@ -30,6 +30,7 @@ from pydantic import ValidationError
 
 from archiver.config.secrets import DEFAULT_SECRETS_DIR, read_secret, secret_spec
 from archiver.config.settings import ScicatSection
+from archiver.errors import ArchiverError
 from archiver.scicat.models import (
     LISTED_DATABLOCK_FIELDS,
     Datablock,
@@ -65,7 +66,7 @@ class ScicatCredentials:
         )
 
 
-class ScicatError(Exception):
+class ScicatError(ArchiverError):
     """A SciCat call failed; the message names the call, its target and SciCat's answer."""
 
     def __init__(self, call: str, target: str, detail: str, status_code: int | None = None, body: str = ""):
@@ -76,7 +77,7 @@ class ScicatError(Exception):
         super().__init__(f"SciCat call '{call}' for {target} failed: {detail}")
 
 
-class InvalidIdError(ValueError):
+class InvalidIdError(ArchiverError, ValueError):
     """An id that cannot be one URL path segment."""
 
 

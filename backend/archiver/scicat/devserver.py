@@ -28,6 +28,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, NonNegativeInt
 
+from archiver.errors import ArchiverError
 from archiver.scicat import dev_filters
 from archiver.scicat import dev_rules as rules
 from archiver.scicat.dev_job_action import JobAction
@@ -216,7 +217,7 @@ async def _read_body(receive) -> bytes:
     return b"".join(chunks)
 
 
-class _BadJson(Exception):
+class _BadJson(ArchiverError):
     pass
 
 

@@ -13,6 +13,7 @@ from urllib.parse import quote, unquote
 
 from botocore.exceptions import ClientError
 
+from archiver.errors import ArchiverError
 from archiver.storage.s3 import MIN_PART_SIZE, delete_keys, error_code, iter_objects
 
 MAX_PARTS = 10_000  # S3's limit per upload
@@ -24,7 +25,7 @@ MIB = 2**20
 RESERVATIONS_PREFIX = "openem-network/upload-reservations/"
 
 
-class TooLargeError(ValueError):
+class TooLargeError(ArchiverError, ValueError):
     """A file larger than S3 stores in one object."""
 
 

@@ -129,7 +129,7 @@ def test_a_retrieval_over_the_bucket_budget_fails_naming_bytes_and_setting(pipel
 
     assert state.is_failed()
     job = job_of(pipeline, job_id)
-    assert job["jobStatusMessage"] == "finishedUnsuccessful"
+    assert job["jobStatusMessage"] == "finishedWithDatasetErrors"  # try later: no system fault
     message = job["jobResultObject"]["message"]
     assert "MINIO_RETRIEVAL_BUDGET_GB" in message and "budget of 107374 bytes" in message
     needed = sum(d.packed_size for d in pipeline.scicat.get_datablocks(pid))

@@ -154,7 +154,7 @@ def _remove_flow_run_containers(args: argparse.Namespace) -> int:
 def _audit(args: argparse.Namespace) -> int:
     from archiver.config.runtime import load_run_configuration
     from archiver.flows.audit import LtsAuditFailed, lts_audit, require_lts
-    from archiver.flows.common import exception_of
+    from archiver.flows.task_states import exception_of
 
     if args.all and args.pid:
         raise UsageError("--pid and --all exclude each other: audit named datasets, or every datablock")

@@ -2,7 +2,7 @@
 line per finished step, and the job's summary table at the end.
 
 What it shows comes from Prefect: the run's and its subflows' states, their progress artifacts
-(whose descriptions end in `(N bytes)`, see flows.common.ProgressReporter) and the job run's
+(whose descriptions end in `(N bytes)`, see flows.progress.ProgressReporter) and the job run's
 summary table artifact. On a terminal the bars update in place; otherwise (a log, a pipe) each
 step is one line.
 """

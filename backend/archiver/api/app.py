@@ -20,6 +20,7 @@ from archiver.api.jobs import JobDocument, dataset_files, dataset_ids, parse_job
 from archiver.api.runs import PrefectError, readiness, start_job_run
 from archiver.api.settings import ApiSettings
 from archiver.api.uploads import create_upload_router
+from archiver.clients.outage import retry_refused_connections
 
 log = logging.getLogger("archiver.api")
 
@@ -55,6 +56,7 @@ def _client(request: Request) -> str:
 
 
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
+    retry_refused_connections()  # the API's Prefect clients ride out a server restart too (clients/outage.py)
     settings = settings or ApiSettings()
     expected = settings.expected_authorization().encode()
     deployments = settings.deployments()

@@ -18,7 +18,6 @@ import anyio
 from fastapi import APIRouter, HTTPException
 
 from archiver.api.errors import flows_settings_errors, service_errors
-from archiver.flows.jobs import job_is_finished
 from archiver.packing import naming
 from archiver.packing.download_script import job_download_script
 from archiver.packing.retained import extend_retention, present_objects
@@ -37,8 +36,8 @@ def _object_of(entry: JobResultEntry) -> RetrievedObject:
 
 
 def fresh_links(job_id: str) -> dict[str, Any]:
+    from archiver.clients.connections import connect
     from archiver.config.runtime import load_run_configuration
-    from archiver.flows.common import connect
 
     with contextlib.ExitStack() as stack:
         with flows_settings_errors("fresh links"):
@@ -53,7 +52,7 @@ def fresh_links(job_id: str) -> dict[str, Any]:
                     raise HTTPException(404, f"SciCat has no job {job_id}") from None
                 raise HTTPException(502, f"SciCat could not be asked for job {job_id}: {e}") from None
             entries = [JobResultEntry.model_validate(e) for e in (job.job_result_object or {}).get("result", [])]
-            if job.type != "retrieve" or not job_is_finished(job) or not entries:
+            if job.type != "retrieve" or not job.is_finished or not entries:
                 raise HTTPException(409, f"job {job_id} is not a finished retrieval with download links "
                                          f"(type {job.type}, status {job.status}); only those get fresh links")
             wanted = [_object_of(e) for e in entries]

@@ -35,8 +35,8 @@ class UploadBackend:
 
 
 def connect_backend(secrets_dir: Path) -> UploadBackend:
+    from archiver.clients.connections import open_connections
     from archiver.config.runtime import load_run_configuration
-    from archiver.flows.common import open_connections
 
     config = load_run_configuration()
     connections = open_connections(config)

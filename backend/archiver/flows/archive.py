@@ -15,24 +15,11 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 from prefect.runtime import task_run
 
+from archiver.clients.connections import Connections, connect
+from archiver.clients.outage import retry_refused_connections
 from archiver.config.runtime import RunConfiguration, load_run_configuration
 from archiver.errors import Verdict, is_system_fault, verdict_of
-from archiver.flows.common import (
-    ARCHIVED_LIFECYCLE,
-    Connections,
-    OnRecord,
-    OwnershipCheck,
-    ProgressReporter,
-    RunNotOwned,
-    connect,
-    dataset_on_record,
-    exception_of,
-    raise_if_cancelled,
-    run_bounded,
-    run_bounded_or_raise,
-    scicat_call,
-    scicat_may_recover,
-)
+from archiver.flows.cancellation import OwnershipCheck, RunNotOwned, raise_if_cancelled
 from archiver.flows.concurrency import reconcile_tags
 from archiver.flows.failures import describe_failure
 from archiver.flows.figures import BYTES, DATABLOCKS, record_figures
@@ -44,6 +31,11 @@ from archiver.flows.lts_tasks import (
     wait_for_free_space,
     write_datablock,
 )
+from archiver.flows.on_record import ARCHIVED_LIFECYCLE, OnRecord, dataset_on_record
+from archiver.flows.parallel import run_bounded, run_bounded_or_raise
+from archiver.flows.progress import ProgressReporter
+from archiver.flows.scicat_tasks import scicat_call, scicat_may_recover
+from archiver.flows.task_states import exception_of
 from archiver.packing import cleanup
 from archiver.packing.archive import claim_datablocks_folder, datablocks_on_lts
 from archiver.packing.errors import (
@@ -67,6 +59,8 @@ from archiver.packing.records import Manifest
 from archiver.packing.registered import ArchiveDifferences, written_from
 from archiver.scicat.models import ArchiveStatus, Datablock, NewDatablock
 from archiver.storage import lts
+
+retry_refused_connections()  # before this flow run makes a Prefect client (clients/outage.py)
 
 
 @task(name="list-landing-zone", task_run_name="list landing-zone files of {pid}", retries=2, retry_delay_seconds=10,

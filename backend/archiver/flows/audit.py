@@ -15,16 +15,20 @@ from prefect.artifacts import create_table_artifact
 from prefect.events import emit_event
 from prefect.logging import get_run_logger
 
+from archiver.clients.connections import connect
+from archiver.clients.outage import retry_refused_connections
 from archiver.config.errors import ConfigError
 from archiver.config.runtime import load_run_configuration
 from archiver.errors import ArchiverError
-from archiver.flows.common import connect, exception_of
 from archiver.flows.figures import AUDIT_BYTES, AUDIT_CHECKED, AUDIT_PROBLEMS, record_figures, wait_for_figures
 from archiver.flows.lts_tasks import tagged, verify_datablock
+from archiver.flows.task_states import exception_of
 from archiver.packing import audit
 from archiver.packing.errors import IntegrityError
 from archiver.packing.records import Manifest
 from archiver.scicat.client import DATABLOCK_PAGE_SIZE, ScicatError
+
+retry_refused_connections()  # before this flow run makes a Prefect client (clients/outage.py)
 
 PROBLEM_EVENT = "archiver.lts-audit.problem"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 from botocore.exceptions import BotoCoreError, ClientError
 
+from archiver.clients.outage import PrefectUnavailable
 from archiver.errors import is_system_fault
-from archiver.flows.outage import PrefectUnavailable
 from archiver.packing.errors import IntegrityError
 from archiver.scicat.client import ScicatError
 from archiver.storage.lts import LtsWaitTimeout

@@ -12,23 +12,18 @@ from prefect.logging import get_run_logger
 from prefect.logging.loggers import flow_run_logger
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
+from archiver.clients.connections import Connections, connect
 from archiver.config.runtime import RunConfiguration, load_run_configuration
 from archiver.errors import ArchiverError, UserError, is_system_fault
-from archiver.flows.common import (
-    Connections,
-    RunCancelled,
-    RunNotOwned,
-    connect,
-    raise_if_cancelled,
-    run_bounded,
-    scicat_call,
-)
+from archiver.flows.cancellation import RunCancelled, RunNotOwned, raise_if_cancelled
 from archiver.flows.failures import describe_failure
 from archiver.flows.figures import wait_for_figures
+from archiver.flows.parallel import run_bounded
+from archiver.flows.scicat_tasks import scicat_call
 from archiver.packing.download_script import job_download_script
 from archiver.packing.errors import InvalidPidError
 from archiver.packing.naming import check_pid
-from archiver.scicat.models import Job, JobResultEntry, JobResultObject, JobStatus
+from archiver.scicat.models import JobResultEntry, JobResultObject, JobStatus
 from archiver.storage.s3 import presigned_url_expiry
 
 
@@ -205,11 +200,6 @@ class JobKind:
     clean_up: CleanUp
 
 
-def job_is_finished(job: Job) -> bool:
-    """SciCat already holds a final status for the job (v3 or v4 status field)."""
-    return (job.job_status_message or job.status_code or "").startswith("finished")
-
-
 def finish_interrupted_job(
     kind: JobKind, job_id: str, dataset_ids: list[str] | None, reason: str,
     config: RunConfiguration, connections: Connections, log,
@@ -218,7 +208,7 @@ def finish_interrupted_job(
     finishedUnsuccessful with `reason`. Does nothing when SciCat already shows the job finished
     (another path got there first). Returns whether it reported the job."""
     scicat = connections.scicat
-    if job_is_finished(scicat.get_job(job_id)):
+    if scicat.get_job(job_id).is_finished:
         log.info("job %s: already finished in SciCat; nothing to do", job_id)
         return False
     usable, _ = checked_pids(dataset_ids or scicat.get_job_dataset_pids(job_id))

@@ -13,7 +13,7 @@ from prefect.cache_policies import NO_CACHE
 
 from archiver.config.limits import TagLimit
 from archiver.errors import retry_may_help
-from archiver.flows.common import exception_of
+from archiver.flows.task_states import exception_of
 from archiver.packing import archive, cleanup, partial, retrieve
 from archiver.packing.planning import PlannedDatablock
 from archiver.packing.records import ChecksumAlgorithm, DatablockRecord, ListedChecksum, Manifest

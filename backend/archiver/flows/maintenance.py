@@ -6,9 +6,12 @@ from prefect import flow
 from prefect.artifacts import create_table_artifact
 from prefect.logging import get_run_logger
 
+from archiver.clients.connections import connect
+from archiver.clients.outage import retry_refused_connections
 from archiver.config.runtime import load_run_configuration
-from archiver.flows.common import connect
 from archiver.packing import cleanup, retained
+
+retry_refused_connections()  # before this flow run makes a Prefect client (clients/outage.py)
 
 PRUNE_SCHEDULE_CRON = "30 3 * * *"  # daily, 03:30 UTC
 RETRIEVAL_CLEANUP_CRON = "15 4 * * *"  # daily, 04:15 UTC

@@ -21,16 +21,19 @@ from uuid import UUID
 from prefect import flow
 from prefect.logging import get_run_logger
 
+from archiver.clients.connections import Connections, connect
+from archiver.clients.outage import retry_refused_connections
 from archiver.config.automations import ZOMBIE_MESSAGE_PREFIX
 from archiver.config.runtime import RunConfiguration, load_run_configuration
 from archiver.flows.archive import ARCHIVAL
-from archiver.flows.common import Connections, connect
 from archiver.flows.concurrency import reconcile_tags
-from archiver.flows.jobs import JobKind, checked_pids, finish_interrupted_job, job_is_finished
+from archiver.flows.jobs import JobKind, checked_pids, finish_interrupted_job
 from archiver.flows.retrieve import RETRIEVAL
 from archiver.packing import cleanup
 from archiver.packing.archive import DatasetBusyError, claim_datablocks_folder
 from archiver.packing.retained import try_retrieval_lock
+
+retry_refused_connections()  # before this flow run makes a Prefect client (clients/outage.py)
 
 JOB_KINDS = {"archive_datasetlist": ARCHIVAL, "retrieve_datasetlist": RETRIEVAL}
 RETRY_TAG = "crash-retry:"
@@ -145,7 +148,7 @@ def still_alive(client, flow_run, heartbeat_s: int) -> bool:
 def _wait_for_cancellation_hook(connections: Connections, job_id: str) -> bool:
     deadline = time.monotonic() + CANCEL_HOOK_GRACE_S
     while time.monotonic() < deadline:
-        if job_is_finished(connections.scicat.get_job(job_id)):
+        if connections.scicat.get_job(job_id).is_finished:
             return True
         time.sleep(5)
     return False
@@ -201,7 +204,7 @@ def recover_job(flow_run_id: str) -> str:
             if state.is_cancelled() and _wait_for_cancellation_hook(connections, job_id):
                 log.info("job %s: reported by the cancellation hook", job_id)
                 return "nothing to report"
-            if job_is_finished(connections.scicat.get_job(job_id)):
+            if connections.scicat.get_job(job_id).is_finished:
                 log.info("job %s: already finished in SciCat (the run died after reporting)", job_id)
                 return "nothing to report"
             retries = crash_retries_so_far(flow_run.tags)

@@ -12,22 +12,18 @@ from pathlib import Path
 from prefect import flow
 from prefect.logging import get_run_logger
 
+from archiver.clients.connections import Connections, connect
+from archiver.clients.outage import retry_refused_connections
 from archiver.config.runtime import RunConfiguration, load_run_configuration
-from archiver.flows.common import (
-    ARCHIVED_LIFECYCLE,
-    Connections,
-    OnRecord,
-    ProgressReporter,
-    connect,
-    dataset_on_record,
-    run_bounded_or_raise,
-    scicat_call,
-)
 from archiver.flows.concurrency import reconcile_tags
 from archiver.flows.failures import describe_failure
 from archiver.flows.figures import BYTES, DATABLOCKS, record_figures
 from archiver.flows.jobs import DatasetDone, JobKind, on_job_cancelled, run_job
 from archiver.flows.lts_tasks import copy_datablock_to_retrieval, copy_files_to_retrieval, tagged
+from archiver.flows.on_record import ARCHIVED_LIFECYCLE, OnRecord, dataset_on_record
+from archiver.flows.parallel import run_bounded_or_raise
+from archiver.flows.progress import ProgressReporter
+from archiver.flows.scicat_tasks import scicat_call
 from archiver.packing import cleanup, naming
 from archiver.packing.errors import DatasetUserError, RegistrationConflictError
 from archiver.packing.partial import FileSelection, select_files
@@ -44,6 +40,8 @@ from archiver.packing.retained import (
 from archiver.packing.retrieve import RetrievedObject, expected_datablock
 from archiver.scicat.models import JobResultEntry, RetrieveStatus
 from archiver.storage.s3 import delete_keys, presigned_get_url
+
+retry_refused_connections()  # before this flow run makes a Prefect client (clients/outage.py)
 
 
 class NotArchivedError(DatasetUserError):

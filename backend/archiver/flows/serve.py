@@ -14,6 +14,7 @@ from typing import Any
 
 from prefect import serve
 
+from archiver.clients.outage import FLOW_RUN_ENVIRONMENT
 from archiver.flows.archive import archive_datasets_flow
 from archiver.flows.audit import lts_audit
 from archiver.flows.maintenance import (
@@ -22,7 +23,6 @@ from archiver.flows.maintenance import (
     clean_retrievals_flow,
     prune_discarded_flow,
 )
-from archiver.flows.outage import FLOW_RUN_ENVIRONMENT
 from archiver.flows.recovery import recover_job
 from archiver.flows.retrieve import retrieve_datasets_flow
 from archiver.flows.test_dataset import create_test_dataset_flow

@@ -10,10 +10,14 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
+from archiver.clients.connections import connect
+from archiver.clients.outage import retry_refused_connections
 from archiver.config.runtime import load_run_configuration
-from archiver.flows.common import connect, scicat_call
+from archiver.flows.scicat_tasks import scicat_call
 from archiver.packing.naming import landing_prefix
 from archiver.scicat.models import DataFile, NewOrigDatablock, new_raw_dataset
+
+retry_refused_connections()  # before this flow run makes a Prefect client (clients/outage.py)
 
 
 class RandomFile:

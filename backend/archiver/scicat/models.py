@@ -241,3 +241,8 @@ class Job(ScicatModel):
     @property
     def status(self) -> str | None:
         return self.status_code or self.job_status_message
+
+    @property
+    def is_finished(self) -> bool:
+        """SciCat already holds a final status for the job (v3 or v4 status field)."""
+        return (self.job_status_message or self.status_code or "").startswith("finished")

@@ -166,8 +166,8 @@ def test_the_cleanup_deletes_expired_retrievals_and_reports_the_bytes_freed(pipe
 
 def _interrupt_retrieval(pipeline, pid: str, job_id: str) -> None:
     """Clean up after a retrieval job of `pid` that died mid-upload, as recover_job does."""
+    from archiver.clients.connections import connect
     from archiver.config.runtime import load_run_configuration
-    from archiver.flows.common import connect
     from archiver.flows.jobs import finish_interrupted_job
     from archiver.flows.recovery import remove_storage_leftovers
     from archiver.flows.retrieve import RETRIEVAL

@@ -10,9 +10,9 @@ from urllib.parse import quote
 
 import pytest
 
+from archiver.clients.connections import connect
 from archiver.config.runtime import load_run_configuration
 from archiver.flows.archive import _clean_up_interrupted_archival, archive_datasets_flow
-from archiver.flows.common import connect
 from archiver.flows.retrieve import retrieve_datasets_flow
 from archiver.packing import naming
 from archiver.scicat.models import NewDatablock

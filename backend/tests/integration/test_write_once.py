@@ -11,9 +11,9 @@ from urllib.parse import quote
 
 import pytest
 
+from archiver.clients.connections import connect
 from archiver.config.runtime import load_run_configuration
 from archiver.flows.archive import _clean_up_interrupted_archival, archive_datasets_flow
-from archiver.flows.common import connect
 from archiver.flows.test_dataset import create_test_dataset_flow
 from archiver.packing import naming
 from archiver.packing.archive import archive_datablock

@@ -10,10 +10,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from archiver.clients.outage import FLOW_RUN_ENVIRONMENT
 from archiver.config.limits import load_limits_file
 from archiver.config.secrets import MINIO_ROOT, OBSOLETE_SECRET_BLOCKS, PREFECT_SECRETS, SECRETS
 from archiver.config.settings import flat_values, load_vars_file, variable_name
-from archiver.flows.outage import FLOW_RUN_ENVIRONMENT
 from tests.browser import browser_page, page_text, prefect_ui, screenshot
 
 REPO = Path(__file__).resolve().parents[3]

@@ -11,8 +11,8 @@ import httpx
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
+from archiver.clients.outage import PrefectUnavailable, call_prefect
 from archiver.flows.failures import describe_failure, failing_service
-from archiver.flows.outage import PrefectUnavailable, call_prefect
 from archiver.local_services import free_port
 from archiver.packing.errors import IntegrityError, MissingFilesError
 from archiver.scicat.client import ScicatError
@@ -133,7 +133,7 @@ def test_prefect_clients_retry_a_500_only_where_repeating_is_safe():
     from prefect.exceptions import PrefectHTTPStatusError
     from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 
-    from archiver.flows.outage import retry_refused_connections
+    from archiver.clients.outage import retry_refused_connections
 
     retry_refused_connections()
     server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), _DatabaseRestarting)

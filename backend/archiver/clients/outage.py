@@ -61,7 +61,7 @@ def retry_refused_connections() -> None:
         original_init = cls.__init__
         if "_has_connected" not in original_init.__code__.co_names:
             # The private flag this relies on is gone: fail loudly at import, not silently mid-outage.
-            raise RuntimeError(f"{cls.__qualname__} no longer has _has_connected; revisit archiver.flows.outage")
+            raise RuntimeError(f"{cls.__qualname__} no longer has _has_connected; revisit archiver.clients.outage")
 
         def __init__(self, *args, _original=original_init, **kwargs):
             _original(self, *args, **kwargs)

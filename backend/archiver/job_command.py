@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+from archiver.config.deployments import job_tag
 from archiver.errors import ArchiverError
 from archiver.scicat.client import ScicatClient, ScicatCredentials
 from archiver.scicat.models import JobStatus
@@ -20,7 +21,7 @@ def run_of_job(job_id: str):
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 
     with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"scicat-job:{job_id}"])))
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[job_tag(job_id)])))
     return runs[0].id if runs else None
 
 

@@ -182,6 +182,7 @@ def _exercise(options: DevOptions, scicat_url: str, secrets_dir: Path, ui_url: s
     from prefect.client.schemas.objects import FlowRun
     from prefect.deployments import run_deployment
 
+    from archiver.config.deployments import TEST_DATASET
     from archiver.config.settings import ScicatSection
     from archiver.job_command import wait_for_run
     from archiver.scicat.client import ScicatClient, ScicatCredentials
@@ -191,7 +192,7 @@ def _exercise(options: DevOptions, scicat_url: str, secrets_dir: Path, ui_url: s
         say(f"creating a test dataset: {options.num_files} file(s) of {options.file_size_mb} MB")
         pid = f"20.500.12269/archiver-dev-{uuid.uuid4()}"
         creation: FlowRun = run_deployment(  # type: ignore[assignment]  # typed sync-or-async; sync here
-            "create_test_dataset/dataset_creation", timeout=0, parameters={
+            TEST_DATASET.full_name, timeout=0, parameters={
             "num_files": options.num_files, "file_size_mb": options.file_size_mb, "dataset_id": pid})
         if not _watch(creation.id, ui_url):
             return False

@@ -2,7 +2,7 @@
 line per finished step, and the job's summary table at the end.
 
 What it shows comes from Prefect: the run's and its subflows' states, their progress artifacts
-(whose descriptions end in `(N bytes)`, see flows.progress.ProgressReporter) and the job run's
+(whose descriptions carry the total, `flows.progress.described_with_total`) and the job run's
 summary table artifact. On a terminal the bars update in place; otherwise (a log, a pipe) each
 step is one line.
 """
@@ -10,7 +10,6 @@ step is one line.
 from __future__ import annotations
 
 import json
-import re
 import time
 from dataclasses import dataclass, field
 from typing import cast
@@ -29,7 +28,7 @@ from rich.progress import (
 )
 from rich.table import Column, Table
 
-_TOTAL = re.compile(r"^(?P<what>.*) \((?P<total>\d+) bytes\)$")
+from archiver.flows.progress import what_and_total
 
 
 @dataclass
@@ -98,8 +97,7 @@ def _show_state(console: Console, seen: _Seen, run) -> None:
 
 
 def _show_progress(console: Console, progress: Progress, seen: _Seen, artifact) -> None:
-    match = _TOTAL.match(artifact.description or "")
-    what, total = (match["what"], int(match["total"])) if match else (artifact.description or "progress", 100)
+    what, total = what_and_total(artifact.description or "") or (artifact.description or "progress", 100)
     done = total * float(artifact.data) / 100
     if progress.disable:  # not a terminal: a line at each quarter
         quarter = int(float(artifact.data) // 25)

@@ -14,6 +14,7 @@ from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 
+from archiver.config.deployments import job_run_tags
 from archiver.errors import ArchiverError
 
 DETAIL_CHARS = 300  # of Prefect's answer quoted in an error: its 422s echo the whole request
@@ -110,7 +111,7 @@ async def start_job_run(
                     parameters=parameters,
                     name=run_name(job_type, job_id),
                     idempotency_key=idempotency_key(job_id),
-                    tags=[f"scicat-job:{job_id}", f"job-type:{job_type}"],
+                    tags=job_run_tags(job_type, job_id),
                 )
     except TimeoutError:
         raise PrefectError(

@@ -17,13 +17,14 @@ from prefect.runtime import task_run
 
 from archiver.clients.connections import Connections, connect
 from archiver.clients.outage import retry_refused_connections
+from archiver.config.deployments import ARCHIVAL
 from archiver.config.runtime import RunConfiguration, load_run_configuration
 from archiver.errors import Verdict, is_system_fault, verdict_of
 from archiver.flows.cancellation import OwnershipCheck, RunNotOwned, raise_if_cancelled
 from archiver.flows.concurrency import reconcile_tags
 from archiver.flows.failures import describe_failure
 from archiver.flows.figures import BYTES, DATABLOCKS, record_figures
-from archiver.flows.jobs import DatasetDone, JobKind, on_job_cancelled, run_job
+from archiver.flows.jobs import DatasetDone, JobHooks, on_job_cancelled, run_job
 from archiver.flows.lts_tasks import (
     set_aside_datablocks,
     tagged,
@@ -37,7 +38,7 @@ from archiver.flows.progress import ProgressReporter
 from archiver.flows.scicat_tasks import scicat_call, scicat_may_recover
 from archiver.flows.task_states import exception_of
 from archiver.packing import cleanup
-from archiver.packing.archive import claim_datablocks_folder, datablocks_on_lts
+from archiver.packing.archive import DatasetBusyError, claim_datablocks_folder, datablocks_on_lts
 from archiver.packing.errors import (
     ArchivedDatasetChangedError,
     ChecksumMismatchError,
@@ -184,7 +185,7 @@ def _refusal_of_archived(
     return ArchivedDatasetChangedError(pid, differences.not_archived)
 
 
-@flow(name="archive_dataset", flow_run_name="archive-{dataset_id}-job-{job_id}")
+@flow(name=ARCHIVAL.dataset_flow, flow_run_name="archive-{dataset_id}-job-{job_id}")
 def archive_dataset(job_id: str, dataset_id: str, config: RunConfiguration) -> DatasetDone:
     log = get_run_logger()
     pid = dataset_id
@@ -340,13 +341,23 @@ def _clean_up_interrupted_archival(pid, config, connections, error, log) -> None
     _clean_up_failed_archival(pid, config, connections, [str(d.id) for d in on_record.registered], [], error, log)
 
 
-ARCHIVAL = JobKind("archival", _clean_up_interrupted_archival)
+def _remove_half_written(pid: str, config: RunConfiguration, connections: Connections, log) -> None:
+    """Half-written datablocks of a dead run, under the dataset's write lock: a writer still alive keeps its file."""
+    try:
+        with claim_datablocks_folder(config.settings.lts.storage_root, pid) as removed:
+            for path in removed:
+                log.info("%s: removed half-written %s", pid, path.name)
+    except DatasetBusyError as e:
+        log.warning("%s: half-written files left in place: %s", pid, e)
+
+
+ARCHIVAL_HOOKS = JobHooks(ARCHIVAL, _clean_up_interrupted_archival, _remove_half_written)
 
 
 @flow(
-    name="archive_datasetlist",
+    name=ARCHIVAL.deployment.flow,
     flow_run_name="archive-job-{job_id}",
-    on_cancellation=[on_job_cancelled(ARCHIVAL)],
+    on_cancellation=[on_job_cancelled(ARCHIVAL_HOOKS)],
 )
 def archive_datasets_flow(job_id: str, dataset_ids: list[str] | None = None) -> None:
     """Archive the datasets of a SciCat job (all of `jobParams.datasetList` unless `dataset_ids` names them)."""

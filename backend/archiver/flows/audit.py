@@ -17,6 +17,7 @@ from prefect.logging import get_run_logger
 
 from archiver.clients.connections import connect
 from archiver.clients.outage import retry_refused_connections
+from archiver.config.deployments import AUDIT
 from archiver.config.errors import ConfigError
 from archiver.config.runtime import load_run_configuration
 from archiver.errors import ArchiverError
@@ -59,7 +60,7 @@ def require_lts(root) -> None:
         raise ConfigError(f"LTS_STORAGE_ROOT {root} is not a folder here; mount the LTS or set LTS_STORAGE_ROOT")
 
 
-@flow(name="lts_audit", flow_run_name="lts-audit")
+@flow(name=AUDIT.flow, flow_run_name="lts-audit")
 def lts_audit(pids: list[str] | None = None, everything: bool = False, byte_budget_mb: int | None = None,
               scicat_page_size: int = DATABLOCK_PAGE_SIZE) -> dict:
     """Audit the LTS: fixity of the datablocks verified longest ago (within LTS_AUDIT_BUDGET_MB, or

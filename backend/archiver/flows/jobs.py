@@ -13,6 +13,7 @@ from prefect.logging.loggers import flow_run_logger
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
 from archiver.clients.connections import Connections, connect
+from archiver.config.deployments import DATASET_IDS, JOB_ID, JobKind
 from archiver.config.runtime import RunConfiguration, load_run_configuration
 from archiver.errors import ArchiverError, UserError, is_system_fault
 from archiver.flows.cancellation import RunCancelled, RunNotOwned, raise_if_cancelled
@@ -190,18 +191,20 @@ def _summary(total: int, failures: dict[str, BaseException], notes: list[str]) -
 
 
 CleanUp = Callable[[str, RunConfiguration, Connections, BaseException, logging.LoggerAdapter], None]
+RemoveLeftovers = Callable[[str, RunConfiguration, Connections, logging.LoggerAdapter], None]
 
 
 @dataclass(frozen=True)
-class JobKind:
-    """What finishing an interrupted job of one kind needs: how to find out and clean up one dataset's state."""
+class JobHooks:
+    """What the flows do for a kind of job (config.deployments) once one of its runs was interrupted."""
 
-    name: str  # "archival" / "retrieval"
-    clean_up: CleanUp
+    kind: JobKind
+    clean_up: CleanUp  # one dataset of the job not finished: undo what is not done, report it failed
+    remove_leftovers: RemoveLeftovers  # one dataset's files or uploads a dead run left half done
 
 
 def finish_interrupted_job(
-    kind: JobKind, job_id: str, dataset_ids: list[str] | None, reason: str,
+    hooks: JobHooks, job_id: str, dataset_ids: list[str] | None, reason: str,
     config: RunConfiguration, connections: Connections, log,
 ) -> bool:
     """Clean up every dataset of an interrupted job not yet done, report each failed, then the job
@@ -213,13 +216,13 @@ def finish_interrupted_job(
         return False
     usable, _ = checked_pids(dataset_ids or scicat.get_job_dataset_pids(job_id))
     for pid in usable:  # each clean-up leaves a dataset that is done as it is
-        kind.clean_up(pid, config, connections, RuntimeError(reason), log)
+        hooks.clean_up(pid, config, connections, RuntimeError(reason), log)
     scicat.update_job_status(job_id, JobStatus.FINISHED_UNSUCCESSFUL, reason[:2000])
     log.warning("job %s: %s; datasets not finished were cleaned up and reported failed", job_id, reason)
     return True
 
 
-def on_job_cancelled(kind: JobKind):
+def on_job_cancelled(hooks: JobHooks):
     """A cancellation hook for a job run (the runner or the engine runs it outside the cancelled code).
     A crashed run's hooks die with its container; the recover_job flow handles crashes."""
 
@@ -228,8 +231,8 @@ def on_job_cancelled(kind: JobKind):
         config = load_run_configuration()
         with connect(config) as connections:
             finish_interrupted_job(
-                kind, flow_run.parameters["job_id"], flow_run.parameters.get("dataset_ids"),
-                f"{kind.name} run {flow_run.name} {state.name.lower()}", config, connections, log,
+                hooks, flow_run.parameters[JOB_ID], flow_run.parameters.get(DATASET_IDS),
+                f"{hooks.kind.noun} run {flow_run.name} {state.name.lower()}", config, connections, log,
             )
 
     return hook

@@ -8,6 +8,7 @@ from prefect.logging import get_run_logger
 
 from archiver.clients.connections import connect
 from archiver.clients.outage import retry_refused_connections
+from archiver.config.deployments import PRUNING, RETRIEVAL_CLEANUP
 from archiver.config.runtime import load_run_configuration
 from archiver.packing import cleanup, retained
 
@@ -32,7 +33,7 @@ def registered_in(scicat):
     return registered
 
 
-@flow(name="prune_discarded", flow_run_name="prune-discarded")
+@flow(name=PRUNING.flow, flow_run_name="prune-discarded")
 def prune_discarded_flow(older_than_days: int | None = None, dry_run: bool = False) -> int:
     """Delete `discarded/` folders on the LTS older than `older_than_days` (default LTS_DISCARDED_RETENTION_DAYS);
     returns the bytes freed (with `dry_run`: that would be freed). `datablocks/` is never touched."""
@@ -63,7 +64,7 @@ def prune_discarded_flow(older_than_days: int | None = None, dry_run: bool = Fal
     return freed
 
 
-@flow(name="clean_retrievals", flow_run_name="clean-retrievals")
+@flow(name=RETRIEVAL_CLEANUP.flow, flow_run_name="clean-retrievals")
 def clean_retrievals_flow(dry_run: bool = False) -> int:
     """Delete retrieved objects whose retention (`retain-until`, MINIO_RETRIEVAL_RETENTION_DAYS after the last
     retrieval asking for them) has passed; returns the bytes freed (with `dry_run`: that would be freed)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import re
 import threading
 import time
 from typing import cast
@@ -11,10 +12,23 @@ from uuid import UUID
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.logging import get_run_logger
 
+_WITH_TOTAL = re.compile(r"^(?P<what>.*) \((?P<total>\d+) bytes\)$")
+
+
+def described_with_total(what: str, total_bytes: int) -> str:
+    """A progress artifact's description: what is counted, and the total a watcher shows bytes and rate of."""
+    return f"{what} ({total_bytes} bytes)"
+
+
+def what_and_total(description: str) -> tuple[str, int] | None:
+    """`described_with_total` read back; None for a description it did not write."""
+    match = _WITH_TOTAL.match(description)
+    return (match["what"], int(match["total"])) if match else None
+
 
 class ProgressReporter:
     """A Prefect progress artifact fed by byte counts from worker threads, updated at most every few seconds.
-    Its description ends in `(N bytes)`, the total, so a watcher can show bytes, rate and time left.
+    Its description carries the total (`described_with_total`), so a watcher can show bytes, rate and time left.
 
     Updates are sent from a background thread, one at a time, so a slow or unreachable Prefect API
     never holds up the bytes (an update due while one is still being sent is skipped)."""
@@ -30,7 +44,7 @@ class ProgressReporter:
         try:
             # Prefect types the call as sync or async; in a flow run's thread it is sync.
             self._artifact_id = cast(UUID, create_progress_artifact(
-                progress=0.0, description=f"{description} ({self._total} bytes)"))
+                progress=0.0, description=described_with_total(description, self._total)))
         except Exception as e:  # progress is for humans; never fail a transfer over it
             get_run_logger().warning("progress artifact not created (Prefect API: %s); progress is not shown", e)
 

@@ -14,11 +14,12 @@ from prefect.logging import get_run_logger
 
 from archiver.clients.connections import Connections, connect
 from archiver.clients.outage import retry_refused_connections
+from archiver.config.deployments import RETRIEVAL
 from archiver.config.runtime import RunConfiguration, load_run_configuration
 from archiver.flows.concurrency import reconcile_tags
 from archiver.flows.failures import describe_failure
 from archiver.flows.figures import BYTES, DATABLOCKS, record_figures
-from archiver.flows.jobs import DatasetDone, JobKind, on_job_cancelled, run_job
+from archiver.flows.jobs import DatasetDone, JobHooks, on_job_cancelled, run_job
 from archiver.flows.lts_tasks import copy_datablock_to_retrieval, copy_files_to_retrieval, tagged
 from archiver.flows.on_record import ARCHIVED_LIFECYCLE, OnRecord, dataset_on_record
 from archiver.flows.parallel import run_bounded_or_raise
@@ -36,6 +37,7 @@ from archiver.packing.retained import (
     remove_dead_run_objects,
     retain_until,
     retrieval_lock,
+    try_retrieval_lock,
 )
 from archiver.packing.retrieve import RetrievedObject, expected_datablock
 from archiver.scicat.models import JobResultEntry, RetrieveStatus
@@ -178,7 +180,7 @@ def _entries(pid: str, wanted: list[_Wanted], config: RunConfiguration, connecti
             for w in wanted]
 
 
-@flow(name="retrieve_dataset", flow_run_name="retrieve-{dataset_id}-job-{job_id}")
+@flow(name=RETRIEVAL.dataset_flow, flow_run_name="retrieve-{dataset_id}-job-{job_id}")
 def retrieve_dataset(job_id: str, dataset_id: str, config: RunConfiguration, files: list[str] | None = None) -> DatasetDone:
     """Retrieve the whole dataset (a link per datablock), or only `files` (a link per file); a copy
     already in the retrieval bucket is reused (packing.retained)."""
@@ -248,13 +250,24 @@ def _clean_up_interrupted_retrieval(pid, config, connections, error, log) -> Non
     _clean_up_failed_retrieval(pid, config, connections, error, log)
 
 
-RETRIEVAL = JobKind("retrieval", _clean_up_interrupted_retrieval)
+def _abort_dead_uploads(pid: str, config: RunConfiguration, connections: Connections, log) -> None:
+    """Unfinished uploads of a dead run, under the dataset's retrieval lock: a live run's uploads are its own."""
+    settings = config.settings
+    with try_retrieval_lock(settings.lts.storage_root, pid) as held:
+        aborted = cleanup.abort_retrieval_uploads(connections.s3, settings.minio.retrieval_bucket, pid) if held else 0
+    if not held:
+        log.warning("%s: unfinished uploads left in place: another run is retrieving the dataset", pid)
+    elif aborted:
+        log.info("%s: aborted %d unfinished upload(s) to the retrieval bucket", pid, aborted)
+
+
+RETRIEVAL_HOOKS = JobHooks(RETRIEVAL, _clean_up_interrupted_retrieval, _abort_dead_uploads)
 
 
 @flow(
-    name="retrieve_datasetlist",
+    name=RETRIEVAL.deployment.flow,
     flow_run_name="retrieve-job-{job_id}",
-    on_cancellation=[on_job_cancelled(RETRIEVAL)],
+    on_cancellation=[on_job_cancelled(RETRIEVAL_HOOKS)],
 )
 def retrieve_datasets_flow(
     job_id: str, dataset_ids: list[str] | None = None, dataset_files: dict[str, list[str]] | None = None,

@@ -15,6 +15,7 @@ from typing import Any
 from prefect import serve
 
 from archiver.clients.outage import FLOW_RUN_ENVIRONMENT
+from archiver.config.deployments import ARCHIVAL, AUDIT, PRUNING, RECOVERY, RETRIEVAL, RETRIEVAL_CLEANUP, TEST_DATASET
 from archiver.flows.archive import archive_datasets_flow
 from archiver.flows.audit import lts_audit
 from archiver.flows.maintenance import (
@@ -66,23 +67,27 @@ def audit_cron(settings=None) -> str:
     return settings.lts.audit_cron if settings else LtsSection.model_fields["audit_cron"].default
 
 
+def runner_deployments(settings=None) -> list[Any]:
+    """The deployments of config.deployments, as this process serves them (`settings`: as seeded, or None)."""
+    # to_deployment is typed sync-or-async; outside an event loop it is sync.
+    return [
+        archive_datasets_flow.to_deployment(name=ARCHIVAL.deployment.name, tags=[ARCHIVAL.noun]),
+        retrieve_datasets_flow.to_deployment(name=RETRIEVAL.deployment.name, tags=[RETRIEVAL.noun]),
+        recover_job.to_deployment(name=RECOVERY.name, triggers=deployment_triggers(RECOVERY.name)),
+        create_test_dataset_flow.to_deployment(name=TEST_DATASET.name),
+        prune_discarded_flow.to_deployment(name=PRUNING.name, cron=PRUNE_SCHEDULE_CRON),
+        clean_retrievals_flow.to_deployment(name=RETRIEVAL_CLEANUP.name, cron=RETRIEVAL_CLEANUP_CRON),
+        lts_audit.to_deployment(name=AUDIT.name, cron=audit_cron(settings)),
+    ]
+
+
 def serve_deployments(limit: int | None = None) -> None:
     """Block, running scheduled runs of the deployments (at most `limit` at once)."""
     settings = seeded_settings()
     for key, value in FLOW_RUN_ENVIRONMENT.items():  # flow-run subprocesses inherit it; set values win
         os.environ.setdefault(key, value)
-    # to_deployment is typed sync-or-async; outside an event loop it is sync.
-    deployments: list[Any] = [
-        archive_datasets_flow.to_deployment(name="datasets_archival", tags=["archival"]),
-        retrieve_datasets_flow.to_deployment(name="datasets_retrieval", tags=["retrieval"]),
-        recover_job.to_deployment(name="job_recovery", triggers=deployment_triggers("job_recovery")),
-        create_test_dataset_flow.to_deployment(name="dataset_creation"),
-        prune_discarded_flow.to_deployment(name="discarded_pruning", cron=PRUNE_SCHEDULE_CRON),
-        clean_retrievals_flow.to_deployment(name="retrieval_cleanup", cron=RETRIEVAL_CLEANUP_CRON),
-        lts_audit.to_deployment(name="lts_auditing", cron=audit_cron(settings)),
-    ]
     serve(
-        *deployments,
+        *runner_deployments(settings),
         limit=limit,
         heartbeat_seconds=heartbeat_seconds(settings),
         print_starting_message=False,

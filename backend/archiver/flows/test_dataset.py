@@ -12,6 +12,7 @@ from prefect.logging import get_run_logger
 
 from archiver.clients.connections import connect
 from archiver.clients.outage import retry_refused_connections
+from archiver.config.deployments import TEST_DATASET
 from archiver.config.runtime import load_run_configuration
 from archiver.flows.scicat_tasks import scicat_call
 from archiver.packing.naming import landing_prefix
@@ -43,7 +44,7 @@ def upload_test_file(s3, bucket: str, pid: str, path: str, size: int, algorithm:
                     uid="0", gid="0", perm="644")
 
 
-@flow(name="create_test_dataset", flow_run_name="create-test-dataset-{num_files}x{file_size_mb}MB")
+@flow(name=TEST_DATASET.flow, flow_run_name="create-test-dataset-{num_files}x{file_size_mb}MB")
 def create_test_dataset_flow(
     num_files: int = 10, file_size_mb: float = 10.0, owner_group: str = "archiver-test", dataset_id: str | None = None,
 ) -> str:

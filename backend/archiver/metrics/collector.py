@@ -17,17 +17,18 @@ from collections.abc import Callable, Iterable
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from archiver.config.deployments import AUDIT, JOB_KINDS
 from archiver.flows.figures import AUDIT_PROBLEMS, BYTES, figure
 from archiver.metrics import live
 from archiver.metrics.history import FinishedRun, RunHistory
 
 log = logging.getLogger(__name__)
 
-JOB_FLOWS = {"archive_datasetlist": "archive", "retrieve_datasetlist": "retrieve"}
-DATASET_FLOWS = {"archive_dataset": "archive", "retrieve_dataset": "retrieve"}
-AUDIT_FLOW = "lts_audit"
+JOB_FLOWS = {kind.deployment.flow: kind.job_type for kind in JOB_KINDS.values()}
+DATASET_FLOWS = {kind.dataset_flow: kind.job_type for kind in JOB_KINDS.values()}
+AUDIT_FLOW = AUDIT.flow
 OUTCOMES = ("completed", "failed", "crashed", "cancelled")
-JOB_TYPES = ("archive", "retrieve")
+JOB_TYPES = tuple(JOB_KINDS)
 DURATION_BUCKETS = (10, 30, 60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 24 * 3600)
 QUEUE_WAIT_BUCKETS = (1, 5, 10, 30, 60, 300, 900, 1800, 3600, 4 * 3600)
 SOURCES = ("prefect", "lts", "s3")

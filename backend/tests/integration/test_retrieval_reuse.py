@@ -170,12 +170,12 @@ def _interrupt_retrieval(pipeline, pid: str, job_id: str) -> None:
     from archiver.config.runtime import load_run_configuration
     from archiver.flows.jobs import finish_interrupted_job
     from archiver.flows.recovery import remove_storage_leftovers
-    from archiver.flows.retrieve import RETRIEVAL
+    from archiver.flows.retrieve import RETRIEVAL_HOOKS
 
     config, log = load_run_configuration(), logging.getLogger("test")
     with connect(config) as connections:
-        remove_storage_leftovers(RETRIEVAL, [pid], config, connections, log)
-        finish_interrupted_job(RETRIEVAL, job_id, [pid], "retrieval run killed", config, connections, log)
+        remove_storage_leftovers(RETRIEVAL_HOOKS, [pid], config, connections, log)
+        finish_interrupted_job(RETRIEVAL_HOOKS, job_id, [pid], "retrieval run killed", config, connections, log)
 
 
 def test_an_interrupted_retrieval_removes_what_it_left_and_keeps_the_copy_earlier_links_point_to(pipeline, archived):

@@ -105,9 +105,10 @@ def _show_progress(console: Console, progress: Progress, seen: _Seen, artifact) 
             seen.steps[artifact.id] = quarter
             console.print(f"{time.strftime('%H:%M:%S')} [{what}: {float(artifact.data):.0f}%]", markup=False)
         return
-    if artifact.id not in seen.bars:  # "archiving <pid>" (the rest of the description says what is counted)
-        seen.bars[artifact.id] = progress.add_task(escape(what.rsplit(": ", 1)[0]), total=total)
-    progress.update(seen.bars[artifact.id], completed=done)
+    if artifact.id not in seen.bars:
+        seen.bars[artifact.id] = progress.add_task(escape(what), total=total)
+    # "archiving <pid>: verifying": the phase changes while the total, the dataset's bytes, stays
+    progress.update(seen.bars[artifact.id], completed=done, description=escape(what))
 
 
 def run_summary(flow_run_id: UUID) -> tuple[str, list[dict]] | None:

@@ -63,6 +63,8 @@ from archiver.storage import lts
 
 retry_refused_connections()  # before this flow run makes a Prefect client (clients/outage.py)
 
+WRITING, VERIFYING = "writing", "verifying"  # the phases an archival's progress shows
+
 
 @task(name="list-landing-zone", task_run_name="list landing-zone files of {pid}", retries=2, retry_delay_seconds=10,
       retry_condition_fn=lambda task, run, state: is_system_fault(exception_of(state)),
@@ -91,8 +93,10 @@ def _store_datablocks(
     tag. Archive ids whose verification found a difference, registered ones excepted, are added to
     `failed_verification`."""
     settings, limits = config.settings, config.limits
-    packed = sum(m.packedSize for m in plan.reused) + 2 * sum(b.packed_size for b in plan.new)
-    progress = ProgressReporter(packed, f"archiving {pid}: written and verified")
+    new_bytes = sum(b.packed_size for b in plan.new)
+    dataset_bytes = sum(m.packedSize for m in plan.reused) + new_bytes
+    progress = ProgressReporter(f"archiving {pid}", dataset_bytes, {WRITING: new_bytes, VERIFYING: dataset_bytes})
+    written_bytes, verified_bytes = progress.counter(WRITING), progress.counter(VERIFYING)
     wait = tagged(wait_for_free_space, limits.LTS_FREE_LIMIT)
     write = tagged(write_datablock, limits.MOVE_TO_LTS_LIMIT)
     verify = tagged(verify_datablock, limits.VERIFY_LTS_LIMIT)
@@ -105,7 +109,7 @@ def _store_datablocks(
 
     def checked(archive_id: str) -> Manifest:
         try:
-            return verify(settings.lts.storage_root, archive_id, settings.lts.file_timeout_s, on_bytes=progress.add)
+            return verify(settings.lts.storage_root, archive_id, settings.lts.file_timeout_s, on_bytes=verified_bytes)
         except IntegrityError:
             if archive_id not in registered:
                 failed_verification.append(archive_id)
@@ -122,7 +126,7 @@ def _store_datablocks(
                  max(0.0, room_deadline - time.monotonic()))
         try:
             record = write(connections.s3, settings.minio.landingzone_bucket, block, settings.lts.storage_root,
-                           settings.archiver.checksum_algorithm, on_bytes=progress.add,
+                           settings.archiver.checksum_algorithm, on_bytes=written_bytes,
                            listed={f.path: checksums[f.path] for f in block.files if f.path in checksums})
         except OSError as e:
             if lts.is_full(e):

@@ -75,7 +75,7 @@ def _upload_datablocks(
 ) -> list[RetrievedObject]:
     settings = config.settings
     copy = tagged(copy_datablock_to_retrieval, config.limits.LTS_TO_RETRIEVAL_LIMIT)
-    progress = ProgressReporter(sum(r.packedSize for r in records), f"retrieving {pid}: checked and uploaded")
+    progress = ProgressReporter(f"retrieving {pid}: checked and uploaded", sum(r.packedSize for r in records))
     retrieved = run_bounded_or_raise(
         lambda record: copy(settings.lts.storage_root, record.archiveId, connections.s3, settings.minio.retrieval_bucket,
                             settings.lts.file_timeout_s, record, on_bytes=progress.add),
@@ -91,7 +91,7 @@ def _upload_files(
     settings = config.settings
     copy = tagged(copy_files_to_retrieval, config.limits.LTS_TO_RETRIEVAL_LIMIT)
     total = sum(f.size for s in selections for f in s.files)
-    progress = ProgressReporter(total, f"retrieving {pid}: selected files checked and uploaded")
+    progress = ProgressReporter(f"retrieving {pid}: selected files checked and uploaded", total)
     retrieved = run_bounded_or_raise(
         lambda s: copy(settings.lts.storage_root, s.datablock.archiveId, len(s.files), s, connections.s3,
                        settings.minio.retrieval_bucket, settings.lts.file_timeout_s, on_bytes=progress.add),

@@ -20,6 +20,7 @@ from archiver.clients.outage import retry_refused_connections
 from archiver.config.deployments import ARCHIVAL
 from archiver.config.runtime import RunConfiguration, load_run_configuration
 from archiver.errors import Verdict, is_system_fault, verdict_of
+from archiver.flows.artifact_keys import artifact_key
 from archiver.flows.cancellation import OwnershipCheck, RunNotOwned, raise_if_cancelled
 from archiver.flows.concurrency import reconcile_tags
 from archiver.flows.failures import describe_failure
@@ -317,7 +318,7 @@ def _report_datablocks(pid: str, manifests: list[Manifest]) -> None:
         for m in manifests
     ]
     try:
-        create_table_artifact(rows, description=f"Datablocks of {pid} on the LTS")
+        create_table_artifact(rows, key=artifact_key("datablocks", pid), description=f"Datablocks of {pid} on the LTS")
     except Exception as e:  # the datablocks are registered in SciCat; the table is a convenience
         get_run_logger().warning("%s: datablock table artifact not created (Prefect API: %s)", pid, e)
 

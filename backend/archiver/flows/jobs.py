@@ -16,6 +16,7 @@ from archiver.clients.connections import Connections, connect
 from archiver.config.deployments import DATASET_IDS, JOB_ID, JobKind
 from archiver.config.runtime import RunConfiguration, load_run_configuration
 from archiver.errors import ArchiverError, UserError, is_system_fault
+from archiver.flows.artifact_keys import artifact_key
 from archiver.flows.cancellation import RunCancelled, RunNotOwned, raise_if_cancelled
 from archiver.flows.failures import describe_failure
 from archiver.flows.figures import wait_for_figures
@@ -160,9 +161,10 @@ def _report_job(job_id: str, verdict: JobStatus, outcomes: dict[str, DatasetDone
         rows.append({"dataset": pid, "outcome": state, "datablocks": done.datablocks, "bytes": done.bytes,
                      "seconds": round(seconds.get(pid, 0.0), 1)})
     try:
-        create_table_artifact(rows, description=f"Job {job_id}: {verdict.value}")
+        create_table_artifact(rows, key=artifact_key("job", job_id), description=f"Job {job_id}: {verdict.value}")
         if results:
-            create_markdown_artifact(_retrieved_listing(job_id, results), description=f"Retrieved by job {job_id}")
+            create_markdown_artifact(_retrieved_listing(job_id, results), key=artifact_key("retrieved-by-job", job_id),
+                                     description=f"Retrieved by job {job_id}")
     except Exception as e:
         get_run_logger().warning("job %s: summary artifacts not created: %s", job_id, e)
 

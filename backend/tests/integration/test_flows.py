@@ -205,9 +205,15 @@ def test_the_job_run_itself_shows_each_dataset_and_what_was_retrieved_but_no_dow
     import json
     from datetime import datetime, timedelta
 
+    from archiver.flows.artifact_keys import artifact_key
+
     pids = [new_dataset(2, 0.2), new_dataset(1, 0.2)]
-    archived = archive_datasets_flow(job_id=pipeline.new_job("archive", pids), return_state=True)
+    archive_job = pipeline.new_job("archive", pids)
+    archived = archive_datasets_flow(job_id=archive_job, return_state=True)
     [table] = [a for a in _artifacts_of(archived) if a.type == "table"]
+    assert table.key == artifact_key("job", archive_job)  # keyed: listed on the UI's Artifacts page
+    datablock_tables = [a for a in _artifacts_of(archived, subflows=True) if a.type == "table" and a.id != table.id]
+    assert {a.key for a in datablock_tables} == {artifact_key("datablocks", pid) for pid in pids}
     rows = {row["dataset"]: row for row in (json.loads(table.data) if isinstance(table.data, str) else table.data)}
     assert set(rows) == set(pids)
     for pid in pids:

@@ -18,6 +18,7 @@ from archiver.clients.outage import FLOW_RUN_ENVIRONMENT
 from archiver.config.deployments import ARCHIVAL, AUDIT, PRUNING, RECOVERY, RETRIEVAL, RETRIEVAL_CLEANUP, TEST_DATASET
 from archiver.flows.archive import archive_datasets_flow
 from archiver.flows.audit import lts_audit
+from archiver.flows.dataset_creation import create_test_dataset_flow
 from archiver.flows.maintenance import (
     PRUNE_SCHEDULE_CRON,
     RETRIEVAL_CLEANUP_CRON,
@@ -26,7 +27,6 @@ from archiver.flows.maintenance import (
 )
 from archiver.flows.recovery import recover_job
 from archiver.flows.retrieve import retrieve_datasets_flow
-from archiver.flows.test_dataset import create_test_dataset_flow
 
 PREFECT_YAML = Path(__file__).resolve().parents[3] / "prefect.yaml"
 DEFAULT_HEARTBEAT_S = 30

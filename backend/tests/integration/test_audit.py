@@ -20,8 +20,8 @@ import pytest
 from archiver import local_services
 from archiver.flows.archive import archive_datasets_flow
 from archiver.flows.audit import PROBLEM_EVENT, LtsAuditFailed, lts_audit
+from archiver.flows.dataset_creation import create_test_dataset_flow
 from archiver.flows.task_states import exception_of
-from archiver.flows.test_dataset import create_test_dataset_flow
 from archiver.local_services import poll_until
 from archiver.packing import audit, naming
 from archiver.scicat.models import NewDatablock

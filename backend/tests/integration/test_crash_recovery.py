@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from archiver.config.limits import load_limits_file
-from archiver.flows.test_dataset import create_test_dataset_flow
+from archiver.flows.dataset_creation import create_test_dataset_flow
 from archiver.local_services import descendants, poll_until
 from archiver.packing import archive, naming
 from tests.integration.served import start_served_archival

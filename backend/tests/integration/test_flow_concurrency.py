@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 
 from archiver.flows.archive import archive_datasets_flow
-from archiver.flows.test_dataset import create_test_dataset_flow
+from archiver.flows.dataset_creation import create_test_dataset_flow
 from archiver.local_services import poll_until
 from tests.integration.served import start_served_archival
 from tests.integration.task_history import asked_at, most_at_once, tagged_task_runs_since

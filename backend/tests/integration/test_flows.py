@@ -14,8 +14,8 @@ import pytest
 import tomli_w
 
 from archiver.flows.archive import archive_datasets_flow
+from archiver.flows.dataset_creation import create_test_dataset_flow
 from archiver.flows.retrieve import retrieve_datasets_flow
-from archiver.flows.test_dataset import create_test_dataset_flow
 from archiver.packing import naming
 
 pytestmark = pytest.mark.integration

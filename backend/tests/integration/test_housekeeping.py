@@ -76,7 +76,7 @@ def test_prune_command_refuses_a_missing_lts_clearly(pipeline):
 
 def test_prune_never_deletes_the_only_copy_of_a_registered_datablock(pipeline):
     from archiver.flows.archive import archive_datasets_flow
-    from archiver.flows.test_dataset import create_test_dataset_flow
+    from archiver.flows.dataset_creation import create_test_dataset_flow
 
     pid = create_test_dataset_flow(num_files=2, file_size_mb=0.6)  # two datablocks (1 MB target)
     archive_datasets_flow(job_id=pipeline.new_job("archive", [pid]))

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 import pytest
 
 from archiver.flows.archive import archive_datasets_flow
-from archiver.flows.test_dataset import create_test_dataset_flow
+from archiver.flows.dataset_creation import create_test_dataset_flow
 from archiver.packing import naming
 from tests.integration.task_history import tagged_task_runs_since
 

@@ -20,8 +20,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from archiver.flows.archive import archive_datasets_flow
+from archiver.flows.dataset_creation import create_test_dataset_flow
 from archiver.flows.retrieve import retrieve_datasets_flow
-from archiver.flows.test_dataset import create_test_dataset_flow
 
 pytestmark = pytest.mark.integration
 

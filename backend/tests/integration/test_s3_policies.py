@@ -29,8 +29,8 @@ from archiver import local_services
 from archiver.config.errors import ConfigError
 from archiver.config.secrets import ARCHIVER_S3, MINIO_ROOT, PRESIGN_S3, S3Account
 from archiver.flows.archive import archive_datasets_flow
+from archiver.flows.dataset_creation import create_test_dataset_flow
 from archiver.flows.retrieve import retrieve_datasets_flow
-from archiver.flows.test_dataset import create_test_dataset_flow
 from archiver.storage.s3 import S3Credentials, error_code, presigned_get_url, s3_client
 from archiver.tools.seeding import read_inputs, seed
 from tests.conftest import S3_TEST_CREDENTIALS, S3_TEST_REGION, write_s3_account

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from archiver.flows.test_dataset import create_test_dataset_flow
+from archiver.flows.dataset_creation import create_test_dataset_flow
 from archiver.timeline import job_phases
 from tests.integration.served import start_served_archival, wait_until_final
 

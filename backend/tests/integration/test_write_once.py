@@ -14,7 +14,7 @@ import pytest
 from archiver.clients.connections import connect
 from archiver.config.runtime import load_run_configuration
 from archiver.flows.archive import _clean_up_interrupted_archival, archive_datasets_flow
-from archiver.flows.test_dataset import create_test_dataset_flow
+from archiver.flows.dataset_creation import create_test_dataset_flow
 from archiver.packing import naming
 from archiver.packing.archive import archive_datablock
 from archiver.packing.planning import list_dataset_files, plan_datablocks

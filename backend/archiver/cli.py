@@ -178,9 +178,9 @@ def _audit(args: argparse.Namespace) -> int:
 
 def _scicat_dev(args: argparse.Namespace) -> int:
     from archiver.config.secrets import read_secret, secret_spec
+    from archiver.devtools.scicat_job_action import JobAction
+    from archiver.devtools.scicat_server import DevServerConfig, serve
     from archiver.scicat.client import ScicatCredentials
-    from archiver.scicat.dev_job_action import JobAction
-    from archiver.scicat.devserver import DevServerConfig, serve
 
     account = ScicatCredentials.from_secret_files(args.secrets_dir)
     action = None

@@ -1,5 +1,5 @@
 """`GET /api/v3/datablocks?filter=`, SciCat's listing of every datablock, on the development server over HTTP
-(answers as SciCat's DatablocksController does, `archiver/scicat/dev_filters.py`), and the client's paging.
+(answers as SciCat's DatablocksController does, `archiver/devtools/scicat_filters.py`), and the client's paging.
 
 Each test has a SciCat of its own: the listing shows every datablock the server holds."""
 

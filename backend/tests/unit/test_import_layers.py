@@ -16,6 +16,7 @@ FOUNDATION = "errors"  # archiver/errors.py, the root of the error tree: below e
 # Top to bottom. A unit may import itself and any unit of a lower layer; units of one layer stay apart.
 LAYERS = (
     ("command line", {ROOT}),
+    ("dev tools", {"devtools"}),
     ("operator tools", {"tools"}),
     ("service", {"api", "metrics"}),
     ("orchestration", {"flows"}),

@@ -1,6 +1,6 @@
 """Archival: SciCat archive job -> datasets streamed from the landing zone into verified datablocks on the LTS.
 
-Order of SciCat calls and the no-data-loss rules follow SCICAT_PROTOCOL.md: the
+Order of SciCat calls and the no-data-loss rules: docs/flows.md, "The order of things". The
 landing zone is cleaned only after every datablock of the dataset is verified on
 the LTS, registered in SciCat, and the lifecycle says datasetOnArchiveDisk.
 """

@@ -23,7 +23,7 @@ _sending: list[threading.Thread] = []
 
 def record_figures(figures: dict[str, int]) -> None:
     """Add `figures` (label -> number) to the labels of the current flow run, in the background: the label
-    write took over 2 s per dataset run on the local pipeline's Prefect (measured), time the job need not wait.
+    write is a slow Prefect API call (docs/datapath.md, "Job overhead") that the job need not wait for.
     `wait_for_figures` at the end of the job run waits for them. For metrics: a failure is logged, never raised
     (the data is safe either way; the exporter then undercounts this run)."""
     from prefect.context import FlowRunContext

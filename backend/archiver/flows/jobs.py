@@ -108,8 +108,8 @@ def run_job(
         start = time.monotonic()
         try:
             # A dataset's subflow run sends no heartbeat: the zombie automation watches job runs only
-            # (config.automations), and Prefect 3.9's heartbeat thread sleeps in 1 s steps that the end of
-            # every flow run waits out (up to 1 s per dataset: an empty subflow took 1.09 s, 0.12 s without).
+            # (config.automations), and the end of a flow run waits out its heartbeat thread's current
+            # sleep (docs/datapath.md, "Heartbeats of dataset subflows").
             with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
                 return process_dataset(pid, dataset_files.get(pid, []))
         finally:

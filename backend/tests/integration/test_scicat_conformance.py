@@ -1,5 +1,5 @@
 """The archiver against a SciCat as strict as the real one: our real client and flows, the development
-server refusing what SciCat refuses and replacing what SciCat replaces (SCICAT_PROTOCOL.md).
+server refusing what SciCat refuses and replacing what SciCat replaces (docs/scicat.md).
 
 Each protocol run is asserted call by call: method, path and the body fields that matter."""
 

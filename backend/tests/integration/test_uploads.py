@@ -461,8 +461,10 @@ def test_complete_compares_the_checksums_the_client_sends_with_what_s3_and_scica
     parts = put_parts(plan, data)
     local_md5 = [hashlib.md5(data[i:i + plan["partSize"]]).hexdigest() for i in range(0, len(data), plan["partSize"])]
     other_md5 = hashlib.md5(b"other bytes").hexdigest()
-    complete = lambda **extra: user.http.post("/uploads/complete", json={  # noqa: E731
-        "pid": pid, "path": "a.bin", "uploadId": plan["uploadId"], **extra})
+
+    def complete(**extra):
+        return user.http.post("/uploads/complete", json={"pid": pid, "path": "a.bin", "uploadId": plan["uploadId"],
+                                                         **extra})
 
     wrong_part = complete(parts=[{**parts[0], "md5": other_md5}, {**parts[1], "md5": local_md5[1]}])
     assert wrong_part.status_code == 422, wrong_part.text

@@ -92,8 +92,8 @@ def _upload_cleanup(args: argparse.Namespace) -> int:
     if days < 0:
         raise ConfigError(f"--older-than-days {days}: must be 0 or more")
     credentials = S3Credentials(read_secret(ARCHIVER_S3.user, args.secrets_dir), read_secret(ARCHIVER_S3.password, args.secrets_dir))
-    s3 = s3_client(settings.minio.endpoint, settings.minio.region, credentials)
-    bucket = settings.minio.landingzone_bucket
+    s3 = s3_client(settings.s3.endpoint, settings.s3.region, credentials)
+    bucket = settings.s3.landingzone_bucket
     aborted = abort_uploads(s3, bucket, DATASETS_PREFIX + "/", datetime.now(UTC) - timedelta(days=days))
     for upload in aborted:
         print(f"aborted s3://{bucket}/{upload.key} (started {upload.initiated:%Y-%m-%d %H:%M} UTC)")

@@ -64,7 +64,7 @@ def _write_vars(options: DevOptions, s3_url: str, scicat_url: str, lts: Path) ->
     data["archiver"].update(ARCHIVER_SCRATCH_FOLDER=str(options.workdir / "scratch"),
                             ARCHIVER_TARGET_SIZE_MB=options.target_size_mb)
     data["lts"].update(LTS_STORAGE_ROOT=str(lts), LTS_FREE_SPACE_PERCENTAGE=1)
-    data["minio"].update(MINIO_ENDPOINT=s3_url, MINIO_EXTERNAL_ENDPOINT=s3_url)
+    data["s3"].update(S3_ENDPOINT=s3_url, S3_EXTERNAL_ENDPOINT=s3_url)
     data["scicat"].update(SCICAT_ENDPOINT=scicat_url)
     path = options.workdir / "prefect-vars.toml"
     path.write_text(tomli_w.dumps(data))

@@ -1,5 +1,5 @@
 """Fresh download links for a finished retrieval job: presigned URLs live at most 7 days (S3 signing),
-retrieved copies longer (MINIO_RETRIEVAL_RETENTION_DAYS); this re-signs the job's links while the copy is
+retrieved copies longer (S3_RETRIEVAL_RETENTION_DAYS); this re-signs the job's links while the copy is
 there, and extends the copy's retention to cover the new links.
 
 The job's result is read from SciCat (what the user was given); every object is looked up in the
@@ -43,7 +43,7 @@ def fresh_links(job_id: str) -> dict[str, Any]:
         with flows_settings_errors("fresh links"):
             config = load_run_configuration()
             connections = stack.enter_context(connect(config))
-        minio = config.settings.minio
+        minio = config.settings.s3
         with service_errors():
             try:
                 job = connections.scicat.get_job(job_id)

@@ -31,7 +31,7 @@ class UploadBackend:
 
     @property
     def bucket(self) -> str:
-        return self.settings.minio.landingzone_bucket
+        return self.settings.s3.landingzone_bucket
 
 
 def connect_backend(secrets_dir: Path) -> UploadBackend:
@@ -40,7 +40,7 @@ def connect_backend(secrets_dir: Path) -> UploadBackend:
 
     config = load_run_configuration()
     connections = open_connections(config)
-    minio = config.settings.minio
+    minio = config.settings.s3
     return UploadBackend(
         settings=config.settings, s3=connections.s3,
         signer=s3_client(minio.external_endpoint, minio.region, connections.s3_credentials),

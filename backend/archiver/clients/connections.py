@@ -52,7 +52,7 @@ def open_connections(config: RunConfiguration) -> Connections:
     def s3_account(account: S3Account) -> S3Credentials:
         return S3Credentials(secret(account.user.prefect_block), secret(account.password.prefect_block))
 
-    minio = config.settings.minio
+    minio = config.settings.s3
     scicat_credentials = ScicatCredentials(secret("scicat-user"), secret("scicat-password"))
     archiver_credentials = s3_account(ARCHIVER_S3)
     return Connections(

@@ -126,7 +126,7 @@ def _store_datablocks(
             wait(settings.lts.storage_root, settings.lts.free_space_percentage,
                  max(0.0, room_deadline - time.monotonic()))
         try:
-            record = write(connections.s3, settings.minio.landingzone_bucket, block, settings.lts.storage_root,
+            record = write(connections.s3, settings.s3.landingzone_bucket, block, settings.lts.storage_root,
                            settings.archiver.checksum_algorithm, on_bytes=written_bytes,
                            listed={f.path: checksums[f.path] for f in block.files if f.path in checksums})
         except OSError as e:
@@ -195,7 +195,7 @@ def archive_dataset(job_id: str, dataset_id: str, config: RunConfiguration) -> D
     log = get_run_logger()
     pid = dataset_id
     settings = config.settings
-    bucket = settings.minio.landingzone_bucket
+    bucket = settings.s3.landingzone_bucket
     with connect(config) as connections:
         scicat = connections.scicat
         on_record = dataset_on_record(pid, config, connections)
@@ -339,7 +339,7 @@ def _clean_up_interrupted_archival(pid, config, connections, error, log) -> None
             connections.scicat.update_lifecycle(pid, "set archive status datasetOnArchiveDisk", **ARCHIVED_LIFECYCLE)
             return
         refusal = _refusal_of_archived(pid, on_record, differences, connections.s3,
-                                       config.settings.minio.landingzone_bucket)
+                                       config.settings.s3.landingzone_bucket)
         if refusal:
             log.warning("%s: archived before and changed since; its registrations stay: %s", pid, refusal)
             return

@@ -63,7 +63,7 @@ def create_test_dataset_flow(
         pid = dataset.pid
         if pid is None:
             raise ValueError("SciCat answered the new dataset without its pid")
-        bucket = config.settings.minio.landingzone_bucket
+        bucket = config.settings.s3.landingzone_bucket
         files = [upload_test_file(connections.s3, bucket, pid, f"file_{i:04d}.bin", size, algorithm)
                  for i in range(num_files)]
         scicat_call(f"origdatablock of {pid}", scicat.create_origdatablock, pid, NewOrigDatablock(

@@ -66,11 +66,11 @@ def prune_discarded_flow(older_than_days: int | None = None, dry_run: bool = Fal
 
 @flow(name=RETRIEVAL_CLEANUP.flow, flow_run_name="clean-retrievals")
 def clean_retrievals_flow(dry_run: bool = False) -> int:
-    """Delete retrieved objects whose retention (`retain-until`, MINIO_RETRIEVAL_RETENTION_DAYS after the last
+    """Delete retrieved objects whose retention (`retain-until`, S3_RETRIEVAL_RETENTION_DAYS after the last
     retrieval asking for them) has passed; returns the bytes freed (with `dry_run`: that would be freed)."""
     log = get_run_logger()
     config = load_run_configuration()
-    minio = config.settings.minio
+    minio = config.settings.s3
     with connect(config) as connections:
         report = retained.clean_expired(connections.s3, minio.retrieval_bucket, config.settings.lts.storage_root,
                                         minio.retrieval_retention_days, dry_run=dry_run)

@@ -65,7 +65,7 @@ def _check_archived(pid: str, on_record: OnRecord) -> None:
 def _download_link(key: str, config: RunConfiguration, connections: Connections) -> str:
     """A presigned GET URL of a retrieved object: a bearer link to the user's data, so it goes only into the job
     result in SciCat, never into an artifact or a log line that every Prefect UI user reads."""
-    minio = config.settings.minio
+    minio = config.settings.s3
     return presigned_get_url(minio.external_endpoint, minio.region, connections.presign_credentials,
                              minio.retrieval_bucket, key, minio.url_expiration_s)
 
@@ -77,7 +77,7 @@ def _upload_datablocks(
     copy = tagged(copy_datablock_to_retrieval, config.limits.LTS_TO_RETRIEVAL_LIMIT)
     progress = ProgressReporter(f"retrieving {pid}: checked and uploaded", sum(r.packedSize for r in records))
     retrieved = run_bounded_or_raise(
-        lambda record: copy(settings.lts.storage_root, record.archiveId, connections.s3, settings.minio.retrieval_bucket,
+        lambda record: copy(settings.lts.storage_root, record.archiveId, connections.s3, settings.s3.retrieval_bucket,
                             settings.lts.file_timeout_s, record, on_bytes=progress.add),
         records, settings.archiver.datablock_concurrency)
     progress.finish()
@@ -94,7 +94,7 @@ def _upload_files(
     progress = ProgressReporter(f"retrieving {pid}: selected files checked and uploaded", total)
     retrieved = run_bounded_or_raise(
         lambda s: copy(settings.lts.storage_root, s.datablock.archiveId, len(s.files), s, connections.s3,
-                       settings.minio.retrieval_bucket, settings.lts.file_timeout_s, on_bytes=progress.add),
+                       settings.s3.retrieval_bucket, settings.lts.file_timeout_s, on_bytes=progress.add),
         selections, settings.archiver.datablock_concurrency)
     progress.finish()
     return [obj for objects in retrieved for obj in objects]
@@ -134,9 +134,9 @@ def _provide_copy(pid: str, records: list[DatablockRecord], selections: list[Fil
     for any number of jobs: under the dataset's retrieval lock, reuse what is there, upload only what is
     missing. Returns what was wanted and the bytes uploaded. On failure, what this run uploaded is removed."""
     settings = config.settings
-    s3, bucket = connections.s3, settings.minio.retrieval_bucket
-    wait_note = lambda: log.info("%s: another run retrieves this dataset; waiting for it (MINIO_RETRIEVAL_WAIT_S)", pid)  # noqa: E731
-    with retrieval_lock(settings.lts.storage_root, pid, settings.minio.retrieval_wait_s, on_wait=wait_note):
+    s3, bucket = connections.s3, settings.s3.retrieval_bucket
+    wait_note = lambda: log.info("%s: another run retrieves this dataset; waiting for it (S3_RETRIEVAL_WAIT_S)", pid)  # noqa: E731
+    with retrieval_lock(settings.lts.storage_root, pid, settings.s3.retrieval_wait_s, on_wait=wait_note):
         wanted = _wanted(pid, settings.lts.storage_root, records, selections)
         present = present_objects(s3, bucket, [w.expected for w in wanted])
         missing_keys = {w.expected.key for w in wanted} - {o.key for o in present}
@@ -146,7 +146,7 @@ def _provide_copy(pid: str, records: list[DatablockRecord], selections: list[Fil
             log.info("%s: %d object(s) already in the retrieval bucket, checked by size and checksum: reused",
                      pid, len(present))
         if missing:
-            check_budget(s3, bucket, pid, uploaded, settings.minio.retrieval_budget_bytes)
+            check_budget(s3, bucket, pid, uploaded, settings.s3.retrieval_budget_bytes)
             aborted = cleanup.abort_retrieval_uploads(s3, bucket, pid)  # a dead run's: the lock says none is alive
             if aborted:
                 log.warning("%s: %d unfinished upload(s) of an earlier retrieval aborted", pid, aborted)
@@ -158,7 +158,7 @@ def _provide_copy(pid: str, records: list[DatablockRecord], selections: list[Fil
             except BaseException:
                 _delete_quietly(s3, bucket, sorted(missing_keys), pid, log)
                 raise
-        until = retain_until(settings.minio.retrieval_retention_days)
+        until = retain_until(settings.s3.retrieval_retention_days)
         for w in wanted:
             extend_retention(s3, bucket, w.expected.key, until)
     return wanted, uploaded
@@ -232,7 +232,7 @@ def _clean_up_failed_retrieval(pid: str, config: RunConfiguration, connections: 
 def _remove_dead_run_objects(pid: str, config: RunConfiguration, connections: Connections, log) -> None:
     settings = config.settings
     try:
-        removed = remove_dead_run_objects(connections.s3, settings.minio.retrieval_bucket, settings.lts.storage_root, pid)
+        removed = remove_dead_run_objects(connections.s3, settings.s3.retrieval_bucket, settings.lts.storage_root, pid)
     except Exception as e:
         log.error("%s: retrieval bucket could not be cleaned: %s", pid, e)
         return
@@ -254,7 +254,7 @@ def _abort_dead_uploads(pid: str, config: RunConfiguration, connections: Connect
     """Unfinished uploads of a dead run, under the dataset's retrieval lock: a live run's uploads are its own."""
     settings = config.settings
     with try_retrieval_lock(settings.lts.storage_root, pid) as held:
-        aborted = cleanup.abort_retrieval_uploads(connections.s3, settings.minio.retrieval_bucket, pid) if held else 0
+        aborted = cleanup.abort_retrieval_uploads(connections.s3, settings.s3.retrieval_bucket, pid) if held else 0
     if not held:
         log.warning("%s: unfinished uploads left in place: another run is retrieving the dataset", pid)
     elif aborted:

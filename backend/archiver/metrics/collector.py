@@ -220,7 +220,7 @@ class ArchiverCollector(Collector):
         ]
 
     def _bucket(self, config) -> list[Metric]:
-        bucket = config.settings.minio.retrieval_bucket
+        bucket = config.settings.s3.retrieval_bucket
         usage = self._slow.get("retrieval-bucket", lambda: live.bucket_usage(self._s3(config), bucket))
         return [
             GaugeMetricFamily("archiver_retrieval_bucket_bytes", "Bytes of the objects in the retrieval bucket",

@@ -161,7 +161,7 @@ class RetrievalBudgetError(TryLaterError):
         super().__init__(
             f"dataset {pid}: retrieving it needs {needed} bytes in the retrieval bucket, but only "
             f"{max(budget - used, 0)} of its budget of {budget} bytes are free ({used} in use); nothing was "
-            "retrieved: try again once expired retrievals are cleaned up, or raise MINIO_RETRIEVAL_BUDGET_GB"
+            "retrieved: try again once expired retrievals are cleaned up, or raise S3_RETRIEVAL_BUDGET_GB"
         )
 
 

@@ -112,13 +112,13 @@ def _checked_s3(inputs: SeedInputs):
     """A client of MinIO's root account that has been answered (ConfigError otherwise)."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    minio = inputs.settings.minio
+    minio = inputs.settings.s3
     s3 = s3_client(minio.endpoint, minio.region, inputs.minio_root)
     try:
         s3.list_buckets()
     except (BotoCoreError, ClientError) as e:
         raise ConfigError(
-            f"S3 at {minio.endpoint} (MINIO_ENDPOINT) does not answer MinIO's root account: {e}; "
+            f"S3 at {minio.endpoint} (S3_ENDPOINT) does not answer MinIO's root account: {e}; "
             f"nothing was written. Check the endpoint and the {MINIO_ROOT.files} secrets"
         ) from None
     return s3
@@ -130,7 +130,7 @@ PREFLIGHT_KEY = "archiver-config-preflight/no-such-object"
 def _check_s3_accounts(inputs: SeedInputs) -> None:
     """The flows' account can list the landing zone and the presign account is known to S3 (ConfigError otherwise).
     A bucket not there yet is fine: the root account creates it next."""
-    minio = inputs.settings.minio
+    minio = inputs.settings.s3
     probes = (
         (ARCHIVER_S3, f"list bucket {minio.landingzone_bucket!r}", {"NoSuchBucket"},
          lambda s3: s3.list_objects_v2(Bucket=minio.landingzone_bucket, MaxKeys=1)),
@@ -276,7 +276,7 @@ def _sorted_sets(value):
 def _seed_buckets(s3, inputs: SeedInputs, report: SeedReport) -> None:
     from botocore.exceptions import BotoCoreError, ClientError
 
-    minio = inputs.settings.minio
+    minio = inputs.settings.s3
 
     for bucket in (minio.landingzone_bucket, minio.retrieval_bucket):
         try:

@@ -189,7 +189,7 @@ def invariants_api(tmp_path_factory, prefect_api_url, deployments):  # noqa: F81
 
 
 def make_machine(pipeline, owner: Uploader):
-    landing_bucket = pipeline.settings.minio.landingzone_bucket
+    landing_bucket = pipeline.settings.s3.landingzone_bucket
     s3, scicat, lts_root = pipeline.s3, pipeline.scicat, pipeline.lts_root
 
     class ArchiveMachine(RuleBasedStateMachine):

@@ -24,10 +24,10 @@ REPO = Path(__file__).resolve().parents[3]
 def workdir(tmp_path, s3_endpoint, scicat_url, unique_name, secrets_dir):
     """A folder like the repo's top level, pointing at the test S3 and SciCat servers, with fresh buckets."""
     vars_data = tomllib.loads((REPO / "prefect-vars.toml").read_text())
-    vars_data["minio"]["MINIO_ENDPOINT"] = s3_endpoint
+    vars_data["s3"]["S3_ENDPOINT"] = s3_endpoint
     vars_data["scicat"]["SCICAT_ENDPOINT"] = scicat_url
-    vars_data["minio"]["MINIO_LANDINGZONE_BUCKET"] = f"{unique_name}-landing"
-    vars_data["minio"]["MINIO_RETRIEVAL_BUCKET"] = f"{unique_name}-retrieval"
+    vars_data["s3"]["S3_LANDINGZONE_BUCKET"] = f"{unique_name}-landing"
+    vars_data["s3"]["S3_RETRIEVAL_BUCKET"] = f"{unique_name}-retrieval"
     vars_data["lts"]["LTS_STORAGE_ROOT"] = f"/lts/{unique_name}"
     (tmp_path / "prefect-vars.toml").write_text(tomli_w.dumps(vars_data))
     shutil.copy(REPO / "concurrency-limits.toml", tmp_path / "concurrency-limits.toml")
@@ -65,7 +65,7 @@ def test_config_seeds_everything_and_second_run_changes_nothing(workdir, prefect
     for spec in PREFECT_SECRETS:
         assert Secret.load(spec.block).get() == read_secret(spec, workdir / ".secrets", {})
     buckets = {b["Name"] for b in s3.list_buckets()["Buckets"]}
-    assert {expected_vars["MINIO_LANDINGZONE_BUCKET"], expected_vars["MINIO_RETRIEVAL_BUCKET"]} <= buckets
+    assert {expected_vars["S3_LANDINGZONE_BUCKET"], expected_vars["S3_RETRIEVAL_BUCKET"]} <= buckets
 
     second = run_config(workdir, prefect_api_url)
     assert second.returncode == 0, second.stderr
@@ -213,7 +213,7 @@ def test_flow_side_loads_settings_and_limits_once_with_environment_on_top(workdi
     assert loaded.limits == load_limits_file(workdir / "concurrency-limits.toml")
     overridden = load_run_configuration(environ={"LTS_STORAGE_ROOT": "/elsewhere"}).settings
     assert str(overridden.lts.storage_root) == "/elsewhere"
-    assert overridden.minio == from_file.minio
+    assert overridden.s3 == from_file.s3
 
 
 def lifecycle_rules(s3, bucket: str) -> list[dict]:
@@ -221,7 +221,7 @@ def lifecycle_rules(s3, bucket: str) -> list[dict]:
 
 
 def test_retrieval_bucket_gets_an_abort_uploads_rule_once_and_keeps_other_rules(workdir, prefect_api_url, s3):
-    bucket = tomllib.loads((workdir / "prefect-vars.toml").read_text())["minio"]["MINIO_RETRIEVAL_BUCKET"]
+    bucket = tomllib.loads((workdir / "prefect-vars.toml").read_text())["s3"]["S3_RETRIEVAL_BUCKET"]
     s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
     site_rule = {"ID": "site-expiry", "Status": "Enabled", "Filter": {"Prefix": "tmp/"}, "Expiration": {"Days": 3}}
     s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": [site_rule]})
@@ -237,7 +237,7 @@ def test_retrieval_bucket_gets_an_abort_uploads_rule_once_and_keeps_other_rules(
     assert "no changes" in second.stdout and "lifecycle" not in second.stdout
 
     data = tomllib.loads((workdir / "prefect-vars.toml").read_text())
-    data["minio"]["MINIO_ABORT_INCOMPLETE_UPLOADS_DAYS"] = 3
+    data["s3"]["S3_ABORT_INCOMPLETE_UPLOADS_DAYS"] = 3
     (workdir / "prefect-vars.toml").write_text(tomli_w.dumps(data))
     third = run_config(workdir, prefect_api_url)
     assert "(abort uploads unfinished after 3 day(s)): updated" in third.stdout
@@ -257,10 +257,10 @@ def test_unreachable_s3_writes_nothing_and_names_the_setting(workdir, prefect_ap
 
     from archiver.local_services import free_port
 
-    _set_var(workdir, "minio", "MINIO_ENDPOINT", f"http://127.0.0.1:{free_port()}")
+    _set_var(workdir, "s3", "S3_ENDPOINT", f"http://127.0.0.1:{free_port()}")
     result = run_config(workdir, prefect_api_url)
     assert result.returncode != 0
-    assert "MINIO_ENDPOINT" in result.stderr and "nothing was written" in result.stderr, result.stderr
+    assert "S3_ENDPOINT" in result.stderr and "nothing was written" in result.stderr, result.stderr
     assert result.stdout == ""
     with get_client(sync_client=True) as client:
         stored = client.read_variable_by_name("lts_storage_root")

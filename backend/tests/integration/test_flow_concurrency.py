@@ -91,7 +91,7 @@ def test_failed_job_run_retried_from_prefect_finishes_the_job(pipeline, serve_de
     from prefect.client.orchestration import get_client
 
     pid = create_test_dataset_flow(num_files=3, file_size_mb=0.4)
-    bucket = pipeline.settings.minio.landingzone_bucket
+    bucket = pipeline.settings.s3.landingzone_bucket
     [victim, *_] = pipeline.landing_keys(pid)
     saved = pipeline.s3.get_object(Bucket=bucket, Key=victim)["Body"].read()
     pipeline.s3.delete_object(Bucket=bucket, Key=victim)

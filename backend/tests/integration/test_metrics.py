@@ -82,7 +82,7 @@ def test_jobs_bytes_and_durations_counted_from_history_and_kept_over_a_restart(p
     retrieve_datasets_flow(job_id=pipeline.new_job("retrieve", [pid]))
     broken = create_test_dataset_flow(num_files=2, file_size_mb=0.2)
     [victim, *_] = pipeline.landing_keys(broken)
-    pipeline.s3.delete_object(Bucket=pipeline.settings.minio.landingzone_bucket, Key=victim)
+    pipeline.s3.delete_object(Bucket=pipeline.settings.s3.landingzone_bucket, Key=victim)
     assert archive_datasets_flow(job_id=pipeline.new_job("archive", [broken]), return_state=True).is_failed()
 
     after = exporter.scrape()
@@ -104,7 +104,7 @@ def test_jobs_bytes_and_durations_counted_from_history_and_kept_over_a_restart(p
     assert grew("archiver_job_duration_seconds_sum", job_type="archive") > 0
     assert grew("archiver_job_queue_wait_seconds_count", job_type="archive") == 2
 
-    retrieved = pipeline.s3.list_objects_v2(Bucket=pipeline.settings.minio.retrieval_bucket)["Contents"]
+    retrieved = pipeline.s3.list_objects_v2(Bucket=pipeline.settings.s3.retrieval_bucket)["Contents"]
     assert value(after, "archiver_retrieval_bucket_bytes") == sum(o["Size"] for o in retrieved) > size
     assert value(after, "archiver_retrieval_bucket_objects") == len(retrieved)
     usage = shutil.disk_usage(pipeline.lts_root)

@@ -69,7 +69,7 @@ def archived_50(pipeline):
     """A dataset of 50 files of 0.5 MiB archived in datablocks of about 5 MiB; the bytes of each file."""
     pipeline.set_vars("archiver", ARCHIVER_TARGET_SIZE_MB=5)
     pid = new_dataset(50, 0.5)
-    bucket = pipeline.settings.minio.landingzone_bucket
+    bucket = pipeline.settings.s3.landingzone_bucket
     originals = {key.rsplit("/", 1)[-1]: pipeline.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
                  for key in pipeline.landing_keys(pid)}
     archive_datasets_flow(job_id=pipeline.new_job("archive", [pid]))

@@ -26,7 +26,7 @@ def test_a_finished_retrieval_gets_fresh_links_until_its_copy_is_gone(pipeline, 
     job_id = pipeline.new_job("retrieve", [pid])
     retrieve_datasets_flow(job_id=job_id)
     [old] = job_of(pipeline, job_id)["jobResultObject"]["result"]
-    bucket = pipeline.settings.minio.retrieval_bucket
+    bucket = pipeline.settings.s3.retrieval_bucket
     [key] = pipeline.retrieval_keys(pid)
     pipeline.s3.put_object_tagging(Bucket=bucket, Key=key, Tagging={  # retention nearly over
         "TagSet": [{"Key": "retain-until", "Value": (datetime.now(UTC) + timedelta(hours=1)).strftime(

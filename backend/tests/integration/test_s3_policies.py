@@ -139,7 +139,7 @@ def test_flows_archive_and_retrieve_with_their_own_accounts_and_urls_are_signed_
 
 
 def test_presign_account_reads_the_retrieval_bucket_and_nothing_else(pipeline, enforcing_s3, accounts, s3):
-    landing, retrieval = pipeline.settings.minio.landingzone_bucket, pipeline.settings.minio.retrieval_bucket
+    landing, retrieval = pipeline.settings.s3.landingzone_bucket, pipeline.settings.s3.retrieval_bucket
     s3.put_object(Bucket=landing, Key="openem-network/datasets/p/raw_files/a", Body=b"landed")
     s3.put_object(Bucket=retrieval, Key="some/datablock.tar", Body=b"retrieved")
     presign = enforcing_s3.s3(accounts["presign"])
@@ -156,7 +156,7 @@ def test_presign_account_reads_the_retrieval_bucket_and_nothing_else(pipeline, e
 
 
 def test_urls_the_presign_account_signs_download_from_the_retrieval_bucket_only(pipeline, enforcing_s3, accounts, s3):
-    landing, retrieval = pipeline.settings.minio.landingzone_bucket, pipeline.settings.minio.retrieval_bucket
+    landing, retrieval = pipeline.settings.s3.landingzone_bucket, pipeline.settings.s3.retrieval_bucket
     s3.put_object(Bucket=landing, Key="openem-network/datasets/p/raw_files/a", Body=b"landed")
     s3.put_object(Bucket=retrieval, Key="some/datablock.tar", Body=b"retrieved")
 

@@ -133,7 +133,7 @@ def test_archive_success_call_by_call(pipeline):
 def test_archive_user_error_call_by_call(pipeline):
     pid = new_dataset(2, 0.2)
     [victim, *_] = pipeline.landing_keys(pid)
-    pipeline.s3.delete_object(Bucket=pipeline.settings.minio.landingzone_bucket, Key=victim)
+    pipeline.s3.delete_object(Bucket=pipeline.settings.s3.landingzone_bucket, Key=victim)
     since = log_position(pipeline)
     job_id = pipeline.new_job("archive", [pid])
 

@@ -95,7 +95,7 @@ def register(pipeline, group: str, files: dict[str, Path], readers: tuple[str, .
 
 def landing_state(pipeline, pid: str) -> tuple[list[str], list[str]]:
     """Objects and unfinished uploads below the dataset's landing prefix."""
-    bucket, prefix = pipeline.settings.minio.landingzone_bucket, landing_prefix(pid)
+    bucket, prefix = pipeline.settings.s3.landingzone_bucket, landing_prefix(pid)
     uploads = pipeline.s3.list_multipart_uploads(Bucket=bucket, Prefix=prefix).get("Uploads", [])
     return pipeline.landing_keys(pid), sorted(u["Key"] for u in uploads)
 
@@ -203,7 +203,7 @@ def test_interrupted_upload_resumes_sending_only_the_missing_parts(uploads, uplo
     assert user.api.status(pid)["complete"] is True
     assert uploads.scicat.get_dataset(pid).datasetlifecycle.archivable is True
     for name, path in files.items():
-        stored = uploads.s3.get_object(Bucket=uploads.settings.minio.landingzone_bucket, Key=landing_prefix(pid) + name)
+        stored = uploads.s3.get_object(Bucket=uploads.settings.s3.landingzone_bucket, Key=landing_prefix(pid) + name)
         assert stored["Body"].read() == path.read_bytes()
 
 
@@ -212,7 +212,7 @@ def test_finalize_refuses_missing_and_wrong_size_files(uploads, upload_api, tmp_
     pid = register(uploads, "group-f", files)
     user = Uploader(uploads, upload_api, "fred", ["group-f"])
     upload_dataset(user.api, pid, {"kept.bin": files["kept.bin"]})
-    bucket = uploads.settings.minio.landingzone_bucket
+    bucket = uploads.settings.s3.landingzone_bucket
     uploads.s3.put_object(Bucket=bucket, Key=landing_prefix(pid) + "short.bin", Body=b"x" * 10)
 
     answer = user.http.post("/uploads/finalize", json={"pid": pid, "archive": True})
@@ -275,7 +275,7 @@ def test_the_budget_counts_what_uploads_under_way_will_still_bring(uploads, uplo
     first, second = register(uploads, "group-q", first_files), register(uploads, "group-q", second_files)
     user = Uploader(uploads, upload_api, "quinn", ["group-q"])
     # Room for one of the two files, not for both, beside what other tests left (their uploads' reservations too).
-    budget = multipart.bucket_usage(uploads.s3, uploads.settings.minio.landingzone_bucket) + 10 * MIB
+    budget = multipart.bucket_usage(uploads.s3, uploads.settings.s3.landingzone_bucket) + 10 * MIB
     uploads.set_settings(UPLOAD_LANDINGZONE_BUDGET_GB=budget / 1e9)
     start = lambda pid: user.http.post("/uploads", json={"pid": pid, "files": [{"path": "big.bin", "size": 6 * MIB}]})  # noqa: E731
 
@@ -304,14 +304,14 @@ def test_aborting_with_another_files_upload_id_keeps_that_uploads_room(uploads, 
 
     assert answer.status_code == 200 and answer.json() == {"aborted": False}, answer.text
     assert landing_state(uploads, pid) == ([], [landing_prefix(pid) + "big.bin"])  # S3 kept the upload ...
-    reserved = multipart.reservations(uploads.s3, uploads.settings.minio.landingzone_bucket)
+    reserved = multipart.reservations(uploads.s3, uploads.settings.s3.landingzone_bucket)
     assert reserved.get(plan["uploadId"]) == 6 * MIB  # ... so the room it will take stays promised
 
 
 def room_for_one_more(uploads, size: int) -> None:
     """A budget with room for one more file of `size` bytes beside what the bucket holds and has promised (other
     tests' objects and reservations too), not for two."""
-    budget = multipart.bucket_usage(uploads.s3, uploads.settings.minio.landingzone_bucket) + size + size // 2
+    budget = multipart.bucket_usage(uploads.s3, uploads.settings.s3.landingzone_bucket) + size + size // 2
     uploads.set_settings(UPLOAD_LANDINGZONE_BUDGET_GB=budget / 1e9)
 
 
@@ -333,7 +333,7 @@ def test_an_abort_naming_another_files_path_keeps_the_upload_and_its_reservation
     first = register(uploads, "group-k", first_files)
     second = register(uploads, "group-k", make_files(tmp_path / "second", {"big.bin": 6 * MIB}))
     user = Uploader(uploads, upload_api, "kim", ["group-k"])
-    bucket = uploads.settings.minio.landingzone_bucket
+    bucket = uploads.settings.s3.landingzone_bucket
     room_for_one_more(uploads, 6 * MIB)
     started = user.http.post("/uploads", json={"pid": first, "files": [{"path": "big.bin", "size": 6 * MIB}]})
     assert started.status_code == 200, started.text
@@ -362,7 +362,7 @@ def test_a_complete_naming_another_files_path_assembles_nothing_and_keeps_the_re
     files = make_files(tmp_path / "data", {"a.bin": 6 * MIB, "b.bin": 6 * MIB})
     pid = register(uploads, "group-c", files)
     user = Uploader(uploads, upload_api, "carl", ["group-c"])
-    bucket = uploads.settings.minio.landingzone_bucket
+    bucket = uploads.settings.s3.landingzone_bucket
     [plan] = user.api.start(pid, [{"path": "a.bin", "size": 6 * MIB}])["files"]
     parts = put_parts(plan, files["a.bin"].read_bytes())
 
@@ -437,7 +437,7 @@ def test_a_part_url_refuses_a_put_of_another_size(uploads, upload_api, tmp_path)
     oversize = httpx.put(url["url"], content=os.urandom(20 * MIB), timeout=120)
 
     assert oversize.status_code == 403, oversize.text[:300]
-    bucket, key = uploads.settings.minio.landingzone_bucket, landing_prefix(pid) + "one.bin"
+    bucket, key = uploads.settings.s3.landingzone_bucket, landing_prefix(pid) + "one.bin"
     assert multipart.uploaded_parts(uploads.s3, bucket, key, plan["uploadId"]) == {}
     # bound to the bytes too when the uploader gives their MD5: other bytes of the same size are refused
     md5 = hashlib.md5(files["one.bin"].read_bytes())
@@ -487,7 +487,7 @@ def test_archival_releases_the_reservations_of_the_uploads_its_cleanup_aborts(up
     pid = register(uploads, "group-l", files)
     user = Uploader(uploads, upload_api, "lena", ["group-l"])
     report = upload_dataset(user.api, pid, files, archive=True)
-    bucket = uploads.settings.minio.landingzone_bucket
+    bucket = uploads.settings.s3.landingzone_bucket
     # the owner starts the file again while the archive job waits (straight on S3: the API sees it uploaded)
     again = uploads.s3.create_multipart_upload(Bucket=bucket, Key=landing_prefix(pid) + "f.bin")["UploadId"]
     multipart.reserve(uploads.s3, bucket, again, 3000)
@@ -503,7 +503,7 @@ def test_uploads_started_at_the_same_instant_never_pass_the_budget_together(uplo
                                                                             deployments):
     count = 6
     pids = [register(uploads, "group-r", make_files(tmp_path / str(i), {"big.bin": 6 * MIB})) for i in range(count)]
-    bucket = uploads.settings.minio.landingzone_bucket
+    bucket = uploads.settings.s3.landingzone_bucket
     budget = multipart.bucket_usage(uploads.s3, bucket) + 10 * MIB  # room for one of the files
     uploads.set_settings(UPLOAD_LANDINGZONE_BUDGET_GB=budget / 1e9)
     body = lambda pid: {"pid": pid, "files": [{"path": "big.bin", "size": 6 * MIB}]}  # noqa: E731
@@ -548,7 +548,7 @@ def test_path_outside_the_landing_prefix_is_refused(uploads, upload_api, tmp_pat
 
     assert answer.status_code == 422, answer.text
     assert "file path" in answer.json()["detail"]
-    bucket = uploads.settings.minio.landingzone_bucket
+    bucket = uploads.settings.s3.landingzone_bucket
     assert uploads.s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
     assert uploads.landing_keys(pid) == []
 
@@ -570,7 +570,7 @@ def test_landing_zone_gets_the_abort_rule_and_cleanup_aborts_old_uploads(uploads
     import subprocess
     import sys
 
-    bucket = uploads.settings.minio.landingzone_bucket
+    bucket = uploads.settings.s3.landingzone_bucket
     rules = uploads.s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
     assert [r["AbortIncompleteMultipartUpload"] for r in rules] == [{"DaysAfterInitiation": 7}]
     key = landing_prefix("20.500.1/abandoned") + "f.bin"

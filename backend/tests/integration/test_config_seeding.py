@@ -295,13 +295,13 @@ def test_wrong_or_missing_prefect_credentials_are_one_clear_error_and_write_noth
 
     wrong = workdir / "wrong-auth.txt"
     wrong.write_text("archiver:not-the-password\n")
-    before = Variable.get("minio_landingzone_bucket")
+    before = Variable.get("s3_landingzone_bucket")
     result = run_config(workdir, prefect_api_url, PREFECT_API_AUTH_STRING="", PREFECT_API_AUTH_STRING_FILE=str(wrong))
     assert result.returncode == 1, result.stdout + result.stderr
     assert "Prefect API refused the credentials (HTTP 401): set PREFECT_API_AUTH_STRING_FILE" in result.stderr
     assert "not-the-password" not in result.stdout + result.stderr
     assert "Traceback" not in result.stderr and "created" not in result.stdout and "updated" not in result.stdout
-    assert Variable.get("minio_landingzone_bucket") == before
+    assert Variable.get("s3_landingzone_bucket") == before
 
     result = run_config(workdir, prefect_api_url, PREFECT_API_AUTH_STRING="",
                         PREFECT_API_AUTH_STRING_FILE=str(workdir / "missing.txt"))

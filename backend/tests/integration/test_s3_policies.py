@@ -199,7 +199,7 @@ def test_config_refuses_an_archiver_account_whose_policy_names_other_buckets(pip
     assert "\n" not in message
     assert f"S3 account archiver ({ARCHIVER_S3.files}) cannot list bucket '{unique_name}-elsewhere'" in message
     assert "AccessDenied" in message and "archiver.json" in message and '"S3 accounts"' in message
-    assert Variable.get("minio_landingzone_bucket") == f"{unique_name}-landing"  # nothing written
+    assert Variable.get("s3_landingzone_bucket") == f"{unique_name}-landing"  # nothing written
 
 
 def test_config_refuses_a_presign_secret_that_s3_does_not_accept(pipeline, accounts):

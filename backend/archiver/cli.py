@@ -5,15 +5,17 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from datetime import UTC
 from pathlib import Path
 
 from archiver.config.errors import ConfigError
 from archiver.config.secrets import load_prefect_auth
+from archiver.errors import UserError
 
 
 def _config(args: argparse.Namespace) -> int:
-    from archiver.config.seeding import read_inputs, seed
     from archiver.config.settings import environment_overrides
+    from archiver.tools.seeding import read_inputs, seed
 
     for key in environment_overrides():
         print(f"{key}: taken from the environment (overrides {args.vars})")
@@ -77,7 +79,7 @@ def _upload(args: argparse.Namespace) -> int:
 
 
 def _upload_cleanup(args: argparse.Namespace) -> int:
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     from archiver.config.secrets import ARCHIVER_S3, read_secret
     from archiver.config.settings import load_vars_file, with_environment_overrides
@@ -90,9 +92,9 @@ def _upload_cleanup(args: argparse.Namespace) -> int:
     if days < 0:
         raise ConfigError(f"--older-than-days {days}: must be 0 or more")
     credentials = S3Credentials(read_secret(ARCHIVER_S3.user, args.secrets_dir), read_secret(ARCHIVER_S3.password, args.secrets_dir))
-    s3 = s3_client(settings.minio.endpoint, settings.minio.region, credentials)
-    bucket = settings.minio.landingzone_bucket
-    aborted = abort_uploads(s3, bucket, DATASETS_PREFIX + "/", datetime.now(timezone.utc) - timedelta(days=days))
+    s3 = s3_client(settings.s3.endpoint, settings.s3.region, credentials)
+    bucket = settings.s3.landingzone_bucket
+    aborted = abort_uploads(s3, bucket, DATASETS_PREFIX + "/", datetime.now(UTC) - timedelta(days=days))
     for upload in aborted:
         print(f"aborted s3://{bucket}/{upload.key} (started {upload.initiated:%Y-%m-%d %H:%M} UTC)")
     released = release_orphaned(s3, bucket)  # those the lifecycle rule aborted (the aborted uploads' went with them)
@@ -152,7 +154,7 @@ def _remove_flow_run_containers(args: argparse.Namespace) -> int:
 def _audit(args: argparse.Namespace) -> int:
     from archiver.config.runtime import load_run_configuration
     from archiver.flows.audit import LtsAuditFailed, lts_audit, require_lts
-    from archiver.flows.common import exception_of
+    from archiver.flows.task_states import exception_of
 
     if args.all and args.pid:
         raise UsageError("--pid and --all exclude each other: audit named datasets, or every datablock")
@@ -162,7 +164,8 @@ def _audit(args: argparse.Namespace) -> int:
     if isinstance(error, LtsAuditFailed):
         for finding in error.findings:
             print(finding.line())
-        print(f"error: LTS audit found {len(error.findings)} problem(s); docs/flows.md, \"Auditing the LTS\", says what to do",
+        print(f"error: LTS audit found {len(error.findings)} problem(s); "
+            "docs/flows.md, \"Auditing the LTS\", says what to do",
               file=sys.stderr)
         return 1
     if error is not None:
@@ -175,9 +178,9 @@ def _audit(args: argparse.Namespace) -> int:
 
 def _scicat_dev(args: argparse.Namespace) -> int:
     from archiver.config.secrets import read_secret, secret_spec
+    from archiver.devtools.scicat_job_action import JobAction
+    from archiver.devtools.scicat_server import DevServerConfig, serve
     from archiver.scicat.client import ScicatCredentials
-    from archiver.scicat.dev_job_action import JobAction
-    from archiver.scicat.devserver import DevServerConfig, serve
 
     account = ScicatCredentials.from_secret_files(args.secrets_dir)
     action = None
@@ -232,7 +235,8 @@ def _metrics(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from archiver.flows.serve import DEPLOYMENT_NAMES, serve_deployments
+    from archiver.config.deployments import DEPLOYMENT_NAMES
+    from archiver.flows.serve import serve_deployments
 
     print("serving " + ", ".join(DEPLOYMENT_NAMES.values()), flush=True)
     serve_deployments(limit=args.limit)
@@ -307,7 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     api.set_defaults(run=_api)
 
     job = add_command(commands, "job", help="create a SciCat archive or retrieve job (as a user would) and follow it to the end",
-        description="Creates the job in SciCat with the archiver's account; SciCat's job action calls the archiver API, "
+        description="Creates the job in SciCat with the archiver's account; "
+            "SciCat's job action calls the archiver API, "
                     "which starts the flow run. Shows its progress, the outcome and any download links. Prefect is "
                     "PREFECT_API_URL. Exit code 0 when the job finished successfully.",
     )
@@ -315,7 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     job.add_argument("pids", nargs="+", metavar="PID", help="dataset PIDs the job is for")
     job.add_argument("--scicat-url", help="SciCat base URL (default: the scicat_endpoint Prefect variable)")
     job.add_argument("--secrets-dir", type=Path, default=Path(".secrets"),
-                     help="where scicatuser.txt / scicatpass.txt are, unless SCICAT_USER_FILE / SCICAT_PASSWORD_FILE name them (default: .secrets)")
+                     help="where scicatuser.txt / scicatpass.txt are, "
+            "unless SCICAT_USER_FILE / SCICAT_PASSWORD_FILE name them (default: .secrets)")
     job.add_argument("--no-follow", action="store_true", help="only create the job")
     job.add_argument("--start-timeout", type=float, default=60, help="seconds to wait for the flow run to appear (default: 60)")
     job.set_defaults(run=_job)
@@ -341,7 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     upload.set_defaults(run=_upload)
 
     upload_cleanup = add_command(commands, "upload-cleanup",
-        help="abort unfinished uploads in the landing zone older than N days (what the bucket's lifecycle rule does too)",
+        help="abort unfinished uploads in the landing zone older than N days "
+            "(what the bucket's lifecycle rule does too)",
     )
     upload_cleanup.add_argument("--older-than-days", type=float, default=None,
                                 help="age limit in days (default: UPLOAD_ABORT_INCOMPLETE_DAYS of --vars)")
@@ -361,7 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     lts = add_command(commands, "lts", help="housekeeping on the LTS")
     lts_commands = lts.add_subparsers(dest="lts_command", required=True)
     prune = add_command(lts_commands, "prune-discarded",
-        help="delete discarded/ folders (datablocks set aside by failed archivals) older than N days; never datablocks/",
+        help="delete discarded/ folders (datablocks set aside by failed archivals) "
+            "older than N days; never datablocks/",
     )
     prune.add_argument("--older-than-days", type=float, default=None,
                        help="age limit in days (default: LTS_DISCARDED_RETENTION_DAYS of --vars)")
@@ -382,8 +390,10 @@ def build_parser() -> argparse.ArgumentParser:
     remove.set_defaults(run=_remove_flow_run_containers)
 
     audit = add_command(commands, "audit",
-        help="run the lts_audit flow here, now: re-verify datablocks against manifests and SciCat, reconcile the LTS with SciCat",
-        description="Runs the lts_audit flow in this process (recorded in Prefect at PREFECT_API_URL, settings from its "
+        help="run the lts_audit flow here, now: "
+            "re-verify datablocks against manifests and SciCat, reconcile the LTS with SciCat",
+        description="Runs the lts_audit flow in this process "
+            "(recorded in Prefect at PREFECT_API_URL, settings from its "
                     "variables, the LTS at LTS_STORAGE_ROOT mounted here). Without options it reads what a scheduled "
                     "run reads (LTS_AUDIT_BUDGET_MB). Prints every problem; exit code 1 when there is one.",
     )
@@ -392,13 +402,16 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--all", action="store_true", help="re-verify every datablock on the LTS, whatever the budget")
     audit.set_defaults(run=_audit)
 
-    serve = add_command(commands, "serve", help="run the archival, retrieval, recovery, test-dataset, discarded-pruning and LTS-audit deployments here (no Docker)")
+    serve = add_command(commands, "serve", help="run the archival, retrieval, recovery, test-dataset, "
+            "discarded-pruning and LTS-audit deployments here (no Docker)")
     serve.add_argument("--limit", type=int, default=None, help="most flow runs at once (default: no limit)")
     serve.set_defaults(run=_serve)
 
     metrics = add_command(commands, "metrics",
-        help="serve archive metrics for Prometheus: jobs, bytes, durations, slots, LTS space, audit (docs/monitoring.md)",
-        description="Serves /metrics, computed at each scrape from Prefect's flow-run history (PREFECT_API_URL), the LTS "
+        help="serve archive metrics for Prometheus: "
+            "jobs, bytes, durations, slots, LTS space, audit (docs/monitoring.md)",
+        description="Serves /metrics, computed at each scrape "
+            "from Prefect's flow-run history (PREFECT_API_URL), the LTS "
                     "at LTS_STORAGE_ROOT mounted here (read only) and the retrieval bucket. Counters are derived from "
                     "history, so a restart does not reset them.",
     )
@@ -426,7 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
     scicat.add_argument("--port", type=int, default=3000, help="port to listen on")
     scicat.add_argument(
         "--secrets-dir", type=Path, default=Path(".secrets"),
-        help="the account that may log in: SCICAT_USER_FILE / SCICAT_PASSWORD_FILE, else scicatuser.txt / scicatpass.txt here",
+        help="the account that may log in: "
+            "SCICAT_USER_FILE / SCICAT_PASSWORD_FILE, else scicatuser.txt / scicatpass.txt here",
     )
     scicat.add_argument(
         "--archiver-url", default=os.environ.get("SCICAT_DEV_ARCHIVER_URL"),
@@ -435,7 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     scicat.add_argument(
         "--archiver-auth-file", type=Path,
-        help="file with the Authorization header value sent with it (default: ARCHIVER_API_AUTH_FILE, else archiverapiauth.txt in --secrets-dir)",
+        help="file with the Authorization header value sent with it "
+            "(default: ARCHIVER_API_AUTH_FILE, else archiverapiauth.txt in --secrets-dir)",
     )
     scicat.add_argument(
         "--archiver-method", default=os.environ.get("SCICAT_DEV_ARCHIVER_METHOD", "POST"),
@@ -448,7 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     scicat.add_argument(
         "--archiver-body", default=os.environ.get("SCICAT_DEV_ARCHIVER_BODY", "{{{jsonify job}}}"),
-        help="body template of that call (default: $SCICAT_DEV_ARCHIVER_BODY, else {{{jsonify job}}}; '' sends no body)",
+        help="body template of that call "
+            "(default: $SCICAT_DEV_ARCHIVER_BODY, else {{{jsonify job}}}; '' sends no body)",
     )
     scicat.add_argument(
         "--datasetlifecycle-endpoint", action="store_true",
@@ -471,7 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
 NEEDS_PREFECT = {"config", "job", "limits", "serve", "audit", "metrics"}
 
 
-class UsageError(Exception):
+class UsageError(UserError):
     """The command cannot run as called; the message says what to do."""
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import os
 
+from archiver.config.deployments import job_tag
+from archiver.errors import ArchiverError
 from archiver.scicat.client import ScicatClient, ScicatCredentials
 from archiver.scicat.models import JobStatus
 
 
-class JobNotStarted(Exception):
+class JobNotStarted(ArchiverError):
     """SciCat stored the job, but no flow run appeared for it."""
 
 
@@ -19,7 +21,7 @@ def run_of_job(job_id: str):
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 
     with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"scicat-job:{job_id}"])))
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[job_tag(job_id)])))
     return runs[0].id if runs else None
 
 
@@ -48,8 +50,8 @@ def submit(job_type: str, pids: list[str], scicat: ScicatClient, follow: bool, s
     say(f"SciCat {job_type} job {job.id} created for {len(pids)} dataset(s)")
     if not follow:
         return 0
-    follow_run(wait_for_run(job.id, start_timeout_s), ui_url())
-    job = scicat.get_job(job.id)
+    follow_run(wait_for_run(job.created_id, start_timeout_s), ui_url())
+    job = scicat.get_job(job.created_id)
     message = job.status_message or (job.job_result_object or {}).get("message", "")
     say(f"SciCat job {job.id}: {job.status}" + (f" ({message})" if message else ""))
     for entry in (job.job_result_object or {}).get("result", []):

@@ -64,7 +64,7 @@ def _write_vars(options: DevOptions, s3_url: str, scicat_url: str, lts: Path) ->
     data["archiver"].update(ARCHIVER_SCRATCH_FOLDER=str(options.workdir / "scratch"),
                             ARCHIVER_TARGET_SIZE_MB=options.target_size_mb)
     data["lts"].update(LTS_STORAGE_ROOT=str(lts), LTS_FREE_SPACE_PERCENTAGE=1)
-    data["minio"].update(MINIO_ENDPOINT=s3_url, MINIO_EXTERNAL_ENDPOINT=s3_url)
+    data["s3"].update(S3_ENDPOINT=s3_url, S3_EXTERNAL_ENDPOINT=s3_url)
     data["scicat"].update(SCICAT_ENDPOINT=scicat_url)
     path = options.workdir / "prefect-vars.toml"
     path.write_text(tomli_w.dumps(data))
@@ -126,7 +126,7 @@ def pipeline(options: DevOptions) -> Iterator[Pipeline]:
             # Polling every second: on a single machine a cheap query, and half a second less per job on average.
             logs / "serve.log", env={"PREFECT_API_URL": api_url, "PREFECT_RUNNER_POLL_FREQUENCY": "1"}, timeout=60,
         ))
-        from archiver.flows.serve import DEPLOYMENT_NAMES
+        from archiver.config.deployments import DEPLOYMENT_NAMES
 
         local_services.poll_until(lambda: _deployments_ready(DEPLOYMENT_NAMES.values()), 120, "deployments to register")
         say("deployments served: " + ", ".join(DEPLOYMENT_NAMES.values()))
@@ -159,7 +159,7 @@ def _s3_identities(secrets_dir: Path) -> list[local_services.S3Identity]:
 
 
 def _seed(vars_file: Path, secrets_dir: Path) -> None:
-    from archiver.config.seeding import read_inputs, seed
+    from archiver.tools.seeding import read_inputs, seed
 
     report = seed(read_inputs(vars_file, REPO_FILES / "concurrency-limits.toml", secrets_dir))
     say(f"configuration seeded: {len(report.changes)} change(s), {report.unchanged} already up to date")
@@ -179,8 +179,10 @@ def _deployments_ready(names) -> bool:
 
 
 def _exercise(options: DevOptions, scicat_url: str, secrets_dir: Path, ui_url: str) -> bool:
+    from prefect.client.schemas.objects import FlowRun
     from prefect.deployments import run_deployment
 
+    from archiver.config.deployments import TEST_DATASET
     from archiver.config.settings import ScicatSection
     from archiver.job_command import wait_for_run
     from archiver.scicat.client import ScicatClient, ScicatCredentials
@@ -189,7 +191,8 @@ def _exercise(options: DevOptions, scicat_url: str, secrets_dir: Path, ui_url: s
     with ScicatClient(ScicatSection(endpoint=scicat_url), credentials) as scicat:
         say(f"creating a test dataset: {options.num_files} file(s) of {options.file_size_mb} MB")
         pid = f"20.500.12269/archiver-dev-{uuid.uuid4()}"
-        creation = run_deployment("create_test_dataset/dataset_creation", timeout=0, parameters={
+        creation: FlowRun = run_deployment(  # type: ignore[assignment]  # typed sync-or-async; sync here
+            TEST_DATASET.full_name, timeout=0, parameters={
             "num_files": options.num_files, "file_size_mb": options.file_size_mb, "dataset_id": pid})
         if not _watch(creation.id, ui_url):
             return False
@@ -198,13 +201,12 @@ def _exercise(options: DevOptions, scicat_url: str, secrets_dir: Path, ui_url: s
         for job_type in ("archive", "retrieve"):
             job = scicat.create_job(job_type, [pid])
             say(f"SciCat {job_type} job {job.id} created; SciCat called the archiver API")
-            flow_run_id = wait_for_run(job.id, 60)
+            flow_run_id = wait_for_run(job.created_id, 60)
             if not _watch(flow_run_id, ui_url):
                 return False
-            status = scicat.get_job(job.id)
+            status = scicat.get_job(job.created_id)
             say(f"SciCat job {job.id}: {status.job_status_message}")
-        entries = status.job_result_object["result"] if isinstance(status.job_result_object, dict) else [
-            e.to_wire() for e in status.job_result_object.result]
+        entries = (status.job_result_object or {}).get("result", [])
         return _check_downloads(entries, originals, pid, ui_url)
 
 
@@ -214,13 +216,15 @@ def _watch(flow_run_id, ui_url: str) -> bool:
     return follow_run(flow_run_id, ui_url)
 
 
-def _check_downloads(entries: list[dict], originals: dict[str, str], pid: str, ui_url: str) -> bool:
+def _check_downloads(entries: list[dict], originals: dict[str, str | None], pid: str, ui_url: str) -> bool:
     retrieved: dict[str, str] = {}
     for entry in entries:
         content = httpx.get(entry["url"], timeout=120).raise_for_status().content
         with tarfile.open(fileobj=io.BytesIO(content)) as tar:
             for member in tar.getmembers():
-                retrieved[member.name] = hashlib.new("sha256", tar.extractfile(member).read()).hexdigest()
+                extracted = tar.extractfile(member)
+                if extracted is not None:
+                    retrieved[member.name] = hashlib.new("sha256", extracted.read()).hexdigest()
     identical = retrieved == originals
     say(f"downloaded {len(entries)} datablock(s) from their presigned URLs: {len(retrieved)} file(s), "
         + ("byte-identical to the originals (sha256)" if identical else "DIFFERENT from the originals"))

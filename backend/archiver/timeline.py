@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
 
-SCICAT_TASK_PREFIX = "scicat:"  # task_run_name of flows.common.scicat_call
+SCICAT_TASK_PREFIX = "scicat:"  # task_run_name of flows.scicat_tasks.scicat_call
 
 
 @dataclass(frozen=True)

@@ -22,11 +22,13 @@ from typing import Any
 
 import httpx
 
+from archiver.errors import ArchiverError
+
 READ_CHUNK = 8 * 2**20
 CHECKSUMS = {"md5": hashlib.md5, "sha256": hashlib.sha256}
 
 
-class UploadError(Exception):
+class UploadError(ArchiverError):
     """The upload cannot go on; the message says why and what to do."""
 
 

@@ -2,7 +2,7 @@
 line per finished step, and the job's summary table at the end.
 
 What it shows comes from Prefect: the run's and its subflows' states, their progress artifacts
-(whose descriptions end in `(N bytes)`, see flows.common.ProgressReporter) and the job run's
+(whose descriptions carry the total, `flows.progress.described_with_total`) and the job run's
 summary table artifact. On a terminal the bars update in place; otherwise (a log, a pipe) each
 step is one line.
 """
@@ -10,24 +10,31 @@ step is one line.
 from __future__ import annotations
 
 import json
-import re
 import time
 from dataclasses import dataclass, field
+from typing import cast
 from uuid import UUID
 
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Column
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
-from rich.table import Table
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Column, Table
 
-_TOTAL = re.compile(r"^(?P<what>.*) \((?P<total>\d+) bytes\)$")
+from archiver.flows.progress import what_and_total
 
 
 @dataclass
 class _Seen:
     states: dict[UUID, str] = field(default_factory=dict)  # flow run -> last state name shown
-    bars: dict[UUID, int] = field(default_factory=dict)  # progress artifact -> rich task id
+    bars: dict[UUID, TaskID] = field(default_factory=dict)  # progress artifact -> rich task id
     steps: dict[UUID, int] = field(default_factory=dict)  # progress artifact -> last quarter printed
 
 
@@ -50,14 +57,15 @@ def follow_run(flow_run_id: UUID, ui_url: str, console: Console | None = None, p
                 _show_state(console, seen, each)
             for artifact in _progress_artifacts(client, [run.id, *(c.id for c in children)]):
                 _show_progress(console, progress, seen, artifact)
-            if run.state.is_final():
+            if run.state is not None and run.state.is_final():
+                final = run.state
                 break
             time.sleep(poll_s)
     _show_summary(console, run_summary(run.id))
-    if not run.state.is_completed():
-        console.print(f"[red]{escape(run.name)} {run.state.name}[/red]: {escape(run.state.message or '')}; "
+    if not final.is_completed():
+        console.print(f"[red]{escape(run.name)} {final.name}[/red]: {escape(final.message or '')}; "
                       f"see {ui_url}/runs/flow-run/{run.id}")
-    return run.state.is_completed()
+    return final.is_completed()
 
 
 def _console() -> Console:
@@ -89,8 +97,7 @@ def _show_state(console: Console, seen: _Seen, run) -> None:
 
 
 def _show_progress(console: Console, progress: Progress, seen: _Seen, artifact) -> None:
-    match = _TOTAL.match(artifact.description or "")
-    what, total = (match["what"], int(match["total"])) if match else (artifact.description or "progress", 100)
+    what, total = what_and_total(artifact.description or "") or (artifact.description or "progress", 100)
     done = total * float(artifact.data) / 100
     if progress.disable:  # not a terminal: a line at each quarter
         quarter = int(float(artifact.data) // 25)
@@ -98,9 +105,10 @@ def _show_progress(console: Console, progress: Progress, seen: _Seen, artifact) 
             seen.steps[artifact.id] = quarter
             console.print(f"{time.strftime('%H:%M:%S')} [{what}: {float(artifact.data):.0f}%]", markup=False)
         return
-    if artifact.id not in seen.bars:  # "archiving <pid>" (the rest of the description says what is counted)
-        seen.bars[artifact.id] = progress.add_task(escape(what.rsplit(": ", 1)[0]), total=total)
-    progress.update(seen.bars[artifact.id], completed=done)
+    if artifact.id not in seen.bars:
+        seen.bars[artifact.id] = progress.add_task(escape(what), total=total)
+    # "archiving <pid>: verifying": the phase changes while the total, the dataset's bytes, stays
+    progress.update(seen.bars[artifact.id], completed=done, description=escape(what))
 
 
 def run_summary(flow_run_id: UUID) -> tuple[str, list[dict]] | None:
@@ -114,7 +122,8 @@ def run_summary(flow_run_id: UUID) -> tuple[str, list[dict]] | None:
     if not tables:
         return None
     data = tables[0].data
-    return tables[0].description or "", json.loads(data) if isinstance(data, str) else data
+    rows: list[dict] = json.loads(data) if isinstance(data, str) else cast(list[dict], data)
+    return tables[0].description or "", rows
 
 
 def _show_summary(console: Console, summary: tuple[str, list[dict]] | None) -> None:

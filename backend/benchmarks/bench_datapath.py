@@ -54,7 +54,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import baselines  # beside this file
@@ -85,7 +85,7 @@ class Shape:
         try:
             return cls(int(count), int(size[:-1]) * units[size[-1]])
         except (ValueError, KeyError, IndexError):
-            raise argparse.ArgumentTypeError(f"shape {text!r} is not COUNTxSIZE with SIZE ending in K, M or G (e.g. 1000x1M)")
+            raise argparse.ArgumentTypeError(f"shape {text!r} is not COUNTxSIZE with SIZE ending in K, M or G (e.g. 1000x1M)") from None
 
     @property
     def total(self) -> int:
@@ -224,7 +224,7 @@ class Run:
         datasets, _ = audit.inventory(self.lts)
         for block in audit.select_for_fixity(audit.stored_datablocks(self.lts, datasets), None):
             verify_datablock(self.lts, block.archive_id)
-            audit.record_verification(self.lts, block.archive_id, datetime.now(timezone.utc), [])
+            audit.record_verification(self.lts, block.archive_id, datetime.now(UTC), [])
 
     def retrieve(self) -> None:
         with ThreadPoolExecutor(self.concurrency) as pool:
@@ -311,7 +311,8 @@ def rss_growth_lines(runs: list[Run]) -> list[str]:
         a, b = small.figures[phase], large.figures[phase]
         own = ((b.peak_rss - b.start_rss) - (a.peak_rss - a.start_rss)) / MiB
         lines.append(
-            f"peak RSS growth {phase}, {small.shape.total // MiB} MiB -> {large.shape.total // MiB} MiB: {own:+.1f} MiB "
+            f"peak RSS growth {phase}, "
+            f"{small.shape.total // MiB} MiB -> {large.shape.total // MiB} MiB: {own:+.1f} MiB "
             f"above the phase's start (target < 32 MiB); absolute peak {(b.peak_rss - a.peak_rss) / MiB:+.1f} MiB, "
             f"of which the start {(b.start_rss - a.start_rss) / MiB:+.1f} MiB"
         )

@@ -2,9 +2,10 @@
 beside a plain boto3 upload_file of the same file with the same part size and parallelism. Prints MB/s and
 the ratio; asserts nothing.
 
-Starts a SeaweedFS S3 server (subprocess; `--s3 moto` for moto's). The presigned path is the client's own code (`upload_command`: part
-read, Content-MD5, PUT with httpx, ETag check) against URLs signed as the archiver API signs them; the
-API's own round trips (a handful per file) are left out, they do not grow with the file.
+Starts a SeaweedFS S3 server (subprocess; `--s3 moto` for moto's). The presigned path is the client's own
+code (`upload_command`: part read, Content-MD5, PUT with httpx, ETag check) against URLs signed as the
+archiver API signs them; the API's own round trips (a handful per file) are left out, they do not grow with
+the file.
 
     .venv/bin/python backend/benchmarks/bench_upload.py [--size-mb 256] [--part-mb 16] [--parallel 4] [--s3 moto]
 """

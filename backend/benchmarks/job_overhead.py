@@ -11,7 +11,7 @@ import contextlib
 import statistics
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from uuid import UUID
 
@@ -44,7 +44,7 @@ def archive_job(scicat, pid: str) -> tuple[list[Phase], str, UUID]:
     """Archive one dataset through a SciCat job; its phases, the run's final state name, the run's id."""
     from archiver.job_command import wait_for_run
 
-    created = datetime.now(timezone.utc)
+    created = datetime.now(UTC)
     job = scicat.create_job("archive", [pid])
     run_id = wait_for_run(job.id, 60)
     state = poll_until(lambda: _final_state(run_id), 1800, f"the archive run of job {job.id}", interval=0.2)

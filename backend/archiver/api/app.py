@@ -20,6 +20,8 @@ from archiver.api.jobs import JobDocument, dataset_files, dataset_ids, parse_job
 from archiver.api.runs import PrefectError, readiness, start_job_run
 from archiver.api.settings import ApiSettings
 from archiver.api.uploads import create_upload_router
+from archiver.clients.outage import retry_refused_connections
+from archiver.config.deployments import DATASET_FILES, DATASET_IDS, JOB_ID
 
 log = logging.getLogger("archiver.api")
 
@@ -55,6 +57,7 @@ def _client(request: Request) -> str:
 
 
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
+    retry_refused_connections()  # the API's Prefect clients ride out a server restart too (clients/outage.py)
     settings = settings or ApiSettings()
     expected = settings.expected_authorization().encode()
     deployments = settings.deployments()
@@ -122,11 +125,11 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     async def create_job(request: Request) -> FlowRunStarted:
         body = await read_body(request.stream(), request.headers.get("content-length"), settings.max_body_bytes)
         job = parse_job(body)
-        parameters: dict[str, Any] = {"job_id": str(job.id)}
+        parameters: dict[str, Any] = {JOB_ID: str(job.id)}
         if (pids := dataset_ids(job, settings.max_datasets_per_job)) is not None:
-            parameters["dataset_ids"] = pids
+            parameters[DATASET_IDS] = pids
         if job.type == "retrieve" and (files := dataset_files(job)) is not None:
-            parameters["dataset_files"] = files
+            parameters[DATASET_FILES] = files
         try:
             run = await start_job_run(deployments[job.type], job.type, job.id, parameters, prefect_limits)
         except PrefectError as e:

@@ -6,7 +6,8 @@ shortened: a hostile body is never echoed back or logged whole."""
 from __future__ import annotations
 
 import json
-from typing import Any, AsyncIterator, Literal, get_args
+from collections.abc import AsyncIterator
+from typing import Any, Literal, get_args
 from uuid import UUID
 
 from fastapi import HTTPException

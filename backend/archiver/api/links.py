@@ -1,5 +1,5 @@
 """Fresh download links for a finished retrieval job: presigned URLs live at most 7 days (S3 signing),
-retrieved copies longer (MINIO_RETRIEVAL_RETENTION_DAYS); this re-signs the job's links while the copy is
+retrieved copies longer (S3_RETRIEVAL_RETENTION_DAYS); this re-signs the job's links while the copy is
 there, and extends the copy's retention to cover the new links.
 
 The job's result is read from SciCat (what the user was given); every object is looked up in the
@@ -10,7 +10,7 @@ and Secret blocks)."""
 from __future__ import annotations
 
 import contextlib
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -18,9 +18,8 @@ import anyio
 from fastapi import APIRouter, HTTPException
 
 from archiver.api.errors import flows_settings_errors, service_errors
-from archiver.flows.jobs import job_is_finished
 from archiver.packing import naming
-from archiver.packing.download_script import Download, download_script
+from archiver.packing.download_script import job_download_script
 from archiver.packing.retained import extend_retention, present_objects
 from archiver.packing.retrieve import RetrievedObject
 from archiver.scicat.client import ScicatError
@@ -37,14 +36,14 @@ def _object_of(entry: JobResultEntry) -> RetrievedObject:
 
 
 def fresh_links(job_id: str) -> dict[str, Any]:
+    from archiver.clients.connections import connect
     from archiver.config.runtime import load_run_configuration
-    from archiver.flows.common import connect
 
     with contextlib.ExitStack() as stack:
         with flows_settings_errors("fresh links"):
             config = load_run_configuration()
             connections = stack.enter_context(connect(config))
-        minio = config.settings.minio
+        minio = config.settings.s3
         with service_errors():
             try:
                 job = connections.scicat.get_job(job_id)
@@ -53,7 +52,7 @@ def fresh_links(job_id: str) -> dict[str, Any]:
                     raise HTTPException(404, f"SciCat has no job {job_id}") from None
                 raise HTTPException(502, f"SciCat could not be asked for job {job_id}: {e}") from None
             entries = [JobResultEntry.model_validate(e) for e in (job.job_result_object or {}).get("result", [])]
-            if job.type != "retrieve" or not job_is_finished(job) or not entries:
+            if job.type != "retrieve" or not job.is_finished or not entries:
                 raise HTTPException(409, f"job {job_id} is not a finished retrieval with download links "
                                          f"(type {job.type}, status {job.status}); only those get fresh links")
             wanted = [_object_of(e) for e in entries]
@@ -62,14 +61,13 @@ def fresh_links(job_id: str) -> dict[str, Any]:
             if gone:
                 raise HTTPException(410, f"the retrieved copy of job {job_id} is gone (expired or cleaned up): "
                                          f"{', '.join(gone[:5])}; retrieve the dataset again with a new job")
-            expires = datetime.now(timezone.utc) + timedelta(seconds=minio.url_expiration_s)
+            expires = datetime.now(UTC) + timedelta(seconds=minio.url_expiration_s)
             for obj in wanted:  # the copy outlives the new links
                 extend_retention(connections.s3, minio.retrieval_bucket, obj.key, expires)
             fresh = [e.model_copy(update={"url": presigned_get_url(
                 minio.external_endpoint, minio.region, connections.presign_credentials, minio.retrieval_bucket, o.key,
                 minio.url_expiration_s)}) for e, o in zip(entries, wanted, strict=True)]
-    script = download_script(job_id, [Download(e.dataset_id, e.name, e.url, e.size, e.chk_alg, e.chk,
-                                               is_datablock=e.type != "file") for e in fresh])
+    script = job_download_script(job_id, fresh)
     return {"jobId": job_id, "expires": expires.isoformat(timespec="seconds"),
             "result": [e.to_wire() for e in fresh], "downloadScript": script}
 

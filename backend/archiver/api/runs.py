@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 from uuid import UUID
 
 import anyio
@@ -13,10 +14,13 @@ from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 
+from archiver.config.deployments import job_run_tags
+from archiver.errors import ArchiverError
+
 DETAIL_CHARS = 300  # of Prefect's answer quoted in an error: its 422s echo the whole request
 
 
-class PrefectError(Exception):
+class PrefectError(ArchiverError):
     """Nothing was started; `status` is what the API answers and `message` says why (short, no request echo)."""
 
     def __init__(self, status: int, message: str):
@@ -107,7 +111,7 @@ async def start_job_run(
                     parameters=parameters,
                     name=run_name(job_type, job_id),
                     idempotency_key=idempotency_key(job_id),
-                    tags=[f"scicat-job:{job_id}", f"job-type:{job_type}"],
+                    tags=job_run_tags(job_type, job_id),
                 )
     except TimeoutError:
         raise PrefectError(

@@ -6,6 +6,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings
 
 from archiver.api.runs import PrefectLimits
+from archiver.config.deployments import ARCHIVAL, RETRIEVAL
 from archiver.config.secrets import read_secret, secret_spec
 
 _AUTH_SPEC = secret_spec("ARCHIVER_API_AUTH_FILE")
@@ -15,12 +16,8 @@ class ApiSettings(BaseSettings):
     """Read from the environment (the compose service's variables)."""
 
     root_path: str = Field("", validation_alias="API_ROOT_PATH")
-    archival_deployment: str = Field(
-        "archive_datasetlist/datasets_archival", validation_alias="ARCHIVAL_DEPLOYMENT"
-    )
-    retrieval_deployment: str = Field(
-        "retrieve_datasetlist/datasets_retrieval", validation_alias="RETRIEVAL_DEPLOYMENT"
-    )
+    archival_deployment: str = Field(ARCHIVAL.deployment.full_name, validation_alias="ARCHIVAL_DEPLOYMENT")
+    retrieval_deployment: str = Field(RETRIEVAL.deployment.full_name, validation_alias="RETRIEVAL_DEPLOYMENT")
     secrets_dir: Path = Field(Path(".secrets"), validation_alias="ARCHIVER_SECRETS_DIR")
     max_body_bytes: int = Field(1024 * 1024, gt=0, validation_alias="API_MAX_BODY_BYTES")
     max_datasets_per_job: int = Field(1000, gt=0, validation_alias="API_MAX_DATASETS_PER_JOB")
@@ -47,7 +44,7 @@ class ApiSettings(BaseSettings):
 
     def deployments(self) -> dict[str, str]:
         """Job type -> Prefect deployment ('flow name/deployment name')."""
-        return {"archive": self.archival_deployment, "retrieve": self.retrieval_deployment}
+        return {ARCHIVAL.job_type: self.archival_deployment, RETRIEVAL.job_type: self.retrieval_deployment}
 
     def expected_authorization(self) -> str:
         """The exact Authorization header value SciCat must send (from ARCHIVER_API_AUTH_FILE)."""

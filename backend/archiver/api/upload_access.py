@@ -15,7 +15,7 @@ from pathlib import Path
 from fastapi import HTTPException
 
 from archiver.config.errors import ConfigError
-from archiver.config.secrets import read_secret, secret_spec, secret_path
+from archiver.config.secrets import read_secret, secret_path, secret_spec
 from archiver.scicat.client import ScicatError
 from archiver.scicat.identity import UnknownTokenError, user_of_token
 

@@ -31,16 +31,16 @@ class UploadBackend:
 
     @property
     def bucket(self) -> str:
-        return self.settings.minio.landingzone_bucket
+        return self.settings.s3.landingzone_bucket
 
 
 def connect_backend(secrets_dir: Path) -> UploadBackend:
+    from archiver.clients.connections import open_connections
     from archiver.config.runtime import load_run_configuration
-    from archiver.flows.common import open_connections
 
     config = load_run_configuration()
     connections = open_connections(config)
-    minio = config.settings.minio
+    minio = config.settings.s3
     return UploadBackend(
         settings=config.settings, s3=connections.s3,
         signer=s3_client(minio.external_endpoint, minio.region, connections.s3_credentials),

@@ -7,17 +7,17 @@ uploaded; finalize checks they are all there, marks the dataset archivable and c
 from __future__ import annotations
 
 import base64
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Security
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt
 
-from archiver.api.jobs import check_pid_at_the_door, shorten
-from archiver.api.upload_access import Caller, bearer_token, identify, require_write
 from archiver.api.errors import service_errors
-from archiver.api.upload_backend import CachedBackend, UploadBackend
+from archiver.api.jobs import check_pid_at_the_door, shorten
 from archiver.api.settings import ApiSettings
+from archiver.api.upload_access import Caller, bearer_token, identify, require_write
+from archiver.api.upload_backend import CachedBackend, UploadBackend
 from archiver.packing.errors import InvalidNameError
 from archiver.packing.naming import check_relative_path, landing_prefix
 from archiver.scicat.client import ScicatError
@@ -314,7 +314,7 @@ def bytes_still_needed(files: DatasetFiles, paths: list[str], objects: dict[str,
 def create_upload_router(settings: ApiSettings, backend: CachedBackend | None = None) -> APIRouter:
     backend = backend or CachedBackend(settings.secrets_dir, settings.upload_settings_cache_s)
     router = APIRouter(prefix=settings.root_path + "/uploads", tags=["uploads"])
-    errors = {401: {"description": "no or unknown token"}, 403: {"description": "caller not in the dataset's owner group"},
+    errors: dict[int | str, dict[str, Any]] = {401: {"description": "no or unknown token"}, 403: {"description": "caller not in the dataset's owner group"},
               404: {"description": "dataset or upload not found"}, 422: {"description": "bad PID, path or size"},
               502: {"description": "SciCat or S3 failed"}, 503: {"description": "settings not readable from Prefect"}}
 
@@ -353,7 +353,7 @@ def create_upload_router(settings: ApiSettings, backend: CachedBackend | None = 
             plans = [files.plan(path, objects, [0]) for path in sorted(files.listed)]
             return DatasetUpload(pid=files.pid, files=plans, complete=_complete(files, objects))
 
-    refused = {409: {"description": "dataset archived or being archived"}}
+    refused: dict[int | str, dict[str, Any]] = {409: {"description": "dataset archived or being archived"}}
 
     @router.post("/resume", response_model=FilePlan, responses={**errors, **refused})
     def resume(body: ResumeFile, caller: Caller = Depends(who)) -> FilePlan:
@@ -474,7 +474,7 @@ def _check_client_checksums(files: DatasetFiles, plan: FilePlan, body: CompleteF
                                      "upload the part again (`resume`)")
     if (body.chk is None) != (body.chkAlg is None):
         raise HTTPException(422, f"{name}: send `chk` and `chkAlg` together (the file's checksum and its algorithm)")
-    if body.chk is None:
+    if body.chk is None or body.chkAlg is None:
         return
     algorithm, sent = body.chkAlg.lower(), body.chk.lower()
     data_file, listed_algorithm = files.listed[plan.path]

@@ -1,1 +1,1 @@
-"""Typed settings, concurrency limits and secrets, and seeding them into Prefect."""
+"""Typed settings, concurrency limits, secrets and the deployments' names (seeded by `tools/seeding.py`)."""

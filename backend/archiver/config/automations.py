@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from archiver.config.deployments import ARCHIVAL, RECOVERY, RETRIEVAL, TEST_DATASET
 from archiver.config.settings import Settings
 
 ZOMBIE_AUTOMATION = "archiver: crash flow runs without heartbeat"
@@ -20,7 +21,7 @@ ZOMBIE_MESSAGE_PREFIX = "no heartbeat for"
 # Runs of these flows' deployments only: they get ARCHIVER_HEARTBEAT_S, while any other flow run sends
 # Prefect's default heartbeat (every 180 s) and would be taken for dead. Subflow runs (datasets) have no
 # deployment; the recovery marks them.
-WATCHED_FLOWS = ["archive_datasetlist", "retrieve_datasetlist", "recover_job", "create_test_dataset"]
+WATCHED_FLOWS = [ARCHIVAL.deployment.flow, RETRIEVAL.deployment.flow, RECOVERY.flow, TEST_DATASET.flow]
 FINAL_EVENTS = {f"prefect.flow-run.{state}" for state in ("Completed", "Failed", "Cancelled", "Crashed")}
 
 
@@ -51,6 +52,7 @@ def zombie_automation(settings: Settings):
         # and a forced change showed such a Completed job run as Crashed.
         actions=[ChangeFlowRunState(
             state=StateType.CRASHED, force=False,
-            message=f"{ZOMBIE_MESSAGE_PREFIX} {window} s: the process running the flow is gone (killed, out of memory, node lost)",
+            message=f"{ZOMBIE_MESSAGE_PREFIX} {window} s: "
+            "the process running the flow is gone (killed, out of memory, node lost)",
         )],
     )

@@ -2,8 +2,10 @@ from collections.abc import Callable, Sequence
 
 from pydantic import ValidationError
 
+from archiver.errors import ArchiverError
 
-class ConfigError(Exception):
+
+class ConfigError(ArchiverError):
     """A configuration problem the operator has to fix; the message says where and what."""
 
 

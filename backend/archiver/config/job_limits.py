@@ -13,10 +13,12 @@ from __future__ import annotations
 import os
 import sys
 
+from archiver.errors import ArchiverError
+
 JOB_LIMIT_ENV = {"archive": "ARCHIVAL_JOBS_LIMIT", "retrieve": "RETRIEVAL_JOBS_LIMIT"}
 
 
-class JobLimitError(ValueError):
+class JobLimitError(ArchiverError, ValueError):
     pass
 
 
@@ -37,7 +39,7 @@ def apply_job_limits(limits: dict[str, int]) -> None:
     from prefect import get_client
     from prefect.client.schemas.actions import DeploymentUpdate
 
-    from archiver.flows.serve import DEPLOYMENT_NAMES
+    from archiver.config.deployments import DEPLOYMENT_NAMES
 
     with get_client(sync_client=True) as client:
         for job_type, limit in limits.items():

@@ -11,6 +11,7 @@ import os
 import secrets as random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from archiver.config.errors import ConfigError
 
@@ -24,6 +25,13 @@ class SecretSpec:
     block: str | None  # Prefect Secret block seeded from it (None: not a Prefect secret)
     purpose: str
     is_username: bool = False
+
+    @property
+    def prefect_block(self) -> str:
+        """The Secret block's name, for a spec of PREFECT_SECRETS (ValueError for another)."""
+        if self.block is None:
+            raise ValueError(f"{self.filename} is not stored in a Prefect Secret block")
+        return self.block
 
 
 PREFECT_AUTH_FILE_ENV = "PREFECT_API_AUTH_STRING_FILE"  # Prefect reads no file: see load_prefect_auth
@@ -60,6 +68,15 @@ SECRETS: tuple[SecretSpec, ...] = (
 )
 
 PREFECT_SECRETS = tuple(spec for spec in SECRETS if spec.block)
+
+
+def read_secret_block(name: str) -> str:
+    """The value of Prefect Secret block `name` (ValueError when there is no such block)."""
+    from prefect.blocks.system import Secret
+
+    # Prefect types load() as either sync or async; outside an event loop it is sync.
+    block = cast(Secret, Secret.load(name))
+    return block.get()
 # Blocks of earlier versions, which gave the flows MinIO's root account; `archiver config` deletes them.
 OBSOLETE_SECRET_BLOCKS = ("minio-user", "minio-password")
 

@@ -10,12 +10,20 @@ from __future__ import annotations
 
 import os
 import tomllib
-from pathlib import Path
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Any, Literal
+from pathlib import Path
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import (
-    AfterValidator, AnyHttpUrl, BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveInt, TypeAdapter,
+    AfterValidator,
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveInt,
+    TypeAdapter,
     ValidationError,
     model_validator,
 )
@@ -95,27 +103,29 @@ class LtsSection(_Section):
         return self.audit_budget_mb * 1024 * 1024
 
 
-class MinioSection(_Section):
-    region: str = Field(alias="MINIO_REGION", min_length=1)
-    retrieval_bucket: str = Field(alias="MINIO_RETRIEVAL_BUCKET", min_length=3)
-    landingzone_bucket: str = Field(alias="MINIO_LANDINGZONE_BUCKET", min_length=3)
+class S3Section(_Section):
+    """Any S3 service (MinIO, SeaweedFS, AWS): its endpoints and the archiver's two buckets."""
+
+    region: str = Field(alias="S3_REGION", min_length=1)
+    retrieval_bucket: str = Field(alias="S3_RETRIEVAL_BUCKET", min_length=3)
+    landingzone_bucket: str = Field(alias="S3_LANDINGZONE_BUCKET", min_length=3)
     # Accepted so existing files load; the streaming data path has no staging copy.
-    staging_bucket: str | None = Field(None, alias="MINIO_STAGING_BUCKET")
-    endpoint: HttpUrl = Field(alias="MINIO_ENDPOINT")
-    external_endpoint: HttpUrl = Field(alias="MINIO_EXTERNAL_ENDPOINT")
+    staging_bucket: str | None = Field(None, alias="S3_STAGING_BUCKET")
+    endpoint: HttpUrl = Field(alias="S3_ENDPOINT")
+    external_endpoint: HttpUrl = Field(alias="S3_EXTERNAL_ENDPOINT")
     url_expiration_s: int = Field(
         MAX_PRESIGNED_URL_SECONDS,
-        alias="MINIO_URL_EXPIRATION_S",
+        alias="S3_URL_EXPIRATION_S",
         gt=0,
         le=MAX_PRESIGNED_URL_SECONDS,
     )
-    abort_incomplete_uploads_days: PositiveInt = Field(1, alias="MINIO_ABORT_INCOMPLETE_UPLOADS_DAYS")
+    abort_incomplete_uploads_days: PositiveInt = Field(1, alias="S3_ABORT_INCOMPLETE_UPLOADS_DAYS")
     # Retrieved copies: kept this long after the last retrieval that asked for them (docs/flows.md, "Retrieved copies").
-    retrieval_retention_days: float = Field(14, alias="MINIO_RETRIEVAL_RETENTION_DAYS", gt=0)
+    retrieval_retention_days: float = Field(14, alias="S3_RETRIEVAL_RETENTION_DAYS", gt=0)
     # Most GiB the retrieval bucket may hold; a retrieval that would pass it fails (0: no limit).
-    retrieval_budget_gb: float = Field(0, alias="MINIO_RETRIEVAL_BUDGET_GB", ge=0)
+    retrieval_budget_gb: float = Field(0, alias="S3_RETRIEVAL_BUDGET_GB", ge=0)
     # How long a retrieval waits for another run retrieving (or cleaning up) the same dataset.
-    retrieval_wait_s: float = Field(6 * 3600, alias="MINIO_RETRIEVAL_WAIT_S", ge=0)
+    retrieval_wait_s: float = Field(6 * 3600, alias="S3_RETRIEVAL_WAIT_S", ge=0)
 
     @property
     def retrieval_budget_bytes(self) -> int | None:
@@ -173,23 +183,51 @@ class UploadSection(_Section):
 class Settings(_Section):
     archiver: ArchiverSection
     lts: LtsSection
-    minio: MinioSection
+    s3: S3Section
     scicat: ScicatSection
     upload: UploadSection = UploadSection()
 
 
 SECTIONS: dict[str, type[_Section]] = {
-    name: field.annotation for name, field in Settings.model_fields.items()
+    name: cast(type[_Section], field.annotation) for name, field in Settings.model_fields.items()
 }
+
+
+def section_keys(section: type[_Section]) -> list[str]:
+    """The keys of prefect-vars.toml a section reads: its fields' aliases."""
+    return [field.alias for field in section.model_fields.values() if field.alias]
 
 
 def known_keys() -> dict[str, str]:
     """Every key of prefect-vars.toml, mapped to its section."""
-    return {
-        field.alias: section
-        for section, model in SECTIONS.items()
-        for field in model.model_fields.values()
-    }
+    return {key: section for section, model in SECTIONS.items() for key in section_keys(model)}
+
+
+# The S3 section was [minio] with MINIO_* keys, named after the first S3 server used. Files, Prefect variables
+# and environments written then are still read; where a key is set under both names, the S3 name wins.
+LEGACY_SECTIONS = {"minio": "s3"}
+LEGACY_KEYS = {f"MINIO_{key.removeprefix('S3_')}": key for key in section_keys(S3Section)}
+
+
+def with_current_keys(values: Mapping[str, Any]) -> dict[str, Any]:
+    """KEY -> value with legacy keys under their current names."""
+    current = {LEGACY_KEYS[key]: value for key, value in values.items() if key in LEGACY_KEYS}
+    current.update((key, value) for key, value in values.items() if key not in LEGACY_KEYS)
+    return current
+
+
+def with_current_sections(data: Mapping[str, Any]) -> dict[str, Any]:
+    """prefect-vars.toml's sections with legacy sections and keys under their current names."""
+    current: dict[str, Any] = {}
+    for name, section in data.items():
+        if name in LEGACY_SECTIONS and isinstance(section, dict):
+            current[LEGACY_SECTIONS[name]] = {**section, **current.get(LEGACY_SECTIONS[name], {})}
+        elif isinstance(section, dict):
+            current[name] = {**current.get(name, {}), **section}
+        else:
+            current[name] = section
+    return {name: with_current_keys(section) if isinstance(section, dict) else section
+            for name, section in current.items()}
 
 
 def variable_name(key: str) -> str:
@@ -222,7 +260,7 @@ def from_flat(values: dict[str, Any], source: str) -> Settings:
     """Settings from KEY -> value pairs (Prefect variables, environment), sections inferred."""
     sections = known_keys()
     data: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
-    for key, value in values.items():
+    for key, value in with_current_keys(values).items():
         if key in sections:
             data[sections[key]][key] = value
     return validate(data, source=source)
@@ -230,7 +268,8 @@ def from_flat(values: dict[str, Any], source: str) -> Settings:
 
 def from_prefect_variables(stored: dict[str, Any], environ: dict[str, str] | None = None) -> Settings:
     """Settings from Prefect variables (name -> value, as read in one call), environment on top."""
-    values = {key: stored[variable_name(key)] for key in known_keys() if variable_name(key) in stored}
+    keys = [*LEGACY_KEYS, *known_keys()]
+    values = with_current_keys({key: stored[variable_name(key)] for key in keys if variable_name(key) in stored})
     values.update(environment_overrides(environ))
     return from_flat(values, source="Prefect variables (prefect-vars.toml) and environment")
 
@@ -239,7 +278,7 @@ def environment_overrides(environ: Mapping[str, str] | None = None) -> dict[str,
     """Keys of prefect-vars.toml set in the environment; an empty value counts as unset
     (compose passes a variable left empty in .env as an empty string)."""
     environ = os.environ if environ is None else environ
-    return {key: environ[key] for key in known_keys() if environ.get(key)}
+    return with_current_keys({key: environ[key] for key in [*LEGACY_KEYS, *known_keys()] if environ.get(key)})
 
 
 def with_environment_overrides(settings: Settings, environ: Mapping[str, str], source: str) -> Settings:
@@ -252,7 +291,7 @@ def with_environment_overrides(settings: Settings, environ: Mapping[str, str], s
 
 def validate(data: dict[str, Any], source: str) -> Settings:
     try:
-        return Settings.model_validate(data)
+        return Settings.model_validate(with_current_sections(data))
     except ValidationError as e:
         raise explain(e, source, _expected_keys) from None
 
@@ -260,4 +299,4 @@ def validate(data: dict[str, Any], source: str) -> Settings:
 def _expected_keys(parent: Sequence) -> list[str]:
     if not parent:
         return [f"[{name}]" for name in SECTIONS]
-    return [field.alias for field in SECTIONS[parent[0]].model_fields.values()]
+    return section_keys(SECTIONS[parent[0]])

@@ -1,6 +1,6 @@
 """Archival: SciCat archive job -> datasets streamed from the landing zone into verified datablocks on the LTS.
 
-Order of SciCat calls and the no-data-loss rules follow SCICAT_PROTOCOL.md: the
+Order of SciCat calls and the no-data-loss rules: docs/flows.md, "The order of things". The
 landing zone is cleaned only after every datablock of the dataset is verified on
 the LTS, registered in SciCat, and the lifecycle says datasetOnArchiveDisk.
 """
@@ -10,29 +10,51 @@ from __future__ import annotations
 import time
 
 from prefect import flow, task
-from prefect.runtime import task_run
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
+from prefect.runtime import task_run
 
+from archiver.clients.connections import Connections, connect
+from archiver.clients.outage import retry_refused_connections
+from archiver.config.deployments import ARCHIVAL
 from archiver.config.runtime import RunConfiguration, load_run_configuration
-from archiver.flows.common import (
-    ARCHIVED_LIFECYCLE, Connections, OnRecord, OwnershipCheck, ProgressReporter, RunCancelled, RunNotOwned, connect,
-    dataset_on_record, exception_of, raise_if_cancelled, run_bounded, run_bounded_or_raise, scicat_call, scicat_may_recover,
-)
+from archiver.errors import Verdict, is_system_fault, verdict_of
+from archiver.flows.artifact_keys import artifact_key
+from archiver.flows.cancellation import OwnershipCheck, RunCancelled, RunNotOwned, raise_if_cancelled
 from archiver.flows.concurrency import reconcile_tags
 from archiver.flows.failures import describe_failure
 from archiver.flows.figures import BYTES, DATABLOCKS, record_figures
-from archiver.flows.jobs import DatasetDone, JobKind, on_job_cancelled, run_job
-from archiver.flows.lts_tasks import set_aside_datablocks, tagged, verify_datablock, wait_for_free_space, write_datablock
+from archiver.flows.jobs import DatasetDone, JobHooks, on_job_cancelled, run_job
+from archiver.flows.lts_tasks import (
+    set_aside_datablocks,
+    tagged,
+    verify_datablock,
+    wait_for_free_space,
+    write_datablock,
+)
+from archiver.flows.on_record import ARCHIVED_LIFECYCLE, OnRecord, dataset_on_record
+from archiver.flows.parallel import run_bounded, run_bounded_or_raise
+from archiver.flows.progress import ProgressReporter
+from archiver.flows.scicat_tasks import scicat_call, scicat_may_recover
+from archiver.flows.task_states import exception_of
 from archiver.packing import cleanup
-from archiver.packing.archive import claim_datablocks_folder, datablocks_on_lts
+from archiver.packing.archive import DatasetBusyError, claim_datablocks_folder, datablocks_on_lts
 from archiver.packing.errors import (
-    ArchivedDatasetChangedError, ChecksumMismatchError, DatasetUserError, EmptyDatasetError, IntegrityError,
+    ArchivedDatasetChangedError,
+    ChecksumMismatchError,
+    EmptyDatasetError,
+    IntegrityError,
     RegistrationConflictError,
 )
 from archiver.packing.planning import (
-    DatasetPlan, ListedFile, PlannedDatablock, SourceFile, check_expected_files, list_dataset_files, listed_by_path,
+    DatasetPlan,
+    ListedFile,
+    PlannedDatablock,
+    SourceFile,
+    check_expected_files,
+    list_dataset_files,
+    listed_by_path,
     plan_dataset_datablocks,
 )
 from archiver.packing.records import Manifest
@@ -40,9 +62,13 @@ from archiver.packing.registered import ArchiveDifferences, written_from
 from archiver.scicat.models import ArchiveStatus, Datablock, NewDatablock
 from archiver.storage import lts
 
+retry_refused_connections()  # before this flow run makes a Prefect client (clients/outage.py)
+
+WRITING, VERIFYING = "writing", "verifying"  # the phases an archival's progress shows
+
 
 @task(name="list-landing-zone", task_run_name="list landing-zone files of {pid}", retries=2, retry_delay_seconds=10,
-      retry_condition_fn=lambda task, run, state: not isinstance(exception_of(state), DatasetUserError),
+      retry_condition_fn=lambda task, run, state: is_system_fault(exception_of(state)),
       cache_policy=NO_CACHE)
 def list_landing_zone(s3, bucket: str, pid: str, listed: list[ListedFile]) -> list[SourceFile]:
     """The dataset's landing-zone files, checked against the files SciCat lists."""
@@ -68,8 +94,10 @@ def _store_datablocks(
     tag. Archive ids whose verification found a difference, registered ones excepted, are added to
     `failed_verification`."""
     settings, limits = config.settings, config.limits
-    packed = sum(m.packedSize for m in plan.reused) + 2 * sum(b.packed_size for b in plan.new)
-    progress = ProgressReporter(packed, f"archiving {pid}: written and verified")
+    new_bytes = sum(b.packed_size for b in plan.new)
+    dataset_bytes = sum(m.packedSize for m in plan.reused) + new_bytes
+    progress = ProgressReporter(f"archiving {pid}", dataset_bytes, {WRITING: new_bytes, VERIFYING: dataset_bytes})
+    written_bytes, verified_bytes = progress.counter(WRITING), progress.counter(VERIFYING)
     wait = tagged(wait_for_free_space, limits.LTS_FREE_LIMIT)
     write = tagged(write_datablock, limits.MOVE_TO_LTS_LIMIT)
     verify = tagged(verify_datablock, limits.VERIFY_LTS_LIMIT)
@@ -82,7 +110,7 @@ def _store_datablocks(
 
     def checked(archive_id: str) -> Manifest:
         try:
-            return verify(settings.lts.storage_root, archive_id, settings.lts.file_timeout_s, on_bytes=progress.add)
+            return verify(settings.lts.storage_root, archive_id, settings.lts.file_timeout_s, on_bytes=verified_bytes)
         except IntegrityError:
             if archive_id not in registered:
                 failed_verification.append(archive_id)
@@ -98,8 +126,8 @@ def _store_datablocks(
             wait(settings.lts.storage_root, settings.lts.free_space_percentage,
                  max(0.0, room_deadline - time.monotonic()))
         try:
-            record = write(connections.s3, settings.minio.landingzone_bucket, block, settings.lts.storage_root,
-                           settings.archiver.checksum_algorithm, on_bytes=progress.add,
+            record = write(connections.s3, settings.s3.landingzone_bucket, block, settings.lts.storage_root,
+                           settings.archiver.checksum_algorithm, on_bytes=written_bytes,
                            listed={f.path: checksums[f.path] for f in block.files if f.path in checksums},
                            before_writing=still_owner)
         except OSError as e:
@@ -166,12 +194,12 @@ def _refusal_of_archived(
     return ArchivedDatasetChangedError(pid, differences.not_archived)
 
 
-@flow(name="archive_dataset", flow_run_name="archive-{dataset_id}-job-{job_id}")
+@flow(name=ARCHIVAL.dataset_flow, flow_run_name="archive-{dataset_id}-job-{job_id}")
 def archive_dataset(job_id: str, dataset_id: str, config: RunConfiguration) -> DatasetDone:
     log = get_run_logger()
     pid = dataset_id
     settings = config.settings
-    bucket = settings.minio.landingzone_bucket
+    bucket = settings.s3.landingzone_bucket
     with connect(config) as connections:
         scicat = connections.scicat
         on_record = dataset_on_record(pid, config, connections)
@@ -274,7 +302,7 @@ def _clean_up_failed_archival(
             log.warning("%s: datablocks that failed verification set aside in %s (never taken as archived)", pid, moved)
     except Exception as e:
         log.error("%s: datablocks could not be set aside on the LTS: %s", pid, e)
-    status = (ArchiveStatus.MISSING_FILES_ERROR if isinstance(error, DatasetUserError)
+    status = (ArchiveStatus.MISSING_FILES_ERROR if verdict_of(error) is Verdict.USER
               else ArchiveStatus.SCHEDULE_ARCHIVE_JOB_FAILED)
     # Not archived: archivable again once fixed. A conflict leaves the flags to whoever resolves it.
     conflict = isinstance(error, (RegistrationConflictError, ArchivedDatasetChangedError))
@@ -294,7 +322,7 @@ def _report_datablocks(pid: str, manifests: list[Manifest]) -> None:
         for m in manifests
     ]
     try:
-        create_table_artifact(rows, description=f"Datablocks of {pid} on the LTS")
+        create_table_artifact(rows, key=artifact_key("datablocks", pid), description=f"Datablocks of {pid} on the LTS")
     except Exception as e:  # the datablocks are registered in SciCat; the table is a convenience
         get_run_logger().warning("%s: datablock table artifact not created (Prefect API: %s)", pid, e)
 
@@ -315,20 +343,30 @@ def _clean_up_interrupted_archival(pid, config, connections, error, log) -> None
             connections.scicat.update_lifecycle(pid, "set archive status datasetOnArchiveDisk", **ARCHIVED_LIFECYCLE)
             return
         refusal = _refusal_of_archived(pid, on_record, differences, connections.s3,
-                                       config.settings.minio.landingzone_bucket)
+                                       config.settings.s3.landingzone_bucket)
         if refusal:
             log.warning("%s: archived before and changed since; its registrations stay: %s", pid, refusal)
             return
-    _clean_up_failed_archival(pid, config, connections, [d.id for d in on_record.registered], [], error, log)
+    _clean_up_failed_archival(pid, config, connections, [str(d.id) for d in on_record.registered], [], error, log)
 
 
-ARCHIVAL = JobKind("archival", _clean_up_interrupted_archival)
+def _remove_half_written(pid: str, config: RunConfiguration, connections: Connections, log) -> None:
+    """Half-written datablocks of a dead run, under the dataset's write lock: a writer still alive keeps its file."""
+    try:
+        with claim_datablocks_folder(config.settings.lts.storage_root, pid) as removed:
+            for path in removed:
+                log.info("%s: removed half-written %s", pid, path.name)
+    except DatasetBusyError as e:
+        log.warning("%s: half-written files left in place: %s", pid, e)
+
+
+ARCHIVAL_HOOKS = JobHooks(ARCHIVAL, _clean_up_interrupted_archival, _remove_half_written)
 
 
 @flow(
-    name="archive_datasetlist",
+    name=ARCHIVAL.deployment.flow,
     flow_run_name="archive-job-{job_id}",
-    on_cancellation=[on_job_cancelled(ARCHIVAL)],
+    on_cancellation=[on_job_cancelled(ARCHIVAL_HOOKS)],
 )
 def archive_datasets_flow(job_id: str, dataset_ids: list[str] | None = None) -> None:
     """Archive the datasets of a SciCat job (all of `jobParams.datasetList` unless `dataset_ids` names them)."""

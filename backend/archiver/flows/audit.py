@@ -8,27 +8,33 @@ can notify on; the run ends Failed when there is any.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from prefect import flow
 from prefect.artifacts import create_table_artifact
 from prefect.events import emit_event
 from prefect.logging import get_run_logger
 
+from archiver.clients.connections import connect
+from archiver.clients.outage import retry_refused_connections
+from archiver.config.deployments import AUDIT
 from archiver.config.errors import ConfigError
 from archiver.config.runtime import load_run_configuration
-from archiver.flows.common import connect, exception_of
+from archiver.errors import ArchiverError
 from archiver.flows.figures import AUDIT_BYTES, AUDIT_CHECKED, AUDIT_PROBLEMS, record_figures, wait_for_figures
 from archiver.flows.lts_tasks import tagged, verify_datablock
+from archiver.flows.task_states import exception_of
 from archiver.packing import audit
 from archiver.packing.errors import IntegrityError
 from archiver.packing.records import Manifest
 from archiver.scicat.client import DATABLOCK_PAGE_SIZE, ScicatError
 
+retry_refused_connections()  # before this flow run makes a Prefect client (clients/outage.py)
+
 PROBLEM_EVENT = "archiver.lts-audit.problem"
 
 
-class LtsAuditFailed(Exception):
+class LtsAuditFailed(ArchiverError):
     """The audit found problems; the message lists each, naming dataset and datablock."""
 
     def __init__(self, findings: list[audit.Finding]):
@@ -54,7 +60,7 @@ def require_lts(root) -> None:
         raise ConfigError(f"LTS_STORAGE_ROOT {root} is not a folder here; mount the LTS or set LTS_STORAGE_ROOT")
 
 
-@flow(name="lts_audit", flow_run_name="lts-audit")
+@flow(name=AUDIT.flow, flow_run_name="lts-audit")
 def lts_audit(pids: list[str] | None = None, everything: bool = False, byte_budget_mb: int | None = None,
               scicat_page_size: int = DATABLOCK_PAGE_SIZE) -> dict:
     """Audit the LTS: fixity of the datablocks verified longest ago (within LTS_AUDIT_BUDGET_MB, or
@@ -65,7 +71,7 @@ def lts_audit(pids: list[str] | None = None, everything: bool = False, byte_budg
     lts = config.settings.lts
     root = lts.storage_root
     require_lts(root)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     datasets, findings = audit.inventory(root, pids)
     blocks = audit.stored_datablocks(root, datasets)
     budget = None if everything or pids else (byte_budget_mb or lts.audit_budget_mb) * 1024 * 1024
@@ -143,7 +149,7 @@ def _check_fixity(chosen: list[audit.StoredDatablock], config, registered: dict,
         if block.pid not in origdatablocks:
             origdatablocks[block.pid] = _registered(scicat.get_origdatablocks, block.pid) or []
         problems = _fixity_findings(block, state, registered.get(block.pid), origdatablocks[block.pid])
-        audit.record_verification(lts.storage_root, block.archive_id, datetime.now(timezone.utc), [f.detail for f in problems])
+        audit.record_verification(lts.storage_root, block.archive_id, datetime.now(UTC), [f.detail for f in problems])
         findings += problems
         rows.append({"dataset": block.pid, "datablock": block.archive_id, "bytes": block.packed_size,
                      "result": "; ".join(f"{f.kind}: {f.detail}" for f in problems) or "verified"})

@@ -5,8 +5,9 @@ from __future__ import annotations
 import httpx
 from botocore.exceptions import BotoCoreError, ClientError
 
-from archiver.flows.outage import PrefectUnavailable
-from archiver.packing.errors import DatasetUserError, IntegrityError
+from archiver.clients.outage import PrefectUnavailable
+from archiver.errors import is_system_fault
+from archiver.packing.errors import IntegrityError
 from archiver.scicat.client import ScicatError
 from archiver.storage.lts import LtsWaitTimeout
 
@@ -14,8 +15,8 @@ PREFECT, S3, SCICAT, LTS = "Prefect API", "S3", "SciCat", "LTS"
 
 
 def _service_of(error: BaseException) -> str | None:
-    from prefect.concurrency.v1._asyncio import ConcurrencySlotAcquisitionError as V1SlotError
     from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
+    from prefect.concurrency.v1._asyncio import ConcurrencySlotAcquisitionError as V1SlotError
     from prefect.exceptions import PrefectHTTPStatusError
 
     if isinstance(error, ScicatError):
@@ -38,10 +39,10 @@ def failing_service(error: BaseException) -> str | None:
 
 
 def describe_failure(error: BaseException) -> str:
-    """E.g. "Prefect API unreachable (ConnectError: All connection attempts failed)"; a user's mistake
-    (missing files, unsafe names) is described as it is."""
+    """E.g. "Prefect API unreachable (ConnectError: All connection attempts failed)"; an error that is no
+    system fault (missing files, unsafe names, a full retrieval budget) is described as it is."""
     detail = f"{type(error).__name__}: {error}"
-    if isinstance(error, DatasetUserError):
+    if not is_system_fault(error):
         return detail
     source = next((e for e in _chain(error) if _service_of(e) is not None), None)
     if source is None:

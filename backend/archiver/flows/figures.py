@@ -23,7 +23,7 @@ _sending: list[threading.Thread] = []
 
 def record_figures(figures: dict[str, int]) -> None:
     """Add `figures` (label -> number) to the labels of the current flow run, in the background: the label
-    write took over 2 s per dataset run on the local pipeline's Prefect (measured), time the job need not wait.
+    write is a slow Prefect API call (docs/datapath.md, "Job overhead") that the job need not wait for.
     `wait_for_figures` at the end of the job run waits for them. For metrics: a failure is logged, never raised
     (the data is safe either way; the exporter then undercounts this run)."""
     from prefect.context import FlowRunContext
@@ -33,10 +33,11 @@ def record_figures(figures: dict[str, int]) -> None:
     if context is None or context.flow_run is None:
         return
     client, flow_run_id, log = context.client, context.flow_run.id, get_run_logger()
+    labels: dict[str, bool | int | float | str] = dict(figures)
 
     def send() -> None:
         try:
-            client.update_flow_run_labels(flow_run_id, figures)
+            client.update_flow_run_labels(flow_run_id, labels)
         except Exception as e:
             log.warning("figures %s not recorded on the flow run (Prefect API: %s); metrics miss them", figures, e)
 
@@ -55,6 +56,8 @@ def wait_for_figures(timeout_s: float = 30) -> None:
 def figure(labels: dict | None, name: str) -> int:
     """A recorded figure of a flow run's labels; 0 when the run recorded none."""
     value = (labels or {}).get(name)
+    if value is None:
+        return 0
     try:
         return int(value)
     except (TypeError, ValueError):

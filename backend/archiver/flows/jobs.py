@@ -12,28 +12,33 @@ from prefect.logging import get_run_logger
 from prefect.logging.loggers import flow_run_logger
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
+from archiver.clients.connections import Connections, connect
+from archiver.config.deployments import DATASET_IDS, JOB_ID, JobKind
 from archiver.config.runtime import RunConfiguration, load_run_configuration
-from archiver.flows.common import (
-    Connections, RunCancelled, RunNotOwned, connect, raise_if_cancelled, run_bounded, scicat_call,
-)
+from archiver.errors import ArchiverError, UserError, is_system_fault
+from archiver.flows.artifact_keys import artifact_key
+from archiver.flows.cancellation import RunCancelled, RunNotOwned, raise_if_cancelled
 from archiver.flows.failures import describe_failure
 from archiver.flows.figures import wait_for_figures
-from archiver.packing.download_script import Download, download_script
-from archiver.packing.errors import DatasetUserError, InvalidPidError
+from archiver.flows.parallel import run_bounded
+from archiver.flows.scicat_tasks import scicat_call
+from archiver.packing.download_script import job_download_script
+from archiver.packing.errors import InvalidPidError
 from archiver.packing.naming import check_pid
-from archiver.scicat.models import Job, JobResultEntry, JobResultObject, JobStatus
+from archiver.scicat.models import JobResultEntry, JobResultObject, JobStatus
 from archiver.storage.s3 import presigned_url_expiry
 
 
-class JobFailed(Exception):
+class JobFailed(ArchiverError):
     """Raised after the job's final status is in SciCat, so the Prefect run shows as failed too."""
 
 
 def job_verdict(failures: dict[str, BaseException]) -> JobStatus:
-    """finishedWithDatasetErrors when only users' mistakes failed datasets; finishedUnsuccessful on any system error."""
+    """finishedWithDatasetErrors when no dataset failed by a system fault (archiver.errors); finishedUnsuccessful
+    on any."""
     if not failures:
         return JobStatus.FINISHED_SUCCESSFUL
-    if all(isinstance(e, DatasetUserError) for e in failures.values()):
+    if not any(is_system_fault(e) for e in failures.values()):
         return JobStatus.FINISHED_WITH_DATASET_ERRORS
     return JobStatus.FINISHED_UNSUCCESSFUL
 
@@ -49,7 +54,7 @@ class DatasetDone:
     bytes: int = 0
 
 
-class NoDatasetsError(Exception):
+class NoDatasetsError(UserError):
     def __init__(self, job_id: str):
         super().__init__(
             f"job {job_id} names no datasets (neither datasetList nor jobParams.datasetList has a pid); "
@@ -59,7 +64,8 @@ class NoDatasetsError(Exception):
 
 def checked_pids(dataset_ids: list[str]) -> tuple[list[str], dict[str, BaseException]]:
     """The usable PIDs, and the refused ones with why; a refused PID is never put into a SciCat URL."""
-    usable, refused = [], {}
+    usable: list[str] = []
+    refused: dict[str, BaseException] = {}
     for pid in dataset_ids:
         try:
             usable.append(check_pid(pid))
@@ -102,8 +108,8 @@ def run_job(
         start = time.monotonic()
         try:
             # A dataset's subflow run sends no heartbeat: the zombie automation watches job runs only
-            # (config.automations), and Prefect 3.9's heartbeat thread sleeps in 1 s steps that the end of
-            # every flow run waits out (up to 1 s per dataset: an empty subflow took 1.09 s, 0.12 s without).
+            # (config.automations), and the end of a flow run waits out its heartbeat thread's current
+            # sleep (docs/datapath.md, "Heartbeats of dataset subflows").
             with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
                 return process_dataset(pid, dataset_files.get(pid, []))
         finally:
@@ -117,11 +123,13 @@ def run_job(
     _raise_if_not_owned(failures)
     verdict = job_verdict(failures)
     message = _summary(len(requested), failures, [o.note for o in done if o.note])
-    script = _download_script(job_id, results)
+    script = job_download_script(job_id, results)
     result_object = JobResultObject(result=results, download_script=script) if results else None
     scicat_call(f"job {verdict.value}", scicat.update_job_status, job_id, verdict, message, result_object)
     wait_for_figures()
-    _report_job(job_id, verdict, dict(zip(dataset_ids, outcomes, strict=True)) | failures, seconds, results)
+    reported: dict[str, DatasetDone | BaseException] = dict(zip(dataset_ids, outcomes, strict=True))
+    reported.update(failures)
+    _report_job(job_id, verdict, reported, seconds, results)
     if failures:
         raise JobFailed(f"job {job_id}: {message}")
     log.info("job %s: %s", job_id, message)
@@ -140,15 +148,6 @@ def _raise_if_not_owned(failures: dict[str, BaseException]) -> None:
         pass
 
 
-def _download_script(job_id: str, results: list[JobResultEntry]) -> str | None:
-    """The job's download script (packing.download_script), when every result carries its checksum."""
-    if not results or any(e.chk is None or e.chk_alg is None for e in results):
-        return None
-    return download_script(job_id, [
-        Download(e.dataset_id, e.name, e.url, e.size, e.chk_alg, e.chk, is_datablock=e.type != "file")
-        for e in results])
-
-
 def _report_job(job_id: str, verdict: JobStatus, outcomes: dict[str, DatasetDone | BaseException],
                 seconds: dict[str, float], results: list[JobResultEntry]) -> None:
     """The job's results on the job run itself (Artifacts tab): a row per dataset, and what was retrieved (no
@@ -162,9 +161,10 @@ def _report_job(job_id: str, verdict: JobStatus, outcomes: dict[str, DatasetDone
         rows.append({"dataset": pid, "outcome": state, "datablocks": done.datablocks, "bytes": done.bytes,
                      "seconds": round(seconds.get(pid, 0.0), 1)})
     try:
-        create_table_artifact(rows, description=f"Job {job_id}: {verdict.value}")
+        create_table_artifact(rows, key=artifact_key("job", job_id), description=f"Job {job_id}: {verdict.value}")
         if results:
-            create_markdown_artifact(_retrieved_listing(job_id, results), description=f"Retrieved by job {job_id}")
+            create_markdown_artifact(_retrieved_listing(job_id, results), key=artifact_key("retrieved-by-job", job_id),
+                                     description=f"Retrieved by job {job_id}")
     except Exception as e:
         get_run_logger().warning("job %s: summary artifacts not created: %s", job_id, e)
 
@@ -193,41 +193,38 @@ def _summary(total: int, failures: dict[str, BaseException], notes: list[str]) -
 
 
 CleanUp = Callable[[str, RunConfiguration, Connections, BaseException, logging.LoggerAdapter], None]
+RemoveLeftovers = Callable[[str, RunConfiguration, Connections, logging.LoggerAdapter], None]
 
 
 @dataclass(frozen=True)
-class JobKind:
-    """What finishing an interrupted job of one kind needs: how to find out and clean up one dataset's state."""
+class JobHooks:
+    """What the flows do for a kind of job (config.deployments) once one of its runs was interrupted."""
 
-    name: str  # "archival" / "retrieval"
-    clean_up: CleanUp
-
-
-def job_is_finished(job: Job) -> bool:
-    """SciCat already holds a final status for the job (v3 or v4 status field)."""
-    return (job.job_status_message or job.status_code or "").startswith("finished")
+    kind: JobKind
+    clean_up: CleanUp  # one dataset of the job not finished: undo what is not done, report it failed
+    remove_leftovers: RemoveLeftovers  # one dataset's files or uploads a dead run left half done
 
 
 def finish_interrupted_job(
-    kind: JobKind, job_id: str, dataset_ids: list[str] | None, reason: str,
+    hooks: JobHooks, job_id: str, dataset_ids: list[str] | None, reason: str,
     config: RunConfiguration, connections: Connections, log,
 ) -> bool:
     """Clean up every dataset of an interrupted job not yet done, report each failed, then the job
     finishedUnsuccessful with `reason`. Does nothing when SciCat already shows the job finished
     (another path got there first). Returns whether it reported the job."""
     scicat = connections.scicat
-    if job_is_finished(scicat.get_job(job_id)):
+    if scicat.get_job(job_id).is_finished:
         log.info("job %s: already finished in SciCat; nothing to do", job_id)
         return False
     usable, _ = checked_pids(dataset_ids or scicat.get_job_dataset_pids(job_id))
     for pid in usable:  # each clean-up leaves a dataset that is done as it is
-        kind.clean_up(pid, config, connections, RuntimeError(reason), log)
+        hooks.clean_up(pid, config, connections, RuntimeError(reason), log)
     scicat.update_job_status(job_id, JobStatus.FINISHED_UNSUCCESSFUL, reason[:2000])
     log.warning("job %s: %s; datasets not finished were cleaned up and reported failed", job_id, reason)
     return True
 
 
-def on_job_cancelled(kind: JobKind):
+def on_job_cancelled(hooks: JobHooks):
     """A cancellation hook for a job run (the runner or the engine runs it outside the cancelled code).
     A crashed run's hooks die with its container; the recover_job flow handles crashes."""
 
@@ -236,8 +233,8 @@ def on_job_cancelled(kind: JobKind):
         config = load_run_configuration()
         with connect(config) as connections:
             finish_interrupted_job(
-                kind, flow_run.parameters["job_id"], flow_run.parameters.get("dataset_ids"),
-                f"{kind.name} run {flow_run.name} {state.name.lower()}", config, connections, log,
+                hooks, flow_run.parameters[JOB_ID], flow_run.parameters.get(DATASET_IDS),
+                f"{hooks.kind.noun} run {flow_run.name} {state.name.lower()}", config, connections, log,
             )
 
     return hook

@@ -6,29 +6,29 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 
 from archiver.config.limits import TagLimit
-from archiver.flows.common import RunCancelled, RunNotOwned, exception_of
+from archiver.errors import retry_may_help
+from archiver.flows.task_states import exception_of
 from archiver.packing import archive, cleanup, partial, retrieve
-from archiver.packing.errors import ArchiverError
 from archiver.packing.planning import PlannedDatablock
-from archiver.packing.records import DatablockRecord, ListedChecksum, Manifest
+from archiver.packing.records import ChecksumAlgorithm, DatablockRecord, ListedChecksum, Manifest
 from archiver.storage import lts
 
 
 def _may_recover(task, task_run, state) -> bool:
     """Retry storage hiccups; never a user's mistake, a checksum mismatch, a refused name, a full LTS or a run
-    that must stop."""
+    that must stop (`retry_may_help`)."""
     error = exception_of(state)
-    return (isinstance(error, Exception) and not isinstance(error, (ArchiverError, RunCancelled, RunNotOwned))
-            and not lts.is_full(error))
+    return error is not None and retry_may_help(error) and not lts.is_full(error)
 
 
 # Storage tasks that stream data: transient S3/LTS errors get two more tries.
-_STORAGE_RETRIES = {"retries": 2, "retry_delay_seconds": [10, 60], "retry_condition_fn": _may_recover,
+_STORAGE_RETRIES: dict[str, Any] = {"retries": 2, "retry_delay_seconds": [10, 60], "retry_condition_fn": _may_recover,
                     "cache_policy": NO_CACHE}
 
 
@@ -58,8 +58,8 @@ def wait_for_free_space(lts_root: Path, min_free_percentage: float, timeout_s: f
     task_run_name="write {block.archive_id}",
     **_STORAGE_RETRIES,
 )
-def write_datablock(s3, bucket: str, block: PlannedDatablock, lts_root: Path, algorithm: str, on_bytes=None,
-                    listed: dict[str, ListedChecksum] | None = None,
+def write_datablock(s3, bucket: str, block: PlannedDatablock, lts_root: Path, algorithm: ChecksumAlgorithm,
+                    on_bytes=None, listed: dict[str, ListedChecksum] | None = None,
                     before_writing: Callable[[], None] | None = None) -> DatablockRecord:
     """`before_writing` (e.g. an OwnershipCheck) runs once the slot is held: a run frozen while it waited
     for the slot, and taken for crashed meanwhile, stops here instead of writing."""

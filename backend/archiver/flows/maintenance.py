@@ -6,9 +6,13 @@ from prefect import flow
 from prefect.artifacts import create_table_artifact
 from prefect.logging import get_run_logger
 
+from archiver.clients.connections import connect
+from archiver.clients.outage import retry_refused_connections
+from archiver.config.deployments import PRUNING, RETRIEVAL_CLEANUP
 from archiver.config.runtime import load_run_configuration
-from archiver.flows.common import connect
 from archiver.packing import cleanup, retained
+
+retry_refused_connections()  # before this flow run makes a Prefect client (clients/outage.py)
 
 PRUNE_SCHEDULE_CRON = "30 3 * * *"  # daily, 03:30 UTC
 RETRIEVAL_CLEANUP_CRON = "15 4 * * *"  # daily, 04:15 UTC
@@ -29,7 +33,7 @@ def registered_in(scicat):
     return registered
 
 
-@flow(name="prune_discarded", flow_run_name="prune-discarded")
+@flow(name=PRUNING.flow, flow_run_name="prune-discarded")
 def prune_discarded_flow(older_than_days: int | None = None, dry_run: bool = False) -> int:
     """Delete `discarded/` folders on the LTS older than `older_than_days` (default LTS_DISCARDED_RETENTION_DAYS);
     returns the bytes freed (with `dry_run`: that would be freed). `datablocks/` is never touched."""
@@ -60,13 +64,13 @@ def prune_discarded_flow(older_than_days: int | None = None, dry_run: bool = Fal
     return freed
 
 
-@flow(name="clean_retrievals", flow_run_name="clean-retrievals")
+@flow(name=RETRIEVAL_CLEANUP.flow, flow_run_name="clean-retrievals")
 def clean_retrievals_flow(dry_run: bool = False) -> int:
-    """Delete retrieved objects whose retention (`retain-until`, MINIO_RETRIEVAL_RETENTION_DAYS after the last
+    """Delete retrieved objects whose retention (`retain-until`, S3_RETRIEVAL_RETENTION_DAYS after the last
     retrieval asking for them) has passed; returns the bytes freed (with `dry_run`: that would be freed)."""
     log = get_run_logger()
     config = load_run_configuration()
-    minio = config.settings.minio
+    minio = config.settings.s3
     with connect(config) as connections:
         report = retained.clean_expired(connections.s3, minio.retrieval_bucket, config.settings.lts.storage_root,
                                         minio.retrieval_retention_days, dry_run=dry_run)

@@ -21,18 +21,19 @@ from uuid import UUID
 from prefect import flow
 from prefect.logging import get_run_logger
 
+from archiver.clients.connections import Connections, connect
+from archiver.clients.outage import retry_refused_connections
 from archiver.config.automations import ZOMBIE_MESSAGE_PREFIX
+from archiver.config.deployments import DATASET_IDS, JOB_ID, RECOVERY
 from archiver.config.runtime import RunConfiguration, load_run_configuration
-from archiver.flows.archive import ARCHIVAL
-from archiver.flows.common import Connections, connect
+from archiver.flows.archive import ARCHIVAL_HOOKS
 from archiver.flows.concurrency import reconcile_tags
-from archiver.flows.jobs import JobKind, checked_pids, finish_interrupted_job, job_is_finished
-from archiver.flows.retrieve import RETRIEVAL
-from archiver.packing import cleanup
-from archiver.packing.archive import DatasetBusyError, claim_datablocks_folder
-from archiver.packing.retained import try_retrieval_lock
+from archiver.flows.jobs import JobHooks, checked_pids, finish_interrupted_job
+from archiver.flows.retrieve import RETRIEVAL_HOOKS
 
-JOB_KINDS = {"archive_datasetlist": ARCHIVAL, "retrieve_datasetlist": RETRIEVAL}
+retry_refused_connections()  # before this flow run makes a Prefect client (clients/outage.py)
+
+JOB_HOOKS = {hooks.kind.deployment.flow: hooks for hooks in (ARCHIVAL_HOOKS, RETRIEVAL_HOOKS)}
 RETRY_TAG = "crash-retry:"
 # A cancelled run's own hook reports the job; the recovery waits this long for it before doing it itself.
 CANCEL_HOOK_GRACE_S = 60
@@ -90,27 +91,12 @@ def crash_leftovers(client, flow_run, reason: str) -> set[str]:
     return tags
 
 
-def remove_storage_leftovers(kind: JobKind, pids: list[str], config: RunConfiguration, connections: Connections,
+def remove_storage_leftovers(hooks: JobHooks, pids: list[str], config: RunConfiguration, connections: Connections,
                              log) -> None:
-    """Half-written datablocks on the LTS (archival), unfinished uploads to the retrieval bucket (retrieval): each
-    only under the dataset's lock, so a live run's files and uploads stay."""
-    settings = config.settings
+    """What a dead run of the job left half done on storage, dataset by dataset (each only under the dataset's
+    lock, so a live run's files and uploads stay)."""
     for pid in pids:
-        if kind is ARCHIVAL:
-            try:  # under the dataset's write lock: a writer still alive keeps its file
-                with claim_datablocks_folder(settings.lts.storage_root, pid) as removed:
-                    for path in removed:
-                        log.info("%s: removed half-written %s", pid, path.name)
-            except DatasetBusyError as e:
-                log.warning("%s: half-written files left in place: %s", pid, e)
-        else:  # under the dataset's retrieval lock: a live run's uploads are its own
-            bucket = settings.minio.retrieval_bucket
-            with try_retrieval_lock(settings.lts.storage_root, pid) as held:
-                aborted = cleanup.abort_retrieval_uploads(connections.s3, bucket, pid) if held else 0
-            if not held:
-                log.warning("%s: unfinished uploads left in place: another run is retrieving the dataset", pid)
-            elif aborted:
-                log.info("%s: aborted %d unfinished upload(s) to the retrieval bucket", pid, aborted)
+        hooks.remove_leftovers(pid, config, connections, log)
 
 
 def heartbeats_since(client, flow_run_id: UUID, since) -> int:
@@ -145,17 +131,18 @@ def still_alive(client, flow_run, heartbeat_s: int) -> bool:
 def _wait_for_cancellation_hook(connections: Connections, job_id: str) -> bool:
     deadline = time.monotonic() + CANCEL_HOOK_GRACE_S
     while time.monotonic() < deadline:
-        if job_is_finished(connections.scicat.get_job(job_id)):
+        if connections.scicat.get_job(job_id).is_finished:
             return True
         time.sleep(5)
     return False
 
 
 def _retry(client, flow_run, attempt: int) -> None:
+    from prefect.client.schemas.objects import FlowRun
     from prefect.deployments import run_deployment
 
     tags = [tag for tag in flow_run.tags if not tag.startswith(RETRY_TAG)] + [f"{RETRY_TAG}{attempt}"]
-    retry = run_deployment(
+    retry: FlowRun = run_deployment(  # type: ignore[assignment]  # typed sync-or-async; sync in a flow
         flow_run.deployment_id, parameters=flow_run.parameters, job_variables=flow_run.job_variables or None,
         tags=tags, idempotency_key=f"{flow_run.id}-crash-retry", timeout=0, as_subflow=False,
     )
@@ -163,7 +150,7 @@ def _retry(client, flow_run, attempt: int) -> None:
                              flow_run.name, retry.name, attempt)
 
 
-@flow(name="recover_job", flow_run_name="recover-{flow_run_id}")
+@flow(name=RECOVERY.flow, flow_run_name="recover-{flow_run_id}")
 def recover_job(flow_run_id: str) -> str:
     """Clean up after a crashed or cancelled job run, then resume the job or report it failed.
     Returns what was done: "retried", "reported", "nothing to report" or "still alive"."""
@@ -179,27 +166,28 @@ def recover_job(flow_run_id: str) -> str:
                      state.name if state else "without state")
             return "nothing to report"
         flow_name = client.read_flow(flow_run.flow_id).name
-        kind = JOB_KINDS.get(flow_name)
-        if kind is None:
+        hooks = JOB_HOOKS.get(flow_name)
+        if hooks is None:
             raise ValueError(f"flow run {flow_run.name} is a run of {flow_name!r}, not of a job flow "
-                             f"({', '.join(JOB_KINDS)}); check the job_recovery trigger in prefect.yaml")
+                             f"({', '.join(JOB_HOOKS)}); check the job_recovery trigger in prefect.yaml")
         if state.is_crashed() and still_alive(client, flow_run, config.settings.archiver.heartbeat_s):
             return "still alive"
-        what = f"{kind.name} run {flow_run.name} {state.name.lower()}"
+        state_name = str(state.name).lower()
+        what = f"{hooks.kind.noun} run {flow_run.name} {state_name}"
         reason = f"{what} (its process or container died: killed, out of memory or node lost)" if state.is_crashed() else what
-        tags = crash_leftovers(client, flow_run, f"the job run {flow_run.name} is {state.name.lower()}")
+        tags = crash_leftovers(client, flow_run, f"the job run {flow_run.name} is {state_name}")
         for result in reconcile_tags(tags | {limit.tag for limit in config.limits.by_name().values()}):
             if result.released:
                 log.info("tag %s: released %d slot(s) of dead task runs", result.tag, result.released)
 
-        job_id, dataset_ids = flow_run.parameters["job_id"], flow_run.parameters.get("dataset_ids")
+        job_id, dataset_ids = flow_run.parameters[JOB_ID], flow_run.parameters.get(DATASET_IDS)
         with connect(config) as connections:
             pids, _ = checked_pids(dataset_ids or connections.scicat.get_job_dataset_pids(job_id))
-            remove_storage_leftovers(kind, pids, config, connections, log)
+            remove_storage_leftovers(hooks, pids, config, connections, log)
             if state.is_cancelled() and _wait_for_cancellation_hook(connections, job_id):
                 log.info("job %s: reported by the cancellation hook", job_id)
                 return "nothing to report"
-            if job_is_finished(connections.scicat.get_job(job_id)):
+            if connections.scicat.get_job(job_id).is_finished:
                 log.info("job %s: already finished in SciCat (the run died after reporting)", job_id)
                 return "nothing to report"
             retries = crash_retries_so_far(flow_run.tags)
@@ -209,5 +197,5 @@ def recover_job(flow_run_id: str) -> str:
                 return "retried"
             if state.is_crashed():
                 reason += f"; retries exhausted ({retries} of ARCHIVER_CRASH_RETRIES={allowed})"
-            finish_interrupted_job(kind, job_id, dataset_ids, reason, config, connections, log)
+            finish_interrupted_job(hooks, job_id, dataset_ids, reason, config, connections, log)
             return "reported"

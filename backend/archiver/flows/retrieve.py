@@ -12,16 +12,19 @@ from pathlib import Path
 from prefect import flow
 from prefect.logging import get_run_logger
 
+from archiver.clients.connections import Connections, connect
+from archiver.clients.outage import retry_refused_connections
+from archiver.config.deployments import RETRIEVAL
 from archiver.config.runtime import RunConfiguration, load_run_configuration
-from archiver.flows.common import (
-    ARCHIVED_LIFECYCLE, Connections, OnRecord, ProgressReporter, connect, dataset_on_record, run_bounded_or_raise,
-    scicat_call,
-)
 from archiver.flows.concurrency import reconcile_tags
 from archiver.flows.failures import describe_failure
 from archiver.flows.figures import BYTES, DATABLOCKS, record_figures
-from archiver.flows.jobs import DatasetDone, JobKind, on_job_cancelled, run_job
+from archiver.flows.jobs import DatasetDone, JobHooks, on_job_cancelled, run_job
 from archiver.flows.lts_tasks import copy_datablock_to_retrieval, copy_files_to_retrieval, tagged
+from archiver.flows.on_record import ARCHIVED_LIFECYCLE, OnRecord, dataset_on_record
+from archiver.flows.parallel import run_bounded_or_raise
+from archiver.flows.progress import ProgressReporter
+from archiver.flows.scicat_tasks import scicat_call
 from archiver.packing import cleanup, naming
 from archiver.packing.errors import DatasetUserError, RegistrationConflictError
 from archiver.packing.partial import FileSelection, select_files
@@ -34,10 +37,13 @@ from archiver.packing.retained import (
     remove_dead_run_objects,
     retain_until,
     retrieval_lock,
+    try_retrieval_lock,
 )
 from archiver.packing.retrieve import RetrievedObject, expected_datablock
 from archiver.scicat.models import JobResultEntry, RetrieveStatus
 from archiver.storage.s3 import delete_keys, presigned_get_url
+
+retry_refused_connections()  # before this flow run makes a Prefect client (clients/outage.py)
 
 
 class NotArchivedError(DatasetUserError):
@@ -59,7 +65,7 @@ def _check_archived(pid: str, on_record: OnRecord) -> None:
 def _download_link(key: str, config: RunConfiguration, connections: Connections) -> str:
     """A presigned GET URL of a retrieved object: a bearer link to the user's data, so it goes only into the job
     result in SciCat, never into an artifact or a log line that every Prefect UI user reads."""
-    minio = config.settings.minio
+    minio = config.settings.s3
     return presigned_get_url(minio.external_endpoint, minio.region, connections.presign_credentials,
                              minio.retrieval_bucket, key, minio.url_expiration_s)
 
@@ -69,9 +75,9 @@ def _upload_datablocks(
 ) -> list[RetrievedObject]:
     settings = config.settings
     copy = tagged(copy_datablock_to_retrieval, config.limits.LTS_TO_RETRIEVAL_LIMIT)
-    progress = ProgressReporter(sum(r.packedSize for r in records), f"retrieving {pid}: checked and uploaded")
+    progress = ProgressReporter(f"retrieving {pid}: checked and uploaded", sum(r.packedSize for r in records))
     retrieved = run_bounded_or_raise(
-        lambda record: copy(settings.lts.storage_root, record.archiveId, connections.s3, settings.minio.retrieval_bucket,
+        lambda record: copy(settings.lts.storage_root, record.archiveId, connections.s3, settings.s3.retrieval_bucket,
                             settings.lts.file_timeout_s, record, on_bytes=progress.add),
         records, settings.archiver.datablock_concurrency)
     progress.finish()
@@ -85,10 +91,10 @@ def _upload_files(
     settings = config.settings
     copy = tagged(copy_files_to_retrieval, config.limits.LTS_TO_RETRIEVAL_LIMIT)
     total = sum(f.size for s in selections for f in s.files)
-    progress = ProgressReporter(total, f"retrieving {pid}: selected files checked and uploaded")
+    progress = ProgressReporter(f"retrieving {pid}: selected files checked and uploaded", total)
     retrieved = run_bounded_or_raise(
         lambda s: copy(settings.lts.storage_root, s.datablock.archiveId, len(s.files), s, connections.s3,
-                       settings.minio.retrieval_bucket, settings.lts.file_timeout_s, on_bytes=progress.add),
+                       settings.s3.retrieval_bucket, settings.lts.file_timeout_s, on_bytes=progress.add),
         selections, settings.archiver.datablock_concurrency)
     progress.finish()
     return [obj for objects in retrieved for obj in objects]
@@ -128,9 +134,9 @@ def _provide_copy(pid: str, records: list[DatablockRecord], selections: list[Fil
     for any number of jobs: under the dataset's retrieval lock, reuse what is there, upload only what is
     missing. Returns what was wanted and the bytes uploaded. On failure, what this run uploaded is removed."""
     settings = config.settings
-    s3, bucket = connections.s3, settings.minio.retrieval_bucket
-    wait_note = lambda: log.info("%s: another run retrieves this dataset; waiting for it (MINIO_RETRIEVAL_WAIT_S)", pid)  # noqa: E731
-    with retrieval_lock(settings.lts.storage_root, pid, settings.minio.retrieval_wait_s, on_wait=wait_note):
+    s3, bucket = connections.s3, settings.s3.retrieval_bucket
+    wait_note = lambda: log.info("%s: another run retrieves this dataset; waiting for it (S3_RETRIEVAL_WAIT_S)", pid)  # noqa: E731
+    with retrieval_lock(settings.lts.storage_root, pid, settings.s3.retrieval_wait_s, on_wait=wait_note):
         wanted = _wanted(pid, settings.lts.storage_root, records, selections)
         present = present_objects(s3, bucket, [w.expected for w in wanted])
         missing_keys = {w.expected.key for w in wanted} - {o.key for o in present}
@@ -140,7 +146,7 @@ def _provide_copy(pid: str, records: list[DatablockRecord], selections: list[Fil
             log.info("%s: %d object(s) already in the retrieval bucket, checked by size and checksum: reused",
                      pid, len(present))
         if missing:
-            check_budget(s3, bucket, pid, uploaded, settings.minio.retrieval_budget_bytes)
+            check_budget(s3, bucket, pid, uploaded, settings.s3.retrieval_budget_bytes)
             aborted = cleanup.abort_retrieval_uploads(s3, bucket, pid)  # a dead run's: the lock says none is alive
             if aborted:
                 log.warning("%s: %d unfinished upload(s) of an earlier retrieval aborted", pid, aborted)
@@ -152,7 +158,7 @@ def _provide_copy(pid: str, records: list[DatablockRecord], selections: list[Fil
             except BaseException:
                 _delete_quietly(s3, bucket, sorted(missing_keys), pid, log)
                 raise
-        until = retain_until(settings.minio.retrieval_retention_days)
+        until = retain_until(settings.s3.retrieval_retention_days)
         for w in wanted:
             extend_retention(s3, bucket, w.expected.key, until)
     return wanted, uploaded
@@ -174,7 +180,7 @@ def _entries(pid: str, wanted: list[_Wanted], config: RunConfiguration, connecti
             for w in wanted]
 
 
-@flow(name="retrieve_dataset", flow_run_name="retrieve-{dataset_id}-job-{job_id}")
+@flow(name=RETRIEVAL.dataset_flow, flow_run_name="retrieve-{dataset_id}-job-{job_id}")
 def retrieve_dataset(job_id: str, dataset_id: str, config: RunConfiguration, files: list[str] | None = None) -> DatasetDone:
     """Retrieve the whole dataset (a link per datablock), or only `files` (a link per file); a copy
     already in the retrieval bucket is reused (packing.retained)."""
@@ -226,7 +232,7 @@ def _clean_up_failed_retrieval(pid: str, config: RunConfiguration, connections: 
 def _remove_dead_run_objects(pid: str, config: RunConfiguration, connections: Connections, log) -> None:
     settings = config.settings
     try:
-        removed = remove_dead_run_objects(connections.s3, settings.minio.retrieval_bucket, settings.lts.storage_root, pid)
+        removed = remove_dead_run_objects(connections.s3, settings.s3.retrieval_bucket, settings.lts.storage_root, pid)
     except Exception as e:
         log.error("%s: retrieval bucket could not be cleaned: %s", pid, e)
         return
@@ -244,13 +250,24 @@ def _clean_up_interrupted_retrieval(pid, config, connections, error, log) -> Non
     _clean_up_failed_retrieval(pid, config, connections, error, log)
 
 
-RETRIEVAL = JobKind("retrieval", _clean_up_interrupted_retrieval)
+def _abort_dead_uploads(pid: str, config: RunConfiguration, connections: Connections, log) -> None:
+    """Unfinished uploads of a dead run, under the dataset's retrieval lock: a live run's uploads are its own."""
+    settings = config.settings
+    with try_retrieval_lock(settings.lts.storage_root, pid) as held:
+        aborted = cleanup.abort_retrieval_uploads(connections.s3, settings.s3.retrieval_bucket, pid) if held else 0
+    if not held:
+        log.warning("%s: unfinished uploads left in place: another run is retrieving the dataset", pid)
+    elif aborted:
+        log.info("%s: aborted %d unfinished upload(s) to the retrieval bucket", pid, aborted)
+
+
+RETRIEVAL_HOOKS = JobHooks(RETRIEVAL, _clean_up_interrupted_retrieval, _abort_dead_uploads)
 
 
 @flow(
-    name="retrieve_datasetlist",
+    name=RETRIEVAL.deployment.flow,
     flow_run_name="retrieve-job-{job_id}",
-    on_cancellation=[on_job_cancelled(RETRIEVAL)],
+    on_cancellation=[on_job_cancelled(RETRIEVAL_HOOKS)],
 )
 def retrieve_datasets_flow(
     job_id: str, dataset_ids: list[str] | None = None, dataset_files: dict[str, list[str]] | None = None,

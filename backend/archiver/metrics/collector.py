@@ -12,22 +12,23 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from archiver.config.deployments import AUDIT, JOB_KINDS
 from archiver.flows.figures import AUDIT_PROBLEMS, BYTES, figure
 from archiver.metrics import live
 from archiver.metrics.history import FinishedRun, RunHistory
 
 log = logging.getLogger(__name__)
 
-JOB_FLOWS = {"archive_datasetlist": "archive", "retrieve_datasetlist": "retrieve"}
-DATASET_FLOWS = {"archive_dataset": "archive", "retrieve_dataset": "retrieve"}
-AUDIT_FLOW = "lts_audit"
+JOB_FLOWS = {kind.deployment.flow: kind.job_type for kind in JOB_KINDS.values()}
+DATASET_FLOWS = {kind.dataset_flow: kind.job_type for kind in JOB_KINDS.values()}
+AUDIT_FLOW = AUDIT.flow
 OUTCOMES = ("completed", "failed", "crashed", "cancelled")
-JOB_TYPES = ("archive", "retrieve")
+JOB_TYPES = tuple(JOB_KINDS)
 DURATION_BUCKETS = (10, 30, 60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 24 * 3600)
 QUEUE_WAIT_BUCKETS = (1, 5, 10, 30, 60, 300, 900, 1800, 3600, 4 * 3600)
 SOURCES = ("prefect", "lts", "s3")
@@ -37,7 +38,8 @@ class SlowReads:
     """Results of reads too slow for every scrape (LTS walk, bucket listing), kept `ttl_s` seconds."""
 
     def __init__(self, ttl_s: float, clock: Callable[[], float] = time.monotonic):
-        self.ttl_s, self._clock, self._kept = ttl_s, clock, {}
+        self.ttl_s, self._clock = ttl_s, clock
+        self._kept: dict[str, tuple[float, object]] = {}
 
     def get(self, key: str, read: Callable[[], object]):
         at, value = self._kept.get(key, (None, None))
@@ -70,7 +72,7 @@ class ArchiverCollector(Collector):
     def describe(self) -> list[Metric]:
         return []  # names are fixed; no collection at registration
 
-    def collect(self) -> Iterator[Metric]:
+    def collect(self) -> Iterable[Metric]:
         with self._lock:  # one scrape at a time: the history is refreshed in place
             families: list[Metric] = []
             up = {source: 1 for source in SOURCES}
@@ -218,7 +220,7 @@ class ArchiverCollector(Collector):
         ]
 
     def _bucket(self, config) -> list[Metric]:
-        bucket = config.settings.minio.retrieval_bucket
+        bucket = config.settings.s3.retrieval_bucket
         usage = self._slow.get("retrieval-bucket", lambda: live.bucket_usage(self._s3(config), bucket))
         return [
             GaugeMetricFamily("archiver_retrieval_bucket_bytes", "Bytes of the objects in the retrieval bucket",

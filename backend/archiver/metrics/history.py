@@ -76,7 +76,11 @@ class RunHistory:
 
     def refresh(self, client) -> None:
         from prefect.client.schemas.filters import (
-            FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterEndTime, FlowRunFilterState,
+            FlowFilter,
+            FlowFilterName,
+            FlowRunFilter,
+            FlowRunFilterEndTime,
+            FlowRunFilterState,
             FlowRunFilterStateType,
         )
         from prefect.client.schemas.sorting import FlowRunSort

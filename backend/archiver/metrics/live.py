@@ -1,11 +1,12 @@
-"""What is true now, read at scrape time: unfinished runs and stuck ones, tag-limit slots, the LTS, the retrieval bucket."""
+"""What is true now, read at scrape time: unfinished runs and stuck ones, tag-limit slots, the LTS, the
+retrieval bucket."""
 
 from __future__ import annotations
 
 import json
 import shutil
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 UNFINISHED_STATES = ("SCHEDULED", "PENDING", "RUNNING", "CANCELLING", "PAUSED")
@@ -23,7 +24,11 @@ def unfinished_runs(client, flows: list[str], flow_name) -> list[UnfinishedRun]:
     """Runs of `flows` not in a final state; running ones with the time of their latest heartbeat event.
     `flow_name(client, flow_id)` names a run's flow."""
     from prefect.client.schemas.filters import (
-        FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType,
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
     )
 
     runs = client.read_flow_runs(
@@ -117,4 +122,4 @@ def bucket_usage(s3, bucket: str) -> BucketUsage:
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)

@@ -13,18 +13,25 @@ import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import ValidationError
 
+from archiver.errors import TryLaterError
 from archiver.packing import naming, tarformat
-from archiver.packing.cleanup import remove_partial_files
 from archiver.packing.checking import CHUNK, BackgroundHasher, check_datablock_stream
-from archiver.packing.errors import ArchiverError, ChecksumMismatchError, DatablockExistsError, IntegrityError
+from archiver.packing.cleanup import remove_partial_files
+from archiver.packing.errors import ChecksumMismatchError, DatablockExistsError, IntegrityError
 from archiver.packing.planning import PlannedDatablock
 from archiver.packing.records import (
-    ChecksumAlgorithm, DatablockRecord, DataFileRecord, ListedChecksum, Manifest, read_manifest, write_json_durably,
+    ChecksumAlgorithm,
+    DatablockRecord,
+    DataFileRecord,
+    ListedChecksum,
+    Manifest,
+    read_manifest,
+    write_json_durably,
 )
 from archiver.packing.sources import Member, Prefetch, read_members
 from archiver.storage.lts import drop_page_cache, fsync_dir, rename_no_replace
@@ -32,7 +39,7 @@ from archiver.storage.lts import drop_page_cache, fsync_dir, rename_no_replace
 LOCK_FILE_NAME = ".archiving.lock"
 
 
-class DatasetBusyError(ArchiverError):
+class DatasetBusyError(TryLaterError):
     """Another live process is writing this dataset's datablocks."""
 
 
@@ -131,7 +138,7 @@ def archive_datablock(
             drop_page_cache(out.fileno())
         manifest = Manifest(
             datasetId=block.pid, archiveId=block.archive_id, size=block.size, packedSize=packed_size,
-            chkAlg=algorithm, dataFileList=members, chk=chk, created=datetime.now(timezone.utc).isoformat(),
+            chkAlg=algorithm, dataFileList=members, chk=chk, created=datetime.now(UTC).isoformat(),
         )
         # Manifest first: a crash between the two renames leaves a manifest without a tar (a taken name,
         # never reused), never a verified tar with a stale manifest.
@@ -195,7 +202,7 @@ def _write_tar(out, s3, bucket: str, block: PlannedDatablock, algorithm: Checksu
                         on_bytes(len(chunk))
                 tar.write(tarformat.padding(f.size))
                 members.append(DataFileRecord(
-                    path=f.path, size=f.size, time=f.modified.astimezone(timezone.utc).isoformat(),
+                    path=f.path, size=f.size, time=f.modified.astimezone(UTC).isoformat(),
                     chk=member.checksum(), uid=str(tarformat.MEMBER_UID), gid=str(tarformat.MEMBER_GID),
                     perm=tarformat.member_perm(),
                 ))
@@ -231,7 +238,7 @@ def verify_datablock(lts_root: Path, archive_id: str, on_bytes: Callable[[int], 
     except (OSError, ValueError, ValidationError) as e:
         raise IntegrityError(what, [f"manifest {naming.manifest_path(tar_path).name} unreadable: {e}"]) from e
     try:
-        raw = open(tar_path, "rb", buffering=0)
+        raw = open(tar_path, "rb", buffering=0)  # noqa: SIM115 (closed by the `with` below)
     except OSError as e:
         raise IntegrityError(what, [f"tar file unreadable: {e}"]) from e
     with raw:

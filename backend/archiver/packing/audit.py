@@ -16,7 +16,7 @@ import json
 from collections import Counter
 from collections.abc import Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +24,12 @@ from pydantic import ValidationError
 
 from archiver.packing import naming
 from archiver.packing.cleanup import DISCARDED, set_aside_time
-from archiver.packing.errors import ArchiverError
+from archiver.packing.errors import InvalidNameError
 from archiver.packing.records import read_manifest, write_json_durably
 from archiver.storage.lts import fsync_dir
 
 AUDIT_SUFFIX = ".audit.json"
-NEVER = datetime.min.replace(tzinfo=timezone.utc)
+NEVER = datetime.min.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ def inventory(lts_root: Path, pids: Iterable[str] | None = None) -> tuple[dict[s
     for folder in folders:
         try:
             pid = naming.pid_from_safe_name(folder.name)
-        except ArchiverError as e:
+        except InvalidNameError as e:
             odd.append(Finding("unknown-folder", "?", _relative(lts_root, folder), str(e)))
             continue
         found[pid] = _dataset_inventory(lts_root, pid, folder)
@@ -118,7 +118,7 @@ def _relative(lts_root: Path, path: Path) -> str:
 
 
 def _mtime(path: Path) -> datetime:
-    return datetime.fromtimestamp(path.lstat().st_mtime, timezone.utc)
+    return datetime.fromtimestamp(path.lstat().st_mtime, UTC)
 
 
 def last_verified(lts_root: Path, archive_id: str) -> datetime:
@@ -168,7 +168,8 @@ def select_for_fixity(blocks: Iterable[StoredDatablock], byte_budget: int | None
     ordered = sorted(blocks, key=lambda b: (b.last_verified, b.archive_id))
     if byte_budget is None:
         return ordered
-    chosen, total = [], 0
+    chosen: list[StoredDatablock] = []
+    total = 0
     for block in ordered:
         if chosen and total + block.packed_size > byte_budget:
             break
@@ -210,8 +211,8 @@ def consistency_findings(
     for archive_id, count in sorted((str(a), n) for a, n in counted.items() if n > 1):
         findings.append(Finding("duplicate-registration", pid, archive_id,
                                 f"registered {count} times in SciCat; delete all but one record"))
-    for archive_id, wire in sorted(on_record.items(), key=lambda item: str(item[0])):
-        finding = _lost(pid, str(archive_id), wire.get("packedSize"), dataset.tars.get(archive_id))
+    for recorded_id, wire in sorted(on_record.items(), key=lambda item: str(item[0])):
+        finding = _lost(pid, str(recorded_id), wire.get("packedSize"), dataset.tars.get(str(recorded_id)))
         if finding is not None:
             findings.append(finding)
     for path, modified in sorted(dataset.partials.items()):
@@ -246,7 +247,7 @@ def lost_beyond_inventory(
             continue
         try:
             own = naming.archive_id_of_dataset(pid, archive_id)
-        except ArchiverError:  # a PID no LTS folder can be named after
+        except InvalidNameError:  # a PID no LTS folder can be named after
             own = False
         if not own:
             yield Finding("lost", pid, archive_id, f"registered in SciCat ({recorded} bytes), no tar on the LTS: "

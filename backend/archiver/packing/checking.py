@@ -131,7 +131,7 @@ def check_datablock_stream(
     problems: list[str] = []
     try:
         try:
-            with tarfile.open(fileobj=tee, mode="r:") as tar:
+            with tarfile.open(fileobj=tee, mode="r:") as tar:  # type: ignore[call-overload]  # TeeReader reads like a file
                 for member in tar:
                     problems += _check_member(tee, member, expected, seen, algorithm)
         except (tarfile.TarError, EOFError, ValueError) as e:  # ValueError covers undecodable pax records

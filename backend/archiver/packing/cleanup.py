@@ -7,7 +7,7 @@ import os
 import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from archiver.packing import naming
@@ -15,13 +15,12 @@ from archiver.storage.lts import fsync_dir
 from archiver.storage.multipart import abort_uploads
 from archiver.storage.s3 import abort_multipart_uploads, delete_prefix
 
-
 DISCARDED = "discarded"
 _DISCARDED_TIME_FORMAT = "%Y%m%dT%H%M%S.%fZ"
 
 
 def _new_discarded_folder(dataset_folder: Path, now: datetime | None = None) -> Path:
-    return dataset_folder / DISCARDED / (now or datetime.now(timezone.utc)).strftime(_DISCARDED_TIME_FORMAT)
+    return dataset_folder / DISCARDED / (now or datetime.now(UTC)).strftime(_DISCARDED_TIME_FORMAT)
 
 
 def set_aside_datablocks(lts_root: Path, archive_ids: list[str]) -> list[Path]:
@@ -30,7 +29,7 @@ def set_aside_datablocks(lts_root: Path, archive_ids: list[str]) -> list[Path]:
     (datablocks already gone are skipped)."""
     moved: list[Path] = []
     touched: set[Path] = set()
-    when = datetime.now(timezone.utc)
+    when = datetime.now(UTC)
     for archive_id in archive_ids:
         tar_path = naming.datablock_path(lts_root, archive_id)  # refuses ids outside a datablocks/ folder
         target = _new_discarded_folder(tar_path.parent.parent, when)
@@ -68,7 +67,7 @@ def prune_discarded(
     without `kept_because` were deleted (with `dry_run`: would be)."""
     if older_than_days < 0:
         raise ValueError(f"older_than_days must be 0 or more, got {older_than_days}")
-    cutoff = (now or datetime.now(timezone.utc)) - timedelta(days=older_than_days)
+    cutoff = (now or datetime.now(UTC)) - timedelta(days=older_than_days)
     datasets = Path(lts_root) / naming.DATASETS_PREFIX
     found: list[DiscardedFolder] = []
     for discarded in sorted(datasets.glob(f"*/{DISCARDED}")):
@@ -100,9 +99,9 @@ def _registered_but_missing(lts_root: Path, safe: str, registered: Callable[[str
 
 def set_aside_time(folder: Path) -> datetime:
     try:
-        return datetime.strptime(folder.name, _DISCARDED_TIME_FORMAT).replace(tzinfo=timezone.utc)
+        return datetime.strptime(folder.name, _DISCARDED_TIME_FORMAT).replace(tzinfo=UTC)
     except ValueError:
-        return datetime.fromtimestamp(folder.lstat().st_mtime, timezone.utc)
+        return datetime.fromtimestamp(folder.lstat().st_mtime, UTC)
 
 
 def _tree_size(folder: Path) -> int:

@@ -13,6 +13,7 @@ import shlex
 from dataclasses import dataclass
 
 from archiver.packing import naming
+from archiver.scicat.models import JobResultEntry
 
 
 @dataclass(frozen=True)
@@ -91,3 +92,13 @@ def download_script(job_id: str, downloads: list[Download]) -> str:
 
 def _comment(text: str) -> str:
     return text.replace("\n", " ").replace("\r", " ")
+
+
+def job_download_script(job_id: str, results: list[JobResultEntry]) -> str | None:
+    """The script for a job's results, when every result carries its checksum (None otherwise)."""
+    downloads = []
+    for e in results:
+        if e.chk is None or e.chk_alg is None:
+            return None
+        downloads.append(Download(e.dataset_id, e.name, e.url, e.size, e.chk_alg, e.chk, is_datablock=e.type != "file"))
+    return download_script(job_id, downloads) if downloads else None

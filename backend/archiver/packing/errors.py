@@ -1,24 +1,22 @@
-"""Errors of the data path, split the way SciCat needs them reported.
+"""Errors of the data path; their verdicts (user, try later, system) are those of `archiver.errors`.
 
 - `DatasetUserError`: the dataset as uploaded is at fault (files listed but
   missing or unreadable in the landing zone, an empty dataset). The flow
   reports SciCat's `missingFilesError`; the user has to fix the upload.
-- Anything else (`IntegrityError`, `storage.lts.LtsWaitTimeout`, S3 and OS errors) is a
-  system error: `scheduleArchiveJobFailed` / `datasetRetrievalFailed`.
+- The others (`IntegrityError`, a refused name) are system faults found on the data path:
+  `scheduleArchiveJobFailed` / `datasetRetrievalFailed`, and never retried.
 """
 
 from __future__ import annotations
 
-
-class ArchiverError(Exception):
-    """Base of the errors raised by the data path."""
+from archiver.errors import ArchiverError, UserError
 
 
 class InvalidNameError(ArchiverError, ValueError):
     """A dataset PID, file path or archive id that could escape its folder or is not representable."""
 
 
-class DatasetUserError(ArchiverError):
+class DatasetUserError(UserError):
     """The dataset's landing-zone content is at fault; the user must fix the upload."""
 
 

@@ -1,8 +1,8 @@
 """Where a dataset's bytes live: landing-zone keys, LTS folders, archive ids, retrieval keys.
 
 A dataset PID may contain `/` (`20.500.11935/0a1b...`). In the landing zone the
-ingestor uses the raw PID in the key (`openem-network/datasets/{pid}/raw_files/`,
-SCICAT_PROTOCOL.md), so we read it that way. Everywhere we create names (LTS
+ingestor uses the raw PID in the key (`openem-network/datasets/{pid}/raw_files/`, the
+ingestors' layout), so we read it that way. Everywhere we create names (LTS
 folders and files, retrieval-bucket keys) the PID is percent-encoded into one
 safe segment (`/` -> `%2F`, `%` -> `%25`), which `pid_from_safe_name` reverses.
 """

@@ -16,10 +16,11 @@ from pathlib import Path
 from archiver.packing import naming
 from archiver.packing.checking import CHUNK
 from archiver.packing.errors import FilesNotInDatasetError, IntegrityError
-from archiver.packing.records import DataFileRecord, DatablockRecord, new_hasher
+from archiver.packing.records import ChecksumAlgorithm, DatablockRecord, DataFileRecord, new_hasher
 from archiver.packing.retrieve import RetrievedObject, checksum_metadata
 from archiver.storage.lts import wait_until_readable
 from archiver.storage.s3 import MultipartUpload
+
 
 @dataclass(frozen=True)
 class FileSelection:
@@ -93,7 +94,7 @@ def _member_problems(member: tarfile.TarInfo, file: DataFileRecord) -> list[str]
     return []
 
 
-def _upload_checked(raw, file: DataFileRecord, algorithm: str, s3, bucket: str, key: str, what: str,
+def _upload_checked(raw, file: DataFileRecord, algorithm: ChecksumAlgorithm, s3, bucket: str, key: str, what: str,
                     on_bytes, part_size: int) -> None:
     hasher = new_hasher(algorithm)
     with MultipartUpload(s3, bucket, key, part_size, max_in_flight=2,

@@ -12,7 +12,11 @@ from datetime import datetime
 
 from archiver.packing import naming, tarformat
 from archiver.packing.errors import (
-    ConflictingListingError, EmptyDatasetError, InvalidNameError, MissingFilesError, UnsafeFileNamesError,
+    ConflictingListingError,
+    EmptyDatasetError,
+    InvalidNameError,
+    MissingFilesError,
+    UnsafeFileNamesError,
 )
 from archiver.packing.records import DataFileRecord, ListedChecksum, Manifest
 from archiver.storage.s3 import iter_objects

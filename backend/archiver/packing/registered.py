@@ -17,10 +17,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
-
-from datetime import datetime
 
 from pydantic import ValidationError
 
@@ -57,11 +56,12 @@ def record_from_wire(pid: str, wire: dict[str, Any]) -> DatablockRecord:
 
 def datablock_problem(lts_root: Path, pid: str, wire: dict[str, Any]) -> str | None:
     """Why a datablock registered in SciCat (its JSON fields) does not match the LTS (None when it does)."""
-    archive_id = wire.get("archiveId")
     try:
         record = record_from_wire(pid, wire)
     except ValidationError as e:
-        return f"{archive_id}: not a datablock record this archiver writes ({e.error_count()} problem(s): {e.errors()[0]['msg']})"
+        return (f"{wire.get('archiveId')}: not a datablock record this archiver writes "
+                f"({e.error_count()} problem(s): {e.errors()[0]['msg']})")
+    archive_id = record.archiveId
     if not naming.archive_id_of_dataset(pid, archive_id):
         return f"archiveId {archive_id!r} is not a datablock of dataset {pid}"
     try:
@@ -81,7 +81,7 @@ def check_registered(
     lts_root: Path, pid: str, registered: Iterable[dict[str, Any]], listed_paths: Iterable[str],
 ) -> ArchiveOnRecord:
     """Compare a dataset's registered datablocks (SciCat's JSON) with the LTS and its listed files (module doc)."""
-    matching, problems, held = [], [], set()
+    matching, problems, held = [], [], set[str]()
     for wire in registered:
         problem = datablock_problem(lts_root, pid, wire)
         if problem:

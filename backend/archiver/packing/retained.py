@@ -21,22 +21,23 @@ import fcntl
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from botocore.exceptions import ClientError
 
+from archiver.errors import TryLaterError
 from archiver.packing import naming
 from archiver.packing.cleanup import abort_retrieval_uploads
+from archiver.packing.errors import InvalidNameError
 from archiver.packing.retrieve import CHK_ALG_METADATA, CHK_METADATA, RetrievedObject
-from archiver.packing.errors import ArchiverError
 from archiver.storage.s3 import delete_keys, error_code, iter_objects
 
 RETAIN_UNTIL_TAG = "retain-until"
 LOCK_FILE_NAME = ".retrieving.lock"
 
 
-class RetrievalBusyError(Exception):
+class RetrievalBusyError(TryLaterError):
     """Another run retrieves (or cleans up) the dataset for longer than we wait."""
 
 
@@ -91,11 +92,11 @@ def try_retrieval_lock(lts_root: Path, pid: str) -> Iterator[bool]:
 
 
 def retain_until(days: float, now: datetime | None = None) -> datetime:
-    return ((now or datetime.now(timezone.utc)) + timedelta(days=days)).replace(microsecond=0)
+    return ((now or datetime.now(UTC)) + timedelta(days=days)).replace(microsecond=0)
 
 
 def _tag_value(when: datetime) -> str:
-    return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def read_retain_until(s3, bucket: str, key: str) -> datetime | None:
@@ -103,7 +104,7 @@ def read_retain_until(s3, bucket: str, key: str) -> datetime | None:
     tags = s3.get_object_tagging(Bucket=bucket, Key=key).get("TagSet", [])
     value = next((t["Value"] for t in tags if t["Key"] == RETAIN_UNTIL_TAG), None)
     try:
-        return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc) if value else None
+        return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC) if value else None
     except ValueError:
         return None
 
@@ -140,14 +141,14 @@ def remove_dead_run_objects(s3, bucket: str, lts_root: Path, pid: str, now: date
     finished retrieval handed out (no `retain-until` to come: a finished one sets it before making links).
     Copies that earlier jobs' links point to stay. Returns the objects deleted, or None when a live run holds
     the dataset's lock: what is there may be its work, left to it and to the scheduled cleanup."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     with try_retrieval_lock(lts_root, pid) as held:
         if not held:
             return None
         abort_retrieval_uploads(s3, bucket, pid)
         # Untagged objects of any age count: a dead run's uploads are untagged until it makes links.
         unretained = expired_objects(s3, bucket, naming.retrieval_prefix(pid), now,
-                                     untagged_older_than=datetime.max.replace(tzinfo=timezone.utc))
+                                     untagged_older_than=datetime.max.replace(tzinfo=UTC))
         return delete_keys(s3, bucket, [obj.key for obj in unretained])
 
 
@@ -155,12 +156,12 @@ def bucket_bytes(s3, bucket: str) -> int:
     return sum(obj["Size"] for obj in iter_objects(s3, bucket, ""))
 
 
-class RetrievalBudgetError(Exception):
+class RetrievalBudgetError(TryLaterError):
     def __init__(self, pid: str, needed: int, used: int, budget: int):
         super().__init__(
             f"dataset {pid}: retrieving it needs {needed} bytes in the retrieval bucket, but only "
             f"{max(budget - used, 0)} of its budget of {budget} bytes are free ({used} in use); nothing was "
-            "retrieved: try again once expired retrievals are cleaned up, or raise MINIO_RETRIEVAL_BUDGET_GB"
+            "retrieved: try again once expired retrievals are cleaned up, or raise S3_RETRIEVAL_BUDGET_GB"
         )
 
 
@@ -199,7 +200,7 @@ def retrieved_datasets(s3, bucket: str) -> list[str]:
         for common in page.get("CommonPrefixes", []):
             try:
                 pids.append(naming.pid_from_safe_name(common["Prefix"].rstrip("/").rsplit("/", 1)[-1]))
-            except ArchiverError:
+            except InvalidNameError:
                 continue
     return pids
 
@@ -219,7 +220,7 @@ def clean_expired(s3, bucket: str, lts_root: Path, retention_days: float, *, dry
     """Delete the retrieval bucket's objects whose `retain-until` has passed (untagged ones, left by
     retrievals before retention existed, once older than `retention_days`), one dataset at a time under
     its retrieval lock; a dataset being retrieved is skipped."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     expired, busy = [], []
     for pid in retrieved_datasets(s3, bucket):
         with try_retrieval_lock(lts_root, pid) as held:

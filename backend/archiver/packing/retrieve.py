@@ -15,7 +15,6 @@ from archiver.packing.records import DatablockRecord, read_manifest
 from archiver.storage.lts import wait_until_readable
 from archiver.storage.s3 import MultipartUpload
 
-
 # Object metadata of a retrieved object: the checksum it was checked against (S3 keeps it with the object).
 CHK_METADATA, CHK_ALG_METADATA = "chk", "chk-alg"
 

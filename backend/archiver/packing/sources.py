@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -69,7 +69,7 @@ class _Hashers:
 def read_members(
     s3, bucket: str, pid: str, files: Iterable[SourceFile], algorithm: ChecksumAlgorithm,
     prefetch: Prefetch = Prefetch(), extra_algorithms: Mapping[str, str] | None = None,
-) -> Iterator[Member]:
+) -> Generator[Member]:
     """Yield each file's contents in order; read each member's chunks to the end before the next.
     Files named in `extra_algorithms` (path -> hashlib name) are checksummed in that algorithm too.
     Use it in `contextlib.closing`, so fetches still queued stop when the caller stops early.

@@ -1,1 +1,2 @@
-"""SciCat: pydantic models of its objects, an httpx client for the archiver's calls, a development server."""
+"""SciCat: pydantic models of its objects and an httpx client for the archiver's calls (its development server
+is in devtools/)."""

@@ -14,6 +14,7 @@ flows look for the record before trying again).
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import threading
@@ -25,11 +26,11 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
+from pydantic import ValidationError
 
 from archiver.config.secrets import DEFAULT_SECRETS_DIR, read_secret, secret_spec
 from archiver.config.settings import ScicatSection
-from pydantic import ValidationError
-
+from archiver.errors import ArchiverError
 from archiver.scicat.models import (
     LISTED_DATABLOCK_FIELDS,
     Datablock,
@@ -65,7 +66,7 @@ class ScicatCredentials:
         )
 
 
-class ScicatError(Exception):
+class ScicatError(ArchiverError):
     """A SciCat call failed; the message names the call, its target and SciCat's answer."""
 
     def __init__(self, call: str, target: str, detail: str, status_code: int | None = None, body: str = ""):
@@ -76,7 +77,7 @@ class ScicatError(Exception):
         super().__init__(f"SciCat call '{call}' for {target} failed: {detail}")
 
 
-class InvalidIdError(ValueError):
+class InvalidIdError(ArchiverError, ValueError):
     """An id that cannot be one URL path segment."""
 
 
@@ -156,9 +157,10 @@ class ScicatClient:
 
     def _current_token(self, stale: str | None = None) -> str:
         with self._token_lock:
-            if self._token is None or self._token == stale:
-                self.login()
-            return self._token
+            token = self._token
+            if token is None or token == stale:
+                token = self.login()
+            return token
 
     # --- jobs -------------------------------------------------------------
 
@@ -167,6 +169,7 @@ class ScicatClient:
         """Create a job as a SciCat user would (tests and tools; SciCat's users create the real ones).
         `files`: per PID the files to retrieve (SciCat's frontend lets users pick single files)."""
         entries = [{"pid": pid, "files": list((files or {}).get(pid, []))} for pid in pids]
+        body: dict[str, Any]
         if self.settings.job_status_schema == "v3":
             body = {"type": job_type, "emailJobInitiator": contact_email, "datasetList": entries}
         else:
@@ -283,7 +286,7 @@ class ScicatClient:
             blocks = [ListedDatablock.model_validate(item) for item in page]
         except ValidationError as e:
             raise ScicatError("list datablocks", target, f"a datablock lacks _id, datasetId or archiveId: {e}") from None
-        if any(a.id >= b.id for a, b in zip(blocks, blocks[1:])):
+        if any(a.id >= b.id for a, b in itertools.pairwise(blocks)):
             raise ScicatError("list datablocks", target, "datablocks not in _id order: SciCat does not honour "
                               "limits.order; upgrade SciCat")
         return blocks

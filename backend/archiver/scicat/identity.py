@@ -13,10 +13,11 @@ from dataclasses import dataclass
 import httpx
 
 from archiver.config.settings import ScicatSection
+from archiver.errors import UserError
 from archiver.scicat.client import ScicatError, _excerpt, _prefix_url
 
 
-class UnknownTokenError(Exception):
+class UnknownTokenError(UserError):
     """SciCat does not know the token (expired, revoked, or never issued)."""
 
 

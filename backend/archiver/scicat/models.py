@@ -13,7 +13,7 @@ and ignored (extra="ignore"), never stored to be echoed back.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -113,14 +113,14 @@ class Dataset(ScicatModel):
 def new_raw_dataset(owner_group: str, name: str, *, pid: str | None = None, size: int | None = None,
                     number_of_files: int | None = None) -> Dataset:
     """A raw dataset with every field SciCat requires, as an ingestor registers one (test data, tools)."""
-    fields = {"pid": pid} if pid else {}
+    fields: dict[str, Any] = {"pid": pid} if pid else {}
     if size is not None:
         fields.update(size=size, number_of_files=number_of_files)
     return Dataset(
         **fields, type="raw", owner="archiver", owner_group=owner_group, access_groups=[owner_group],
         contact_email="archiver@example.org", principal_investigator="archiver@example.org",
         creation_location="archiver test data", source_folder="/test-data", dataset_name=name,
-        creation_time=datetime.now(timezone.utc),
+        creation_time=datetime.now(UTC),
     )
 
 
@@ -219,6 +219,13 @@ class Job(ScicatModel):
     job_result_object: dict[str, Any] | None = None
 
     @property
+    def created_id(self) -> str:
+        """The id SciCat gave the job (ValueError for a job without one)."""
+        if self.id is None:
+            raise ValueError(f"SciCat answered with a {self.type} job without an id")
+        return self.id
+
+    @property
     def dataset_pids(self) -> list[str]:
         """The PIDs of the job's datasets, whichever shape the job came in."""
         return [entry.pid for entry in self._entries()]
@@ -234,3 +241,8 @@ class Job(ScicatModel):
     @property
     def status(self) -> str | None:
         return self.status_code or self.job_status_message
+
+    @property
+    def is_finished(self) -> bool:
+        """SciCat already holds a final status for the job (v3 or v4 status field)."""
+        return (self.job_status_message or self.status_code or "").startswith("finished")

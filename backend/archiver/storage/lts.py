@@ -10,9 +10,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from archiver.errors import ArchiverError
 
-class LtsWaitTimeout(Exception):
+
+class LtsWaitTimeout(ArchiverError):
     """The LTS did not reach the needed state in time; the message says which and what to do."""
+
+    transient = True  # an HSM recall or a slow mount may be done by the next try
 
 
 NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -23,7 +27,7 @@ def is_full(error: BaseException) -> bool:
     return isinstance(error, OSError) and error.errno in NO_SPACE_ERRNOS
 
 
-class LtsFullError(Exception):
+class LtsFullError(ArchiverError):
     """A datablock not tried because another of its dataset already found the LTS full."""
 
 
@@ -97,7 +101,8 @@ def wait_for_free_space(
     _wait(
         lambda: has_free_space(path, min_free_percentage, free), timeout_s,
         lambda: (
-            f"LTS at {path} has {free(path):.1f}% free space, below LTS_FREE_SPACE_PERCENTAGE={min_free_percentage:g}%, "
+            f"LTS at {path} has {free(path):.1f}% free space, "
+            f"below LTS_FREE_SPACE_PERCENTAGE={min_free_percentage:g}%, "
             f"and did not free up within {timeout_s:g}s (LTS_FREE_SPACE_TIMEOUT_S); free space on the LTS "
             "or lower the threshold, then restart the job"
         ),

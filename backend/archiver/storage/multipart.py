@@ -6,13 +6,14 @@ parts to presigned URLs, so it never holds S3 credentials."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import quote, unquote
 
 from botocore.exceptions import ClientError
 
+from archiver.errors import ArchiverError
 from archiver.storage.s3 import MIN_PART_SIZE, delete_keys, error_code, iter_objects
 
 MAX_PARTS = 10_000  # S3's limit per upload
@@ -24,7 +25,7 @@ MIB = 2**20
 RESERVATIONS_PREFIX = "openem-network/upload-reservations/"
 
 
-class TooLargeError(ValueError):
+class TooLargeError(ArchiverError, ValueError):
     """A file larger than S3 stores in one object."""
 
 

@@ -7,7 +7,7 @@ import queue
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, urlsplit
 
 import boto3
@@ -138,7 +138,7 @@ class MultipartUpload:
             )
             return {"PartNumber": number, "ETag": response["ETag"]}
         finally:
-            if reuse:
+            if reuse and isinstance(data, bytearray):
                 self._free.put(data)
 
     def complete(self) -> int:
@@ -222,7 +222,7 @@ def presigned_url_expiry(url: str) -> datetime | None:
     """When a SigV4 presigned URL stops working (`X-Amz-Date` + `X-Amz-Expires`); None if it says neither."""
     query = parse_qs(urlsplit(url).query)
     try:
-        signed = datetime.strptime(query["X-Amz-Date"][0], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+        signed = datetime.strptime(query["X-Amz-Date"][0], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
         return signed + timedelta(seconds=int(query["X-Amz-Expires"][0]))
     except (KeyError, IndexError, ValueError):
         return None

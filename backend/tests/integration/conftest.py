@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 import tomli_w
-from archiver.config.seeding import read_inputs, seed
+
 from archiver.config.settings import Settings, load_vars_file
+from archiver.tools.seeding import read_inputs, seed
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -32,13 +33,13 @@ class Pipeline:
     def landing_keys(self, pid: str) -> list[str]:
         from archiver.packing.naming import landing_prefix
 
-        listing = self.s3.list_objects_v2(Bucket=self.settings.minio.landingzone_bucket, Prefix=landing_prefix(pid))
+        listing = self.s3.list_objects_v2(Bucket=self.settings.s3.landingzone_bucket, Prefix=landing_prefix(pid))
         return sorted(o["Key"] for o in listing.get("Contents", []))
 
     def retrieval_keys(self, pid: str) -> list[str]:
         from archiver.packing.naming import retrieval_prefix
 
-        listing = self.s3.list_objects_v2(Bucket=self.settings.minio.retrieval_bucket, Prefix=retrieval_prefix(pid))
+        listing = self.s3.list_objects_v2(Bucket=self.settings.s3.retrieval_bucket, Prefix=retrieval_prefix(pid))
         return sorted(o["Key"] for o in listing.get("Contents", []))
 
     def new_job(self, job_type: str, pids: list[str], files: dict[str, list[str]] | None = None) -> str:
@@ -98,8 +99,8 @@ def pipeline(tmp_path, prefect_api_url, s3_endpoint, s3, scicat_url, pipeline_se
     data["archiver"].update(ARCHIVER_TARGET_SIZE_MB=1, ARCHIVER_DATASET_CONCURRENCY=2, ARCHIVER_DATABLOCK_CONCURRENCY=2,
                             ARCHIVER_SCRATCH_FOLDER=str(tmp_path / "scratch"))
     data["lts"].update(LTS_STORAGE_ROOT=str(lts_root), LTS_FREE_SPACE_PERCENTAGE=1, LTS_FILE_TIMEOUT_S=10)
-    data["minio"].update(MINIO_ENDPOINT=s3_endpoint, MINIO_EXTERNAL_ENDPOINT=s3_endpoint,
-                         MINIO_LANDINGZONE_BUCKET=f"{unique_name}-landing", MINIO_RETRIEVAL_BUCKET=f"{unique_name}-retrieval")
+    data["s3"].update(S3_ENDPOINT=s3_endpoint, S3_EXTERNAL_ENDPOINT=s3_endpoint,
+                         S3_LANDINGZONE_BUCKET=f"{unique_name}-landing", S3_RETRIEVAL_BUCKET=f"{unique_name}-retrieval")
     data["scicat"].update(SCICAT_ENDPOINT=scicat_url)
     vars_file = tmp_path / "prefect-vars.toml"
     vars_file.write_text(tomli_w.dumps(data))

@@ -9,6 +9,7 @@ import uuid
 
 import httpx
 import pytest
+
 from archiver import local_services
 from archiver.config.secrets import read_secret, secret_spec
 

@@ -56,11 +56,22 @@ import tarfile
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from urllib.parse import quote
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
 from archiver.flows.archive import archive_datasets_flow
 from archiver.flows.retrieve import retrieve_datasets_flow
 from archiver.packing import naming
@@ -68,12 +79,6 @@ from archiver.packing.naming import landing_prefix
 from archiver.packing.records import read_manifest
 from archiver.scicat.models import DataFile, NewOrigDatablock, new_raw_dataset
 from archiver.storage import multipart
-from hypothesis import HealthCheck, settings
-from hypothesis import strategies as st
-from hypothesis.stateful import (
-    RuleBasedStateMachine, initialize, invariant, precondition, rule, run_state_machine_as_test,
-)
-
 from tests.integration.test_api import deployments  # noqa: F401 (the fixture)
 from tests.integration.test_uploads import Uploader, running_upload_api
 
@@ -116,7 +121,8 @@ def after(name, original, when=lambda *a, **k: True):
 
 status = lambda wanted: lambda *a, **k: str(getattr(k.get("archive_status_message"), "value", "")) == wanted
 ScicatClient.update_lifecycle = after("lifecycle started", ScicatClient.update_lifecycle, status("started"))
-ScicatClient.update_lifecycle = after("lifecycle archived", ScicatClient.update_lifecycle, status("datasetOnArchiveDisk"))
+ScicatClient.update_lifecycle = after("lifecycle archived", ScicatClient.update_lifecycle,
+                                      status("datasetOnArchiveDisk"))
 ScicatClient.create_datablock = after("datablock registered", ScicatClient.create_datablock)
 archive._write_tar = after("datablock half written", archive._write_tar)  # before the rename: a .partial is left
 cleanup.delete_landing_zone_files = after("landing zone cleaned", cleanup.delete_landing_zone_files)
@@ -183,7 +189,7 @@ def invariants_api(tmp_path_factory, prefect_api_url, deployments):  # noqa: F81
 
 
 def make_machine(pipeline, owner: Uploader):
-    landing_bucket = pipeline.settings.minio.landingzone_bucket
+    landing_bucket = pipeline.settings.s3.landingzone_bucket
     s3, scicat, lts_root = pipeline.s3, pipeline.scicat, pipeline.lts_root
 
     class ArchiveMachine(RuleBasedStateMachine):
@@ -220,7 +226,7 @@ def make_machine(pipeline, owner: Uploader):
             return listed
 
         def _add_origdatablock(self, model: DatasetModel, paths: list[str]) -> None:
-            entries = [DataFile(path=p, size=len(model.files[p]), time=datetime.now(timezone.utc),
+            entries = [DataFile(path=p, size=len(model.files[p]), time=datetime.now(UTC),
                                 chk=sha256(model.files[p])) for p in paths]
             scicat.create_origdatablock(model.pid, NewOrigDatablock(
                 size=sum(e.size for e in entries), chk_alg="sha256", data_file_list=entries))
@@ -433,10 +439,11 @@ def make_machine(pipeline, owner: Uploader):
         @step
         def killed_archival(self, point, nth):
             """An archival killed with SIGKILL at `point`, then recovered as the recovery automation does."""
-            from archiver.flows.recovery import recover_job
             from prefect.client.orchestration import get_client
             from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
             from prefect.states import Crashed
+
+            from archiver.flows.recovery import recover_job
 
             self._changed()
             job_id = pipeline.new_job("archive", [self.model.pid])

@@ -13,18 +13,18 @@ import sys
 import threading
 import time
 import tomllib
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
+
+from archiver import local_services
 from archiver.flows.archive import archive_datasets_flow
 from archiver.flows.audit import PROBLEM_EVENT, LtsAuditFailed, lts_audit
-from archiver.flows.common import exception_of
-from archiver.flows.test_dataset import create_test_dataset_flow
-from archiver import local_services
+from archiver.flows.dataset_creation import create_test_dataset_flow
+from archiver.flows.task_states import exception_of
 from archiver.local_services import poll_until
 from archiver.packing import audit, naming
 from archiver.scicat.models import NewDatablock
-
 from tests.integration.task_history import most_at_once, tagged_task_runs_since
 
 pytestmark = pytest.mark.integration
@@ -147,7 +147,7 @@ def test_an_untouched_lts_passes_and_every_datablock_is_recorded_as_verified(pip
     assert state.is_completed(), exception_of(state)
     assert state.result()["checked"] == state.result()["datablocks"] == 3
     assert state.result()["problems"] == 0
-    for pid, blocks in pids_blocks:
+    for _pid, blocks in pids_blocks:
         for block in blocks:
             record = audit.audit_record_path(naming.datablock_path(pipeline.lts_root, block.archive_id))
             assert json.loads(record.read_text())["ok"] is True
@@ -284,7 +284,7 @@ def test_an_audit_during_an_archival_shares_the_verify_limit_and_takes_its_datab
     archived(pipeline, num_files=6, file_size_mb=3)  # six datablocks for the audit to re-read
     busy = create_test_dataset_flow(num_files=8, file_size_mb=3)
     job = pipeline.new_job("archive", [busy])
-    since = datetime.now(timezone.utc)
+    since = datetime.now(UTC)
     states = {}
 
     def run(name, flow, **parameters):

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import tomli_w
+
 from archiver.config.limits import load_limits_file
 from archiver.config.runtime import load_run_configuration
 from archiver.config.secrets import ARCHIVER_S3, PREFECT_SECRETS, read_secret
 from archiver.config.settings import flat_values, load_vars_file, variable_name
-
 from tests.conftest import S3_TEST_ACCOUNTS
 
 pytestmark = pytest.mark.integration
@@ -24,10 +24,10 @@ REPO = Path(__file__).resolve().parents[3]
 def workdir(tmp_path, s3_endpoint, scicat_url, unique_name, secrets_dir):
     """A folder like the repo's top level, pointing at the test S3 and SciCat servers, with fresh buckets."""
     vars_data = tomllib.loads((REPO / "prefect-vars.toml").read_text())
-    vars_data["minio"]["MINIO_ENDPOINT"] = s3_endpoint
+    vars_data["s3"]["S3_ENDPOINT"] = s3_endpoint
     vars_data["scicat"]["SCICAT_ENDPOINT"] = scicat_url
-    vars_data["minio"]["MINIO_LANDINGZONE_BUCKET"] = f"{unique_name}-landing"
-    vars_data["minio"]["MINIO_RETRIEVAL_BUCKET"] = f"{unique_name}-retrieval"
+    vars_data["s3"]["S3_LANDINGZONE_BUCKET"] = f"{unique_name}-landing"
+    vars_data["s3"]["S3_RETRIEVAL_BUCKET"] = f"{unique_name}-retrieval"
     vars_data["lts"]["LTS_STORAGE_ROOT"] = f"/lts/{unique_name}"
     (tmp_path / "prefect-vars.toml").write_text(tomli_w.dumps(vars_data))
     shutil.copy(REPO / "concurrency-limits.toml", tmp_path / "concurrency-limits.toml")
@@ -65,7 +65,7 @@ def test_config_seeds_everything_and_second_run_changes_nothing(workdir, prefect
     for spec in PREFECT_SECRETS:
         assert Secret.load(spec.block).get() == read_secret(spec, workdir / ".secrets", {})
     buckets = {b["Name"] for b in s3.list_buckets()["Buckets"]}
-    assert {expected_vars["MINIO_LANDINGZONE_BUCKET"], expected_vars["MINIO_RETRIEVAL_BUCKET"]} <= buckets
+    assert {expected_vars["S3_LANDINGZONE_BUCKET"], expected_vars["S3_RETRIEVAL_BUCKET"]} <= buckets
 
     second = run_config(workdir, prefect_api_url)
     assert second.returncode == 0, second.stderr
@@ -103,8 +103,9 @@ def test_changed_limit_and_secret_are_applied_by_next_run(workdir, prefect_api_u
 
 
 def test_zombie_automation_seeded_once_and_updated_when_window_changes(workdir, prefect_api_url):
-    from archiver.config.automations import ZOMBIE_AUTOMATION
     from prefect.client.orchestration import get_client
+
+    from archiver.config.automations import ZOMBIE_AUTOMATION
 
     def automations():
         with get_client(sync_client=True) as client:
@@ -212,7 +213,7 @@ def test_flow_side_loads_settings_and_limits_once_with_environment_on_top(workdi
     assert loaded.limits == load_limits_file(workdir / "concurrency-limits.toml")
     overridden = load_run_configuration(environ={"LTS_STORAGE_ROOT": "/elsewhere"}).settings
     assert str(overridden.lts.storage_root) == "/elsewhere"
-    assert overridden.minio == from_file.minio
+    assert overridden.s3 == from_file.s3
 
 
 def lifecycle_rules(s3, bucket: str) -> list[dict]:
@@ -220,7 +221,7 @@ def lifecycle_rules(s3, bucket: str) -> list[dict]:
 
 
 def test_retrieval_bucket_gets_an_abort_uploads_rule_once_and_keeps_other_rules(workdir, prefect_api_url, s3):
-    bucket = tomllib.loads((workdir / "prefect-vars.toml").read_text())["minio"]["MINIO_RETRIEVAL_BUCKET"]
+    bucket = tomllib.loads((workdir / "prefect-vars.toml").read_text())["s3"]["S3_RETRIEVAL_BUCKET"]
     s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
     site_rule = {"ID": "site-expiry", "Status": "Enabled", "Filter": {"Prefix": "tmp/"}, "Expiration": {"Days": 3}}
     s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": [site_rule]})
@@ -236,7 +237,7 @@ def test_retrieval_bucket_gets_an_abort_uploads_rule_once_and_keeps_other_rules(
     assert "no changes" in second.stdout and "lifecycle" not in second.stdout
 
     data = tomllib.loads((workdir / "prefect-vars.toml").read_text())
-    data["minio"]["MINIO_ABORT_INCOMPLETE_UPLOADS_DAYS"] = 3
+    data["s3"]["S3_ABORT_INCOMPLETE_UPLOADS_DAYS"] = 3
     (workdir / "prefect-vars.toml").write_text(tomli_w.dumps(data))
     third = run_config(workdir, prefect_api_url)
     assert "(abort uploads unfinished after 3 day(s)): updated" in third.stdout
@@ -252,13 +253,14 @@ def _set_var(workdir: Path, section: str, key: str, value) -> None:
 
 
 def test_unreachable_s3_writes_nothing_and_names_the_setting(workdir, prefect_api_url, unique_name):
-    from archiver.local_services import free_port
     from prefect.client.orchestration import get_client
 
-    _set_var(workdir, "minio", "MINIO_ENDPOINT", f"http://127.0.0.1:{free_port()}")
+    from archiver.local_services import free_port
+
+    _set_var(workdir, "s3", "S3_ENDPOINT", f"http://127.0.0.1:{free_port()}")
     result = run_config(workdir, prefect_api_url)
     assert result.returncode != 0
-    assert "MINIO_ENDPOINT" in result.stderr and "nothing was written" in result.stderr, result.stderr
+    assert "S3_ENDPOINT" in result.stderr and "nothing was written" in result.stderr, result.stderr
     assert result.stdout == ""
     with get_client(sync_client=True) as client:
         stored = client.read_variable_by_name("lts_storage_root")
@@ -293,13 +295,13 @@ def test_wrong_or_missing_prefect_credentials_are_one_clear_error_and_write_noth
 
     wrong = workdir / "wrong-auth.txt"
     wrong.write_text("archiver:not-the-password\n")
-    before = Variable.get("minio_landingzone_bucket")
+    before = Variable.get("s3_landingzone_bucket")
     result = run_config(workdir, prefect_api_url, PREFECT_API_AUTH_STRING="", PREFECT_API_AUTH_STRING_FILE=str(wrong))
     assert result.returncode == 1, result.stdout + result.stderr
     assert "Prefect API refused the credentials (HTTP 401): set PREFECT_API_AUTH_STRING_FILE" in result.stderr
     assert "not-the-password" not in result.stdout + result.stderr
     assert "Traceback" not in result.stderr and "created" not in result.stdout and "updated" not in result.stdout
-    assert Variable.get("minio_landingzone_bucket") == before
+    assert Variable.get("s3_landingzone_bucket") == before
 
     result = run_config(workdir, prefect_api_url, PREFECT_API_AUTH_STRING="",
                         PREFECT_API_AUTH_STRING_FILE=str(workdir / "missing.txt"))

@@ -11,15 +11,15 @@ import os
 import signal
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+
 from archiver.config.limits import load_limits_file
-from archiver.flows.test_dataset import create_test_dataset_flow
+from archiver.flows.dataset_creation import create_test_dataset_flow
 from archiver.local_services import descendants, poll_until
 from archiver.packing import archive, naming
-
 from tests.integration.served import start_served_archival
 
 pytestmark = pytest.mark.integration
@@ -60,8 +60,9 @@ def job_runs(client, job_id: str) -> list:
 
 def assert_nothing_left_running(pipeline, client, crashed_run) -> None:
     """No subflow or task run of the crashed run is still unfinished, no tag slot is taken, no half-written file."""
-    from archiver.flows.recovery import _descendant_flow_runs
     from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterFlowRunId
+
+    from archiver.flows.recovery import _descendant_flow_runs
 
     runs = [crashed_run, *_descendant_flow_runs(client, crashed_run.id)]
     assert len(runs) > 1  # the dataset's subflow run was there
@@ -83,7 +84,7 @@ def finished_run_with_a_late_heartbeat(client, deployment_id):
     run = client.create_flow_run_from_deployment(deployment_id, parameters={"job_id": "finished-before"},
                                                  state=Completed(message="finished before the heartbeat"))
     flow = client.read_flow(run.flow_id)
-    event = Event(event="prefect.flow-run.heartbeat", id=uuid.uuid4(), occurred=datetime.now(timezone.utc),
+    event = Event(event="prefect.flow-run.heartbeat", id=uuid.uuid4(), occurred=datetime.now(UTC),
                   resource={"prefect.resource.id": f"prefect.flow-run.{run.id}", "prefect.resource.name": run.name},
                   related=[{"prefect.resource.id": f"prefect.flow.{flow.id}", "prefect.resource.role": "flow",
                             "prefect.resource.name": flow.name},
@@ -164,7 +165,8 @@ def test_killed_run_without_retries_is_reported_failed(crash_pipeline, serve_dep
     killed_at = kill_mid_write(pipeline, lambda: descendants(node.pid))
     poll_until(lambda: job_status(pipeline, job_id) == "finishedUnsuccessful", timeout=180, interval=1,
                what="the job reported failed")
-    print(f"\nkilled flow-run process: SciCat shows finishedUnsuccessful {time.monotonic() - killed_at:.0f} s after the kill")
+    print(f"\nkilled flow-run process: "
+            f"SciCat shows finishedUnsuccessful {time.monotonic() - killed_at:.0f} s after the kill")
     lifecycle = pipeline.scicat_dev.state()["datasets"][pid]["datasetlifecycle"]
     assert lifecycle["archiveStatusMessage"] == "scheduleArchiveJobFailed"
     assert "crashed" in lifecycle["archiveReturnMessage"]
@@ -179,9 +181,10 @@ def test_killed_run_without_retries_is_reported_failed(crash_pipeline, serve_dep
 def test_run_taken_for_dead_but_still_beating_is_left_to_finish(crash_pipeline, serve_deployments):
     """A live run marked Crashed for missing heartbeats (as after a Prefect server outage longer than the window)
     is set Running again once its heartbeats show it lives: neither started twice nor reported failed."""
-    from archiver.config.automations import ZOMBIE_MESSAGE_PREFIX
     from prefect.client.orchestration import get_client
     from prefect.states import Cancelling, Crashed
+
+    from archiver.config.automations import ZOMBIE_MESSAGE_PREFIX
 
     pipeline = crash_pipeline
     pipeline.set_settings(ARCHIVER_CRASH_RETRIES=2)
@@ -219,7 +222,7 @@ def test_a_frozen_run_that_wakes_up_changes_nothing_and_the_resumed_job_finishes
     pid = create_test_dataset_flow(num_files=NUM_FILES, file_size_mb=FILE_SIZE_MB)
     originals = {f.path: f.chk for b in pipeline.scicat.get_origdatablocks(pid) for f in b.data_file_list}
     job_id = pipeline.new_job("archive", [pid])
-    since = datetime.now(timezone.utc)
+    since = datetime.now(UTC)
     node = serve_deployments()
     run = start_served_archival(job_id)
     poll_until(lambda: partial_files(pipeline.lts_root) and len(finished_datablocks(pipeline.lts_root)) >= 1,
@@ -238,7 +241,7 @@ def test_a_frozen_run_that_wakes_up_changes_nothing_and_the_resumed_job_finishes
     finally:
         for process in frozen:
             os.kill(process, signal.SIGCONT)
-    woken_at, woke = time.monotonic(), datetime.now(timezone.utc)
+    woken_at, woke = time.monotonic(), datetime.now(UTC)
     poll_until(lambda: job_status(pipeline, job_id) == "finishedSuccessful", timeout=300, interval=1,
                what="the resumed job to finish")
     print(f"\nfrozen run woken up: SciCat shows finishedSuccessful {time.monotonic() - woken_at:.0f} s after")

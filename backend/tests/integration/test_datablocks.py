@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+
 from archiver.packing import naming
 from archiver.packing.archive import archive_datablock, datablocks_on_lts, verify_datablock
 from archiver.packing.cleanup import (
@@ -214,7 +215,8 @@ def test_files_whose_bytes_differ_from_the_listed_checksum_are_named_and_nothing
     with pytest.raises(ChecksumMismatchError) as e:
         archive_datablock(s3, bucket, block, lts_root, listed=listed)
     assert e.value.files == [
-        f"big.bin (SciCat lists md5 {listed['big.bin'].value}, the landing zone has {hashlib.md5(data['big.bin']).hexdigest()})",
+        f"big.bin (SciCat lists md5 {listed['big.bin'].value}, "
+            f"the landing zone has {hashlib.md5(data['big.bin']).hexdigest()})",
         f"c.bin (SciCat lists sha1 {'0' * 40}, the landing zone has {hashlib.sha1(data['c.bin']).hexdigest()})",
     ]
     assert list(naming.datablocks_folder(lts_root, PID).iterdir()) == []

@@ -8,10 +8,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from archiver.flows.archive import archive_datasets_flow
 from archiver.flows.retrieve import retrieve_datasets_flow
 from archiver.packing import naming
-
 from tests.integration.test_flows import _artifacts_of, job_of, new_dataset
 
 pytestmark = pytest.mark.integration
@@ -25,7 +25,7 @@ def run_script(script: str, folder: Path) -> subprocess.CompletedProcess:
 def test_whole_dataset_script_resumes_an_interrupted_datablock_and_unpacks_it(pipeline, tmp_path):
     pid = new_dataset(3, 0.3)
     originals = {key.rsplit("/", 1)[-1]: pipeline.s3.get_object(
-        Bucket=pipeline.settings.minio.landingzone_bucket, Key=key)["Body"].read() for key in pipeline.landing_keys(pid)}
+        Bucket=pipeline.settings.s3.landingzone_bucket, Key=key)["Body"].read() for key in pipeline.landing_keys(pid)}
     archive_datasets_flow(job_id=pipeline.new_job("archive", [pid]))
     job_id = pipeline.new_job("retrieve", [pid])
     state = retrieve_datasets_flow(job_id=job_id, return_state=True)
@@ -36,7 +36,7 @@ def test_whole_dataset_script_resumes_an_interrupted_datablock_and_unpacks_it(pi
 
     [entry] = result["result"]
     assert entry["type"] == "datablock"
-    tar = pipeline.s3.get_object(Bucket=pipeline.settings.minio.retrieval_bucket,
+    tar = pipeline.s3.get_object(Bucket=pipeline.settings.s3.retrieval_bucket,
                                  Key=naming.retrieval_key(entry["archiveId"]))["Body"].read()
     folder = tmp_path / "download"
     target = folder / naming.safe_name(pid) / "datablocks" / entry["name"]
@@ -58,7 +58,7 @@ def test_whole_dataset_script_resumes_an_interrupted_datablock_and_unpacks_it(pi
 def test_partial_retrieval_script_catches_a_corrupted_partial_and_recovers_on_rerun(pipeline, tmp_path):
     pipeline.set_vars("archiver", ARCHIVER_CHECKSUM_ALGORITHM="md5")  # md5sum, as configured
     pid = new_dataset(2, 0.3)
-    bucket = pipeline.settings.minio.landingzone_bucket
+    bucket = pipeline.settings.s3.landingzone_bucket
     [key, _] = pipeline.landing_keys(pid)
     name, original = key.rsplit("/", 1)[-1], pipeline.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     archive_datasets_flow(job_id=pipeline.new_job("archive", [pid]))

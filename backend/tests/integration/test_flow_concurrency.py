@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import contextvars
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
-from archiver.flows.archive import archive_datasets_flow
-from archiver.flows.test_dataset import create_test_dataset_flow
-from archiver.local_services import poll_until
 
+from archiver.flows.archive import archive_datasets_flow
+from archiver.flows.dataset_creation import create_test_dataset_flow
+from archiver.local_services import poll_until
 from tests.integration.served import start_served_archival
 from tests.integration.task_history import asked_at, most_at_once, tagged_task_runs_since
 
@@ -31,7 +31,7 @@ def test_two_archivals_at_once_respect_move_to_lts_limit(pipeline, limit):
     # asked for at once (2 jobs x 2 datasets x 2 datablocks) overlap even on a busy machine.
     jobs = [pipeline.new_job("archive", [create_test_dataset_flow(num_files=4, file_size_mb=3.0)
                                           for _ in range(2)]) for _ in range(2)]
-    since = datetime.now(timezone.utc)
+    since = datetime.now(UTC)
     errors = []
 
     def run(job_id):
@@ -91,7 +91,7 @@ def test_failed_job_run_retried_from_prefect_finishes_the_job(pipeline, serve_de
     from prefect.client.orchestration import get_client
 
     pid = create_test_dataset_flow(num_files=3, file_size_mb=0.4)
-    bucket = pipeline.settings.minio.landingzone_bucket
+    bucket = pipeline.settings.s3.landingzone_bucket
     [victim, *_] = pipeline.landing_keys(pid)
     saved = pipeline.s3.get_object(Bucket=bucket, Key=victim)["Body"].read()
     pipeline.s3.delete_object(Bucket=bucket, Key=victim)

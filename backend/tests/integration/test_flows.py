@@ -7,13 +7,15 @@ import hashlib
 import io
 import tarfile
 import tomllib
+from datetime import UTC
 
 import httpx
 import pytest
 import tomli_w
+
 from archiver.flows.archive import archive_datasets_flow
+from archiver.flows.dataset_creation import create_test_dataset_flow
 from archiver.flows.retrieve import retrieve_datasets_flow
-from archiver.flows.test_dataset import create_test_dataset_flow
 from archiver.packing import naming
 
 pytestmark = pytest.mark.integration
@@ -104,7 +106,7 @@ def test_archive_then_retrieve_several_datasets(pipeline):
         assert len(mine) == len(pipeline.scicat.get_datablocks(pid))
         retrieved = {}
         for entry in mine:
-            assert entry["url"].startswith(pipeline.settings.minio.external_endpoint)
+            assert entry["url"].startswith(pipeline.settings.s3.external_endpoint)
             content = httpx.get(entry["url"], timeout=60).raise_for_status().content
             assert len(content) == entry["size"]
             with tarfile.open(fileobj=io.BytesIO(content)) as tar:
@@ -116,8 +118,8 @@ def test_archive_then_retrieve_several_datasets(pipeline):
 def test_missing_landing_zone_file_is_a_user_error_and_a_rerun_finishes(pipeline):
     good, broken = new_dataset(3, 0.3), new_dataset(3, 0.3)
     [victim, *_] = pipeline.landing_keys(broken)
-    saved = pipeline.s3.get_object(Bucket=pipeline.settings.minio.landingzone_bucket, Key=victim)["Body"].read()
-    pipeline.s3.delete_object(Bucket=pipeline.settings.minio.landingzone_bucket, Key=victim)
+    saved = pipeline.s3.get_object(Bucket=pipeline.settings.s3.landingzone_bucket, Key=victim)["Body"].read()
+    pipeline.s3.delete_object(Bucket=pipeline.settings.s3.landingzone_bucket, Key=victim)
     job_id = pipeline.new_job("archive", [good, broken])
 
     state = archive_datasets_flow(job_id=job_id, return_state=True)
@@ -131,7 +133,7 @@ def test_missing_landing_zone_file_is_a_user_error_and_a_rerun_finishes(pipeline
     assert len(pipeline.landing_keys(broken)) == 2  # left intact
     assert not any(naming.datablocks_folder(pipeline.lts_root, broken).glob("*"))
 
-    pipeline.s3.put_object(Bucket=pipeline.settings.minio.landingzone_bucket, Key=victim, Body=saved)
+    pipeline.s3.put_object(Bucket=pipeline.settings.s3.landingzone_bucket, Key=victim, Body=saved)
     rerun = pipeline.new_job("archive", [good, broken])
     archive_datasets_flow(job_id=rerun)
 
@@ -163,7 +165,7 @@ def test_corrupt_datablock_fails_retrieval_cleanly(pipeline):
     assert lifecycle["retrieveStatusMessage"] == "datasetRetrievalFailed"
     assert "file_0000.bin" in str(lifecycle["retrieveReturnMessage"])
     assert pipeline.retrieval_keys(pid) == []
-    uploads = pipeline.s3.list_multipart_uploads(Bucket=pipeline.settings.minio.retrieval_bucket)
+    uploads = pipeline.s3.list_multipart_uploads(Bucket=pipeline.settings.s3.retrieval_bucket)
     assert uploads.get("Uploads", []) == []
 
 
@@ -184,7 +186,10 @@ def _artifacts_of(state, subflows: bool = False) -> list:
     """The artifacts of a flow run (and, with `subflows`, of the flow runs it started)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
-        ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterParentFlowRunId,
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        FlowRunFilter,
+        FlowRunFilterParentFlowRunId,
     )
 
     run_ids = [state.state_details.flow_run_id]
@@ -198,11 +203,17 @@ def _artifacts_of(state, subflows: bool = False) -> list:
 
 def test_the_job_run_itself_shows_each_dataset_and_what_was_retrieved_but_no_download_link(pipeline):
     import json
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
+
+    from archiver.flows.artifact_keys import artifact_key
 
     pids = [new_dataset(2, 0.2), new_dataset(1, 0.2)]
-    archived = archive_datasets_flow(job_id=pipeline.new_job("archive", pids), return_state=True)
+    archive_job = pipeline.new_job("archive", pids)
+    archived = archive_datasets_flow(job_id=archive_job, return_state=True)
     [table] = [a for a in _artifacts_of(archived) if a.type == "table"]
+    assert table.key == artifact_key("job", archive_job)  # keyed: listed on the UI's Artifacts page
+    datablock_tables = [a for a in _artifacts_of(archived, subflows=True) if a.type == "table" and a.id != table.id]
+    assert {a.key for a in datablock_tables} == {artifact_key("datablocks", pid) for pid in pids}
     rows = {row["dataset"]: row for row in (json.loads(table.data) if isinstance(table.data, str) else table.data)}
     assert set(rows) == set(pids)
     for pid in pids:
@@ -211,7 +222,7 @@ def test_the_job_run_itself_shows_each_dataset_and_what_was_retrieved_but_no_dow
         assert rows[pid]["bytes"] == sum(b.packed_size for b in blocks) > 0
 
     job_id = pipeline.new_job("retrieve", pids)
-    signed = datetime.now(timezone.utc)
+    signed = datetime.now(UTC)
     retrieved = retrieve_datasets_flow(job_id=job_id, return_state=True)
 
     entries = job_of(pipeline, job_id)["jobResultObject"]["result"]
@@ -227,8 +238,8 @@ def test_the_job_run_itself_shows_each_dataset_and_what_was_retrieved_but_no_dow
     for entry in entries:  # what was retrieved: name, size, checksum
         assert entry["name"] in listing.data and str(entry["size"]) in listing.data and entry["chk"] in listing.data
     assert f"/jobs/{job_id}/links" in listing.data and "archiver job" in listing.data  # where the links are
-    expiry = (signed + timedelta(seconds=pipeline.settings.minio.url_expiration_s)).strftime("%Y-%m-%d %H:%M")
-    later = (signed + timedelta(seconds=pipeline.settings.minio.url_expiration_s + 60)).strftime("%Y-%m-%d %H:%M")
+    expiry = (signed + timedelta(seconds=pipeline.settings.s3.url_expiration_s)).strftime("%Y-%m-%d %H:%M")
+    later = (signed + timedelta(seconds=pipeline.settings.s3.url_expiration_s + 60)).strftime("%Y-%m-%d %H:%M")
     assert expiry in listing.data or later in listing.data
 
 
@@ -236,7 +247,7 @@ def test_retrieval_aborts_the_unfinished_upload_of_a_killed_retrieval(pipeline):
     pid = new_dataset(2, 0.2)
     archive_datasets_flow(job_id=pipeline.new_job("archive", [pid]))
     [datablock] = pipeline.scicat.get_datablocks(pid)
-    bucket = pipeline.settings.minio.retrieval_bucket
+    bucket = pipeline.settings.s3.retrieval_bucket
     key = naming.retrieval_key(datablock.archive_id)
     upload_id = pipeline.s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]  # as a killed run left it
     pipeline.s3.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=1, Body=b"x" * 5 * 1024 * 1024)

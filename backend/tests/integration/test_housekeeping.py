@@ -6,9 +6,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
+
 from archiver.flows.maintenance import prune_discarded_flow
 from archiver.packing import naming
 
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.integration
 
 def lay_out(lts_root):
     """Per dataset: a datablock, a discarded folder 40 days old and one 2 days old."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     folders = {}
     for pid in ("20.500.11935/prune-a", "20.500.11935/prune-b"):
         tar = naming.datablock_path(lts_root, naming.archive_id(pid, 0))
@@ -75,13 +76,13 @@ def test_prune_command_refuses_a_missing_lts_clearly(pipeline):
 
 def test_prune_never_deletes_the_only_copy_of_a_registered_datablock(pipeline):
     from archiver.flows.archive import archive_datasets_flow
-    from archiver.flows.test_dataset import create_test_dataset_flow
+    from archiver.flows.dataset_creation import create_test_dataset_flow
 
     pid = create_test_dataset_flow(num_files=2, file_size_mb=0.6)  # two datablocks (1 MB target)
     archive_datasets_flow(job_id=pipeline.new_job("archive", [pid]))
     first, second = (naming.datablock_path(pipeline.lts_root, d.archive_id) for d in pipeline.scicat.get_datablocks(pid))
     bin_ = naming.dataset_lts_folder(pipeline.lts_root, pid) / "discarded"
-    only_copy, stale_copy = (bin_ / (datetime.now(timezone.utc) - timedelta(days=days)).strftime("%Y%m%dT%H%M%S.%fZ")
+    only_copy, stale_copy = (bin_ / (datetime.now(UTC) - timedelta(days=days)).strftime("%Y%m%dT%H%M%S.%fZ")
                              for days in (90, 91))
     only_copy.mkdir(parents=True)
     stale_copy.mkdir()

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from archiver import local_services
 
+from archiver import local_services
 from tests.browser import page_text, prefect_ui, screenshot
 
 pytestmark = pytest.mark.integration

@@ -7,13 +7,13 @@ import contextlib
 import os
 import subprocess
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
-from archiver.flows.archive import archive_datasets_flow
-from archiver.flows.test_dataset import create_test_dataset_flow
-from archiver.packing import naming
 
+from archiver.flows.archive import archive_datasets_flow
+from archiver.flows.dataset_creation import create_test_dataset_flow
+from archiver.packing import naming
 from tests.integration.task_history import tagged_task_runs_since
 
 pytestmark = pytest.mark.integration
@@ -34,7 +34,7 @@ def test_a_full_lts_fails_the_dataset_at_once_keeping_what_was_verified(pipeline
     pipeline.set_settings(ARCHIVER_TARGET_SIZE_MB=1, LTS_FREE_SPACE_PERCENTAGE=1)
     pid = create_test_dataset_flow(num_files=6, file_size_mb=0.9)  # six datablocks of ~0.9 MiB
     with small_filesystem(pipeline.lts_root, "2600k"):  # room for two of them
-        since = datetime.now(timezone.utc)
+        since = datetime.now(UTC)
         job_id = pipeline.new_job("archive", [pid])
         start = time.monotonic()
         with pytest.raises(Exception, match="failed"):

@@ -13,15 +13,15 @@ import subprocess
 import sys
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from archiver.flows.archive import archive_datasets_flow
+from archiver.flows.dataset_creation import create_test_dataset_flow
 from archiver.flows.retrieve import retrieve_datasets_flow
-from archiver.flows.test_dataset import create_test_dataset_flow
 
 pytestmark = pytest.mark.integration
 
@@ -82,7 +82,7 @@ def test_jobs_bytes_and_durations_counted_from_history_and_kept_over_a_restart(p
     retrieve_datasets_flow(job_id=pipeline.new_job("retrieve", [pid]))
     broken = create_test_dataset_flow(num_files=2, file_size_mb=0.2)
     [victim, *_] = pipeline.landing_keys(broken)
-    pipeline.s3.delete_object(Bucket=pipeline.settings.minio.landingzone_bucket, Key=victim)
+    pipeline.s3.delete_object(Bucket=pipeline.settings.s3.landingzone_bucket, Key=victim)
     assert archive_datasets_flow(job_id=pipeline.new_job("archive", [broken]), return_state=True).is_failed()
 
     after = exporter.scrape()
@@ -104,7 +104,7 @@ def test_jobs_bytes_and_durations_counted_from_history_and_kept_over_a_restart(p
     assert grew("archiver_job_duration_seconds_sum", job_type="archive") > 0
     assert grew("archiver_job_queue_wait_seconds_count", job_type="archive") == 2
 
-    retrieved = pipeline.s3.list_objects_v2(Bucket=pipeline.settings.minio.retrieval_bucket)["Contents"]
+    retrieved = pipeline.s3.list_objects_v2(Bucket=pipeline.settings.s3.retrieval_bucket)["Contents"]
     assert value(after, "archiver_retrieval_bucket_bytes") == sum(o["Size"] for o in retrieved) > size
     assert value(after, "archiver_retrieval_bucket_objects") == len(retrieved)
     usage = shutil.disk_usage(pipeline.lts_root)
@@ -147,7 +147,7 @@ def test_a_running_job_without_recent_heartbeat_is_reported_stuck(pipeline, expo
     from prefect.states import Completed, Running
 
     window = pipeline.settings.archiver.zombie_window_s
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     before = value(exporter.scrape(), "archiver_flow_runs_stuck", flow="archive_datasetlist")
     with get_client(sync_client=True) as client:
         stuck = client.create_flow_run(archive_datasets_flow, parameters={"job_id": "stuck"}, state=Running())

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from archiver.flows.archive import archive_datasets_flow
 from archiver.flows.retrieve import retrieve_datasets_flow
 from archiver.packing import naming
-
 from tests.integration.test_flows import calls, job_of, lifecycle_of, new_dataset
 
 pytestmark = pytest.mark.integration
@@ -40,7 +40,7 @@ def read_chars() -> int:
 def retrieval_calls(pipeline, since_seq: int) -> list[tuple]:
     """SciCat calls as (method, what, status): a dataset PATCH shows its retrieveStatusMessage."""
     seen = []
-    for (method, what, _, status), entry in zip(calls(pipeline, since_seq), _without_logins(pipeline, since_seq)):
+    for (method, what, _, status), entry in zip(calls(pipeline, since_seq), _without_logins(pipeline, since_seq), strict=False):
         if (method, what) == ("PATCH", "dataset"):
             status = entry["body"]["datasetlifecycle"]["retrieveStatusMessage"]
         seen.append((method, what, status))
@@ -69,7 +69,7 @@ def archived_50(pipeline):
     """A dataset of 50 files of 0.5 MiB archived in datablocks of about 5 MiB; the bytes of each file."""
     pipeline.set_vars("archiver", ARCHIVER_TARGET_SIZE_MB=5)
     pid = new_dataset(50, 0.5)
-    bucket = pipeline.settings.minio.landingzone_bucket
+    bucket = pipeline.settings.s3.landingzone_bucket
     originals = {key.rsplit("/", 1)[-1]: pipeline.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
                  for key in pipeline.landing_keys(pid)}
     archive_datasets_flow(job_id=pipeline.new_job("archive", [pid]))

@@ -11,11 +11,11 @@ import os
 import time
 
 import pytest
+
 from archiver import local_services
-from archiver.flows.test_dataset import create_test_dataset_flow
+from archiver.flows.dataset_creation import create_test_dataset_flow
 from archiver.packing import naming
 from archiver.packing.archive import verify_datablock
-
 from tests.integration.restartable import Restartable
 
 pytestmark = pytest.mark.integration

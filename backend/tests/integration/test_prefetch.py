@@ -10,6 +10,8 @@ import threading
 import time
 
 import pytest
+from botocore.exceptions import EndpointConnectionError
+
 from archiver.packing import naming
 from archiver.packing.archive import archive_datablock, verify_datablock
 from archiver.packing.checking import READ_SIZE, check_datablock_stream
@@ -17,7 +19,6 @@ from archiver.packing.errors import IntegrityError, MissingFilesError
 from archiver.packing.planning import list_dataset_files, plan_datablocks
 from archiver.packing.records import read_manifest
 from archiver.packing.sources import Prefetch, read_members
-from botocore.exceptions import EndpointConnectionError
 
 pytestmark = pytest.mark.integration
 

@@ -4,15 +4,15 @@ against the test Prefect server (the flows' settings and secrets), SciCat develo
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
+
 from archiver.config.secrets import read_secret
 from archiver.flows.archive import archive_datasets_flow
 from archiver.flows.retrieve import retrieve_datasets_flow
 from archiver.packing.retained import read_retain_until
-
 from tests.integration.test_api import AUTH_SPEC, ROOT, start_api
 from tests.integration.test_flows import job_of, new_dataset
 
@@ -26,10 +26,10 @@ def test_a_finished_retrieval_gets_fresh_links_until_its_copy_is_gone(pipeline, 
     job_id = pipeline.new_job("retrieve", [pid])
     retrieve_datasets_flow(job_id=job_id)
     [old] = job_of(pipeline, job_id)["jobResultObject"]["result"]
-    bucket = pipeline.settings.minio.retrieval_bucket
+    bucket = pipeline.settings.s3.retrieval_bucket
     [key] = pipeline.retrieval_keys(pid)
     pipeline.s3.put_object_tagging(Bucket=bucket, Key=key, Tagging={  # retention nearly over
-        "TagSet": [{"Key": "retain-until", "Value": (datetime.now(timezone.utc) + timedelta(hours=1)).strftime(
+        "TagSet": [{"Key": "retain-until", "Value": (datetime.now(UTC) + timedelta(hours=1)).strftime(
             "%Y-%m-%dT%H:%M:%SZ")}]})
     deployments = {"archive": "archive_datasetlist/none", "retrieve": "retrieve_datasetlist/none"}
     with start_api(tmp_path, secrets_dir, prefect_api_url, deployments) as server:
@@ -46,7 +46,7 @@ def test_a_finished_retrieval_gets_fresh_links_until_its_copy_is_gone(pipeline, 
         assert len(httpx.get(fresh["url"], timeout=60).raise_for_status().content) == old["size"]
         assert fresh["url"] in answer.json()["downloadScript"]
         until = read_retain_until(pipeline.s3, bucket, key)
-        assert until > datetime.now(timezone.utc) + timedelta(days=6)  # covers the new links' 7 days
+        assert until > datetime.now(UTC) + timedelta(days=6)  # covers the new links' 7 days
         assert [(e["method"], e["path"].rsplit("/", 2)[-2]) for e in pipeline.scicat_dev.requests()
                 if e["seq"] > start and not e["path"].endswith("auth/login")] == [("GET", "jobs")]
 

@@ -8,15 +8,15 @@ import contextvars
 import logging
 import threading
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
+
 from archiver.flows.archive import archive_datasets_flow
 from archiver.flows.retrieve import retrieve_datasets_flow
 from archiver.packing import naming
 from archiver.packing.retained import read_retain_until
-
 from tests.integration import test_partial_retrieval as recording
 from tests.integration.test_flows import _artifacts_of, job_of, new_dataset
 from tests.integration.test_partial_retrieval import retrieval_calls
@@ -28,7 +28,7 @@ RETRIEVE_CALLS = [("GET", "datablocks", None), ("GET", "origdatablocks", None), 
 
 
 def objects(pipeline, pid: str) -> dict[str, dict]:
-    bucket = pipeline.settings.minio.retrieval_bucket
+    bucket = pipeline.settings.s3.retrieval_bucket
     return {key: {"modified": pipeline.s3.head_object(Bucket=bucket, Key=key)["LastModified"],
                   "until": read_retain_until(pipeline.s3, bucket, key)} for key in pipeline.retrieval_keys(pid)}
 
@@ -52,9 +52,9 @@ def test_a_second_retrieval_reuses_the_copy_and_extends_its_retention(pipeline, 
     first = pipeline.new_job("retrieve", [pid])
     retrieve_datasets_flow(job_id=first)
     before = objects(pipeline, pid)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     assert before and all(now + timedelta(days=13) < o["until"] < now + timedelta(days=15) for o in before.values())
-    pipeline.set_settings(MINIO_RETRIEVAL_RETENTION_DAYS=30)
+    pipeline.set_settings(S3_RETRIEVAL_RETENTION_DAYS=30)
     start = pipeline.scicat_dev.state()["nextSeq"] - 1
     second = pipeline.new_job("retrieve", [pid])
 
@@ -77,7 +77,7 @@ def test_a_copy_that_differs_from_the_registered_checksum_is_retrieved_again(pip
     pid = archived
     retrieve_datasets_flow(job_id=pipeline.new_job("retrieve", [pid]))
     [key, *_] = pipeline.retrieval_keys(pid)
-    bucket = pipeline.settings.minio.retrieval_bucket
+    bucket = pipeline.settings.s3.retrieval_bucket
     head = pipeline.s3.head_object(Bucket=bucket, Key=key)
     size = head["ContentLength"]
     pipeline.s3.put_object(Bucket=bucket, Key=key, Body=b"\0" * size, Metadata={"chk-alg": "sha256", "chk": "0" * 64})
@@ -122,16 +122,16 @@ def test_two_retrievals_at_once_do_the_work_once_and_both_get_links(pipeline, ar
 
 def test_a_retrieval_over_the_bucket_budget_fails_naming_bytes_and_setting(pipeline, archived):
     pid = archived
-    pipeline.set_settings(MINIO_RETRIEVAL_BUDGET_GB=0.0001)  # 107374 bytes; the dataset needs about 1 MB
+    pipeline.set_settings(S3_RETRIEVAL_BUDGET_GB=0.0001)  # 107374 bytes; the dataset needs about 1 MB
     job_id = pipeline.new_job("retrieve", [pid])
 
     state = retrieve_datasets_flow(job_id=job_id, return_state=True)
 
     assert state.is_failed()
     job = job_of(pipeline, job_id)
-    assert job["jobStatusMessage"] == "finishedUnsuccessful"
+    assert job["jobStatusMessage"] == "finishedWithDatasetErrors"  # try later: no system fault
     message = job["jobResultObject"]["message"]
-    assert "MINIO_RETRIEVAL_BUDGET_GB" in message and "budget of 107374 bytes" in message
+    assert "S3_RETRIEVAL_BUDGET_GB" in message and "budget of 107374 bytes" in message
     needed = sum(d.packed_size for d in pipeline.scicat.get_datablocks(pid))
     assert f"needs {needed} bytes" in message
     assert pipeline.retrieval_keys(pid) == []
@@ -145,7 +145,7 @@ def test_the_cleanup_deletes_expired_retrievals_and_reports_the_bytes_freed(pipe
     kept = new_dataset(1, 0.2)
     archive_datasets_flow(job_id=pipeline.new_job("archive", [kept]))
     retrieve_datasets_flow(job_id=pipeline.new_job("retrieve", [archived, kept]))
-    bucket = pipeline.settings.minio.retrieval_bucket
+    bucket = pipeline.settings.s3.retrieval_bucket
     expired = pipeline.retrieval_keys(archived)
     for key in expired:  # as if its retention had passed
         pipeline.s3.put_object_tagging(Bucket=bucket, Key=key, Tagging={
@@ -166,16 +166,16 @@ def test_the_cleanup_deletes_expired_retrievals_and_reports_the_bytes_freed(pipe
 
 def _interrupt_retrieval(pipeline, pid: str, job_id: str) -> None:
     """Clean up after a retrieval job of `pid` that died mid-upload, as recover_job does."""
+    from archiver.clients.connections import connect
     from archiver.config.runtime import load_run_configuration
-    from archiver.flows.common import connect
     from archiver.flows.jobs import finish_interrupted_job
     from archiver.flows.recovery import remove_storage_leftovers
-    from archiver.flows.retrieve import RETRIEVAL
+    from archiver.flows.retrieve import RETRIEVAL_HOOKS
 
     config, log = load_run_configuration(), logging.getLogger("test")
     with connect(config) as connections:
-        remove_storage_leftovers(RETRIEVAL, [pid], config, connections, log)
-        finish_interrupted_job(RETRIEVAL, job_id, [pid], "retrieval run killed", config, connections, log)
+        remove_storage_leftovers(RETRIEVAL_HOOKS, [pid], config, connections, log)
+        finish_interrupted_job(RETRIEVAL_HOOKS, job_id, [pid], "retrieval run killed", config, connections, log)
 
 
 def test_an_interrupted_retrieval_removes_what_it_left_and_keeps_the_copy_earlier_links_point_to(pipeline, archived):
@@ -186,7 +186,7 @@ def test_an_interrupted_retrieval_removes_what_it_left_and_keeps_the_copy_earlie
     first = pipeline.new_job("retrieve", [pid])
     retrieve_datasets_flow(job_id=first)
     handed_out = objects(pipeline, pid)
-    bucket, s3 = pipeline.settings.minio.retrieval_bucket, pipeline.s3
+    bucket, s3 = pipeline.settings.s3.retrieval_bucket, pipeline.s3
     # A second job of the dataset started, uploaded a file of its own and had another upload under way when it died.
     second = pipeline.new_job("retrieve", [pid])
     pipeline.scicat.update_lifecycle(pid, "test: retrieval started", retrieve_status_message=RetrieveStatus.STARTED)

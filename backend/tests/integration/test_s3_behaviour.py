@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from botocore.exceptions import ClientError
+
 from archiver.storage import multipart
 from archiver.storage.s3 import MIN_PART_SIZE, error_code
-from botocore.exceptions import ClientError
 
 pytestmark = pytest.mark.integration
 

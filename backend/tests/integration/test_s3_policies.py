@@ -23,16 +23,16 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+from botocore.exceptions import ClientError
+
 from archiver import local_services
 from archiver.config.errors import ConfigError
 from archiver.config.secrets import ARCHIVER_S3, MINIO_ROOT, PRESIGN_S3, S3Account
-from archiver.config.seeding import read_inputs, seed
 from archiver.flows.archive import archive_datasets_flow
+from archiver.flows.dataset_creation import create_test_dataset_flow
 from archiver.flows.retrieve import retrieve_datasets_flow
-from archiver.flows.test_dataset import create_test_dataset_flow
 from archiver.storage.s3 import S3Credentials, error_code, presigned_get_url, s3_client
-from botocore.exceptions import ClientError
-
+from archiver.tools.seeding import read_inputs, seed
 from tests.conftest import S3_TEST_CREDENTIALS, S3_TEST_REGION, write_s3_account
 
 pytestmark = pytest.mark.integration
@@ -139,7 +139,7 @@ def test_flows_archive_and_retrieve_with_their_own_accounts_and_urls_are_signed_
 
 
 def test_presign_account_reads_the_retrieval_bucket_and_nothing_else(pipeline, enforcing_s3, accounts, s3):
-    landing, retrieval = pipeline.settings.minio.landingzone_bucket, pipeline.settings.minio.retrieval_bucket
+    landing, retrieval = pipeline.settings.s3.landingzone_bucket, pipeline.settings.s3.retrieval_bucket
     s3.put_object(Bucket=landing, Key="openem-network/datasets/p/raw_files/a", Body=b"landed")
     s3.put_object(Bucket=retrieval, Key="some/datablock.tar", Body=b"retrieved")
     presign = enforcing_s3.s3(accounts["presign"])
@@ -156,7 +156,7 @@ def test_presign_account_reads_the_retrieval_bucket_and_nothing_else(pipeline, e
 
 
 def test_urls_the_presign_account_signs_download_from_the_retrieval_bucket_only(pipeline, enforcing_s3, accounts, s3):
-    landing, retrieval = pipeline.settings.minio.landingzone_bucket, pipeline.settings.minio.retrieval_bucket
+    landing, retrieval = pipeline.settings.s3.landingzone_bucket, pipeline.settings.s3.retrieval_bucket
     s3.put_object(Bucket=landing, Key="openem-network/datasets/p/raw_files/a", Body=b"landed")
     s3.put_object(Bucket=retrieval, Key="some/datablock.tar", Body=b"retrieved")
 
@@ -199,7 +199,7 @@ def test_config_refuses_an_archiver_account_whose_policy_names_other_buckets(pip
     assert "\n" not in message
     assert f"S3 account archiver ({ARCHIVER_S3.files}) cannot list bucket '{unique_name}-elsewhere'" in message
     assert "AccessDenied" in message and "archiver.json" in message and '"S3 accounts"' in message
-    assert Variable.get("minio_landingzone_bucket") == f"{unique_name}-landing"  # nothing written
+    assert Variable.get("s3_landingzone_bucket") == f"{unique_name}-landing"  # nothing written
 
 
 def test_config_refuses_a_presign_secret_that_s3_does_not_accept(pipeline, accounts):

@@ -16,11 +16,11 @@ import time
 
 import httpx
 import pytest
+
 from archiver import local_services
-from archiver.flows.test_dataset import create_test_dataset_flow
+from archiver.flows.dataset_creation import create_test_dataset_flow
 from archiver.packing import naming
 from archiver.packing.archive import verify_datablock
-
 from tests.conftest import S3_TEST_ACCOUNTS
 from tests.integration.restartable import Restartable
 from tests.integration.served import start_served

@@ -6,6 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+
 from archiver import local_services
 from archiver.config.settings import ScicatSection
 from archiver.scicat.client import ScicatClient, ScicatCredentials, ScicatError

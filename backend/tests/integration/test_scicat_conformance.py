@@ -1,5 +1,5 @@
 """The archiver against a SciCat as strict as the real one: our real client and flows, the development
-server refusing what SciCat refuses and replacing what SciCat replaces (SCICAT_PROTOCOL.md).
+server refusing what SciCat refuses and replacing what SciCat replaces (docs/scicat.md).
 
 Each protocol run is asserted call by call: method, path and the body fields that matter."""
 
@@ -9,13 +9,13 @@ import logging
 from urllib.parse import quote
 
 import pytest
-from archiver.flows.archive import _clean_up_interrupted_archival, archive_datasets_flow
-from archiver.flows.common import connect
-from archiver.flows.retrieve import retrieve_datasets_flow
+
+from archiver.clients.connections import connect
 from archiver.config.runtime import load_run_configuration
+from archiver.flows.archive import _clean_up_interrupted_archival, archive_datasets_flow
+from archiver.flows.retrieve import retrieve_datasets_flow
 from archiver.packing import naming
 from archiver.scicat.models import NewDatablock
-
 from tests.integration.test_flows import job_of, lifecycle_of
 from tests.integration.test_flows import new_dataset as new_unmarked_dataset
 
@@ -133,7 +133,7 @@ def test_archive_success_call_by_call(pipeline):
 def test_archive_user_error_call_by_call(pipeline):
     pid = new_dataset(2, 0.2)
     [victim, *_] = pipeline.landing_keys(pid)
-    pipeline.s3.delete_object(Bucket=pipeline.settings.minio.landingzone_bucket, Key=victim)
+    pipeline.s3.delete_object(Bucket=pipeline.settings.s3.landingzone_bucket, Key=victim)
     since = log_position(pipeline)
     job_id = pipeline.new_job("archive", [pid])
 

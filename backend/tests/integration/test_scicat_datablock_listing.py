@@ -1,5 +1,5 @@
 """`GET /api/v3/datablocks?filter=`, SciCat's listing of every datablock, on the development server over HTTP
-(answers as SciCat's DatablocksController does, `archiver/scicat/dev_filters.py`), and the client's paging.
+(answers as SciCat's DatablocksController does, `archiver/devtools/scicat_filters.py`), and the client's paging.
 
 Each test has a SciCat of its own: the listing shows every datablock the server holds."""
 
@@ -7,9 +7,9 @@ import json
 import uuid
 
 import pytest
+
 from archiver import local_services
 from archiver.scicat.client import ScicatClient, ScicatCredentials, ScicatError
-
 from tests.integration.test_scicat_devserver import DATABLOCK, dataset_path, new_dataset
 
 pytestmark = pytest.mark.integration

@@ -7,6 +7,7 @@ import json
 import uuid
 
 import pytest
+
 from archiver import local_services
 from archiver.config.secrets import read_secret, secret_spec
 

@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
 from archiver.local_services import descendants, poll_until
 
 pytestmark = pytest.mark.integration
@@ -35,9 +36,10 @@ HOLDER_FLOW = textwrap.dedent(
 
 
 def test_slot_of_a_killed_flow_run_is_released(tmp_path, prefect_api_url, unique_name):
-    from archiver.flows.concurrency import reconcile_tags
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
+
+    from archiver.flows.concurrency import reconcile_tags
 
     tag = f"lts-test-{unique_name}"
     script = tmp_path / "holder.py"

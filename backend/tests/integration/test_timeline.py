@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
-from archiver.flows.test_dataset import create_test_dataset_flow
-from archiver.timeline import job_phases
 
+from archiver.flows.dataset_creation import create_test_dataset_flow
+from archiver.timeline import job_phases
 from tests.integration.served import start_served_archival, wait_until_final
 
 pytestmark = pytest.mark.integration
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 def test_the_phases_of_a_served_archive_job_cover_its_whole_time(pipeline, serve_deployments):
     pid = create_test_dataset_flow(num_files=2, file_size_mb=0.5)
     serve_deployments()
-    created = datetime.now(timezone.utc)
+    created = datetime.now(UTC)
     job_id = pipeline.new_job("archive", [pid])
     run = start_served_archival(job_id)
     final = wait_until_final(run.id)

@@ -13,12 +13,13 @@ import tarfile
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
 import pytest
+
 from archiver.config.secrets import init_secrets
 from archiver.flows.archive import archive_datasets_flow
 from archiver.flows.retrieve import retrieve_datasets_flow
@@ -26,7 +27,6 @@ from archiver.packing.naming import landing_prefix
 from archiver.scicat.models import DataFile, NewOrigDatablock, new_raw_dataset
 from archiver.storage import multipart
 from archiver.upload_command import UploadApi, upload_dataset
-
 from tests.integration.test_api import ROOT, deployments, start_api  # noqa: F401 (the fixture)
 
 pytestmark = pytest.mark.integration
@@ -87,7 +87,7 @@ def register(pipeline, group: str, files: dict[str, Path], readers: tuple[str, .
     dataset = new_raw_dataset(group, "upload test", size=total, number_of_files=len(files))
     dataset = dataset.model_copy(update={"access_groups": [group, *readers]})
     pid = pipeline.scicat.create_dataset(dataset).pid
-    entries = [DataFile(path=name, size=p.stat().st_size, time=datetime.now(timezone.utc),
+    entries = [DataFile(path=name, size=p.stat().st_size, time=datetime.now(UTC),
                         chk=hashlib.sha256(p.read_bytes()).hexdigest()) for name, p in files.items()]
     pipeline.scicat.create_origdatablock(pid, NewOrigDatablock(size=total, chk_alg="sha256", data_file_list=entries))
     return pid
@@ -95,7 +95,7 @@ def register(pipeline, group: str, files: dict[str, Path], readers: tuple[str, .
 
 def landing_state(pipeline, pid: str) -> tuple[list[str], list[str]]:
     """Objects and unfinished uploads below the dataset's landing prefix."""
-    bucket, prefix = pipeline.settings.minio.landingzone_bucket, landing_prefix(pid)
+    bucket, prefix = pipeline.settings.s3.landingzone_bucket, landing_prefix(pid)
     uploads = pipeline.s3.list_multipart_uploads(Bucket=bucket, Prefix=prefix).get("Uploads", [])
     return pipeline.landing_keys(pid), sorted(u["Key"] for u in uploads)
 
@@ -203,7 +203,7 @@ def test_interrupted_upload_resumes_sending_only_the_missing_parts(uploads, uplo
     assert user.api.status(pid)["complete"] is True
     assert uploads.scicat.get_dataset(pid).datasetlifecycle.archivable is True
     for name, path in files.items():
-        stored = uploads.s3.get_object(Bucket=uploads.settings.minio.landingzone_bucket, Key=landing_prefix(pid) + name)
+        stored = uploads.s3.get_object(Bucket=uploads.settings.s3.landingzone_bucket, Key=landing_prefix(pid) + name)
         assert stored["Body"].read() == path.read_bytes()
 
 
@@ -212,7 +212,7 @@ def test_finalize_refuses_missing_and_wrong_size_files(uploads, upload_api, tmp_
     pid = register(uploads, "group-f", files)
     user = Uploader(uploads, upload_api, "fred", ["group-f"])
     upload_dataset(user.api, pid, {"kept.bin": files["kept.bin"]})
-    bucket = uploads.settings.minio.landingzone_bucket
+    bucket = uploads.settings.s3.landingzone_bucket
     uploads.s3.put_object(Bucket=bucket, Key=landing_prefix(pid) + "short.bin", Body=b"x" * 10)
 
     answer = user.http.post("/uploads/finalize", json={"pid": pid, "archive": True})
@@ -275,7 +275,7 @@ def test_the_budget_counts_what_uploads_under_way_will_still_bring(uploads, uplo
     first, second = register(uploads, "group-q", first_files), register(uploads, "group-q", second_files)
     user = Uploader(uploads, upload_api, "quinn", ["group-q"])
     # Room for one of the two files, not for both, beside what other tests left (their uploads' reservations too).
-    budget = multipart.bucket_usage(uploads.s3, uploads.settings.minio.landingzone_bucket) + 10 * MIB
+    budget = multipart.bucket_usage(uploads.s3, uploads.settings.s3.landingzone_bucket) + 10 * MIB
     uploads.set_settings(UPLOAD_LANDINGZONE_BUDGET_GB=budget / 1e9)
     start = lambda pid: user.http.post("/uploads", json={"pid": pid, "files": [{"path": "big.bin", "size": 6 * MIB}]})  # noqa: E731
 
@@ -304,14 +304,14 @@ def test_aborting_with_another_files_upload_id_keeps_that_uploads_room(uploads, 
 
     assert answer.status_code == 200 and answer.json() == {"aborted": False}, answer.text
     assert landing_state(uploads, pid) == ([], [landing_prefix(pid) + "big.bin"])  # S3 kept the upload ...
-    reserved = multipart.reservations(uploads.s3, uploads.settings.minio.landingzone_bucket)
+    reserved = multipart.reservations(uploads.s3, uploads.settings.s3.landingzone_bucket)
     assert reserved.get(plan["uploadId"]) == 6 * MIB  # ... so the room it will take stays promised
 
 
 def room_for_one_more(uploads, size: int) -> None:
     """A budget with room for one more file of `size` bytes beside what the bucket holds and has promised (other
     tests' objects and reservations too), not for two."""
-    budget = multipart.bucket_usage(uploads.s3, uploads.settings.minio.landingzone_bucket) + size + size // 2
+    budget = multipart.bucket_usage(uploads.s3, uploads.settings.s3.landingzone_bucket) + size + size // 2
     uploads.set_settings(UPLOAD_LANDINGZONE_BUDGET_GB=budget / 1e9)
 
 
@@ -333,7 +333,7 @@ def test_an_abort_naming_another_files_path_keeps_the_upload_and_its_reservation
     first = register(uploads, "group-k", first_files)
     second = register(uploads, "group-k", make_files(tmp_path / "second", {"big.bin": 6 * MIB}))
     user = Uploader(uploads, upload_api, "kim", ["group-k"])
-    bucket = uploads.settings.minio.landingzone_bucket
+    bucket = uploads.settings.s3.landingzone_bucket
     room_for_one_more(uploads, 6 * MIB)
     started = user.http.post("/uploads", json={"pid": first, "files": [{"path": "big.bin", "size": 6 * MIB}]})
     assert started.status_code == 200, started.text
@@ -362,7 +362,7 @@ def test_a_complete_naming_another_files_path_assembles_nothing_and_keeps_the_re
     files = make_files(tmp_path / "data", {"a.bin": 6 * MIB, "b.bin": 6 * MIB})
     pid = register(uploads, "group-c", files)
     user = Uploader(uploads, upload_api, "carl", ["group-c"])
-    bucket = uploads.settings.minio.landingzone_bucket
+    bucket = uploads.settings.s3.landingzone_bucket
     [plan] = user.api.start(pid, [{"path": "a.bin", "size": 6 * MIB}])["files"]
     parts = put_parts(plan, files["a.bin"].read_bytes())
 
@@ -437,7 +437,7 @@ def test_a_part_url_refuses_a_put_of_another_size(uploads, upload_api, tmp_path)
     oversize = httpx.put(url["url"], content=os.urandom(20 * MIB), timeout=120)
 
     assert oversize.status_code == 403, oversize.text[:300]
-    bucket, key = uploads.settings.minio.landingzone_bucket, landing_prefix(pid) + "one.bin"
+    bucket, key = uploads.settings.s3.landingzone_bucket, landing_prefix(pid) + "one.bin"
     assert multipart.uploaded_parts(uploads.s3, bucket, key, plan["uploadId"]) == {}
     # bound to the bytes too when the uploader gives their MD5: other bytes of the same size are refused
     md5 = hashlib.md5(files["one.bin"].read_bytes())
@@ -461,20 +461,22 @@ def test_complete_compares_the_checksums_the_client_sends_with_what_s3_and_scica
     parts = put_parts(plan, data)
     local_md5 = [hashlib.md5(data[i:i + plan["partSize"]]).hexdigest() for i in range(0, len(data), plan["partSize"])]
     other_md5 = hashlib.md5(b"other bytes").hexdigest()
-    complete = lambda **extra: user.http.post("/uploads/complete", json={  # noqa: E731
-        "pid": pid, "path": "a.bin", "uploadId": plan["uploadId"], **extra})
+
+    def complete(**extra):
+        return user.http.post("/uploads/complete", json={"pid": pid, "path": "a.bin", "uploadId": plan["uploadId"],
+                                                         **extra})
 
     wrong_part = complete(parts=[{**parts[0], "md5": other_md5}, {**parts[1], "md5": local_md5[1]}])
     assert wrong_part.status_code == 422, wrong_part.text
     detail = wrong_part.json()["detail"]
     assert "part 1 of 'a.bin'" in detail and other_md5 in detail and local_md5[0] in detail, detail
-    wrong_file = complete(parts=[{**p, "md5": m} for p, m in zip(parts, local_md5)], chk="0" * 64, chkAlg="sha256")
+    wrong_file = complete(parts=[{**p, "md5": m} for p, m in zip(parts, local_md5, strict=True)], chk="0" * 64, chkAlg="sha256")
     assert wrong_file.status_code == 422, wrong_file.text
     detail = wrong_file.json()["detail"]
     assert "0" * 64 in detail and hashlib.sha256(data).hexdigest() in detail and "origdatablock" in detail, detail
     assert landing_state(uploads, pid) == ([], [landing_prefix(pid) + "a.bin"])  # nothing assembled
 
-    done = complete(parts=[{**p, "md5": m} for p, m in zip(parts, local_md5)],
+    done = complete(parts=[{**p, "md5": m} for p, m in zip(parts, local_md5, strict=True)],
                     chk=hashlib.sha256(data).hexdigest(), chkAlg="SHA256")
     assert done.status_code == 200, done.text
     assert landing_state(uploads, pid) == ([landing_prefix(pid) + "a.bin"], [])
@@ -485,7 +487,7 @@ def test_archival_releases_the_reservations_of_the_uploads_its_cleanup_aborts(up
     pid = register(uploads, "group-l", files)
     user = Uploader(uploads, upload_api, "lena", ["group-l"])
     report = upload_dataset(user.api, pid, files, archive=True)
-    bucket = uploads.settings.minio.landingzone_bucket
+    bucket = uploads.settings.s3.landingzone_bucket
     # the owner starts the file again while the archive job waits (straight on S3: the API sees it uploaded)
     again = uploads.s3.create_multipart_upload(Bucket=bucket, Key=landing_prefix(pid) + "f.bin")["UploadId"]
     multipart.reserve(uploads.s3, bucket, again, 3000)
@@ -501,7 +503,7 @@ def test_uploads_started_at_the_same_instant_never_pass_the_budget_together(uplo
                                                                             deployments):
     count = 6
     pids = [register(uploads, "group-r", make_files(tmp_path / str(i), {"big.bin": 6 * MIB})) for i in range(count)]
-    bucket = uploads.settings.minio.landingzone_bucket
+    bucket = uploads.settings.s3.landingzone_bucket
     budget = multipart.bucket_usage(uploads.s3, bucket) + 10 * MIB  # room for one of the files
     uploads.set_settings(UPLOAD_LANDINGZONE_BUDGET_GB=budget / 1e9)
     body = lambda pid: {"pid": pid, "files": [{"path": "big.bin", "size": 6 * MIB}]}  # noqa: E731
@@ -516,7 +518,7 @@ def test_uploads_started_at_the_same_instant_never_pass_the_budget_together(uplo
             return user.http.post("/uploads", json=body(pid))
 
         with ThreadPoolExecutor(count) as pool:
-            answers = dict(zip(pids, pool.map(start, pids)))
+            answers = dict(zip(pids, pool.map(start, pids), strict=True))
 
         assert {a.status_code for a in answers.values()} <= {200, 507}, [a.text for a in answers.values()]
         admitted = [pid for pid, a in answers.items() if a.status_code == 200]
@@ -546,7 +548,7 @@ def test_path_outside_the_landing_prefix_is_refused(uploads, upload_api, tmp_pat
 
     assert answer.status_code == 422, answer.text
     assert "file path" in answer.json()["detail"]
-    bucket = uploads.settings.minio.landingzone_bucket
+    bucket = uploads.settings.s3.landingzone_bucket
     assert uploads.s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
     assert uploads.landing_keys(pid) == []
 
@@ -568,7 +570,7 @@ def test_landing_zone_gets_the_abort_rule_and_cleanup_aborts_old_uploads(uploads
     import subprocess
     import sys
 
-    bucket = uploads.settings.minio.landingzone_bucket
+    bucket = uploads.settings.s3.landingzone_bucket
     rules = uploads.s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
     assert [r["AbortIncompleteMultipartUpload"] for r in rules] == [{"DaysAfterInitiation": 7}]
     key = landing_prefix("20.500.1/abandoned") + "f.bin"

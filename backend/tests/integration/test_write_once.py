@@ -6,14 +6,15 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from urllib.parse import quote
 
 import pytest
+
+from archiver.clients.connections import connect
 from archiver.config.runtime import load_run_configuration
 from archiver.flows.archive import _clean_up_interrupted_archival, archive_datasets_flow
-from archiver.flows.common import connect
-from archiver.flows.test_dataset import create_test_dataset_flow
+from archiver.flows.dataset_creation import create_test_dataset_flow
 from archiver.packing import naming
 from archiver.packing.archive import archive_datablock
 from archiver.packing.planning import list_dataset_files, plan_datablocks
@@ -52,9 +53,9 @@ def owner_replaces_lifecycle(pipeline, pid: str) -> None:
 
 
 def put_landing(pipeline, pid: str, path: str, data: bytes) -> DataFile:
-    pipeline.s3.put_object(Bucket=pipeline.settings.minio.landingzone_bucket, Key=naming.landing_prefix(pid) + path,
+    pipeline.s3.put_object(Bucket=pipeline.settings.s3.landingzone_bucket, Key=naming.landing_prefix(pid) + path,
                            Body=data)
-    return DataFile(path=path, size=len(data), time=datetime.now(timezone.utc), chk=hashlib.sha256(data).hexdigest())
+    return DataFile(path=path, size=len(data), time=datetime.now(UTC), chk=hashlib.sha256(data).hexdigest())
 
 
 def test_a_changed_archived_dataset_is_refused_and_its_only_copy_stays(pipeline):
@@ -94,7 +95,7 @@ def test_bytes_that_differ_from_the_listed_checksum_fail_the_dataset_as_the_owne
     pid = create_test_dataset_flow(num_files=3, file_size_mb=0.01)
     listed = {f.path: f.chk for b in pipeline.scicat.get_origdatablocks(pid) for f in b.data_file_list}
     # same size, other bytes: only the checksum can tell
-    size = pipeline.s3.head_object(Bucket=pipeline.settings.minio.landingzone_bucket,
+    size = pipeline.s3.head_object(Bucket=pipeline.settings.s3.landingzone_bucket,
                                    Key=naming.landing_prefix(pid) + "file_0001.bin")["ContentLength"]
     other = put_landing(pipeline, pid, "file_0001.bin", os.urandom(size))
 
@@ -112,7 +113,7 @@ def test_bytes_that_differ_from_the_listed_checksum_fail_the_dataset_as_the_owne
 
 def test_a_rerun_after_the_owner_fixed_a_file_writes_it_under_a_new_name_and_sets_the_old_one_aside(pipeline):
     pid = create_test_dataset_flow(num_files=1, file_size_mb=0.01)
-    bucket, key = pipeline.settings.minio.landingzone_bucket, naming.landing_prefix(pid) + "file_0000.bin"
+    bucket, key = pipeline.settings.s3.landingzone_bucket, naming.landing_prefix(pid) + "file_0000.bin"
     listed_bytes = pipeline.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     # an earlier archival wrote a datablock of other bytes and died before registering it; then the owner
     # uploaded the listed file again
@@ -133,7 +134,7 @@ def test_a_rerun_after_the_owner_fixed_a_file_writes_it_under_a_new_name_and_set
 
 def write_unregistered(pipeline, pid: str, target_bytes: int) -> list:
     """What an archival that died before registering leaves: every datablock written and verified on the LTS."""
-    bucket = pipeline.settings.minio.landingzone_bucket
+    bucket = pipeline.settings.s3.landingzone_bucket
     blocks = plan_datablocks(pid, list_dataset_files(pipeline.s3, bucket, pid), target_bytes)
     return [archive_datablock(pipeline.s3, bucket, block, pipeline.lts_root) for block in blocks]
 

@@ -23,7 +23,7 @@ import tarfile
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -293,7 +293,7 @@ def _leftovers(project: str, env: dict[str, str]) -> list[str]:
 def stack_s3(stack):
     """boto3 client for the stack's S3 (MinIO stand-in) at its published address, as MinIO's root account
     (the tests upload datasets the way an ingestor does, and inspect both buckets)."""
-    return s3_client(stack.s3_url, VARS.minio.region, S3Credentials(stack.secret("miniouser.txt"), stack.secret("miniopass.txt")))
+    return s3_client(stack.s3_url, VARS.s3.region, S3Credentials(stack.secret("miniouser.txt"), stack.secret("miniopass.txt")))
 
 
 def flow_run_containers(project: str) -> list[str]:
@@ -326,8 +326,8 @@ class Operator:
         contents = {f"raw/file_{i}.bin": os.urandom(size) for i in range(files)}
         datafiles = []
         for path, data in contents.items():
-            self.s3.put_object(Bucket=VARS.minio.landingzone_bucket, Key=landing_prefix(pid) + path, Body=data)
-            datafiles.append(DataFile(path=path, size=len(data), time=datetime.now(timezone.utc),
+            self.s3.put_object(Bucket=VARS.s3.landingzone_bucket, Key=landing_prefix(pid) + path, Body=data)
+            datafiles.append(DataFile(path=path, size=len(data), time=datetime.now(UTC),
                                       chk=hashlib.sha256(data).hexdigest(), uid="0", gid="0", perm="644"))
         self.scicat.create_origdatablock(pid, NewOrigDatablock(size=files * size, chk_alg="sha256",
                                                                data_file_list=datafiles))
@@ -379,18 +379,18 @@ class Operator:
         return [line.removeprefix("./") for line in listing.split() if line != f"./{LOCK_FILE_NAME}"]
 
     def landing_zone(self, pid: str) -> list[str]:
-        return self._keys(VARS.minio.landingzone_bucket, landing_prefix(pid))
+        return self._keys(VARS.s3.landingzone_bucket, landing_prefix(pid))
 
     def retrieval_bucket(self, pid: str) -> list[str]:
-        return self._keys(VARS.minio.retrieval_bucket, retrieval_prefix(pid))
+        return self._keys(VARS.s3.retrieval_bucket, retrieval_prefix(pid))
 
     def drop_retrieved_copy(self, pid: str) -> None:
         """Delete the dataset's retrieved copy, so that the next retrieval uploads again instead of reusing it."""
-        delete_retrieved(self.s3, VARS.minio.retrieval_bucket, pid)
+        delete_retrieved(self.s3, VARS.s3.retrieval_bucket, pid)
 
     def unfinished_uploads(self, pid: str) -> list[str]:
         """Keys of the dataset's multipart uploads to the retrieval bucket that are neither completed nor aborted."""
-        answer = self.s3.list_multipart_uploads(Bucket=VARS.minio.retrieval_bucket, Prefix=retrieval_prefix(pid))
+        answer = self.s3.list_multipart_uploads(Bucket=VARS.s3.retrieval_bucket, Prefix=retrieval_prefix(pid))
         return [upload["Key"] for upload in answer.get("Uploads", [])]
 
     def _keys(self, bucket: str, prefix: str) -> list[str]:

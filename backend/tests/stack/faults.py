@@ -12,7 +12,6 @@ from pathlib import Path
 from archiver.config.limits import load_limits_file
 from archiver.packing import naming
 
-
 REPO = Path(__file__).resolve().parents[3]
 FILES, FILE_SIZE = 6, 64 * 1024 * 1024  # 384 MB, one datablock per file (written in about 0.5 s each here)
 JOB_END_S = 600

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from uuid import UUID
 
 import pytest
@@ -65,7 +65,7 @@ def test_a_1_mib_archive_job_prints_where_its_seconds_go(stack, operator):
     The first is still the first flow-run container of this pool's image on this host, so three are run."""
     for attempt in range(1, 4):
         pid = operator.ingest_dataset(1, 1024 * 1024)
-        created = datetime.now(timezone.utc)
+        created = datetime.now(UTC)
         job, started = operator.create_job("archive", [pid])
         run = operator.wait(started)
         assert run["state_type"] == "COMPLETED", stack.flow_run_failure(run)
@@ -155,7 +155,7 @@ def test_six_archive_jobs_over_three_workers_hold_the_lts_limits_across_all(stac
         _deploy_flows(stack, {})
     for run in runs:
         assert run["state_type"] == "COMPLETED", stack.flow_run_failure(run)
-    for pid, (job, _) in zip(pids, started):
+    for pid, (job, _) in zip(pids, started, strict=True):
         operator.assert_archived(pid, job["id"])
 
     by_worker = Counter(run["labels"].get("prefect.worker.name") for run in runs)

@@ -21,9 +21,22 @@ import httpx
 import pytest
 
 from tests.stack.faults import (
-    FILES, JOB_END_S, archive_mid_write, assert_nothing_left_running, crash_retries, datablocks_folder,
-    finished_datablocks, iso, job_runs, partial_files, poll, server_started, start_archive, state_history,
-    wait_job_finished, wait_mid_upload,
+    FILES,
+    JOB_END_S,
+    archive_mid_write,
+    assert_nothing_left_running,
+    crash_retries,
+    datablocks_folder,
+    finished_datablocks,
+    iso,
+    job_runs,
+    partial_files,
+    poll,
+    server_started,
+    start_archive,
+    state_history,
+    wait_job_finished,
+    wait_mid_upload,
 )
 
 pytestmark = [pytest.mark.stack, pytest.mark.timeout(900)]

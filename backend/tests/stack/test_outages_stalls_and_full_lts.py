@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -24,8 +24,21 @@ import pytest
 from archiver.packing import naming
 from tests.integration.task_history import most_at_once
 from tests.stack.faults import (
-    FILE_SIZE, FILES, archive_mid_write, assert_nothing_left_running, datablocks_folder, finished_datablocks, iso,
-    job_runs, partial_files, poll, run_ended, start_archive, state_history, task_runs_below, wait_job_finished,
+    FILE_SIZE,
+    FILES,
+    archive_mid_write,
+    assert_nothing_left_running,
+    datablocks_folder,
+    finished_datablocks,
+    iso,
+    job_runs,
+    partial_files,
+    poll,
+    run_ended,
+    start_archive,
+    state_history,
+    task_runs_below,
+    wait_job_finished,
 )
 
 pytestmark = [pytest.mark.stack, pytest.mark.timeout(900)]
@@ -127,7 +140,7 @@ def test_a_frozen_run_woken_after_its_job_was_handed_on_changes_nothing(stack, o
             "the job was reported finished while its first run was frozen and held the dataset lock"
     finally:
         docker("unpause", container)
-    woke = datetime.now(timezone.utc)
+    woke = datetime.now(UTC)
     woke_at = time.monotonic()
 
     outcome = wait_job_finished(operator, job_id)

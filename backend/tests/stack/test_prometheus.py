@@ -113,7 +113,7 @@ def test_a_failed_job_fires_its_alert(stack, operator, stack_s3):
     before = scalar(stack, failed)
     pid = operator.ingest_dataset(2, 1024)
     [victim, *_] = operator.landing_zone(pid)
-    stack_s3.delete_object(Bucket=VARS.minio.landingzone_bucket, Key=victim)
+    stack_s3.delete_object(Bucket=VARS.s3.landingzone_bucket, Key=victim)
     job, started = operator.create_job("archive", [pid])
     assert operator.wait(started)["state_type"] == "FAILED"
 

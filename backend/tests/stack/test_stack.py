@@ -10,11 +10,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from archiver.clients.outage import FLOW_RUN_ENVIRONMENT
 from archiver.config.limits import load_limits_file
 from archiver.config.secrets import MINIO_ROOT, OBSOLETE_SECRET_BLOCKS, PREFECT_SECRETS, SECRETS
 from archiver.config.settings import flat_values, load_vars_file, variable_name
-from archiver.flows.outage import FLOW_RUN_ENVIRONMENT
-
 from tests.browser import browser_page, page_text, prefect_ui, screenshot
 
 REPO = Path(__file__).resolve().parents[3]
@@ -67,7 +66,7 @@ def test_prefect_has_the_variables_of_prefect_vars_toml_with_the_development_ove
     expected = {variable_name(key): value for key, value in flat_values(load_vars_file(REPO / "prefect-vars.toml")).items()}
     # .development.env: flow runs report to the stack's SciCat; download URLs work from this machine.
     expected["scicat_endpoint"] = "http://scicat:3000"
-    expected["minio_external_endpoint"] = stack.s3_url
+    expected["s3_external_endpoint"] = stack.s3_url
     stored = {v["name"]: v["value"] for v in stack.prefect("POST", "/variables/filter", json={}).json()}
     assert {name: stored.get(name) for name in expected} == expected
 

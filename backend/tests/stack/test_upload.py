@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -43,7 +43,7 @@ def test_archiver_upload_through_the_proxy_then_archive_and_retrieve(stack, oper
     pid = operator.scicat.create_dataset(new_raw_dataset("uploaders", "uploaded dataset", size=total,
                                                          number_of_files=len(contents))).pid
     operator.scicat.create_origdatablock(pid, NewOrigDatablock(size=total, chk_alg="sha256", data_file_list=[
-        DataFile(path=p, size=len(d), time=datetime.now(timezone.utc), chk=hashlib.sha256(d).hexdigest())
+        DataFile(path=p, size=len(d), time=datetime.now(UTC), chk=hashlib.sha256(d).hexdigest())
         for p, d in contents.items()]))
     operator.originals[pid] = contents
     token_file = tmp_path / "token"

@@ -1,6 +1,6 @@
 """Whether a dataset's files as SciCat lists them are what its registered datablocks hold."""
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from archiver.packing import naming
 from archiver.packing.planning import ListedFile, SourceFile
@@ -8,7 +8,7 @@ from archiver.packing.records import ListedChecksum, listed_algorithm
 from archiver.packing.registered import archive_differences, written_from
 
 PID = "20.500.11935/0a1b"
-WHEN = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+WHEN = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 
 def registered(*files: tuple[str, int, str], chk_alg: str = "sha256") -> dict:

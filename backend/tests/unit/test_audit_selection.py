@@ -1,16 +1,18 @@
-"""The audit's pure logic: the rolling fixity selection over simulated days, and the last-verified record on a real folder."""
+"""The audit's pure logic: the rolling fixity selection over simulated days, and the last-verified record on a
+real folder."""
 
 from __future__ import annotations
 
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+
 from archiver.packing import audit, naming
 from archiver.packing.records import Manifest, write_json_durably
 
-START = datetime(2026, 1, 1, 2, 0, tzinfo=timezone.utc)
+START = datetime(2026, 1, 1, 2, 0, tzinfo=UTC)
 MB = 1024 * 1024
 
 
@@ -38,7 +40,7 @@ def test_every_datablock_is_verified_within_the_period_when_the_budget_suffices(
     budget = sum(sizes.values()) // period + max(sizes.values())  # the LTS per period, plus one datablock of slack
     verified = simulate(sizes, budget, period, days=3 * period)
     for archive_id, times in verified.items():
-        gaps = [b - a for a, b in zip(times, times[1:] + [START + timedelta(days=3 * period)])]
+        gaps = [b - a for a, b in zip(times, times[1:] + [START + timedelta(days=3 * period)], strict=True)]
         assert max(gaps) <= timedelta(days=period), f"{archive_id} went {max(gaps)} without verification"
 
 
@@ -129,8 +131,10 @@ def test_consistency_names_a_datablock_registered_more_than_once():
 
 def test_the_audit_deployment_is_scheduled_from_lts_audit_cron_both_ways():
     import yaml
+
+    from archiver.config.deployments import DEPLOYMENT_NAMES
     from archiver.config.settings import load_vars_file
-    from archiver.flows.serve import DEPLOYMENT_NAMES, audit_cron
+    from archiver.flows.serve import audit_cron
 
     repo = Path(__file__).resolve().parents[3]
     settings = load_vars_file(repo / "prefect-vars.toml")

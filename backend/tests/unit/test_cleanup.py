@@ -6,15 +6,16 @@ import os
 import subprocess
 import sys
 import textwrap
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+
 from archiver.packing import naming
 from archiver.packing.archive import DatasetBusyError, claim_datablocks_folder
 from archiver.packing.cleanup import prune_discarded, set_aside_datablocks
 
-NOW = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
 
 def datablock(lts_root: Path, pid: str, index: int, size: int = 1000) -> str:

@@ -9,12 +9,13 @@ import time
 
 import httpx
 import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError
+
+from archiver.clients.outage import PrefectUnavailable, call_prefect
 from archiver.flows.failures import describe_failure, failing_service
-from archiver.flows.outage import PrefectUnavailable, call_prefect
 from archiver.local_services import free_port
 from archiver.packing.errors import IntegrityError, MissingFilesError
 from archiver.scicat.client import ScicatError
-from botocore.exceptions import ClientError, EndpointConnectionError
 
 
 def refused_connection() -> httpx.ConnectError:
@@ -40,7 +41,8 @@ def test_each_service_is_named():
     assert failing_service(EndpointConnectionError(endpoint_url="http://minio:9000")) == "S3"
     assert failing_service(IntegrityError("datablock x", ["checksum differs"])) == "LTS"
     try:
-        open("/nonexistent-lts/x.tar")
+        with open("/nonexistent-lts/x.tar"):
+            pass
     except OSError as e:
         assert failing_service(e) == "LTS"
     assert failing_service(ValueError("something else")) is None
@@ -127,10 +129,11 @@ class _DatabaseRestarting(http.server.BaseHTTPRequestHandler):
 
 
 def test_prefect_clients_retry_a_500_only_where_repeating_is_safe():
-    from archiver.flows.outage import retry_refused_connections
     from prefect.client.base import PrefectHttpxSyncClient
     from prefect.exceptions import PrefectHTTPStatusError
     from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
+    from archiver.clients.outage import retry_refused_connections
 
     retry_refused_connections()
     server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), _DatabaseRestarting)

@@ -3,7 +3,13 @@ import time
 
 import pytest
 
-from archiver.storage.lts import LtsWaitTimeout, free_percentage, has_free_space, wait_for_free_space, wait_until_readable
+from archiver.storage.lts import (
+    LtsWaitTimeout,
+    free_percentage,
+    has_free_space,
+    wait_for_free_space,
+    wait_until_readable,
+)
 
 
 def test_free_space_wait_returns_at_once_when_there_is_room(tmp_path):

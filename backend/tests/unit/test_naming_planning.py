@@ -1,4 +1,4 @@
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -6,12 +6,17 @@ import pytest
 from archiver.packing import naming, tarformat
 from archiver.packing.errors import ConflictingListingError, InvalidNameError, MissingFilesError
 from archiver.packing.planning import (
-    ListedFile, SourceFile, check_expected_files, listed_by_path, plan_dataset_datablocks, plan_datablocks,
+    ListedFile,
+    SourceFile,
+    check_expected_files,
+    listed_by_path,
+    plan_datablocks,
+    plan_dataset_datablocks,
 )
 from archiver.packing.records import DataFileRecord, ListedChecksum, Manifest
 
 PID = "20.500.11935/0a1b-c2d3"
-WHEN = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+WHEN = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 
 def source(path: str, size: int) -> SourceFile:

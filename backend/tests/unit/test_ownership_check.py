@@ -1,6 +1,7 @@
 import pytest
-from archiver.flows import common
-from archiver.flows.common import OwnershipCheck, RunCancelled, RunNotOwned
+
+from archiver.flows import cancellation
+from archiver.flows.cancellation import OwnershipCheck, RunCancelled, RunNotOwned
 
 
 @pytest.mark.parametrize("verdict", [RunNotOwned("flow run a is Crashed"), RunCancelled("flow run a is cancelling")])
@@ -13,7 +14,7 @@ def test_once_a_run_must_stop_every_later_check_says_so(monkeypatch, verdict):
         if answers:
             raise answers.pop()
 
-    monkeypatch.setattr(common, "raise_if_cancelled", prefect_says)
+    monkeypatch.setattr(cancellation, "raise_if_cancelled", prefect_says)
     check = OwnershipCheck(interval_s=0)
     for _ in range(3):
         with pytest.raises(type(verdict), match="flow run a is"):
@@ -22,7 +23,7 @@ def test_once_a_run_must_stop_every_later_check_says_so(monkeypatch, verdict):
 
 def test_checks_within_the_interval_do_not_ask_prefect(monkeypatch):
     asked = []
-    monkeypatch.setattr(common, "raise_if_cancelled", lambda: asked.append(1))
+    monkeypatch.setattr(cancellation, "raise_if_cancelled", lambda: asked.append(1))
     check = OwnershipCheck(interval_s=3600)
     for _ in range(5):
         check()

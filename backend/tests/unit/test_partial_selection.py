@@ -4,7 +4,7 @@ import pytest
 
 from archiver.packing.errors import DatasetUserError, FilesNotInDatasetError
 from archiver.packing.partial import select_files
-from archiver.packing.records import DataFileRecord, DatablockRecord
+from archiver.packing.records import DatablockRecord, DataFileRecord
 
 PID = "20.500/x"
 

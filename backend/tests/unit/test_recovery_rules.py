@@ -1,4 +1,5 @@
 import pytest
+
 from archiver.flows.recovery import _flow_run_id, crash_retries_so_far
 from archiver.flows.serve import deployment_triggers
 

@@ -1,12 +1,12 @@
 """Counters never go back: a finished run's outcomes only grow, whatever happens to its state later."""
 
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from uuid import uuid4
 
 from archiver.metrics.history import FinishedRun, _keeping_outcomes
 
-ENDED = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
+ENDED = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 COMPLETED_RUN = FinishedRun(id=uuid4(), flow="archive_datasetlist", outcomes=("completed",), end=ENDED,
                             run_seconds=5.0, queue_wait_seconds=1.0, labels={})
 

@@ -1,4 +1,5 @@
 import pytest
+from pydantic import ValidationError
 
 from archiver.scicat.client import InvalidIdError, ScicatCredentials, encode_id, job_status_body
 from archiver.scicat.models import (
@@ -11,7 +12,6 @@ from archiver.scicat.models import (
     NewDatablock,
     NewOrigDatablock,
 )
-from pydantic import ValidationError
 
 
 def test_wire_form_uses_scicat_names_and_omits_unset_fields():

@@ -1,26 +1,27 @@
+import tomllib
 from pathlib import Path
 
 import pytest
 import tomli_w
-import tomllib
 
 from archiver.config.errors import ConfigError
 from archiver.config.limits import load_limits_file
 from archiver.config.secrets import init_secrets
-from archiver.config.seeding import read_inputs
 from archiver.config.settings import (
     environment_overrides,
     flat_values,
     from_flat,
+    from_prefect_variables,
     load_vars_file,
     variable_name,
 )
+from archiver.tools.seeding import read_inputs
 
 REPO = Path(__file__).resolve().parents[3]
 SEED_KEYS = {
     "archiver": ["ARCHIVER_SCRATCH_FOLDER", "ARCHIVER_TARGET_SIZE_MB"],
     "lts": ["LTS_STORAGE_ROOT", "LTS_FREE_SPACE_PERCENTAGE"],
-    "minio": ["MINIO_REGION", "MINIO_RETRIEVAL_BUCKET", "MINIO_LANDINGZONE_BUCKET", "MINIO_STAGING_BUCKET", "MINIO_ENDPOINT"],
+    "s3": ["S3_REGION", "S3_RETRIEVAL_BUCKET", "S3_LANDINGZONE_BUCKET", "S3_STAGING_BUCKET", "S3_ENDPOINT"],
     "scicat": ["SCICAT_API_PREFIX"],
 }
 
@@ -43,7 +44,7 @@ def test_repo_vars_file_keeps_the_seed_keys_and_loads():
     settings = load_vars_file(REPO / "prefect-vars.toml")
     values = flat_values(settings)
     assert values["ARCHIVER_TARGET_SIZE_MB"] == raw["archiver"]["ARCHIVER_TARGET_SIZE_MB"]
-    assert values["MINIO_ENDPOINT"] == raw["minio"]["MINIO_ENDPOINT"]
+    assert values["S3_ENDPOINT"] == raw["s3"]["S3_ENDPOINT"]
     assert settings.archiver.target_size_bytes == raw["archiver"]["ARCHIVER_TARGET_SIZE_MB"] * 1024 * 1024
 
 
@@ -73,16 +74,16 @@ def test_wrong_type_names_key_expectation_and_value(tmp_path):
 
 
 def test_missing_required_value(tmp_path):
-    text = (REPO / "prefect-vars.toml").read_text().replace('MINIO_REGION = "eu-west-1"\n', "")
-    with pytest.raises(ConfigError, match=r"\[minio\] MINIO_REGION: required value is missing"):
+    text = (REPO / "prefect-vars.toml").read_text().replace('S3_REGION = "eu-west-1"\n', "")
+    with pytest.raises(ConfigError, match=r"\[s3\] S3_REGION: required value is missing"):
         load_vars_file(write(tmp_path, text))
 
 
 @pytest.mark.parametrize(
     ("old", "new", "key"),
     [
-        ("MINIO_URL_EXPIRATION_S = 604800", "MINIO_URL_EXPIRATION_S = 604801", "MINIO_URL_EXPIRATION_S"),
-        ('MINIO_ENDPOINT = "http://minio:9000"', 'MINIO_ENDPOINT = "minio:9000"', "MINIO_ENDPOINT"),
+        ("S3_URL_EXPIRATION_S = 604800", "S3_URL_EXPIRATION_S = 604801", "S3_URL_EXPIRATION_S"),
+        ('S3_ENDPOINT = "http://minio:9000"', 'S3_ENDPOINT = "minio:9000"', "S3_ENDPOINT"),
         ('ARCHIVER_CHECKSUM_ALGORITHM = "sha256"', 'ARCHIVER_CHECKSUM_ALGORITHM = "crc32"', "ARCHIVER_CHECKSUM_ALGORITHM"),
         ("LTS_FREE_SPACE_PERCENTAGE = 20", "LTS_FREE_SPACE_PERCENTAGE = 120", "LTS_FREE_SPACE_PERCENTAGE"),
         ("ARCHIVER_HEARTBEAT_S = 30", "ARCHIVER_HEARTBEAT_S = 20", "ARCHIVER_HEARTBEAT_S"),
@@ -127,11 +128,11 @@ def test_empty_environment_values_do_not_override():
 def test_seeding_inputs_take_the_stacks_overrides_from_the_environment(tmp_path):
     init_secrets(tmp_path)
     files = (REPO / "prefect-vars.toml", REPO / "concurrency-limits.toml", tmp_path)
-    environ = {"SCICAT_ENDPOINT": "http://scicat:3000", "MINIO_EXTERNAL_ENDPOINT": ""}
+    environ = {"SCICAT_ENDPOINT": "http://scicat:3000", "S3_EXTERNAL_ENDPOINT": ""}
     overridden = read_inputs(*files, environ=environ).settings
     plain = read_inputs(*files).settings
     assert overridden.scicat.endpoint == "http://scicat:3000"
-    assert overridden.minio.external_endpoint == plain.minio.external_endpoint
+    assert overridden.s3.external_endpoint == plain.s3.external_endpoint
     assert overridden.model_copy(update={"scicat": plain.scicat}) == plain
     with pytest.raises(ConfigError, match=r"environment \(SCICAT_ENDPOINT\).*SCICAT_ENDPOINT"):
         read_inputs(*files, environ={"SCICAT_ENDPOINT": "not a url"})
@@ -192,3 +193,24 @@ def test_scicat_v4_jobs_with_v3_datasets_is_accepted(tmp_path):
     text = (REPO / "prefect-vars.toml").read_text().replace('SCICAT_JOBS_API_PREFIX = "/api/v3/"', 'SCICAT_JOBS_API_PREFIX = "/scicat/api/v4"')
     text = text.replace('SCICAT_JOB_STATUS_SCHEMA = "v3"', 'SCICAT_JOB_STATUS_SCHEMA = "v4"')
     assert load_vars_file(write(tmp_path, text)).scicat.jobs_api_prefix == "/scicat/api/v4"
+
+
+def _as_written_before_the_s3_names() -> str:
+    """The repository's prefect-vars.toml with its S3 section spelt as it was: [minio], MINIO_* keys."""
+    return (REPO / "prefect-vars.toml").read_text().replace("[s3]\n", "[minio]\n").replace("S3_", "MINIO_")
+
+
+def test_a_vars_file_with_the_minio_names_loads_as_with_the_s3_names(tmp_path):
+    assert load_vars_file(write(tmp_path, _as_written_before_the_s3_names())) == load_vars_file(REPO / "prefect-vars.toml")
+
+
+def test_minio_names_are_read_from_prefect_variables_and_the_environment_the_s3_names_winning():
+    current = flat_values(load_vars_file(REPO / "prefect-vars.toml"))
+    stored = {variable_name(key.replace("S3_", "MINIO_")): value for key, value in current.items()}
+    stored["s3_region"] = "eu-central-2"  # written by a later `archiver config`, beside the old variable
+    settings = from_prefect_variables(stored, environ={"MINIO_RETRIEVAL_WAIT_S": "60"})
+    assert settings.s3.region == "eu-central-2"
+    assert settings.s3.retrieval_wait_s == 60
+    assert settings.s3.landingzone_bucket == current["S3_LANDINGZONE_BUCKET"]
+    assert environment_overrides({"MINIO_ENDPOINT": "http://old:9000", "S3_ENDPOINT": "http://new:9000"}) == {
+        "S3_ENDPOINT": "http://new:9000"}

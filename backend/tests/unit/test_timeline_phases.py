@@ -1,8 +1,8 @@
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from archiver.timeline import Phase, covered_seconds, format_phases
 
-T0 = datetime(2026, 11, 28, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 28, tzinfo=UTC)
 
 
 def at(seconds: float) -> datetime:

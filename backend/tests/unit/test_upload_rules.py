@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from fastapi import HTTPException
+
 from archiver.api.upload_access import parse_service_accounts
 from archiver.api.uploads import checked_path
 from archiver.config.errors import ConfigError
 from archiver.storage import multipart
 from archiver.storage.multipart import MAX_PARTS, MIB, TooLargeError, part_count, part_length, part_size_for
-from fastapi import HTTPException
 
 PREFIX = "openem-network/datasets/20.500.1/x/raw_files/"
 

@@ -3,8 +3,8 @@
 State lives in memory. Like a v4 SciCat (scicat-backend-next), login, datasets, origdatablocks and
 datablocks are served under `/api/v3` only; jobs under `/api/v3` (v3 shape) and `/api/v4` (v4 shape),
 one job store behind both, translated the way SciCat translates. Bodies are checked against SciCat's
-whitelists (`dev_rules`): an unknown property or a missing required one is a 400 that names it. A new
-job triggers the configured job action (`dev_job_action`), like SciCat's `url` action.
+whitelists (`scicat_rules`): an unknown property or a missing required one is a 400 that names it. A new
+job triggers the configured job action (`scicat_job_action`), like SciCat's `url` action.
 
 Besides SciCat's calls it has endpoints under `/dev/` (no token needed) for tests and operators: the
 request log, fault injection, token expiry and a dump of the state. See docs/scicat.md.
@@ -20,7 +20,7 @@ import re
 import secrets
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote
 
@@ -28,9 +28,10 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, NonNegativeInt
 
-from archiver.scicat import dev_filters
-from archiver.scicat import dev_rules as rules
-from archiver.scicat.dev_job_action import JobAction
+from archiver.devtools import scicat_filters
+from archiver.devtools import scicat_rules as rules
+from archiver.devtools.scicat_job_action import JobAction
+from archiver.errors import ArchiverError
 
 V3, V4 = "/api/v3", "/api/v4"
 LOGIN_PATH = V3 + "/auth/login"
@@ -87,7 +88,7 @@ class DevState:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _segment(value: str) -> str:
@@ -216,7 +217,7 @@ async def _read_body(receive) -> bytes:
     return b"".join(chunks)
 
 
-class _BadJson(Exception):
+class _BadJson(ArchiverError):
     pass
 
 
@@ -568,7 +569,7 @@ def create_app(config: DevServerConfig, state: DevState | None = None) -> FastAP
 
 
 def add_datablock_listing(router: APIRouter, state: DevState) -> None:
-    """`GET /api/v3/datablocks?filter=...`: SciCat's DatablocksController.findAll (`dev_filters` says how the
+    """`GET /api/v3/datablocks?filter=...`: SciCat's DatablocksController.findAll (`scicat_filters` says how the
     filter is read). No access filter: the archiver's account, the only one that lists, may read any datablock
     in SciCat (it is in DELETE_GROUPS and ADMIN_GROUPS: DatablockReadAny). A user added through /dev/users
     sees them all too, where SciCat would show only its groups' datablocks."""
@@ -576,10 +577,10 @@ def add_datablock_listing(router: APIRouter, state: DevState) -> None:
     @router.get("/datablocks")
     async def list_datablocks(filter: str | None = None):  # noqa: A002 - SciCat's parameter name
         try:
-            chosen = dev_filters.parse_filter(filter)
-        except dev_filters.FilterRefused as refused:
+            chosen = scicat_filters.parse_filter(filter)
+        except scicat_filters.FilterRefused as refused:
             return JSONResponse(refused.body, status_code=refused.status)
-        return dev_filters.apply(list(state.datablocks.values()), chosen)
+        return scicat_filters.apply(list(state.datablocks.values()), chosen)
 
 
 class DevUser(BaseModel):

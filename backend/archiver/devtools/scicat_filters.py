@@ -23,12 +23,14 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from archiver.errors import ArchiverError
+
 DEFAULT_LIMIT = 100  # parseLimitFilters' default
 ORDER_DIRECTIONS = ("asc", "desc")
 FILTER_KEYS = ("where", "include", "fields", "limits")
 
 
-class FilterRefused(Exception):
+class FilterRefused(ArchiverError):
     """SciCat would answer `status` with `body`."""
 
     def __init__(self, status: int, body: dict):

@@ -183,7 +183,7 @@ def _value_problems(name: str, value: Any, rule: Field, prefix: str) -> list[Pro
     if rule.not_empty and len(value) == 0:
         return problem("arrayNotEmpty" if rule.kind == "list" else "isNotEmpty", "{} should not be empty")
     if rule.kind == "list":
-        return [p for i, item in enumerate(value) for p in check(item, rule.items, prefix=f"{prefix}{name}.{i}.")]
+        return [p for i, item in enumerate(value) for p in check(item, rule.items or {}, prefix=f"{prefix}{name}.{i}.")]
     if rule.kind == "object" and rule.items is not None:
         return check(value, rule.items, prefix=f"{prefix}{name}.")
     return []

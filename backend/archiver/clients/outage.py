@@ -28,13 +28,15 @@ from typing import TypeVar
 
 import httpx
 
+from archiver.errors import ArchiverError
+
 R = TypeVar("R")
 
 # Retries 2 + 4 + ... + 128 s: one request waits out about 4 minutes of API downtime.
 FLOW_RUN_ENVIRONMENT = {"PREFECT_CLIENT_MAX_RETRIES": "7"}
 
 
-class PrefectUnavailable(Exception):
+class PrefectUnavailable(ArchiverError):
     """The Prefect API stayed unreachable (or answered 5xx) longer than we wait for it."""
 
 
@@ -59,7 +61,7 @@ def retry_refused_connections() -> None:
         original_init = cls.__init__
         if "_has_connected" not in original_init.__code__.co_names:
             # The private flag this relies on is gone: fail loudly at import, not silently mid-outage.
-            raise RuntimeError(f"{cls.__qualname__} no longer has _has_connected; revisit archiver.flows.outage")
+            raise RuntimeError(f"{cls.__qualname__} no longer has _has_connected; revisit archiver.clients.outage")
 
         def __init__(self, *args, _original=original_init, **kwargs):
             _original(self, *args, **kwargs)
@@ -70,9 +72,9 @@ def retry_refused_connections() -> None:
                 retry_codes = {*retry_codes, 500}
             return _original(self, request, *args, retry_codes=retry_codes, **kwargs)
 
-        cls.__init__ = __init__
-        cls._send_with_retry = _send_with_retry
-        cls._archiver_retries_refused = True
+        cls.__init__ = __init__  # type: ignore[method-assign]
+        cls._send_with_retry = _send_with_retry  # type: ignore[method-assign]
+        cls._archiver_retries_refused = True  # type: ignore[union-attr]
 
 
 def is_prefect_outage(error: BaseException) -> bool:

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import hashlib
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
+from archiver.clients.connections import connect
+from archiver.clients.outage import retry_refused_connections
+from archiver.config.deployments import TEST_DATASET
 from archiver.config.runtime import load_run_configuration
-from archiver.flows.common import connect, scicat_call
+from archiver.flows.scicat_tasks import scicat_call
 from archiver.packing.naming import landing_prefix
 from archiver.scicat.models import DataFile, NewOrigDatablock, new_raw_dataset
+
+retry_refused_connections()  # before this flow run makes a Prefect client (clients/outage.py)
 
 
 class RandomFile:
@@ -35,11 +40,11 @@ class RandomFile:
 def upload_test_file(s3, bucket: str, pid: str, path: str, size: int, algorithm: str) -> DataFile:
     source = RandomFile(size, algorithm)
     s3.upload_fileobj(source, bucket, landing_prefix(pid) + path)
-    return DataFile(path=path, size=size, time=datetime.now(timezone.utc), chk=source.hash.hexdigest(),
+    return DataFile(path=path, size=size, time=datetime.now(UTC), chk=source.hash.hexdigest(),
                     uid="0", gid="0", perm="644")
 
 
-@flow(name="create_test_dataset", flow_run_name="create-test-dataset-{num_files}x{file_size_mb}MB")
+@flow(name=TEST_DATASET.flow, flow_run_name="create-test-dataset-{num_files}x{file_size_mb}MB")
 def create_test_dataset_flow(
     num_files: int = 10, file_size_mb: float = 10.0, owner_group: str = "archiver-test", dataset_id: str | None = None,
 ) -> str:
@@ -56,7 +61,9 @@ def create_test_dataset_flow(
         dataset = scicat_call("create dataset", scicat.create_dataset, new_raw_dataset(
             owner_group, "archiver test dataset", pid=dataset_id, size=num_files * size, number_of_files=num_files))
         pid = dataset.pid
-        bucket = config.settings.minio.landingzone_bucket
+        if pid is None:
+            raise ValueError("SciCat answered the new dataset without its pid")
+        bucket = config.settings.s3.landingzone_bucket
         files = [upload_test_file(connections.s3, bucket, pid, f"file_{i:04d}.bin", size, algorithm)
                  for i in range(num_files)]
         scicat_call(f"origdatablock of {pid}", scicat.create_origdatablock, pid, NewOrigDatablock(

@@ -19,11 +19,23 @@ from archiver.config.automations import zombie_automation
 from archiver.config.errors import ConfigError
 from archiver.config.limits import LIMITS_VARIABLE, ConcurrencyLimits, load_limits_file
 from archiver.config.secrets import (
-    ARCHIVER_S3, DEFAULT_SECRETS_DIR, MINIO_ROOT, OBSOLETE_SECRET_BLOCKS, PREFECT_SECRETS, PRESIGN_S3, SECRETS, S3Account,
+    ARCHIVER_S3,
+    DEFAULT_SECRETS_DIR,
+    MINIO_ROOT,
+    OBSOLETE_SECRET_BLOCKS,
+    PREFECT_SECRETS,
+    PRESIGN_S3,
+    SECRETS,
+    S3Account,
     read_secret,
+    read_secret_block,
 )
 from archiver.config.settings import (
-    Settings, flat_values, load_vars_file, variable_name, with_environment_overrides,
+    Settings,
+    flat_values,
+    load_vars_file,
+    variable_name,
+    with_environment_overrides,
 )
 from archiver.storage.s3 import S3Credentials, error_code, s3_client
 
@@ -53,7 +65,7 @@ class SeedInputs:
         return f"SeedInputs(settings=..., limits=..., secrets=<{len(self.secrets)} hidden>, minio_root=<hidden>)"
 
     def s3_credentials(self, account: S3Account) -> S3Credentials:
-        return S3Credentials(self.secrets[account.user.block], self.secrets[account.password.block])
+        return S3Credentials(self.secrets[account.user.prefect_block], self.secrets[account.password.prefect_block])
 
 
 def read_inputs(
@@ -67,7 +79,7 @@ def read_inputs(
     return SeedInputs(
         settings=settings,
         limits=load_limits_file(limits_file),
-        secrets={spec.block: read_secret(spec, secrets_dir) for spec in PREFECT_SECRETS},
+        secrets={spec.prefect_block: read_secret(spec, secrets_dir) for spec in PREFECT_SECRETS},
         minio_root=S3Credentials(read_secret(MINIO_ROOT.user, secrets_dir), read_secret(MINIO_ROOT.password, secrets_dir)),
     )
 
@@ -100,13 +112,13 @@ def _checked_s3(inputs: SeedInputs):
     """A client of MinIO's root account that has been answered (ConfigError otherwise)."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    minio = inputs.settings.minio
+    minio = inputs.settings.s3
     s3 = s3_client(minio.endpoint, minio.region, inputs.minio_root)
     try:
         s3.list_buckets()
     except (BotoCoreError, ClientError) as e:
         raise ConfigError(
-            f"S3 at {minio.endpoint} (MINIO_ENDPOINT) does not answer MinIO's root account: {e}; "
+            f"S3 at {minio.endpoint} (S3_ENDPOINT) does not answer MinIO's root account: {e}; "
             f"nothing was written. Check the endpoint and the {MINIO_ROOT.files} secrets"
         ) from None
     return s3
@@ -118,7 +130,7 @@ PREFLIGHT_KEY = "archiver-config-preflight/no-such-object"
 def _check_s3_accounts(inputs: SeedInputs) -> None:
     """The flows' account can list the landing zone and the presign account is known to S3 (ConfigError otherwise).
     A bucket not there yet is fine: the root account creates it next."""
-    minio = inputs.settings.minio
+    minio = inputs.settings.s3
     probes = (
         (ARCHIVER_S3, f"list bucket {minio.landingzone_bucket!r}", {"NoSuchBucket"},
          lambda s3: s3.list_objects_v2(Bucket=minio.landingzone_bucket, MaxKeys=1)),
@@ -184,7 +196,7 @@ def _seed_secret_blocks(secrets: dict[str, str], report: SeedReport) -> None:
 
     for name, value in secrets.items():
         try:
-            current = Secret.load(name).get()
+            current = read_secret_block(name)
         except ValueError:  # no such block yet
             current = None
         if current == value:
@@ -264,7 +276,7 @@ def _sorted_sets(value):
 def _seed_buckets(s3, inputs: SeedInputs, report: SeedReport) -> None:
     from botocore.exceptions import BotoCoreError, ClientError
 
-    minio = inputs.settings.minio
+    minio = inputs.settings.s3
 
     for bucket in (minio.landingzone_bucket, minio.retrieval_bucket):
         try:

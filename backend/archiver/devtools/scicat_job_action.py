@@ -38,7 +38,8 @@ class JobAction:
             check_template(template)
 
     async def perform(self, job: dict) -> dict:
-        """Make the call for `job`; the outcome for the request log: `url`, `method`, `status` and `answer`, or `error`."""
+        """Make the call for `job`; the outcome for the request log: `url`, `method`, `status` and `answer`, or
+        `error`."""
         context = {"job": job}
         url = render(self.url, context)
         headers = {name: render(value, context) for name, value in self.headers.items()} | self.secret_headers

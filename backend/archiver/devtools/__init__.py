@@ -1,0 +1,1 @@
+"""Tools for development and tests, apart from the product: the SciCat development server (`archiver scicat-dev`)."""

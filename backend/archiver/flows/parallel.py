@@ -1,0 +1,40 @@
+"""Applying a function to many items at once, bounded, inside the current Prefect run context."""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def run_bounded(function: Callable[[T], R], items: Iterable[T], max_workers: int) -> list[R | BaseException]:
+    """Apply `function` to each item, at most `max_workers` at once, inside the current Prefect run context.
+
+    Returns each item's result or the exception it raised, in the order of `items`."""
+    items = list(items)
+    if not items:
+        return []
+
+    def run(item: T) -> R | BaseException:
+        try:
+            return function(item)
+        except Exception as e:
+            return e
+
+    with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(items)))) as pool:
+        futures = [pool.submit(contextvars.copy_context().run, run, item) for item in items]
+        return [future.result() for future in futures]
+
+
+def run_bounded_or_raise(function: Callable[[T], R], items: Iterable[T], max_workers: int) -> list[R]:
+    """`run_bounded`, raising the first error once every item has finished (none is left running)."""
+    results: list[R] = []
+    for outcome in run_bounded(function, items, max_workers):
+        if isinstance(outcome, BaseException):
+            raise outcome
+        results.append(outcome)
+    return results

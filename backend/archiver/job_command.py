@@ -41,8 +41,9 @@ def ui_url() -> str:
     return os.environ.get("PREFECT_API_URL", "").removesuffix("/").removesuffix("/api") or "the Prefect UI"
 
 
-def submit(job_type: str, pids: list[str], scicat: ScicatClient, follow: bool, start_timeout_s: float,
-           say=print) -> int:
+def submit(
+    job_type: str, pids: list[str], scicat: ScicatClient, follow: bool, start_timeout_s: float, say=print
+) -> int:
     """Create the job; when following, show its run to the end. Exit code: 0 when the job succeeded."""
     from archiver.watch import follow_run
 
@@ -59,7 +60,9 @@ def submit(job_type: str, pids: list[str], scicat: ScicatClient, follow: bool, s
     return 0 if job.status == JobStatus.FINISHED_SUCCESSFUL else 1
 
 
-def run(job_type: str, pids: list[str], scicat_url: str | None, secrets_dir, follow: bool, start_timeout_s: float) -> int:
+def run(
+    job_type: str, pids: list[str], scicat_url: str | None, secrets_dir, follow: bool, start_timeout_s: float
+) -> int:
     from archiver.config.settings import ScicatSection
 
     if scicat_url:

@@ -61,8 +61,9 @@ def _port(preferred: int) -> int:
 
 def _write_vars(options: DevOptions, s3_url: str, scicat_url: str, lts: Path) -> Path:
     data = tomllib.loads((REPO_FILES / "prefect-vars.toml").read_text())
-    data["archiver"].update(ARCHIVER_SCRATCH_FOLDER=str(options.workdir / "scratch"),
-                            ARCHIVER_TARGET_SIZE_MB=options.target_size_mb)
+    data["archiver"].update(
+        ARCHIVER_SCRATCH_FOLDER=str(options.workdir / "scratch"), ARCHIVER_TARGET_SIZE_MB=options.target_size_mb
+    )
     data["lts"].update(LTS_STORAGE_ROOT=str(lts), LTS_FREE_SPACE_PERCENTAGE=1)
     data["s3"].update(S3_ENDPOINT=s3_url, S3_EXTERNAL_ENDPOINT=s3_url)
     data["scicat"].update(SCICAT_ENDPOINT=scicat_url)
@@ -97,23 +98,39 @@ def pipeline(options: DevOptions) -> Iterator[Pipeline]:
         auth_spec = secret_spec(PREFECT_AUTH_FILE_ENV)
         auth_file = secret_path(auth_spec, secrets_dir, environ={})
         os.environ["PREFECT_API_AUTH_STRING"] = auth_string = read_secret(auth_spec, secrets_dir, environ={})
-        prefect = stack.enter_context(local_services.prefect_server(
-            workdir / "prefect", auth_string, database_url=options.database_url, port=_port(options.prefect_port),
-            ui=True,
-            extra_env={"PREFECT_SERVER_TASKS_TAG_CONCURRENCY_SLOT_WAIT_SECONDS": "2"},
-        ))
+        prefect = stack.enter_context(
+            local_services.prefect_server(
+                workdir / "prefect",
+                auth_string,
+                database_url=options.database_url,
+                port=_port(options.prefect_port),
+                ui=True,
+                extra_env={"PREFECT_SERVER_TASKS_TAG_CONCURRENCY_SLOT_WAIT_SECONDS": "2"},
+            )
+        )
         api_url = f"{prefect.url}/api"
         os.environ["PREFECT_API_URL"] = api_url
         s3 = stack.enter_context(local_services.s3_server(workdir / "s3", logs, _s3_identities(secrets_dir)))
         api_port = local_services.free_port()
         api_env = {"PREFECT_API_URL": api_url, "ARCHIVER_SECRETS_DIR": str(secrets_dir)}
-        stack.enter_context(local_services.service(
-            "archiver API", [sys.executable, "-m", "archiver.cli", "api", "--port", str(api_port)],
-            f"http://127.0.0.1:{api_port}", "/health/livez", logs / "api.log", env=api_env, timeout=60,
-        ))
-        scicat = stack.enter_context(local_services.scicat_dev_server(
-            secrets_dir, logs, archiver_url=f"http://127.0.0.1:{api_port}/jobs",
-        ))
+        stack.enter_context(
+            local_services.service(
+                "archiver API",
+                [sys.executable, "-m", "archiver.cli", "api", "--port", str(api_port)],
+                f"http://127.0.0.1:{api_port}",
+                "/health/livez",
+                logs / "api.log",
+                env=api_env,
+                timeout=60,
+            )
+        )
+        scicat = stack.enter_context(
+            local_services.scicat_dev_server(
+                secrets_dir,
+                logs,
+                archiver_url=f"http://127.0.0.1:{api_port}/jobs",
+            )
+        )
         say(f"Prefect UI  {prefect.url}/dashboard  (login: the contents of {auth_file})")
         say(f"S3          {s3.url}")
         say(f"SciCat      {scicat.url}  (state: {scicat.url}/dev/state)")
@@ -121,11 +138,18 @@ def pipeline(options: DevOptions) -> Iterator[Pipeline]:
 
         vars_file = _write_vars(options, s3.url, scicat.url, lts)
         _seed(vars_file, secrets_dir)
-        stack.enter_context(local_services.service(
-            "deployment runner", [sys.executable, "-m", "archiver.cli", "serve"], api_url, None,
-            # Polling every second: on a single machine a cheap query, and half a second less per job on average.
-            logs / "serve.log", env={"PREFECT_API_URL": api_url, "PREFECT_RUNNER_POLL_FREQUENCY": "1"}, timeout=60,
-        ))
+        stack.enter_context(
+            local_services.service(
+                "deployment runner",
+                [sys.executable, "-m", "archiver.cli", "serve"],
+                api_url,
+                None,
+                # Polling every second: on a single machine a cheap query, and half a second less per job on average.
+                logs / "serve.log",
+                env={"PREFECT_API_URL": api_url, "PREFECT_RUNNER_POLL_FREQUENCY": "1"},
+                timeout=60,
+            )
+        )
         from archiver.config.deployments import DEPLOYMENT_NAMES
 
         local_services.poll_until(lambda: _deployments_ready(DEPLOYMENT_NAMES.values()), 120, "deployments to register")
@@ -152,10 +176,14 @@ def _s3_identities(secrets_dir: Path) -> list[local_services.S3Identity]:
     from archiver.config.secrets import ARCHIVER_S3, MINIO_ROOT, PRESIGN_S3
     from archiver.storage.s3 import S3Credentials
 
-    return local_services.account_identities({
-        account: S3Credentials(read_secret(account.user, secrets_dir, {}), read_secret(account.password, secrets_dir, {}))
-        for account in (MINIO_ROOT, ARCHIVER_S3, PRESIGN_S3)
-    })
+    return local_services.account_identities(
+        {
+            account: S3Credentials(
+                read_secret(account.user, secrets_dir, {}), read_secret(account.password, secrets_dir, {})
+            )
+            for account in (MINIO_ROOT, ARCHIVER_S3, PRESIGN_S3)
+        }
+    )
 
 
 def _seed(vars_file: Path, secrets_dir: Path) -> None:
@@ -192,8 +220,10 @@ def _exercise(options: DevOptions, scicat_url: str, secrets_dir: Path, ui_url: s
         say(f"creating a test dataset: {options.num_files} file(s) of {options.file_size_mb} MB")
         pid = f"20.500.12269/archiver-dev-{uuid.uuid4()}"
         creation: FlowRun = run_deployment(  # type: ignore[assignment]  # typed sync-or-async; sync here
-            TEST_DATASET.full_name, timeout=0, parameters={
-            "num_files": options.num_files, "file_size_mb": options.file_size_mb, "dataset_id": pid})
+            TEST_DATASET.full_name,
+            timeout=0,
+            parameters={"num_files": options.num_files, "file_size_mb": options.file_size_mb, "dataset_id": pid},
+        )
         if not _watch(creation.id, ui_url):
             return False
         originals = {f.path: f.chk for b in scicat.get_origdatablocks(pid) for f in b.data_file_list}
@@ -226,8 +256,12 @@ def _check_downloads(entries: list[dict], originals: dict[str, str | None], pid:
                 if extracted is not None:
                     retrieved[member.name] = hashlib.new("sha256", extracted.read()).hexdigest()
     identical = retrieved == originals
-    say(f"downloaded {len(entries)} datablock(s) from their presigned URLs: {len(retrieved)} file(s), "
-        + ("byte-identical to the originals (sha256)" if identical else "DIFFERENT from the originals"))
-    say(f"done: dataset {pid} was created, archived to the LTS, retrieved and verified; "
-        f"every run is in the Prefect UI at {ui_url}/runs")
+    say(
+        f"downloaded {len(entries)} datablock(s) from their presigned URLs: {len(retrieved)} file(s), "
+        + ("byte-identical to the originals (sha256)" if identical else "DIFFERENT from the originals")
+    )
+    say(
+        f"done: dataset {pid} was created, archived to the LTS, retrieved and verified; "
+        f"every run is in the Prefect UI at {ui_url}/runs"
+    )
     return identical

@@ -73,14 +73,18 @@ def _wait_until_up(name: str, process: subprocess.Popen, health_url: str, log_pa
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"{name} exited with {process.returncode} while starting; log: {log_path}\n{_tail(log_path)}")
+            raise RuntimeError(
+                f"{name} exited with {process.returncode} while starting; log: {log_path}\n{_tail(log_path)}"
+            )
         try:
             if httpx.get(health_url, timeout=2).status_code < 500:
                 return
         except httpx.TransportError:
             pass
         time.sleep(0.3)
-    raise RuntimeError(f"{name} did not answer at {health_url} within {timeout:.0f}s; log: {log_path}\n{_tail(log_path)}")
+    raise RuntimeError(
+        f"{name} did not answer at {health_url} within {timeout:.0f}s; log: {log_path}\n{_tail(log_path)}"
+    )
 
 
 def _tail(path: Path, lines: int = 30) -> str:
@@ -111,14 +115,26 @@ def _dying_with_parent(command: list[str]) -> list[str]:
 
 @contextlib.contextmanager
 def service(
-    name: str, command: list[str], url: str, health_path: str | None, log_path: Path, env: dict[str, str] | None = None,
-    timeout: float = 120, cwd: Path | None = None, stop_grace: float = 15,
+    name: str,
+    command: list[str],
+    url: str,
+    health_path: str | None,
+    log_path: Path,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+    cwd: Path | None = None,
+    stop_grace: float = 15,
 ) -> Iterator[RunningService]:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            _dying_with_parent(command), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})}, start_new_session=True, cwd=cwd,
+            _dying_with_parent(command),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+            cwd=cwd,
         )
     try:
         if health_path is not None:  # None: a process without an HTTP endpoint, up once started
@@ -167,7 +183,11 @@ def weed_binary() -> str:
 
 @contextlib.contextmanager
 def s3_server(
-    data_dir: Path, log_dir: Path, identities: Sequence[S3Identity], port: int | None = None, iam_api: bool = False,
+    data_dir: Path,
+    log_dir: Path,
+    identities: Sequence[S3Identity],
+    port: int | None = None,
+    iam_api: bool = False,
 ) -> Iterator[RunningService]:
     """A SeaweedFS S3 server over HTTP (`weed server`: master, volume server, filer and S3 gateway in one process)
     keeping its data in `data_dir`, so a server started again on the same folder has every object and unfinished
@@ -177,37 +197,80 @@ def s3_server(
     config = data_dir / "s3-identities.json"
     fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
-        json.dump({"identities": [
-            {"name": i.name, "actions": list(i.actions),
-             "credentials": [{"accessKey": i.credentials.access_key, "secretKey": i.credentials.secret_key}]}
-            for i in identities]}, f)
+        json.dump(
+            {
+                "identities": [
+                    {
+                        "name": i.name,
+                        "actions": list(i.actions),
+                        "credentials": [{"accessKey": i.credentials.access_key, "secretKey": i.credentials.secret_key}],
+                    }
+                    for i in identities
+                ]
+            },
+            f,
+        )
     # Every port of every component picked free, so that parallel test sessions and `archiver dev` do not
     # collide (gRPC ports would otherwise default to the HTTP port + 10000).
-    ports = {flag: free_port() for flag in ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
-                                            "filer.port", "filer.port.grpc", "s3.port.grpc")}
+    ports = {
+        flag: free_port()
+        for flag in (
+            "master.port",
+            "master.port.grpc",
+            "volume.port",
+            "volume.port.grpc",
+            "filer.port",
+            "filer.port.grpc",
+            "s3.port.grpc",
+        )
+    }
     ports["s3.port"] = port or free_port()
     url = f"http://127.0.0.1:{ports['s3.port']}"
     command = [
-        weed_binary(), "server", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-filer", "-s3",
+        weed_binary(),
+        "server",
+        f"-dir={data_dir}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        "-filer",
+        "-s3",
         *(f"-{flag}={number}" for flag, number in ports.items()),
-        f"-s3.config={config}", f"-s3.iam.readOnly={str(not iam_api).lower()}",
-        "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
+        f"-s3.config={config}",
+        f"-s3.iam.readOnly={str(not iam_api).lower()}",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        "-master.telemetry=false",
         # One master that leads at once, without a Raft election: ready in ~2 s, also on a restart.
         "-master.peers=none",
         # As S3 does: no bucket made by a write to a missing one, no deletion of a bucket that holds objects.
-        "-s3.autoCreateBucket=false", "-s3.allowDeleteBucketNotEmpty=false",
+        "-s3.autoCreateBucket=false",
+        "-s3.allowDeleteBucketNotEmpty=false",
         # Every bucket is a collection with volumes of its own: room for many buckets (volumes grow as written).
-        "-volume.max=10000", "-master.volumeSizeLimitMB=1024", "-volume.preStopSeconds=0",
+        "-volume.max=10000",
+        "-master.volumeSizeLimitMB=1024",
+        "-volume.preStopSeconds=0",
     ]
     # One volume per new collection instead of 7 (master.toml's volume_growth.copy_1, read from the environment).
     env = {"WEED_MASTER_VOLUME_GROWTH_COPY_1": "1"}
     try:
         # It takes 15 s to stop on SIGTERM (a graceful gRPC stop); its files are safe from a kill.
-        with service("S3 server (SeaweedFS)", command, url, "/healthz", log_dir / f"s3-server-{ports['s3.port']}.log",
-                     env=env, timeout=60, stop_grace=3) as running:
+        with service(
+            "S3 server (SeaweedFS)",
+            command,
+            url,
+            "/healthz",
+            log_dir / f"s3-server-{ports['s3.port']}.log",
+            env=env,
+            timeout=60,
+            stop_grace=3,
+        ) as running:
             # The S3 gateway answers before the volume server has told the master which volumes it holds.
-            poll_until(lambda: _volume_server_registered(ports["master.port"]), 60,
-                       f"SeaweedFS's volume server ({running.log_path})", interval=0.2)
+            poll_until(
+                lambda: _volume_server_registered(ports["master.port"]),
+                60,
+                f"SeaweedFS's volume server ({running.log_path})",
+                interval=0.2,
+            )
             yield running
     finally:
         for leftover in Path(tempfile.gettempdir()).glob("seaweedfs-*.sock"):
@@ -229,12 +292,18 @@ def moto_s3_server(log_dir: Path, port: int | None = None) -> contextlib.Abstrac
     return service(
         "S3 server (moto)",
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        f"http://127.0.0.1:{port}", "/moto-api/", log_dir / "s3-server.log",
+        f"http://127.0.0.1:{port}",
+        "/moto-api/",
+        log_dir / "s3-server.log",
     )
 
 
 def prefect_server(
-    home: Path, auth_string: str, database_url: str | None = None, port: int | None = None, ui: bool = False,
+    home: Path,
+    auth_string: str,
+    database_url: str | None = None,
+    port: int | None = None,
+    ui: bool = False,
     extra_env: dict | None = None,
 ) -> contextlib.AbstractContextManager[RunningService]:
     """A Prefect server requiring `auth_string` ('user:password') of every client and of the UI's login;
@@ -261,7 +330,12 @@ def prefect_server(
     return service(
         "Prefect server",
         [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        url, "/api/health", home / "prefect-server.log", env=env, timeout=180, cwd=home,
+        url,
+        "/api/health",
+        home / "prefect-server.log",
+        env=env,
+        timeout=180,
+        cwd=home,
     )
 
 
@@ -286,16 +360,32 @@ def postgres_database(admin_dsn: str = "postgresql://postgres@127.0.0.1:5432/pos
 
 
 def scicat_dev_server(
-    secrets_dir: Path, log_dir: Path, archiver_url: str | None = None, port: int | None = None,
-    archiver_method: str | None = None, archiver_headers: dict[str, str] | None = None, archiver_body: str | None = None,
-    datasetlifecycle_endpoint: bool = False, unchanged_lifecycle_conflict: bool = False,
+    secrets_dir: Path,
+    log_dir: Path,
+    archiver_url: str | None = None,
+    port: int | None = None,
+    archiver_method: str | None = None,
+    archiver_headers: dict[str, str] | None = None,
+    archiver_body: str | None = None,
+    datasetlifecycle_endpoint: bool = False,
+    unchanged_lifecycle_conflict: bool = False,
 ) -> contextlib.AbstractContextManager[RunningService]:
     """The SciCat development server (`archiver scicat-dev`); logs in the account of `secrets_dir`.
 
     `archiver_*`: the call made when a job is created (see docs/scicat.md); None keeps the command's default."""
     port = port or free_port()
-    command = [sys.executable, "-m", "archiver.cli", "scicat-dev", "--host", "127.0.0.1", "--port", str(port),
-               "--secrets-dir", str(secrets_dir)]
+    command = [
+        sys.executable,
+        "-m",
+        "archiver.cli",
+        "scicat-dev",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--secrets-dir",
+        str(secrets_dir),
+    ]
     if archiver_url:
         command += ["--archiver-url", archiver_url]
     if archiver_method is not None:
@@ -309,6 +399,10 @@ def scicat_dev_server(
     if unchanged_lifecycle_conflict:
         command.append("--unchanged-lifecycle-conflict")
     return service(
-        "SciCat development server", command, f"http://127.0.0.1:{port}", "/dev/health",
-        log_dir / f"scicat-dev-{port}.log", timeout=60,
+        "SciCat development server",
+        command,
+        f"http://127.0.0.1:{port}",
+        "/dev/health",
+        log_dir / f"scicat-dev-{port}.log",
+        timeout=60,
     )

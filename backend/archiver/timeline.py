@@ -48,8 +48,9 @@ def _run_tree(client, flow_run_id: UUID) -> tuple[list[UUID], set[UUID]]:
 
     ids, frontier, wrappers = [flow_run_id], [flow_run_id], set()
     while frontier:
-        children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
-            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=frontier)))
+        children = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=frontier))
+        )
         frontier = [run.id for run in children]
         wrappers |= {run.parent_task_run_id for run in children if run.parent_task_run_id}
         ids += frontier
@@ -91,7 +92,10 @@ def job_phases(flow_run_id: UUID, job_created_at: datetime) -> list[Phase]:
         Phase("picked up -> flow running (process/container start)", (running - pending).total_seconds()),
         Phase("data tasks (S3, LTS)", data),
         Phase("SciCat calls (tasks), outside data tasks", both - data),
-        Phase("rest of the run (engine, subflow runs, settings, logins, artifacts)", (ended - running).total_seconds() - both),
+        Phase(
+            "rest of the run (engine, subflow runs, settings, logins, artifacts)",
+            (ended - running).total_seconds() - both,
+        ),
     ]
 
 

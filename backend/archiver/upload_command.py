@@ -44,8 +44,9 @@ class UploadApi:
     """The archiver API's upload endpoints, with the caller's token."""
 
     def __init__(self, api_url: str, token: str, timeout_s: float = 120):
-        self._http = httpx.Client(base_url=api_url.rstrip("/"), timeout=timeout_s,
-                                  headers={"Authorization": f"Bearer {token}"})
+        self._http = httpx.Client(
+            base_url=api_url.rstrip("/"), timeout=timeout_s, headers={"Authorization": f"Bearer {token}"}
+        )
 
     def close(self) -> None:
         self._http.close()
@@ -54,7 +55,9 @@ class UploadApi:
         try:
             response = self._http.request(method, "/uploads" + path, **kwargs)
         except httpx.HTTPError as e:
-            raise UploadError(f"the archiver API at {self._http.base_url} did not answer: {e.__class__.__name__}: {e}") from e
+            raise UploadError(
+                f"the archiver API at {self._http.base_url} did not answer: {e.__class__.__name__}: {e}"
+            ) from e
         if not response.is_success:
             try:
                 detail = response.json().get("detail")
@@ -72,8 +75,9 @@ class UploadApi:
     def resume(self, pid: str, path: str) -> dict:
         return self._call("POST", "/resume", json={"pid": pid, "path": path})
 
-    def complete(self, pid: str, path: str, upload_id: str, parts: list[dict],
-                 checksum: tuple[str, str] | None = None) -> dict:
+    def complete(
+        self, pid: str, path: str, upload_id: str, parts: list[dict], checksum: tuple[str, str] | None = None
+    ) -> dict:
         body = {"pid": pid, "path": path, "uploadId": upload_id, "parts": parts}
         if checksum is not None:
             body["chkAlg"], body["chk"] = checksum
@@ -99,7 +103,9 @@ def local_files(paths: list[Path], root: Path) -> dict[str, Path]:
             try:
                 relative = path.relative_to(root)
             except ValueError:
-                raise UploadError(f"{path} is not below --root {root}; its path in the dataset is taken relative to --root") from None
+                raise UploadError(
+                    f"{path} is not below --root {root}; its path in the dataset is taken relative to --root"
+                ) from None
             found[relative.as_posix()] = path
     if not found:
         raise UploadError("no files to upload")
@@ -132,17 +138,23 @@ def check_local_files(files: dict[str, Path], listed: dict[str, dict]) -> dict[s
     for remote, path in files.items():
         entry = listed.get(remote)
         if entry is None:
-            raise UploadError(f"{remote} is not in the dataset's origdatablocks; name files by their path in "
-                              "the dataset (relative to --root)")
+            raise UploadError(
+                f"{remote} is not in the dataset's origdatablocks; name files by their path in "
+                "the dataset (relative to --root)"
+            )
         size = path.stat().st_size
         if size != entry["size"]:
-            raise UploadError(f"{path} has {size} bytes, the dataset's origdatablock lists {remote} with {entry['size']}")
+            raise UploadError(
+                f"{path} has {size} bytes, the dataset's origdatablock lists {remote} with {entry['size']}"
+            )
         algorithm = (entry.get("chkAlg") or "").lower()
         if entry.get("chk") and algorithm in CHECKSUMS:
             checksums[remote] = (algorithm, file_checksum(path, algorithm))
             if checksums[remote][1] != entry["chk"]:
-                raise UploadError(f"{path}: its {algorithm} differs from the checksum its origdatablock lists; "
-                                  "this is not the file SciCat describes")
+                raise UploadError(
+                    f"{path}: its {algorithm} differs from the checksum its origdatablock lists; "
+                    "this is not the file SciCat describes"
+                )
     return checksums
 
 
@@ -155,10 +167,14 @@ class _PartUploader:
     def put(self, remote: str, path: Path, plan: dict, number: int, url: str, report: UploadReport) -> dict:
         data = read_part(path, plan, number)
         digest = hashlib.md5(data)
-        response = self._http.put(url, content=data, headers={"Content-MD5": base64.b64encode(digest.digest()).decode()})
+        response = self._http.put(
+            url, content=data, headers={"Content-MD5": base64.b64encode(digest.digest()).decode()}
+        )
         if not response.is_success:
-            raise UploadError(f"S3 refused part {number} of {remote} (HTTP {response.status_code}): "
-                              f"{response.text[:300]}; run the command again to resume")
+            raise UploadError(
+                f"S3 refused part {number} of {remote} (HTTP {response.status_code}): "
+                f"{response.text[:300]}; run the command again to resume"
+            )
         etag = response.headers.get("ETag", "").strip('"')
         if etag and etag != digest.hexdigest():
             raise UploadError(f"part {number} of {remote}: S3 stored MD5 {etag}, sent {digest.hexdigest()}; run again")
@@ -176,8 +192,17 @@ def _done_parts_md5(path: Path, plan: dict) -> dict[int, str] | None:
     return md5s if all(md5s[d["partNumber"]] == d["etag"].strip('"') for d in plan["partsDone"]) else None
 
 
-def upload_file(api: UploadApi, uploader: _PartUploader, pool: ThreadPoolExecutor, pid: str, remote: str,
-                path: Path, plan: dict, report: UploadReport, checksum: tuple[str, str] | None = None) -> None:
+def upload_file(
+    api: UploadApi,
+    uploader: _PartUploader,
+    pool: ThreadPoolExecutor,
+    pid: str,
+    remote: str,
+    path: Path,
+    plan: dict,
+    report: UploadReport,
+    checksum: tuple[str, str] | None = None,
+) -> None:
     """Send the parts S3 lacks, then complete the file, naming each part's local MD5 (and the file's checksum,
     when computed) for the API to compare with what S3 and SciCat hold."""
     md5s = _done_parts_md5(path, plan)
@@ -186,7 +211,9 @@ def upload_file(api: UploadApi, uploader: _PartUploader, pool: ThreadPoolExecuto
         plan = api.start(pid, [{"path": remote, "size": plan["size"]}])["files"][0]
         md5s = {}
     while plan["urls"]:
-        futures = [pool.submit(uploader.put, remote, path, plan, u["partNumber"], u["url"], report) for u in plan["urls"]]
+        futures = [
+            pool.submit(uploader.put, remote, path, plan, u["partNumber"], u["url"], report) for u in plan["urls"]
+        ]
         try:
             for future in futures:
                 sent = future.result()
@@ -197,15 +224,26 @@ def upload_file(api: UploadApi, uploader: _PartUploader, pool: ThreadPoolExecuto
             raise
         plan = api.resume(pid, remote)
     if plan["state"] != "uploaded":
-        parts = [{"partNumber": d["partNumber"], "etag": d["etag"]}
-                 | ({"md5": md5s[d["partNumber"]]} if d["partNumber"] in md5s else {}) for d in plan["partsDone"]]
+        parts = [
+            {"partNumber": d["partNumber"], "etag": d["etag"]}
+            | ({"md5": md5s[d["partNumber"]]} if d["partNumber"] in md5s else {})
+            for d in plan["partsDone"]
+        ]
         api.complete(pid, remote, plan["uploadId"], parts, checksum)
     report.files_completed.append(remote)
 
 
-def upload_dataset(api: UploadApi, pid: str, files: dict[str, Path], *, parallel: int = 4, finalize: bool = False,
-                   archive: bool = False, on_part: Callable[[str, int, int], None] = lambda *a: None,
-                   on_start: Callable[[int, int], None] = lambda total, done: None) -> UploadReport:
+def upload_dataset(
+    api: UploadApi,
+    pid: str,
+    files: dict[str, Path],
+    *,
+    parallel: int = 4,
+    finalize: bool = False,
+    archive: bool = False,
+    on_part: Callable[[str, int, int], None] = lambda *a: None,
+    on_start: Callable[[int, int], None] = lambda total, done: None,
+) -> UploadReport:
     """Upload what S3 does not hold yet of `files`, complete each, then finalize if asked."""
     report = UploadReport()
     listed = {entry["path"]: entry for entry in api.status(pid)["files"]}
@@ -213,7 +251,10 @@ def upload_dataset(api: UploadApi, pid: str, files: dict[str, Path], *, parallel
     todo = [remote for remote in files if listed[remote]["state"] != "uploaded"]
     plans = api.start(pid, [{"path": r, "size": listed[r]["size"]} for r in todo])["files"] if todo else []
     total = sum(listed[r]["size"] for r in files)
-    on_start(total, total - sum(p["size"] - sum(d["size"] for d in p["partsDone"]) for p in plans if p["state"] != "uploaded"))
+    on_start(
+        total,
+        total - sum(p["size"] - sum(d["size"] for d in p["partsDone"]) for p in plans if p["state"] != "uploaded"),
+    )
     with httpx.Client(timeout=300) as http, ThreadPoolExecutor(max(1, parallel), thread_name_prefix="part") as pool:
         uploader = _PartUploader(http, on_part)
         for plan in plans:
@@ -227,25 +268,38 @@ def upload_dataset(api: UploadApi, pid: str, files: dict[str, Path], *, parallel
     return report
 
 
-def run(pid: str, paths: list[Path], root: Path, api_url: str, token: str, parallel: int, finalize: bool,
-        archive: bool) -> int:
+def run(
+    pid: str, paths: list[Path], root: Path, api_url: str, token: str, parallel: int, finalize: bool, archive: bool
+) -> int:
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
     files = local_files(paths, root)
     api = UploadApi(api_url, token)
     try:
-        with Progress("[progress.description]{task.description}", BarColumn(bar_width=30), DownloadColumn(),
-                      TransferSpeedColumn(), TimeRemainingColumn()) as progress:
+        with Progress(
+            "[progress.description]{task.description}",
+            BarColumn(bar_width=30),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+        ) as progress:
             bar = progress.add_task(f"uploading {pid}", total=None)
             report = upload_dataset(
-                api, pid, files, parallel=parallel, finalize=finalize, archive=archive,
+                api,
+                pid,
+                files,
+                parallel=parallel,
+                finalize=finalize,
+                archive=archive,
                 on_part=lambda remote, number, size: progress.advance(bar, size),
                 on_start=lambda total, done: progress.update(bar, total=total, completed=done),
             )
     finally:
         api.close()
-    print(f"archiver upload: {len(report.files_completed)} file(s) of dataset {pid} in the landing zone, "
-          f"{report.parts_put} part(s) ({report.bytes_put} bytes) sent now")
+    print(
+        f"archiver upload: {len(report.files_completed)} file(s) of dataset {pid} in the landing zone, "
+        f"{report.parts_put} part(s) ({report.bytes_put} bytes) sent now"
+    )
     if report.finalized:
         job = report.finalized.get("jobId")
         print(f"dataset {pid} is archivable" + (f"; SciCat archive job {job} created" if job else ""))

@@ -46,8 +46,13 @@ def follow_run(flow_run_id: UUID, ui_url: str, console: Console | None = None, p
     seen = _Seen()
     progress = Progress(
         TextColumn("{task.description}", table_column=Column(ratio=1, no_wrap=True, overflow="ellipsis")),
-        BarColumn(bar_width=30), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
-        console=console, disable=not console.is_terminal, expand=True,
+        BarColumn(bar_width=30),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not console.is_terminal,
+        expand=True,
     )
     with get_client(sync_client=True) as client, progress:
         while True:
@@ -63,8 +68,10 @@ def follow_run(flow_run_id: UUID, ui_url: str, console: Console | None = None, p
             time.sleep(poll_s)
     _show_summary(console, run_summary(run.id))
     if not final.is_completed():
-        console.print(f"[red]{escape(run.name)} {final.name}[/red]: {escape(final.message or '')}; "
-                      f"see {ui_url}/runs/flow-run/{run.id}")
+        console.print(
+            f"[red]{escape(run.name)} {final.name}[/red]: {escape(final.message or '')}; "
+            f"see {ui_url}/runs/flow-run/{run.id}"
+        )
     return final.is_completed()
 
 
@@ -77,15 +84,19 @@ def _console() -> Console:
 def _subflows(client, flow_run_id: UUID) -> list:
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
 
-    return client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(
-        any_=[flow_run_id])))
+    return client.read_flow_runs(
+        flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id]))
+    )
 
 
 def _progress_artifacts(client, flow_run_ids: list[UUID]) -> list:
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterType
 
-    return client.read_artifacts(artifact_filter=ArtifactFilter(
-        type=ArtifactFilterType(any_=["progress"]), flow_run_id=ArtifactFilterFlowRunId(any_=flow_run_ids)))
+    return client.read_artifacts(
+        artifact_filter=ArtifactFilter(
+            type=ArtifactFilterType(any_=["progress"]), flow_run_id=ArtifactFilterFlowRunId(any_=flow_run_ids)
+        )
+    )
 
 
 def _show_state(console: Console, seen: _Seen, run) -> None:
@@ -117,8 +128,11 @@ def run_summary(flow_run_id: UUID) -> tuple[str, list[dict]] | None:
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterType
 
     with get_client(sync_client=True) as client:
-        tables = client.read_artifacts(artifact_filter=ArtifactFilter(
-            type=ArtifactFilterType(any_=["table"]), flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+        tables = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                type=ArtifactFilterType(any_=["table"]), flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])
+            )
+        )
     if not tables:
         return None
     data = tables[0].data

@@ -31,8 +31,9 @@ ARCHIVE_TARGETS = {64 * MiB: 1.0, 1 * MiB: 1.0, 64 * KiB: 0.8}
 RETRIEVE_TARGETS = {64 * MiB: 1.0, 1 * MiB: 1.0}
 
 
-def engine_gets_in_flight(file_size: int, datablocks: int, datablock_concurrency: int,
-                          prefetch: Prefetch = Prefetch()) -> int:
+def engine_gets_in_flight(
+    file_size: int, datablocks: int, datablock_concurrency: int, prefetch: Prefetch = Prefetch()
+) -> int:
     """GETs the archival engine has in flight for a dataset of files of `file_size`: each datablock being written
     fetches objects up to `prefetch.small_object_bytes` on `prefetch.threads` threads ahead of its writer and
     streams a larger one alone in its turn (packing.sources), and `datablock_concurrency` datablocks are

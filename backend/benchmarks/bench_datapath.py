@@ -85,7 +85,9 @@ class Shape:
         try:
             return cls(int(count), int(size[:-1]) * units[size[-1]])
         except (ValueError, KeyError, IndexError):
-            raise argparse.ArgumentTypeError(f"shape {text!r} is not COUNTxSIZE with SIZE ending in K, M or G (e.g. 1000x1M)") from None
+            raise argparse.ArgumentTypeError(
+                f"shape {text!r} is not COUNTxSIZE with SIZE ending in K, M or G (e.g. 1000x1M)"
+            ) from None
 
     @property
     def total(self) -> int:
@@ -155,8 +157,14 @@ def timed(fn) -> Figure:
 def fill_landing_zone(s3, bucket: str, pid: str, shape: Shape) -> None:
     prefix = naming.landing_prefix(pid)
     with ThreadPoolExecutor(4) as pool:
-        list(pool.map(lambda i: s3.put_object(Bucket=bucket, Key=f"{prefix}run/frame_{i:05d}.raw",
-                                              Body=os.urandom(shape.size)), range(shape.files)))
+        list(
+            pool.map(
+                lambda i: s3.put_object(
+                    Bucket=bucket, Key=f"{prefix}run/frame_{i:05d}.raw", Body=os.urandom(shape.size)
+                ),
+                range(shape.files),
+            )
+        )
 
 
 class Run:
@@ -228,8 +236,14 @@ class Run:
 
     def retrieve(self) -> None:
         with ThreadPoolExecutor(self.concurrency) as pool:
-            list(pool.map(lambda b: retrieve_datablock(self.lts, b.archive_id, self.s3, self.buckets["retrieval"],
-                                                       file_timeout_s=60), self.blocks))
+            list(
+                pool.map(
+                    lambda b: retrieve_datablock(
+                        self.lts, b.archive_id, self.s3, self.buckets["retrieval"], file_timeout_s=60
+                    ),
+                    self.blocks,
+                )
+            )
 
     def dataset_objects(self) -> list[tuple[str, int]]:
         return [(f.key, f.size) for f in list_dataset_files(self.s3, self.buckets["landing"], self.pid)]
@@ -246,12 +260,16 @@ class Run:
         return baselines.engine_gets_in_flight(self.shape.size, len(self.blocks), self.concurrency)
 
     def parallel_download(self) -> None:
-        baselines.parallel_download(self.s3, self.buckets["landing"], self.dataset_objects(), self.download_dir,
-                                    self.gets_in_flight)
+        baselines.parallel_download(
+            self.s3, self.buckets["landing"], self.dataset_objects(), self.download_dir, self.gets_in_flight
+        )
 
     def plain_upload(self) -> None:
-        baselines.plain_upload(self.s3, self.buckets["plain"],
-                               [(naming.datablock_path(self.lts, b.archive_id), b.archive_id) for b in self.blocks])
+        baselines.plain_upload(
+            self.s3,
+            self.buckets["plain"],
+            [(naming.datablock_path(self.lts, b.archive_id), b.archive_id) for b in self.blocks],
+        )
 
     def rate(self, phase: str) -> float:
         return self.shape.total / MiB / self.figures[phase].seconds
@@ -280,13 +298,19 @@ class Run:
     def target_lines(self) -> list[str]:
         lines = []
         for what, ratio, baseline, target in (
-            ("archive+verify", self.archive_ratio(), "parallel raw download",
-             baselines.ARCHIVE_TARGETS.get(self.shape.size)),
+            (
+                "archive+verify",
+                self.archive_ratio(),
+                "parallel raw download",
+                baselines.ARCHIVE_TARGETS.get(self.shape.size),
+            ),
             ("retrieve", self.retrieve_ratio(), "plain upload", baselines.RETRIEVE_TARGETS.get(self.shape.size)),
         ):
             if target is not None:
-                lines.append(f"{str(self.shape):<16} {what:<15} {ratio:5.2f}x the {baseline:<22} "
-                             f"target >= {target:.1f}x: {baselines.verdict(ratio, target)}")
+                lines.append(
+                    f"{str(self.shape):<16} {what:<15} {ratio:5.2f}x the {baseline:<22} "
+                    f"target >= {target:.1f}x: {baselines.verdict(ratio, target)}"
+                )
         return lines
 
 
@@ -321,15 +345,30 @@ def rss_growth_lines(runs: list[Run]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shapes", default=DEFAULT_SHAPES,
-                        help=f"comma-separated COUNTxSIZE datasets, run in this order (default {DEFAULT_SHAPES})")
-    parser.add_argument("--target-mb", type=int, default=200, help="datablock size, ARCHIVER_TARGET_SIZE_MB (default 200)")
-    parser.add_argument("--datablock-concurrency", type=int, default=2,
-                        help="datablocks worked on at once, ARCHIVER_DATABLOCK_CONCURRENCY (default 2, as deployed)")
-    parser.add_argument("--work-dir", type=Path, default=None, help="folder for the LTS and baseline copies (default: temp)")
-    parser.add_argument("--overhead-jobs", type=int, default=3,
-                        help="1 MiB archive jobs whose phases are printed, under a local runner (default 3; 0: skip "
-                             "the job-overhead section, which also archives 32 x 64 MiB through a job)")
+    parser.add_argument(
+        "--shapes",
+        default=DEFAULT_SHAPES,
+        help=f"comma-separated COUNTxSIZE datasets, run in this order (default {DEFAULT_SHAPES})",
+    )
+    parser.add_argument(
+        "--target-mb", type=int, default=200, help="datablock size, ARCHIVER_TARGET_SIZE_MB (default 200)"
+    )
+    parser.add_argument(
+        "--datablock-concurrency",
+        type=int,
+        default=2,
+        help="datablocks worked on at once, ARCHIVER_DATABLOCK_CONCURRENCY (default 2, as deployed)",
+    )
+    parser.add_argument(
+        "--work-dir", type=Path, default=None, help="folder for the LTS and baseline copies (default: temp)"
+    )
+    parser.add_argument(
+        "--overhead-jobs",
+        type=int,
+        default=3,
+        help="1 MiB archive jobs whose phases are printed, under a local runner (default 3; 0: skip "
+        "the job-overhead section, which also archives 32 x 64 MiB through a job)",
+    )
     bench_s3.add_option(parser)
     args = parser.parse_args(argv)
     shapes = [Shape.parse(s) for s in args.shapes.split(",") if s.strip()]
@@ -342,9 +381,12 @@ def main(argv: list[str] | None = None) -> None:
         buckets = {role: f"bench-{role}" for role in ("landing", "retrieval", "plain")}
         for bucket in buckets.values():
             s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION})
-        print(f"data path benchmark ({args.s3} S3 at {server.url}, LTS and baseline copies in {work}); "
-              f"datablocks <= {args.target_mb} MiB, {args.datablock_concurrency} at a time; "
-              "MB/s = MiB of dataset files per second; RSS is this process's peak, not the S3 server's", flush=True)
+        print(
+            f"data path benchmark ({args.s3} S3 at {server.url}, LTS and baseline copies in {work}); "
+            f"datablocks <= {args.target_mb} MiB, {args.datablock_concurrency} at a time; "
+            "MB/s = MiB of dataset files per second; RSS is this process's peak, not the S3 server's",
+            flush=True,
+        )
         print(HEADER, flush=True)
         runs = []
         for shape in shapes:
@@ -363,11 +405,14 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{str(run.shape):<16} verify {run.rate('verify'):>8.1f} MB/s   audit {run.rate('audit'):>8.1f} MB/s")
         stack.close()  # the data path's S3 server and files go before the pipeline starts its own
         if args.overhead_jobs > 0:
-            print("\njob overhead (issue 16, item 3): SciCat archive jobs under `archiver dev`'s local runner", flush=True)
+            print(
+                "\njob overhead (issue 16, item 3): SciCat archive jobs under `archiver dev`'s local runner", flush=True
+            )
             engine = next((r.figures["archive+verify"].seconds for r in runs if str(r.shape) == str(LARGE_JOB)), None)
             with tempfile.TemporaryDirectory(dir=args.work_dir, prefix="bench-overhead-") as tmp:
-                for line in job_overhead.measure(Path(tmp), args.overhead_jobs, (LARGE_JOB.files, LARGE_JOB.size / MiB),
-                                                 engine):
+                for line in job_overhead.measure(
+                    Path(tmp), args.overhead_jobs, (LARGE_JOB.files, LARGE_JOB.size / MiB), engine
+                ):
                     print(line, flush=True)
 
 

@@ -12,8 +12,12 @@ from archiver.storage.s3 import S3Credentials
 
 
 def add_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--s3", choices=("seaweedfs", "moto"), default="seaweedfs",
-                        help="S3 server to run against (default seaweedfs; moto keeps objects in its own process)")
+    parser.add_argument(
+        "--s3",
+        choices=("seaweedfs", "moto"),
+        default="seaweedfs",
+        help="S3 server to run against (default seaweedfs; moto keeps objects in its own process)",
+    )
 
 
 def server(kind: str, folder: Path, credentials: S3Credentials) -> contextlib.AbstractContextManager:

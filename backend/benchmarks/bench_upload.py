@@ -36,14 +36,17 @@ def presigned_upload(s3, bucket: str, key: str, path: Path, part_size: int, para
     upload_id = multipart.start_upload(s3, bucket, key)
     plan = {"size": size, "partSize": part_size}
     count = multipart.part_count(size, part_size)
-    urls = [multipart.presigned_part_url(s3, bucket, key, upload_id, n, 3600, multipart.part_length(size, part_size, n))
-            for n in range(1, count + 1)]
+    urls = [
+        multipart.presigned_part_url(s3, bucket, key, upload_id, n, 3600, multipart.part_length(size, part_size, n))
+        for n in range(1, count + 1)
+    ]
     report = UploadReport()
     with httpx.Client(timeout=300) as http, ThreadPoolExecutor(parallel) as pool:
         uploader = _PartUploader(http, lambda *a: None)
         parts = list(pool.map(lambda n: uploader.put(key, path, plan, n, urls[n - 1], report), range(1, count + 1)))
-    multipart.complete_upload(s3, bucket, key, upload_id,
-                              [multipart.UploadedPart(p["partNumber"], p["etag"], 0) for p in parts])
+    multipart.complete_upload(
+        s3, bucket, key, upload_id, [multipart.UploadedPart(p["partNumber"], p["etag"], 0) for p in parts]
+    )
 
 
 def main() -> None:
@@ -61,8 +64,9 @@ def main() -> None:
             for _ in range(args.size_mb):
                 f.write(os.urandom(2**20))
         part_size = args.part_mb * 2**20
-        config = TransferConfig(multipart_threshold=part_size, multipart_chunksize=part_size,
-                                max_concurrency=args.parallel)
+        config = TransferConfig(
+            multipart_threshold=part_size, multipart_chunksize=part_size, max_concurrency=args.parallel
+        )
         figures = {}
         for name, upload in (
             ("boto3 upload_file", lambda key: s3.upload_file(str(path), "bench", key, Config=config)),

@@ -32,8 +32,11 @@ def _create_dataset(num_files: int, file_size_mb: float) -> str:
     from prefect.deployments import run_deployment
 
     pid = f"20.500.12269/bench-overhead-{uuid.uuid4()}"
-    run = run_deployment("create_test_dataset/dataset_creation", timeout=0, parameters={
-        "num_files": num_files, "file_size_mb": file_size_mb, "dataset_id": pid})
+    run = run_deployment(
+        "create_test_dataset/dataset_creation",
+        timeout=0,
+        parameters={"num_files": num_files, "file_size_mb": file_size_mb, "dataset_id": pid},
+    )
     state = poll_until(lambda: _final_state(run.id), 600, f"test dataset {pid}")
     if not state.is_completed():
         raise RuntimeError(f"creating test dataset {pid} ended {state.name}")
@@ -51,8 +54,9 @@ def archive_job(scicat, pid: str) -> tuple[list[Phase], str, UUID]:
     return job_phases(run_id, created), state.name, run_id
 
 
-def measure(work: Path, small_jobs: int = 3, large: tuple[int, float] | None = (32, 64.0),
-            engine_seconds: float | None = None) -> list[str]:
+def measure(
+    work: Path, small_jobs: int = 3, large: tuple[int, float] | None = (32, 64.0), engine_seconds: float | None = None
+) -> list[str]:
     """The report lines: each small job's phases, then the large job against the engine alone."""
     from archiver.config.settings import ScicatSection
     from archiver.scicat.client import ScicatClient, ScicatCredentials
@@ -62,8 +66,13 @@ def measure(work: Path, small_jobs: int = 3, large: tuple[int, float] | None = (
     with contextlib.ExitStack() as stack:
         # Prefect on PostgreSQL, as deployed: on SQLite, concurrent writes get 503s retried after ~2 s each.
         database_url = stack.enter_context(postgres_database())
-        options = DevOptions(workdir=work / "overhead", target_size_mb=200, prefect_port=free_port(),
-                             keep_running=False, database_url=database_url)
+        options = DevOptions(
+            workdir=work / "overhead",
+            target_size_mb=200,
+            prefect_port=free_port(),
+            keep_running=False,
+            database_url=database_url,
+        )
         running = stack.enter_context(pipeline(options))
         credentials = ScicatCredentials.from_secret_files(running.secrets_dir, environ={})
         with ScicatClient(ScicatSection(endpoint=running.scicat_url), credentials) as scicat:
@@ -72,7 +81,9 @@ def measure(work: Path, small_jobs: int = 3, large: tuple[int, float] | None = (
                 phases, outcome, run_id = archive_job(scicat, pid)
                 lines += format_phases(f"archive job {i + 1} of a 1 MiB dataset, local runner ({outcome}):", phases)
                 small_totals.append(sum(p.seconds for p in phases))
-                lines.append("  slowest tasks: " + ", ".join(f"{t.name} {t.seconds:.2f} s" for t in slowest_tasks(run_id)))
+                lines.append(
+                    "  slowest tasks: " + ", ".join(f"{t.name} {t.seconds:.2f} s" for t in slowest_tasks(run_id))
+                )
             if large:
                 count, size_mb = large
                 pid = _create_dataset(count, size_mb)
@@ -80,16 +91,20 @@ def measure(work: Path, small_jobs: int = 3, large: tuple[int, float] | None = (
                 lines += format_phases(f"archive job of {count} x {size_mb:g} MiB, local runner ({outcome}):", phases)
                 total = sum(p.seconds for p in phases)
                 if engine_seconds:
-                    lines.append(f"  job / engine alone (archive+verify, same shape): {total:.1f} s / "
-                                 f"{engine_seconds:.1f} s = {total / engine_seconds:.2f}x (target <= 1.10x)")
+                    lines.append(
+                        f"  job / engine alone (archive+verify, same shape): {total:.1f} s / "
+                        f"{engine_seconds:.1f} s = {total / engine_seconds:.2f}x (target <= 1.10x)"
+                    )
                     if small_totals:
                         # What grows with the data: the job, less a 1 MiB job's fixed cost, less the engine's time.
                         fixed = statistics.median(small_totals)
                         extra = total - fixed - engine_seconds
                         gib = count * size_mb / 1024
-                        lines.append(f"  beyond a 1 MiB job's {fixed:.1f} s and the engine's {engine_seconds:.1f} s: "
-                                     f"{extra:.1f} s, {extra / gib:.2f} s per GiB (Prefect's per-task slot and state "
-                                     "calls, and the server's CPU beside the data's)")
+                        lines.append(
+                            f"  beyond a 1 MiB job's {fixed:.1f} s and the engine's {engine_seconds:.1f} s: "
+                            f"{extra:.1f} s, {extra / gib:.2f} s per GiB (Prefect's per-task slot and state "
+                            "calls, and the server's CPU beside the data's)"
+                        )
     return lines
 
 

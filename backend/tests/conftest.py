@@ -63,7 +63,9 @@ def prefect_api_url(services_log_dir) -> str:
             database_url = stack.enter_context(local_services.postgres_database())
         server = stack.enter_context(
             local_services.prefect_server(
-                services_log_dir / "prefect", auth_string, database_url=database_url,
+                services_log_dir / "prefect",
+                auth_string,
+                database_url=database_url,
                 # Tasks waiting for a tag slot poll every second instead of every 10 s: faster tests.
                 extra_env={"PREFECT_SERVER_TASKS_TAG_CONCURRENCY_SLOT_WAIT_SECONDS": "1"},
             )
@@ -91,7 +93,9 @@ def _environ(**values: str):
 @pytest.fixture(scope="session")
 def s3_endpoint(services_log_dir, tmp_path_factory) -> str:
     data_dir = tmp_path_factory.mktemp("s3-data")
-    with local_services.s3_server(data_dir, services_log_dir, local_services.account_identities(S3_TEST_ACCOUNTS)) as server:
+    with local_services.s3_server(
+        data_dir, services_log_dir, local_services.account_identities(S3_TEST_ACCOUNTS)
+    ) as server:
         yield server.url
 
 
@@ -160,7 +164,9 @@ class ScicatDev:
         for _ in range(2):
             if self._token is None:
                 login = {"username": self._credentials.username, "password": self._credentials.password}
-                self._token = self._http.post("/api/v3/auth/login", json=login).raise_for_status().json()["access_token"]
+                self._token = (
+                    self._http.post("/api/v3/auth/login", json=login).raise_for_status().json()["access_token"]
+                )
             response = self._http.request(method, path, headers={"Authorization": f"Bearer {self._token}"}, **kwargs)
             if response.status_code != 401:
                 break
@@ -183,8 +189,14 @@ class HttpReceiver:
         class Handler(BaseHTTPRequestHandler):
             def _record(self):
                 length = int(self.headers.get("Content-Length") or 0)
-                outer.received.append({"method": self.command, "path": self.path, "headers": dict(self.headers),
-                                       "body": self.rfile.read(length).decode()})
+                outer.received.append(
+                    {
+                        "method": self.command,
+                        "path": self.path,
+                        "headers": dict(self.headers),
+                        "body": self.rfile.read(length).decode(),
+                    }
+                )
                 answer = json.dumps({"uuid": "run-1", "name": "archive-run"}).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")

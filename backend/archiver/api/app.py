@@ -40,15 +40,20 @@ class FlowRunStarted(BaseModel):
 
 # Declares the scheme in the OpenAPI document; the check itself is `require_authorization`'s.
 AUTHORIZATION = APIKeyHeader(
-    name="Authorization", auto_error=False, scheme_name="SciCatJobAction",
+    name="Authorization",
+    auto_error=False,
+    scheme_name="SciCatJobAction",
     description="the exact value configured in ARCHIVER_API_AUTH_FILE (e.g. `Bearer <token>`)",
 )
 
 
-JOB_REQUEST_BODY = {"required": True, "content": {
-    "application/json": {"schema": JobDocument.model_json_schema()},  # `type` an enum of the job types
-    "text/plain": {"schema": {"type": "string", "description": "the same JSON document"}},
-}}
+JOB_REQUEST_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {"schema": JobDocument.model_json_schema()},  # `type` an enum of the job types
+        "text/plain": {"schema": {"type": "string", "description": "the same JSON document"}},
+    },
+}
 
 
 def _client(request: Request) -> str:
@@ -69,7 +74,10 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             # Log that it happened, never the header's value.
             log.warning(
                 "rejected %s %s from %s: %s Authorization header",
-                request.method, request.url.path, _client(request), "wrong" if given else "missing",
+                request.method,
+                request.url.path,
+                _client(request),
+                "wrong" if given else "missing",
             )
             raise HTTPException(401, "missing or wrong Authorization header", {"WWW-Authenticate": "Bearer"})
 
@@ -86,8 +94,14 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> AsciiJSONResponse:
         if 400 <= error.status_code < 500 and error.status_code not in (401, 404, 405):  # 401: logged where decided
-            log.info("refused %s %s from %s: %s %s", request.method, request.url.path, _client(request),
-                     error.status_code, error.detail)
+            log.info(
+                "refused %s %s from %s: %s %s",
+                request.method,
+                request.url.path,
+                _client(request),
+                error.status_code,
+                error.detail,
+            )
         return AsciiJSONResponse({"detail": error.detail}, error.status_code, headers=error.headers)
 
     @app.exception_handler(RequestValidationError)
@@ -114,10 +128,14 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         response_model=FlowRunStarted,
         tags=["jobs"],
         responses={
-            400: {"description": "unknown job type"}, 401: {"description": "missing or wrong Authorization"},
+            400: {"description": "unknown job type"},
+            401: {"description": "missing or wrong Authorization"},
             413: {"description": "body larger than API_MAX_BODY_BYTES"},
-            422: {"description": "not a job document, a bad dataset PID, too many datasets, or Prefect refused the run"},
-            502: {"description": "Prefect failed"}, 503: {"description": "Prefect unreachable or unavailable"},
+            422: {
+                "description": "not a job document, a bad dataset PID, too many datasets, or Prefect refused the run"
+            },
+            502: {"description": "Prefect failed"},
+            503: {"description": "Prefect unreachable or unavailable"},
             504: {"description": "Prefect did not answer in time"},
         },
         openapi_extra={"requestBody": JOB_REQUEST_BODY},

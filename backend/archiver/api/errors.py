@@ -22,8 +22,11 @@ def flows_settings_errors(feature: str) -> Iterator[None]:
     except ConfigError as e:
         raise HTTPException(503, f"{feature} are not configured: {e}") from None
     except Exception as e:  # Prefect unreachable, a variable or secret block missing
-        raise HTTPException(503, f"{feature} unavailable: the settings could not be read from Prefect "
-                                 f"({e.__class__.__name__}: {str(e)[:200]}); run `archiver config`") from None
+        raise HTTPException(
+            503,
+            f"{feature} unavailable: the settings could not be read from Prefect "
+            f"({e.__class__.__name__}: {str(e)[:200]}); run `archiver config`",
+        ) from None
 
 
 @contextmanager

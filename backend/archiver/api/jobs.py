@@ -70,7 +70,9 @@ def parse_job(body: bytes) -> JobDocument:
     except (ValueError, UnicodeDecodeError) as e:
         raise HTTPException(422, f"the body is not JSON ({e}); send the SciCat job document as a JSON object") from None
     if not isinstance(data, dict):
-        raise HTTPException(422, f"the body is JSON but not an object (got {type(data).__name__}); send the job document")
+        raise HTTPException(
+            422, f"the body is JSON but not an object (got {type(data).__name__}); send the job document"
+        )
     if isinstance(data.get("type"), str) and data["type"] not in JOB_TYPES:
         raise HTTPException(400, f"unknown job type {shorten(data['type'])}; allowed types: {', '.join(JOB_TYPES)}")
     try:
@@ -91,7 +93,8 @@ def check_pid_at_the_door(pid: Any, where: str) -> str:
         raise HTTPException(422, f"{where}: dataset PID {shorten(pid)} is longer than {MAX_PID_LENGTH} characters")
     if not pid.isprintable():
         raise HTTPException(
-            422, f"{where}: dataset PID {shorten(pid)} contains a non-printable character "
+            422,
+            f"{where}: dataset PID {shorten(pid)} contains a non-printable character "
             "(control character, lone surrogate or invisible separator); SciCat PIDs never do",
         )
     try:
@@ -109,7 +112,8 @@ def dataset_ids(job: JobDocument, max_datasets: int) -> list[str] | None:
         raise HTTPException(422, f"{where} must be a list of {{'pid': ...}} objects, got {shorten(datasets)}")
     if len(datasets) > max_datasets:
         raise HTTPException(
-            422, f"{where} names {len(datasets)} datasets, more than {max_datasets} (API_MAX_DATASETS_PER_JOB); "
+            422,
+            f"{where} names {len(datasets)} datasets, more than {max_datasets} (API_MAX_DATASETS_PER_JOB); "
             "split the job",
         )
     pids = []
@@ -136,8 +140,11 @@ def dataset_files(job: JobDocument) -> dict[str, list[str]] | None:
         for number, path in enumerate(files):
             at = f"{where}[{index}].files[{number}]"
             if not isinstance(path, str) or not path.isprintable() or len(path) > MAX_FILE_PATH_LENGTH:
-                raise HTTPException(422, f"{at}: a file path must be a printable string of at most "
-                                         f"{MAX_FILE_PATH_LENGTH} characters, got {shorten(path)}")
+                raise HTTPException(
+                    422,
+                    f"{at}: a file path must be a printable string of at most "
+                    f"{MAX_FILE_PATH_LENGTH} characters, got {shorten(path)}",
+                )
             try:
                 check_relative_path(path.removeprefix("./"), "file path")
             except InvalidNameError as e:

@@ -59,7 +59,9 @@ def _prefect_says(response: httpx.Response) -> str:
     except ValueError:
         return response.text[:DETAIL_CHARS]
     if isinstance(data, dict) and isinstance(data.get("exception_detail"), list):
-        said = "; ".join(str(d.get("msg", d))[:DETAIL_CHARS] for d in data["exception_detail"][:3] if isinstance(d, dict))
+        said = "; ".join(
+            str(d.get("msg", d))[:DETAIL_CHARS] for d in data["exception_detail"][:3] if isinstance(d, dict)
+        )
     elif isinstance(data, dict):
         said = str(data.get("detail") or data.get("exception_message") or "")
     else:
@@ -73,8 +75,10 @@ def _by_cause(error: httpx.HTTPError) -> PrefectError:
         said = _prefect_says(error.response)
         if status in (401, 403):
             # The archiver's own configuration is wrong, not the job: SciCat may retry once it is fixed.
-            return PrefectError(502, f"Prefect refused the archiver API's credentials (HTTP {status}); "
-                                     "check PREFECT_API_AUTH_STRING_FILE")
+            return PrefectError(
+                502,
+                f"Prefect refused the archiver API's credentials (HTTP {status}); check PREFECT_API_AUTH_STRING_FILE",
+            )
         if 400 <= status < 500:
             # Prefect refused this request's content (e.g. parameters over its size limit): the same job
             # would be refused again, so it is the job's problem, not a moment of unavailability.
@@ -88,12 +92,19 @@ def _by_cause(error: httpx.HTTPError) -> PrefectError:
 @contextlib.contextmanager
 def _bounded(limits: PrefectLimits) -> Iterator[None]:
     """Prefect calls within the API's retry and time bounds; TimeoutError past `limits.timeout_s`."""
-    with temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: limits.max_retries}), anyio.fail_after(limits.timeout_s):
+    with (
+        temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: limits.max_retries}),
+        anyio.fail_after(limits.timeout_s),
+    ):
         yield
 
 
 async def start_job_run(
-    deployment: str, job_type: str, job_id: UUID, parameters: dict[str, Any], limits: PrefectLimits = PrefectLimits(),
+    deployment: str,
+    job_type: str,
+    job_id: UUID,
+    parameters: dict[str, Any],
+    limits: PrefectLimits = PrefectLimits(),
 ) -> StartedRun:
     """Create a run of `deployment` for the job, or return the one already created for it; PrefectError otherwise."""
     try:
@@ -103,7 +114,8 @@ async def start_job_run(
                     found = await client.read_deployment_by_name(deployment)
                 except ObjectNotFound:
                     raise PrefectError(
-                        503, f"deployment {deployment!r} is not registered in Prefect; "
+                        503,
+                        f"deployment {deployment!r} is not registered in Prefect; "
                         "run the prefect-flows-deployment one-shot",
                     ) from None
                 run = await client.create_flow_run_from_deployment(
@@ -115,8 +127,9 @@ async def start_job_run(
                 )
     except TimeoutError:
         raise PrefectError(
-            504, f"Prefect did not answer within {limits.timeout_s:g} s (API_PREFECT_TIMEOUT_S); "
-            "sending the job again is safe (it finds the run if one was created)"
+            504,
+            f"Prefect did not answer within {limits.timeout_s:g} s (API_PREFECT_TIMEOUT_S); "
+            "sending the job again is safe (it finds the run if one was created)",
         ) from None
     except httpx.HTTPError as e:
         raise _by_cause(e) from None

@@ -51,8 +51,10 @@ def parse_service_accounts(text: str, source: str) -> list[ServiceAccount]:
         name, _, rest = line.partition(":")
         token, _, groups = rest.partition(":")
         if not name or len(token) < 16:
-            raise ConfigError(f"{source} line {number}: expected 'name:token:group,group' with a token of at least "
-                              "16 characters (the line is not shown: it holds a token)")
+            raise ConfigError(
+                f"{source} line {number}: expected 'name:token:group,group' with a token of at least "
+                "16 characters (the line is not shown: it holds a token)"
+            )
         accounts.append(ServiceAccount(name, token, frozenset(g.strip() for g in groups.split(",") if g.strip())))
     return accounts
 
@@ -68,7 +70,9 @@ def load_service_accounts(secrets_dir: Path) -> list[ServiceAccount]:
 def bearer_token(authorization: str | None) -> str:
     kind, _, token = (authorization or "").partition(" ")
     if kind.lower() != "bearer" or not token.strip():
-        raise HTTPException(401, "send your SciCat token as 'Authorization: Bearer <token>'", {"WWW-Authenticate": "Bearer"})
+        raise HTTPException(
+            401, "send your SciCat token as 'Authorization: Bearer <token>'", {"WWW-Authenticate": "Bearer"}
+        )
     return token.strip()
 
 
@@ -81,8 +85,12 @@ def identify(authorization: str | None, accounts: list[ServiceAccount], scicat_s
     try:
         user = user_of_token(scicat_settings, token)
     except UnknownTokenError:
-        raise HTTPException(401, "SciCat does not know this token (expired or not issued by it); log in to SciCat "
-                                 "again and send the new token", {"WWW-Authenticate": "Bearer"}) from None
+        raise HTTPException(
+            401,
+            "SciCat does not know this token (expired or not issued by it); log in to SciCat "
+            "again and send the new token",
+            {"WWW-Authenticate": "Bearer"},
+        ) from None
     except ScicatError as e:
         raise HTTPException(502, f"SciCat could not tell who the caller is: {e}") from None
     return Caller(user.username, user.groups)
@@ -91,8 +99,11 @@ def identify(authorization: str | None, accounts: list[ServiceAccount], scicat_s
 def require_write(caller: Caller, pid: str, owner_group: str | None) -> None:
     """403 unless the caller is in the dataset's owner group."""
     if not owner_group or owner_group not in caller.groups:
-        log.warning("refused upload access to dataset %s for %s (not in its owner group %r)", pid, caller.name, owner_group)
+        log.warning(
+            "refused upload access to dataset %s for %s (not in its owner group %r)", pid, caller.name, owner_group
+        )
         raise HTTPException(
-            403, f"{caller.name!r} may not write dataset {pid!r}: SciCat lets only members of its owner group "
-                 f"{owner_group!r} change it, and SciCat does not list {caller.name!r} in that group",
+            403,
+            f"{caller.name!r} may not write dataset {pid!r}: SciCat lets only members of its owner group "
+            f"{owner_group!r} change it, and SciCat does not list {caller.name!r} in that group",
         )

@@ -42,9 +42,11 @@ def connect_backend(secrets_dir: Path) -> UploadBackend:
     connections = open_connections(config)
     minio = config.settings.s3
     return UploadBackend(
-        settings=config.settings, s3=connections.s3,
+        settings=config.settings,
+        s3=connections.s3,
         signer=s3_client(minio.external_endpoint, minio.region, connections.s3_credentials),
-        scicat=connections.scicat, service_accounts=load_service_accounts(secrets_dir),
+        scicat=connections.scicat,
+        service_accounts=load_service_accounts(secrets_dir),
     )
 
 

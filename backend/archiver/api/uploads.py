@@ -29,7 +29,9 @@ MAX_KEY_BYTES = 1024  # S3's limit
 BUSY_STATUSES = (ArchiveStatus.STARTED, ArchiveStatus.DATASET_ON_ARCHIVE_DISK)
 
 SCICAT_TOKEN = APIKeyHeader(
-    name="Authorization", auto_error=False, scheme_name="SciCatToken",
+    name="Authorization",
+    auto_error=False,
+    scheme_name="SciCatToken",
     description="`Bearer <your SciCat token>` (or a service account's token from ARCHIVER_UPLOAD_ACCOUNTS_FILE)",
 )
 
@@ -62,27 +64,41 @@ class PartMd5(_Body):
 
 
 class ResumeFile(FileRef):
-    partsMd5: list[PartMd5] = Field([], max_length=multipart.MAX_PARTS,
-                                    description="MD5s of parts to be sent: their URLs are signed with Content-MD5 "
-                                                "too, so S3 takes only those bytes")
+    partsMd5: list[PartMd5] = Field(
+        [],
+        max_length=multipart.MAX_PARTS,
+        description="MD5s of parts to be sent: their URLs are signed with Content-MD5 "
+        "too, so S3 takes only those bytes",
+    )
 
 
 class PartEtag(_Body):
     partNumber: int = Field(ge=1, le=multipart.MAX_PARTS)
     etag: str
-    md5: str | None = Field(None, pattern=MD5_HEX,
-                            description="hex MD5 of the part's bytes as the uploader read them; compared with the "
-                                        "part's ETag on S3 (the MD5 of what S3 received)")
+    md5: str | None = Field(
+        None,
+        pattern=MD5_HEX,
+        description="hex MD5 of the part's bytes as the uploader read them; compared with the "
+        "part's ETag on S3 (the MD5 of what S3 received)",
+    )
 
 
 class CompleteFile(FileRef):
     uploadId: str
     parts: list[PartEtag] = Field(min_length=1, max_length=multipart.MAX_PARTS)
-    chk: str | None = Field(None, min_length=1, max_length=256,
-                            description="the whole file's checksum as the uploader computed it (with chkAlg)")
-    chkAlg: str | None = Field(None, min_length=1, max_length=32,
-                               description="its algorithm: compared with the origdatablock's checksum when that has "
-                                           "the same algorithm, and for md5 with S3's ETag of a one-part file")
+    chk: str | None = Field(
+        None,
+        min_length=1,
+        max_length=256,
+        description="the whole file's checksum as the uploader computed it (with chkAlg)",
+    )
+    chkAlg: str | None = Field(
+        None,
+        min_length=1,
+        max_length=32,
+        description="its algorithm: compared with the origdatablock's checksum when that has "
+        "the same algorithm, and for md5 with S3's ETag of a one-part file",
+    )
 
 
 class AbortFile(FileRef):
@@ -116,8 +132,9 @@ class FilePlan(BaseModel):
     partSize: int
     partCount: int
     partsDone: list[PartDone] = []
-    urls: list[PartUrl] = Field([], description="PUT URLs of missing parts, at most UPLOAD_URLS_PER_ANSWER; "
-                                                "`resume` gives the next ones")
+    urls: list[PartUrl] = Field(
+        [], description="PUT URLs of missing parts, at most UPLOAD_URLS_PER_ANSWER; `resume` gives the next ones"
+    )
     chk: str | None = None
     chkAlg: str | None = None
 
@@ -166,8 +183,10 @@ class DatasetFiles:
             dataset = backend.scicat.get_dataset(self.pid)
         except ScicatError as e:
             if e.status_code in (403, 404):
-                raise HTTPException(404, f"dataset {self.pid!r} is not in SciCat; register it (with its "
-                                         "origdatablocks) before uploading") from None
+                raise HTTPException(
+                    404,
+                    f"dataset {self.pid!r} is not in SciCat; register it (with its origdatablocks) before uploading",
+                ) from None
             raise
         require_write(caller, self.pid, dataset.owner_group)
         self.lifecycle = dataset.datasetlifecycle
@@ -182,27 +201,46 @@ class DatasetFiles:
         being archived (archiveStatusMessage `started`)."""
         registered = self.backend.scicat.get_datablocks(self.pid)
         if registered:
-            raise HTTPException(409, f"dataset {self.pid!r} is archived: {len(registered)} datablock(s) registered "
-                                     "in SciCat; a changed dataset is a new dataset in SciCat (register one and "
-                                     "upload its files there)")
+            raise HTTPException(
+                409,
+                f"dataset {self.pid!r} is archived: {len(registered)} datablock(s) registered "
+                "in SciCat; a changed dataset is a new dataset in SciCat (register one and "
+                "upload its files there)",
+            )
         status = self.lifecycle.archive_status_message if self.lifecycle else None
         if status in BUSY_STATUSES:
-            raise HTTPException(409, f"dataset {self.pid!r} is being archived or archived (archiveStatusMessage "
-                                     f"{status!r}); its landing-zone files are no longer written")
+            raise HTTPException(
+                409,
+                f"dataset {self.pid!r} is being archived or archived (archiveStatusMessage "
+                f"{status!r}); its landing-zone files are no longer written",
+            )
 
     def listed_file(self, path: str, size: int | None = None) -> DataFile:
         checked_path(path, self.prefix)
         found = self.listed.get(path)
         if found is None:
-            raise HTTPException(422, f"file {shorten(path)} is not in the origdatablocks of dataset {self.pid!r}; "
-                                     "register it there first (only listed files are uploaded)")
+            raise HTTPException(
+                422,
+                f"file {shorten(path)} is not in the origdatablocks of dataset {self.pid!r}; "
+                "register it there first (only listed files are uploaded)",
+            )
         if size is not None and found[0].size != size:
-            raise HTTPException(422, f"file {shorten(path)} has {size} bytes, its origdatablock of dataset "
-                                     f"{self.pid!r} says {found[0].size}; upload the file SciCat lists")
+            raise HTTPException(
+                422,
+                f"file {shorten(path)} has {size} bytes, its origdatablock of dataset "
+                f"{self.pid!r} says {found[0].size}; upload the file SciCat lists",
+            )
         return found[0]
 
-    def plan(self, path: str, objects: dict[str, int], urls_left: list[int], upload_id: str | None = None,
-             created: list[tuple[str, str]] | None = None, md5s: dict[int, str] | None = None) -> FilePlan:
+    def plan(
+        self,
+        path: str,
+        objects: dict[str, int],
+        urls_left: list[int],
+        upload_id: str | None = None,
+        created: list[tuple[str, str]] | None = None,
+        md5s: dict[int, str] | None = None,
+    ) -> FilePlan:
         """What S3 holds of one file; given `created`, an upload is started when none is under way (its key and
         id appended there); part URLs for missing parts while `urls_left[0]` allows, each signed with its part's
         size and, for the parts in `md5s` (hex), its MD5."""
@@ -214,8 +252,15 @@ class DatasetFiles:
         except multipart.TooLargeError as e:
             raise HTTPException(413, f"file {shorten(path)} of dataset {self.pid!r}: {e}; split it") from None
         count = multipart.part_count(size, part_size)
-        plan = FilePlan(path=path, size=size, state="missing", partSize=part_size, partCount=count,
-                        chk=data_file.chk, chkAlg=chk_alg)
+        plan = FilePlan(
+            path=path,
+            size=size,
+            state="missing",
+            partSize=part_size,
+            partCount=count,
+            chk=data_file.chk,
+            chkAlg=chk_alg,
+        )
         if objects.get(key) == size and upload_id is None:
             plan.state = "uploaded"
             return plan
@@ -230,10 +275,16 @@ class DatasetFiles:
         try:
             done = multipart.uploaded_parts(s3, bucket, key, upload_id)
         except KeyError:
-            raise HTTPException(404, f"upload {shorten(upload_id)} of {shorten(path)} does not exist (finished, "
-                                     "aborted or expired); start the file again") from None
+            raise HTTPException(
+                404,
+                f"upload {shorten(upload_id)} of {shorten(path)} does not exist (finished, "
+                "aborted or expired); start the file again",
+            ) from None
         plan.state, plan.uploadId = "uploading", upload_id
-        plan.partsDone = [PartDone(partNumber=p.number, etag=p.etag, size=p.size) for p in sorted(done.values(), key=lambda p: p.number)]
+        plan.partsDone = [
+            PartDone(partNumber=p.number, etag=p.etag, size=p.size)
+            for p in sorted(done.values(), key=lambda p: p.number)
+        ]
         for number in range(1, count + 1):
             if urls_left[0] <= 0:
                 break
@@ -241,9 +292,16 @@ class DatasetFiles:
             if number in done and done[number].size == length:
                 continue
             md5 = (md5s or {}).get(number)
-            url = multipart.presigned_part_url(self.backend.signer, bucket, key, upload_id, number,
-                                               upload.url_expiration_s, length,
-                                               base64.b64encode(bytes.fromhex(md5)).decode() if md5 else None)
+            url = multipart.presigned_part_url(
+                self.backend.signer,
+                bucket,
+                key,
+                upload_id,
+                number,
+                upload.url_expiration_s,
+                length,
+                base64.b64encode(bytes.fromhex(md5)).decode() if md5 else None,
+            )
             plan.urls.append(PartUrl(partNumber=number, url=url))
             urls_left[0] -= 1
         return plan
@@ -264,9 +322,10 @@ def refuse_over_budget(files: DatasetFiles, paths: list[str], objects: dict[str,
     used = multipart.bucket_usage(backend.s3, backend.bucket)
     if used + needed > budget:
         raise HTTPException(
-            507, f"upload of {needed} bytes for dataset {files.pid!r} refused: the landing zone holds {used} bytes "
-                 f"(objects and unfinished uploads) of its budget of {budget} bytes (UPLOAD_LANDINGZONE_BUDGET_GB), "
-                 f"{used + needed - budget} bytes too many; retry once archivals have emptied it",
+            507,
+            f"upload of {needed} bytes for dataset {files.pid!r} refused: the landing zone holds {used} bytes "
+            f"(objects and unfinished uploads) of its budget of {budget} bytes (UPLOAD_LANDINGZONE_BUDGET_GB), "
+            f"{used + needed - budget} bytes too many; retry once archivals have emptied it",
         )
 
 
@@ -286,8 +345,9 @@ def give_back_if_over_budget(files: DatasetFiles, created: list[tuple[str, str]]
         multipart.abort_upload(backend.s3, backend.bucket, key, upload_id)
     multipart.release(backend.s3, backend.bucket, [upload_id for _, upload_id in created])
     raise HTTPException(
-        507, f"upload for dataset {files.pid!r} refused: with uploads started at the same time the landing zone would "
-             f"hold {used} bytes, over its budget of {budget} bytes (UPLOAD_LANDINGZONE_BUDGET_GB); retry in a moment",
+        507,
+        f"upload for dataset {files.pid!r} refused: with uploads started at the same time the landing zone would "
+        f"hold {used} bytes, over its budget of {budget} bytes (UPLOAD_LANDINGZONE_BUDGET_GB); retry in a moment",
     )
 
 
@@ -314,9 +374,14 @@ def bytes_still_needed(files: DatasetFiles, paths: list[str], objects: dict[str,
 def create_upload_router(settings: ApiSettings, backend: CachedBackend | None = None) -> APIRouter:
     backend = backend or CachedBackend(settings.secrets_dir, settings.upload_settings_cache_s)
     router = APIRouter(prefix=settings.root_path + "/uploads", tags=["uploads"])
-    errors: dict[int | str, dict[str, Any]] = {401: {"description": "no or unknown token"}, 403: {"description": "caller not in the dataset's owner group"},
-              404: {"description": "dataset or upload not found"}, 422: {"description": "bad PID, path or size"},
-              502: {"description": "SciCat or S3 failed"}, 503: {"description": "settings not readable from Prefect"}}
+    errors: dict[int | str, dict[str, Any]] = {
+        401: {"description": "no or unknown token"},
+        403: {"description": "caller not in the dataset's owner group"},
+        404: {"description": "dataset or upload not found"},
+        422: {"description": "bad PID, path or size"},
+        502: {"description": "SciCat or S3 failed"},
+        503: {"description": "settings not readable from Prefect"},
+    }
 
     def dataset(pid: str, caller: Caller) -> DatasetFiles:
         return DatasetFiles(backend.get(), caller, pid)
@@ -325,8 +390,15 @@ def create_upload_router(settings: ApiSettings, backend: CachedBackend | None = 
         bearer_token(authorization)  # 401 before anything is asked of Prefect or SciCat
         return identify(authorization, backend.get().service_accounts, backend.get().settings.scicat)
 
-    @router.post("", response_model=DatasetUpload, responses={**errors, 409: {"description": "dataset archived or being archived"},
-                                                              507: {"description": "over the landing-zone budget"}})
+    @router.post(
+        "",
+        response_model=DatasetUpload,
+        responses={
+            **errors,
+            409: {"description": "dataset archived or being archived"},
+            507: {"description": "over the landing-zone budget"},
+        },
+    )
     def start(body: StartUpload, caller: Caller = Depends(who)) -> DatasetUpload:
         """Start (or take up again) the upload of files of a dataset: a multipart upload per file and PUT URLs
         of its parts, signed for the external S3 endpoint."""
@@ -364,8 +436,12 @@ def create_upload_router(settings: ApiSettings, backend: CachedBackend | None = 
             files.refuse_if_archived()
             files.listed_file(body.path)
             objects = files.objects()
-            plan = files.plan(body.path, objects, [files.backend.settings.upload.urls_per_answer],
-                              md5s={p.partNumber: p.md5 for p in body.partsMd5})
+            plan = files.plan(
+                body.path,
+                objects,
+                [files.backend.settings.upload.urls_per_answer],
+                md5s={p.partNumber: p.md5 for p in body.partsMd5},
+            )
             if plan.state in ("missing", "wrong-size"):
                 raise HTTPException(409, f"no upload of {shorten(body.path)} is under way; start it with POST /uploads")
             return plan
@@ -380,21 +456,28 @@ def create_upload_router(settings: ApiSettings, backend: CachedBackend | None = 
             key = files.prefix + body.path
             s3, bucket = files.backend.s3, files.backend.bucket
             if not multipart.is_upload_of(s3, bucket, key, body.uploadId):
-                raise HTTPException(404, f"upload {shorten(body.uploadId)} of {shorten(body.path)} is not under way "
-                                         "(finished, aborted, expired, or of another file); complete the file with "
-                                         "the upload id its start or `resume` gave")
+                raise HTTPException(
+                    404,
+                    f"upload {shorten(body.uploadId)} of {shorten(body.path)} is not under way "
+                    "(finished, aborted, expired, or of another file); complete the file with "
+                    "the upload id its start or `resume` gave",
+                )
             plan = files.plan(body.path, {}, [0], upload_id=body.uploadId)
             _check_parts(plan, body.parts)
             _check_client_checksums(files, plan, body)
             try:
-                multipart.complete_upload(s3, bucket, key, body.uploadId,
-                                          [UploadedPart(p.partNumber, p.etag, 0) for p in body.parts])
+                multipart.complete_upload(
+                    s3, bucket, key, body.uploadId, [UploadedPart(p.partNumber, p.etag, 0) for p in body.parts]
+                )
             finally:  # the reservation goes once S3 has assembled the file (even if its answer got lost), not before
                 multipart.release_if_gone(s3, bucket, [body.uploadId])
             stored = s3.head_object(Bucket=bucket, Key=key)["ContentLength"]
             if stored != data_file.size:  # cannot happen after _check_parts unless someone else wrote the key
-                raise HTTPException(409, f"{shorten(body.path)} holds {stored} bytes after completion, not "
-                                         f"{data_file.size}; upload it again")
+                raise HTTPException(
+                    409,
+                    f"{shorten(body.path)} holds {stored} bytes after completion, not "
+                    f"{data_file.size}; upload it again",
+                )
             return files.plan(body.path, {key: stored}, [0])
 
     @router.post("/abort", response_model=Aborted, responses=errors)
@@ -406,12 +489,16 @@ def create_upload_router(settings: ApiSettings, backend: CachedBackend | None = 
             files.listed_file(body.path)
             s3, bucket, key = files.backend.s3, files.backend.bucket, files.prefix + body.path
             aborted = multipart.is_upload_of(s3, bucket, key, body.uploadId) and multipart.abort_upload(
-                s3, bucket, key, body.uploadId)
+                s3, bucket, key, body.uploadId
+            )
             multipart.release_if_gone(s3, bucket, [body.uploadId])
             return Aborted(aborted=aborted)
 
-    @router.post("/finalize", response_model=Finalized,
-                 responses={**errors, 409: {"description": "dataset archived, or files missing or of the wrong size"}})
+    @router.post(
+        "/finalize",
+        response_model=Finalized,
+        responses={**errors, 409: {"description": "dataset archived, or files missing or of the wrong size"}},
+    )
     def finalize(body: Finalize, caller: Caller = Depends(who)) -> Finalized:
         """Check that every file of the origdatablocks is in the landing zone with its size, mark the dataset
         archivable in SciCat and, with `archive`, create its archive job."""
@@ -419,10 +506,15 @@ def create_upload_router(settings: ApiSettings, backend: CachedBackend | None = 
             files = dataset(body.pid, caller)
             files.refuse_if_archived()
             if not files.listed:
-                raise HTTPException(409, f"dataset {files.pid!r} has no files in its origdatablocks; nothing to archive")
+                raise HTTPException(
+                    409, f"dataset {files.pid!r} has no files in its origdatablocks; nothing to archive"
+                )
             _refuse_incomplete(files, files.objects())
             files.backend.scicat.update_lifecycle(
-                files.pid, "mark archivable after upload", archivable=True, retrievable=False,
+                files.pid,
+                "mark archivable after upload",
+                archivable=True,
+                retrievable=False,
                 archive_status_message=ArchiveStatus.IS_ON_CENTRAL_DISK,
             )
             job_id = None
@@ -430,15 +522,20 @@ def create_upload_router(settings: ApiSettings, backend: CachedBackend | None = 
                 try:
                     job_id = files.backend.scicat.create_job("archive", [files.pid]).id
                 except ScicatError as e:
-                    raise HTTPException(502, f"dataset {files.pid!r} is archivable, but SciCat did not create its "
-                                             f"archive job: {e}; create it in SciCat") from None
+                    raise HTTPException(
+                        502,
+                        f"dataset {files.pid!r} is archivable, but SciCat did not create its "
+                        f"archive job: {e}; create it in SciCat",
+                    ) from None
             return Finalized(pid=files.pid, archivable=True, jobId=job_id)
 
     return router
 
 
 def _complete(files: DatasetFiles, objects: dict[str, int]) -> bool:
-    return bool(files.listed) and all(objects.get(files.prefix + path) == f.size for path, (f, _) in files.listed.items())
+    return bool(files.listed) and all(
+        objects.get(files.prefix + path) == f.size for path, (f, _) in files.listed.items()
+    )
 
 
 def _check_parts(plan: FilePlan, given: list[PartEtag]) -> None:
@@ -447,17 +544,26 @@ def _check_parts(plan: FilePlan, given: list[PartEtag]) -> None:
     numbers = sorted(p.partNumber for p in given)
     if numbers != list(range(1, plan.partCount + 1)):
         missing = sorted(set(range(1, plan.partCount + 1)) - set(numbers))[:10]
-        raise HTTPException(422, f"{shorten(plan.path)} has {plan.partCount} parts; name each once "
-                                 f"(missing e.g. {missing}); `resume` gives URLs for parts not uploaded")
+        raise HTTPException(
+            422,
+            f"{shorten(plan.path)} has {plan.partCount} parts; name each once "
+            f"(missing e.g. {missing}); `resume` gives URLs for parts not uploaded",
+        )
     for part in given:
         stored = on_s3.get(part.partNumber)
         expected = multipart.part_length(plan.size, plan.partSize, part.partNumber)
         if stored is None or stored.etag.strip('"') != part.etag.strip('"'):
-            raise HTTPException(422, f"part {part.partNumber} of {shorten(plan.path)} is not on S3 with ETag "
-                                     f"{shorten(part.etag)}; upload it again (`resume`)")
+            raise HTTPException(
+                422,
+                f"part {part.partNumber} of {shorten(plan.path)} is not on S3 with ETag "
+                f"{shorten(part.etag)}; upload it again (`resume`)",
+            )
         if stored.size != expected:
-            raise HTTPException(422, f"part {part.partNumber} of {shorten(plan.path)} has {stored.size} bytes, "
-                                     f"expected {expected} (parts of {plan.partSize} bytes); upload it again")
+            raise HTTPException(
+                422,
+                f"part {part.partNumber} of {shorten(plan.path)} has {stored.size} bytes, "
+                f"expected {expected} (parts of {plan.partSize} bytes); upload it again",
+            )
 
 
 def _check_client_checksums(files: DatasetFiles, plan: FilePlan, body: CompleteFile) -> None:
@@ -469,9 +575,12 @@ def _check_client_checksums(files: DatasetFiles, plan: FilePlan, body: CompleteF
     on_s3 = {p.partNumber: p.etag.strip('"').lower() for p in plan.partsDone}
     for part in body.parts:
         if part.md5 is not None and part.md5.lower() != on_s3[part.partNumber]:
-            raise HTTPException(422, f"part {part.partNumber} of {name}: S3 received bytes of MD5 "
-                                     f"{on_s3[part.partNumber]} (its ETag), the uploader sent MD5 {part.md5.lower()}; "
-                                     "upload the part again (`resume`)")
+            raise HTTPException(
+                422,
+                f"part {part.partNumber} of {name}: S3 received bytes of MD5 "
+                f"{on_s3[part.partNumber]} (its ETag), the uploader sent MD5 {part.md5.lower()}; "
+                "upload the part again (`resume`)",
+            )
     if (body.chk is None) != (body.chkAlg is None):
         raise HTTPException(422, f"{name}: send `chk` and `chkAlg` together (the file's checksum and its algorithm)")
     if body.chk is None or body.chkAlg is None:
@@ -479,24 +588,35 @@ def _check_client_checksums(files: DatasetFiles, plan: FilePlan, body: CompleteF
     algorithm, sent = body.chkAlg.lower(), body.chk.lower()
     data_file, listed_algorithm = files.listed[plan.path]
     if data_file.chk and (listed_algorithm or "").lower() == algorithm and data_file.chk.lower() != sent:
-        raise HTTPException(422, f"{name}: its {algorithm} is {shorten(sent)}, its origdatablock of dataset "
-                                 f"{files.pid!r} lists {shorten(data_file.chk.lower())}; this is not the file SciCat "
-                                 "describes: upload that one (abort this upload), or register the file as it is")
+        raise HTTPException(
+            422,
+            f"{name}: its {algorithm} is {shorten(sent)}, its origdatablock of dataset "
+            f"{files.pid!r} lists {shorten(data_file.chk.lower())}; this is not the file SciCat "
+            "describes: upload that one (abort this upload), or register the file as it is",
+        )
     if algorithm == "md5" and plan.partCount == 1 and on_s3.get(1) not in (None, sent):
-        raise HTTPException(422, f"{name}: its md5 is {shorten(sent)}, S3 received bytes of MD5 {on_s3[1]}; "
-                                 "upload the file again (`resume`)")
+        raise HTTPException(
+            422,
+            f"{name}: its md5 is {shorten(sent)}, S3 received bytes of MD5 {on_s3[1]}; "
+            "upload the file again (`resume`)",
+        )
 
 
 def _refuse_incomplete(files: DatasetFiles, objects: dict[str, int]) -> None:
     missing = [path for path in files.listed if files.prefix + path not in objects]
-    wrong = [f"{path} ({objects[files.prefix + path]} bytes, listed {f.size})"
-             for path, (f, _) in files.listed.items()
-             if files.prefix + path in objects and objects[files.prefix + path] != f.size]
+    wrong = [
+        f"{path} ({objects[files.prefix + path]} bytes, listed {f.size})"
+        for path, (f, _) in files.listed.items()
+        if files.prefix + path in objects and objects[files.prefix + path] != f.size
+    ]
     if missing or wrong:
         problems = []
         if missing:
             problems.append(f"{len(missing)} missing (e.g. {', '.join(shorten(p) for p in missing[:5])})")
         if wrong:
             problems.append(f"{len(wrong)} of the wrong size (e.g. {', '.join(wrong[:5])})")
-        raise HTTPException(409, f"dataset {files.pid!r} is not complete in the landing zone: "
-                                 f"{'; '.join(problems)}; upload them, then finalize again")
+        raise HTTPException(
+            409,
+            f"dataset {files.pid!r} is not complete in the landing zone: "
+            f"{'; '.join(problems)}; upload them, then finalize again",
+        )

@@ -35,7 +35,8 @@ class Connections:
 # The connections of the run being executed: its dataset subflows (same process, same configuration) use them
 # instead of loading the secret blocks, making an S3 client and logging in to SciCat once more per dataset.
 _OPEN: contextvars.ContextVar[tuple[RunConfiguration, Connections] | None] = contextvars.ContextVar(
-    "archiver_connections", default=None)
+    "archiver_connections", default=None
+)
 
 
 def _s3_pool_size(config: RunConfiguration) -> int:
@@ -46,6 +47,7 @@ def _s3_pool_size(config: RunConfiguration) -> int:
 
 def open_connections(config: RunConfiguration) -> Connections:
     """New clients for `config`; the caller closes `scicat` (flows use `connect`)."""
+
     def secret(name: str) -> str:
         return call_prefect(partial(read_secret_block, name), f"load secret block {name}")
 

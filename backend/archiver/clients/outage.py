@@ -47,7 +47,8 @@ _SAFE_POST_SUFFIXES = ("/filter", "/count", "/paginate", "/decrement-with-lease"
 def safe_to_repeat(request: httpx.Request) -> bool:
     """A Prefect API request whose repetition cannot do anything twice."""
     return request.method in ("GET", "HEAD") or (
-        request.method == "POST" and request.url.path.rstrip("/").endswith(_SAFE_POST_SUFFIXES))
+        request.method == "POST" and request.url.path.rstrip("/").endswith(_SAFE_POST_SUFFIXES)
+    )
 
 
 def retry_refused_connections() -> None:
@@ -89,8 +90,12 @@ def is_prefect_outage(error: BaseException) -> bool:
 
 
 def call_prefect(
-    call: Callable[[], R], what: str, max_wait_s: float = 300, *,
-    sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic,
+    call: Callable[[], R],
+    what: str,
+    max_wait_s: float = 300,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
 ) -> R:
     """`call()`, repeated while the Prefect API is unreachable, for at most `max_wait_s`;
     then PrefectUnavailable names what could not be done."""
@@ -105,8 +110,7 @@ def call_prefect(
             remaining = deadline - clock()
             if remaining <= 0:
                 raise PrefectUnavailable(
-                    f"Prefect API unreachable for more than {max_wait_s:g}s: could not {what} "
-                    f"({type(e).__name__}: {e})"
+                    f"Prefect API unreachable for more than {max_wait_s:g}s: could not {what} ({type(e).__name__}: {e})"
                 ) from e
             sleep(min(interval, remaining))
             interval = min(interval * 2, 30.0)

@@ -33,13 +33,17 @@ def zombie_automation(settings: Settings):
     window = settings.archiver.zombie_window_s
     return AutomationCore(
         name=ZOMBIE_AUTOMATION,
-        description=(f"Seeded by `archiver config`: a flow run without a heartbeat for {window} s is marked "
-                     "Crashed (its process is gone); the job_recovery deployment then recovers job runs."),
+        description=(
+            f"Seeded by `archiver config`: a flow run without a heartbeat for {window} s is marked "
+            "Crashed (its process is gone); the job_recovery deployment then recovers job runs."
+        ),
         enabled=True,
         trigger=EventTrigger(
             match={"prefect.resource.id": "prefect.flow-run.*"},
-            match_related=[{"prefect.resource.role": "deployment"},
-                           {"prefect.resource.role": "flow", "prefect.resource.name": WATCHED_FLOWS}],
+            match_related=[
+                {"prefect.resource.role": "deployment"},
+                {"prefect.resource.role": "flow", "prefect.resource.name": WATCHED_FLOWS},
+            ],
             after={"prefect.flow-run.heartbeat"},
             expect={"prefect.flow-run.heartbeat", *FINAL_EVENTS},
             for_each={"prefect.resource.id"},
@@ -50,9 +54,12 @@ def zombie_automation(settings: Settings):
         # Not forced: Prefect then refuses to turn a run that is already final into Crashed. The trigger
         # also fires for a run whose final-state event it missed (seen across a Prefect server restart),
         # and a forced change showed such a Completed job run as Crashed.
-        actions=[ChangeFlowRunState(
-            state=StateType.CRASHED, force=False,
-            message=f"{ZOMBIE_MESSAGE_PREFIX} {window} s: "
-            "the process running the flow is gone (killed, out of memory, node lost)",
-        )],
+        actions=[
+            ChangeFlowRunState(
+                state=StateType.CRASHED,
+                force=False,
+                message=f"{ZOMBIE_MESSAGE_PREFIX} {window} s: "
+                "the process running the flow is gone (killed, out of memory, node lost)",
+            )
+        ],
     )

@@ -32,8 +32,9 @@ class JobKind:
 
 
 ARCHIVAL = JobKind("archive", "archival", Deployment("archive_datasetlist", "datasets_archival"), "archive_dataset")
-RETRIEVAL = JobKind("retrieve", "retrieval", Deployment("retrieve_datasetlist", "datasets_retrieval"),
-                    "retrieve_dataset")
+RETRIEVAL = JobKind(
+    "retrieve", "retrieval", Deployment("retrieve_datasetlist", "datasets_retrieval"), "retrieve_dataset"
+)
 JOB_KINDS = {kind.job_type: kind for kind in (ARCHIVAL, RETRIEVAL)}
 
 RECOVERY = Deployment("recover_job", "job_recovery")
@@ -68,4 +69,3 @@ def job_tag(job_id: object) -> str:
 
 def job_run_tags(job_type: str, job_id: object) -> list[str]:
     return [job_tag(job_id), f"{JOB_TYPE_TAG_PREFIX}{job_type}"]
-

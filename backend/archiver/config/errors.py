@@ -9,9 +9,7 @@ class ConfigError(ArchiverError):
     """A configuration problem the operator has to fix; the message says where and what."""
 
 
-def explain(
-    error: ValidationError, source: str, expected_keys: Callable[[Sequence], list[str]]
-) -> ConfigError:
+def explain(error: ValidationError, source: str, expected_keys: Callable[[Sequence], list[str]]) -> ConfigError:
     """One line per problem: source, [section] key, and what was expected."""
     lines = []
     for problem in error.errors():

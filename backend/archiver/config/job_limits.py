@@ -29,8 +29,10 @@ def job_limits(environ=None) -> dict[str, int]:
     for job_type, name in JOB_LIMIT_ENV.items():
         value = environ.get(name, "")
         if not value.isdecimal() or int(value) < 1:
-            raise JobLimitError(f"{name} is {value!r}; set it in .env to the most {job_type} jobs that may run "
-                                f"at once across all workers (a whole number, 1 or more), then deploy again")
+            raise JobLimitError(
+                f"{name} is {value!r}; set it in .env to the most {job_type} jobs that may run "
+                f"at once across all workers (a whole number, 1 or more), then deploy again"
+            )
         limits[job_type] = int(value)
     return limits
 

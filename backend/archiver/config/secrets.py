@@ -39,12 +39,18 @@ PREFECT_AUTH_FILE_ENV = "PREFECT_API_AUTH_STRING_FILE"  # Prefect reads no file:
 SECRETS: tuple[SecretSpec, ...] = (
     SecretSpec("POSTGRES_USER_FILE", "postgresuser.txt", None, "PostgreSQL user of the Prefect server", True),
     SecretSpec("POSTGRES_PASSWORD_FILE", "postgrespass.txt", None, "PostgreSQL password of the Prefect server"),
-    SecretSpec("MINIO_USER_FILE", "miniouser.txt", None, "MinIO root user (`archiver config` creates buckets with it)", True),
+    SecretSpec(
+        "MINIO_USER_FILE", "miniouser.txt", None, "MinIO root user (`archiver config` creates buckets with it)", True
+    ),
     SecretSpec("MINIO_PASSWORD_FILE", "miniopass.txt", None, "MinIO root password"),
     SecretSpec("S3_ARCHIVER_USER_FILE", "s3archiveruser.txt", "s3-archiver-user", "S3 access key of the flows", True),
     SecretSpec("S3_ARCHIVER_PASSWORD_FILE", "s3archiverpass.txt", "s3-archiver-password", "S3 secret key of the flows"),
-    SecretSpec("S3_PRESIGN_USER_FILE", "s3presignuser.txt", "s3-presign-user", "S3 access key signing download URLs", True),
-    SecretSpec("S3_PRESIGN_PASSWORD_FILE", "s3presignpass.txt", "s3-presign-password", "S3 secret key signing download URLs"),
+    SecretSpec(
+        "S3_PRESIGN_USER_FILE", "s3presignuser.txt", "s3-presign-user", "S3 access key signing download URLs", True
+    ),
+    SecretSpec(
+        "S3_PRESIGN_PASSWORD_FILE", "s3presignpass.txt", "s3-presign-password", "S3 secret key signing download URLs"
+    ),
     SecretSpec("SCICAT_USER_FILE", "scicatuser.txt", "scicat-user", "SciCat account the archiver logs in with", True),
     SecretSpec("SCICAT_PASSWORD_FILE", "scicatpass.txt", "scicat-password", "password of that SciCat account"),
     SecretSpec(
@@ -77,6 +83,8 @@ def read_secret_block(name: str) -> str:
     # Prefect types load() as either sync or async; outside an event loop it is sync.
     block = cast(Secret, Secret.load(name))
     return block.get()
+
+
 # Blocks of earlier versions, which gave the flows MinIO's root account; `archiver config` deletes them.
 OBSOLETE_SECRET_BLOCKS = ("minio-user", "minio-password")
 
@@ -128,8 +136,7 @@ def read_secret(spec: SecretSpec, secrets_dir: Path = DEFAULT_SECRETS_DIR, envir
         value = path.read_text().strip()
     except FileNotFoundError:
         raise ConfigError(
-            f"secret file {path} ({spec.file_env}, {spec.purpose}) is missing; "
-            f"create it or run `archiver secrets init`"
+            f"secret file {path} ({spec.file_env}, {spec.purpose}) is missing; create it or run `archiver secrets init`"
         ) from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"secret file {path} ({spec.file_env}) is not readable: {e.__class__.__name__}") from None
@@ -151,8 +158,10 @@ def init_secrets(secrets_dir: Path = DEFAULT_SECRETS_DIR) -> list[Path]:
         elif spec.file_env == "ARCHIVER_API_AUTH_FILE":
             value = "Bearer " + random.token_urlsafe(32)
         elif spec.file_env == "ARCHIVER_UPLOAD_ACCOUNTS_FILE":
-            value = "# name:token:group,group (one service account a line; no groups: it may upload nothing)\n" \
-                    "ingestor:" + random.token_urlsafe(32) + ":"
+            value = (
+                "# name:token:group,group (one service account a line; no groups: it may upload nothing)\n"
+                "ingestor:" + random.token_urlsafe(32) + ":"
+            )
         elif spec.file_env == PREFECT_AUTH_FILE_ENV:
             value = "archiver:" + random.token_urlsafe(24)
         else:

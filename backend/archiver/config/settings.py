@@ -46,7 +46,9 @@ def _cron(value: str) -> str:
     try:
         CronSchedule(cron=value)
     except ValidationError:
-        raise ValueError(f"{value!r} is not a cron schedule of five fields, e.g. '0 2 * * *' (daily at 02:00 UTC)") from None
+        raise ValueError(
+            f"{value!r} is not a cron schedule of five fields, e.g. '0 2 * * *' (daily at 02:00 UTC)"
+        ) from None
     return value
 
 
@@ -61,9 +63,7 @@ class _Section(BaseModel):
 class ArchiverSection(_Section):
     scratch_folder: Path = Field(alias="ARCHIVER_SCRATCH_FOLDER")
     target_size_mb: PositiveInt = Field(alias="ARCHIVER_TARGET_SIZE_MB")
-    checksum_algorithm: Literal["sha256", "md5"] = Field(
-        "sha256", alias="ARCHIVER_CHECKSUM_ALGORITHM"
-    )
+    checksum_algorithm: Literal["sha256", "md5"] = Field("sha256", alias="ARCHIVER_CHECKSUM_ALGORITHM")
     dataset_concurrency: PositiveInt = Field(2, alias="ARCHIVER_DATASET_CONCURRENCY")
     datablock_concurrency: PositiveInt = Field(2, alias="ARCHIVER_DATABLOCK_CONCURRENCY")
     # Crash detection and recovery (docs/flows.md, "When a run crashes").
@@ -226,8 +226,9 @@ def with_current_sections(data: Mapping[str, Any]) -> dict[str, Any]:
             current[name] = {**current.get(name, {}), **section}
         else:
             current[name] = section
-    return {name: with_current_keys(section) if isinstance(section, dict) else section
-            for name, section in current.items()}
+    return {
+        name: with_current_keys(section) if isinstance(section, dict) else section for name, section in current.items()
+    }
 
 
 def variable_name(key: str) -> str:
@@ -286,7 +287,9 @@ def with_environment_overrides(settings: Settings, environ: Mapping[str, str], s
     overrides = environment_overrides(environ)
     if not overrides:
         return settings
-    return from_flat({**flat_values(settings), **overrides}, source=f"{source} and environment ({', '.join(overrides)})")
+    return from_flat(
+        {**flat_values(settings), **overrides}, source=f"{source} and environment ({', '.join(overrides)})"
+    )
 
 
 def validate(data: dict[str, Any], source: str) -> Settings:

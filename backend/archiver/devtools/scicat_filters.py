@@ -74,9 +74,13 @@ def parse_filter(text: str | None) -> ListFilter:
     limits = value.get("limits") or {}
     if not isinstance(limits, dict):
         raise _refused(f"limits must be an object with limit, skip, order; got {limits!r}")
-    return ListFilter(where=_where(value.get("where")), fields=_fields(value.get("fields")),
-                      limit=_count(limits, "limit") or DEFAULT_LIMIT, skip=_count(limits, "skip"),
-                      order=_order(limits.get("order")))
+    return ListFilter(
+        where=_where(value.get("where")),
+        fields=_fields(value.get("fields")),
+        limit=_count(limits, "limit") or DEFAULT_LIMIT,
+        skip=_count(limits, "skip"),
+        order=_order(limits.get("order")),
+    )
 
 
 def _count(limits: dict, name: str) -> int:
@@ -145,7 +149,7 @@ def apply(documents: list[dict], chosen: ListFilter) -> list[dict]:
     if chosen.order is not None:
         name, direction = chosen.order
         found.sort(key=lambda d: _mongo_order(d.get(name)), reverse=direction == "desc")
-    page = found[chosen.skip:chosen.skip + chosen.limit]
+    page = found[chosen.skip : chosen.skip + chosen.limit]
     if not chosen.fields:
         return page
     kept = ("_id", *chosen.fields)

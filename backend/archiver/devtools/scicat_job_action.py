@@ -49,8 +49,9 @@ class JobAction:
         outcome: dict[str, Any] = {"url": url, "method": self.method}
         try:
             async with httpx.AsyncClient(timeout=self.timeout_s) as http:
-                response = await http.request(self.method, url, headers=headers,
-                                              content=body.encode() if body is not None else None)
+                response = await http.request(
+                    self.method, url, headers=headers, content=body.encode() if body is not None else None
+                )
         except httpx.HTTPError as e:
             outcome["error"] = f"{e.__class__.__name__}: {e}"
             return outcome

@@ -38,21 +38,32 @@ Rules = dict[str, Field]
 
 # DataFileDto (src/common/dto/datafile.dto.ts)
 DATA_FILE: Rules = {
-    "path": req("string"), "size": req("number"), "time": req("date"),
-    "chk": opt("string"), "uid": opt("string"), "gid": opt("string"), "perm": opt("string"),
+    "path": req("string"),
+    "size": req("number"),
+    "time": req("date"),
+    "chk": opt("string"),
+    "uid": opt("string"),
+    "gid": opt("string"),
+    "perm": opt("string"),
 }
 
 # CreateDatasetOrigDatablockDto: CreateOrigDatablockDto without datasetId, ownerGroup, accessGroups,
 # instrumentGroup (src/origdatablocks/dto/create-dataset-origdatablock.ts)
 ORIGDATABLOCK: Rules = {
-    "size": req("int"), "chkAlg": opt("string", not_empty=True),
-    "dataFileList": req("list", items=DATA_FILE, not_empty=True), "isPublished": opt("bool"),
+    "size": req("int"),
+    "chkAlg": opt("string", not_empty=True),
+    "dataFileList": req("list", items=DATA_FILE, not_empty=True),
+    "isPublished": opt("bool"),
 }
 
 # CreateDatasetDatablockDto: CreateDatablockDto without the same four (src/datablocks/dto/create-dataset-datablock.ts)
 DATABLOCK: Rules = {
-    "archiveId": req("string"), "size": req("int"), "packedSize": req("int"), "chkAlg": opt("string", not_empty=True),
-    "version": req("string"), "dataFileList": req("list", items=DATA_FILE, not_empty=True),
+    "archiveId": req("string"),
+    "size": req("int"),
+    "packedSize": req("int"),
+    "chkAlg": opt("string", not_empty=True),
+    "version": req("string"),
+    "dataFileList": req("list", items=DATA_FILE, not_empty=True),
 }
 
 # LifecycleClass (src/datasets/schemas/lifecycle.schema.ts): field -> (kind, default). A dataset PATCH
@@ -74,43 +85,85 @@ LIFECYCLE_DEFAULTS: dict[str, tuple[str, Any]] = {
     "retrieveIntegrityCheck": ("bool", False),
 }
 # UpdateDatasetLifecycleDto (src/datasets/dto/update-dataset.dto.ts), body of PATCH datasets/{pid}/datasetlifecycle
-LIFECYCLE: Rules = {name: opt(kind) for name, (kind, _) in LIFECYCLE_DEFAULTS.items()} | {"storageLocation": opt("string")}
+LIFECYCLE: Rules = {name: opt(kind) for name, (kind, _) in LIFECYCLE_DEFAULTS.items()} | {
+    "storageLocation": opt("string")
+}
 
 # UpdateDatasetObsoleteDto + UpdateRawDatasetObsoleteDto / UpdateDerivedDatasetObsoleteDto: what /api/v3
 # datasets take (src/datasets/dto/update-*-obsolete.dto.ts). `datasetlifecycle` carries no validator there:
 # its content is not checked by the DTO (the database keeps the known lifecycle fields only).
 _DATASET_COMMON: Rules = {
-    "ownerGroup": req("string"), "accessGroups": opt("strings"), "instrumentGroup": opt("string"),
-    "owner": req("string"), "ownerEmail": opt("email"), "orcidOfOwner": opt("string"), "contactEmail": req("emails"),
-    "sourceFolder": req("string"), "sourceFolderHost": opt("string"), "size": opt("int"), "packedSize": opt("int"),
-    "numberOfFiles": opt("int"), "numberOfFilesArchived": opt("int"), "creationTime": req("date"),
-    "validationStatus": opt("string"), "keywords": opt("strings"), "description": opt("string"),
-    "datasetName": opt("string"), "classification": opt("string"), "license": opt("string"),
-    "isPublished": opt("bool"), "techniques": opt("any"), "sharedWith": opt("strings"), "relationships": opt("any"),
-    "datasetlifecycle": opt("any"), "scientificMetadata": opt("object"), "scientificMetadataSchema": opt("string"),
-    "scientificMetadataValid": opt("bool"), "comment": opt("string"), "dataQualityMetrics": opt("number"),
-    "proposalId": opt("string"), "runNumber": opt("string"),
+    "ownerGroup": req("string"),
+    "accessGroups": opt("strings"),
+    "instrumentGroup": opt("string"),
+    "owner": req("string"),
+    "ownerEmail": opt("email"),
+    "orcidOfOwner": opt("string"),
+    "contactEmail": req("emails"),
+    "sourceFolder": req("string"),
+    "sourceFolderHost": opt("string"),
+    "size": opt("int"),
+    "packedSize": opt("int"),
+    "numberOfFiles": opt("int"),
+    "numberOfFilesArchived": opt("int"),
+    "creationTime": req("date"),
+    "validationStatus": opt("string"),
+    "keywords": opt("strings"),
+    "description": opt("string"),
+    "datasetName": opt("string"),
+    "classification": opt("string"),
+    "license": opt("string"),
+    "isPublished": opt("bool"),
+    "techniques": opt("any"),
+    "sharedWith": opt("strings"),
+    "relationships": opt("any"),
+    "datasetlifecycle": opt("any"),
+    "scientificMetadata": opt("object"),
+    "scientificMetadataSchema": opt("string"),
+    "scientificMetadataValid": opt("bool"),
+    "comment": opt("string"),
+    "dataQualityMetrics": opt("number"),
+    "proposalId": opt("string"),
+    "runNumber": opt("string"),
 }
 RAW_DATASET: Rules = _DATASET_COMMON | {
-    "principalInvestigator": req("string"), "startTime": opt("date"), "endTime": opt("date"),
-    "creationLocation": req("string"), "dataFormat": opt("string"), "sampleId": opt("string"),
-    "instrumentId": opt("string"), "investigator": opt("any"), "inputDatasets": opt("any"), "usedSoftware": opt("any"),
-    "jobParameters": opt("any"), "jobLogData": opt("any"),
+    "principalInvestigator": req("string"),
+    "startTime": opt("date"),
+    "endTime": opt("date"),
+    "creationLocation": req("string"),
+    "dataFormat": opt("string"),
+    "sampleId": opt("string"),
+    "instrumentId": opt("string"),
+    "investigator": opt("any"),
+    "inputDatasets": opt("any"),
+    "usedSoftware": opt("any"),
+    "jobParameters": opt("any"),
+    "jobLogData": opt("any"),
 }
 DERIVED_DATASET: Rules = _DATASET_COMMON | {
-    "investigator": req("string"), "inputDatasets": req("strings"), "usedSoftware": req("strings"),
-    "jobParameters": opt("object"), "jobLogData": opt("string"),
+    "investigator": req("string"),
+    "inputDatasets": req("strings"),
+    "usedSoftware": req("strings"),
+    "jobParameters": opt("object"),
+    "jobLogData": opt("string"),
 }
 DATASET_TYPES = ("raw", "derived")
 # CreateRawDatasetObsoleteDto / CreateDerivedDatasetObsoleteDto add these to the tables above.
-DATASET_CREATE_EXTRA: Rules = {"pid": opt("string"), "type": req("string", choices=DATASET_TYPES), "version": opt("string")}
+DATASET_CREATE_EXTRA: Rules = {
+    "pid": opt("string"),
+    "type": req("string", choices=DATASET_TYPES),
+    "version": opt("string"),
+}
 
 # DatasetListDto (src/jobs/dto/dataset-list.dto.ts)
 DATASET_LIST_ENTRY: Rules = {"pid": req("string", not_empty=True), "files": req("strings")}
 
 # CreateJobDto (src/jobs/dto/create-job.dto.ts), body of POST /api/v4/jobs
 JOB_CREATE_V4: Rules = {
-    "type": req("string"), "jobParams": req("object"), "ownerUser": opt("string"), "ownerGroup": opt("string"),
+    "type": req("string"),
+    "jobParams": req("object"),
+    "ownerUser": opt("string"),
+    "ownerGroup": opt("string"),
     "contactEmail": opt("email"),
 }
 # UpdateJobDto (src/jobs/dto/update-job.dto.ts), body of PATCH /api/v4/jobs/{id}
@@ -152,8 +205,11 @@ def check(body: Any, rules: Rules, partial: bool = False, prefix: str = "") -> l
     """What SciCat would refuse in `body`; `partial`: a PATCH (PartialType), nothing is required."""
     if not isinstance(body, dict):
         return [Problem(prefix.rstrip(".") or "body", "isObject", f"{prefix}an object is expected")]
-    problems = [Problem(prefix + name, "whitelistValidation", f"{prefix}property {name} should not exist")
-                for name in body if name not in rules]
+    problems = [
+        Problem(prefix + name, "whitelistValidation", f"{prefix}property {name} should not exist")
+        for name in body
+        if name not in rules
+    ]
     for name, rule in rules.items():
         if name not in body or body[name] is None:
             if rule.required and not partial:
@@ -169,11 +225,18 @@ def _value_problems(name: str, value: Any, rule: Field, prefix: str) -> list[Pro
 
     if rule.kind == "any" and value is not None:
         return []
-    if rule.kind == "emails" and not (isinstance(value, str) and all(_fits(e.strip(), "email") for e in value.split(";"))):
+    if rule.kind == "emails" and not (
+        isinstance(value, str) and all(_fits(e.strip(), "email") for e in value.split(";"))
+    ):
         # SciCat's CustomEmailList validator (src/datasets/utils/email-list-validator.util.ts)
         shown = "undefined" if value is None else value
-        return [Problem(prefix + name, "customEmailList",
-                        f"Expected an email or a list of semicolon separated emails, got {shown}")]
+        return [
+            Problem(
+                prefix + name,
+                "customEmailList",
+                f"Expected an email or a list of semicolon separated emails, got {shown}",
+            )
+        ]
     if rule.kind == "strings" and not isinstance(value, list):
         return problem("isArray", "{} must be an array")
     if not _fits(value, rule.kind):

@@ -53,8 +53,11 @@ class DevServerConfig:
 class FaultRequest(BaseModel):
     count: NonNegativeInt = Field(description="how many of the next SciCat calls fail")
     status: int = Field(503, ge=400, le=599)
-    after: bool = Field(False, description="carry the call out, then answer `status` instead (a gateway that "
-                                           "timed out waiting for SciCat's answer)")
+    after: bool = Field(
+        False,
+        description="carry the call out, then answer `status` instead (a gateway that "
+        "timed out waiting for SciCat's answer)",
+    )
     match: str | None = Field(None, description="only calls whose 'METHOD path' contains this fail")
 
 
@@ -128,8 +131,9 @@ def _custom_error(status: int, message: str) -> JSONResponse:
 
 def _pipe_error(problems: list[rules.Problem]) -> JSONResponse:
     """NestJS's ValidationPipe (whitelist, forbidNonWhitelisted): every message in a list."""
-    return JSONResponse({"statusCode": 400, "message": [p.message for p in problems], "error": "Bad Request"},
-                        status_code=400)
+    return JSONResponse(
+        {"statusCode": 400, "message": [p.message for p in problems], "error": "Bad Request"}, status_code=400
+    )
 
 
 def _dataset_error(problems: list[rules.Problem]) -> JSONResponse:
@@ -238,8 +242,11 @@ def _created(value: Any) -> Response:
 
 def lifecycle_defaults() -> dict:
     now = _now()
-    return {name: now if default == "now" else default
-            for name, (_, default) in rules.LIFECYCLE_DEFAULTS.items() if default is not None}
+    return {
+        name: now if default == "now" else default
+        for name, (_, default) in rules.LIFECYCLE_DEFAULTS.items()
+        if default is not None
+    }
 
 
 def job_v3(job: dict) -> dict:
@@ -248,9 +255,13 @@ def job_v3(job: dict) -> dict:
     dataset_list = params.pop("datasetList", [])
     execution_time = params.pop("executionTime", None)
     view = {
-        "id": job["id"], "emailJobInitiator": job.get("contactEmail"), "type": job["type"],
-        "creationTime": job["createdAt"], "jobParams": {"username": job.get("createdBy"), **params},
-        "jobStatusMessage": job["statusCode"], "datasetList": dataset_list,
+        "id": job["id"],
+        "emailJobInitiator": job.get("contactEmail"),
+        "type": job["type"],
+        "creationTime": job["createdAt"],
+        "jobParams": {"username": job.get("createdBy"), **params},
+        "jobStatusMessage": job["statusCode"],
+        "datasetList": dataset_list,
         "jobResultObject": job.get("jobResultObject"),
     }
     if execution_time is not None:
@@ -275,8 +286,15 @@ def create_app(config: DevServerConfig, state: DevState | None = None) -> FastAP
             return _http_error(401, "Unauthorized")
         token = secrets.token_urlsafe(24)
         state.tokens[token] = username
-        return {"access_token": token, "id": token, "userId": username, "created": _now(), "ttl": 3600,
-                "expires_in": 3600, "user": {"username": username}}
+        return {
+            "access_token": token,
+            "id": token,
+            "userId": username,
+            "created": _now(),
+            "ttl": 3600,
+            "expires_in": 3600,
+            "user": {"username": username},
+        }
 
     # --- datasets (/api/v3 only) ---
 
@@ -299,9 +317,16 @@ def create_app(config: DevServerConfig, state: DevState | None = None) -> FastAP
             return _custom_error(409, "A dataset with this this unique key already exists!")
         user = request.scope["dev_user"]
         now = _now()
-        dataset = {**body, "pid": pid, "version": "v3", "createdBy": user, "updatedBy": user,
-                   "createdAt": now, "updatedAt": now,
-                   "datasetlifecycle": replaced_lifecycle(body.get("datasetlifecycle") or {})}
+        dataset = {
+            **body,
+            "pid": pid,
+            "version": "v3",
+            "createdBy": user,
+            "updatedBy": user,
+            "createdAt": now,
+            "updatedAt": now,
+            "datasetlifecycle": replaced_lifecycle(body.get("datasetlifecycle") or {}),
+        }
         state.datasets[pid] = dataset
         return dataset
 
@@ -323,8 +348,12 @@ def create_app(config: DevServerConfig, state: DevState | None = None) -> FastAP
         problems = rules.check(body, table, partial=True)
         lifecycle = body.get("datasetlifecycle") if isinstance(body, dict) else None
         if lifecycle is not None:
-            problems += rules.check(rules.known_fields(lifecycle, rules.LIFECYCLE) if isinstance(lifecycle, dict)
-                                    else lifecycle, rules.LIFECYCLE, partial=True, prefix="datasetlifecycle.")
+            problems += rules.check(
+                rules.known_fields(lifecycle, rules.LIFECYCLE) if isinstance(lifecycle, dict) else lifecycle,
+                rules.LIFECYCLE,
+                partial=True,
+                prefix="datasetlifecycle.",
+            )
         if problems:
             return _dataset_error(problems)
         dataset.update(body)
@@ -334,6 +363,7 @@ def create_app(config: DevServerConfig, state: DevState | None = None) -> FastAP
         return dataset
 
     if config.lifecycle_endpoint:
+
         @v3.get("/datasets/{pid}/datasetlifecycle")
         async def get_lifecycle(pid: str):
             dataset = dataset_or_404(pid)
@@ -352,8 +382,11 @@ def create_app(config: DevServerConfig, state: DevState | None = None) -> FastAP
                 return dataset
             defaults = lifecycle_defaults()
             merged = {**dataset["datasetlifecycle"], **body}
-            merged = {name: defaults.get(name) if value is None else value
-                      for name, value in merged.items() if value is not None or name in defaults}
+            merged = {
+                name: defaults.get(name) if value is None else value
+                for name, value in merged.items()
+                if value is not None or name in defaults
+            }
             if config.unchanged_lifecycle_conflict and merged == dataset["datasetlifecycle"]:
                 return _http_error(409, f"Dataset lifecycle of {_segment(pid)} is already in the requested state")
             dataset["datasetlifecycle"] = merged
@@ -370,9 +403,17 @@ def create_app(config: DevServerConfig, state: DevState | None = None) -> FastAP
         if dataset is None:
             return _created(None)  # SciCat's handler returns null for an unknown dataset
         now = _now()
-        block = {"_id": str(uuid.uuid4()), **body, "datasetId": dataset["pid"], "ownerGroup": dataset["ownerGroup"],
-                 "accessGroups": dataset.get("accessGroups", []), "createdBy": user, "updatedBy": user,
-                 "createdAt": now, "updatedAt": now}
+        block = {
+            "_id": str(uuid.uuid4()),
+            **body,
+            "datasetId": dataset["pid"],
+            "ownerGroup": dataset["ownerGroup"],
+            "accessGroups": dataset.get("accessGroups", []),
+            "createdBy": user,
+            "updatedBy": user,
+            "createdAt": now,
+            "updatedAt": now,
+        }
         if dataset.get("instrumentGroup"):
             block["instrumentGroup"] = dataset["instrumentGroup"]
         block["id"] = block["_id"]
@@ -384,8 +425,9 @@ def create_app(config: DevServerConfig, state: DevState | None = None) -> FastAP
 
     @v3.post("/datasets/{pid}/origdatablocks", status_code=201)
     async def create_origdatablock(pid: str, request: Request):
-        return add_block(rules.ORIGDATABLOCK, state.origdatablocks, pid, await _json_body(request),
-                         request.scope["dev_user"])
+        return add_block(
+            rules.ORIGDATABLOCK, state.origdatablocks, pid, await _json_body(request), request.scope["dev_user"]
+        )
 
     @v3.get("/datasets/{pid}/origdatablocks")
     async def get_origdatablocks(pid: str):
@@ -416,8 +458,11 @@ def create_app(config: DevServerConfig, state: DevState | None = None) -> FastAP
         if body["type"] not in rules.JOB_TYPES:
             return _custom_error(400, f"Invalid job type: {body['type']}")
         dataset_list = body["jobParams"].get("datasetList", [])
-        problems = rules.check({"datasetList": dataset_list},
-                               {"datasetList": rules.Field("list", items=rules.DATASET_LIST_ENTRY)}, prefix="jobParams.")
+        problems = rules.check(
+            {"datasetList": dataset_list},
+            {"datasetList": rules.Field("list", items=rules.DATASET_LIST_ENTRY)},
+            prefix="jobParams.",
+        )
         if problems:
             return _pipe_error(problems)
         missing = [entry["pid"] for entry in dataset_list if entry["pid"] not in state.datasets]
@@ -427,11 +472,20 @@ def create_app(config: DevServerConfig, state: DevState | None = None) -> FastAP
         first = state.datasets[dataset_list[0]["pid"]] if dataset_list else {}
         now = _now()
         job = {
-            "id": str(uuid.uuid4()), "type": body["type"], "ownerUser": body.get("ownerUser", user),
-            "ownerGroup": body.get("ownerGroup", first.get("ownerGroup")), "accessGroups": [],
-            "contactEmail": body.get("contactEmail"), "jobParams": body["jobParams"],
-            "statusCode": DEFAULT_JOB_STATUS[0], "statusMessage": DEFAULT_JOB_STATUS[1],
-            "configVersion": "scicat-dev", "createdBy": user, "updatedBy": user, "createdAt": now, "updatedAt": now,
+            "id": str(uuid.uuid4()),
+            "type": body["type"],
+            "ownerUser": body.get("ownerUser", user),
+            "ownerGroup": body.get("ownerGroup", first.get("ownerGroup")),
+            "accessGroups": [],
+            "contactEmail": body.get("contactEmail"),
+            "jobParams": body["jobParams"],
+            "statusCode": DEFAULT_JOB_STATUS[0],
+            "statusMessage": DEFAULT_JOB_STATUS[1],
+            "configVersion": "scicat-dev",
+            "createdBy": user,
+            "updatedBy": user,
+            "createdAt": now,
+            "updatedAt": now,
         }
         state.jobs[job["id"]] = job
         entry = request.scope["dev_log_entry"]
@@ -448,8 +502,13 @@ def create_app(config: DevServerConfig, state: DevState | None = None) -> FastAP
         return state.jobs.get(_segment(job_id)) or _custom_error(400, "Invalid job id.")
 
     def update_job(job: dict, update: dict, user: str) -> dict:
-        job.update({name: update[name] for name in ("statusCode", "statusMessage", "jobResultObject")
-                    if update.get(name) is not None})
+        job.update(
+            {
+                name: update[name]
+                for name in ("statusCode", "statusMessage", "jobResultObject")
+                if update.get(name) is not None
+            }
+        )
         job["updatedBy"], job["updatedAt"] = user, _now()
         return job
 
@@ -505,8 +564,11 @@ def create_app(config: DevServerConfig, state: DevState | None = None) -> FastAP
         result = v3_body.get("jobResultObject")
         if v3_body.get("executionTime"):
             result = {**(result or {}), "executionTime": v3_body["executionTime"]}
-        update = {"statusCode": v3_body.get("jobStatusMessage") or job["statusCode"],
-                  "statusMessage": v3_body.get("jobStatusMessage") or job["statusMessage"], "jobResultObject": result}
+        update = {
+            "statusCode": v3_body.get("jobStatusMessage") or job["statusCode"],
+            "statusMessage": v3_body.get("jobStatusMessage") or job["statusMessage"],
+            "jobResultObject": result,
+        }
         problems = rules.check(update, rules.JOB_UPDATE_V4)
         if problems:
             return _pipe_error(problems)
@@ -520,8 +582,9 @@ def create_app(config: DevServerConfig, state: DevState | None = None) -> FastAP
 
     @app.exception_handler(_BadJson)
     async def bad_json(request, exc):
-        return JSONResponse({"statusCode": 400, "message": "the body is not valid JSON", "error": "Bad Request"},
-                            status_code=400)
+        return JSONResponse(
+            {"statusCode": 400, "message": "the body is not valid JSON", "error": "Bad Request"}, status_code=400
+        )
 
     # --- development endpoints (no token) ---
 
@@ -560,8 +623,11 @@ def create_app(config: DevServerConfig, state: DevState | None = None) -> FastAP
         """Everything stored; jobs as stored (v4) plus `jobStatusMessage`, what /api/v3 shows as their status."""
         jobs = {job_id: {**job, "jobStatusMessage": job["statusCode"]} for job_id, job in state.jobs.items()}
         return {
-            "nextSeq": state.next_seq, "datasets": state.datasets, "origdatablocks": state.origdatablocks,
-            "datablocks": state.datablocks, "jobs": jobs,
+            "nextSeq": state.next_seq,
+            "datasets": state.datasets,
+            "origdatablocks": state.origdatablocks,
+            "datablocks": state.datablocks,
+            "jobs": jobs,
         }
 
     app.add_middleware(_DevMiddleware, state=state)
@@ -600,18 +666,35 @@ def add_user_routes(app: FastAPI, v3: APIRouter, config: DevServerConfig) -> Non
     @v3.get("/users/my/self")
     async def my_self(request: Request):
         username = request.scope["dev_user"]
-        return {"id": user_id(username), "username": username, "email": f"{username}@scicat-dev.invalid",
-                "authStrategy": "local"}
+        return {
+            "id": user_id(username),
+            "username": username,
+            "email": f"{username}@scicat-dev.invalid",
+            "authStrategy": "local",
+        }
 
     @v3.get("/users/my/identity")
     async def my_identity(request: Request):
         username = request.scope["dev_user"]
         groups = config.groups.get(username, [])
-        return {"authScheme": "local", "provider": "local", "userId": user_id(username), "externalId": username,
-                "created": _now(), "modified": _now(), "credentials": {},
-                "profile": {"id": user_id(username), "username": username, "displayName": username,
-                            "email": f"{username}@scicat-dev.invalid", "emails": [], "thumbnailPhoto": "",
-                            "accessGroups": list(groups)}}
+        return {
+            "authScheme": "local",
+            "provider": "local",
+            "userId": user_id(username),
+            "externalId": username,
+            "created": _now(),
+            "modified": _now(),
+            "credentials": {},
+            "profile": {
+                "id": user_id(username),
+                "username": username,
+                "displayName": username,
+                "email": f"{username}@scicat-dev.invalid",
+                "emails": [],
+                "thumbnailPhoto": "",
+                "accessGroups": list(groups),
+            },
+        }
 
     @app.post("/dev/users", status_code=201)
     async def add_user(user: DevUser):

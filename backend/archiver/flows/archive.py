@@ -67,28 +67,47 @@ retry_refused_connections()  # before this flow run makes a Prefect client (clie
 WRITING, VERIFYING = "writing", "verifying"  # the phases an archival's progress shows
 
 
-@task(name="list-landing-zone", task_run_name="list landing-zone files of {pid}", retries=2, retry_delay_seconds=10,
-      retry_condition_fn=lambda task, run, state: is_system_fault(exception_of(state)),
-      cache_policy=NO_CACHE)
+@task(
+    name="list-landing-zone",
+    task_run_name="list landing-zone files of {pid}",
+    retries=2,
+    retry_delay_seconds=10,
+    retry_condition_fn=lambda task, run, state: is_system_fault(exception_of(state)),
+    cache_policy=NO_CACHE,
+)
 def list_landing_zone(s3, bucket: str, pid: str, listed: list[ListedFile]) -> list[SourceFile]:
     """The dataset's landing-zone files, checked against the files SciCat lists."""
     files = list_dataset_files(s3, bucket, pid)
     unlisted = check_expected_files(pid, files, listed_by_path(pid, listed)) if listed else []
     if unlisted:
-        get_run_logger().warning("%s: %d landing-zone file(s) not listed in SciCat are archived too: %s",
-                                 pid, len(unlisted), ", ".join(unlisted[:10]))
+        get_run_logger().warning(
+            "%s: %d landing-zone file(s) not listed in SciCat are archived too: %s",
+            pid,
+            len(unlisted),
+            ", ".join(unlisted[:10]),
+        )
     return files
 
 
-@task(name="clean-landing-zone", task_run_name="delete landing-zone files of {pid}", retries=3, retry_delay_seconds=10,
-      cache_policy=NO_CACHE)
+@task(
+    name="clean-landing-zone",
+    task_run_name="delete landing-zone files of {pid}",
+    retries=3,
+    retry_delay_seconds=10,
+    cache_policy=NO_CACHE,
+)
 def clean_landing_zone(s3, bucket: str, pid: str) -> int:
     return cleanup.delete_landing_zone_files(s3, bucket, pid)
 
 
 def _store_datablocks(
-    pid: str, plan: DatasetPlan, listed: list[ListedFile], config: RunConfiguration, connections: Connections,
-    failed_verification: list[str], registered: set[str],
+    pid: str,
+    plan: DatasetPlan,
+    listed: list[ListedFile],
+    config: RunConfiguration,
+    connections: Connections,
+    failed_verification: list[str],
+    registered: set[str],
 ) -> list[Manifest]:
     """Verify the reused datablocks, write and verify the new ones (bounded in parallel), LTS access limited by
     tag. Archive ids whose verification found a difference, registered ones excepted, are added to
@@ -119,17 +138,28 @@ def _store_datablocks(
     def store(block: PlannedDatablock) -> Manifest:
         still_owner()
         if full:
-            raise lts.LtsFullError(f"datablock {block.archive_id} not written: datablock {full[0]} of dataset {pid} "
-                                   "found the LTS full; free space on the LTS, then run the job again")
+            raise lts.LtsFullError(
+                f"datablock {block.archive_id} not written: datablock {full[0]} of dataset {pid} "
+                "found the LTS full; free space on the LTS, then run the job again"
+            )
         # The tagged wait (two Prefect API round trips for its slot) only when the LTS is short of room.
         if not lts.has_free_space(settings.lts.storage_root, settings.lts.free_space_percentage):
-            wait(settings.lts.storage_root, settings.lts.free_space_percentage,
-                 max(0.0, room_deadline - time.monotonic()))
+            wait(
+                settings.lts.storage_root,
+                settings.lts.free_space_percentage,
+                max(0.0, room_deadline - time.monotonic()),
+            )
         try:
-            record = write(connections.s3, settings.s3.landingzone_bucket, block, settings.lts.storage_root,
-                           settings.archiver.checksum_algorithm, on_bytes=written_bytes,
-                           listed={f.path: checksums[f.path] for f in block.files if f.path in checksums},
-                           before_writing=still_owner)
+            record = write(
+                connections.s3,
+                settings.s3.landingzone_bucket,
+                block,
+                settings.lts.storage_root,
+                settings.archiver.checksum_algorithm,
+                on_bytes=written_bytes,
+                listed={f.path: checksums[f.path] for f in block.files if f.path in checksums},
+                before_writing=still_owner,
+            )
         except OSError as e:
             if lts.is_full(e):
                 full.append(block.archive_id)
@@ -152,14 +182,22 @@ def _store_datablocks(
     return results
 
 
-@task(name="register-datablock", task_run_name="scicat: register {manifest.archiveId}", retries=4,
-      retry_delay_seconds=[5, 15, 30, 60], retry_condition_fn=scicat_may_recover, cache_policy=NO_CACHE)
+@task(
+    name="register-datablock",
+    task_run_name="scicat: register {manifest.archiveId}",
+    retries=4,
+    retry_delay_seconds=[5, 15, 30, 60],
+    retry_condition_fn=scicat_may_recover,
+    cache_policy=NO_CACHE,
+)
 def register_datablock(scicat, pid: str, manifest: Manifest) -> str:
     """Register one datablock; returns its SciCat id. A POST whose answer was lost may have registered it,
     so a retry first looks for the archive id among the dataset's datablocks and adopts what it finds
     (keeping one record where SciCat holds several of it): a datablock is never registered twice."""
     if task_run.run_count > 1:
-        found = sorted((d for d in scicat.get_datablocks(pid) if d.archive_id == manifest.archiveId), key=lambda d: d.id)
+        found = sorted(
+            (d for d in scicat.get_datablocks(pid) if d.archive_id == manifest.archiveId), key=lambda d: d.id
+        )
         if found:
             for extra in found[1:]:
                 scicat.delete_datablock(pid, extra.id)
@@ -168,8 +206,9 @@ def register_datablock(scicat, pid: str, manifest: Manifest) -> str:
     return scicat.create_datablock(pid, new).id
 
 
-def _register(pid: str, manifests: list[Manifest], earlier: list[Datablock], connections: Connections,
-              registered_now: list[str]) -> None:
+def _register(
+    pid: str, manifests: list[Manifest], earlier: list[Datablock], connections: Connections, registered_now: list[str]
+) -> None:
     """Register the datablocks SciCat does not list yet; `registered_now` collects the ids this run creates.
     Registrations already there stay (they are of datablocks in the plan: checked before)."""
     known = {d.archive_id for d in earlier}
@@ -179,7 +218,11 @@ def _register(pid: str, manifests: list[Manifest], earlier: list[Datablock], con
 
 
 def _refusal_of_archived(
-    pid: str, on_record: OnRecord, differences: ArchiveDifferences, s3, bucket: str,
+    pid: str,
+    on_record: OnRecord,
+    differences: ArchiveDifferences,
+    s3,
+    bucket: str,
 ) -> ArchivedDatasetChangedError | None:
     """Why an archive job must leave a dataset with registered datablocks as it is (None: it may go on,
     as the archival that registered them did not finish)."""
@@ -207,10 +250,17 @@ def archive_dataset(job_id: str, dataset_id: str, config: RunConfiguration) -> D
         if on_record.registered and not on_record.archive.problems:
             if not differences.not_archived and not differences.changed:
                 # Archived before (a lifecycle reset or a re-sent job): the LTS and SciCat stay as they are.
-                scicat_call(f"{pid} on archive disk", scicat.update_lifecycle, pid, "restore archived state",
-                            **ARCHIVED_LIFECYCLE)
-                note = (f"dataset {pid} was already archived ({len(on_record.archive.matching)} datablock(s) registered "
-                        "and on the LTS); nothing was rewritten")
+                scicat_call(
+                    f"{pid} on archive disk",
+                    scicat.update_lifecycle,
+                    pid,
+                    "restore archived state",
+                    **ARCHIVED_LIFECYCLE,
+                )
+                note = (
+                    f"dataset {pid} was already archived ({len(on_record.archive.matching)} datablock(s) registered "
+                    "and on the LTS); nothing was rewritten"
+                )
                 log.info(note)
                 return DatasetDone(note=note, datablocks=len(on_record.archive.matching))
             refusal = _refusal_of_archived(pid, on_record, differences, connections.s3, bucket)
@@ -223,30 +273,63 @@ def archive_dataset(job_id: str, dataset_id: str, config: RunConfiguration) -> D
         try:
             if on_record.archive.problems:
                 raise RegistrationConflictError(pid, on_record.archive.problems)
-            scicat_call(f"{pid} archive started", scicat.update_lifecycle, pid, "set archive status started",
-                        archive_status_message=ArchiveStatus.STARTED, archivable=False, retrievable=False)
+            scicat_call(
+                f"{pid} archive started",
+                scicat.update_lifecycle,
+                pid,
+                "set archive status started",
+                archive_status_message=ArchiveStatus.STARTED,
+                archivable=False,
+                retrievable=False,
+            )
             files = list_landing_zone(connections.s3, bucket, pid, on_record.listed)
             # One archival per dataset at a time, from planning to the landing zone's clean-up; what dead runs
             # left half-written is removed first.
-            with claim_datablocks_folder(settings.lts.storage_root, pid, settings.archiver.dataset_lock_wait_s,
-                                         lambda lock: _waiting_for(pid, lock, settings, log)) as leftovers:
+            with claim_datablocks_folder(
+                settings.lts.storage_root,
+                pid,
+                settings.archiver.dataset_lock_wait_s,
+                lambda lock: _waiting_for(pid, lock, settings, log),
+            ) as leftovers:
                 if leftovers:
-                    log.warning("%s: %d half-written file(s) of a dead run removed: %s",
-                                pid, len(leftovers), ", ".join(p.name for p in leftovers))
+                    log.warning(
+                        "%s: %d half-written file(s) of a dead run removed: %s",
+                        pid,
+                        len(leftovers),
+                        ", ".join(p.name for p in leftovers),
+                    )
                 on_lts = datablocks_on_lts(settings.lts.storage_root, pid)
-                plan = plan_dataset_datablocks(pid, files, listed_by_path(pid, on_record.listed), on_lts.manifests,
-                                               on_lts.taken_indices, settings.archiver.target_size_bytes, registered)
+                plan = plan_dataset_datablocks(
+                    pid,
+                    files,
+                    listed_by_path(pid, on_record.listed),
+                    on_lts.manifests,
+                    on_lts.taken_indices,
+                    settings.archiver.target_size_bytes,
+                    registered,
+                )
                 kept = {m.archiveId for m in plan.reused}
                 if registered and (plan.new or not registered <= kept):
                     raise ArchivedDatasetChangedError(pid, differences.not_archived)
-                log.info("%s: %d file(s): %d datablock(s) on the LTS reused, %d to write", pid, len(files),
-                         len(plan.reused), len(plan.new))
-                manifests = _store_datablocks(pid, plan, on_record.listed, config, connections, failed_verification,
-                                              registered)
+                log.info(
+                    "%s: %d file(s): %d datablock(s) on the LTS reused, %d to write",
+                    pid,
+                    len(files),
+                    len(plan.reused),
+                    len(plan.new),
+                )
+                manifests = _store_datablocks(
+                    pid, plan, on_record.listed, config, connections, failed_verification, registered
+                )
                 raise_if_cancelled()
                 _register(pid, manifests, on_record.registered, connections, registered_now)
-                scicat_call(f"{pid} on archive disk", scicat.update_lifecycle, pid,
-                            "set archive status datasetOnArchiveDisk", **ARCHIVED_LIFECYCLE)
+                scicat_call(
+                    f"{pid} on archive disk",
+                    scicat.update_lifecycle,
+                    pid,
+                    "set archive status datasetOnArchiveDisk",
+                    **ARCHIVED_LIFECYCLE,
+                )
                 raise_if_cancelled()  # last check before the one step that cannot be undone
                 _set_aside_superseded(pid, plan.superseded, config, log)
                 _report_datablocks(pid, manifests)
@@ -254,8 +337,11 @@ def archive_dataset(job_id: str, dataset_id: str, config: RunConfiguration) -> D
                     deleted = clean_landing_zone(connections.s3, bucket, pid)
                     log.info("%s: archived; %d landing-zone file(s) deleted", pid, deleted)
                 except Exception as e:  # the archive is complete and registered; only the cleanup is left to do
-                    log.error("%s: archived, but its landing-zone files could not be deleted (delete them by hand): "
-                              "%s", pid, e)
+                    log.error(
+                        "%s: archived, but its landing-zone files could not be deleted (delete them by hand): %s",
+                        pid,
+                        e,
+                    )
         except RunNotOwned as error:
             log.warning("%s: %s", pid, error)
             raise
@@ -267,8 +353,13 @@ def archive_dataset(job_id: str, dataset_id: str, config: RunConfiguration) -> D
 
 
 def _waiting_for(pid: str, lock, settings, log) -> None:
-    log.warning("%s: another process holds %s (a run taken for crashed may still be alive); waiting up to %.0f s "
-                "(ARCHIVER_DATASET_LOCK_WAIT_S) for it to let go", pid, lock, settings.archiver.dataset_lock_wait_s)
+    log.warning(
+        "%s: another process holds %s (a run taken for crashed may still be alive); waiting up to %.0f s "
+        "(ARCHIVER_DATASET_LOCK_WAIT_S) for it to let go",
+        pid,
+        lock,
+        settings.archiver.dataset_lock_wait_s,
+    )
 
 
 def _set_aside_superseded(pid: str, archive_ids: list[str], config: RunConfiguration, log) -> None:
@@ -278,15 +369,24 @@ def _set_aside_superseded(pid: str, archive_ids: list[str], config: RunConfigura
         return
     try:
         moved = cleanup.set_aside_datablocks(config.settings.lts.storage_root, archive_ids)
-        log.warning("%s: %d datablock(s) of unfinished earlier archivals superseded, set aside: %s",
-                    pid, len(archive_ids), ", ".join(str(p) for p in moved))
+        log.warning(
+            "%s: %d datablock(s) of unfinished earlier archivals superseded, set aside: %s",
+            pid,
+            len(archive_ids),
+            ", ".join(str(p) for p in moved),
+        )
     except Exception as e:  # the dataset is archived; they stay where they are, unregistered
         log.error("%s: superseded datablocks %s could not be set aside: %s", pid, ", ".join(archive_ids), e)
 
 
 def _clean_up_failed_archival(
-    pid: str, config: RunConfiguration, connections: Connections, registered_now: list[str],
-    failed_verification: list[str], error: BaseException, log,
+    pid: str,
+    config: RunConfiguration,
+    connections: Connections,
+    registered_now: list[str],
+    failed_verification: list[str],
+    error: BaseException,
+    log,
 ) -> None:
     """Undo what this run did for the dataset and nothing else: its registrations are removed and its
     datablocks that failed verification set aside. Verified datablocks stay for the next run to reuse;
@@ -302,14 +402,22 @@ def _clean_up_failed_archival(
             log.warning("%s: datablocks that failed verification set aside in %s (never taken as archived)", pid, moved)
     except Exception as e:
         log.error("%s: datablocks could not be set aside on the LTS: %s", pid, e)
-    status = (ArchiveStatus.MISSING_FILES_ERROR if verdict_of(error) is Verdict.USER
-              else ArchiveStatus.SCHEDULE_ARCHIVE_JOB_FAILED)
+    status = (
+        ArchiveStatus.MISSING_FILES_ERROR
+        if verdict_of(error) is Verdict.USER
+        else ArchiveStatus.SCHEDULE_ARCHIVE_JOB_FAILED
+    )
     # Not archived: archivable again once fixed. A conflict leaves the flags to whoever resolves it.
     conflict = isinstance(error, (RegistrationConflictError, ArchivedDatasetChangedError))
     flags = {} if conflict else {"archivable": True, "retrievable": False}
     try:
-        connections.scicat.update_lifecycle(pid, f"set archive status {status.value}", archive_status_message=status,
-                                            archive_return_message=describe_failure(error)[:2000], **flags)
+        connections.scicat.update_lifecycle(
+            pid,
+            f"set archive status {status.value}",
+            archive_status_message=status,
+            archive_return_message=describe_failure(error)[:2000],
+            **flags,
+        )
     except Exception as e:
         log.error("%s: SciCat could not be told %s: %s", pid, status.value, e)
     log.error("%s: archival failed (%s): %s", pid, status.value, error)
@@ -317,8 +425,13 @@ def _clean_up_failed_archival(
 
 def _report_datablocks(pid: str, manifests: list[Manifest]) -> None:
     rows = [
-        {"datablock": m.archiveId.rsplit("/", 1)[-1], "files": len(m.dataFileList), "size": m.size,
-         "packed size": m.packedSize, "checksum": f"{m.chkAlg}:{m.chk}"}
+        {
+            "datablock": m.archiveId.rsplit("/", 1)[-1],
+            "files": len(m.dataFileList),
+            "size": m.size,
+            "packed size": m.packedSize,
+            "checksum": f"{m.chkAlg}:{m.chk}",
+        }
         for m in manifests
     ]
     try:
@@ -342,8 +455,9 @@ def _clean_up_interrupted_archival(pid, config, connections, error, log) -> None
         if not differences.changed and not differences.not_archived:
             connections.scicat.update_lifecycle(pid, "set archive status datasetOnArchiveDisk", **ARCHIVED_LIFECYCLE)
             return
-        refusal = _refusal_of_archived(pid, on_record, differences, connections.s3,
-                                       config.settings.s3.landingzone_bucket)
+        refusal = _refusal_of_archived(
+            pid, on_record, differences, connections.s3, config.settings.s3.landingzone_bucket
+        )
         if refusal:
             log.warning("%s: archived before and changed since; its registrations stay: %s", pid, refusal)
             return
@@ -373,5 +487,10 @@ def archive_datasets_flow(job_id: str, dataset_ids: list[str] | None = None) -> 
     config = load_run_configuration()
     reconcile_tags(limit.tag for limit in config.limits.by_name().values())
     with connect(config) as connections:
-        run_job(job_id, dataset_ids, config, connections,
-                lambda pid, _files: archive_dataset(job_id=job_id, dataset_id=pid, config=config))
+        run_job(
+            job_id,
+            dataset_ids,
+            config,
+            connections,
+            lambda pid, _files: archive_dataset(job_id=job_id, dataset_id=pid, config=config),
+        )

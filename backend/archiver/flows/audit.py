@@ -61,8 +61,12 @@ def require_lts(root) -> None:
 
 
 @flow(name=AUDIT.flow, flow_run_name="lts-audit")
-def lts_audit(pids: list[str] | None = None, everything: bool = False, byte_budget_mb: int | None = None,
-              scicat_page_size: int = DATABLOCK_PAGE_SIZE) -> dict:
+def lts_audit(
+    pids: list[str] | None = None,
+    everything: bool = False,
+    byte_budget_mb: int | None = None,
+    scicat_page_size: int = DATABLOCK_PAGE_SIZE,
+) -> dict:
     """Audit the LTS: fixity of the datablocks verified longest ago (within LTS_AUDIT_BUDGET_MB, or
     `byte_budget_mb`; all of them with `everything` or `pids`) and consistency of every dataset on the
     LTS (only `pids` when given) with SciCat; without `pids` also every datablock SciCat holds, listed in
@@ -82,7 +86,10 @@ def lts_audit(pids: list[str] | None = None, everything: bool = False, byte_budg
         registered = {pid: _registered(scicat.get_datablocks, pid) for pid in datasets}
         for pid, dataset in datasets.items():
             findings += audit.consistency_findings(
-                dataset, registered[pid], now=now, partial_age=timedelta(hours=lts.audit_partial_age_hours),
+                dataset,
+                registered[pid],
+                now=now,
+                partial_age=timedelta(hours=lts.audit_partial_age_hours),
                 discarded_retention=timedelta(days=lts.discarded_retention_days),
             )
         listed = 0
@@ -91,10 +98,19 @@ def lts_audit(pids: list[str] | None = None, everything: bool = False, byte_budg
             findings += lost
         rows, problems = _check_fixity(chosen, config, registered, scicat)
     findings = problems + findings
-    rows += [{"dataset": f.pid, "datablock": f.what, "bytes": None, "result": f"{f.kind}: {f.detail}"}
-             for f in findings if f not in problems]
-    summary = {"checked": len(chosen), "bytes": sum(b.packed_size for b in chosen), "problems": len(findings),
-               "overdue": len(late), "datablocks": len(blocks), "scicat_datablocks_listed": listed}
+    rows += [
+        {"dataset": f.pid, "datablock": f.what, "bytes": None, "result": f"{f.kind}: {f.detail}"}
+        for f in findings
+        if f not in problems
+    ]
+    summary = {
+        "checked": len(chosen),
+        "bytes": sum(b.packed_size for b in chosen),
+        "problems": len(findings),
+        "overdue": len(late),
+        "datablocks": len(blocks),
+        "scicat_datablocks_listed": listed,
+    }
     _report(summary, rows, findings, lts)
     record_figures({AUDIT_CHECKED: summary["checked"], AUDIT_BYTES: summary["bytes"], AUDIT_PROBLEMS: len(findings)})
     wait_for_figures()
@@ -123,19 +139,26 @@ def _report(summary: dict, rows: list[dict], findings: list[audit.Finding], lts)
     """The run's table artifact, an event per problem, and the log."""
     log = get_run_logger()
     create_table_artifact(
-        rows, key="lts-audit",
+        rows,
+        key="lts-audit",
         description=f"LTS audit: {summary['checked']} of {summary['datablocks']} datablock(s) re-verified "
-                    f"({summary['bytes']} bytes), {summary['scicat_datablocks_listed']} SciCat datablock(s) listed, "
-                    f"{len(findings)} problem(s), {summary['overdue']} not verified within {lts.audit_period_days} day(s)",
+        f"({summary['bytes']} bytes), {summary['scicat_datablocks_listed']} SciCat datablock(s) listed, "
+        f"{len(findings)} problem(s), {summary['overdue']} not verified within {lts.audit_period_days} day(s)",
     )
     for finding in findings:
         _announce(finding)
         log.error("%s", finding.line())
     if summary["overdue"]:
-        log.warning("%d datablock(s) not verified within LTS_AUDIT_PERIOD_DAYS=%d: raise LTS_AUDIT_BUDGET_MB "
-                    "(now %d) to at least the LTS size divided by the period", summary["overdue"],
-                    lts.audit_period_days, lts.audit_budget_mb)
-    log.info("re-verified %d datablock(s), %d bytes; %d problem(s)", summary["checked"], summary["bytes"], len(findings))
+        log.warning(
+            "%d datablock(s) not verified within LTS_AUDIT_PERIOD_DAYS=%d: raise LTS_AUDIT_BUDGET_MB "
+            "(now %d) to at least the LTS size divided by the period",
+            summary["overdue"],
+            lts.audit_period_days,
+            lts.audit_budget_mb,
+        )
+    log.info(
+        "re-verified %d datablock(s), %d bytes; %d problem(s)", summary["checked"], summary["bytes"], len(findings)
+    )
 
 
 def _check_fixity(chosen: list[audit.StoredDatablock], config, registered: dict, scicat) -> tuple[list[dict], list]:
@@ -151,8 +174,14 @@ def _check_fixity(chosen: list[audit.StoredDatablock], config, registered: dict,
         problems = _fixity_findings(block, state, registered.get(block.pid), origdatablocks[block.pid])
         audit.record_verification(lts.storage_root, block.archive_id, datetime.now(UTC), [f.detail for f in problems])
         findings += problems
-        rows.append({"dataset": block.pid, "datablock": block.archive_id, "bytes": block.packed_size,
-                     "result": "; ".join(f"{f.kind}: {f.detail}" for f in problems) or "verified"})
+        rows.append(
+            {
+                "dataset": block.pid,
+                "datablock": block.archive_id,
+                "bytes": block.packed_size,
+                "result": "; ".join(f"{f.kind}: {f.detail}" for f in problems) or "verified",
+            }
+        )
     return rows, findings
 
 
@@ -168,18 +197,34 @@ def _fixity_findings(block: audit.StoredDatablock, state, registered: list | Non
     if wire is not None:
         on_record = {(f["path"], f.get("size"), f.get("chk")) for f in wire.get("dataFileList", [])}
         if on_record != {(f.path, f.size, f.chk) for f in manifest.dataFileList}:
-            findings.append(audit.Finding("scicat-mismatch", block.pid, block.archive_id,
-                                          "the files and checksums SciCat's datablock lists differ from the manifest's"))
+            findings.append(
+                audit.Finding(
+                    "scicat-mismatch",
+                    block.pid,
+                    block.archive_id,
+                    "the files and checksums SciCat's datablock lists differ from the manifest's",
+                )
+            )
     for orig in origs:
-        findings += audit.scicat_checksum_findings(block.pid, manifest.dataFileList, manifest.chkAlg, block.archive_id,
-                                                   orig.get("dataFileList", []), orig.get("chkAlg"))
+        findings += audit.scicat_checksum_findings(
+            block.pid,
+            manifest.dataFileList,
+            manifest.chkAlg,
+            block.archive_id,
+            orig.get("dataFileList", []),
+            orig.get("chkAlg"),
+        )
     return findings
 
 
 def _announce(finding: audit.Finding) -> None:
     emit_event(
         event=PROBLEM_EVENT,
-        resource={"prefect.resource.id": f"archiver.lts.{finding.what}", "prefect.resource.name": finding.what,
-                  "archiver.dataset": finding.pid, "archiver.problem": finding.kind},
+        resource={
+            "prefect.resource.id": f"archiver.lts.{finding.what}",
+            "prefect.resource.name": finding.what,
+            "archiver.dataset": finding.pid,
+            "archiver.problem": finding.kind,
+        },
         payload={"kind": finding.kind, "dataset": finding.pid, "datablock": finding.what, "detail": finding.detail},
     )

@@ -46,11 +46,18 @@ def raise_if_cancelled(max_wait_s: float = 300) -> None:
             if state and state.is_crashed() and flow_run.parent_task_run_id is None:
                 state = _crash_verdict(client, flow_run, max_wait_s)
             if state and not state.is_running():
-                raise RunNotOwned(f"flow run {flow_run.name} is {state.name} in Prefect, no longer running; "
-                                  "stopping without further changes (its job is another run's now)")
+                raise RunNotOwned(
+                    f"flow run {flow_run.name} is {state.name} in Prefect, no longer running; "
+                    "stopping without further changes (its job is another run's now)"
+                )
             parent_task = flow_run.parent_task_run_id
-            flow_run_id = call_prefect(partial(client.read_task_run, parent_task), "check for cancellation",
-                                       max_wait_s).flow_run_id if parent_task else None
+            flow_run_id = (
+                call_prefect(
+                    partial(client.read_task_run, parent_task), "check for cancellation", max_wait_s
+                ).flow_run_id
+                if parent_task
+                else None
+            )
 
 
 CRASH_VERDICT_POLL_S = 5.0
@@ -66,16 +73,19 @@ def _crash_verdict(client, flow_run, max_wait_s: float):
     Running again, or still Crashed once a recovery started after the crash has ended, or `max_wait_s`."""
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName, FlowRunFilterStartTime
 
-    recoveries = FlowRunFilter(name=FlowRunFilterName(like_=f"recover-%{flow_run.id}"),
-                               start_time=FlowRunFilterStartTime(after_=flow_run.state.timestamp))
+    recoveries = FlowRunFilter(
+        name=FlowRunFilterName(like_=f"recover-%{flow_run.id}"),
+        start_time=FlowRunFilterStartTime(after_=flow_run.state.timestamp),
+    )
     read_state = partial(client.read_flow_run, flow_run.id)
     deadline = time.monotonic() + max_wait_s
     while True:
         state = call_prefect(read_state, "check the crash verdict", max_wait_s).state
         if state is None or not state.is_crashed() or time.monotonic() > deadline:
             return state
-        ended = call_prefect(partial(client.read_flow_runs, flow_run_filter=recoveries), "check the crash verdict",
-                             max_wait_s)
+        ended = call_prefect(
+            partial(client.read_flow_runs, flow_run_filter=recoveries), "check the crash verdict", max_wait_s
+        )
         if any(run.state and run.state.is_final() for run in ended):
             # Read once more: the recovery may have set it Running just before it ended.
             return call_prefect(read_state, "check the crash verdict", max_wait_s).state

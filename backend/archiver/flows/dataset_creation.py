@@ -40,13 +40,17 @@ class RandomFile:
 def upload_test_file(s3, bucket: str, pid: str, path: str, size: int, algorithm: str) -> DataFile:
     source = RandomFile(size, algorithm)
     s3.upload_fileobj(source, bucket, landing_prefix(pid) + path)
-    return DataFile(path=path, size=size, time=datetime.now(UTC), chk=source.hash.hexdigest(),
-                    uid="0", gid="0", perm="644")
+    return DataFile(
+        path=path, size=size, time=datetime.now(UTC), chk=source.hash.hexdigest(), uid="0", gid="0", perm="644"
+    )
 
 
 @flow(name=TEST_DATASET.flow, flow_run_name="create-test-dataset-{num_files}x{file_size_mb}MB")
 def create_test_dataset_flow(
-    num_files: int = 10, file_size_mb: float = 10.0, owner_group: str = "archiver-test", dataset_id: str | None = None,
+    num_files: int = 10,
+    file_size_mb: float = 10.0,
+    owner_group: str = "archiver-test",
+    dataset_id: str | None = None,
 ) -> str:
     """Upload `num_files` random files of `file_size_mb` MB and register the dataset in SciCat; returns its PID
     (`dataset_id` when given, else the one SciCat assigns)."""
@@ -58,16 +62,30 @@ def create_test_dataset_flow(
     algorithm = config.settings.archiver.checksum_algorithm
     with connect(config) as connections:
         scicat = connections.scicat
-        dataset = scicat_call("create dataset", scicat.create_dataset, new_raw_dataset(
-            owner_group, "archiver test dataset", pid=dataset_id, size=num_files * size, number_of_files=num_files))
+        dataset = scicat_call(
+            "create dataset",
+            scicat.create_dataset,
+            new_raw_dataset(
+                owner_group, "archiver test dataset", pid=dataset_id, size=num_files * size, number_of_files=num_files
+            ),
+        )
         pid = dataset.pid
         if pid is None:
             raise ValueError("SciCat answered the new dataset without its pid")
         bucket = config.settings.s3.landingzone_bucket
-        files = [upload_test_file(connections.s3, bucket, pid, f"file_{i:04d}.bin", size, algorithm)
-                 for i in range(num_files)]
-        scicat_call(f"origdatablock of {pid}", scicat.create_origdatablock, pid, NewOrigDatablock(
-            size=num_files * size, chk_alg=algorithm, data_file_list=files,
-        ))
+        files = [
+            upload_test_file(connections.s3, bucket, pid, f"file_{i:04d}.bin", size, algorithm)
+            for i in range(num_files)
+        ]
+        scicat_call(
+            f"origdatablock of {pid}",
+            scicat.create_origdatablock,
+            pid,
+            NewOrigDatablock(
+                size=num_files * size,
+                chk_alg=algorithm,
+                data_file_list=files,
+            ),
+        )
     log.info("test dataset %s: %d file(s) of %d bytes in s3://%s/%s", pid, num_files, size, bucket, landing_prefix(pid))
     return pid

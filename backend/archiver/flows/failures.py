@@ -34,7 +34,7 @@ def _service_of(error: BaseException) -> str | None:
 
 
 def failing_service(error: BaseException) -> str | None:
-    """"Prefect API", "S3", "SciCat" or "LTS" for the error or the first error that caused it; None if unknown."""
+    """ "Prefect API", "S3", "SciCat" or "LTS" for the error or the first error that caused it; None if unknown."""
     return next((service for e in _chain(error) if (service := _service_of(e)) is not None), None)
 
 
@@ -54,8 +54,10 @@ def describe_failure(error: BaseException) -> str:
     if service == PREFECT and unreachable:
         return f"{PREFECT} unreachable ({detail})"
     if service == PREFECT and credentials_refused(source):
-        return (f"{PREFECT} refused the credentials (HTTP 401): set PREFECT_API_AUTH_STRING_FILE to the file holding "
-                "the server's 'user:password' (prefectauth.txt of the secrets folder)")
+        return (
+            f"{PREFECT} refused the credentials (HTTP 401): set PREFECT_API_AUTH_STRING_FILE to the file holding "
+            "the server's 'user:password' (prefectauth.txt of the secrets folder)"
+        )
     return f"{service} error ({detail})"
 
 

@@ -96,7 +96,9 @@ def run_job(
     dataset_files = dataset_files or {}
     if not dataset_ids:
         error = NoDatasetsError(job_id)
-        scicat_call("job finishedUnsuccessful", scicat.update_job_status, job_id, JobStatus.FINISHED_UNSUCCESSFUL, str(error))
+        scicat_call(
+            "job finishedUnsuccessful", scicat.update_job_status, job_id, JobStatus.FINISHED_UNSUCCESSFUL, str(error)
+        )
         raise JobFailed(str(error))
     requested = list(dict.fromkeys(dataset_ids))  # a dataset named twice is processed once
     dataset_ids, failures = checked_pids(requested)
@@ -148,38 +150,67 @@ def _raise_if_not_owned(failures: dict[str, BaseException]) -> None:
         pass
 
 
-def _report_job(job_id: str, verdict: JobStatus, outcomes: dict[str, DatasetDone | BaseException],
-                seconds: dict[str, float], results: list[JobResultEntry]) -> None:
+def _report_job(
+    job_id: str,
+    verdict: JobStatus,
+    outcomes: dict[str, DatasetDone | BaseException],
+    seconds: dict[str, float],
+    results: list[JobResultEntry],
+) -> None:
     """The job's results on the job run itself (Artifacts tab): a row per dataset, and what was retrieved (no
     download link: the presigned URLs are bearer links to the data, which every Prefect UI user could read there).
     For people: never fails the job."""
     rows = []
     for pid, outcome in outcomes.items():
         done = outcome if isinstance(outcome, DatasetDone) else DatasetDone()
-        state = f"failed: {type(outcome).__name__}" if isinstance(outcome, BaseException) else (
-            "already archived" if done.note else "done")
-        rows.append({"dataset": pid, "outcome": state, "datablocks": done.datablocks, "bytes": done.bytes,
-                     "seconds": round(seconds.get(pid, 0.0), 1)})
+        state = (
+            f"failed: {type(outcome).__name__}"
+            if isinstance(outcome, BaseException)
+            else ("already archived" if done.note else "done")
+        )
+        rows.append(
+            {
+                "dataset": pid,
+                "outcome": state,
+                "datablocks": done.datablocks,
+                "bytes": done.bytes,
+                "seconds": round(seconds.get(pid, 0.0), 1),
+            }
+        )
     try:
         create_table_artifact(rows, key=artifact_key("job", job_id), description=f"Job {job_id}: {verdict.value}")
         if results:
-            create_markdown_artifact(_retrieved_listing(job_id, results), key=artifact_key("retrieved-by-job", job_id),
-                                     description=f"Retrieved by job {job_id}")
+            create_markdown_artifact(
+                _retrieved_listing(job_id, results),
+                key=artifact_key("retrieved-by-job", job_id),
+                description=f"Retrieved by job {job_id}",
+            )
     except Exception as e:
         get_run_logger().warning("job %s: summary artifacts not created: %s", job_id, e)
 
 
 def _retrieved_listing(job_id: str, results: list[JobResultEntry]) -> str:
     """Markdown: each retrieved object with its size and checksum, when its link expires, where the links are."""
-    lines = [f"# Retrieved by job {job_id}", "", "| dataset | name | type | bytes | checksum |", "| --- | --- | --- | --- | --- |"]
-    lines += [f"| {e.dataset_id} | {e.name} | {e.type or 'datablock'} | {e.size} | "
-              f"{f'{e.chk_alg}:{e.chk}' if e.chk else '-'} |" for e in results]
+    lines = [
+        f"# Retrieved by job {job_id}",
+        "",
+        "| dataset | name | type | bytes | checksum |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    lines += [
+        f"| {e.dataset_id} | {e.name} | {e.type or 'datablock'} | {e.size} | "
+        f"{f'{e.chk_alg}:{e.chk}' if e.chk else '-'} |"
+        for e in results
+    ]
     expiries = [when for e in results if (when := presigned_url_expiry(e.url)) is not None]
     if expiries:
         lines += ["", f"The download links expire {min(expiries):%Y-%m-%d %H:%M} UTC."]
-    lines += ["", f"The download links and the download script are in SciCat's job result; fresh ones come from the "
-                  f"archiver API's `GET /jobs/{job_id}/links`; `archiver job` prints them when it follows a job. They "
-                  "are bearer links to the data and are never shown here."]
+    lines += [
+        "",
+        f"The download links and the download script are in SciCat's job result; fresh ones come from the "
+        f"archiver API's `GET /jobs/{job_id}/links`; `archiver job` prints them when it follows a job. They "
+        "are bearer links to the data and are never shown here.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -206,8 +237,13 @@ class JobHooks:
 
 
 def finish_interrupted_job(
-    hooks: JobHooks, job_id: str, dataset_ids: list[str] | None, reason: str,
-    config: RunConfiguration, connections: Connections, log,
+    hooks: JobHooks,
+    job_id: str,
+    dataset_ids: list[str] | None,
+    reason: str,
+    config: RunConfiguration,
+    connections: Connections,
+    log,
 ) -> bool:
     """Clean up every dataset of an interrupted job not yet done, report each failed, then the job
     finishedUnsuccessful with `reason`. Does nothing when SciCat already shows the job finished
@@ -233,8 +269,13 @@ def on_job_cancelled(hooks: JobHooks):
         config = load_run_configuration()
         with connect(config) as connections:
             finish_interrupted_job(
-                hooks, flow_run.parameters[JOB_ID], flow_run.parameters.get(DATASET_IDS),
-                f"{hooks.kind.noun} run {flow_run.name} {state.name.lower()}", config, connections, log,
+                hooks,
+                flow_run.parameters[JOB_ID],
+                flow_run.parameters.get(DATASET_IDS),
+                f"{hooks.kind.noun} run {flow_run.name} {state.name.lower()}",
+                config,
+                connections,
+                log,
             )
 
     return hook

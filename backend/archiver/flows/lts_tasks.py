@@ -28,8 +28,12 @@ def _may_recover(task, task_run, state) -> bool:
 
 
 # Storage tasks that stream data: transient S3/LTS errors get two more tries.
-_STORAGE_RETRIES: dict[str, Any] = {"retries": 2, "retry_delay_seconds": [10, 60], "retry_condition_fn": _may_recover,
-                    "cache_policy": NO_CACHE}
+_STORAGE_RETRIES: dict[str, Any] = {
+    "retries": 2,
+    "retry_delay_seconds": [10, 60],
+    "retry_condition_fn": _may_recover,
+    "cache_policy": NO_CACHE,
+}
 
 
 def tagged(lts_task: Task, limit: TagLimit) -> Callable:
@@ -58,9 +62,16 @@ def wait_for_free_space(lts_root: Path, min_free_percentage: float, timeout_s: f
     task_run_name="write {block.archive_id}",
     **_STORAGE_RETRIES,
 )
-def write_datablock(s3, bucket: str, block: PlannedDatablock, lts_root: Path, algorithm: ChecksumAlgorithm,
-                    on_bytes=None, listed: dict[str, ListedChecksum] | None = None,
-                    before_writing: Callable[[], None] | None = None) -> DatablockRecord:
+def write_datablock(
+    s3,
+    bucket: str,
+    block: PlannedDatablock,
+    lts_root: Path,
+    algorithm: ChecksumAlgorithm,
+    on_bytes=None,
+    listed: dict[str, ListedChecksum] | None = None,
+    before_writing: Callable[[], None] | None = None,
+) -> DatablockRecord:
     """`before_writing` (e.g. an OwnershipCheck) runs once the slot is held: a run frozen while it waited
     for the slot, and taken for crashed meanwhile, stops here instead of writing."""
     if before_writing is not None:
@@ -81,7 +92,13 @@ def verify_datablock(lts_root: Path, archive_id: str, file_timeout_s: float, on_
     **_STORAGE_RETRIES,
 )
 def copy_datablock_to_retrieval(
-    lts_root: Path, archive_id: str, s3, bucket: str, file_timeout_s: float, record: DatablockRecord, on_bytes=None,
+    lts_root: Path,
+    archive_id: str,
+    s3,
+    bucket: str,
+    file_timeout_s: float,
+    record: DatablockRecord,
+    on_bytes=None,
 ) -> retrieve.RetrievedObject:
     return retrieve.retrieve_datablock(
         lts_root, archive_id, s3, bucket, file_timeout_s=file_timeout_s, record=record, on_bytes=on_bytes
@@ -94,13 +111,22 @@ def copy_datablock_to_retrieval(
     **_STORAGE_RETRIES,
 )
 def copy_files_to_retrieval(
-    lts_root: Path, archive_id: str, n_files: int, selection: partial.FileSelection, s3, bucket: str,
-    file_timeout_s: float, on_bytes=None,
+    lts_root: Path,
+    archive_id: str,
+    n_files: int,
+    selection: partial.FileSelection,
+    s3,
+    bucket: str,
+    file_timeout_s: float,
+    on_bytes=None,
 ) -> list[retrieve.RetrievedObject]:
     return partial.retrieve_files(lts_root, selection, s3, bucket, file_timeout_s=file_timeout_s, on_bytes=on_bytes)
 
 
-@task(name="set-aside-unverified-datablocks", task_run_name="set aside datablocks that failed verification",
-      cache_policy=NO_CACHE)
+@task(
+    name="set-aside-unverified-datablocks",
+    task_run_name="set aside datablocks that failed verification",
+    cache_policy=NO_CACHE,
+)
 def set_aside_datablocks(lts_root: Path, archive_ids: list[str]) -> list[Path]:
     return cleanup.set_aside_datablocks(lts_root, archive_ids)

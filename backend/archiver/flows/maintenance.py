@@ -43,24 +43,40 @@ def prune_discarded_flow(older_than_days: int | None = None, dry_run: bool = Fal
     days = lts.discarded_retention_days if older_than_days is None else older_than_days
     with connect(config) as connections:
         found = cleanup.prune_discarded(
-            lts.storage_root, days, dry_run=dry_run,
+            lts.storage_root,
+            days,
+            dry_run=dry_run,
             registered=registered_in(connections.scicat),
         )
     freed = cleanup.freed_bytes(found)
     deleted = sum(1 for f in found if f.kept_because is None)
     verb = "would delete" if dry_run else "deleted"
-    rows = [{"folder": str(f.path.relative_to(lts.storage_root)), "set aside": f.set_aside.isoformat(),
-             "bytes": f.size_bytes, "action": f"kept: {f.kept_because}" if f.kept_because else verb} for f in found]
+    rows = [
+        {
+            "folder": str(f.path.relative_to(lts.storage_root)),
+            "set aside": f.set_aside.isoformat(),
+            "bytes": f.size_bytes,
+            "action": f"kept: {f.kept_because}" if f.kept_because else verb,
+        }
+        for f in found
+    ]
     create_table_artifact(
-        rows, key="prune-discarded",
+        rows,
+        key="prune-discarded",
         description=f"discarded/ folders older than {days} day(s): {verb} {deleted}, {freed} bytes freed, "
-                    f"{len(found) - deleted} kept",
+        f"{len(found) - deleted} kept",
     )
     for f in found:
         if f.kept_because:
             log.warning("kept %s: %s", f.path, f.kept_because)
-    log.info("%s %d discarded folder(s) older than %d day(s) under %s: %d bytes", verb, deleted, days,
-             lts.storage_root, freed)
+    log.info(
+        "%s %d discarded folder(s) older than %d day(s) under %s: %d bytes",
+        verb,
+        deleted,
+        days,
+        lts.storage_root,
+        freed,
+    )
     return freed
 
 
@@ -72,17 +88,40 @@ def clean_retrievals_flow(dry_run: bool = False) -> int:
     config = load_run_configuration()
     minio = config.settings.s3
     with connect(config) as connections:
-        report = retained.clean_expired(connections.s3, minio.retrieval_bucket, config.settings.lts.storage_root,
-                                        minio.retrieval_retention_days, dry_run=dry_run)
+        report = retained.clean_expired(
+            connections.s3,
+            minio.retrieval_bucket,
+            config.settings.lts.storage_root,
+            minio.retrieval_retention_days,
+            dry_run=dry_run,
+        )
     verb = "would delete" if dry_run else "deleted"
-    rows = [{"dataset": pid, "object": obj.key, "bytes": obj.size,
-             "retain until": obj.retain_until.isoformat() if obj.retain_until else "untagged", "action": verb}
-            for pid, obj in report.expired]
-    rows += [{"dataset": pid, "object": "", "bytes": 0, "retain until": "", "action": "skipped: being retrieved"}
-             for pid in report.busy]
-    create_table_artifact(rows, key="clean-retrievals",
-                          description=f"Expired retrievals in {minio.retrieval_bucket}: {verb} {len(report.expired)} "
-                                      f"object(s), {report.freed_bytes} bytes freed; {len(report.busy)} dataset(s) busy")
-    log.info("%s %d expired object(s) in %s: %d bytes; %d dataset(s) being retrieved skipped", verb,
-             len(report.expired), minio.retrieval_bucket, report.freed_bytes, len(report.busy))
+    rows = [
+        {
+            "dataset": pid,
+            "object": obj.key,
+            "bytes": obj.size,
+            "retain until": obj.retain_until.isoformat() if obj.retain_until else "untagged",
+            "action": verb,
+        }
+        for pid, obj in report.expired
+    ]
+    rows += [
+        {"dataset": pid, "object": "", "bytes": 0, "retain until": "", "action": "skipped: being retrieved"}
+        for pid in report.busy
+    ]
+    create_table_artifact(
+        rows,
+        key="clean-retrievals",
+        description=f"Expired retrievals in {minio.retrieval_bucket}: {verb} {len(report.expired)} "
+        f"object(s), {report.freed_bytes} bytes freed; {len(report.busy)} dataset(s) busy",
+    )
+    log.info(
+        "%s %d expired object(s) in %s: %d bytes; %d dataset(s) being retrieved skipped",
+        verb,
+        len(report.expired),
+        minio.retrieval_bucket,
+        report.freed_bytes,
+        len(report.busy),
+    )
     return report.freed_bytes

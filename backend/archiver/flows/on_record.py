@@ -14,7 +14,9 @@ from archiver.packing.registered import ArchiveDifferences, ArchiveOnRecord, arc
 from archiver.scicat.models import ArchiveStatus, Datablock, DataFile
 
 ARCHIVED_LIFECYCLE = {
-    "archive_status_message": ArchiveStatus.DATASET_ON_ARCHIVE_DISK, "archivable": False, "retrievable": True,
+    "archive_status_message": ArchiveStatus.DATASET_ON_ARCHIVE_DISK,
+    "archivable": False,
+    "retrievable": True,
 }
 
 
@@ -37,8 +39,9 @@ def dataset_on_record(pid: str, config: RunConfiguration, connections: Connectio
     registered = _one_per_archive_id(scicat_call(f"datablocks of {pid}", scicat.get_datablocks, pid))
     origdatablocks = scicat_call(f"origdatablocks of {pid}", scicat.get_origdatablocks, pid)
     listed = [listed_file(f, block.chk_alg) for block in origdatablocks for f in block.data_file_list]
-    archive = check_registered(config.settings.lts.storage_root, pid, [d.to_wire() for d in registered],
-                               [f.path for f in listed])
+    archive = check_registered(
+        config.settings.lts.storage_root, pid, [d.to_wire() for d in registered], [f.path for f in listed]
+    )
     return OnRecord(registered, listed, archive)
 
 

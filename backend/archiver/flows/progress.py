@@ -72,8 +72,9 @@ class ProgressReporter:
         self._artifact_id: UUID | None = None
         try:
             # Prefect types the call as sync or async; in a flow run's thread it is sync.
-            self._artifact_id = cast(UUID, create_progress_artifact(progress=0.0,
-                                                                    description=self._count.description()))
+            self._artifact_id = cast(
+                UUID, create_progress_artifact(progress=0.0, description=self._count.description())
+            )
         except Exception as e:  # progress is for humans; never fail a transfer over it
             get_run_logger().warning("progress artifact not created (Prefect API: %s); progress is not shown", e)
 
@@ -111,8 +112,7 @@ class ProgressReporter:
                 return
             self._sending = True
         context = contextvars.copy_context()
-        threading.Thread(target=context.run, args=(self._send, artifact_id, progress, description),
-                         daemon=True).start()
+        threading.Thread(target=context.run, args=(self._send, artifact_id, progress, description), daemon=True).start()
 
     def _send(self, artifact_id: UUID, progress: float, description: str) -> None:
         try:

@@ -43,8 +43,11 @@ FLOW_RUN_RESOURCE = "prefect.flow-run."
 
 
 def crash_retries_so_far(tags: list[str]) -> int:
-    counts = [int(tag.removeprefix(RETRY_TAG)) for tag in tags
-              if tag.startswith(RETRY_TAG) and tag.removeprefix(RETRY_TAG).isdigit()]
+    counts = [
+        int(tag.removeprefix(RETRY_TAG))
+        for tag in tags
+        if tag.startswith(RETRY_TAG) and tag.removeprefix(RETRY_TAG).isdigit()
+    ]
     return max(counts, default=0)
 
 
@@ -53,8 +56,9 @@ def _flow_run_id(value: str) -> UUID:
     try:
         return UUID(value.removeprefix(FLOW_RUN_RESOURCE))
     except ValueError:
-        raise ValueError(f"flow_run_id {value!r} is not a flow run id (a UUID, optionally prefixed "
-                         f"{FLOW_RUN_RESOURCE!r})") from None
+        raise ValueError(
+            f"flow_run_id {value!r} is not a flow run id (a UUID, optionally prefixed {FLOW_RUN_RESOURCE!r})"
+        ) from None
 
 
 def _descendant_flow_runs(client, flow_run_id: UUID) -> list:
@@ -63,7 +67,8 @@ def _descendant_flow_runs(client, flow_run_id: UUID) -> list:
     found, parents = [], [flow_run_id]
     while parents:
         children = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=parents)))
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=parents))
+        )
         found += children
         parents = [child.id for child in children]
     return found
@@ -82,7 +87,8 @@ def crash_leftovers(client, flow_run, reason: str) -> set[str]:
             log.info("subflow run %s marked Crashed", run.name)
     tags: set[str] = set()
     task_runs = client.read_task_runs(
-        task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[run.id for run in runs])))
+        task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[run.id for run in runs]))
+    )
     for task_run in task_runs:
         if task_run.state is None or not task_run.state.is_final():
             client.set_task_run_state(task_run.id, Crashed(message=reason), force=True)
@@ -91,8 +97,9 @@ def crash_leftovers(client, flow_run, reason: str) -> set[str]:
     return tags
 
 
-def remove_storage_leftovers(hooks: JobHooks, pids: list[str], config: RunConfiguration, connections: Connections,
-                             log) -> None:
+def remove_storage_leftovers(
+    hooks: JobHooks, pids: list[str], config: RunConfiguration, connections: Connections, log
+) -> None:
     """What a dead run of the job left half done on storage, dataset by dataset (each only under the dataset's
     lock, so a live run's files and uploads stay)."""
     for pid in pids:
@@ -102,11 +109,14 @@ def remove_storage_leftovers(hooks: JobHooks, pids: list[str], config: RunConfig
 def heartbeats_since(client, flow_run_id: UUID, since) -> int:
     from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventResourceFilter
 
-    return client.read_events(EventFilter(
-        occurred=EventOccurredFilter(since=since),
-        event=EventNameFilter(name=["prefect.flow-run.heartbeat"]),
-        resource=EventResourceFilter(id=[f"{FLOW_RUN_RESOURCE}{flow_run_id}"]),
-    ), limit=1).total
+    return client.read_events(
+        EventFilter(
+            occurred=EventOccurredFilter(since=since),
+            event=EventNameFilter(name=["prefect.flow-run.heartbeat"]),
+            resource=EventResourceFilter(id=[f"{FLOW_RUN_RESOURCE}{flow_run_id}"]),
+        ),
+        limit=1,
+    ).total
 
 
 def still_alive(client, flow_run, heartbeat_s: int) -> bool:
@@ -121,10 +131,14 @@ def still_alive(client, flow_run, heartbeat_s: int) -> bool:
     time.sleep(max(0.0, heartbeat_s + HEARTBEAT_GRACE_S - elapsed))
     if not heartbeats_since(client, flow_run.id, state.timestamp):
         return False
-    client.set_flow_run_state(flow_run.id, Running(message="heartbeats resumed after it was marked Crashed"),
-                              force=True)
-    get_run_logger().warning("flow run %s was marked Crashed for missing heartbeats but still sends them: set "
-                             "Running again and left to finish its job", flow_run.name)
+    client.set_flow_run_state(
+        flow_run.id, Running(message="heartbeats resumed after it was marked Crashed"), force=True
+    )
+    get_run_logger().warning(
+        "flow run %s was marked Crashed for missing heartbeats but still sends them: set "
+        "Running again and left to finish its job",
+        flow_run.name,
+    )
     return True
 
 
@@ -143,11 +157,17 @@ def _retry(client, flow_run, attempt: int) -> None:
 
     tags = [tag for tag in flow_run.tags if not tag.startswith(RETRY_TAG)] + [f"{RETRY_TAG}{attempt}"]
     retry: FlowRun = run_deployment(  # type: ignore[assignment]  # typed sync-or-async; sync in a flow
-        flow_run.deployment_id, parameters=flow_run.parameters, job_variables=flow_run.job_variables or None,
-        tags=tags, idempotency_key=f"{flow_run.id}-crash-retry", timeout=0, as_subflow=False,
+        flow_run.deployment_id,
+        parameters=flow_run.parameters,
+        job_variables=flow_run.job_variables or None,
+        tags=tags,
+        idempotency_key=f"{flow_run.id}-crash-retry",
+        timeout=0,
+        as_subflow=False,
     )
-    get_run_logger().warning("flow run %s crashed: started %s (crash retry %d) to resume the job",
-                             flow_run.name, retry.name, attempt)
+    get_run_logger().warning(
+        "flow run %s crashed: started %s (crash retry %d) to resume the job", flow_run.name, retry.name, attempt
+    )
 
 
 @flow(name=RECOVERY.flow, flow_run_name="recover-{flow_run_id}")
@@ -162,19 +182,28 @@ def recover_job(flow_run_id: str) -> str:
         flow_run = client.read_flow_run(_flow_run_id(flow_run_id))
         state = flow_run.state
         if state is None or not (state.is_crashed() or state.is_cancelled()):
-            log.info("flow run %s is %s now (retried by hand?): nothing to recover", flow_run.name,
-                     state.name if state else "without state")
+            log.info(
+                "flow run %s is %s now (retried by hand?): nothing to recover",
+                flow_run.name,
+                state.name if state else "without state",
+            )
             return "nothing to report"
         flow_name = client.read_flow(flow_run.flow_id).name
         hooks = JOB_HOOKS.get(flow_name)
         if hooks is None:
-            raise ValueError(f"flow run {flow_run.name} is a run of {flow_name!r}, not of a job flow "
-                             f"({', '.join(JOB_HOOKS)}); check the job_recovery trigger in prefect.yaml")
+            raise ValueError(
+                f"flow run {flow_run.name} is a run of {flow_name!r}, not of a job flow "
+                f"({', '.join(JOB_HOOKS)}); check the job_recovery trigger in prefect.yaml"
+            )
         if state.is_crashed() and still_alive(client, flow_run, config.settings.archiver.heartbeat_s):
             return "still alive"
         state_name = str(state.name).lower()
         what = f"{hooks.kind.noun} run {flow_run.name} {state_name}"
-        reason = f"{what} (its process or container died: killed, out of memory or node lost)" if state.is_crashed() else what
+        reason = (
+            f"{what} (its process or container died: killed, out of memory or node lost)"
+            if state.is_crashed()
+            else what
+        )
         tags = crash_leftovers(client, flow_run, f"the job run {flow_run.name} is {state_name}")
         for result in reconcile_tags(tags | {limit.tag for limit in config.limits.by_name().values()}):
             if result.released:

@@ -59,33 +59,56 @@ def _check_archived(pid: str, on_record: OnRecord) -> None:
         raise RegistrationConflictError(pid, on_record.archive.problems)
     if on_record.archive.missing_files:
         missing = on_record.archive.missing_files
-        raise NotArchivedError(pid, f"{len(missing)} of its files are in no registered datablock: {', '.join(missing[:5])}")
+        raise NotArchivedError(
+            pid, f"{len(missing)} of its files are in no registered datablock: {', '.join(missing[:5])}"
+        )
 
 
 def _download_link(key: str, config: RunConfiguration, connections: Connections) -> str:
     """A presigned GET URL of a retrieved object: a bearer link to the user's data, so it goes only into the job
     result in SciCat, never into an artifact or a log line that every Prefect UI user reads."""
     minio = config.settings.s3
-    return presigned_get_url(minio.external_endpoint, minio.region, connections.presign_credentials,
-                             minio.retrieval_bucket, key, minio.url_expiration_s)
+    return presigned_get_url(
+        minio.external_endpoint,
+        minio.region,
+        connections.presign_credentials,
+        minio.retrieval_bucket,
+        key,
+        minio.url_expiration_s,
+    )
 
 
 def _upload_datablocks(
-    pid: str, records: list[DatablockRecord], config: RunConfiguration, connections: Connections,
+    pid: str,
+    records: list[DatablockRecord],
+    config: RunConfiguration,
+    connections: Connections,
 ) -> list[RetrievedObject]:
     settings = config.settings
     copy = tagged(copy_datablock_to_retrieval, config.limits.LTS_TO_RETRIEVAL_LIMIT)
     progress = ProgressReporter(f"retrieving {pid}: checked and uploaded", sum(r.packedSize for r in records))
     retrieved = run_bounded_or_raise(
-        lambda record: copy(settings.lts.storage_root, record.archiveId, connections.s3, settings.s3.retrieval_bucket,
-                            settings.lts.file_timeout_s, record, on_bytes=progress.add),
-        records, settings.archiver.datablock_concurrency)
+        lambda record: copy(
+            settings.lts.storage_root,
+            record.archiveId,
+            connections.s3,
+            settings.s3.retrieval_bucket,
+            settings.lts.file_timeout_s,
+            record,
+            on_bytes=progress.add,
+        ),
+        records,
+        settings.archiver.datablock_concurrency,
+    )
     progress.finish()
     return retrieved
 
 
 def _upload_files(
-    pid: str, selections: list[FileSelection], config: RunConfiguration, connections: Connections,
+    pid: str,
+    selections: list[FileSelection],
+    config: RunConfiguration,
+    connections: Connections,
 ) -> list[RetrievedObject]:
     """Partial retrieval: the selected files, one object each (packing.partial)."""
     settings = config.settings
@@ -93,9 +116,19 @@ def _upload_files(
     total = sum(f.size for s in selections for f in s.files)
     progress = ProgressReporter(f"retrieving {pid}: selected files checked and uploaded", total)
     retrieved = run_bounded_or_raise(
-        lambda s: copy(settings.lts.storage_root, s.datablock.archiveId, len(s.files), s, connections.s3,
-                       settings.s3.retrieval_bucket, settings.lts.file_timeout_s, on_bytes=progress.add),
-        selections, settings.archiver.datablock_concurrency)
+        lambda s: copy(
+            settings.lts.storage_root,
+            s.datablock.archiveId,
+            len(s.files),
+            s,
+            connections.s3,
+            settings.s3.retrieval_bucket,
+            settings.lts.file_timeout_s,
+            on_bytes=progress.add,
+        ),
+        selections,
+        settings.archiver.datablock_concurrency,
+    )
     progress.finish()
     return [obj for objects in retrieved for obj in objects]
 
@@ -110,26 +143,50 @@ class _Wanted:
     expected: RetrievedObject
 
 
-def _wanted(pid: str, lts_root, records: list[DatablockRecord], selections: list[FileSelection] | None) -> list[_Wanted]:
+def _wanted(
+    pid: str, lts_root, records: list[DatablockRecord], selections: list[FileSelection] | None
+) -> list[_Wanted]:
     if selections is None:
         return [_Wanted(Path(r.archiveId).name, r.archiveId, False, expected_datablock(lts_root, r)) for r in records]
-    return [_Wanted(f.path, s.datablock.archiveId, True,
-                    RetrievedObject(naming.retrieved_file_key(pid, f.path), f.size, s.datablock.chkAlg, f.chk))
-            for s in selections for f in s.files]
+    return [
+        _Wanted(
+            f.path,
+            s.datablock.archiveId,
+            True,
+            RetrievedObject(naming.retrieved_file_key(pid, f.path), f.size, s.datablock.chkAlg, f.chk),
+        )
+        for s in selections
+        for f in s.files
+    ]
 
 
-def _missing_part(wanted: list[_Wanted], records: list[DatablockRecord], selections: list[FileSelection] | None,
-                  missing_keys: set[str]):
+def _missing_part(
+    wanted: list[_Wanted],
+    records: list[DatablockRecord],
+    selections: list[FileSelection] | None,
+    missing_keys: set[str],
+):
     """The datablocks (or file selections) whose objects are not in the bucket yet."""
     if selections is None:
         return [r for r, w in zip(records, wanted, strict=True) if w.expected.key in missing_keys]
-    narrowed = [FileSelection(s.datablock, [f for f in s.files if naming.retrieved_file_key(s.datablock.datasetId, f.path)
-                                            in missing_keys]) for s in selections]
+    narrowed = [
+        FileSelection(
+            s.datablock,
+            [f for f in s.files if naming.retrieved_file_key(s.datablock.datasetId, f.path) in missing_keys],
+        )
+        for s in selections
+    ]
     return [s for s in narrowed if s.files]
 
 
-def _provide_copy(pid: str, records: list[DatablockRecord], selections: list[FileSelection] | None,
-                  config: RunConfiguration, connections: Connections, log) -> tuple[list[_Wanted], int]:
+def _provide_copy(
+    pid: str,
+    records: list[DatablockRecord],
+    selections: list[FileSelection] | None,
+    config: RunConfiguration,
+    connections: Connections,
+    log,
+) -> tuple[list[_Wanted], int]:
     """Make the dataset's retrieved copy (or the selected files) present and retained in the bucket, once
     for any number of jobs: under the dataset's retrieval lock, reuse what is there, upload only what is
     missing. Returns what was wanted and the bytes uploaded. On failure, what this run uploaded is removed."""
@@ -143,8 +200,11 @@ def _provide_copy(pid: str, records: list[DatablockRecord], selections: list[Fil
         missing = _missing_part(wanted, records, selections, missing_keys)
         uploaded = sum(w.expected.size for w in wanted if w.expected.key in missing_keys)
         if present:
-            log.info("%s: %d object(s) already in the retrieval bucket, checked by size and checksum: reused",
-                     pid, len(present))
+            log.info(
+                "%s: %d object(s) already in the retrieval bucket, checked by size and checksum: reused",
+                pid,
+                len(present),
+            )
         if missing:
             check_budget(s3, bucket, pid, uploaded, settings.s3.retrieval_budget_bytes)
             aborted = cleanup.abort_retrieval_uploads(s3, bucket, pid)  # a dead run's: the lock says none is alive
@@ -173,15 +233,28 @@ def _delete_quietly(s3, bucket: str, keys: list[str], pid: str, log) -> None:
         log.error("%s: retrieval bucket could not be cleaned: %s", pid, e)
 
 
-def _entries(pid: str, wanted: list[_Wanted], config: RunConfiguration, connections: Connections) -> list[JobResultEntry]:
-    return [JobResultEntry(dataset_id=pid, name=w.name, size=w.expected.size, archive_id=w.archive_id,
-                           url=_download_link(w.expected.key, config, connections),
-                           type="file" if w.is_file else "datablock", chk_alg=w.expected.algorithm, chk=w.expected.chk)
-            for w in wanted]
+def _entries(
+    pid: str, wanted: list[_Wanted], config: RunConfiguration, connections: Connections
+) -> list[JobResultEntry]:
+    return [
+        JobResultEntry(
+            dataset_id=pid,
+            name=w.name,
+            size=w.expected.size,
+            archive_id=w.archive_id,
+            url=_download_link(w.expected.key, config, connections),
+            type="file" if w.is_file else "datablock",
+            chk_alg=w.expected.algorithm,
+            chk=w.expected.chk,
+        )
+        for w in wanted
+    ]
 
 
 @flow(name=RETRIEVAL.dataset_flow, flow_run_name="retrieve-{dataset_id}-job-{job_id}")
-def retrieve_dataset(job_id: str, dataset_id: str, config: RunConfiguration, files: list[str] | None = None) -> DatasetDone:
+def retrieve_dataset(
+    job_id: str, dataset_id: str, config: RunConfiguration, files: list[str] | None = None
+) -> DatasetDone:
     """Retrieve the whole dataset (a link per datablock), or only `files` (a link per file); a copy
     already in the retrieval bucket is reused (packing.retained)."""
     log = get_run_logger()
@@ -193,36 +266,54 @@ def retrieve_dataset(job_id: str, dataset_id: str, config: RunConfiguration, fil
             _check_archived(pid, on_record)
             records = [record_from_wire(pid, d.to_wire()) for d in on_record.registered]
             selections = select_files(pid, records, files) if files else None
-            scicat_call(f"{pid} retrieve started", scicat.update_lifecycle, pid, "set retrieve status started",
-                        retrieve_status_message=RetrieveStatus.STARTED, retrieve_integrity_check=False,
-                        **ARCHIVED_LIFECYCLE)
+            scicat_call(
+                f"{pid} retrieve started",
+                scicat.update_lifecycle,
+                pid,
+                "set retrieve status started",
+                retrieve_status_message=RetrieveStatus.STARTED,
+                retrieve_integrity_check=False,
+                **ARCHIVED_LIFECYCLE,
+            )
             wanted, uploaded = _provide_copy(pid, records, selections, config, connections, log)
             entries = _entries(pid, wanted, config, connections)
-            scicat_call(f"{pid} retrieved", scicat.update_lifecycle, pid, "set retrieve status datasetRetrieved",
-                        retrieve_status_message=RetrieveStatus.DATASET_RETRIEVED, retrieve_integrity_check=True,
-                        **ARCHIVED_LIFECYCLE)
+            scicat_call(
+                f"{pid} retrieved",
+                scicat.update_lifecycle,
+                pid,
+                "set retrieve status datasetRetrieved",
+                retrieve_status_message=RetrieveStatus.DATASET_RETRIEVED,
+                retrieve_integrity_check=True,
+                **ARCHIVED_LIFECYCLE,
+            )
         except BaseException as error:
             _clean_up_failed_retrieval(pid, config, connections, error, log, delete_uploads=False)
             raise
     what = "datablock(s)" if selections is None else "file(s)"
     log.info("%s: %d %s retrieved and checked (%d bytes uploaded, the rest reused)", pid, len(entries), what, uploaded)
     # For the metrics: the bytes of the dataset's files handed out, whether uploaded now or reused.
-    handed_out = sum(d.size for d in on_record.registered) if selections is None else sum(w.expected.size for w in wanted)
+    handed_out = (
+        sum(d.size for d in on_record.registered) if selections is None else sum(w.expected.size for w in wanted)
+    )
     datablocks = len({w.archive_id for w in wanted})
     record_figures({BYTES: handed_out, DATABLOCKS: datablocks})
     return DatasetDone(entries=entries, datablocks=datablocks, bytes=uploaded)
 
 
-def _clean_up_failed_retrieval(pid: str, config: RunConfiguration, connections: Connections, error: BaseException, log,
-                               delete_uploads: bool = True):
+def _clean_up_failed_retrieval(
+    pid: str, config: RunConfiguration, connections: Connections, error: BaseException, log, delete_uploads: bool = True
+):
     """Remove what a dead run left in the retrieval bucket (when asked: a live run removes its own uploads);
     the dataset's archive state in SciCat is left as it is."""
     if delete_uploads:
         _remove_dead_run_objects(pid, config, connections, log)
     try:
         connections.scicat.update_lifecycle(
-            pid, "set retrieve status datasetRetrievalFailed", retrieve_status_message=RetrieveStatus.DATASET_RETRIEVAL_FAILED,
-            retrieve_integrity_check=False, retrieve_return_message=describe_failure(error)[:2000],
+            pid,
+            "set retrieve status datasetRetrievalFailed",
+            retrieve_status_message=RetrieveStatus.DATASET_RETRIEVAL_FAILED,
+            retrieve_integrity_check=False,
+            retrieve_return_message=describe_failure(error)[:2000],
         )
     except Exception as e:
         log.error("%s: SciCat could not be told datasetRetrievalFailed: %s", pid, e)
@@ -239,8 +330,12 @@ def _remove_dead_run_objects(pid: str, config: RunConfiguration, connections: Co
     if removed is None:
         log.warning("%s: another run is retrieving the dataset; what is in the retrieval bucket is left to it", pid)
     elif removed:
-        log.warning("%s: %d object(s) of the interrupted retrieval removed from the retrieval bucket (copies "
-                    "handed out by finished jobs kept)", pid, removed)
+        log.warning(
+            "%s: %d object(s) of the interrupted retrieval removed from the retrieval bucket (copies "
+            "handed out by finished jobs kept)",
+            pid,
+            removed,
+        )
 
 
 def _clean_up_interrupted_retrieval(pid, config, connections, error, log) -> None:
@@ -270,13 +365,20 @@ RETRIEVAL_HOOKS = JobHooks(RETRIEVAL, _clean_up_interrupted_retrieval, _abort_de
     on_cancellation=[on_job_cancelled(RETRIEVAL_HOOKS)],
 )
 def retrieve_datasets_flow(
-    job_id: str, dataset_ids: list[str] | None = None, dataset_files: dict[str, list[str]] | None = None,
+    job_id: str,
+    dataset_ids: list[str] | None = None,
+    dataset_files: dict[str, list[str]] | None = None,
 ) -> list[JobResultEntry]:
     """Retrieve the datasets of a SciCat job into the retrieval bucket; the job result carries download URLs.
     `dataset_files`: per dataset the files to retrieve alone (the job's `datasetList[].files`)."""
     config = load_run_configuration()
     reconcile_tags(limit.tag for limit in config.limits.by_name().values())
     with connect(config) as connections:
-        return run_job(job_id, dataset_ids, config, connections,
-                       lambda pid, files: retrieve_dataset(job_id=job_id, dataset_id=pid, config=config, files=files),
-                       dataset_files)
+        return run_job(
+            job_id,
+            dataset_ids,
+            config,
+            connections,
+            lambda pid, files: retrieve_dataset(job_id=job_id, dataset_id=pid, config=config, files=files),
+            dataset_files,
+        )

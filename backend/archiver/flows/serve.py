@@ -31,6 +31,7 @@ from archiver.flows.retrieve import retrieve_datasets_flow
 PREFECT_YAML = Path(__file__).resolve().parents[3] / "prefect.yaml"
 DEFAULT_HEARTBEAT_S = 30
 
+
 def deployment_triggers(name: str, prefect_yaml: Path = PREFECT_YAML) -> list:
     """The triggers of deployment `name` in prefect.yaml, as Prefect's deploy command reads them."""
     import yaml

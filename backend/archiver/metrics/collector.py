@@ -88,8 +88,11 @@ class ArchiverCollector(Collector):
                     except Exception as e:
                         log.warning("%s not read: %s: %s", source, type(e).__name__, e)
                         up[source] = 0
-            source_up = GaugeMetricFamily("archiver_metrics_source_up",
-                                          "1 when the exporter could read this source at this scrape", labels=["source"])
+            source_up = GaugeMetricFamily(
+                "archiver_metrics_source_up",
+                "1 when the exporter could read this source at this scrape",
+                labels=["source"],
+            )
             for source, value in up.items():
                 source_up.add_metric([source], value)
             return [*families, source_up]
@@ -116,13 +119,17 @@ class ArchiverCollector(Collector):
     def _job_families(runs: list[FinishedRun], unfinished: list[live.UnfinishedRun]) -> list[Metric]:
         jobs = [r for r in runs if r.flow in JOB_FLOWS]
         outcomes = Counter((JOB_FLOWS[r.flow], outcome) for r in jobs for outcome in r.outcomes)
-        total = CounterMetricFamily("archiver_jobs", "Job runs (archival, retrieval) that ended, by outcome (final state)",
-                                    labels=["job_type", "outcome"])
+        total = CounterMetricFamily(
+            "archiver_jobs",
+            "Job runs (archival, retrieval) that ended, by outcome (final state)",
+            labels=["job_type", "outcome"],
+        )
         for job_type in JOB_TYPES:
             for outcome in OUTCOMES:  # every series exists from the start, so the first failure is an increase
                 total.add_metric([job_type, outcome], outcomes[(job_type, outcome)])
-        in_progress = GaugeMetricFamily("archiver_jobs_in_progress", "Job runs not finished yet, by state",
-                                        labels=["job_type", "state"])
+        in_progress = GaugeMetricFamily(
+            "archiver_jobs_in_progress", "Job runs not finished yet, by state", labels=["job_type", "state"]
+        )
         states = Counter((JOB_FLOWS[u.flow], u.state) for u in unfinished if u.flow in JOB_FLOWS)
         for job_type in JOB_TYPES:
             for state in live.UNFINISHED_STATES:
@@ -134,27 +141,44 @@ class ArchiverCollector(Collector):
             if run.queue_wait_seconds is not None:
                 waits.setdefault(JOB_FLOWS[run.flow], []).append(run.queue_wait_seconds)
         return [
-            total, in_progress,
-            _histogram("archiver_job_duration_seconds", "Time finished job runs spent running", DURATION_BUCKETS, durations),
-            _histogram("archiver_job_queue_wait_seconds",
-                       "Time from a job run's scheduled start to its start (worker pick-up, container start)",
-                       QUEUE_WAIT_BUCKETS, waits),
+            total,
+            in_progress,
+            _histogram(
+                "archiver_job_duration_seconds", "Time finished job runs spent running", DURATION_BUCKETS, durations
+            ),
+            _histogram(
+                "archiver_job_queue_wait_seconds",
+                "Time from a job run's scheduled start to its start (worker pick-up, container start)",
+                QUEUE_WAIT_BUCKETS,
+                waits,
+            ),
         ]
 
     @staticmethod
     def _dataset_families(runs: list[FinishedRun]) -> list[Metric]:
         datasets = [r for r in runs if r.flow in DATASET_FLOWS]
         outcomes = Counter((DATASET_FLOWS[r.flow], outcome) for r in datasets for outcome in r.outcomes)
-        total = CounterMetricFamily("archiver_datasets", "Datasets archived or retrieved (dataset runs), by outcome",
-                                    labels=["job_type", "outcome"])
-        moved = CounterMetricFamily("archiver_dataset_bytes",
-                                    "Bytes of the files of datasets archived to / retrieved from the LTS",
-                                    labels=["job_type"])
+        total = CounterMetricFamily(
+            "archiver_datasets",
+            "Datasets archived or retrieved (dataset runs), by outcome",
+            labels=["job_type", "outcome"],
+        )
+        moved = CounterMetricFamily(
+            "archiver_dataset_bytes",
+            "Bytes of the files of datasets archived to / retrieved from the LTS",
+            labels=["job_type"],
+        )
         for job_type in JOB_TYPES:
             for outcome in OUTCOMES:
                 total.add_metric([job_type, outcome], outcomes[(job_type, outcome)])
-            moved.add_metric([job_type], sum(figure(r.labels, BYTES) for r in datasets
-                                             if DATASET_FLOWS[r.flow] == job_type and r.outcome == "completed"))
+            moved.add_metric(
+                [job_type],
+                sum(
+                    figure(r.labels, BYTES)
+                    for r in datasets
+                    if DATASET_FLOWS[r.flow] == job_type and r.outcome == "completed"
+                ),
+            )
         return [total, moved]
 
     @staticmethod
@@ -164,17 +188,25 @@ class ArchiverCollector(Collector):
         family = GaugeMetricFamily(
             "archiver_flow_runs_stuck",
             f"Running flow runs whose latest heartbeat is older than ARCHIVER_ZOMBIE_WINDOW_S ({window_s} s)",
-            labels=["flow"])
+            labels=["flow"],
+        )
         for flow in [*JOB_FLOWS, *DATASET_FLOWS, AUDIT_FLOW]:
             family.add_metric([flow], stuck[flow])
         return family
 
     @staticmethod
     def _slot_families(slots: list[live.TagSlots]) -> list[Metric]:
-        limit = GaugeMetricFamily("archiver_concurrency_slots_limit", "Slots of a tag concurrency limit", labels=["tag"])
-        held = GaugeMetricFamily("archiver_concurrency_slots_held", "Slots of a tag limit counted as taken", labels=["tag"])
-        dead = GaugeMetricFamily("archiver_concurrency_slots_dead",
-                                 "Slots counted as taken whose holder task run is gone or finished", labels=["tag"])
+        limit = GaugeMetricFamily(
+            "archiver_concurrency_slots_limit", "Slots of a tag concurrency limit", labels=["tag"]
+        )
+        held = GaugeMetricFamily(
+            "archiver_concurrency_slots_held", "Slots of a tag limit counted as taken", labels=["tag"]
+        )
+        dead = GaugeMetricFamily(
+            "archiver_concurrency_slots_dead",
+            "Slots counted as taken whose holder task run is gone or finished",
+            labels=["tag"],
+        )
         for s in slots:
             limit.add_metric([s.tag], s.limit)
             held.add_metric([s.tag], s.held)
@@ -192,12 +224,21 @@ class ArchiverCollector(Collector):
         if audits:
             last = audits[-1]
             families += [
-                GaugeMetricFamily("archiver_lts_audit_last_end_timestamp_seconds",
-                                  "When the latest LTS audit run ended (Unix time)", value=last.end.timestamp()),
-                GaugeMetricFamily("archiver_lts_audit_last_success", "1 when the latest LTS audit run completed",
-                                  value=int(last.outcome == "completed")),
-                GaugeMetricFamily("archiver_lts_audit_last_problems", "Problems the latest LTS audit run found",
-                                  value=figure(last.labels, AUDIT_PROBLEMS)),
+                GaugeMetricFamily(
+                    "archiver_lts_audit_last_end_timestamp_seconds",
+                    "When the latest LTS audit run ended (Unix time)",
+                    value=last.end.timestamp(),
+                ),
+                GaugeMetricFamily(
+                    "archiver_lts_audit_last_success",
+                    "1 when the latest LTS audit run completed",
+                    value=int(last.outcome == "completed"),
+                ),
+                GaugeMetricFamily(
+                    "archiver_lts_audit_last_problems",
+                    "Problems the latest LTS audit run found",
+                    value=figure(last.labels, AUDIT_PROBLEMS),
+                ),
             ]
         return families
 
@@ -210,20 +251,31 @@ class ArchiverCollector(Collector):
         return [
             GaugeMetricFamily("archiver_lts_size_bytes", "Size of the LTS filesystem", value=space.size_bytes),
             GaugeMetricFamily("archiver_lts_free_bytes", "Free bytes on the LTS filesystem", value=space.free_bytes),
-            GaugeMetricFamily("archiver_lts_free_ratio", "Free share of the LTS filesystem (0-1)",
-                              value=space.free_bytes / space.size_bytes if space.size_bytes else 0.0),
-            GaugeMetricFamily("archiver_lts_free_space_threshold_ratio",
-                              "LTS_FREE_SPACE_PERCENTAGE / 100: below it archival waits for free space",
-                              value=lts.free_space_percentage / 100),
-            GaugeMetricFamily("archiver_lts_datablocks_failing_audit",
-                              "Datablocks whose latest audit record on the LTS says the audit failed", value=failing),
+            GaugeMetricFamily(
+                "archiver_lts_free_ratio",
+                "Free share of the LTS filesystem (0-1)",
+                value=space.free_bytes / space.size_bytes if space.size_bytes else 0.0,
+            ),
+            GaugeMetricFamily(
+                "archiver_lts_free_space_threshold_ratio",
+                "LTS_FREE_SPACE_PERCENTAGE / 100: below it archival waits for free space",
+                value=lts.free_space_percentage / 100,
+            ),
+            GaugeMetricFamily(
+                "archiver_lts_datablocks_failing_audit",
+                "Datablocks whose latest audit record on the LTS says the audit failed",
+                value=failing,
+            ),
         ]
 
     def _bucket(self, config) -> list[Metric]:
         bucket = config.settings.s3.retrieval_bucket
         usage = self._slow.get("retrieval-bucket", lambda: live.bucket_usage(self._s3(config), bucket))
         return [
-            GaugeMetricFamily("archiver_retrieval_bucket_bytes", "Bytes of the objects in the retrieval bucket",
-                              value=usage.bytes),
-            GaugeMetricFamily("archiver_retrieval_bucket_objects", "Objects in the retrieval bucket", value=usage.objects),
+            GaugeMetricFamily(
+                "archiver_retrieval_bucket_bytes", "Bytes of the objects in the retrieval bucket", value=usage.bytes
+            ),
+            GaugeMetricFamily(
+                "archiver_retrieval_bucket_objects", "Objects in the retrieval bucket", value=usage.objects
+            ),
         ]

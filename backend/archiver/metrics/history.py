@@ -48,17 +48,20 @@ def _record(client, flow_run, flow_name: str) -> FinishedRun:
     if flow_run.start_time and flow_run.expected_start_time:
         wait = max(0.0, (flow_run.start_time - flow_run.expected_start_time).total_seconds())
     return FinishedRun(
-        id=flow_run.id, flow=flow_name, outcomes=_outcomes(client, flow_run),
+        id=flow_run.id,
+        flow=flow_name,
+        outcomes=_outcomes(client, flow_run),
         end=flow_run.end_time or flow_run.state.timestamp,
         run_seconds=flow_run.total_run_time.total_seconds() if flow_run.total_run_time else 0.0,
-        queue_wait_seconds=wait, labels=dict(flow_run.labels or {}),
+        queue_wait_seconds=wait,
+        labels=dict(flow_run.labels or {}),
     )
 
 
 def _keeping_outcomes(known: FinishedRun, now: FinishedRun) -> FinishedRun:
     """`now`, still counting the outcomes `known` was counted with: a run whose final state was changed
     by hand (forced, without a new attempt) must not take back what a counter already showed."""
-    if now.outcomes[:len(known.outcomes)] == known.outcomes:
+    if now.outcomes[: len(known.outcomes)] == known.outcomes:
         return now
     return replace(now, outcomes=known.outcomes + now.outcomes[-1:])
 
@@ -92,8 +95,11 @@ class RunHistory:
         offset = 0
         while True:
             page = client.read_flow_runs(
-                flow_filter=FlowFilter(name=FlowFilterName(any_=self.flows)), flow_run_filter=run_filter,
-                sort=FlowRunSort.EXPECTED_START_TIME_ASC, limit=PAGE, offset=offset,
+                flow_filter=FlowFilter(name=FlowFilterName(any_=self.flows)),
+                flow_run_filter=run_filter,
+                sort=FlowRunSort.EXPECTED_START_TIME_ASC,
+                limit=PAGE,
+                offset=offset,
             )
             for flow_run in page:
                 known = self._runs.get(flow_run.id)

@@ -33,29 +33,42 @@ def unfinished_runs(client, flows: list[str], flow_name) -> list[UnfinishedRun]:
 
     runs = client.read_flow_runs(
         flow_filter=FlowFilter(name=FlowFilterName(any_=flows)),
-        flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=list(UNFINISHED_STATES)))),
+        flow_run_filter=FlowRunFilter(
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=list(UNFINISHED_STATES)))
+        ),
     )
-    return [UnfinishedRun(flow_name(client, run.flow_id), run.state.type.value.lower(),
-                          latest_heartbeat(client, run.id) if run.state.is_running() else None)
-            for run in runs]
+    return [
+        UnfinishedRun(
+            flow_name(client, run.flow_id),
+            run.state.type.value.lower(),
+            latest_heartbeat(client, run.id) if run.state.is_running() else None,
+        )
+        for run in runs
+    ]
 
 
 def latest_heartbeat(client, flow_run_id) -> datetime | None:
     from prefect.events.filters import EventFilter, EventNameFilter, EventOrder, EventResourceFilter
 
-    page = client.read_events(EventFilter(
-        event=EventNameFilter(name=[HEARTBEAT_EVENT]),
-        resource=EventResourceFilter(id=[f"prefect.flow-run.{flow_run_id}"]),
-        order=EventOrder.DESC,
-    ), limit=1)
+    page = client.read_events(
+        EventFilter(
+            event=EventNameFilter(name=[HEARTBEAT_EVENT]),
+            resource=EventResourceFilter(id=[f"prefect.flow-run.{flow_run_id}"]),
+            order=EventOrder.DESC,
+        ),
+        limit=1,
+    )
     return page.events[0].occurred if page.events else None
 
 
 def is_stuck(run: UnfinishedRun, window_s: float, now: datetime) -> bool:
     """Running, and its latest heartbeat is older than the zombie window. A run that never sent one is not
     judged: only runs started with heartbeats on (deployment runs of the job flows) send them."""
-    return (run.state == "running" and run.last_heartbeat is not None
-            and (now - run.last_heartbeat).total_seconds() > window_s)
+    return (
+        run.state == "running"
+        and run.last_heartbeat is not None
+        and (now - run.last_heartbeat).total_seconds() > window_s
+    )
 
 
 @dataclass(frozen=True)

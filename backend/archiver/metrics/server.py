@@ -18,7 +18,9 @@ def _archiver_s3(config):
     from archiver.storage.s3 import S3Credentials, s3_client
 
     minio = config.settings.s3
-    credentials = S3Credentials(Secret.load(ARCHIVER_S3.user.block).get(), Secret.load(ARCHIVER_S3.password.block).get())
+    credentials = S3Credentials(
+        Secret.load(ARCHIVER_S3.user.block).get(), Secret.load(ARCHIVER_S3.password.block).get()
+    )
     return s3_client(minio.endpoint, minio.region, credentials)
 
 

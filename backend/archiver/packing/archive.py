@@ -45,7 +45,10 @@ class DatasetBusyError(TryLaterError):
 
 @contextlib.contextmanager
 def claim_datablocks_folder(
-    lts_root: Path, pid: str, wait_s: float = 0.0, on_wait: Callable[[Path], None] | None = None,
+    lts_root: Path,
+    pid: str,
+    wait_s: float = 0.0,
+    on_wait: Callable[[Path], None] | None = None,
 ) -> Iterator[list[Path]]:
     """Hold the dataset's write lock while its datablocks are written; yields the leftover `.partial`
     files of dead runs, removed on entry.
@@ -108,8 +111,13 @@ def datablocks_on_lts(lts_root: Path, pid: str) -> DatablocksOnLts:
 
 
 def archive_datablock(
-    s3, bucket: str, block: PlannedDatablock, lts_root: Path, algorithm: ChecksumAlgorithm = "sha256",
-    on_bytes: Callable[[int], None] | None = None, prefetch: Prefetch = Prefetch(),
+    s3,
+    bucket: str,
+    block: PlannedDatablock,
+    lts_root: Path,
+    algorithm: ChecksumAlgorithm = "sha256",
+    on_bytes: Callable[[int], None] | None = None,
+    prefetch: Prefetch = Prefetch(),
     listed: Mapping[str, ListedChecksum] | None = None,
 ) -> DatablockRecord:
     """Write `block` as a new datablock on the LTS and return its SciCat record.
@@ -137,18 +145,29 @@ def archive_datablock(
             os.fsync(out.fileno())
             drop_page_cache(out.fileno())
         manifest = Manifest(
-            datasetId=block.pid, archiveId=block.archive_id, size=block.size, packedSize=packed_size,
-            chkAlg=algorithm, dataFileList=members, chk=chk, created=datetime.now(UTC).isoformat(),
+            datasetId=block.pid,
+            archiveId=block.archive_id,
+            size=block.size,
+            packedSize=packed_size,
+            chkAlg=algorithm,
+            dataFileList=members,
+            chk=chk,
+            created=datetime.now(UTC).isoformat(),
         )
         # Manifest first: a crash between the two renames leaves a manifest without a tar (a taken name,
         # never reused), never a verified tar with a stale manifest.
-        write_json_durably(manifest_file, manifest.model_dump_json(indent=1), naming.partial_path(manifest_file),
-                           rename=rename_no_replace)
+        write_json_durably(
+            manifest_file,
+            manifest.model_dump_json(indent=1),
+            naming.partial_path(manifest_file),
+            rename=rename_no_replace,
+        )
         rename_no_replace(partial, tar_path)
         fsync_dir(folder)
     except FileExistsError as e:
-        raise DatablockExistsError(f"datablock {block.archive_id}: {e.filename} appeared while it was written; "
-                                   "nothing was overwritten") from e
+        raise DatablockExistsError(
+            f"datablock {block.archive_id}: {e.filename} appeared while it was written; nothing was overwritten"
+        ) from e
     finally:
         for leftover in (partial, naming.partial_path(manifest_file)):
             with contextlib.suppress(OSError):
@@ -186,13 +205,23 @@ class _TarOutput:
         self.hash.update(data)  # the checksum thread owns `data` from here: it is never written to again
 
 
-def _write_tar(out, s3, bucket: str, block: PlannedDatablock, algorithm: ChecksumAlgorithm, on_bytes,
-               prefetch: Prefetch, listed: Mapping[str, ListedChecksum]):
+def _write_tar(
+    out,
+    s3,
+    bucket: str,
+    block: PlannedDatablock,
+    algorithm: ChecksumAlgorithm,
+    on_bytes,
+    prefetch: Prefetch,
+    listed: Mapping[str, ListedChecksum],
+):
     tar = _TarOutput(out, algorithm)
     members, mismatches = [], []
     extra = {path: c.algorithm for path, c in listed.items() if c.algorithm != algorithm}
     try:
-        with contextlib.closing(read_members(s3, bucket, block.pid, block.files, algorithm, prefetch, extra)) as contents:
+        with contextlib.closing(
+            read_members(s3, bucket, block.pid, block.files, algorithm, prefetch, extra)
+        ) as contents:
             for member in contents:
                 f = member.file
                 tar.write(tarformat.member_header(f.path, f.size, int(f.modified.timestamp())))
@@ -201,11 +230,17 @@ def _write_tar(out, s3, bucket: str, block: PlannedDatablock, algorithm: Checksu
                     if on_bytes:
                         on_bytes(len(chunk))
                 tar.write(tarformat.padding(f.size))
-                members.append(DataFileRecord(
-                    path=f.path, size=f.size, time=f.modified.astimezone(UTC).isoformat(),
-                    chk=member.checksum(), uid=str(tarformat.MEMBER_UID), gid=str(tarformat.MEMBER_GID),
-                    perm=tarformat.member_perm(),
-                ))
+                members.append(
+                    DataFileRecord(
+                        path=f.path,
+                        size=f.size,
+                        time=f.modified.astimezone(UTC).isoformat(),
+                        chk=member.checksum(),
+                        uid=str(tarformat.MEMBER_UID),
+                        gid=str(tarformat.MEMBER_GID),
+                        perm=tarformat.member_perm(),
+                    )
+                )
                 mismatch = _checksum_mismatch(member, listed.get(f.path), algorithm)
                 if mismatch:
                     mismatches.append(mismatch)
@@ -244,9 +279,13 @@ def verify_datablock(lts_root: Path, archive_id: str, on_bytes: Callable[[int], 
     with raw:
         drop_page_cache(raw.fileno())
         problems = check_datablock_stream(
-            raw, manifest.dataFileList, manifest.chkAlg, manifest.chk, manifest.packedSize, on_bytes=on_bytes,
+            raw,
+            manifest.dataFileList,
+            manifest.chkAlg,
+            manifest.chk,
+            manifest.packedSize,
+            on_bytes=on_bytes,
         )
     if problems:
         raise IntegrityError(what, problems)
     return manifest
-

@@ -148,17 +148,22 @@ def record_verification(lts_root: Path, archive_id: str, when: datetime, problem
     except (OSError, ValueError, ValidationError):
         chk = None
     path = audit_record_path(tar_path)
-    text = json.dumps({"archiveId": archive_id, "chk": chk, "verified": when.isoformat(), "ok": not problems,
-                       "problems": problems}, indent=1)
+    text = json.dumps(
+        {"archiveId": archive_id, "chk": chk, "verified": when.isoformat(), "ok": not problems, "problems": problems},
+        indent=1,
+    )
     write_json_durably(path, text, naming.partial_path(path))
     fsync_dir(path.parent)
 
 
 def stored_datablocks(lts_root: Path, datasets: Mapping[str, DatasetOnLts]) -> list[StoredDatablock]:
     """Every datablock with both tar and manifest, with its last-verified time."""
-    return [StoredDatablock(archive_id, pid, size, last_verified(lts_root, archive_id))
-            for pid, dataset in datasets.items() for archive_id, size in dataset.tars.items()
-            if archive_id in dataset.manifests]
+    return [
+        StoredDatablock(archive_id, pid, size, last_verified(lts_root, archive_id))
+        for pid, dataset in datasets.items()
+        for archive_id, size in dataset.tars.items()
+        if archive_id in dataset.manifests
+    ]
 
 
 def select_for_fixity(blocks: Iterable[StoredDatablock], byte_budget: int | None) -> list[StoredDatablock]:
@@ -184,8 +189,12 @@ def overdue(blocks: Iterable[StoredDatablock], period: timedelta, now: datetime)
 
 
 def consistency_findings(
-    dataset: DatasetOnLts, registered: list[dict[str, Any]] | None, *, now: datetime,
-    partial_age: timedelta, discarded_retention: timedelta,
+    dataset: DatasetOnLts,
+    registered: list[dict[str, Any]] | None,
+    *,
+    now: datetime,
+    partial_age: timedelta,
+    discarded_retention: timedelta,
 ) -> list[Finding]:
     """Where the dataset's folder on the LTS and SciCat's datablocks (JSON fields; None: SciCat does not
     know the dataset) disagree, and leftovers that should be gone.
@@ -209,20 +218,39 @@ def consistency_findings(
             findings.append(Finding("dark", pid, archive_id, f"{size} bytes on the LTS; SciCat {known}"))
     counted = Counter(wire.get("archiveId") for wire in registered or [])
     for archive_id, count in sorted((str(a), n) for a, n in counted.items() if n > 1):
-        findings.append(Finding("duplicate-registration", pid, archive_id,
-                                f"registered {count} times in SciCat; delete all but one record"))
+        findings.append(
+            Finding(
+                "duplicate-registration",
+                pid,
+                archive_id,
+                f"registered {count} times in SciCat; delete all but one record",
+            )
+        )
     for recorded_id, wire in sorted(on_record.items(), key=lambda item: str(item[0])):
         finding = _lost(pid, str(recorded_id), wire.get("packedSize"), dataset.tars.get(str(recorded_id)))
         if finding is not None:
             findings.append(finding)
     for path, modified in sorted(dataset.partials.items()):
         if now - modified > partial_age:
-            findings.append(Finding("stale-partial", pid, path, f"half-written file last changed {modified:%Y-%m-%d %H:%M} UTC, "
-                                    f"older than any live run ({partial_age} allowed)"))
+            findings.append(
+                Finding(
+                    "stale-partial",
+                    pid,
+                    path,
+                    f"half-written file last changed {modified:%Y-%m-%d %H:%M} UTC, "
+                    f"older than any live run ({partial_age} allowed)",
+                )
+            )
     for path, set_aside in sorted(dataset.discarded.items()):
         if now - set_aside > discarded_retention:
-            findings.append(Finding("discarded-past-retention", pid, path,
-                                    f"set aside {set_aside:%Y-%m-%d %H:%M} UTC, kept longer than {discarded_retention.days} day(s)"))
+            findings.append(
+                Finding(
+                    "discarded-past-retention",
+                    pid,
+                    path,
+                    f"set aside {set_aside:%Y-%m-%d %H:%M} UTC, kept longer than {discarded_retention.days} day(s)",
+                )
+            )
     return findings
 
 
@@ -236,7 +264,9 @@ def _lost(pid: str, archive_id: str, recorded: int | None, on_lts: int | None, w
 
 
 def lost_beyond_inventory(
-    lts_root: Path, registered: Iterable[tuple[str, str, int | None]], inventoried: Container[str],
+    lts_root: Path,
+    registered: Iterable[tuple[str, str, int | None]],
+    inventoried: Container[str],
 ) -> Iterator[Finding]:
     """`lost` findings for SciCat's datablocks (dataset, archiveId, packed bytes) of the datasets the inventory
     did not cover (`consistency_findings` compares those it did): one stat per datablock, nothing kept, so a
@@ -250,22 +280,33 @@ def lost_beyond_inventory(
         except InvalidNameError:  # a PID no LTS folder can be named after
             own = False
         if not own:
-            yield Finding("lost", pid, archive_id, f"registered in SciCat ({recorded} bytes), no tar on the LTS: "
-                          "its archiveId does not name a datablock in the dataset's own LTS folder")
+            yield Finding(
+                "lost",
+                pid,
+                archive_id,
+                f"registered in SciCat ({recorded} bytes), no tar on the LTS: "
+                "its archiveId does not name a datablock in the dataset's own LTS folder",
+            )
             continue
         tar = naming.datablock_path(lts_root, archive_id)
         try:
             on_lts = tar.stat().st_size
         except FileNotFoundError:
             on_lts = None
-        gone = "; the dataset's folder is not on the LTS" if not naming.dataset_lts_folder(lts_root, pid).is_dir() else ""
+        gone = (
+            "; the dataset's folder is not on the LTS" if not naming.dataset_lts_folder(lts_root, pid).is_dir() else ""
+        )
         finding = _lost(pid, archive_id, recorded, on_lts, gone)
         if finding is not None:
             yield finding
 
 
 def scicat_checksum_findings(
-    pid: str, manifest_files: Iterable[Any], chk_alg: str, archive_id: str, orig_files: Iterable[Mapping[str, Any]],
+    pid: str,
+    manifest_files: Iterable[Any],
+    chk_alg: str,
+    archive_id: str,
+    orig_files: Iterable[Mapping[str, Any]],
     orig_chk_alg: str | None,
 ) -> list[Finding]:
     """Member checksums of a verified manifest against those the dataset's origdatablocks register
@@ -279,9 +320,21 @@ def scicat_checksum_findings(
         if orig is None:
             continue
         if orig.get("size") is not None and orig["size"] != member.size:
-            findings.append(Finding("scicat-mismatch", pid, archive_id,
-                                    f"member {member.path!r} is {member.size} bytes, its origdatablock says {orig['size']}"))
+            findings.append(
+                Finding(
+                    "scicat-mismatch",
+                    pid,
+                    archive_id,
+                    f"member {member.path!r} is {member.size} bytes, its origdatablock says {orig['size']}",
+                )
+            )
         if orig.get("chk") and orig["chk"] != member.chk:
-            findings.append(Finding("scicat-mismatch", pid, archive_id,
-                                    f"member {member.path!r} {chk_alg} is {member.chk}, its origdatablock says {orig['chk']}"))
+            findings.append(
+                Finding(
+                    "scicat-mismatch",
+                    pid,
+                    archive_id,
+                    f"member {member.path!r} {chk_alg} is {member.chk}, its origdatablock says {orig['chk']}",
+                )
+            )
     return findings

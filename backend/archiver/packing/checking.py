@@ -44,8 +44,14 @@ class TeeReader:
     """Reads a file front to back in large pieces, passing every piece to a checksum and to an optional
     consumer (an upload), and serves the tar reader's reads and forward seeks from the piece in memory."""
 
-    def __init__(self, raw, algorithm: ChecksumAlgorithm, consumer: Callable[[bytes], None] | None = None,
-                 on_bytes: Callable[[int], None] | None = None, read_size: int = READ_SIZE):
+    def __init__(
+        self,
+        raw,
+        algorithm: ChecksumAlgorithm,
+        consumer: Callable[[bytes], None] | None = None,
+        on_bytes: Callable[[int], None] | None = None,
+        read_size: int = READ_SIZE,
+    ):
         self._raw = raw
         self.hasher = BackgroundHasher(algorithm)
         self._consumer = consumer
@@ -73,7 +79,7 @@ class TeeReader:
         if self._offset == 0 and size >= len(self._piece):
             self._offset = len(self._piece)
             return self._piece
-        data = self._piece[self._offset:self._offset + size]
+        data = self._piece[self._offset : self._offset + size]
         self._offset += len(data)
         return data
 
@@ -94,7 +100,7 @@ class TeeReader:
             if self._offset >= len(self._piece) and not self._next_piece():
                 break
             n = min(size - fed, len(self._piece) - self._offset)
-            sink(memoryview(self._piece)[self._offset:self._offset + n])
+            sink(memoryview(self._piece)[self._offset : self._offset + n])
             self._offset += n
             fed += n
         return fed
@@ -106,8 +112,9 @@ class TeeReader:
         if whence == 1:
             position += self.tell()
         if whence not in (0, 1) or position < self.tell():
-            raise ValueError(f"the datablock is read front to back: cannot seek to {position} (whence {whence}) "
-                             f"from {self.tell()}")
+            raise ValueError(
+                f"the datablock is read front to back: cannot seek to {position} (whence {whence}) from {self.tell()}"
+            )
         while self.tell() < position and self._take(position - self.tell()):
             pass
         return self.tell()
@@ -118,8 +125,13 @@ class TeeReader:
 
 
 def check_datablock_stream(
-    raw, files: list[DataFileRecord], algorithm: ChecksumAlgorithm, expected_chk: str | None, expected_size: int | None,
-    consumer: Callable[[bytes], None] | None = None, on_bytes: Callable[[int], None] | None = None,
+    raw,
+    files: list[DataFileRecord],
+    algorithm: ChecksumAlgorithm,
+    expected_chk: str | None,
+    expected_size: int | None,
+    consumer: Callable[[bytes], None] | None = None,
+    on_bytes: Callable[[int], None] | None = None,
 ) -> list[str]:
     """Read a tar stream to its end; return every difference from the recorded files (empty list: all good).
 

@@ -54,7 +54,11 @@ class DiscardedFolder:
 
 
 def prune_discarded(
-    lts_root: Path, older_than_days: float, *, dry_run: bool = False, now: datetime | None = None,
+    lts_root: Path,
+    older_than_days: float,
+    *,
+    dry_run: bool = False,
+    now: datetime | None = None,
     registered: Callable[[str], Iterable[str]] | None = None,
 ) -> list[DiscardedFolder]:
     """Delete the `discarded/<UTC time>/` folders of every dataset on the LTS set aside more than
@@ -73,8 +77,11 @@ def prune_discarded(
     for discarded in sorted(datasets.glob(f"*/{DISCARDED}")):
         if discarded.is_symlink() or not discarded.is_dir() or discarded.parent.is_symlink():
             continue
-        old = [(folder, when) for folder in sorted(discarded.iterdir())
-               if not folder.is_symlink() and folder.is_dir() and (when := set_aside_time(folder)) < cutoff]
+        old = [
+            (folder, when)
+            for folder in sorted(discarded.iterdir())
+            if not folder.is_symlink() and folder.is_dir() and (when := set_aside_time(folder)) < cutoff
+        ]
         lost = _registered_but_missing(lts_root, discarded.parent.name, registered) if old and registered else set()
         for folder, set_aside in old:
             only_copies = sorted(name for name in lost if (folder / name).exists())
@@ -93,8 +100,11 @@ def freed_bytes(found: list[DiscardedFolder]) -> int:
 
 def _registered_but_missing(lts_root: Path, safe: str, registered: Callable[[str], Iterable[str]]) -> set[str]:
     """File names of the dataset's registered datablocks that are not under `datablocks/`."""
-    return {Path(archive_id).name for archive_id in registered(naming.pid_from_safe_name(safe))
-            if not naming.datablock_path(lts_root, archive_id).exists()}
+    return {
+        Path(archive_id).name
+        for archive_id in registered(naming.pid_from_safe_name(safe))
+        if not naming.datablock_path(lts_root, archive_id).exists()
+    }
 
 
 def set_aside_time(folder: Path) -> datetime:

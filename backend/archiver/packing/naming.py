@@ -94,8 +94,16 @@ def datablock_index(pid: str, file_name: str) -> int | None:
     """The index of a datablock file of the dataset (tar, manifest or their temporary names), else None."""
     rest = file_name.removeprefix(f"{safe_name(pid)}_")
     digits = rest.split(".", 1)[0]
-    if rest == file_name or not digits.isdigit() or rest[len(digits):] not in (
-        TAR_SUFFIX, MANIFEST_SUFFIX, TAR_SUFFIX + PARTIAL_SUFFIX, MANIFEST_SUFFIX + PARTIAL_SUFFIX,
+    if (
+        rest == file_name
+        or not digits.isdigit()
+        or rest[len(digits) :]
+        not in (
+            TAR_SUFFIX,
+            MANIFEST_SUFFIX,
+            TAR_SUFFIX + PARTIAL_SUFFIX,
+            MANIFEST_SUFFIX + PARTIAL_SUFFIX,
+        )
     ):
         return None
     return int(digits)
@@ -110,7 +118,12 @@ def datablock_path(lts_root: Path, archive_id_: str) -> Path:
     """The tar file of an archive id; refuses ids that leave the datasets folder or are not tar files."""
     check_relative_path(archive_id_, "archiveId")
     parts = PurePosixPath(archive_id_).parts
-    if len(parts) != 5 or "/".join(parts[:2]) != DATASETS_PREFIX or parts[3] != "datablocks" or not parts[4].endswith(TAR_SUFFIX):
+    if (
+        len(parts) != 5
+        or "/".join(parts[:2]) != DATASETS_PREFIX
+        or parts[3] != "datablocks"
+        or not parts[4].endswith(TAR_SUFFIX)
+    ):
         raise InvalidNameError(
             f"archiveId {archive_id_!r} is not of the form {DATASETS_PREFIX}/<dataset>/datablocks/<name>{TAR_SUFFIX}"
         )

@@ -48,8 +48,14 @@ def select_files(pid: str, datablocks: Iterable[DatablockRecord], wanted: Iterab
 
 
 def retrieve_files(
-    lts_root: Path, selection: FileSelection, s3, bucket: str, *, file_timeout_s: float,
-    on_bytes: Callable[[int], None] | None = None, part_size: int = 8 * 1024 * 1024,
+    lts_root: Path,
+    selection: FileSelection,
+    s3,
+    bucket: str,
+    *,
+    file_timeout_s: float,
+    on_bytes: Callable[[int], None] | None = None,
+    part_size: int = 8 * 1024 * 1024,
 ) -> list[RetrievedObject]:
     """Upload the selected members of one datablock, one object each (`naming.retrieved_file_key`).
 
@@ -94,11 +100,21 @@ def _member_problems(member: tarfile.TarInfo, file: DataFileRecord) -> list[str]
     return []
 
 
-def _upload_checked(raw, file: DataFileRecord, algorithm: ChecksumAlgorithm, s3, bucket: str, key: str, what: str,
-                    on_bytes, part_size: int) -> None:
+def _upload_checked(
+    raw,
+    file: DataFileRecord,
+    algorithm: ChecksumAlgorithm,
+    s3,
+    bucket: str,
+    key: str,
+    what: str,
+    on_bytes,
+    part_size: int,
+) -> None:
     hasher = new_hasher(algorithm)
-    with MultipartUpload(s3, bucket, key, part_size, max_in_flight=2,
-                         metadata=checksum_metadata(algorithm, file.chk)) as upload:
+    with MultipartUpload(
+        s3, bucket, key, part_size, max_in_flight=2, metadata=checksum_metadata(algorithm, file.chk)
+    ) as upload:
         left = file.size
         while left:
             data = raw.read(min(CHUNK, left))
@@ -110,5 +126,7 @@ def _upload_checked(raw, file: DataFileRecord, algorithm: ChecksumAlgorithm, s3,
             if on_bytes:
                 on_bytes(len(data))
         if hasher.hexdigest() != file.chk:
-            raise IntegrityError(what, [f"member {file.path!r} {algorithm} is {hasher.hexdigest()}, recorded {file.chk}"])
+            raise IntegrityError(
+                what, [f"member {file.path!r} {algorithm} is {hasher.hexdigest()}, recorded {file.chk}"]
+            )
         upload.complete()

@@ -50,8 +50,9 @@ def listed_by_path(pid: str, listed: Iterable[ListedFile]) -> dict[str, ListedFi
     conflicts = []
     for f in listed:
         seen = by_path.setdefault(f.path, f)
-        if seen.size != f.size or (seen.checksum and f.checksum and seen.checksum.contradicts(f.checksum.algorithm,
-                                                                                             f.checksum.value)):
+        if seen.size != f.size or (
+            seen.checksum and f.checksum and seen.checksum.contradicts(f.checksum.algorithm, f.checksum.value)
+        ):
             conflicts.append(f"{f.path} ({_described(seen)} and {_described(f)})")
         elif seen.checksum is None and f.checksum is not None:
             by_path[f.path] = f
@@ -88,7 +89,7 @@ def list_dataset_files(s3, bucket: str, pid: str) -> list[SourceFile]:
     prefix = naming.landing_prefix(pid)
     files, unsafe = [], []
     for obj in iter_objects(s3, bucket, prefix):
-        path = obj["Key"][len(prefix):]
+        path = obj["Key"][len(prefix) :]
         if path.endswith("/") and obj["Size"] == 0:
             continue
         try:
@@ -105,7 +106,10 @@ def list_dataset_files(s3, bucket: str, pid: str) -> list[SourceFile]:
 
 
 def plan_datablocks(
-    pid: str, files: Iterable[SourceFile], target_size_bytes: int, taken_indices: Iterable[int] = (),
+    pid: str,
+    files: Iterable[SourceFile],
+    target_size_bytes: int,
+    taken_indices: Iterable[int] = (),
 ) -> list[PlannedDatablock]:
     """Consecutive runs of files whose tar stays within `target_size_bytes`; a bigger file gets its own datablock.
     Indices start after the highest of `taken_indices` (datablocks already on the LTS)."""
@@ -135,8 +139,13 @@ class DatasetPlan:
 
 
 def plan_dataset_datablocks(
-    pid: str, files: list[SourceFile], listed: dict[str, ListedFile], on_lts: list[Manifest],
-    taken_indices: Iterable[int], target_size_bytes: int, registered: Iterable[str] = (),
+    pid: str,
+    files: list[SourceFile],
+    listed: dict[str, ListedFile],
+    on_lts: list[Manifest],
+    taken_indices: Iterable[int],
+    target_size_bytes: int,
+    registered: Iterable[str] = (),
 ) -> DatasetPlan:
     """Reuse what is on the LTS, plan the rest. A datablock on the LTS is reused when each of its files is a
     landing-zone file with the same path, size and modification time whose listed checksum (if SciCat has one
@@ -147,8 +156,10 @@ def plan_dataset_datablocks(
     first = set(registered)
     for manifest in sorted(on_lts, key=lambda m: (m.archiveId not in first, m.archiveId)):
         members = manifest.dataFileList
-        if all(_same_file(m, wanted.get(m.path), listed.get(m.path), manifest.chkAlg) and m.path not in covered
-               for m in members):
+        if all(
+            _same_file(m, wanted.get(m.path), listed.get(m.path), manifest.chkAlg) and m.path not in covered
+            for m in members
+        ):
             reused.append(manifest)
             covered.update(m.path for m in members)
         else:

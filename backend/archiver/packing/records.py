@@ -82,7 +82,10 @@ class Manifest(DatablockRecord):
 
 
 def write_json_durably(
-    path: Path, text: str, temp_path: Path, rename: Callable[[Path, Path], None] = os.replace,
+    path: Path,
+    text: str,
+    temp_path: Path,
+    rename: Callable[[Path, Path], None] = os.replace,
 ) -> None:
     """Write to `temp_path`, fsync, `rename` to `path` (the caller fsyncs the folder)."""
     with open(temp_path, "w", encoding="utf-8") as f:

@@ -46,7 +46,13 @@ def _files(record: DatablockRecord) -> list[tuple[str, int, str]]:
 
 def same_datablock(a: DatablockRecord, b: DatablockRecord) -> bool:
     """The same stored package with the same content on record (as SciCat and a manifest both describe it)."""
-    return (a.archiveId, a.size, a.packedSize, a.chkAlg, _files(a)) == (b.archiveId, b.size, b.packedSize, b.chkAlg, _files(b))
+    return (a.archiveId, a.size, a.packedSize, a.chkAlg, _files(a)) == (
+        b.archiveId,
+        b.size,
+        b.packedSize,
+        b.chkAlg,
+        _files(b),
+    )
 
 
 def record_from_wire(pid: str, wire: dict[str, Any]) -> DatablockRecord:
@@ -59,8 +65,10 @@ def datablock_problem(lts_root: Path, pid: str, wire: dict[str, Any]) -> str | N
     try:
         record = record_from_wire(pid, wire)
     except ValidationError as e:
-        return (f"{wire.get('archiveId')}: not a datablock record this archiver writes "
-                f"({e.error_count()} problem(s): {e.errors()[0]['msg']})")
+        return (
+            f"{wire.get('archiveId')}: not a datablock record this archiver writes "
+            f"({e.error_count()} problem(s): {e.errors()[0]['msg']})"
+        )
     archive_id = record.archiveId
     if not naming.archive_id_of_dataset(pid, archive_id):
         return f"archiveId {archive_id!r} is not a datablock of dataset {pid}"
@@ -78,7 +86,10 @@ def datablock_problem(lts_root: Path, pid: str, wire: dict[str, Any]) -> str | N
 
 
 def check_registered(
-    lts_root: Path, pid: str, registered: Iterable[dict[str, Any]], listed_paths: Iterable[str],
+    lts_root: Path,
+    pid: str,
+    registered: Iterable[dict[str, Any]],
+    listed_paths: Iterable[str],
 ) -> ArchiveOnRecord:
     """Compare a dataset's registered datablocks (SciCat's JSON) with the LTS and its listed files (module doc)."""
     matching, problems, held = [], [], set[str]()

@@ -42,8 +42,7 @@ class RetrievalBusyError(TryLaterError):
 
 
 @contextlib.contextmanager
-def retrieval_lock(lts_root: Path, pid: str, wait_s: float, poll_s: float = 1.0,
-                   on_wait=None) -> Iterator[None]:
+def retrieval_lock(lts_root: Path, pid: str, wait_s: float, poll_s: float = 1.0, on_wait=None) -> Iterator[None]:
     """Hold the dataset's retrieval lock; waits up to `wait_s` for another holder (RetrievalBusyError after).
     `on_wait()` is called once when the lock is busy (to say so in the log)."""
     folder = naming.dataset_lts_folder(lts_root, pid)
@@ -114,7 +113,9 @@ def extend_retention(s3, bucket: str, key: str, until: datetime) -> datetime:
     current = read_retain_until(s3, bucket, key)
     if current is not None and current >= until:
         return current
-    s3.put_object_tagging(Bucket=bucket, Key=key, Tagging={"TagSet": [{"Key": RETAIN_UNTIL_TAG, "Value": _tag_value(until)}]})
+    s3.put_object_tagging(
+        Bucket=bucket, Key=key, Tagging={"TagSet": [{"Key": RETAIN_UNTIL_TAG, "Value": _tag_value(until)}]}
+    )
     return until
 
 
@@ -131,7 +132,10 @@ def present_objects(s3, bucket: str, expected: list[RetrievedObject]) -> list[Re
             raise
         metadata = head.get("Metadata", {})
         if (head["ContentLength"], metadata.get(CHK_ALG_METADATA), metadata.get(CHK_METADATA)) == (
-                want.size, want.algorithm, want.chk):
+            want.size,
+            want.algorithm,
+            want.chk,
+        ):
             found.append(want)
     return found
 
@@ -147,8 +151,9 @@ def remove_dead_run_objects(s3, bucket: str, lts_root: Path, pid: str, now: date
             return None
         abort_retrieval_uploads(s3, bucket, pid)
         # Untagged objects of any age count: a dead run's uploads are untagged until it makes links.
-        unretained = expired_objects(s3, bucket, naming.retrieval_prefix(pid), now,
-                                     untagged_older_than=datetime.max.replace(tzinfo=UTC))
+        unretained = expired_objects(
+            s3, bucket, naming.retrieval_prefix(pid), now, untagged_older_than=datetime.max.replace(tzinfo=UTC)
+        )
         return delete_keys(s3, bucket, [obj.key for obj in unretained])
 
 
@@ -195,8 +200,9 @@ def expired_objects(s3, bucket: str, prefix: str, now: datetime, untagged_older_
 def retrieved_datasets(s3, bucket: str) -> list[str]:
     """PIDs of the datasets with objects in the retrieval bucket (prefixes that are no dataset's are skipped)."""
     pids = []
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=naming.DATASETS_PREFIX + "/",
-                                                              Delimiter="/"):
+    for page in s3.get_paginator("list_objects_v2").paginate(
+        Bucket=bucket, Prefix=naming.DATASETS_PREFIX + "/", Delimiter="/"
+    ):
         for common in page.get("CommonPrefixes", []):
             try:
                 pids.append(naming.pid_from_safe_name(common["Prefix"].rstrip("/").rsplit("/", 1)[-1]))
@@ -215,8 +221,9 @@ class CleanupReport:
         return sum(obj.size for _, obj in self.expired)
 
 
-def clean_expired(s3, bucket: str, lts_root: Path, retention_days: float, *, dry_run: bool = False,
-                  now: datetime | None = None) -> CleanupReport:
+def clean_expired(
+    s3, bucket: str, lts_root: Path, retention_days: float, *, dry_run: bool = False, now: datetime | None = None
+) -> CleanupReport:
     """Delete the retrieval bucket's objects whose `retain-until` has passed (untagged ones, left by
     retrievals before retention existed, once older than `retention_days`), one dataset at a time under
     its retrieval lock; a dataset being retrieved is skipped."""

@@ -45,9 +45,16 @@ def expected_datablock(lts_root: Path, record: DatablockRecord) -> RetrievedObje
 
 
 def retrieve_datablock(
-    lts_root: Path, archive_id: str, s3, bucket: str, *, file_timeout_s: float,
-    record: DatablockRecord | None = None, on_bytes: Callable[[int], None] | None = None,
-    part_size: int = 8 * 1024 * 1024, parts_in_flight: int = 4,
+    lts_root: Path,
+    archive_id: str,
+    s3,
+    bucket: str,
+    *,
+    file_timeout_s: float,
+    record: DatablockRecord | None = None,
+    on_bytes: Callable[[int], None] | None = None,
+    part_size: int = 8 * 1024 * 1024,
+    parts_in_flight: int = 4,
 ) -> RetrievedObject:
     """Upload the datablock's tar to `bucket` under `naming.retrieval_key(archive_id)`.
 
@@ -72,15 +79,20 @@ def retrieve_datablock(
         if record.chkAlg != manifest.chkAlg:
             problems.append(f"SciCat records chkAlg {record.chkAlg}, the manifest {manifest.chkAlg}")
     metadata = checksum_metadata(manifest.chkAlg, manifest.chk)
-    with (open(tar_path, "rb", buffering=0) as raw,
-          MultipartUpload(s3, bucket, key, part_size, parts_in_flight, metadata=metadata) as upload):
+    with (
+        open(tar_path, "rb", buffering=0) as raw,
+        MultipartUpload(s3, bucket, key, part_size, parts_in_flight, metadata=metadata) as upload,
+    ):
         problems += check_datablock_stream(
-            raw, files, algorithm,
+            raw,
+            files,
+            algorithm,
             expected_chk=manifest.chk if algorithm == manifest.chkAlg else None,
-            expected_size=manifest.packedSize, consumer=upload.write, on_bytes=on_bytes,
+            expected_size=manifest.packedSize,
+            consumer=upload.write,
+            on_bytes=on_bytes,
         )
         if problems:
             raise IntegrityError(what, problems)  # leaving the block aborts the upload
         upload.complete()
     return RetrievedObject(key, manifest.packedSize, manifest.chkAlg, manifest.chk)
-

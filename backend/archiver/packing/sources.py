@@ -67,8 +67,13 @@ class _Hashers:
 
 
 def read_members(
-    s3, bucket: str, pid: str, files: Iterable[SourceFile], algorithm: ChecksumAlgorithm,
-    prefetch: Prefetch = Prefetch(), extra_algorithms: Mapping[str, str] | None = None,
+    s3,
+    bucket: str,
+    pid: str,
+    files: Iterable[SourceFile],
+    algorithm: ChecksumAlgorithm,
+    prefetch: Prefetch = Prefetch(),
+    extra_algorithms: Mapping[str, str] | None = None,
 ) -> Generator[Member]:
     """Yield each file's contents in order; read each member's chunks to the end before the next.
     Files named in `extra_algorithms` (path -> hashlib name) are checksummed in that algorithm too.
@@ -86,8 +91,19 @@ def read_members(
                 if following.size > prefetch.small_object_bytes:
                     ahead.append((following, None))
                 elif held + following.size <= prefetch.budget_bytes:
-                    ahead.append((following, pool.submit(_fetch_whole, s3, bucket, pid, following,
-                                                         _Hashers(algorithm, extra_algorithms.get(following.path)))))
+                    ahead.append(
+                        (
+                            following,
+                            pool.submit(
+                                _fetch_whole,
+                                s3,
+                                bucket,
+                                pid,
+                                following,
+                                _Hashers(algorithm, extra_algorithms.get(following.path)),
+                            ),
+                        )
+                    )
                     held += following.size
                 else:
                     break
@@ -97,8 +113,12 @@ def read_members(
             f, fetch = ahead.popleft()
             if fetch is None:
                 hashers = _Hashers(algorithm, extra_algorithms.get(f.path))
-                yield Member(f, _hashed(object_chunks(s3, bucket, pid, f), hashers), hashers.main.hexdigest,
-                             hashers.extra_hexdigest)
+                yield Member(
+                    f,
+                    _hashed(object_chunks(s3, bucket, pid, f), hashers),
+                    hashers.main.hexdigest,
+                    hashers.extra_hexdigest,
+                )
             else:
                 data, hashers = fetch.result()
                 yield Member(f, (data,), hashers.main.hexdigest, hashers.extra_hexdigest)
@@ -126,7 +146,9 @@ def object_chunks(s3, bucket: str, pid: str, f: SourceFile) -> Iterator[bytes]:
         reader = ObjectReader(s3, bucket, f.key)
     except ClientError as e:
         if error_code(e) in MISSING_OBJECT_CODES:
-            raise MissingFilesError(pid, [f.path], detail=f"missing or unreadable in the landing zone ({error_code(e)})") from e
+            raise MissingFilesError(
+                pid, [f.path], detail=f"missing or unreadable in the landing zone ({error_code(e)})"
+            ) from e
         raise
     with contextlib.closing(reader):
         while chunk := reader.read(CHUNK):
@@ -135,6 +157,9 @@ def object_chunks(s3, bucket: str, pid: str, f: SourceFile) -> Iterator[bytes]:
             yield chunk
     if reader.position != f.size:
         raise IntegrityError(
-            f"dataset {pid}", [f"landing-zone object {f.key!r} changed while being archived: "
-                               f"listed {f.size} bytes, read {reader.position}"],
+            f"dataset {pid}",
+            [
+                f"landing-zone object {f.key!r} changed while being archived: "
+                f"listed {f.size} bytes, read {reader.position}"
+            ],
         )

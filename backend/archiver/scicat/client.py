@@ -141,8 +141,12 @@ class ScicatClient:
     def login(self) -> str:
         """Log in and keep the token for the following calls."""
         response = self._send(
-            "login", f"user {self._credentials.username!r}", "POST", self._api + "auth/login",
-            json={"username": self._credentials.username, "password": self._credentials.password}, repeatable=True,
+            "login",
+            f"user {self._credentials.username!r}",
+            "POST",
+            self._api + "auth/login",
+            json={"username": self._credentials.username, "password": self._credentials.password},
+            repeatable=True,
         )
         self._check("login", f"user {self._credentials.username!r}", response)
         try:
@@ -150,8 +154,13 @@ class ScicatClient:
         except (ValueError, AttributeError):
             token = None
         if not token:
-            raise ScicatError("login", f"user {self._credentials.username!r}", "answer has no access_token",
-                              response.status_code, _excerpt(response))
+            raise ScicatError(
+                "login",
+                f"user {self._credentials.username!r}",
+                "answer has no access_token",
+                response.status_code,
+                _excerpt(response),
+            )
         self._token = token
         return token
 
@@ -164,8 +173,13 @@ class ScicatClient:
 
     # --- jobs -------------------------------------------------------------
 
-    def create_job(self, job_type: str, pids: list[str], contact_email: str = "archiver@example.org",
-                   files: dict[str, list[str]] | None = None) -> Job:
+    def create_job(
+        self,
+        job_type: str,
+        pids: list[str],
+        contact_email: str = "archiver@example.org",
+        files: dict[str, list[str]] | None = None,
+    ) -> Job:
         """Create a job as a SciCat user would (tests and tools; SciCat's users create the real ones).
         `files`: per PID the files to retrieve (SciCat's frontend lets users pick single files)."""
         entries = [{"pid": pid, "files": list((files or {}).get(pid, []))} for pid in pids]
@@ -174,7 +188,9 @@ class ScicatClient:
             body = {"type": job_type, "emailJobInitiator": contact_email, "datasetList": entries}
         else:
             body = {"type": job_type, "contactEmail": contact_email, "jobParams": {"datasetList": entries}}
-        return Job.model_validate(self._call("create job", f"job type {job_type!r}", "POST", self._jobs_api + "jobs", body))
+        return Job.model_validate(
+            self._call("create job", f"job type {job_type!r}", "POST", self._jobs_api + "jobs", body)
+        )
 
     def get_job(self, job_id: str) -> Job:
         return Job.model_validate(self._call("get job", f"job {job_id}", "GET", self._job_url(job_id)))
@@ -184,17 +200,25 @@ class ScicatClient:
         return self.get_job(job_id).dataset_pids
 
     def update_job_status(
-        self, job_id: str, status: JobStatus, message: str | None = None, result: JobResultObject | None = None,
+        self,
+        job_id: str,
+        status: JobStatus,
+        message: str | None = None,
+        result: JobResultObject | None = None,
     ) -> Job:
         """Job status in the shape the setting `SCICAT_JOB_STATUS_SCHEMA` names (v3 or v4)."""
         body = job_status_body(self.settings.job_status_schema, status, message, result)
-        return Job.model_validate(self._call(f"update job status to {status.value}", f"job {job_id}", "PATCH", self._job_url(job_id), body))
+        return Job.model_validate(
+            self._call(f"update job status to {status.value}", f"job {job_id}", "PATCH", self._job_url(job_id), body)
+        )
 
     # --- datasets ---------------------------------------------------------
 
     def create_dataset(self, dataset: Dataset) -> Dataset:
         target = f"dataset {dataset.pid}" if dataset.pid else "a new dataset"
-        return Dataset.model_validate(self._call("create dataset", target, "POST", self._api + "datasets", dataset.to_wire()))
+        return Dataset.model_validate(
+            self._call("create dataset", target, "POST", self._api + "datasets", dataset.to_wire())
+        )
 
     def get_dataset(self, pid: str) -> Dataset:
         return Dataset.model_validate(self._call("get dataset", f"dataset {pid}", "GET", self._dataset_url(pid)))
@@ -223,10 +247,17 @@ class ScicatClient:
             stored = (self.get_dataset(pid).datasetlifecycle or DatasetLifecycle()).to_wire()
             differing = {name: stored.get(name) for name, value in wanted.items() if stored.get(name) != value}
             if differing:
-                shown = ", ".join(f"{name} {stored_value!r} (wanted {wanted[name]!r})"
-                                  for name, stored_value in differing.items())
-                raise ScicatError(call, f"dataset {pid}", f"SciCat answered 409 ({e.body}) but the lifecycle holds "
-                                  f"{shown}; check the dataset's lifecycle in SciCat", 409, e.body) from None
+                shown = ", ".join(
+                    f"{name} {stored_value!r} (wanted {wanted[name]!r})" for name, stored_value in differing.items()
+                )
+                raise ScicatError(
+                    call,
+                    f"dataset {pid}",
+                    f"SciCat answered 409 ({e.body}) but the lifecycle holds "
+                    f"{shown}; check the dataset's lifecycle in SciCat",
+                    409,
+                    e.body,
+                ) from None
             log.info("SciCat call '%s' for dataset %s: lifecycle already as asked (SciCat answered 409)", call, pid)
 
     # --- datablocks ---------------------------------------------------------
@@ -234,7 +265,10 @@ class ScicatClient:
     def create_origdatablock(self, pid: str, origdatablock: NewOrigDatablock) -> OrigDatablock:
         body = origdatablock.to_wire()  # the dataset is named by the path only: SciCat refuses datasetId here
         return OrigDatablock.model_validate(
-            self._call("create origdatablock", f"dataset {pid}", "POST", self._dataset_url(pid) + "/origdatablocks", body))
+            self._call(
+                "create origdatablock", f"dataset {pid}", "POST", self._dataset_url(pid) + "/origdatablocks", body
+            )
+        )
 
     def get_origdatablocks(self, pid: str) -> list[OrigDatablock]:
         answer = self._call("get origdatablocks", f"dataset {pid}", "GET", self._dataset_url(pid) + "/origdatablocks")
@@ -243,7 +277,9 @@ class ScicatClient:
     def create_datablock(self, pid: str, datablock: NewDatablock) -> Datablock:
         body = datablock.to_wire()  # the dataset is named by the path only: SciCat refuses datasetId here
         target = f"dataset {pid}, datablock {datablock.archive_id}"
-        return Datablock.model_validate(self._call("create datablock", target, "POST", self._dataset_url(pid) + "/datablocks", body))
+        return Datablock.model_validate(
+            self._call("create datablock", target, "POST", self._dataset_url(pid) + "/datablocks", body)
+        )
 
     def get_datablocks(self, pid: str) -> list[Datablock]:
         answer = self._call("get datablocks", f"dataset {pid}", "GET", self._dataset_url(pid) + "/datablocks")
@@ -261,15 +297,25 @@ class ScicatClient:
         skip, last_id = 0, None
         while True:
             target = f"datablocks {skip} to {skip + page_size - 1}"
-            listing = {"fields": list(LISTED_DATABLOCK_FIELDS),
-                       "limits": {"limit": page_size, "skip": skip, "order": "_id:asc"}}
-            page = self._call("list datablocks", target, "GET", self._api + "datablocks",
-                              params={"filter": json.dumps(listing, separators=(",", ":"))})
+            listing = {
+                "fields": list(LISTED_DATABLOCK_FIELDS),
+                "limits": {"limit": page_size, "skip": skip, "order": "_id:asc"},
+            }
+            page = self._call(
+                "list datablocks",
+                target,
+                "GET",
+                self._api + "datablocks",
+                params={"filter": json.dumps(listing, separators=(",", ":"))},
+            )
             blocks = self._listed_page(target, page, page_size)
             fresh = [block for block in blocks if last_id is None or block.id > last_id]
             if len(blocks) == page_size and not fresh:
-                raise ScicatError("list datablocks", target, "SciCat answered the same datablocks again: it does not "
-                                  "honour limits.skip; upgrade SciCat")
+                raise ScicatError(
+                    "list datablocks",
+                    target,
+                    "SciCat answered the same datablocks again: it does not honour limits.skip; upgrade SciCat",
+                )
             yield from fresh
             if len(blocks) < page_size:
                 return
@@ -280,15 +326,24 @@ class ScicatClient:
         if not isinstance(page, list):
             raise ScicatError("list datablocks", target, f"answer is not a list: {str(page)[:BODY_EXCERPT_CHARS]}")
         if len(page) > page_size:
-            raise ScicatError("list datablocks", target, f"{len(page)} datablocks for a page of {page_size}: SciCat "
-                              "does not honour limits.limit; upgrade SciCat")
+            raise ScicatError(
+                "list datablocks",
+                target,
+                f"{len(page)} datablocks for a page of {page_size}: SciCat "
+                "does not honour limits.limit; upgrade SciCat",
+            )
         try:
             blocks = [ListedDatablock.model_validate(item) for item in page]
         except ValidationError as e:
-            raise ScicatError("list datablocks", target, f"a datablock lacks _id, datasetId or archiveId: {e}") from None
+            raise ScicatError(
+                "list datablocks", target, f"a datablock lacks _id, datasetId or archiveId: {e}"
+            ) from None
         if any(a.id >= b.id for a, b in itertools.pairwise(blocks)):
-            raise ScicatError("list datablocks", target, "datablocks not in _id order: SciCat does not honour "
-                              "limits.order; upgrade SciCat")
+            raise ScicatError(
+                "list datablocks",
+                target,
+                "datablocks not in _id order: SciCat does not honour limits.order; upgrade SciCat",
+            )
         return blocks
 
     def delete_datablock(self, pid: str, datablock_id: str) -> None:
@@ -303,8 +358,15 @@ class ScicatClient:
     def _job_url(self, job_id: str) -> str:
         return self._jobs_api + "jobs/" + encode_id(job_id)
 
-    def _call(self, call: str, target: str, method: str, url: str, body: dict | None = None,
-              params: dict[str, str] | None = None) -> Any:
+    def _call(
+        self,
+        call: str,
+        target: str,
+        method: str,
+        url: str,
+        body: dict | None = None,
+        params: dict[str, str] | None = None,
+    ) -> Any:
         """One authenticated call; logs in again once if the token was refused."""
         token = self._current_token()
         response = self._send(call, target, method, url, json=body, token=token, params=params)
@@ -319,8 +381,17 @@ class ScicatClient:
         except ValueError:
             raise ScicatError(call, target, "answer is not JSON", response.status_code, _excerpt(response)) from None
 
-    def _send(self, call: str, target: str, method: str, url: str, json: dict | None = None, token: str | None = None,
-              params: dict[str, str] | None = None, repeatable: bool | None = None) -> httpx.Response:
+    def _send(
+        self,
+        call: str,
+        target: str,
+        method: str,
+        url: str,
+        json: dict | None = None,
+        token: str | None = None,
+        params: dict[str, str] | None = None,
+        repeatable: bool | None = None,
+    ) -> httpx.Response:
         """The answer, retrying what cannot have taken effect twice: everything but a POST (unless
         `repeatable`) on 502/503/504 and lost connections, and any request that never connected."""
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -333,12 +404,16 @@ class ScicatClient:
                     return response
                 problem = f"HTTP {response.status_code}: {_excerpt(response)}"
                 if attempt >= self._retries:
-                    raise ScicatError(call, target, f"{problem} (after {attempt + 1} tries)", response.status_code, _excerpt(response))
+                    raise ScicatError(
+                        call, target, f"{problem} (after {attempt + 1} tries)", response.status_code, _excerpt(response)
+                    )
             except httpx.TransportError as e:
                 problem = f"{e.__class__.__name__}: {e}"
                 may_have_arrived = not isinstance(e, (httpx.ConnectError, httpx.ConnectTimeout))
                 if attempt >= self._retries or (not repeatable and may_have_arrived):
-                    raise ScicatError(call, target, f"no answer from {url}: {problem} (after {attempt + 1} tries)") from e
+                    raise ScicatError(
+                        call, target, f"no answer from {url}: {problem} (after {attempt + 1} tries)"
+                    ) from e
             delay = min(self._max_backoff_s, self._backoff_s * 2**attempt)
             log.warning("SciCat call '%s' for %s: %s; retrying in %.1fs", call, target, problem, delay)
             self._sleep(delay)
@@ -353,7 +428,10 @@ class ScicatClient:
 
 
 def job_status_body(
-    schema: str, status: JobStatus, message: str | None = None, result: JobResultObject | None = None,
+    schema: str,
+    status: JobStatus,
+    message: str | None = None,
+    result: JobResultObject | None = None,
 ) -> dict[str, Any]:
     """PATCH body of a job status update: v3 `jobStatusMessage`, v4 `statusCode` + `statusMessage`."""
     result_object = result.to_wire() if result is not None else None

@@ -35,8 +35,13 @@ def _get(http: httpx.Client, url: str, token: str, call: str) -> httpx.Response:
     if response.status_code in (401, 403):
         raise UnknownTokenError(f"SciCat refused the token (HTTP {response.status_code})")
     if not response.is_success:
-        raise ScicatError(call, "the caller's token", f"HTTP {response.status_code}: {_excerpt(response)}",
-                          response.status_code, _excerpt(response))
+        raise ScicatError(
+            call,
+            "the caller's token",
+            f"HTTP {response.status_code}: {_excerpt(response)}",
+            response.status_code,
+            _excerpt(response),
+        )
     return response
 
 

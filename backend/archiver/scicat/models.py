@@ -110,16 +110,24 @@ class Dataset(ScicatModel):
     datasetlifecycle: DatasetLifecycle | None = None
 
 
-def new_raw_dataset(owner_group: str, name: str, *, pid: str | None = None, size: int | None = None,
-                    number_of_files: int | None = None) -> Dataset:
+def new_raw_dataset(
+    owner_group: str, name: str, *, pid: str | None = None, size: int | None = None, number_of_files: int | None = None
+) -> Dataset:
     """A raw dataset with every field SciCat requires, as an ingestor registers one (test data, tools)."""
     fields: dict[str, Any] = {"pid": pid} if pid else {}
     if size is not None:
         fields.update(size=size, number_of_files=number_of_files)
     return Dataset(
-        **fields, type="raw", owner="archiver", owner_group=owner_group, access_groups=[owner_group],
-        contact_email="archiver@example.org", principal_investigator="archiver@example.org",
-        creation_location="archiver test data", source_folder="/test-data", dataset_name=name,
+        **fields,
+        type="raw",
+        owner="archiver",
+        owner_group=owner_group,
+        access_groups=[owner_group],
+        contact_email="archiver@example.org",
+        principal_investigator="archiver@example.org",
+        creation_location="archiver test data",
+        source_folder="/test-data",
+        dataset_name=name,
         creation_time=datetime.now(UTC),
     )
 

@@ -70,16 +70,19 @@ def free_percentage(path: Path) -> float:
     return 100.0 * usage.free / usage.total if usage.total else 0.0
 
 
-def has_free_space(path: Path, min_free_percentage: float,
-                   free: Callable[[Path], float] = free_percentage) -> bool:
+def has_free_space(path: Path, min_free_percentage: float, free: Callable[[Path], float] = free_percentage) -> bool:
     """The one test of enough room, for the wait below and for skipping it (archival)."""
     return free(path) > min_free_percentage
 
 
 def _wait(
-    ready: Callable[[], bool], timeout_s: float, describe_timeout: Callable[[], str],
-    first_interval_s: float, max_interval_s: float,
-    sleep: Callable[[float], None], clock: Callable[[], float],
+    ready: Callable[[], bool],
+    timeout_s: float,
+    describe_timeout: Callable[[], str],
+    first_interval_s: float,
+    max_interval_s: float,
+    sleep: Callable[[float], None],
+    clock: Callable[[], float],
 ) -> None:
     deadline = clock() + timeout_s
     interval = first_interval_s
@@ -92,21 +95,30 @@ def _wait(
 
 
 def wait_for_free_space(
-    path: Path, min_free_percentage: float, timeout_s: float, *,
-    first_interval_s: float = 1.0, max_interval_s: float = 60.0,
-    sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic,
+    path: Path,
+    min_free_percentage: float,
+    timeout_s: float,
+    *,
+    first_interval_s: float = 1.0,
+    max_interval_s: float = 60.0,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
     free: Callable[[Path], float] = free_percentage,
 ) -> float:
     """Block until more than `min_free_percentage` % of the filesystem of `path` is free; returns the free %."""
     _wait(
-        lambda: has_free_space(path, min_free_percentage, free), timeout_s,
+        lambda: has_free_space(path, min_free_percentage, free),
+        timeout_s,
         lambda: (
             f"LTS at {path} has {free(path):.1f}% free space, "
             f"below LTS_FREE_SPACE_PERCENTAGE={min_free_percentage:g}%, "
             f"and did not free up within {timeout_s:g}s (LTS_FREE_SPACE_TIMEOUT_S); free space on the LTS "
             "or lower the threshold, then restart the job"
         ),
-        first_interval_s, max_interval_s, sleep, clock,
+        first_interval_s,
+        max_interval_s,
+        sleep,
+        clock,
     )
     return free(path)
 
@@ -121,17 +133,26 @@ def _readable(path: Path) -> bool:
 
 
 def wait_until_readable(
-    path: Path, timeout_s: float, *, first_interval_s: float = 1.0, max_interval_s: float = 30.0,
-    sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic,
+    path: Path,
+    timeout_s: float,
+    *,
+    first_interval_s: float = 1.0,
+    max_interval_s: float = 30.0,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
 ) -> None:
     """Block until `path` can be opened and read (tape-backed storage may first recall it)."""
     _wait(
-        lambda: _readable(path), timeout_s,
+        lambda: _readable(path),
+        timeout_s,
         lambda: (
             f"LTS file {path} is not readable ({_why_unreadable(path)}) after {timeout_s:g}s "
             "(LTS_FILE_TIMEOUT_S); check that the LTS is mounted and the file exists"
         ),
-        first_interval_s, max_interval_s, sleep, clock,
+        first_interval_s,
+        max_interval_s,
+        sleep,
+        clock,
     )
 
 

@@ -98,8 +98,16 @@ def uploaded_parts(s3, bucket: str, key: str, upload_id: str) -> dict[int, Uploa
     return parts
 
 
-def presigned_part_url(signer, bucket: str, key: str, upload_id: str, number: int, expires_s: int, length: int,
-                       md5_base64: str | None = None) -> str:
+def presigned_part_url(
+    signer,
+    bucket: str,
+    key: str,
+    upload_id: str,
+    number: int,
+    expires_s: int,
+    length: int,
+    md5_base64: str | None = None,
+) -> str:
     """A PUT URL for one part of exactly `length` bytes (and, given its MD5, exactly those bytes); `signer` is a
     client for the endpoint the uploader reaches. Content-Length (and Content-MD5) become signed headers: S3
     refuses a PUT of another size (SignatureDoesNotMatch, 403), so a URL never stores more than its part."""
@@ -111,8 +119,12 @@ def presigned_part_url(signer, bucket: str, key: str, upload_id: str, number: in
 
 def complete_upload(s3, bucket: str, key: str, upload_id: str, parts: list[UploadedPart]) -> None:
     s3.complete_multipart_upload(
-        Bucket=bucket, Key=key, UploadId=upload_id,
-        MultipartUpload={"Parts": [{"PartNumber": p.number, "ETag": p.etag} for p in sorted(parts, key=lambda p: p.number)]},
+        Bucket=bucket,
+        Key=key,
+        UploadId=upload_id,
+        MultipartUpload={
+            "Parts": [{"PartNumber": p.number, "ETag": p.etag} for p in sorted(parts, key=lambda p: p.number)]
+        },
     )
 
 
@@ -183,14 +195,19 @@ def release_if_gone(s3, bucket: str, upload_ids: Iterable[str]) -> int:
 def release_orphaned(s3, bucket: str) -> int:
     """Remove the reservations whose upload is gone (aborted by the bucket's lifecycle rule, or whose
     release failed); returns how many."""
-    return release_if_gone(s3, bucket, reservations(s3, bucket))  # listed first: an upload is created before its reservation
+    return release_if_gone(
+        s3, bucket, reservations(s3, bucket)
+    )  # listed first: an upload is created before its reservation
 
 
 def abort_uploads(s3, bucket: str, prefix: str, started_before: datetime | None = None) -> list[UnfinishedUpload]:
     """Abort the unfinished uploads below `prefix` (only those started before `started_before`, if given) and
     release the budget reservations of those S3 ended; returns the uploads aborted."""
-    aborted = [upload for upload in unfinished_uploads(s3, bucket, prefix)
-               if (started_before is None or upload.initiated < started_before)
-               and abort_upload(s3, bucket, upload.key, upload.upload_id)]
+    aborted = [
+        upload
+        for upload in unfinished_uploads(s3, bucket, prefix)
+        if (started_before is None or upload.initiated < started_before)
+        and abort_upload(s3, bucket, upload.key, upload.upload_id)
+    ]
     release_if_gone(s3, bucket, [upload.upload_id for upload in aborted])
     return aborted

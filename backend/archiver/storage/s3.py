@@ -97,8 +97,15 @@ class MultipartUpload:
     Nothing is visible in the bucket until `complete()`; `abort()` (or leaving the
     `with` block by an exception) removes every uploaded part."""
 
-    def __init__(self, s3, bucket: str, key: str, part_size: int = 8 * 1024 * 1024, max_in_flight: int = 2,
-                 metadata: dict[str, str] | None = None):
+    def __init__(
+        self,
+        s3,
+        bucket: str,
+        key: str,
+        part_size: int = 8 * 1024 * 1024,
+        max_in_flight: int = 2,
+        metadata: dict[str, str] | None = None,
+    ):
         if part_size < MIN_PART_SIZE:
             raise ValueError(f"part_size must be at least {MIN_PART_SIZE} bytes (S3 minimum), got {part_size}")
         self._s3, self.bucket, self.key = s3, bucket, key
@@ -118,7 +125,7 @@ class MultipartUpload:
         self.size += len(view)
         while len(view):
             n = min(len(view), self._part_size - self._filled)
-            self._current[self._filled:self._filled + n] = view[:n]
+            self._current[self._filled : self._filled + n] = view[:n]
             self._filled += n
             view = view[n:]
             if self._filled == self._part_size:
@@ -165,7 +172,9 @@ class MultipartUpload:
         try:
             self.abort()
         except Exception as abort_error:  # keep the original error; say what is left behind
-            exc.add_note(f"aborting multipart upload {self.upload_id} of s3://{self.bucket}/{self.key} failed too: {abort_error}")
+            exc.add_note(
+                f"aborting multipart upload {self.upload_id} of s3://{self.bucket}/{self.key} failed too: {abort_error}"
+            )
 
 
 def delete_prefix(s3, bucket: str, prefix: str) -> int:
@@ -185,12 +194,14 @@ def delete_prefix(s3, bucket: str, prefix: str) -> int:
 def delete_keys(s3, bucket: str, keys: list[str]) -> int:
     """Delete the named objects (absent ones are no error); returns how many were asked for."""
     for start in range(0, len(keys), 1000):
-        batch = [{"Key": key} for key in keys[start:start + 1000]]
+        batch = [{"Key": key} for key in keys[start : start + 1000]]
         errors = s3.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True}).get("Errors", [])
         if errors:
             first = errors[0]
-            raise RuntimeError(f"could not delete {len(errors)} object(s) of s3://{bucket}, e.g. {first.get('Key')}: "
-                               f"{first.get('Code')} {first.get('Message')}")
+            raise RuntimeError(
+                f"could not delete {len(errors)} object(s) of s3://{bucket}, e.g. {first.get('Key')}: "
+                f"{first.get('Code')} {first.get('Message')}"
+            )
     return len(keys)
 
 
@@ -205,7 +216,12 @@ def abort_multipart_uploads(s3, bucket: str, prefix: str) -> int:
 
 
 def presigned_get_url(
-    external_endpoint: str, region: str, credentials: S3Credentials, bucket: str, key: str, expires_s: int,
+    external_endpoint: str,
+    region: str,
+    credentials: S3Credentials,
+    bucket: str,
+    key: str,
+    expires_s: int,
 ) -> str:
     """A GET URL signed for the endpoint users reach (not the one the archiver uses); at most 7 days."""
     if not 0 < expires_s <= MAX_PRESIGNED_URL_SECONDS:
@@ -213,9 +229,7 @@ def presigned_get_url(
             f"presigned URL lifetime {expires_s}s is outside 1..{MAX_PRESIGNED_URL_SECONDS}s (7 days, the S3 limit)"
         )
     client = s3_client(external_endpoint, region, credentials)
-    return client.generate_presigned_url(
-        "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=int(expires_s)
-    )
+    return client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=int(expires_s))
 
 
 def presigned_url_expiry(url: str) -> datetime | None:

@@ -69,7 +69,10 @@ class SeedInputs:
 
 
 def read_inputs(
-    vars_file: Path, limits_file: Path, secrets_dir: Path = DEFAULT_SECRETS_DIR, environ: Mapping[str, str] | None = None,
+    vars_file: Path,
+    limits_file: Path,
+    secrets_dir: Path = DEFAULT_SECRETS_DIR,
+    environ: Mapping[str, str] | None = None,
 ) -> SeedInputs:
     """The files' contents; keys of the variables file set in `environ` override it (the stack's
     per-site values, e.g. SCICAT_ENDPOINT of the development SciCat)."""
@@ -80,7 +83,9 @@ def read_inputs(
         settings=settings,
         limits=load_limits_file(limits_file),
         secrets={spec.prefect_block: read_secret(spec, secrets_dir) for spec in PREFECT_SECRETS},
-        minio_root=S3Credentials(read_secret(MINIO_ROOT.user, secrets_dir), read_secret(MINIO_ROOT.password, secrets_dir)),
+        minio_root=S3Credentials(
+            read_secret(MINIO_ROOT.user, secrets_dir), read_secret(MINIO_ROOT.password, secrets_dir)
+        ),
     )
 
 
@@ -88,7 +93,9 @@ def seed(inputs: SeedInputs, say: Callable[[str], None] = lambda line: None) -> 
     from prefect.client.orchestration import get_client
 
     if not os.environ.get("PREFECT_API_URL"):
-        raise ConfigError("PREFECT_API_URL is not set; point it at the Prefect server's API, e.g. http://prefect-server:4200/api")
+        raise ConfigError(
+            "PREFECT_API_URL is not set; point it at the Prefect server's API, e.g. http://prefect-server:4200/api"
+        )
     report = SeedReport(say)
     with get_client(sync_client=True) as client:
         # Every service is checked before the first write: a wrong endpoint or secret changes nothing.
@@ -132,11 +139,19 @@ def _check_s3_accounts(inputs: SeedInputs) -> None:
     A bucket not there yet is fine: the root account creates it next."""
     minio = inputs.settings.s3
     probes = (
-        (ARCHIVER_S3, f"list bucket {minio.landingzone_bucket!r}", {"NoSuchBucket"},
-         lambda s3: s3.list_objects_v2(Bucket=minio.landingzone_bucket, MaxKeys=1)),
+        (
+            ARCHIVER_S3,
+            f"list bucket {minio.landingzone_bucket!r}",
+            {"NoSuchBucket"},
+            lambda s3: s3.list_objects_v2(Bucket=minio.landingzone_bucket, MaxKeys=1),
+        ),
         # Without s3:ListBucket a missing key may be AccessDenied: the credentials were still accepted.
-        (PRESIGN_S3, f"reach bucket {minio.retrieval_bucket!r}", {"NoSuchBucket", "NoSuchKey", "AccessDenied"},
-         lambda s3: s3.get_object(Bucket=minio.retrieval_bucket, Key=PREFLIGHT_KEY)["Body"].close()),
+        (
+            PRESIGN_S3,
+            f"reach bucket {minio.retrieval_bucket!r}",
+            {"NoSuchBucket", "NoSuchKey", "AccessDenied"},
+            lambda s3: s3.get_object(Bucket=minio.retrieval_bucket, Key=PREFLIGHT_KEY)["Body"].close(),
+        ),
     )
     for account, what, fine, probe in probes:
         problem = _probe_failure(probe, s3_client(minio.endpoint, minio.region, inputs.s3_credentials(account)), fine)
@@ -144,7 +159,7 @@ def _check_s3_accounts(inputs: SeedInputs) -> None:
             raise ConfigError(
                 f"S3 account {account.name} ({account.files}) cannot {what} at {minio.endpoint}: {problem}; nothing "
                 f"was written. Create it with policy backend/docker/s3-policies/{account.name}.json, bucket names as "
-                "in prefect-vars.toml (docs/deployment.md, \"S3 accounts\")"
+                'in prefect-vars.toml (docs/deployment.md, "S3 accounts")'
             )
 
 
@@ -168,8 +183,10 @@ def _check_scicat(inputs: SeedInputs, report: SeedReport) -> None:
     try:
         httpx.get(endpoint, timeout=10)
     except httpx.HTTPError as e:
-        report.say(f"warning: SciCat at {endpoint} (SCICAT_ENDPOINT) does not answer ({type(e).__name__}: {e}); "
-                   "archive and retrieve jobs will fail until it does")
+        report.say(
+            f"warning: SciCat at {endpoint} (SCICAT_ENDPOINT) does not answer ({type(e).__name__}: {e}); "
+            "archive and retrieve jobs will fail until it does"
+        )
 
 
 def _seed_variables(client, settings: Settings, limits: ConcurrencyLimits, report: SeedReport) -> None:
@@ -184,8 +201,10 @@ def _seed_variables(client, settings: Settings, limits: ConcurrencyLimits, repor
             action = "created"
         elif existing[name] != value:
             client.update_variable(VariableUpdate(name=name, value=value))
-            action = (f"updated (Prefect had {existing[name]!r}, the file says {value!r}; a change made in the UI "
-                      "is reset: make it in the file to keep it)")
+            action = (
+                f"updated (Prefect had {existing[name]!r}, the file says {value!r}; a change made in the UI "
+                "is reset: make it in the file to keep it)"
+            )
         else:
             action = None
         report.record(f"variable {name}", action)
@@ -219,8 +238,10 @@ def _delete_obsolete_secret_blocks(client, report: SeedReport) -> None:
         client.delete_block_document(document.id)
         deleted.append(name)
     if deleted:
-        report.record(f"secret block(s) {', '.join(deleted)}",
-                      "deleted (obsolete: MinIO's root account is no longer stored in Prefect)")
+        report.record(
+            f"secret block(s) {', '.join(deleted)}",
+            "deleted (obsolete: MinIO's root account is no longer stored in Prefect)",
+        )
 
 
 def _seed_limits(client, limits: ConcurrencyLimits, report: SeedReport) -> None:
@@ -284,32 +305,49 @@ def _seed_buckets(s3, inputs: SeedInputs, report: SeedReport) -> None:
             if bucket in existing:
                 action = None
             else:
-                location = {} if minio.region == "us-east-1" else {
-                    "CreateBucketConfiguration": {"LocationConstraint": minio.region}
-                }
+                location = (
+                    {}
+                    if minio.region == "us-east-1"
+                    else {"CreateBucketConfiguration": {"LocationConstraint": minio.region}}
+                )
                 s3.create_bucket(Bucket=bucket, **location)
                 action = "created"
         except (BotoCoreError, ClientError) as e:
             raise ConfigError(f"S3 at {minio.endpoint}: cannot create bucket {bucket!r}: {e}") from None
         report.record(f"bucket {bucket}", action)
     _seed_abort_uploads_rule(s3, minio.retrieval_bucket, minio.abort_incomplete_uploads_days, report)
-    _seed_abort_uploads_rule(s3, minio.landingzone_bucket, inputs.settings.upload.abort_incomplete_days, report,
-                             left_by="uploads through the archiver API abandoned by their uploader",
-                             otherwise="`archiver upload-cleanup`")
+    _seed_abort_uploads_rule(
+        s3,
+        minio.landingzone_bucket,
+        inputs.settings.upload.abort_incomplete_days,
+        report,
+        left_by="uploads through the archiver API abandoned by their uploader",
+        otherwise="`archiver upload-cleanup`",
+    )
 
 
 ABORT_UPLOADS_RULE_ID = "archiver-abort-incomplete-uploads"
 
 
-def _seed_abort_uploads_rule(s3, bucket: str, days: int, report: SeedReport, left_by: str = "killed retrievals",
-                             otherwise: str = "a retrieval of the same dataset") -> None:
+def _seed_abort_uploads_rule(
+    s3,
+    bucket: str,
+    days: int,
+    report: SeedReport,
+    left_by: str = "killed retrievals",
+    otherwise: str = "a retrieval of the same dataset",
+) -> None:
     """A lifecycle rule aborting multipart uploads left unfinished for `days` (a killed retrieval's, an
     abandoned upload's); the bucket's other rules are kept. A server without lifecycle support gets a
     warning, not an error."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    wanted = {"ID": ABORT_UPLOADS_RULE_ID, "Status": "Enabled", "Filter": {"Prefix": ""},
-              "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": days}}
+    wanted = {
+        "ID": ABORT_UPLOADS_RULE_ID,
+        "Status": "Enabled",
+        "Filter": {"Prefix": ""},
+        "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": days},
+    }
     what = f"lifecycle rule of bucket {bucket} (abort uploads unfinished after {days} day(s))"
     try:
         try:
@@ -325,17 +363,21 @@ def _seed_abort_uploads_rule(s3, bucket: str, days: int, report: SeedReport, lef
         others = [r for r in rules if r.get("ID") != ABORT_UPLOADS_RULE_ID]
         s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": [*others, wanted]})
     except (BotoCoreError, ClientError) as e:
-        report.say(f"warning: {what} not set, the S3 server refused it ({e}); unfinished uploads of {left_by} "
-                   f"are then only aborted by {otherwise}")
+        report.say(
+            f"warning: {what} not set, the S3 server refused it ({e}); unfinished uploads of {left_by} "
+            f"are then only aborted by {otherwise}"
+        )
         return
     report.record(what, "created" if current is None else "updated")
 
 
 def _same_rule(current: dict, wanted: dict) -> bool:
-    return (current.get("Status") == wanted["Status"]
-            and current.get("AbortIncompleteMultipartUpload") == wanted["AbortIncompleteMultipartUpload"]
-            and (current.get("Filter") or {}).get("Prefix", "") == ""
-            and (current.get("Prefix") or "") == "")
+    return (
+        current.get("Status") == wanted["Status"]
+        and current.get("AbortIncompleteMultipartUpload") == wanted["AbortIncompleteMultipartUpload"]
+        and (current.get("Filter") or {}).get("Prefix", "") == ""
+        and (current.get("Prefix") or "") == ""
+    )
 
 
 __all__ = ["SECRETS", "SeedInputs", "SeedReport", "read_inputs", "seed"]

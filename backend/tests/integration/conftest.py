@@ -59,7 +59,9 @@ class Pipeline:
         """The job as SciCat serves it under /api/{version}/jobs (v3 or v4 shape)."""
         from archiver.scicat.client import ScicatClient
 
-        settings = self.settings.scicat.model_copy(update={"jobs_api_prefix": f"/api/{version}/", "job_status_schema": version})
+        settings = self.settings.scicat.model_copy(
+            update={"jobs_api_prefix": f"/api/{version}/", "job_status_schema": version}
+        )
         with ScicatClient(settings, self.scicat._credentials) as client:
             return client.get_job(job_id).to_wire()
 
@@ -89,26 +91,49 @@ def pipeline_secrets_dir(scicat_secrets_dir) -> Path:
 
 
 @pytest.fixture
-def pipeline(tmp_path, prefect_api_url, s3_endpoint, s3, scicat_url, pipeline_secrets_dir, scicat_credentials,
-             scicat_dev, unique_name) -> Pipeline:
+def pipeline(
+    tmp_path,
+    prefect_api_url,
+    s3_endpoint,
+    s3,
+    scicat_url,
+    pipeline_secrets_dir,
+    scicat_credentials,
+    scicat_dev,
+    unique_name,
+) -> Pipeline:
     from archiver.scicat.client import ScicatClient
 
     lts_root = tmp_path / "lts"
     lts_root.mkdir()
     data = tomllib.loads((REPO / "prefect-vars.toml").read_text())
-    data["archiver"].update(ARCHIVER_TARGET_SIZE_MB=1, ARCHIVER_DATASET_CONCURRENCY=2, ARCHIVER_DATABLOCK_CONCURRENCY=2,
-                            ARCHIVER_SCRATCH_FOLDER=str(tmp_path / "scratch"))
+    data["archiver"].update(
+        ARCHIVER_TARGET_SIZE_MB=1,
+        ARCHIVER_DATASET_CONCURRENCY=2,
+        ARCHIVER_DATABLOCK_CONCURRENCY=2,
+        ARCHIVER_SCRATCH_FOLDER=str(tmp_path / "scratch"),
+    )
     data["lts"].update(LTS_STORAGE_ROOT=str(lts_root), LTS_FREE_SPACE_PERCENTAGE=1, LTS_FILE_TIMEOUT_S=10)
-    data["s3"].update(S3_ENDPOINT=s3_endpoint, S3_EXTERNAL_ENDPOINT=s3_endpoint,
-                         S3_LANDINGZONE_BUCKET=f"{unique_name}-landing", S3_RETRIEVAL_BUCKET=f"{unique_name}-retrieval")
+    data["s3"].update(
+        S3_ENDPOINT=s3_endpoint,
+        S3_EXTERNAL_ENDPOINT=s3_endpoint,
+        S3_LANDINGZONE_BUCKET=f"{unique_name}-landing",
+        S3_RETRIEVAL_BUCKET=f"{unique_name}-retrieval",
+    )
     data["scicat"].update(SCICAT_ENDPOINT=scicat_url)
     vars_file = tmp_path / "prefect-vars.toml"
     vars_file.write_text(tomli_w.dumps(data))
     limits_file = tmp_path / "concurrency-limits.toml"
     limits_file.write_text((REPO / "concurrency-limits.toml").read_text())
     pipeline = Pipeline(
-        settings=load_vars_file(vars_file), s3=s3, scicat=None, scicat_dev=scicat_dev, lts_root=lts_root,
-        vars_file=vars_file, limits_file=limits_file, secrets_dir=pipeline_secrets_dir,
+        settings=load_vars_file(vars_file),
+        s3=s3,
+        scicat=None,
+        scicat_dev=scicat_dev,
+        lts_root=lts_root,
+        vars_file=vars_file,
+        limits_file=limits_file,
+        secrets_dir=pipeline_secrets_dir,
     )
     pipeline.reseed()
     with ScicatClient(pipeline.settings.scicat, scicat_credentials) as client:
@@ -130,7 +155,9 @@ def serve_deployments(tmp_path, pipeline, prefect_api_url):
     def start(**environment: str):
         log = (tmp_path / "serve.log").open("ab")
         process = subprocess.Popen(
-            [sys.executable, "-m", "archiver.cli", "serve"], stdout=log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "archiver.cli", "serve"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
             env={**os.environ, "PREFECT_API_URL": prefect_api_url, "PREFECT_RUNNER_POLL_FREQUENCY": "1", **environment},
             start_new_session=True,
         )

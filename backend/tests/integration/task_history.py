@@ -26,9 +26,12 @@ def tagged_task_runs_since(tag: str, name_like: str, since: datetime, timeout_s:
 
     def ended_runs():
         with get_client(sync_client=True) as client:
-            runs = client.read_task_runs(task_run_filter=TaskRunFilter(
-                name=TaskRunFilterName(like_=name_like), start_time=TaskRunFilterStartTime(after_=since),
-            ))
+            runs = client.read_task_runs(
+                task_run_filter=TaskRunFilter(
+                    name=TaskRunFilterName(like_=name_like),
+                    start_time=TaskRunFilterStartTime(after_=since),
+                )
+            )
         tagged = [r for r in runs if tag in r.tags]
         return (tagged,) if all(r.end_time for r in tagged) else None  # a tuple: an empty list is an answer too
 

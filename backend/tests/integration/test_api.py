@@ -93,8 +93,12 @@ def test_archive_job_starts_a_run_of_the_archival_deployment(api, deployments, c
     job_id = str(uuid.uuid4())
     pids = ["20.500.11935/abc-1", "20.500.11935/abc-2"]
     datasets = [{"pid": p, "files": []} for p in pids]
-    job = {"id": job_id, "type": "archive", "ownerGroup": "group1",
-           **({"jobParams": {"datasetList": datasets}} if shape == "v4" else {"datasetList": datasets})}
+    job = {
+        "id": job_id,
+        "type": "archive",
+        "ownerGroup": "group1",
+        **({"jobParams": {"datasetList": datasets}} if shape == "v4" else {"datasetList": datasets}),
+    }
     headers = {"Content-Type": content_type} if content_type else {}
     response = api.post("/jobs", content=json.dumps(job).encode(), headers=headers)
     assert response.status_code == 200, response.text
@@ -153,8 +157,13 @@ def test_unknown_type_is_400_naming_allowed_types(api):
 
 @pytest.mark.parametrize(
     ("content", "says"),
-    [(b"{not json", "not JSON"), (b'{"type": "archive"}', "id"), (b'{"id": "12345", "type": "archive"}', "UUID"),
-     (b"[]", "not an object"), (b"\xff\xfe", "not JSON")],
+    [
+        (b"{not json", "not JSON"),
+        (b'{"type": "archive"}', "id"),
+        (b'{"id": "12345", "type": "archive"}', "UUID"),
+        (b"[]", "not an object"),
+        (b"\xff\xfe", "not JSON"),
+    ],
 )
 @pytest.mark.parametrize("content_type", ["application/json", "text/plain"])
 def test_malformed_job_is_422_saying_why(api, content, says, content_type):
@@ -177,8 +186,9 @@ def test_openapi_document_lists_the_jobs_endpoint(api):
 def post_archive_job(server, secrets_dir, timeout: float) -> httpx.Response:
     """A new archive job, with the right Authorization header, to an API started by `start_api`."""
     auth = {"Authorization": read_secret(AUTH_SPEC, secrets_dir, {})}
-    return httpx.post(f"{server.url}{ROOT}/jobs", json={"id": str(uuid.uuid4()), "type": "archive"},
-                      headers=auth, timeout=timeout)
+    return httpx.post(
+        f"{server.url}{ROOT}/jobs", json={"id": str(uuid.uuid4()), "type": "archive"}, headers=auth, timeout=timeout
+    )
 
 
 def test_unregistered_deployment_is_503_and_not_ready(tmp_path, secrets_dir, prefect_api_url):
@@ -202,20 +212,29 @@ def test_unreachable_prefect_is_503(tmp_path, secrets_dir, deployments):
         assert httpx.get(f"{server.url}{ROOT}/health/readyz", timeout=120).status_code == 503
 
 
-def test_prefect_refusing_the_api_credentials_is_502_naming_the_setting(tmp_path, secrets_dir, prefect_api_url,
-                                                                        deployments):
+def test_prefect_refusing_the_api_credentials_is_502_naming_the_setting(
+    tmp_path, secrets_dir, prefect_api_url, deployments
+):
     from prefect.client.orchestration import get_client
 
     wrong = tmp_path / "prefectauth.txt"
     wrong.write_text("archiver:wrong-password\n")
     with get_client(sync_client=True) as client:
         runs_before = client.count_flow_runs()
-    with start_api(tmp_path, secrets_dir, prefect_api_url, deployments, PREFECT_API_AUTH_STRING="",
-                   PREFECT_API_AUTH_STRING_FILE=str(wrong)) as server:
+    with start_api(
+        tmp_path,
+        secrets_dir,
+        prefect_api_url,
+        deployments,
+        PREFECT_API_AUTH_STRING="",
+        PREFECT_API_AUTH_STRING_FILE=str(wrong),
+    ) as server:
         response = post_archive_job(server, secrets_dir, timeout=60)
     assert response.status_code == 502, response.text
-    assert "Prefect refused the archiver API's credentials (HTTP 401); check PREFECT_API_AUTH_STRING_FILE" in (
-        response.json()["detail"])
+    assert (
+        "Prefect refused the archiver API's credentials (HTTP 401); check PREFECT_API_AUTH_STRING_FILE"
+        in (response.json()["detail"])
+    )
     assert "wrong-password" not in response.text + (tmp_path / "api.log").read_text()
     with get_client(sync_client=True) as client:
         assert client.count_flow_runs() == runs_before

@@ -53,8 +53,10 @@ def test_unauthenticated_100_mib_body_is_401_without_the_api_growing(api):
     before = rss_kib(pid)
     response = httpx.post(f"{api.base_url}jobs", content=zeros(100 * MiB), timeout=120)
     after = rss_kib(pid)
-    print(f"API RSS before {before['VmRSS']} kB (peak {before['VmHWM']} kB), "
-          f"after an unauthenticated 100 MiB body {after['VmRSS']} kB (peak {after['VmHWM']} kB)")
+    print(
+        f"API RSS before {before['VmRSS']} kB (peak {before['VmHWM']} kB), "
+        f"after an unauthenticated 100 MiB body {after['VmRSS']} kB (peak {after['VmHWM']} kB)"
+    )
     assert response.status_code == 401
     assert after["VmRSS"] - before["VmRSS"] < 16 * 1024
     assert after["VmHWM"] - before["VmHWM"] < 16 * 1024
@@ -117,10 +119,12 @@ def test_bad_dataset_pid_is_422_naming_it_and_starts_nothing(api, pid, named, sh
         ({"id": str(uuid.uuid4()), "type": "x" * 100_000}, 400, "100002 characters"),
         ({"id": "y" * 100_000, "type": "archive"}, 422, "100002 characters"),
         ({"id": str(uuid.uuid4()), "type": ["archive"]}, 422, "['archive']"),
-        ({"id": str(uuid.uuid4()), "type": "archive", "jobParams": {"datasetList": ["pid-only"]}}, 422,
-         "[0] must be an object"),
-        ({"id": str(uuid.uuid4()), "type": "archive", "jobParams": {"datasetList": "20.500/x"}}, 422,
-         "must be a list"),
+        (
+            {"id": str(uuid.uuid4()), "type": "archive", "jobParams": {"datasetList": ["pid-only"]}},
+            422,
+            "[0] must be an object",
+        ),
+        ({"id": str(uuid.uuid4()), "type": "archive", "jobParams": {"datasetList": "20.500/x"}}, 422, "must be a list"),
         ({"id": str(uuid.uuid4()), "type": "archive", "jobParams": "x"}, 422, "jobParams"),
     ],
 )
@@ -135,7 +139,9 @@ def test_bad_id_or_type_is_refused_naming_it_shortened(api, document, status, na
 
 def test_lone_surrogate_as_raw_bytes_is_422(api):
     """Python's json.loads decodes bytes with surrogatepass: the UTF-8 encoded surrogate becomes '\ud800'."""
-    response = api.post("/jobs", content=b'{"id": "' + "\ud800".encode("utf-8", "surrogatepass") + b'", "type": "archive"}')
+    response = api.post(
+        "/jobs", content=b'{"id": "' + "\ud800".encode("utf-8", "surrogatepass") + b'", "type": "archive"}'
+    )
     assert response.status_code == 422, response.text
     assert r"'\ud800'" in response.json()["detail"]
 
@@ -207,8 +213,11 @@ def test_property_based_run_against_the_openapi_document_gives_no_server_error(a
 
     # The upload endpoints need a seeded landing zone and a SciCat user: test_uploads.py fuzzes them. Fresh links
     # need the flows' settings seeded in Prefect (without them they answer 503 on purpose): test_retrieval_links.py.
-    schema = (schemathesis.openapi.from_url(f"{api.base_url}openapi.json").exclude(tag="uploads")
-              .exclude(path_regex=r"/links$"))
+    schema = (
+        schemathesis.openapi.from_url(f"{api.base_url}openapi.json")
+        .exclude(tag="uploads")
+        .exclude(path_regex=r"/links$")
+    )
     cases = st.one_of(
         schema.as_strategy(generation_mode=schemathesis.GenerationMode.POSITIVE),
         schema.as_strategy(generation_mode=schemathesis.GenerationMode.NEGATIVE),
@@ -229,7 +238,9 @@ def test_property_based_run_against_the_openapi_document_gives_no_server_error(a
     started = time.monotonic()
     run()
     print(f"schemathesis: {sum(statuses.values())} requests in {time.monotonic() - started:.0f} s, statuses {statuses}")
-    assert any(status == 401 for status in statuses) and any(400 <= status < 500 and status != 401 for status in statuses)
+    assert any(status == 401 for status in statuses) and any(
+        400 <= status < 500 and status != 401 for status in statuses
+    )
     refused = sorted(set(refused_job_ids) - set(accepted_job_ids))
     started_runs = runs_of_jobs(refused) if refused else []
     assert started_runs == [], [r.name for r in started_runs]

@@ -93,8 +93,13 @@ STEPS = int(os.environ.get("ARCHIVER_INVARIANTS_STEPS", "20"))
 FINAL_JOB_STATUSES = {"finishedSuccessful", "finishedUnsuccessful", "finishedWithDatasetErrors"}
 
 # Where a killed archival dies: after the call named (the n-th time it is made).
-KILL_POINTS = ("lifecycle started", "datablock half written", "datablock registered", "lifecycle archived",
-               "landing zone cleaned")
+KILL_POINTS = (
+    "lifecycle started",
+    "datablock half written",
+    "datablock registered",
+    "lifecycle archived",
+    "landing zone cleaned",
+)
 
 # The child process running an archival job; it SIGKILLs itself when it reaches the kill point.
 KILLED_ARCHIVAL = r"""
@@ -214,7 +219,7 @@ def make_machine(pipeline, owner: Uploader):
             prefix = landing_prefix(pid)
             found = {}
             for key in pipeline.landing_keys(pid):
-                found[key[len(prefix):]] = s3.get_object(Bucket=landing_bucket, Key=key)["Body"].read()
+                found[key[len(prefix) :]] = s3.get_object(Bucket=landing_bucket, Key=key)["Body"].read()
             return found
 
         def _listing(self, pid: str) -> dict[str, tuple[int, str | None]]:
@@ -226,15 +231,19 @@ def make_machine(pipeline, owner: Uploader):
             return listed
 
         def _add_origdatablock(self, model: DatasetModel, paths: list[str]) -> None:
-            entries = [DataFile(path=p, size=len(model.files[p]), time=datetime.now(UTC),
-                                chk=sha256(model.files[p])) for p in paths]
-            scicat.create_origdatablock(model.pid, NewOrigDatablock(
-                size=sum(e.size for e in entries), chk_alg="sha256", data_file_list=entries))
+            entries = [
+                DataFile(path=p, size=len(model.files[p]), time=datetime.now(UTC), chk=sha256(model.files[p]))
+                for p in paths
+            ]
+            scicat.create_origdatablock(
+                model.pid, NewOrigDatablock(size=sum(e.size for e in entries), chk_alg="sha256", data_file_list=entries)
+            )
             self._changed()
 
         def _start(self, model: DatasetModel, path: str) -> httpx.Response:
-            answer = self._api("POST", "/uploads", json={"pid": model.pid, "files": [
-                {"path": path, "size": len(model.files[path])}]})
+            answer = self._api(
+                "POST", "/uploads", json={"pid": model.pid, "files": [{"path": path, "size": len(model.files[path])}]}
+            )
             if answer.status_code == 200:
                 for plan in answer.json()["files"]:
                     if plan.get("uploadId"):
@@ -255,9 +264,16 @@ def make_machine(pipeline, owner: Uploader):
             assert plan["partCount"] == 1 and [u["partNumber"] for u in plan["urls"]] == [1], plan
             put = httpx.put(plan["urls"][0]["url"], content=data, timeout=60)
             assert put.status_code == 200, f"{model.pid} {path}: part PUT answered {put.status_code}: {put.text[:300]}"
-            done = self._api("POST", "/uploads/complete", json={
-                "pid": model.pid, "path": path, "uploadId": plan["uploadId"],
-                "parts": [{"partNumber": 1, "etag": put.headers["ETag"]}]})
+            done = self._api(
+                "POST",
+                "/uploads/complete",
+                json={
+                    "pid": model.pid,
+                    "path": path,
+                    "uploadId": plan["uploadId"],
+                    "parts": [{"partNumber": 1, "etag": put.headers["ETag"]}],
+                },
+            )
             COUNTERS.count(f"complete upload: {done.status_code}")
             if done.status_code == 200:
                 model.uploaded[path] = sha256(data)
@@ -286,8 +302,11 @@ def make_machine(pipeline, owner: Uploader):
         # previous one), a retrieval or lifecycle PATCH needs registered datablocks, `upload` has files to send and
         # is not tried again after a refusal until something changed.
 
-        @initialize(sizes=st.lists(st.sampled_from(FILE_SIZES), min_size=1, max_size=3), seed=st.integers(0, 2**16),
-                    upload=st.booleans())
+        @initialize(
+            sizes=st.lists(st.sampled_from(FILE_SIZES), min_size=1, max_size=3),
+            seed=st.integers(0, 2**16),
+            upload=st.booleans(),
+        )
         @step
         def create_dataset(self, sizes, seed, upload):
             """A dataset in SciCat with an origdatablock listing its files (sha256 `chk`), as an ingestor
@@ -335,7 +354,9 @@ def make_machine(pipeline, owner: Uploader):
                 httpx.put(plan["urls"][0]["url"], content=m.files[path], timeout=60)
             others = [p for p in sorted(m.files) if p != path]
             named = others[0] if wrong_path and others else path
-            aborted = self._api("POST", "/uploads/abort", json={"pid": m.pid, "path": named, "uploadId": plan["uploadId"]})
+            aborted = self._api(
+                "POST", "/uploads/abort", json={"pid": m.pid, "path": named, "uploadId": plan["uploadId"]}
+            )
             COUNTERS.count(f"abort: {aborted.status_code}")
 
         def _oversize_part(self, path: str) -> None:
@@ -348,11 +369,19 @@ def make_machine(pipeline, owner: Uploader):
             put = httpx.put(plan["urls"][0]["url"], content=m.files[path] + os.urandom(MIB), timeout=60)
             COUNTERS.count(f"oversize part PUT: {put.status_code}")
             if put.status_code == 200:
-                done = self._api("POST", "/uploads/complete", json={
-                    "pid": m.pid, "path": path, "uploadId": plan["uploadId"],
-                    "parts": [{"partNumber": 1, "etag": put.headers["ETag"]}]})
-                assert done.status_code != 200, \
+                done = self._api(
+                    "POST",
+                    "/uploads/complete",
+                    json={
+                        "pid": m.pid,
+                        "path": path,
+                        "uploadId": plan["uploadId"],
+                        "parts": [{"partNumber": 1, "etag": put.headers["ETag"]}],
+                    },
+                )
+                assert done.status_code != 200, (
                     f"{m.pid} {path}: a part of {len(m.files[path]) + MIB} bytes completed a file of {plan['size']}"
+                )
             # The uploader gives up on it, as the API's 422 tells it to.
             self._api("POST", "/uploads/abort", json={"pid": m.pid, "path": path, "uploadId": plan["uploadId"]})
 
@@ -403,9 +432,12 @@ def make_machine(pipeline, owner: Uploader):
         def owner_replaces_lifecycle(self):
             """The owner's ordinary PATCH: SciCat replaces the whole lifecycle with what is sent."""
             self.upload_refused = False
-            answer = httpx.patch(f"{pipeline.scicat_dev.url}/api/v3/datasets/{quote(self.model.pid, safe='')}",
-                                 json={"datasetlifecycle": {"retrievable": True}},
-                                 headers={"Authorization": f"Bearer {owner.token}"}, timeout=30)
+            answer = httpx.patch(
+                f"{pipeline.scicat_dev.url}/api/v3/datasets/{quote(self.model.pid, safe='')}",
+                json={"datasetlifecycle": {"retrievable": True}},
+                headers={"Authorization": f"Bearer {owner.token}"},
+                timeout=30,
+            )
             COUNTERS.count(f"owner PATCH: {answer.status_code}")
 
         @rule(name=st.sampled_from("az"), seed=st.integers(0, 2**16), size=st.sampled_from(FILE_SIZES))
@@ -447,15 +479,17 @@ def make_machine(pipeline, owner: Uploader):
 
             self._changed()
             job_id = pipeline.new_job("archive", [self.model.pid])
-            child = subprocess.run([sys.executable, "-c", KILLED_ARCHIVAL, job_id, point, str(nth)],
-                                   capture_output=True, timeout=300)
+            child = subprocess.run(
+                [sys.executable, "-c", KILLED_ARCHIVAL, job_id, point, str(nth)], capture_output=True, timeout=300
+            )
             COUNTERS.count(f"killed archival: exit {child.returncode}")
             if child.returncode != -9:  # the point was not reached: the job ran to its end
                 assert self._job_status(job_id) in FINAL_JOB_STATUSES, child.stderr.decode()[-3000:]
                 return
             with get_client(sync_client=True) as client:
-                [run] = client.read_flow_runs(flow_run_filter=FlowRunFilter(
-                    name=FlowRunFilterName(any_=[f"archive-job-{job_id}"])))
+                [run] = client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[f"archive-job-{job_id}"]))
+                )
                 # What the runner reports when the flow-run process exits; its trigger then starts recover_job.
                 client.set_flow_run_state(run.id, Crashed(message="Flow run process exited with signal 9"), force=True)
             recover_job(flow_run_id=str(run.id))
@@ -486,25 +520,30 @@ def make_machine(pipeline, owner: Uploader):
                     assert tar.is_file(), f"dataset {m.pid}: registered datablock {archive_id} is not on the LTS"
                     manifest = read_manifest(naming.manifest_path(tar))
                     data = tar.read_bytes()
-                    assert hashlib.new(manifest.chkAlg, data).hexdigest() == manifest.chk, \
+                    assert hashlib.new(manifest.chkAlg, data).hexdigest() == manifest.chk, (
                         f"dataset {m.pid}: datablock {archive_id} differs from its manifest's checksum"
+                    )
                     listed = sorted((f["path"], f["size"], f["chk"]) for f in d["dataFileList"])
-                    assert listed == sorted((f.path, f.size, f.chk) for f in manifest.dataFileList), \
+                    assert listed == sorted((f.path, f.size, f.chk) for f in manifest.dataFileList), (
                         f"dataset {m.pid}: SciCat's record of {archive_id} and its manifest differ"
+                    )
                     now_sha[archive_id] = sha256(data)
                     now_files[archive_id] = {(f["path"], f["chk"]) for f in d["dataFileList"]}
                     before = self.registered_sha.get(archive_id)
                     assert before is None or before == now_sha[archive_id], (
                         f"dataset {m.pid}: registered datablock {archive_id} was overwritten on the LTS (tar sha256 "
                         f"{before} when first seen registered, now {now_sha[archive_id]}); files it held: "
-                        f"{sorted(self.registered_files[archive_id])}; files it holds: {sorted(now_files[archive_id])}")
+                        f"{sorted(self.registered_files[archive_id])}; files it holds: {sorted(now_files[archive_id])}"
+                    )
             for archive_id in set(self.registered_sha) - set(now_sha):  # registration gone: its bytes must be kept
                 pid = next(m.pid for m in self.models if naming.archive_id_of_dataset(m.pid, archive_id))
                 landing = {(p, sha256(b)) for p, b in self._landing(pid).items()}
                 elsewhere = set().union(*now_files.values()) if now_files else set()
                 lost = sorted(self.registered_files[archive_id] - landing - elsewhere)
-                assert not lost, (f"dataset {pid}: registration of datablock {archive_id} removed while its files "
-                                  f"{lost} are neither in the landing zone nor in another registered datablock")
+                assert not lost, (
+                    f"dataset {pid}: registration of datablock {archive_id} removed while its files "
+                    f"{lost} are neither in the landing zone nor in another registered datablock"
+                )
             self.registered_sha, self.registered_files = now_sha, now_files
 
         def no_datablock_registered_twice(self, registered):
@@ -514,16 +553,21 @@ def make_machine(pipeline, owner: Uploader):
 
         def listed_files_archived_with_their_checksums(self, registered):
             for m in self.models:
-                now = frozenset((d["archiveId"], tuple(sorted((f["path"], f["chk"]) for f in d["dataFileList"])))
-                                for d in registered[m.pid])
+                now = frozenset(
+                    (d["archiveId"], tuple(sorted((f["path"], f["chk"]) for f in d["dataFileList"])))
+                    for d in registered[m.pid]
+                )
                 if now != m.registrations:
                     m.registrations = now
-                    m.listed_at_registration = {p: chk for p, (_, chk) in self._listing(m.pid).items() if chk} if now else {}
+                    m.listed_at_registration = (
+                        {p: chk for p, (_, chk) in self._listing(m.pid).items() if chk} if now else {}
+                    )
                 held = {pair for d in registered[m.pid] for pair in ((f["path"], f["chk"]) for f in d["dataFileList"])}
                 for path, chk in sorted(m.listed_at_registration.items()):
                     assert (path, chk) in held, (
                         f"dataset {m.pid} is archived, but file {path} (chk {chk} in its origdatablocks) is in no "
-                        f"registered datablock with that checksum; registered: {sorted(held)}")
+                        f"registered datablock with that checksum; registered: {sorted(held)}"
+                    )
 
         def landing_zone_kept_until_archived(self, registered):
             for m in self.models:
@@ -535,7 +579,8 @@ def make_machine(pipeline, owner: Uploader):
                     landing = self._landing(m.pid) if landing is None else landing
                     assert path in landing and sha256(landing[path]) == digest, (
                         f"dataset {m.pid}: uploaded file {path} (sha256 {digest}) is in no registered datablock and "
-                        f"no longer in the landing zone ({'other bytes' if path in landing else 'deleted'})")
+                        f"no longer in the landing zone ({'other bytes' if path in landing else 'deleted'})"
+                    )
 
         def upload_budget_holds(self):
             used = sum(obj["Size"] for obj in s3.list_objects_v2(Bucket=landing_bucket).get("Contents", []))
@@ -563,18 +608,30 @@ def make_machine(pipeline, owner: Uploader):
 # A failing run also shrinks its counterexample (Hypothesis stops shrinking after 5 minutes): more than the 600 s.
 @pytest.mark.timeout(2400)
 def test_archive_invariants_hold_whatever_owners_jobs_and_crashes_do(pipeline, invariants_api):
-    pipeline.set_settings(UPLOAD_PART_SIZE_MB=5, UPLOAD_LANDINGZONE_BUDGET_GB=BUDGET_BYTES / 1e9,
-                          ARCHIVER_DATASET_CONCURRENCY=1, ARCHIVER_DATABLOCK_CONCURRENCY=1, ARCHIVER_CRASH_RETRIES=0)
+    pipeline.set_settings(
+        UPLOAD_PART_SIZE_MB=5,
+        UPLOAD_LANDINGZONE_BUDGET_GB=BUDGET_BYTES / 1e9,
+        ARCHIVER_DATASET_CONCURRENCY=1,
+        ARCHIVER_DATABLOCK_CONCURRENCY=1,
+        ARCHIVER_CRASH_RETRIES=0,
+    )
     owner = Uploader(pipeline, invariants_api, f"owner-{uuid.uuid4().hex[:8]}", [OWNER_GROUP])
     started = time.monotonic()
     try:
         run_state_machine_as_test(
             make_machine(pipeline, owner),
-            settings=settings(max_examples=MAX_EXAMPLES, stateful_step_count=STEPS, deadline=None, database=None,
-                              suppress_health_check=list(HealthCheck)),
+            settings=settings(
+                max_examples=MAX_EXAMPLES,
+                stateful_step_count=STEPS,
+                deadline=None,
+                database=None,
+                suppress_health_check=list(HealthCheck),
+            ),
         )
     finally:
         seconds = {name: round(s) for name, s in sorted(COUNTERS.seconds.items())}
-        print(f"\narchive invariants: {COUNTERS.examples} example(s), {COUNTERS.steps} step(s) in "
-              f"{time.monotonic() - started:.0f} s; seconds per rule {seconds}; invariant checks "
-              f"{COUNTERS.seconds.get('checks', 0):.0f} s; outcomes: {dict(sorted(COUNTERS.outcomes.items()))}")
+        print(
+            f"\narchive invariants: {COUNTERS.examples} example(s), {COUNTERS.steps} step(s) in "
+            f"{time.monotonic() - started:.0f} s; seconds per rule {seconds}; invariant checks "
+            f"{COUNTERS.seconds.get('checks', 0):.0f} s; outcomes: {dict(sorted(COUNTERS.outcomes.items()))}"
+        )

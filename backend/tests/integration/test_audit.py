@@ -163,7 +163,9 @@ def test_a_scheduled_audit_finds_every_datablock_of_a_dataset_whose_folder_is_go
 
     untouched = lts_audit(scicat_page_size=2, return_state=True)
     assert untouched.is_completed(), exception_of(untouched)
-    pages = [e for e in pipeline.scicat_dev.requests() if e["seq"] >= since and e["path"].startswith("/api/v3/datablocks")]
+    pages = [
+        e for e in pipeline.scicat_dev.requests() if e["seq"] >= since and e["path"].startswith("/api/v3/datablocks")
+    ]
     assert [e["status"] for e in pages] == [200] * 3
 
     shutil.rmtree(naming.dataset_lts_folder(pipeline.lts_root, gone))
@@ -225,8 +227,13 @@ def test_the_audit_command_refuses_a_missing_lts_in_one_line(pipeline):
 
 
 def audit_command(*args: str, **environment: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "archiver.cli", "audit", *args], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, **environment})
+    return subprocess.run(
+        [sys.executable, "-m", "archiver.cli", "audit", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **environment},
+    )
 
 
 # --- what Prefect recorded ---
@@ -237,8 +244,15 @@ def table_rows(state) -> list[dict]:
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
     with get_client(sync_client=True) as client:
-        [table] = [a for a in client.read_artifacts(artifact_filter=ArtifactFilter(
-            flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]))) if a.type == "table"]
+        [table] = [
+            a
+            for a in client.read_artifacts(
+                artifact_filter=ArtifactFilter(
+                    flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])
+                )
+            )
+            if a.type == "table"
+        ]
     return json.loads(table.data) if isinstance(table.data, str) else table.data
 
 
@@ -262,14 +276,21 @@ def problem_events(state, until, timeout_s: float = 30) -> set[tuple[str, str, s
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL
 
     run_id = str(state.state_details.flow_run_id)
-    body = {"filter": {"event": {"name": [PROBLEM_EVENT]}, "related": {"id": [f"prefect.flow-run.{run_id}"]}}, "limit": 50}
+    body = {
+        "filter": {"event": {"name": [PROBLEM_EVENT]}, "related": {"id": [f"prefect.flow-run.{run_id}"]}},
+        "limit": 50,
+    }
     auth_string = PREFECT_API_AUTH_STRING.value()
     auth_string = getattr(auth_string, "get_secret_value", lambda: auth_string)()
     auth = httpx.BasicAuth(*auth_string.split(":", 1))
     deadline = time.monotonic() + timeout_s
     while True:
-        answer = httpx.post(f"{PREFECT_API_URL.value()}/events/filter", json=body, auth=auth, timeout=10).raise_for_status()
-        got = {(e["payload"]["dataset"], e["payload"]["datablock"], e["payload"]["kind"]) for e in answer.json()["events"]}
+        answer = httpx.post(
+            f"{PREFECT_API_URL.value()}/events/filter", json=body, auth=auth, timeout=10
+        ).raise_for_status()
+        got = {
+            (e["payload"]["dataset"], e["payload"]["datablock"], e["payload"]["kind"]) for e in answer.json()["events"]
+        }
         if until(got) or time.monotonic() > deadline:
             return got
         time.sleep(1)

@@ -38,7 +38,10 @@ def workdir(tmp_path, s3_endpoint, scicat_url, unique_name, secrets_dir):
 def run_config(workdir: Path, api_url: str, **env) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "archiver.cli", "config"],
-        cwd=workdir, capture_output=True, text=True, timeout=180,
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=180,
         env={**os.environ, "PREFECT_API_URL": api_url, **env},
     )
 
@@ -141,7 +144,9 @@ def test_window_not_longer_than_heartbeat_is_refused(workdir, prefect_api_url):
     (workdir / "prefect-vars.toml").write_text(tomli_w.dumps(data))
     result = run_config(workdir, prefect_api_url)
     assert result.returncode != 0
-    assert "ARCHIVER_ZOMBIE_WINDOW_S (60) must be longer than ARCHIVER_HEARTBEAT_S (60)" in result.stderr + result.stdout
+    assert (
+        "ARCHIVER_ZOMBIE_WINDOW_S (60) must be longer than ARCHIVER_HEARTBEAT_S (60)" in result.stderr + result.stdout
+    )
 
 
 def test_missing_secret_file_fails_clearly_and_applies_nothing(workdir, prefect_api_url, unique_name):
@@ -180,8 +185,10 @@ def test_obsolete_root_account_blocks_are_deleted_saying_so_once(workdir, prefec
     first = run_config(workdir, prefect_api_url)
     assert first.returncode == 0, first.stderr
     said = [line for line in first.stdout.splitlines() if "minio-user" in line]
-    assert said == ["secret block(s) minio-user, minio-password: deleted (obsolete: MinIO's root account is no longer "
-                    "stored in Prefect)"]
+    assert said == [
+        "secret block(s) minio-user, minio-password: deleted (obsolete: MinIO's root account is no longer "
+        "stored in Prefect)"
+    ]
     assert root_password not in first.stdout + first.stderr and "old-root-user" not in first.stdout
     for name in ("minio-user", "minio-password"):
         with pytest.raises(ValueError):
@@ -198,7 +205,7 @@ def test_unreachable_api_is_one_clear_error(workdir):
 
 
 def test_bad_vars_file_is_one_clear_error(workdir, prefect_api_url):
-    text = (workdir / "prefect-vars.toml").read_text().replace("[lts]\n", '[lts]\nLTS_TYPO = 1\n')
+    text = (workdir / "prefect-vars.toml").read_text().replace("[lts]\n", "[lts]\nLTS_TYPO = 1\n")
     (workdir / "prefect-vars.toml").write_text(text)
     result = run_config(workdir, prefect_api_url)
     assert result.returncode != 0
@@ -303,7 +310,8 @@ def test_wrong_or_missing_prefect_credentials_are_one_clear_error_and_write_noth
     assert "Traceback" not in result.stderr and "created" not in result.stdout and "updated" not in result.stdout
     assert Variable.get("s3_landingzone_bucket") == before
 
-    result = run_config(workdir, prefect_api_url, PREFECT_API_AUTH_STRING="",
-                        PREFECT_API_AUTH_STRING_FILE=str(workdir / "missing.txt"))
+    result = run_config(
+        workdir, prefect_api_url, PREFECT_API_AUTH_STRING="", PREFECT_API_AUTH_STRING_FILE=str(workdir / "missing.txt")
+    )
     assert result.returncode == 2
     assert f"secret file {workdir / 'missing.txt'} (PREFECT_API_AUTH_STRING_FILE" in result.stderr

@@ -45,8 +45,12 @@ def finished_datablocks(lts_root: Path) -> dict[Path, tuple[int, int]]:
 def kill_mid_write(pipeline, processes, after_finished: int = 0) -> float:
     """SIGKILL the processes `processes()` names while a datablock is half written (after `after_finished`
     datablocks are complete); returns when (monotonic)."""
-    poll_until(lambda: partial_files(pipeline.lts_root) and len(finished_datablocks(pipeline.lts_root)) >= after_finished,
-               timeout=180, interval=0.02, what="a datablock being written")
+    poll_until(
+        lambda: partial_files(pipeline.lts_root) and len(finished_datablocks(pipeline.lts_root)) >= after_finished,
+        timeout=180,
+        interval=0.02,
+        what="a datablock being written",
+    )
     for pid in processes():
         os.kill(pid, signal.SIGKILL)
     return time.monotonic()
@@ -67,7 +71,9 @@ def assert_nothing_left_running(pipeline, client, crashed_run) -> None:
     runs = [crashed_run, *_descendant_flow_runs(client, crashed_run.id)]
     assert len(runs) > 1  # the dataset's subflow run was there
     assert [r.name for r in runs if not client.read_flow_run(r.id).state.is_final()] == []
-    task_runs = client.read_task_runs(task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[r.id for r in runs])))
+    task_runs = client.read_task_runs(
+        task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[r.id for r in runs]))
+    )
     assert [t.name for t in task_runs if not t.state.is_final()] == []
     for limit in load_limits_file(pipeline.limits_file).by_name().values():
         assert client.read_concurrency_limit_by_tag(limit.tag).active_slots == [], limit.tag
@@ -81,23 +87,38 @@ def finished_run_with_a_late_heartbeat(client, deployment_id):
     from prefect.events import Event
     from prefect.states import Completed
 
-    run = client.create_flow_run_from_deployment(deployment_id, parameters={"job_id": "finished-before"},
-                                                 state=Completed(message="finished before the heartbeat"))
+    run = client.create_flow_run_from_deployment(
+        deployment_id,
+        parameters={"job_id": "finished-before"},
+        state=Completed(message="finished before the heartbeat"),
+    )
     flow = client.read_flow(run.flow_id)
-    event = Event(event="prefect.flow-run.heartbeat", id=uuid.uuid4(), occurred=datetime.now(UTC),
-                  resource={"prefect.resource.id": f"prefect.flow-run.{run.id}", "prefect.resource.name": run.name},
-                  related=[{"prefect.resource.id": f"prefect.flow.{flow.id}", "prefect.resource.role": "flow",
-                            "prefect.resource.name": flow.name},
-                           {"prefect.resource.id": f"prefect.deployment.{deployment_id}",
-                            "prefect.resource.role": "deployment"}])
+    event = Event(
+        event="prefect.flow-run.heartbeat",
+        id=uuid.uuid4(),
+        occurred=datetime.now(UTC),
+        resource={"prefect.resource.id": f"prefect.flow-run.{run.id}", "prefect.resource.name": run.name},
+        related=[
+            {
+                "prefect.resource.id": f"prefect.flow.{flow.id}",
+                "prefect.resource.role": "flow",
+                "prefect.resource.name": flow.name,
+            },
+            {"prefect.resource.id": f"prefect.deployment.{deployment_id}", "prefect.resource.role": "deployment"},
+        ],
+    )
     client.request("POST", "/events", json=[event.model_dump(mode="json")]).raise_for_status()
     return run, time.monotonic() + ZOMBIE_WINDOW_S + 30
 
 
 @pytest.fixture
 def crash_pipeline(pipeline):
-    pipeline.set_settings(ARCHIVER_ZOMBIE_WINDOW_S=ZOMBIE_WINDOW_S, ARCHIVER_HEARTBEAT_S=30,
-                          ARCHIVER_DATASET_CONCURRENCY=1, ARCHIVER_DATABLOCK_CONCURRENCY=1)
+    pipeline.set_settings(
+        ARCHIVER_ZOMBIE_WINDOW_S=ZOMBIE_WINDOW_S,
+        ARCHIVER_HEARTBEAT_S=30,
+        ARCHIVER_DATASET_CONCURRENCY=1,
+        ARCHIVER_DATABLOCK_CONCURRENCY=1,
+    )
     return pipeline
 
 
@@ -119,18 +140,32 @@ def test_lost_node_run_is_crashed_by_heartbeat_automation_and_resumed(crash_pipe
     serve_deployments()  # another node, for the recovery and the resumed run
     with get_client(sync_client=True) as client:
         finished, acted_by = finished_run_with_a_late_heartbeat(client, run.deployment_id)
-        poll_until(lambda: client.read_flow_run(run.id).state.is_crashed(), timeout=ZOMBIE_WINDOW_S + 60,
-                   interval=1, what="zombie automation to mark the run Crashed")
+        poll_until(
+            lambda: client.read_flow_run(run.id).state.is_crashed(),
+            timeout=ZOMBIE_WINDOW_S + 60,
+            interval=1,
+            what="zombie automation to mark the run Crashed",
+        )
         crashed_after = time.monotonic() - killed_at
         assert "no heartbeat" in client.read_flow_run(run.id).state.message
-        retried = poll_until(lambda: [r for r in job_runs(client, job_id) if r.id != run.id], timeout=120,
-                             interval=1, what="the job started again")
+        retried = poll_until(
+            lambda: [r for r in job_runs(client, job_id) if r.id != run.id],
+            timeout=120,
+            interval=1,
+            what="the job started again",
+        )
         assert len(retried) == 1 and "crash-retry:1" in retried[0].tags
-        poll_until(lambda: job_status(pipeline, job_id) == "finishedSuccessful", timeout=300, interval=1,
-                   what="the resumed job to finish")
+        poll_until(
+            lambda: job_status(pipeline, job_id) == "finishedSuccessful",
+            timeout=300,
+            interval=1,
+            what="the resumed job to finish",
+        )
         finished_after = time.monotonic() - killed_at
-        print(f"\nlost node: Crashed {crashed_after:.0f} s after the kill; SciCat shows finishedSuccessful "
-              f"{finished_after:.0f} s after the kill (resumed run included)")
+        print(
+            f"\nlost node: Crashed {crashed_after:.0f} s after the kill; SciCat shows finishedSuccessful "
+            f"{finished_after:.0f} s after the kill (resumed run included)"
+        )
         assert_nothing_left_running(pipeline, client, run)
         # The automation may not turn a finished run into a crashed one (a job that succeeded shown Crashed).
         time.sleep(max(0.0, acted_by - time.monotonic()))
@@ -147,7 +182,9 @@ def test_lost_node_run_is_crashed_by_heartbeat_automation_and_resumed(crash_pipe
     assert archived == originals
     assert pipeline.landing_keys(pid) == []
     now = finished_datablocks(pipeline.lts_root)
-    assert finished_before and {p: now.get(p) for p in finished_before} == finished_before  # resumed: kept, not rewritten
+    assert (
+        finished_before and {p: now.get(p) for p in finished_before} == finished_before
+    )  # resumed: kept, not rewritten
 
 
 def test_killed_run_without_retries_is_reported_failed(crash_pipeline, serve_deployments):
@@ -163,10 +200,16 @@ def test_killed_run_without_retries_is_reported_failed(crash_pipeline, serve_dep
     node = serve_deployments()
     run = start_served_archival(job_id)
     killed_at = kill_mid_write(pipeline, lambda: descendants(node.pid))
-    poll_until(lambda: job_status(pipeline, job_id) == "finishedUnsuccessful", timeout=180, interval=1,
-               what="the job reported failed")
-    print(f"\nkilled flow-run process: "
-            f"SciCat shows finishedUnsuccessful {time.monotonic() - killed_at:.0f} s after the kill")
+    poll_until(
+        lambda: job_status(pipeline, job_id) == "finishedUnsuccessful",
+        timeout=180,
+        interval=1,
+        what="the job reported failed",
+    )
+    print(
+        f"\nkilled flow-run process: "
+        f"SciCat shows finishedUnsuccessful {time.monotonic() - killed_at:.0f} s after the kill"
+    )
     lifecycle = pipeline.scicat_dev.state()["datasets"][pid]["datasetlifecycle"]
     assert lifecycle["archiveStatusMessage"] == "scheduleArchiveJobFailed"
     assert "crashed" in lifecycle["archiveReturnMessage"]
@@ -193,18 +236,32 @@ def test_run_taken_for_dead_but_still_beating_is_left_to_finish(crash_pipeline, 
     serve_deployments(LTS_FREE_SPACE_PERCENTAGE="99.999")  # the run waits for free space until cancelled
     run = start_served_archival(job_id)
     with get_client(sync_client=True) as client:
-        poll_until(lambda: pipeline.scicat_dev.state()["datasets"][pid]["datasetlifecycle"].get("archiveStatusMessage")
-                   == "started", what="archival started")
-        client.set_flow_run_state(run.id, Crashed(message=f"{ZOMBIE_MESSAGE_PREFIX} {ZOMBIE_WINDOW_S} s: (test)"),
-                                  force=True)
-        poll_until(lambda: client.read_flow_run(run.id).state.is_running(), timeout=150, interval=1,
-                   what="the live run set Running again")
+        poll_until(
+            lambda: (
+                pipeline.scicat_dev.state()["datasets"][pid]["datasetlifecycle"].get("archiveStatusMessage")
+                == "started"
+            ),
+            what="archival started",
+        )
+        client.set_flow_run_state(
+            run.id, Crashed(message=f"{ZOMBIE_MESSAGE_PREFIX} {ZOMBIE_WINDOW_S} s: (test)"), force=True
+        )
+        poll_until(
+            lambda: client.read_flow_run(run.id).state.is_running(),
+            timeout=150,
+            interval=1,
+            what="the live run set Running again",
+        )
         assert [r.id for r in job_runs(client, job_id)] == [run.id]
         assert job_status(pipeline, job_id) == "inProgress"
 
         client.set_flow_run_state(run.id, Cancelling(), force=True)  # end it; the cancellation hook reports
-        poll_until(lambda: job_status(pipeline, job_id) == "finishedUnsuccessful", timeout=120, interval=1,
-                   what="the cancelled job reported")
+        poll_until(
+            lambda: job_status(pipeline, job_id) == "finishedUnsuccessful",
+            timeout=120,
+            interval=1,
+            what="the cancelled job reported",
+        )
 
 
 def test_a_frozen_run_that_wakes_up_changes_nothing_and_the_resumed_job_finishes(crash_pipeline, serve_deployments):
@@ -225,29 +282,47 @@ def test_a_frozen_run_that_wakes_up_changes_nothing_and_the_resumed_job_finishes
     since = datetime.now(UTC)
     node = serve_deployments()
     run = start_served_archival(job_id)
-    poll_until(lambda: partial_files(pipeline.lts_root) and len(finished_datablocks(pipeline.lts_root)) >= 1,
-               timeout=180, interval=0.02, what="a datablock being written")
+    poll_until(
+        lambda: partial_files(pipeline.lts_root) and len(finished_datablocks(pipeline.lts_root)) >= 1,
+        timeout=180,
+        interval=0.02,
+        what="a datablock being written",
+    )
     frozen = descendants(node.pid)
     for process in frozen:
         os.kill(process, signal.SIGSTOP)
     try:
         with get_client(sync_client=True) as client:
-            poll_until(lambda: client.read_flow_run(run.id).state.is_crashed(), timeout=ZOMBIE_WINDOW_S + 60,
-                       interval=1, what="zombie automation to mark the frozen run Crashed")
-            retried = poll_until(lambda: [r for r in job_runs(client, job_id)
-                                          if r.id != run.id and r.state and r.state.is_running()],
-                                 timeout=180, interval=1, what="the job started again")
+            poll_until(
+                lambda: client.read_flow_run(run.id).state.is_crashed(),
+                timeout=ZOMBIE_WINDOW_S + 60,
+                interval=1,
+                what="zombie automation to mark the frozen run Crashed",
+            )
+            retried = poll_until(
+                lambda: [r for r in job_runs(client, job_id) if r.id != run.id and r.state and r.state.is_running()],
+                timeout=180,
+                interval=1,
+                what="the job started again",
+            )
             time.sleep(5)  # the new run is at the dataset's lock now
     finally:
         for process in frozen:
             os.kill(process, signal.SIGCONT)
     woken_at, woke = time.monotonic(), datetime.now(UTC)
-    poll_until(lambda: job_status(pipeline, job_id) == "finishedSuccessful", timeout=300, interval=1,
-               what="the resumed job to finish")
+    poll_until(
+        lambda: job_status(pipeline, job_id) == "finishedSuccessful",
+        timeout=300,
+        interval=1,
+        what="the resumed job to finish",
+    )
     print(f"\nfrozen run woken up: SciCat shows finishedSuccessful {time.monotonic() - woken_at:.0f} s after")
 
-    statuses = [e["body"].get("jobStatusMessage") for e in pipeline.scicat_dev.requests()
-                if e.get("jobId") == job_id and e["method"] == "PATCH"]
+    statuses = [
+        e["body"].get("jobStatusMessage")
+        for e in pipeline.scicat_dev.requests()
+        if e.get("jobId") == job_id and e["method"] == "PATCH"
+    ]
     assert "finishedUnsuccessful" not in statuses and statuses[-1] == "finishedSuccessful", statuses
     lifecycle = pipeline.scicat_dev.state()["datasets"][pid]["datasetlifecycle"]
     assert lifecycle["archiveStatusMessage"] == "datasetOnArchiveDisk"
@@ -255,7 +330,9 @@ def test_a_frozen_run_that_wakes_up_changes_nothing_and_the_resumed_job_finishes
     assert len({d.archive_id for d in datablocks}) == len(datablocks) == NUM_FILES
     archived = {}
     for datablock in datablocks:
-        archived.update({f.path: f.chk for f in archive.verify_datablock(pipeline.lts_root, datablock.archive_id).dataFileList})
+        archived.update(
+            {f.path: f.chk for f in archive.verify_datablock(pipeline.lts_root, datablock.archive_id).dataFileList}
+        )
     assert archived == originals
     assert pipeline.landing_keys(pid) == [] and partial_files(pipeline.lts_root) == []
     with get_client(sync_client=True) as client:
@@ -266,8 +343,15 @@ def test_a_frozen_run_that_wakes_up_changes_nothing_and_the_resumed_job_finishes
     assert most_at_once([(w.start_time, w.end_time) for w in writes if w.start_time]) <= 1
     # Woken, the old run wrote no datablock (one it was writing when frozen may end; none may begin).
     with get_client(sync_client=True) as client:
-        old_subflows = {r.id for r in client.read_flow_runs(flow_run_filter=FlowRunFilter(
-            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run.id])))}
+        old_subflows = {
+            r.id
+            for r in client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run.id]))
+            )
+        }
     assert old_subflows, "the old run's dataset subflow is missing"
-    assert [w.name for w in writes if w.flow_run_id in old_subflows and w.start_time and w.start_time > woke
-            and w.state.is_completed()] == []
+    assert [
+        w.name
+        for w in writes
+        if w.flow_run_id in old_subflows and w.start_time and w.start_time > woke and w.state.is_completed()
+    ] == []

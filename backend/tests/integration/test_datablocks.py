@@ -216,7 +216,7 @@ def test_files_whose_bytes_differ_from_the_listed_checksum_are_named_and_nothing
         archive_datablock(s3, bucket, block, lts_root, listed=listed)
     assert e.value.files == [
         f"big.bin (SciCat lists md5 {listed['big.bin'].value}, "
-            f"the landing zone has {hashlib.md5(data['big.bin']).hexdigest()})",
+        f"the landing zone has {hashlib.md5(data['big.bin']).hexdigest()})",
         f"c.bin (SciCat lists sha1 {'0' * 40}, the landing zone has {hashlib.sha1(data['c.bin']).hexdigest()})",
     ]
     assert list(naming.datablocks_folder(lts_root, PID).iterdir()) == []
@@ -287,7 +287,9 @@ def test_leftovers_of_a_dead_run_are_removed_and_finished_work_kept(s3, bucket, 
     assert not half_written.exists() and finished.exists()
     assert remove_partial_files(lts_root, "20.500.11935/none") == []
     assert abort_retrieval_uploads(s3, second_bucket, PID) == 1
-    assert [u["Key"] for u in multipart_uploads(s3, second_bucket)] == [naming.retrieval_prefix("20.500.11935/other") + "live.tar"]
+    assert [u["Key"] for u in multipart_uploads(s3, second_bucket)] == [
+        naming.retrieval_prefix("20.500.11935/other") + "live.tar"
+    ]
     assert s3.list_objects_v2(Bucket=second_bucket)["KeyCount"] == 1  # the finished datablock stays
 
 
@@ -295,8 +297,14 @@ def test_presigned_url_is_signed_for_the_external_endpoint(s3, s3_endpoint, buck
     s3.put_object(Bucket=bucket, Key="openem-network/datasets/x%2Fy/datablocks/x%2Fy_00000.tar", Body=b"payload")
     port = urlsplit(s3_endpoint).port
     external = f"http://localhost:{port}"  # same server, the name users would reach it by
-    url = presigned_get_url(external, S3_TEST_REGION, S3_TEST_CREDENTIALS, bucket,
-                            "openem-network/datasets/x%2Fy/datablocks/x%2Fy_00000.tar", 3600)
+    url = presigned_get_url(
+        external,
+        S3_TEST_REGION,
+        S3_TEST_CREDENTIALS,
+        bucket,
+        "openem-network/datasets/x%2Fy/datablocks/x%2Fy_00000.tar",
+        3600,
+    )
     assert url.startswith(external + "/") and "X-Amz-Expires=3600" in url
     assert httpx.get(url).content == b"payload"
     with pytest.raises(ValueError, match="7 days"):

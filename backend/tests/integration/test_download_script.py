@@ -24,8 +24,12 @@ def run_script(script: str, folder: Path) -> subprocess.CompletedProcess:
 
 def test_whole_dataset_script_resumes_an_interrupted_datablock_and_unpacks_it(pipeline, tmp_path):
     pid = new_dataset(3, 0.3)
-    originals = {key.rsplit("/", 1)[-1]: pipeline.s3.get_object(
-        Bucket=pipeline.settings.s3.landingzone_bucket, Key=key)["Body"].read() for key in pipeline.landing_keys(pid)}
+    originals = {
+        key.rsplit("/", 1)[-1]: pipeline.s3.get_object(Bucket=pipeline.settings.s3.landingzone_bucket, Key=key)[
+            "Body"
+        ].read()
+        for key in pipeline.landing_keys(pid)
+    }
     archive_datasets_flow(job_id=pipeline.new_job("archive", [pid]))
     job_id = pipeline.new_job("retrieve", [pid])
     state = retrieve_datasets_flow(job_id=job_id, return_state=True)
@@ -36,8 +40,9 @@ def test_whole_dataset_script_resumes_an_interrupted_datablock_and_unpacks_it(pi
 
     [entry] = result["result"]
     assert entry["type"] == "datablock"
-    tar = pipeline.s3.get_object(Bucket=pipeline.settings.s3.retrieval_bucket,
-                                 Key=naming.retrieval_key(entry["archiveId"]))["Body"].read()
+    tar = pipeline.s3.get_object(
+        Bucket=pipeline.settings.s3.retrieval_bucket, Key=naming.retrieval_key(entry["archiveId"])
+    )["Body"].read()
     folder = tmp_path / "download"
     target = folder / naming.safe_name(pid) / "datablocks" / entry["name"]
     target.parent.mkdir(parents=True)
@@ -89,7 +94,8 @@ def test_file_names_are_quoted_in_the_script(tmp_path):
     from archiver.packing.download_script import Download, download_script
 
     evil = "x'; touch pwned; echo '.bin"
-    script = download_script("job-1", [Download("20.500/a", evil, "http://127.0.0.1:9/none", 1, "sha256", "0" * 64,
-                                                is_datablock=False)])
+    script = download_script(
+        "job-1", [Download("20.500/a", evil, "http://127.0.0.1:9/none", 1, "sha256", "0" * 64, is_datablock=False)]
+    )
     run_script(script, tmp_path)
     assert not (tmp_path / "pwned").exists()

@@ -29,8 +29,10 @@ def test_two_archivals_at_once_respect_move_to_lts_limit(pipeline, limit):
     pipeline.set_limits(MOVE_TO_LTS_LIMIT=limit, LTS_FREE_LIMIT=16, VERIFY_LTS_LIMIT=16)
     # 3 MiB files at a 1 MB target: one file a datablock, each write long enough that eight writes
     # asked for at once (2 jobs x 2 datasets x 2 datablocks) overlap even on a busy machine.
-    jobs = [pipeline.new_job("archive", [create_test_dataset_flow(num_files=4, file_size_mb=3.0)
-                                          for _ in range(2)]) for _ in range(2)]
+    jobs = [
+        pipeline.new_job("archive", [create_test_dataset_flow(num_files=4, file_size_mb=3.0) for _ in range(2)])
+        for _ in range(2)
+    ]
     since = datetime.now(UTC)
     errors = []
 
@@ -67,19 +69,21 @@ def test_cancelled_archival_cleans_up_and_reports(pipeline, serve_deployments):
     serve_deployments(LTS_FREE_SPACE_PERCENTAGE="99.999")
     run = start_served_archival(job_id)
     with get_client(sync_client=True) as client:
-        poll_until(lambda: pipeline.scicat.get_dataset(pid).datasetlifecycle.archive_status_message
-                 == "started", what="archival started")
+        poll_until(
+            lambda: pipeline.scicat.get_dataset(pid).datasetlifecycle.archive_status_message == "started",
+            what="archival started",
+        )
         client.set_flow_run_state(run.id, Cancelling(), force=True)
         poll_until(lambda: client.read_flow_run(run.id).state.is_final(), what="run cancelled")
         assert client.read_flow_run(run.id).state.type.value == "CANCELLED"
 
-    poll_until(lambda: pipeline.job(job_id).get("jobStatusMessage") == "finishedUnsuccessful",
-             what="job reported failed")
+    poll_until(
+        lambda: pipeline.job(job_id).get("jobStatusMessage") == "finishedUnsuccessful", what="job reported failed"
+    )
     lifecycle = pipeline.scicat.get_dataset(pid).datasetlifecycle.to_wire()
     assert lifecycle["archiveStatusMessage"] == "scheduleArchiveJobFailed"
     assert pipeline.scicat.get_datablocks(pid) == []
     assert pipeline.landing_keys(pid) == landing_before
-
 
 
 def test_failed_job_run_retried_from_prefect_finishes_the_job(pipeline, serve_deployments):
@@ -104,8 +108,13 @@ def test_failed_job_run_retried_from_prefect_finishes_the_job(pipeline, serve_de
         assert pipeline.job(job_id)["jobStatusMessage"] == "finishedWithDatasetErrors"
 
         pipeline.s3.put_object(Bucket=bucket, Key=victim, Body=saved)  # the user uploads the missing file
-        retry = subprocess.run([sys.executable, "-m", "prefect", "flow-run", "retry", str(run.id)],
-                               capture_output=True, text=True, timeout=120, env=os.environ.copy())
+        retry = subprocess.run(
+            [sys.executable, "-m", "prefect", "flow-run", "retry", str(run.id)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=os.environ.copy(),
+        )
         assert retry.returncode == 0, retry.stdout + retry.stderr
         poll_until(lambda: client.read_flow_run(run.id).state.is_final(), what="retried run to end", timeout=180)
         assert client.read_flow_run(run.id).state.is_completed()

@@ -25,7 +25,6 @@ def new_dataset(num_files: int = 4, file_size_mb: float = 0.4) -> str:
     return create_test_dataset_flow(num_files=num_files, file_size_mb=file_size_mb)
 
 
-
 def calls(pipeline, since_seq: int = 0) -> list[tuple]:
     """SciCat calls as (method, what, id, status) in the order received, logins left out."""
     seen = []
@@ -34,8 +33,11 @@ def calls(pipeline, since_seq: int = 0) -> list[tuple]:
             continue
         body = entry.get("body") or {}
         lifecycle = body.get("datasetlifecycle", {}) if isinstance(body, dict) else {}
-        status = (lifecycle.get("archiveStatusMessage") or lifecycle.get("retrieveStatusMessage")
-                  or (body.get("jobStatusMessage") if isinstance(body, dict) else None))
+        status = (
+            lifecycle.get("archiveStatusMessage")
+            or lifecycle.get("retrieveStatusMessage")
+            or (body.get("jobStatusMessage") if isinstance(body, dict) else None)
+        )
         what = entry["path"].split("?")[0].rstrip("/").rsplit("/", 1)[-1]
         what = what if what in ("origdatablocks", "datablocks") else ("job" if "jobId" in entry else "dataset")
         if entry["method"] == "DELETE":
@@ -195,8 +197,9 @@ def _artifacts_of(state, subflows: bool = False) -> list:
     run_ids = [state.state_details.flow_run_id]
     with get_client(sync_client=True) as client:
         if subflows:
-            children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
-                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=run_ids)))
+            children = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=run_ids))
+            )
             run_ids += [child.id for child in children]
         return client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=run_ids)))
 

@@ -25,8 +25,11 @@ def lay_out(lts_root):
         tar.parent.mkdir(parents=True)
         tar.write_bytes(b"registered" * 100)
         for age in (40, 2):
-            folder = naming.dataset_lts_folder(lts_root, pid) / "discarded" / (
-                now - timedelta(days=age)).strftime("%Y%m%dT%H%M%S.%fZ")
+            folder = (
+                naming.dataset_lts_folder(lts_root, pid)
+                / "discarded"
+                / (now - timedelta(days=age)).strftime("%Y%m%dT%H%M%S.%fZ")
+            )
             folder.mkdir(parents=True)
             (folder / tar.name).write_bytes(b"x" * 1000 * age)
             folders[pid, age] = folder
@@ -35,9 +38,22 @@ def lay_out(lts_root):
 
 def prune_command(pipeline, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "archiver.cli", "lts", "prune-discarded", "--vars", str(pipeline.vars_file),
-         "--secrets-dir", str(pipeline.secrets_dir), *args],
-        capture_output=True, text=True, timeout=120, env=os.environ.copy(),
+        [
+            sys.executable,
+            "-m",
+            "archiver.cli",
+            "lts",
+            "prune-discarded",
+            "--vars",
+            str(pipeline.vars_file),
+            "--secrets-dir",
+            str(pipeline.secrets_dir),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=os.environ.copy(),
     )
 
 
@@ -80,10 +96,13 @@ def test_prune_never_deletes_the_only_copy_of_a_registered_datablock(pipeline):
 
     pid = create_test_dataset_flow(num_files=2, file_size_mb=0.6)  # two datablocks (1 MB target)
     archive_datasets_flow(job_id=pipeline.new_job("archive", [pid]))
-    first, second = (naming.datablock_path(pipeline.lts_root, d.archive_id) for d in pipeline.scicat.get_datablocks(pid))
+    first, second = (
+        naming.datablock_path(pipeline.lts_root, d.archive_id) for d in pipeline.scicat.get_datablocks(pid)
+    )
     bin_ = naming.dataset_lts_folder(pipeline.lts_root, pid) / "discarded"
-    only_copy, stale_copy = (bin_ / (datetime.now(UTC) - timedelta(days=days)).strftime("%Y%m%dT%H%M%S.%fZ")
-                             for days in (90, 91))
+    only_copy, stale_copy = (
+        bin_ / (datetime.now(UTC) - timedelta(days=days)).strftime("%Y%m%dT%H%M%S.%fZ") for days in (90, 91)
+    )
     only_copy.mkdir(parents=True)
     stale_copy.mkdir()
     first.rename(only_copy / first.name)  # registered, but moved aside: this is its only copy
@@ -109,7 +128,9 @@ def test_prune_flow_uses_the_retention_setting_and_reports_a_table(pipeline):
     assert freed == 80000
     assert {key: folder.exists() for key, folder in folders.items()} == {key: key[1] == 2 for key in folders}
     with get_client(sync_client=True) as client:
-        [artifact] = client.read_latest_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["prune-discarded"])))
+        [artifact] = client.read_latest_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["prune-discarded"]))
+        )
     assert "deleted 2, 80000 bytes freed" in artifact.description
     assert sorted(row["bytes"] for row in _rows(artifact.data)) == [40000, 40000]
 

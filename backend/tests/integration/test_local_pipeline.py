@@ -73,8 +73,20 @@ def _without_prefect_settings() -> dict[str, str]:
 
 def test_dev_runs_the_pipeline_shows_it_in_the_ui_and_sigterm_stops_everything(tmp_path):
     terminal = Terminal(
-        [sys.executable, "-m", "archiver.cli", "dev", "--workdir", str(tmp_path / "local"), "--files", "3",
-         "--file-size-mb", "4", "--prefect-port", str(local_services.free_port())],
+        [
+            sys.executable,
+            "-m",
+            "archiver.cli",
+            "dev",
+            "--workdir",
+            str(tmp_path / "local"),
+            "--files",
+            "3",
+            "--file-size-mb",
+            "4",
+            "--prefect-port",
+            str(local_services.free_port()),
+        ],
         env={**_without_prefect_settings(), "TERM": "xterm-256color"},
         cwd=REPO,  # where a user runs it: beside the compose stack's .env, which must not leak into the UI
     )
@@ -119,8 +131,9 @@ def _check_ui(prefect: str, secrets_dir: Path, tmp_path: Path) -> None:
     api = httpx.Client(base_url=f"{prefect}/api", auth=tuple(auth_string.split(":", 1)), timeout=30)
     [run] = api.post("/flow_runs/filter", json={"flow_runs": {"name": {"like_": "archive-job-"}}, "limit": 1}).json()
     job_id = run["name"].removeprefix("archive-job-")
-    [table] = api.post("/artifacts/filter", json={
-        "artifacts": {"flow_run_id": {"any_": [run["id"]]}, "type": {"any_": ["table"]}}}).json()
+    [table] = api.post(
+        "/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run["id"]]}, "type": {"any_": ["table"]}}}
+    ).json()
 
     with prefect_ui(prefect, auth_string) as page:
         dashboard = page_text(page, f"{prefect}/dashboard", ["Flow Runs"])
@@ -137,11 +150,26 @@ def _check_job_command(output: str, prefect: str, secrets_dir: Path) -> None:
     scicat = re.search(r"SciCat +(http://127\.0\.0\.1:\d+)", output)[1]
     pid = re.search(r"done: dataset (\S+) was created", output)[1]
     job = subprocess.run(
-        [sys.executable, "-m", "archiver.cli", "job", "retrieve", pid, "--scicat-url", scicat,
-         "--secrets-dir", str(secrets_dir)],
-        capture_output=True, text=True, timeout=300,
-        env={**_without_prefect_settings(), "PREFECT_API_URL": f"{prefect}/api",
-             "PREFECT_API_AUTH_STRING_FILE": str(secrets_dir / "prefectauth.txt")},
+        [
+            sys.executable,
+            "-m",
+            "archiver.cli",
+            "job",
+            "retrieve",
+            pid,
+            "--scicat-url",
+            scicat,
+            "--secrets-dir",
+            str(secrets_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={
+            **_without_prefect_settings(),
+            "PREFECT_API_URL": f"{prefect}/api",
+            "PREFECT_API_AUTH_STRING_FILE": str(secrets_dir / "prefectauth.txt"),
+        },
     )
     assert job.returncode == 0, job.stdout + job.stderr
     assert re.search(r"SciCat job \S+: finishedSuccessful", job.stdout), job.stdout

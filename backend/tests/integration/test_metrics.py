@@ -38,7 +38,10 @@ class Exporter:
         log = self._log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "archiver.cli", "metrics", "--port", "0", "--slow-cache-s", "0"],
-            stdout=subprocess.PIPE, stderr=log, env=dict(os.environ), text=True,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            env=dict(os.environ),
+            text=True,
         )
         line = self.process.stdout.readline()
         match = re.search(r"http://\S+:(\d+)/metrics", line)
@@ -54,8 +57,11 @@ class Exporter:
     def scrape(self) -> dict[tuple, float]:
         """{(sample name, sorted label pairs): value}."""
         text = httpx.get(self.url, timeout=60).raise_for_status().text
-        return {(s.name, tuple(sorted(s.labels.items()))): s.value
-                for family in text_string_to_metric_families(text) for s in family.samples}
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
 
 
 @pytest.fixture
@@ -136,8 +142,12 @@ def post_heartbeat(flow_run_id, occurred: datetime) -> None:
     from prefect.client.orchestration import get_client
     from prefect.events import Event
 
-    event = Event(occurred=occurred, event="prefect.flow-run.heartbeat", id=uuid.uuid4(),
-                  resource={"prefect.resource.id": f"prefect.flow-run.{flow_run_id}"})
+    event = Event(
+        occurred=occurred,
+        event="prefect.flow-run.heartbeat",
+        id=uuid.uuid4(),
+        resource={"prefect.resource.id": f"prefect.flow-run.{flow_run_id}"},
+    )
     with get_client(sync_client=True) as client:
         client.request("POST", "/events", json=[event.model_dump(mode="json")]).raise_for_status()
 
@@ -156,8 +166,9 @@ def test_a_running_job_without_recent_heartbeat_is_reported_stuck(pipeline, expo
             post_heartbeat(stuck.id, now - timedelta(seconds=window + 60))
             post_heartbeat(alive.id, now)
             deadline = time.monotonic() + 30  # events are stored asynchronously
-            while (reported := value(exporter.scrape(), "archiver_flow_runs_stuck", flow="archive_datasetlist")) \
-                    < before + 1 and time.monotonic() < deadline:
+            while (
+                reported := value(exporter.scrape(), "archiver_flow_runs_stuck", flow="archive_datasetlist")
+            ) < before + 1 and time.monotonic() < deadline:
                 time.sleep(1)
             assert reported == before + 1
             client.set_flow_run_state(stuck.id, Completed(), force=True)

@@ -40,7 +40,9 @@ def read_chars() -> int:
 def retrieval_calls(pipeline, since_seq: int) -> list[tuple]:
     """SciCat calls as (method, what, status): a dataset PATCH shows its retrieveStatusMessage."""
     seen = []
-    for (method, what, _, status), entry in zip(calls(pipeline, since_seq), _without_logins(pipeline, since_seq), strict=False):
+    for (method, what, _, status), entry in zip(
+        calls(pipeline, since_seq), _without_logins(pipeline, since_seq), strict=False
+    ):
         if (method, what) == ("PATCH", "dataset"):
             status = entry["body"]["datasetlifecycle"]["retrieveStatusMessage"]
         seen.append((method, what, status))
@@ -70,8 +72,10 @@ def archived_50(pipeline):
     pipeline.set_vars("archiver", ARCHIVER_TARGET_SIZE_MB=5)
     pid = new_dataset(50, 0.5)
     bucket = pipeline.settings.s3.landingzone_bucket
-    originals = {key.rsplit("/", 1)[-1]: pipeline.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-                 for key in pipeline.landing_keys(pid)}
+    originals = {
+        key.rsplit("/", 1)[-1]: pipeline.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        for key in pipeline.landing_keys(pid)
+    }
     archive_datasets_flow(job_id=pipeline.new_job("archive", [pid]))
     return pid, originals
 
@@ -93,8 +97,10 @@ def test_two_of_fifty_files_read_only_their_members_and_arrive_byte_identical(pi
     assert tars == {str(naming.datablock_path(pipeline.lts_root, d.archive_id)) for d in holding}
     wanted_bytes = sum(len(originals[name]) for name in wanted)
     whole_blocks = sum(d.packed_size for d in holding)
-    print(f"partial retrieval of 2 of 50 files: {bytes_read} bytes read by the process, files {wanted_bytes}, "
-          f"their datablocks {whole_blocks}, dataset {sum(d.packed_size for d in datablocks)}")
+    print(
+        f"partial retrieval of 2 of 50 files: {bytes_read} bytes read by the process, files {wanted_bytes}, "
+        f"their datablocks {whole_blocks}, dataset {sum(d.packed_size for d in datablocks)}"
+    )
     # Everything the process read (the LTS, and the HTTP answers of Prefect, SciCat and S3: about 1.5 MiB
     # measured) stays below the two files plus 3 MiB, less than half of their two datablocks.
     assert bytes_read < wanted_bytes + 3 * 1024 * 1024 < whole_blocks / 2
@@ -145,8 +151,12 @@ def test_a_file_not_in_the_dataset_is_a_user_error_naming_it(pipeline):
     assert "no/such.bin" in str(lifecycle["retrieveReturnMessage"])
     assert pipeline.retrieval_keys(pid) == []
     assert scicat_calls == [
-        ("POST", "job", None), ("PATCH", "job", "inProgress"), ("GET", "job", None),
-        ("GET", "datablocks", None), ("GET", "origdatablocks", None),
-        ("GET", "dataset", None), ("PATCH", "dataset", "datasetRetrievalFailed"),  # never "started"
+        ("POST", "job", None),
+        ("PATCH", "job", "inProgress"),
+        ("GET", "job", None),
+        ("GET", "datablocks", None),
+        ("GET", "origdatablocks", None),
+        ("GET", "dataset", None),
+        ("PATCH", "dataset", "datasetRetrievalFailed"),  # never "started"
         ("PATCH", "job", "finishedWithDatasetErrors"),
     ]

@@ -46,11 +46,16 @@ class RestartableServer(Restartable):
     def __init__(self, home, database_url: str):
         port = local_services.free_port()
         self.api_url = f"http://127.0.0.1:{port}/api"
-        super().__init__(lambda: local_services.prefect_server(
-            # The session server's credentials (the `pipeline` fixture started it): this process already sends them.
-            home, os.environ["PREFECT_API_AUTH_STRING"], database_url=database_url, port=port,
-            extra_env={"PREFECT_SERVER_TASKS_TAG_CONCURRENCY_SLOT_WAIT_SECONDS": "1"},
-        ))
+        super().__init__(
+            lambda: local_services.prefect_server(
+                # The session server's credentials (the `pipeline` fixture started it): this process already sends them.
+                home,
+                os.environ["PREFECT_API_AUTH_STRING"],
+                database_url=database_url,
+                port=port,
+                extra_env={"PREFECT_SERVER_TASKS_TAG_CONCURRENCY_SLOT_WAIT_SECONDS": "1"},
+            )
+        )
 
 
 @pytest.fixture
@@ -84,8 +89,11 @@ def test_prefect_server_killed_mid_write_does_not_fail_the_job(pipeline, own_pre
         landing = pipeline.landing_keys(pid)
         job_id = pipeline.new_job("archive", [pid])
         serve_deployments(PREFECT_API_URL=own_prefect.api_url)
-        local_services.poll_until(lambda: _deployment_exists("archive_datasetlist/datasets_archival"), 120,
-                                  "the archival deployment to be served")
+        local_services.poll_until(
+            lambda: _deployment_exists("archive_datasetlist/datasets_archival"),
+            120,
+            "the archival deployment to be served",
+        )
         flow_run = run_deployment("archive_datasetlist/datasets_archival", parameters={"job_id": job_id}, timeout=0)
 
         before = local_services.poll_until(lambda: tars(pipeline, pid), 240, "the first datablock", interval=0.1)
@@ -99,7 +107,8 @@ def test_prefect_server_killed_mid_write_does_not_fail_the_job(pipeline, own_pre
         assert pipeline.landing_keys(pid) == landing  # nothing deleted before the job is done
 
         status = local_services.poll_until(
-            lambda: _final_job_status(pipeline, job_id), 600, "the job to finish", interval=1)
+            lambda: _final_job_status(pipeline, job_id), 600, "the job to finish", interval=1
+        )
         # The job's status is reported before the run's own final state: give that a moment.
         state = local_services.poll_until(lambda: _final_state(flow_run.id), 60, "the flow run's final state")
 
@@ -124,8 +133,10 @@ def test_prefect_server_killed_mid_write_does_not_fail_the_job(pipeline, own_pre
     assert pipeline.landing_keys(pid) == []
     assert not list(pipeline.lts_root.rglob("*" + naming.PARTIAL_SUFFIX))
     assert not (naming.dataset_lts_folder(pipeline.lts_root, pid) / "discarded").exists()
-    print(f"outage {killed_at:.0f}..{restarted_at:.0f}; {len(before)} datablock(s) before, "
-          f"{len(written_after_outage)} written after")
+    print(
+        f"outage {killed_at:.0f}..{restarted_at:.0f}; {len(before)} datablock(s) before, "
+        f"{len(written_after_outage)} written after"
+    )
 
 
 def _final_state(flow_run_id):

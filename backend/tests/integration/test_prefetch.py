@@ -38,6 +38,7 @@ def upload(s3, bucket, files: dict[str, bytes]) -> list:
 def on_get(s3, handler):
     """Call `handler(key)` before each GetObject request of this client, on the thread that sends it.
     Returns a function that removes the hook."""
+
     def hook(params, **_):
         handler(params["Key"])
 
@@ -106,9 +107,11 @@ def test_a_failed_fetch_fails_the_datablock_and_leaves_nothing_behind(s3, bucket
         expected = pytest.raises(MissingFilesError, match=broken.path)
         repair = lambda: s3.put_object(Bucket=bucket, Key=broken.key, Body=files[broken.path])  # noqa: E731
     else:
+
         def lose_connection(key):
             if key == broken.key:
                 raise EndpointConnectionError(endpoint_url="http://s3.invalid")
+
         repair = on_get(s3, lose_connection)
         expected = pytest.raises(EndpointConnectionError)
 
@@ -148,7 +151,8 @@ def test_verification_reads_the_tar_in_large_pieces_whatever_the_member_size(s3,
             return self.raw.read(size)
 
     with open(path, "rb", buffering=0) as raw:
-        problems = check_datablock_stream(CountingFile(raw), manifest.dataFileList, "sha256", manifest.chk,
-                                          manifest.packedSize)
+        problems = check_datablock_stream(
+            CountingFile(raw), manifest.dataFileList, "sha256", manifest.chk, manifest.packedSize
+        )
     assert problems == []
     assert set(reads) == {READ_SIZE} and len(reads) <= path.stat().st_size // READ_SIZE + 2

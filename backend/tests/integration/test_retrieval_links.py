@@ -28,13 +28,23 @@ def test_a_finished_retrieval_gets_fresh_links_until_its_copy_is_gone(pipeline, 
     [old] = job_of(pipeline, job_id)["jobResultObject"]["result"]
     bucket = pipeline.settings.s3.retrieval_bucket
     [key] = pipeline.retrieval_keys(pid)
-    pipeline.s3.put_object_tagging(Bucket=bucket, Key=key, Tagging={  # retention nearly over
-        "TagSet": [{"Key": "retain-until", "Value": (datetime.now(UTC) + timedelta(hours=1)).strftime(
-            "%Y-%m-%dT%H:%M:%SZ")}]})
+    pipeline.s3.put_object_tagging(
+        Bucket=bucket,
+        Key=key,
+        Tagging={  # retention nearly over
+            "TagSet": [
+                {
+                    "Key": "retain-until",
+                    "Value": (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                }
+            ]
+        },
+    )
     deployments = {"archive": "archive_datasetlist/none", "retrieve": "retrieve_datasetlist/none"}
     with start_api(tmp_path, secrets_dir, prefect_api_url, deployments) as server:
-        api = httpx.Client(base_url=server.url + ROOT, timeout=60,
-                           headers={"Authorization": read_secret(AUTH_SPEC, secrets_dir, {})})
+        api = httpx.Client(
+            base_url=server.url + ROOT, timeout=60, headers={"Authorization": read_secret(AUTH_SPEC, secrets_dir, {})}
+        )
         start = pipeline.scicat_dev.state()["nextSeq"] - 1
 
         answer = api.get(f"/jobs/{job_id}/links")
@@ -42,13 +52,17 @@ def test_a_finished_retrieval_gets_fresh_links_until_its_copy_is_gone(pipeline, 
         assert answer.status_code == 200, answer.text
         [fresh] = answer.json()["result"]
         assert fresh["url"] != old["url"] and {k: v for k, v in fresh.items() if k != "url"} == {
-            k: v for k, v in old.items() if k != "url"}
+            k: v for k, v in old.items() if k != "url"
+        }
         assert len(httpx.get(fresh["url"], timeout=60).raise_for_status().content) == old["size"]
         assert fresh["url"] in answer.json()["downloadScript"]
         until = read_retain_until(pipeline.s3, bucket, key)
         assert until > datetime.now(UTC) + timedelta(days=6)  # covers the new links' 7 days
-        assert [(e["method"], e["path"].rsplit("/", 2)[-2]) for e in pipeline.scicat_dev.requests()
-                if e["seq"] > start and not e["path"].endswith("auth/login")] == [("GET", "jobs")]
+        assert [
+            (e["method"], e["path"].rsplit("/", 2)[-2])
+            for e in pipeline.scicat_dev.requests()
+            if e["seq"] > start and not e["path"].endswith("auth/login")
+        ] == [("GET", "jobs")]
 
         assert httpx.get(f"{server.url}{ROOT}/jobs/{job_id}/links").status_code == 401
         assert api.get(f"/jobs/{archive_job}/links").status_code == 409

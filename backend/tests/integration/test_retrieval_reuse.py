@@ -23,21 +23,33 @@ from tests.integration.test_partial_retrieval import retrieval_calls
 
 pytestmark = pytest.mark.integration
 
-RETRIEVE_CALLS = [("GET", "datablocks", None), ("GET", "origdatablocks", None), ("GET", "dataset", None),
-                  ("PATCH", "dataset", "started"), ("GET", "dataset", None), ("PATCH", "dataset", "datasetRetrieved")]
+RETRIEVE_CALLS = [
+    ("GET", "datablocks", None),
+    ("GET", "origdatablocks", None),
+    ("GET", "dataset", None),
+    ("PATCH", "dataset", "started"),
+    ("GET", "dataset", None),
+    ("PATCH", "dataset", "datasetRetrieved"),
+]
 
 
 def objects(pipeline, pid: str) -> dict[str, dict]:
     bucket = pipeline.settings.s3.retrieval_bucket
-    return {key: {"modified": pipeline.s3.head_object(Bucket=bucket, Key=key)["LastModified"],
-                  "until": read_retain_until(pipeline.s3, bucket, key)} for key in pipeline.retrieval_keys(pid)}
+    return {
+        key: {
+            "modified": pipeline.s3.head_object(Bucket=bucket, Key=key)["LastModified"],
+            "until": read_retain_until(pipeline.s3, bucket, key),
+        }
+        for key in pipeline.retrieval_keys(pid)
+    }
 
 
 def downloads_ok(pipeline, job_id: str) -> bool:
     job = job_of(pipeline, job_id)
     return job["jobStatusMessage"] == "finishedSuccessful" and all(
         len(httpx.get(e["url"], timeout=60).raise_for_status().content) == e["size"]
-        for e in job["jobResultObject"]["result"])
+        for e in job["jobResultObject"]["result"]
+    )
 
 
 @pytest.fixture
@@ -69,8 +81,12 @@ def test_a_second_retrieval_reuses_the_copy_and_extends_its_retention(pipeline, 
         assert obj["until"] > now + timedelta(days=29)  # retention extended
     assert downloads_ok(pipeline, first) and downloads_ok(pipeline, second)
     assert scicat_calls == [
-        ("POST", "job", None), ("PATCH", "job", "inProgress"), ("GET", "job", None), *RETRIEVE_CALLS,
-        ("PATCH", "job", "finishedSuccessful")]
+        ("POST", "job", None),
+        ("PATCH", "job", "inProgress"),
+        ("GET", "job", None),
+        *RETRIEVE_CALLS,
+        ("PATCH", "job", "finishedSuccessful"),
+    ]
 
 
 def test_a_copy_that_differs_from_the_registered_checksum_is_retrieved_again(pipeline, archived):
@@ -97,8 +113,12 @@ def test_two_retrievals_at_once_do_the_work_once_and_both_get_links(pipeline, ar
     start = pipeline.scicat_dev.state()["nextSeq"] - 1
     recording._opened = []
     try:
-        threads = [threading.Thread(target=contextvars.copy_context().run, args=(retrieve_datasets_flow,),
-                                    kwargs={"job_id": job_id}) for job_id in jobs]  # with this test's Prefect settings
+        threads = [
+            threading.Thread(
+                target=contextvars.copy_context().run, args=(retrieve_datasets_flow,), kwargs={"job_id": job_id}
+            )
+            for job_id in jobs
+        ]  # with this test's Prefect settings
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -114,7 +134,9 @@ def test_two_retrievals_at_once_do_the_work_once_and_both_get_links(pipeline, ar
     assert all(downloads_ok(pipeline, job_id) for job_id in jobs)
     requests = [e for e in pipeline.scicat_dev.requests() if e["seq"] > start]
     for job_id in jobs:
-        statuses = [e["body"]["jobStatusMessage"] for e in requests if e.get("jobId") == job_id and e["method"] == "PATCH"]
+        statuses = [
+            e["body"]["jobStatusMessage"] for e in requests if e.get("jobId") == job_id and e["method"] == "PATCH"
+        ]
         assert statuses == ["inProgress", "finishedSuccessful"]
     lifecycle_patches = [c for c in scicat_calls if c[:2] == ("PATCH", "dataset")]
     assert sorted(c[2] for c in lifecycle_patches) == ["datasetRetrieved"] * 2 + ["started"] * 2
@@ -148,8 +170,9 @@ def test_the_cleanup_deletes_expired_retrievals_and_reports_the_bytes_freed(pipe
     bucket = pipeline.settings.s3.retrieval_bucket
     expired = pipeline.retrieval_keys(archived)
     for key in expired:  # as if its retention had passed
-        pipeline.s3.put_object_tagging(Bucket=bucket, Key=key, Tagging={
-            "TagSet": [{"Key": "retain-until", "Value": "2020-01-01T00:00:00Z"}]})
+        pipeline.s3.put_object_tagging(
+            Bucket=bucket, Key=key, Tagging={"TagSet": [{"Key": "retain-until", "Value": "2020-01-01T00:00:00Z"}]}
+        )
     sizes = sum(pipeline.s3.head_object(Bucket=bucket, Key=key)["ContentLength"] for key in expired)
     start = pipeline.scicat_dev.state()["nextSeq"] - 1
 

@@ -45,8 +45,13 @@ class EnforcingS3:
         import boto3
 
         self.url, self.root = url, root
-        self.iam = boto3.client("iam", endpoint_url=url, region_name=S3_TEST_REGION,
-                                aws_access_key_id=root.access_key, aws_secret_access_key=root.secret_key)
+        self.iam = boto3.client(
+            "iam",
+            endpoint_url=url,
+            region_name=S3_TEST_REGION,
+            aws_access_key_id=root.access_key,
+            aws_secret_access_key=root.secret_key,
+        )
 
     def account(self, name: str, policy: dict) -> S3Credentials:
         self.iam.create_user(UserName=name)
@@ -63,7 +68,7 @@ def shipped_policy(account: S3Account, buckets: dict[str, str]) -> dict:
     """The account's policy file with its bucket names replaced as `buckets` says."""
     text = (POLICIES / f"{account.name}.json").read_text()
     for shipped, actual in buckets.items():
-        text = text.replace(f"arn:aws:s3:::{shipped}\"", f"arn:aws:s3:::{actual}\"")
+        text = text.replace(f'arn:aws:s3:::{shipped}"', f'arn:aws:s3:::{actual}"')
         text = text.replace(f"arn:aws:s3:::{shipped}/", f"arn:aws:s3:::{actual}/")
     return json.loads(text)
 
@@ -89,8 +94,10 @@ def s3(enforcing_s3):
 @pytest.fixture
 def accounts(enforcing_s3, unique_name) -> dict[str, S3Credentials]:
     buckets = {shipped: f"{unique_name}-{suffix}" for shipped, suffix in SHIPPED_BUCKETS.items()}
-    return {account.name: enforcing_s3.account(f"{unique_name}-{account.name}", shipped_policy(account, buckets))
-            for account in (ARCHIVER_S3, PRESIGN_S3)}
+    return {
+        account.name: enforcing_s3.account(f"{unique_name}-{account.name}", shipped_policy(account, buckets))
+        for account in (ARCHIVER_S3, PRESIGN_S3)
+    }
 
 
 @pytest.fixture
@@ -112,7 +119,9 @@ def denied(call, *args, **kwargs) -> bool:
 
 
 def test_flows_archive_and_retrieve_with_their_own_accounts_and_urls_are_signed_by_the_presign_account(
-    pipeline, enforcing_s3, accounts,
+    pipeline,
+    enforcing_s3,
+    accounts,
 ):
     pid = create_test_dataset_flow(num_files=3, file_size_mb=0.4)  # the flows' account uploads the test files
     originals = {f.path: f.chk for b in pipeline.scicat.get_origdatablocks(pid) for f in b.data_file_list}
@@ -166,21 +175,26 @@ def test_urls_the_presign_account_signs_download_from_the_retrieval_bucket_only(
     assert httpx.get(url(retrieval, "some/datablock.tar")).content == b"retrieved"
     assert httpx.get(url(landing, "openem-network/datasets/p/raw_files/a")).status_code == 403
     put_url = enforcing_s3.s3(accounts["presign"]).generate_presigned_url(
-        "put_object", Params={"Bucket": retrieval, "Key": "some/datablock.tar"}, ExpiresIn=600)
+        "put_object", Params={"Bucket": retrieval, "Key": "some/datablock.tar"}, ExpiresIn=600
+    )
     assert httpx.put(put_url, content=b"overwritten").status_code == 403
     assert httpx.get(url(retrieval, "some/datablock.tar") + "x").status_code == 403  # signature no longer matches
     assert s3.get_object(Bucket=retrieval, Key="some/datablock.tar")["Body"].read() == b"retrieved"
 
 
-def test_archiver_account_cannot_create_buckets_or_reach_other_buckets(pipeline, enforcing_s3, accounts, s3,
-                                                                     unique_name):
+def test_archiver_account_cannot_create_buckets_or_reach_other_buckets(
+    pipeline, enforcing_s3, accounts, s3, unique_name
+):
     archiver = enforcing_s3.s3(accounts["archiver"])
     other = f"{unique_name}-other"
     s3.create_bucket(Bucket=other, CreateBucketConfiguration={"LocationConstraint": S3_TEST_REGION})
     s3.put_object(Bucket=other, Key="k", Body=b"x")
 
-    assert denied(archiver.create_bucket, Bucket=f"{unique_name}-new",
-                  CreateBucketConfiguration={"LocationConstraint": S3_TEST_REGION})
+    assert denied(
+        archiver.create_bucket,
+        Bucket=f"{unique_name}-new",
+        CreateBucketConfiguration={"LocationConstraint": S3_TEST_REGION},
+    )
     # MinIO denies ListBuckets without s3:ListAllMyBuckets; SeaweedFS lists only the buckets the account may reach.
     with contextlib.suppress(ClientError):
         assert other not in {b["Name"] for b in archiver.list_buckets()["Buckets"]}
@@ -192,7 +206,9 @@ def test_archiver_account_cannot_create_buckets_or_reach_other_buckets(pipeline,
 def test_config_refuses_an_archiver_account_whose_policy_names_other_buckets(pipeline, unique_name):
     from prefect.variables import Variable
 
-    pipeline.vars_file.write_text(pipeline.vars_file.read_text().replace(f"{unique_name}-landing", f"{unique_name}-elsewhere"))
+    pipeline.vars_file.write_text(
+        pipeline.vars_file.read_text().replace(f"{unique_name}-landing", f"{unique_name}-elsewhere")
+    )
     with pytest.raises(ConfigError) as refused:
         seed(read_inputs(pipeline.vars_file, pipeline.limits_file, pipeline.secrets_dir))
     message = str(refused.value)

@@ -30,7 +30,10 @@ pytestmark = pytest.mark.integration
 
 OUTAGE_S = float(os.environ.get("ARCHIVER_TEST_S3_OUTAGE_S", "5"))
 NUM_FILES = 12  # a datablock per file (1 MB target)
-DEPLOYMENTS = {"archive": "archive_datasetlist/datasets_archival", "retrieve": "retrieve_datasetlist/datasets_retrieval"}
+DEPLOYMENTS = {
+    "archive": "archive_datasetlist/datasets_archival",
+    "retrieve": "retrieve_datasetlist/datasets_retrieval",
+}
 
 
 class RestartableS3(Restartable):
@@ -39,8 +42,11 @@ class RestartableS3(Restartable):
     def __init__(self, folder):
         port = local_services.free_port()
         self.url = f"http://127.0.0.1:{port}"
-        super().__init__(lambda: local_services.s3_server(
-            folder / "data", folder, local_services.account_identities(S3_TEST_ACCOUNTS), port=port))
+        super().__init__(
+            lambda: local_services.s3_server(
+                folder / "data", folder, local_services.account_identities(S3_TEST_ACCOUNTS), port=port
+            )
+        )
 
 
 @pytest.fixture
@@ -94,7 +100,9 @@ def test_s3_restarted_mid_archival_and_mid_retrieval_loses_no_byte(pipeline, own
     seen = {}
 
     def restart_mid_archival():
-        seen["archived"] = local_services.poll_until(lambda: tars(pipeline, pid), 240, "the first datablock", interval=0.05)
+        seen["archived"] = local_services.poll_until(
+            lambda: tars(pipeline, pid), 240, "the first datablock", interval=0.05
+        )
         outage(own_s3)
         assert pipeline.landing_keys(pid) == landing  # nothing deleted before the datablocks are registered
 
@@ -112,17 +120,20 @@ def test_s3_restarted_mid_archival_and_mid_retrieval_loses_no_byte(pipeline, own
     assert not list(pipeline.lts_root.rglob("*" + naming.PARTIAL_SUFFIX))
 
     def restart_mid_retrieval():
-        seen["retrieved"] = local_services.poll_until(lambda: pipeline.retrieval_keys(pid), 240,
-                                                      "the first retrieved datablock", interval=0.05)
+        seen["retrieved"] = local_services.poll_until(
+            lambda: pipeline.retrieval_keys(pid), 240, "the first retrieved datablock", interval=0.05
+        )
         outage(own_s3)
 
     job = run_job(pipeline, "retrieve", pid, during=restart_mid_retrieval)
 
     assert 0 < len(seen["retrieved"]) < len(datablocks)  # the outage began mid-retrieval
-    downloads = [httpx.get(entry["url"], timeout=60).raise_for_status().content
-                 for entry in job["jobResultObject"]["result"]]
+    downloads = [
+        httpx.get(entry["url"], timeout=60).raise_for_status().content for entry in job["jobResultObject"]["result"]
+    ]
     assert sorted(hashlib.sha256(d).hexdigest() for d in downloads) == sorted(
-        hashlib.sha256(t).hexdigest() for t in lts_tars.values())
+        hashlib.sha256(t).hexdigest() for t in lts_tars.values()
+    )
     retrieved = {}
     for content in downloads:
         with tarfile.open(fileobj=io.BytesIO(content)) as tar:

@@ -40,12 +40,21 @@ def make_dataset(scicat: ScicatClient) -> str:
 
 
 def files(*sizes: int) -> list[DataFile]:
-    return [DataFile(path=f"raw/f{i}.tif", size=size, time="2024-05-01T12:00:00Z", chk=f"c{i}") for i, size in enumerate(sizes)]
+    return [
+        DataFile(path=f"raw/f{i}.tif", size=size, time="2024-05-01T12:00:00Z", chk=f"c{i}")
+        for i, size in enumerate(sizes)
+    ]
 
 
 def datablock(name: str, *sizes: int) -> NewDatablock:
-    return NewDatablock(archive_id=name, size=sum(sizes), packed_size=sum(sizes) + 1024, chk_alg="sha256", version="1",
-                     data_file_list=files(*sizes))
+    return NewDatablock(
+        archive_id=name,
+        size=sum(sizes),
+        packed_size=sum(sizes) + 1024,
+        chk_alg="sha256",
+        version="1",
+        data_file_list=files(*sizes),
+    )
 
 
 def calls(entries: list[dict]) -> list[tuple[str, str, int]]:
@@ -104,14 +113,19 @@ def test_lifecycle_updates_send_the_complete_lifecycle(scicat, scicat_dev):
     """SciCat replaces the lifecycle on PATCH: every update carries all fields, so none falls back to its default."""
     pid = make_dataset(scicat)
     scicat.update_lifecycle(pid, "mark", is_on_central_disk=False)
-    scicat.update_lifecycle(pid, "started", archive_status_message=ArchiveStatus.STARTED, archivable=False,
-                            retrievable=False)
-    scicat.update_lifecycle(pid, "archived", archive_status_message=ArchiveStatus.DATASET_ON_ARCHIVE_DISK,
-                            retrievable=True)
+    scicat.update_lifecycle(
+        pid, "started", archive_status_message=ArchiveStatus.STARTED, archivable=False, retrievable=False
+    )
+    scicat.update_lifecycle(
+        pid, "archived", archive_status_message=ArchiveStatus.DATASET_ON_ARCHIVE_DISK, retrievable=True
+    )
     scicat.update_lifecycle(pid, "retrieved", retrieve_status_message=RetrieveStatus.DATASET_RETRIEVED)
 
     lifecycle = scicat.get_dataset(pid).datasetlifecycle
-    assert (lifecycle.archive_status_message, lifecycle.retrieve_status_message) == ("datasetOnArchiveDisk", "datasetRetrieved")
+    assert (lifecycle.archive_status_message, lifecycle.retrieve_status_message) == (
+        "datasetOnArchiveDisk",
+        "datasetRetrieved",
+    )
     assert (lifecycle.archivable, lifecycle.retrievable, lifecycle.is_on_central_disk) == (False, True, False)
     patches = [e["body"]["datasetlifecycle"] for e in scicat_dev.requests() if e["method"] == "PATCH"]
     assert len(patches) == 4 and all(patch["isOnCentralDisk"] is False for patch in patches[1:])
@@ -128,19 +142,25 @@ def test_lifecycle_updates_through_the_merging_endpoint_send_only_the_changes(se
             lifecycle = client.get_dataset(pid).datasetlifecycle
         log = httpx.get(f"{server.url}/dev/requests").json()
     assert (lifecycle.archive_status_message, lifecycle.archivable, lifecycle.is_on_central_disk) == (
-        "started", False, False)
+        "started",
+        False,
+        False,
+    )
     patches = [(e["path"], e["body"]) for e in log if e["method"] == "PATCH"]
     assert [path.endswith("/datasetlifecycle") for path, _ in patches] == [True, True]
     assert [body for _, body in patches] == [
-        {"isOnCentralDisk": False}, {"archiveStatusMessage": "started", "archivable": False}]
+        {"isOnCentralDisk": False},
+        {"archiveStatusMessage": "started", "archivable": False},
+    ]
     assert not any(e["method"] == "GET" and e["path"].endswith(pid.replace("/", "%2F")) for e in log[:-1])
 
 
 @pytest.fixture
 def conflicting_lifecycle_client(secrets_dir, services_log_dir):
     """A client of a development server behaving like SciCat 4.19-4.23: an unchanged lifecycle update is a 409."""
-    with local_services.scicat_dev_server(secrets_dir, services_log_dir, datasetlifecycle_endpoint=True,
-                                          unchanged_lifecycle_conflict=True) as server:
+    with local_services.scicat_dev_server(
+        secrets_dir, services_log_dir, datasetlifecycle_endpoint=True, unchanged_lifecycle_conflict=True
+    ) as server:
         settings = ScicatSection(endpoint=server.url, lifecycle_merge_endpoint=True)
         with ScicatClient(settings, ScicatCredentials.from_secret_files(secrets_dir, environ={})) as client:
             yield client, server.url
@@ -158,7 +178,10 @@ def test_a_retried_identical_lifecycle_update_succeeds_on_scicat_answering_409(c
     assert len(conflicts) == 1  # the retry did meet SciCat's 409
     lifecycle = client.get_dataset(pid).datasetlifecycle
     assert (lifecycle.archive_status_message, lifecycle.archivable, lifecycle.retrievable) == (
-        "datasetOnArchiveDisk", False, True)
+        "datasetOnArchiveDisk",
+        False,
+        True,
+    )
 
 
 def test_a_409_lifecycle_update_whose_values_do_not_hold_is_an_error_naming_them(conflicting_lifecycle_client):
@@ -181,7 +204,10 @@ def test_origdatablocks_are_created_and_read_per_dataset(scicat):
     read = scicat.get_origdatablocks(pid)
     assert [b.id for b in read] == [created.id]
     assert read[0].dataset_id == pid
-    assert [(f.path, f.size, f.chk) for f in read[0].data_file_list] == [("raw/f0.tif", 10, "c0"), ("raw/f1.tif", 20, "c1")]
+    assert [(f.path, f.size, f.chk) for f in read[0].data_file_list] == [
+        ("raw/f0.tif", 10, "c0"),
+        ("raw/f1.tif", 20, "c1"),
+    ]
 
 
 def test_datablocks_create_list_delete(scicat, scicat_dev):
@@ -236,7 +262,10 @@ def test_retries_give_up_with_scicats_answer(scicat, scicat_dev):
 
 def test_connection_refused_is_retried_then_reported(scicat_credentials):
     settings = ScicatSection(endpoint=f"http://127.0.0.1:{local_services.free_port()}")
-    with ScicatClient(settings, scicat_credentials, retries=2, backoff_s=0.01) as client, pytest.raises(ScicatError) as error:
+    with (
+        ScicatClient(settings, scicat_credentials, retries=2, backoff_s=0.01) as client,
+        pytest.raises(ScicatError) as error,
+    ):
         client.get_job("j1")
     assert "no answer" in str(error.value) and "after 3 tries" in str(error.value)
 
@@ -266,9 +295,11 @@ def test_job_status_v3_and_dataset_list(scicat, scicat_dev):
 
 def test_job_status_v4_with_result_on_its_own_prefix(scicat_url, scicat_credentials, scicat_dev):
     settings = ScicatSection(endpoint=scicat_url, jobs_api_prefix="/api/v4/", job_status_schema="v4")
-    result = JobResultObject(result=[
-        JobResultEntry(dataset_id="20.500/x", name="1.tar", size=10, archive_id="x/1.tar", url="http://s3/x?sig=1"),
-    ])
+    result = JobResultObject(
+        result=[
+            JobResultEntry(dataset_id="20.500/x", name="1.tar", size=10, archive_id="x/1.tar", url="http://s3/x?sig=1"),
+        ]
+    )
     with ScicatClient(settings, scicat_credentials) as client:
         job = client.create_job("retrieve", [make_dataset(client)])
         client.update_job_status(job.id, JobStatus.FINISHED_SUCCESSFUL, "1 dataset retrieved", result)
@@ -276,9 +307,14 @@ def test_job_status_v4_with_result_on_its_own_prefix(scicat_url, scicat_credenti
     assert (stored.status_code, stored.status_message) == ("finishedSuccessful", "1 dataset retrieved")
     assert JobResultObject.model_validate(stored.job_result_object) == result
     assert [e["path"] for e in scicat_dev.requests() if "/jobs" in e["path"]] == [
-        "/api/v4/jobs", f"/api/v4/jobs/{job.id}", f"/api/v4/jobs/{job.id}"]
+        "/api/v4/jobs",
+        f"/api/v4/jobs/{job.id}",
+        f"/api/v4/jobs/{job.id}",
+    ]
 
 
 def test_unknown_job_is_refused_naming_the_job(scicat):
-    with pytest.raises(ScicatError, match=r"'update job status to inProgress' for job no-such-job failed: HTTP 400.*Invalid job id"):
+    with pytest.raises(
+        ScicatError, match=r"'update job status to inProgress' for job no-such-job failed: HTTP 400.*Invalid job id"
+    ):
         scicat.update_job_status("no-such-job", JobStatus.IN_PROGRESS)

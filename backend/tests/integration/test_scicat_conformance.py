@@ -102,7 +102,9 @@ def job_status(pipeline, job_id: str) -> str:
 
 def lts_files(pipeline, pid: str) -> dict[str, tuple[int, int]]:
     folder = naming.dataset_lts_folder(pipeline.lts_root, pid)
-    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()
+    }
 
 
 # --- call-by-call sequences ---
@@ -222,7 +224,8 @@ def test_bug1_datablocks_are_registered_without_refused_fields(pipeline, jobs):
     assert posted and all(e["status"] == 201 and set(e["body"]) == DATABLOCK_FIELDS for e in posted)
     registered = pipeline.scicat.get_datablocks(pid)
     assert sorted(f.path for d in registered for f in d.data_file_list) == sorted(
-        f.path for b in pipeline.scicat.get_origdatablocks(pid) for f in b.data_file_list)
+        f.path for b in pipeline.scicat.get_origdatablocks(pid) for f in b.data_file_list
+    )
     assert job_status(pipeline, job_id) == "finishedSuccessful"
 
 
@@ -256,7 +259,10 @@ def test_bug3_retrieval_keeps_the_archived_state(pipeline):
 
     lifecycle = lifecycle_of(pipeline, pid)
     assert (lifecycle["archiveStatusMessage"], lifecycle["archivable"], lifecycle["retrievable"]) == (
-        "datasetOnArchiveDisk", False, True)
+        "datasetOnArchiveDisk",
+        False,
+        True,
+    )
     assert lifecycle["retrieveStatusMessage"] == "datasetRetrieved" and lifecycle[MARKER[0]] == MARKER[1]
 
 
@@ -266,8 +272,9 @@ def test_bug4_rearchive_after_lifecycle_reset_touches_nothing(pipeline):
     before_lts = lts_files(pipeline, pid)
     before_scicat = sorted((d.id, d.archive_id) for d in pipeline.scicat.get_datablocks(pid))
     # What a replacing PATCH without the archive fields did: the dataset looks archivable again.
-    pipeline.scicat.update_lifecycle(pid, "reset", archive_status_message="datasetCreated", archivable=True,
-                                     retrievable=False)
+    pipeline.scicat.update_lifecycle(
+        pid, "reset", archive_status_message="datasetCreated", archivable=True, retrievable=False
+    )
     job_id = pipeline.new_job("archive", [pid])
 
     archive_datasets_flow(job_id=job_id)
@@ -279,7 +286,10 @@ def test_bug4_rearchive_after_lifecycle_reset_touches_nothing(pipeline):
     assert sorted((d.id, d.archive_id) for d in pipeline.scicat.get_datablocks(pid)) == before_scicat
     lifecycle = lifecycle_of(pipeline, pid)
     assert (lifecycle["archiveStatusMessage"], lifecycle["archivable"], lifecycle["retrievable"]) == (
-        "datasetOnArchiveDisk", False, True)
+        "datasetOnArchiveDisk",
+        False,
+        True,
+    )
 
 
 def test_bug4_interrupted_run_cleanup_leaves_an_archived_dataset_alone(pipeline):
@@ -287,13 +297,15 @@ def test_bug4_interrupted_run_cleanup_leaves_an_archived_dataset_alone(pipeline)
     archived(pipeline, pid)
     before_lts = lts_files(pipeline, pid)
     before_scicat = sorted(d.id for d in pipeline.scicat.get_datablocks(pid))
-    pipeline.scicat.update_lifecycle(pid, "reset", archive_status_message="started", archivable=False,
-                                     retrievable=False)
+    pipeline.scicat.update_lifecycle(
+        pid, "reset", archive_status_message="started", archivable=False, retrievable=False
+    )
 
     config = load_run_configuration()
     with connect(config) as connections:
-        _clean_up_interrupted_archival(pid, config, connections, RuntimeError("archival run crashed"),
-                                       logging.getLogger("test"))
+        _clean_up_interrupted_archival(
+            pid, config, connections, RuntimeError("archival run crashed"), logging.getLogger("test")
+        )
 
     assert lts_files(pipeline, pid) == before_lts
     assert sorted(d.id for d in pipeline.scicat.get_datablocks(pid)) == before_scicat
@@ -339,8 +351,9 @@ def test_bug5_a_datablock_of_another_dataset_is_not_served(pipeline):
     archived(pipeline, requester)
     [foreign] = pipeline.scicat.get_datablocks(victim)
     # A record of the requester's dataset naming the victim's tar (a mistake or a forged record).
-    pipeline.scicat.create_datablock(requester, NewDatablock.model_validate(
-        foreign.model_dump(include=set(NewDatablock.model_fields))))
+    pipeline.scicat.create_datablock(
+        requester, NewDatablock.model_validate(foreign.model_dump(include=set(NewDatablock.model_fields)))
+    )
     job_id = pipeline.new_job("retrieve", [requester])
 
     assert retrieve_datasets_flow(job_id=job_id, return_state=True).is_failed()

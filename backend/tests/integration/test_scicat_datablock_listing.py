@@ -56,7 +56,9 @@ def test_without_limits_scicat_answers_at_most_100_datablocks(own_scicat):
 
 def test_limit_skip_and_order_page_through_every_datablock_once(own_scicat):
     _, blocks = register(own_scicat, 7)
-    pages = [listed(own_scicat, {"limits": {"limit": 3, "skip": skip, "order": "_id:asc"}}).json() for skip in (0, 3, 6)]
+    pages = [
+        listed(own_scicat, {"limits": {"limit": 3, "skip": skip, "order": "_id:asc"}}).json() for skip in (0, 3, 6)
+    ]
     assert [len(page) for page in pages] == [3, 3, 1]
     ids = [block["_id"] for page in pages for block in page]
     assert ids == sorted(block["_id"] for block in blocks)
@@ -71,7 +73,9 @@ def test_fields_project_the_datablocks_and_where_selects_a_dataset(own_scicat):
     register(own_scicat, 3)
     answer = listed(own_scicat, {"where": {"datasetId": pid}, "fields": ["datasetId", "archiveId"]}).json()
     assert answer == [{"_id": b["_id"], "datasetId": pid, "archiveId": b["archiveId"]} for b in blocks]
-    as_object = listed(own_scicat, {"where": {"datasetId": {"inq": [pid]}}, "fields": {"archiveId": True, "size": False}})
+    as_object = listed(
+        own_scicat, {"where": {"datasetId": {"inq": [pid]}}, "fields": {"archiveId": True, "size": False}}
+    )
     assert as_object.json() == [{"_id": b["_id"], "archiveId": b["archiveId"]} for b in blocks]
     assert len(listed(own_scicat, {"fields": []}).json()[0]["dataFileList"]) == 1  # empty: every field
 
@@ -81,9 +85,14 @@ def test_a_malformed_filter_gets_scicats_500_and_a_filter_scicat_cannot_apply_a_
     for malformed in ('{"limits": {"limit": 1},}', "{where", "not json"):
         answer = listed(own_scicat, malformed)
         assert (answer.status_code, answer.json()) == (500, {"statusCode": 500, "message": "Internal server error"})
-    for refused, named in [({"limits": {"limit": "10"}}, "limits.limit"), ({"limits": {"skip": -1}}, "limits.skip"),
-                           ({"limits": 5}, "limits"), ([1, 2], "filter must be a JSON object"),
-                           ({"where": {"size": {"gt": 3}}}, "where.size"), ({"sort": "x"}, "sort")]:
+    for refused, named in [
+        ({"limits": {"limit": "10"}}, "limits.limit"),
+        ({"limits": {"skip": -1}}, "limits.skip"),
+        ({"limits": 5}, "limits"),
+        ([1, 2], "filter must be a JSON object"),
+        ({"where": {"size": {"gt": 3}}}, "where.size"),
+        ({"sort": "x"}, "sort"),
+    ]:
         answer = listed(own_scicat, refused)
         assert answer.status_code == 400 and named in answer.json()["message"], (refused, answer.text)
     assert own_scicat._http.get(LISTING).status_code == 401  # no token
@@ -98,7 +107,8 @@ def test_the_client_lists_every_datablock_in_pages_of_the_size_asked(own_scicat,
         with pytest.raises(ValueError, match="page size 0 must be a whole number"):
             next(scicat.iter_datablocks(page_size=0))
     assert sorted((b.id, b.dataset_id, b.archive_id, b.packed_size) for b in got) == sorted(
-        (b["_id"], b["datasetId"], b["archiveId"], b["packedSize"]) for b in first + second)
+        (b["_id"], b["datasetId"], b["archiveId"], b["packedSize"]) for b in first + second
+    )
     pages = [e for e in own_scicat.requests() if e["seq"] >= since and e["path"].startswith(LISTING)]
     assert [e["status"] for e in pages] == [200, 200, 200]  # 3 + 3 + 1
 

@@ -14,14 +14,29 @@ from archiver.config.secrets import read_secret, secret_spec
 pytestmark = pytest.mark.integration
 
 FILE = {"path": "raw/a.tif", "size": 10, "time": "2024-05-01T12:00:00Z", "chk": "c0"}
-DATABLOCK = {"archiveId": "x/1.tar", "size": 10, "packedSize": 1034, "chkAlg": "sha256", "version": "1",
-             "dataFileList": [FILE]}
+DATABLOCK = {
+    "archiveId": "x/1.tar",
+    "size": 10,
+    "packedSize": 1034,
+    "chkAlg": "sha256",
+    "version": "1",
+    "dataFileList": [FILE],
+}
 
 
 def raw_dataset(**fields) -> dict:
-    return {"pid": f"20.500.11935/{uuid.uuid4()}", "type": "raw", "ownerGroup": "imaging", "owner": "Ada",
-            "contactEmail": "ada@example.org", "sourceFolder": "/data/ada", "creationTime": "2024-05-01T12:00:00Z",
-            "principalInvestigator": "Ada", "creationLocation": "/site/beamline", **fields}
+    return {
+        "pid": f"20.500.11935/{uuid.uuid4()}",
+        "type": "raw",
+        "ownerGroup": "imaging",
+        "owner": "Ada",
+        "contactEmail": "ada@example.org",
+        "sourceFolder": "/data/ada",
+        "creationTime": "2024-05-01T12:00:00Z",
+        "principalInvestigator": "Ada",
+        "creationLocation": "/site/beamline",
+        **fields,
+    }
 
 
 def encoded(pid: str) -> str:
@@ -62,25 +77,44 @@ def test_unknown_dataset_property_is_refused_naming_it(scicat_dev):
 def test_dataset_creation_needs_scicats_required_fields(scicat_dev):
     messages = validation_messages(scicat_dev.call("POST", "/api/v3/datasets", json={"type": "raw", "owner": "Ada"}))
     assert set(messages) == {
-        "ownerGroup must be a string", "Expected an email or a list of semicolon separated emails, got undefined",
+        "ownerGroup must be a string",
+        "Expected an email or a list of semicolon separated emails, got undefined",
         "sourceFolder must be a string",
-        "creationTime must be a valid ISO 8601 date string", "principalInvestigator must be a string",
+        "creationTime must be a valid ISO 8601 date string",
+        "principalInvestigator must be a string",
         "creationLocation must be a string",
     }
     local = scicat_dev.call("POST", "/api/v3/datasets", json=raw_dataset(contactEmail="archiver@localhost"))
-    assert validation_messages(local) == ["Expected an email or a list of semicolon separated emails, got archiver@localhost"]
+    assert validation_messages(local) == [
+        "Expected an email or a list of semicolon separated emails, got archiver@localhost"
+    ]
     two = scicat_dev.call("POST", "/api/v3/datasets", json=raw_dataset(contactEmail="a@example.org; b@example.org"))
     assert two.status_code == 201
     response = scicat_dev.call("POST", "/api/v3/datasets", json=raw_dataset(type="processed"))
     assert response.status_code == 400 and response.json()["message"] == "Wrong dataset type!"
 
 
-@pytest.mark.parametrize("kind, body, expected", [
-    ("origdatablocks", {"size": 10, "dataFileList": [FILE], "datasetId": "any"}, ["property datasetId should not exist"]),
-    ("origdatablocks", {"size": 10, "dataFileList": [FILE], "ownerGroup": "g"}, ["property ownerGroup should not exist"]),
-    ("datablocks", {**DATABLOCK, "datasetId": "any"}, ["property datasetId should not exist"]),
-    ("datablocks", {**DATABLOCK, "dataFileList": [{**FILE, "md5": "x"}]}, ["dataFileList.0.property md5 should not exist"]),
-])
+@pytest.mark.parametrize(
+    "kind, body, expected",
+    [
+        (
+            "origdatablocks",
+            {"size": 10, "dataFileList": [FILE], "datasetId": "any"},
+            ["property datasetId should not exist"],
+        ),
+        (
+            "origdatablocks",
+            {"size": 10, "dataFileList": [FILE], "ownerGroup": "g"},
+            ["property ownerGroup should not exist"],
+        ),
+        ("datablocks", {**DATABLOCK, "datasetId": "any"}, ["property datasetId should not exist"]),
+        (
+            "datablocks",
+            {**DATABLOCK, "dataFileList": [{**FILE, "md5": "x"}]},
+            ["dataFileList.0.property md5 should not exist"],
+        ),
+    ],
+)
 def test_unknown_block_property_is_refused_naming_it(scicat_dev, kind, body, expected):
     pid = new_dataset(scicat_dev)
     assert validation_messages(scicat_dev.call("POST", dataset_path(pid, f"/{kind}"), json=body)) == expected
@@ -90,14 +124,20 @@ def test_unknown_block_property_is_refused_naming_it(scicat_dev, kind, body, exp
 def test_blocks_need_their_required_fields(scicat_dev):
     pid = new_dataset(scicat_dev)
     messages = validation_messages(scicat_dev.call("POST", dataset_path(pid, "/datablocks"), json={"chkAlg": "sha256"}))
-    assert messages == ["archiveId must be a string", "size must be an integer number", "packedSize must be an integer number",
-                        "version must be a string", "dataFileList must be an array"]
+    assert messages == [
+        "archiveId must be a string",
+        "size must be an integer number",
+        "packedSize must be an integer number",
+        "version must be a string",
+        "dataFileList must be an array",
+    ]
     no_time = {"size": 10, "dataFileList": [{"path": "a", "size": 10}]}
     messages = validation_messages(scicat_dev.call("POST", dataset_path(pid, "/origdatablocks"), json=no_time))
     assert messages == ["dataFileList.0.time must be a valid ISO 8601 date string"]
     empty = {"size": 0, "dataFileList": []}
     assert validation_messages(scicat_dev.call("POST", dataset_path(pid, "/origdatablocks"), json=empty)) == [
-        "dataFileList should not be empty"]
+        "dataFileList should not be empty"
+    ]
 
 
 def test_blocks_are_stored_under_their_dataset_with_its_groups(scicat_dev):
@@ -119,7 +159,9 @@ def test_unknown_job_property_is_refused_on_v4_and_dropped_on_v3(scicat_dev):
     params = {"datasetList": [{"pid": pid, "files": []}]}
     response = scicat_dev.call("POST", "/api/v4/jobs", json={"type": "archive", "jobParams": params, "priority": 1})
     assert validation_messages(response) == ["property priority should not exist"]
-    v3 = scicat_dev.call("POST", "/api/v3/jobs", json={"type": "archive", "datasetList": params["datasetList"], "priority": 1})
+    v3 = scicat_dev.call(
+        "POST", "/api/v3/jobs", json={"type": "archive", "datasetList": params["datasetList"], "priority": 1}
+    )
     assert v3.status_code == 201
     assert "priority" not in scicat_dev.state()["jobs"][v3.json()["id"]]
 
@@ -128,7 +170,9 @@ def test_v3_job_takes_the_dataset_list_from_the_top_level_only(scicat_dev):
     pid = new_dataset(scicat_dev)
     entry = {"pid": pid, "files": []}
     top = scicat_dev.call("POST", "/api/v3/jobs", json={"type": "archive", "datasetList": [entry]}).json()
-    nested = scicat_dev.call("POST", "/api/v3/jobs", json={"type": "archive", "jobParams": {"datasetList": [entry]}}).json()
+    nested = scicat_dev.call(
+        "POST", "/api/v3/jobs", json={"type": "archive", "jobParams": {"datasetList": [entry]}}
+    ).json()
     assert top["datasetList"] == [entry]
     assert nested["datasetList"] == []  # SciCat removes jobParams.datasetList from a v3 job
 
@@ -137,7 +181,8 @@ def test_job_dataset_list_entries_are_checked(scicat_dev):
     pid = new_dataset(scicat_dev)
     bad = {"type": "archive", "jobParams": {"datasetList": [{"pid": pid}]}}
     assert validation_messages(scicat_dev.call("POST", "/api/v4/jobs", json=bad)) == [
-        "jobParams.datasetList.0.files must be an array"]
+        "jobParams.datasetList.0.files must be an array"
+    ]
     unknown = {"type": "archive", "jobParams": {"datasetList": [{"pid": "no/such", "files": []}]}}
     response = scicat_dev.call("POST", "/api/v4/jobs", json=unknown)
     assert response.status_code == 400 and "no/such" in response.json()["message"]
@@ -152,8 +197,11 @@ def test_job_dataset_list_entries_are_checked(scicat_dev):
 def test_jobs_show_v3_and_v4_shapes_of_one_store(scicat_dev):
     pid = new_dataset(scicat_dev)
     entry = {"pid": pid, "files": []}
-    created = scicat_dev.call("POST", "/api/v4/jobs", json={"type": "archive", "jobParams": {"datasetList": [entry]},
-                                                            "contactEmail": "ada@example.org"})
+    created = scicat_dev.call(
+        "POST",
+        "/api/v4/jobs",
+        json={"type": "archive", "jobParams": {"datasetList": [entry]}, "contactEmail": "ada@example.org"},
+    )
     assert created.status_code == 201
     job_id = created.json()["id"]
     v4 = scicat_dev.call("GET", f"/api/v4/jobs/{job_id}").json()
@@ -174,26 +222,42 @@ def test_v4_status_update_needs_status_code_and_message(scicat_dev):
     job_id = scicat_dev.call("POST", "/api/v4/jobs", json={"type": "retrieve", "jobParams": {}}).json()["id"]
     path = f"/api/v4/jobs/{job_id}"
     assert validation_messages(scicat_dev.call("PATCH", path, json={"statusCode": "inProgress"})) == [
-        "statusMessage must be a string"]
+        "statusMessage must be a string"
+    ]
     assert validation_messages(scicat_dev.call("PATCH", path, json={"jobStatusMessage": "inProgress"})) == [
-        "property jobStatusMessage should not exist", "statusCode must be a string", "statusMessage must be a string"]
+        "property jobStatusMessage should not exist",
+        "statusCode must be a string",
+        "statusMessage must be a string",
+    ]
     result = {"result": [{"datasetId": "p", "name": "1.tar", "size": 1, "archiveId": "a", "url": "http://s3/a"}]}
-    done = scicat_dev.call("PATCH", path, json={"statusCode": "finishedSuccessful", "statusMessage": "1 dataset retrieved",
-                                                "jobResultObject": result})
+    done = scicat_dev.call(
+        "PATCH",
+        path,
+        json={"statusCode": "finishedSuccessful", "statusMessage": "1 dataset retrieved", "jobResultObject": result},
+    )
     assert done.status_code == 200
     assert (done.json()["statusCode"], done.json()["jobResultObject"]) == ("finishedSuccessful", result)
 
 
 def test_unknown_job_update_is_invalid_job_id(scicat_dev):
-    for prefix, body in (("/api/v3", {"jobStatusMessage": "inProgress"}), ("/api/v4", {"statusCode": "a", "statusMessage": "b"})):
+    for prefix, body in (
+        ("/api/v3", {"jobStatusMessage": "inProgress"}),
+        ("/api/v4", {"statusCode": "a", "statusMessage": "b"}),
+    ):
         response = scicat_dev.call("PATCH", f"{prefix}/jobs/no-such-job", json=body)
         assert (response.status_code, response.json()["message"]) == (400, "Invalid job id.")
 
 
-@pytest.mark.parametrize("method, path", [
-    ("POST", "/api/v4/auth/login"), ("GET", "/api/v4/datasets/x"), ("POST", "/api/v4/datasets"),
-    ("GET", "/api/v4/datasets/x/origdatablocks"), ("POST", "/api/v4/datasets/x/datablocks"),
-])
+@pytest.mark.parametrize(
+    "method, path",
+    [
+        ("POST", "/api/v4/auth/login"),
+        ("GET", "/api/v4/datasets/x"),
+        ("POST", "/api/v4/datasets"),
+        ("GET", "/api/v4/datasets/x/origdatablocks"),
+        ("POST", "/api/v4/datasets/x/datablocks"),
+    ],
+)
 def test_only_jobs_are_served_under_api_v4(scicat_dev, method, path):
     assert scicat_dev.call(method, path, json={}).status_code == 404
 
@@ -204,20 +268,34 @@ def test_only_jobs_are_served_under_api_v4(scicat_dev, method, path):
 def test_lifecycle_patch_replaces_the_lifecycle_with_scicats_defaults(scicat_dev):
     pid = new_dataset(scicat_dev)
     lifecycle = scicat_dev.call("GET", dataset_path(pid)).json()["datasetlifecycle"]
-    assert (lifecycle["archivable"], lifecycle["retrievable"], lifecycle["archiveStatusMessage"]) == (True, False, "datasetCreated")
+    assert (lifecycle["archivable"], lifecycle["retrievable"], lifecycle["archiveStatusMessage"]) == (
+        True,
+        False,
+        "datasetCreated",
+    )
 
     on_disk = {"archiveStatusMessage": "datasetOnArchiveDisk", "archivable": False, "retrievable": True}
     assert scicat_dev.call("PATCH", dataset_path(pid), json={"datasetlifecycle": on_disk}).status_code == 200
     after = scicat_dev.call("PATCH", dataset_path(pid), json={"datasetlifecycle": {"retrieveStatusMessage": "started"}})
     lifecycle = after.json()["datasetlifecycle"]
     assert lifecycle["retrieveStatusMessage"] == "started"
-    assert (lifecycle["archivable"], lifecycle["retrievable"], lifecycle["archiveStatusMessage"]) == (True, False, "datasetCreated")
-    assert (lifecycle["isOnCentralDisk"], lifecycle["retrieveIntegrityCheck"], lifecycle["archiveReturnMessage"]) == (True, False, {})
+    assert (lifecycle["archivable"], lifecycle["retrievable"], lifecycle["archiveStatusMessage"]) == (
+        True,
+        False,
+        "datasetCreated",
+    )
+    assert (lifecycle["isOnCentralDisk"], lifecycle["retrieveIntegrityCheck"], lifecycle["archiveReturnMessage"]) == (
+        True,
+        False,
+        {},
+    )
 
 
 def test_lifecycle_in_a_dataset_patch_keeps_known_fields_and_checks_their_types(scicat_dev):
     pid = new_dataset(scicat_dev)
-    kept = scicat_dev.call("PATCH", dataset_path(pid), json={"datasetlifecycle": {"archivable": False, "colour": "blue"}})
+    kept = scicat_dev.call(
+        "PATCH", dataset_path(pid), json={"datasetlifecycle": {"archivable": False, "colour": "blue"}}
+    )
     assert kept.json()["datasetlifecycle"]["archivable"] is False and "colour" not in kept.json()["datasetlifecycle"]
     wrong = scicat_dev.call("PATCH", dataset_path(pid), json={"datasetlifecycle": {"archivable": "no"}})
     assert validation_messages(wrong) == ["datasetlifecycle.archivable must be a boolean value"]
@@ -225,7 +303,9 @@ def test_lifecycle_in_a_dataset_patch_keeps_known_fields_and_checks_their_types(
 
 def test_merging_lifecycle_endpoint_is_404_unless_switched_on(scicat_dev):
     pid = new_dataset(scicat_dev)
-    assert scicat_dev.call("PATCH", dataset_path(pid, "/datasetlifecycle"), json={"archivable": False}).status_code == 404
+    assert (
+        scicat_dev.call("PATCH", dataset_path(pid, "/datasetlifecycle"), json={"archivable": False}).status_code == 404
+    )
 
 
 @pytest.fixture
@@ -237,7 +317,9 @@ def lifecycle_server(secrets_dir, services_log_dir, scicat_dev_for):
 def test_merging_lifecycle_endpoint_merges_when_switched_on(lifecycle_server):
     dev = lifecycle_server
     pid = new_dataset(dev)
-    first = dev.call("PATCH", dataset_path(pid, "/datasetlifecycle"), json={"archiveStatusMessage": "started", "archivable": False})
+    first = dev.call(
+        "PATCH", dataset_path(pid, "/datasetlifecycle"), json={"archiveStatusMessage": "started", "archivable": False}
+    )
     assert first.status_code == 200
     merged = dev.call("PATCH", dataset_path(pid, "/datasetlifecycle"), json={"retrievable": True}).json()
     assert (merged["archiveStatusMessage"], merged["archivable"], merged["retrievable"]) == ("started", False, True)
@@ -248,11 +330,13 @@ def test_merging_lifecycle_endpoint_merges_when_switched_on(lifecycle_server):
     assert validation_messages(unknown) == ["property colour should not exist"]
 
 
-def test_unchanged_lifecycle_update_is_409_only_with_the_4_19_to_4_23_quirk(secrets_dir, services_log_dir,
-                                                                            scicat_dev_for, lifecycle_server):
+def test_unchanged_lifecycle_update_is_409_only_with_the_4_19_to_4_23_quirk(
+    secrets_dir, services_log_dir, scicat_dev_for, lifecycle_server
+):
     update = {"archiveStatusMessage": "started", "archivable": False}
-    with local_services.scicat_dev_server(secrets_dir, services_log_dir, datasetlifecycle_endpoint=True,
-                                          unchanged_lifecycle_conflict=True) as server:
+    with local_services.scicat_dev_server(
+        secrets_dir, services_log_dir, datasetlifecycle_endpoint=True, unchanged_lifecycle_conflict=True
+    ) as server:
         dev = scicat_dev_for(server.url, secrets_dir)
         pid = new_dataset(dev)
         assert dev.call("PATCH", dataset_path(pid, "/datasetlifecycle"), json=update).status_code == 200
@@ -276,11 +360,15 @@ def serve_with_action(secrets_dir, log_dir, **action):
     return local_services.scicat_dev_server(secrets_dir, log_dir, **action)
 
 
-def test_new_job_is_sent_with_the_default_body_as_text_plain(http_receiver, secrets_dir, services_log_dir, scicat_dev_for):
+def test_new_job_is_sent_with_the_default_body_as_text_plain(
+    http_receiver, secrets_dir, services_log_dir, scicat_dev_for
+):
     with serve_with_action(secrets_dir, services_log_dir, archiver_url=http_receiver.url + "/jobs") as server:
         dev = scicat_dev_for(server.url, secrets_dir)
         pid = new_dataset(dev)
-        job = dev.call("POST", "/api/v3/jobs", json={"type": "archive", "datasetList": [{"pid": pid, "files": []}]}).json()
+        job = dev.call(
+            "POST", "/api/v3/jobs", json={"type": "archive", "datasetList": [{"pid": pid, "files": []}]}
+        ).json()
         forward = dev.requests()[-1]["forward"]
     assert len(http_receiver.received) == 1
     sent = http_receiver.received[0]
@@ -294,9 +382,12 @@ def test_new_job_is_sent_with_the_default_body_as_text_plain(http_receiver, secr
 
 
 def test_job_action_method_headers_and_body_are_templates(http_receiver, secrets_dir, services_log_dir, scicat_dev_for):
-    action = {"archiver_url": http_receiver.url + "/hook/{{job.id}}", "archiver_method": "PUT",
-              "archiver_headers": {"X-Job-Type": "{{job.type}}", "Content-Type": "application/json"},
-              "archiver_body": '{"job": "{{{job.id}}}", "status": "{{job.statusCode}}"}'}
+    action = {
+        "archiver_url": http_receiver.url + "/hook/{{job.id}}",
+        "archiver_method": "PUT",
+        "archiver_headers": {"X-Job-Type": "{{job.type}}", "Content-Type": "application/json"},
+        "archiver_body": '{"job": "{{{job.id}}}", "status": "{{job.statusCode}}"}',
+    }
     with serve_with_action(secrets_dir, services_log_dir, **action) as server:
         dev = scicat_dev_for(server.url, secrets_dir)
         job = dev.call("POST", "/api/v4/jobs", json={"type": "retrieve", "jobParams": {}}).json()
@@ -306,8 +397,9 @@ def test_job_action_method_headers_and_body_are_templates(http_receiver, secrets
     assert json.loads(sent["body"]) == {"job": job["id"], "status": "jobSubmitted"}
 
 
-def test_a_failing_job_action_fails_the_creation_but_the_job_is_kept(make_http_receiver, secrets_dir, services_log_dir,
-                                                                     scicat_dev_for):
+def test_a_failing_job_action_fails_the_creation_but_the_job_is_kept(
+    make_http_receiver, secrets_dir, services_log_dir, scicat_dev_for
+):
     refusing = make_http_receiver(status=415)
     with serve_with_action(secrets_dir, services_log_dir, archiver_url=refusing.url + "/jobs") as server:
         dev = scicat_dev_for(server.url, secrets_dir)
@@ -335,9 +427,16 @@ def test_user_endpoints_need_a_known_token_and_tell_the_groups_as_scicat_does(sc
         assert httpx.get(scicat_dev.url + path).status_code == 401
         assert httpx.get(scicat_dev.url + path, headers={"Authorization": "Bearer made-up"}).status_code == 401
     name = f"user-{uuid.uuid4().hex[:8]}"
-    httpx.post(f"{scicat_dev.url}/dev/users", json={"username": name, "password": "pw", "groups": ["g1", "g2"]}).raise_for_status()
-    assert httpx.post(f"{scicat_dev.url}/api/v3/auth/login", json={"username": name, "password": "wrong"}).status_code == 401
-    token = httpx.post(f"{scicat_dev.url}/api/v3/auth/login", json={"username": name, "password": "pw"}).json()["access_token"]
+    httpx.post(
+        f"{scicat_dev.url}/dev/users", json={"username": name, "password": "pw", "groups": ["g1", "g2"]}
+    ).raise_for_status()
+    assert (
+        httpx.post(f"{scicat_dev.url}/api/v3/auth/login", json={"username": name, "password": "wrong"}).status_code
+        == 401
+    )
+    token = httpx.post(f"{scicat_dev.url}/api/v3/auth/login", json={"username": name, "password": "pw"}).json()[
+        "access_token"
+    ]
     headers = {"Authorization": f"Bearer {token}"}
 
     me = httpx.get(f"{scicat_dev.url}/api/v3/users/my/self", headers=headers).json()

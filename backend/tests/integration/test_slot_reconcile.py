@@ -34,7 +34,6 @@ HOLDER_FLOW = textwrap.dedent(
 )
 
 
-
 def test_slot_of_a_killed_flow_run_is_released(tmp_path, prefect_api_url, unique_name):
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
@@ -50,7 +49,9 @@ def test_slot_of_a_killed_flow_run_is_released(tmp_path, prefect_api_url, unique
     runner = subprocess.Popen(
         [sys.executable, str(script), tag],
         env={**os.environ, "PREFECT_API_URL": prefect_api_url, "PREFECT_RUNNER_POLL_FREQUENCY": "1"},
-        stdout=(tmp_path / "runner.log").open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+        stdout=(tmp_path / "runner.log").open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
         with get_client(sync_client=True) as client:
@@ -75,9 +76,19 @@ def test_slot_of_a_killed_flow_run_is_released(tmp_path, prefect_api_url, unique
             assert client.read_global_concurrency_limit_by_name(f"tag:{tag}").active_slots == 0
 
             cli = subprocess.run(
-                [sys.executable, "-m", "archiver.cli", "limits", "reconcile",
-                 "--limits", str(Path(__file__).resolve().parents[3] / "concurrency-limits.toml")],
-                capture_output=True, text=True, timeout=120, env={**os.environ, "PREFECT_API_URL": prefect_api_url},
+                [
+                    sys.executable,
+                    "-m",
+                    "archiver.cli",
+                    "limits",
+                    "reconcile",
+                    "--limits",
+                    str(Path(__file__).resolve().parents[3] / "concurrency-limits.toml"),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                env={**os.environ, "PREFECT_API_URL": prefect_api_url},
             )
             assert cli.returncode == 0, cli.stderr
             assert "tag move-datablocks-to-lts: released 0 stale slot(s)" in cli.stdout

@@ -40,7 +40,9 @@ def running_upload_api(tmp: Path, prefect_api_url: str, deployments, settings_ca
     secrets = tmp / "secrets"
     init_secrets(secrets)
     (secrets / "uploadaccounts.txt").write_text(f"# test\ningest-robot:{SERVICE_TOKEN}:robots\n")
-    with start_api(tmp, secrets, prefect_api_url, deployments, API_UPLOAD_SETTINGS_CACHE_S=str(settings_cache_s)) as server:
+    with start_api(
+        tmp, secrets, prefect_api_url, deployments, API_UPLOAD_SETTINGS_CACHE_S=str(settings_cache_s)
+    ) as server:
         yield server.url + ROOT
 
 
@@ -63,7 +65,9 @@ class Uploader:
     def __init__(self, pipeline, api_url: str, name: str, groups: list[str]):
         dev = pipeline.scicat_dev.url
         password = "pw-" + name
-        httpx.post(f"{dev}/dev/users", json={"username": name, "password": password, "groups": groups}).raise_for_status()
+        httpx.post(
+            f"{dev}/dev/users", json={"username": name, "password": password, "groups": groups}
+        ).raise_for_status()
         answer = httpx.post(f"{dev}/api/v3/auth/login", json={"username": name, "password": password})
         self.token = answer.raise_for_status().json()["access_token"]
         self.api = UploadApi(api_url, self.token)
@@ -87,8 +91,12 @@ def register(pipeline, group: str, files: dict[str, Path], readers: tuple[str, .
     dataset = new_raw_dataset(group, "upload test", size=total, number_of_files=len(files))
     dataset = dataset.model_copy(update={"access_groups": [group, *readers]})
     pid = pipeline.scicat.create_dataset(dataset).pid
-    entries = [DataFile(path=name, size=p.stat().st_size, time=datetime.now(UTC),
-                        chk=hashlib.sha256(p.read_bytes()).hexdigest()) for name, p in files.items()]
+    entries = [
+        DataFile(
+            path=name, size=p.stat().st_size, time=datetime.now(UTC), chk=hashlib.sha256(p.read_bytes()).hexdigest()
+        )
+        for name, p in files.items()
+    ]
     pipeline.scicat.create_origdatablock(pid, NewOrigDatablock(size=total, chk_alg="sha256", data_file_list=entries))
     return pid
 
@@ -141,8 +149,11 @@ def test_an_archived_dataset_takes_no_upload_nor_finalize_whatever_its_lifecycle
     assert registered and uploads.landing_keys(pid) == []
     # The owner's ordinary dataset PATCH: SciCat replaces the lifecycle, archiveStatusMessage is datasetCreated again
     dev = uploads.scicat_dev.url
-    patched = httpx.patch(f"{dev}/api/v3/datasets/{quote(pid, safe='')}", json={"datasetlifecycle": {"retrievable": True}},
-                          headers={"Authorization": f"Bearer {owner.token}"})
+    patched = httpx.patch(
+        f"{dev}/api/v3/datasets/{quote(pid, safe='')}",
+        json={"datasetlifecycle": {"retrievable": True}},
+        headers={"Authorization": f"Bearer {owner.token}"},
+    )
     assert patched.status_code == 200, patched.text
     lifecycle = uploads.scicat.get_dataset(pid).datasetlifecycle
     assert lifecycle.archive_status_message == "datasetCreated" and lifecycle.archivable is True
@@ -151,8 +162,10 @@ def test_an_archived_dataset_takes_no_upload_nor_finalize_whatever_its_lifecycle
     calls = {
         "start": ("/uploads", {"pid": pid, "files": [{"path": "f1.bin", "size": 6 * MIB + 5}]}),
         "resume": ("/uploads/resume", {"pid": pid, "path": "f1.bin"}),
-        "complete": ("/uploads/complete", {"pid": pid, "path": "f1.bin", "uploadId": "any",
-                                           "parts": [{"partNumber": 1, "etag": "0" * 32}]}),
+        "complete": (
+            "/uploads/complete",
+            {"pid": pid, "path": "f1.bin", "uploadId": "any", "parts": [{"partNumber": 1, "etag": "0" * 32}]},
+        ),
         "finalize": ("/uploads/finalize", {"pid": pid, "archive": True}),
     }
     for name, (path, body) in calls.items():
@@ -195,8 +208,14 @@ def test_interrupted_upload_resumes_sending_only_the_missing_parts(uploads, uplo
     assert files_state["two.bin"]["state"] == "uploading" and 1 <= len(held) < 3
 
     resent = []
-    report = upload_dataset(user.api, pid, files, parallel=2, finalize=True,
-                            on_part=lambda path, number, size: resent.append((path, number)))
+    report = upload_dataset(
+        user.api,
+        pid,
+        files,
+        parallel=2,
+        finalize=True,
+        on_part=lambda path, number, size: resent.append((path, number)),
+    )
 
     assert report.parts_put == len(resent) == 3 - len(held)
     assert not set(resent) & held and not {p for p in resent if p[0] == "one.bin"}
@@ -249,7 +268,10 @@ def test_unknown_token_is_401_and_a_service_account_uploads_for_its_groups(uploa
     body = {"pid": pid, "files": [{"path": "r.bin", "size": 100}]}
 
     assert httpx.post(f"{upload_api}/uploads", json=body).status_code == 401
-    assert httpx.post(f"{upload_api}/uploads", json=body, headers={"Authorization": "Bearer not-a-token"}).status_code == 401
+    assert (
+        httpx.post(f"{upload_api}/uploads", json=body, headers={"Authorization": "Bearer not-a-token"}).status_code
+        == 401
+    )
     robot = UploadApi(upload_api, SERVICE_TOKEN)
     report = upload_dataset(robot, pid, files, finalize=True)
     assert report.parts_put == 1 and report.finalized["archivable"] is True
@@ -320,7 +342,7 @@ def put_parts(plan: dict, data: bytes) -> list[dict]:
     parts = []
     for url in plan["urls"]:
         offset = (url["partNumber"] - 1) * plan["partSize"]
-        answer = httpx.put(url["url"], content=data[offset:offset + plan["partSize"]], timeout=60)
+        answer = httpx.put(url["url"], content=data[offset : offset + plan["partSize"]], timeout=60)
         assert answer.status_code == 200, answer.text
         parts.append({"partNumber": url["partNumber"], "etag": answer.headers["ETag"].strip('"')})
     return parts
@@ -353,12 +375,14 @@ def test_an_abort_naming_another_files_path_keeps_the_upload_and_its_reservation
     assert upload_id not in multipart.reservations(uploads.s3, bucket)
     admitted = user.http.post("/uploads", json={"pid": second, "files": [{"path": "big.bin", "size": 6 * MIB}]})
     assert admitted.status_code == 200, admitted.text
-    user.http.post("/uploads/abort", json={"pid": second, "path": "big.bin",
-                                           "uploadId": admitted.json()["files"][0]["uploadId"]})
+    user.http.post(
+        "/uploads/abort", json={"pid": second, "path": "big.bin", "uploadId": admitted.json()["files"][0]["uploadId"]}
+    )
 
 
-def test_a_complete_naming_another_files_path_assembles_nothing_and_keeps_the_reservation(uploads, upload_api,
-                                                                                         tmp_path):
+def test_a_complete_naming_another_files_path_assembles_nothing_and_keeps_the_reservation(
+    uploads, upload_api, tmp_path
+):
     files = make_files(tmp_path / "data", {"a.bin": 6 * MIB, "b.bin": 6 * MIB})
     pid = register(uploads, "group-c", files)
     user = Uploader(uploads, upload_api, "carl", ["group-c"])
@@ -366,16 +390,18 @@ def test_a_complete_naming_another_files_path_assembles_nothing_and_keeps_the_re
     [plan] = user.api.start(pid, [{"path": "a.bin", "size": 6 * MIB}])["files"]
     parts = put_parts(plan, files["a.bin"].read_bytes())
 
-    wrong = user.http.post("/uploads/complete", json={"pid": pid, "path": "b.bin", "uploadId": plan["uploadId"],
-                                                      "parts": parts})
+    wrong = user.http.post(
+        "/uploads/complete", json={"pid": pid, "path": "b.bin", "uploadId": plan["uploadId"], "parts": parts}
+    )
 
     assert wrong.status_code == 404, wrong.text
     assert "b.bin" in wrong.json()["detail"]
     assert landing_state(uploads, pid) == ([], [landing_prefix(pid) + "a.bin"])
     assert multipart.reservations(uploads.s3, bucket).get(plan["uploadId"]) == 6 * MIB
 
-    right = user.http.post("/uploads/complete", json={"pid": pid, "path": "a.bin", "uploadId": plan["uploadId"],
-                                                      "parts": parts})
+    right = user.http.post(
+        "/uploads/complete", json={"pid": pid, "path": "a.bin", "uploadId": plan["uploadId"], "parts": parts}
+    )
     assert right.status_code == 200, right.text
     assert landing_state(uploads, pid) == ([landing_prefix(pid) + "a.bin"], [])
     assert plan["uploadId"] not in multipart.reservations(uploads.s3, bucket)
@@ -406,17 +432,22 @@ def test_part_urls_are_signed_with_the_md5_the_uploader_gives(uploads, upload_ap
     user = Uploader(uploads, upload_api, "sam", ["group-s"])
     data = files["big.bin"].read_bytes()
     [plan] = user.api.start(pid, [{"path": "big.bin", "size": len(data)}])["files"]
-    md5 = hashlib.md5(data[:plan["partSize"]])
+    md5 = hashlib.md5(data[: plan["partSize"]])
 
-    answer = user.http.post("/uploads/resume", json={"pid": pid, "path": "big.bin",
-                                                     "partsMd5": [{"partNumber": 1, "md5": md5.hexdigest()}]})
+    answer = user.http.post(
+        "/uploads/resume", json={"pid": pid, "path": "big.bin", "partsMd5": [{"partNumber": 1, "md5": md5.hexdigest()}]}
+    )
 
     assert answer.status_code == 200, answer.text
     urls = {u["partNumber"]: u["url"] for u in answer.json()["urls"]}
     assert signed_headers(urls[1]) == ["content-length", "content-md5", "host"]
     assert signed_headers(urls[2]) == ["content-length", "host"]
-    put = httpx.put(urls[1], content=data[:plan["partSize"]], timeout=60,
-                    headers={"Content-MD5": base64.b64encode(md5.digest()).decode()})
+    put = httpx.put(
+        urls[1],
+        content=data[: plan["partSize"]],
+        timeout=60,
+        headers={"Content-MD5": base64.b64encode(md5.digest()).decode()},
+    )
     assert put.status_code == 200 and put.headers["ETag"].strip('"') == md5.hexdigest()
     user.api.abort(pid, "big.bin", plan["uploadId"])
 
@@ -441,43 +472,58 @@ def test_a_part_url_refuses_a_put_of_another_size(uploads, upload_api, tmp_path)
     assert multipart.uploaded_parts(uploads.s3, bucket, key, plan["uploadId"]) == {}
     # bound to the bytes too when the uploader gives their MD5: other bytes of the same size are refused
     md5 = hashlib.md5(files["one.bin"].read_bytes())
-    [bound] = user.http.post("/uploads/resume", json={"pid": pid, "path": "one.bin", "partsMd5": [
-        {"partNumber": 1, "md5": md5.hexdigest()}]}).raise_for_status().json()["urls"]
+    [bound] = (
+        user.http.post(
+            "/uploads/resume",
+            json={"pid": pid, "path": "one.bin", "partsMd5": [{"partNumber": 1, "md5": md5.hexdigest()}]},
+        )
+        .raise_for_status()
+        .json()["urls"]
+    )
     other = bytes([files["one.bin"].read_bytes()[0] ^ 1])
-    swapped = httpx.put(bound["url"], content=other, timeout=60,
-                        headers={"Content-MD5": base64.b64encode(hashlib.md5(other).digest()).decode()})
+    swapped = httpx.put(
+        bound["url"],
+        content=other,
+        timeout=60,
+        headers={"Content-MD5": base64.b64encode(hashlib.md5(other).digest()).decode()},
+    )
     assert swapped.status_code == 403, swapped.text[:300]
     assert httpx.put(url["url"], content=files["one.bin"].read_bytes(), timeout=60).status_code == 200
     user.api.abort(pid, "one.bin", plan["uploadId"])
 
 
-def test_complete_compares_the_checksums_the_client_sends_with_what_s3_and_scicat_hold(uploads, upload_api,
-                                                                                      tmp_path):
+def test_complete_compares_the_checksums_the_client_sends_with_what_s3_and_scicat_hold(uploads, upload_api, tmp_path):
     files = make_files(tmp_path / "data", {"a.bin": 6 * MIB})
     pid = register(uploads, "group-m", files)  # its origdatablock lists the sha256
     user = Uploader(uploads, upload_api, "mia", ["group-m"])
     data = files["a.bin"].read_bytes()
     [plan] = user.api.start(pid, [{"path": "a.bin", "size": 6 * MIB}])["files"]
     parts = put_parts(plan, data)
-    local_md5 = [hashlib.md5(data[i:i + plan["partSize"]]).hexdigest() for i in range(0, len(data), plan["partSize"])]
+    local_md5 = [hashlib.md5(data[i : i + plan["partSize"]]).hexdigest() for i in range(0, len(data), plan["partSize"])]
     other_md5 = hashlib.md5(b"other bytes").hexdigest()
 
     def complete(**extra):
-        return user.http.post("/uploads/complete", json={"pid": pid, "path": "a.bin", "uploadId": plan["uploadId"],
-                                                         **extra})
+        return user.http.post(
+            "/uploads/complete", json={"pid": pid, "path": "a.bin", "uploadId": plan["uploadId"], **extra}
+        )
 
     wrong_part = complete(parts=[{**parts[0], "md5": other_md5}, {**parts[1], "md5": local_md5[1]}])
     assert wrong_part.status_code == 422, wrong_part.text
     detail = wrong_part.json()["detail"]
     assert "part 1 of 'a.bin'" in detail and other_md5 in detail and local_md5[0] in detail, detail
-    wrong_file = complete(parts=[{**p, "md5": m} for p, m in zip(parts, local_md5, strict=True)], chk="0" * 64, chkAlg="sha256")
+    wrong_file = complete(
+        parts=[{**p, "md5": m} for p, m in zip(parts, local_md5, strict=True)], chk="0" * 64, chkAlg="sha256"
+    )
     assert wrong_file.status_code == 422, wrong_file.text
     detail = wrong_file.json()["detail"]
     assert "0" * 64 in detail and hashlib.sha256(data).hexdigest() in detail and "origdatablock" in detail, detail
     assert landing_state(uploads, pid) == ([], [landing_prefix(pid) + "a.bin"])  # nothing assembled
 
-    done = complete(parts=[{**p, "md5": m} for p, m in zip(parts, local_md5, strict=True)],
-                    chk=hashlib.sha256(data).hexdigest(), chkAlg="SHA256")
+    done = complete(
+        parts=[{**p, "md5": m} for p, m in zip(parts, local_md5, strict=True)],
+        chk=hashlib.sha256(data).hexdigest(),
+        chkAlg="SHA256",
+    )
     assert done.status_code == 200, done.text
     assert landing_state(uploads, pid) == ([landing_prefix(pid) + "a.bin"], [])
 
@@ -499,8 +545,9 @@ def test_archival_releases_the_reservations_of_the_uploads_its_cleanup_aborts(up
     assert again not in multipart.reservations(uploads.s3, bucket)  # and its room given back in the same step
 
 
-def test_uploads_started_at_the_same_instant_never_pass_the_budget_together(uploads, tmp_path, prefect_api_url,
-                                                                            deployments):
+def test_uploads_started_at_the_same_instant_never_pass_the_budget_together(
+    uploads, tmp_path, prefect_api_url, deployments
+):
     count = 6
     pids = [register(uploads, "group-r", make_files(tmp_path / str(i), {"big.bin": 6 * MIB})) for i in range(count)]
     bucket = uploads.settings.s3.landingzone_bucket
@@ -528,7 +575,9 @@ def test_uploads_started_at_the_same_instant_never_pass_the_budget_together(uplo
             assert landing_state(uploads, pid) == ([], [])  # a refused start leaves no upload behind
         for pid in admitted:
             [plan] = answers[pid].json()["files"]
-            aborted = user.http.post("/uploads/abort", json={"pid": pid, "path": "big.bin", "uploadId": plan["uploadId"]})
+            aborted = user.http.post(
+                "/uploads/abort", json={"pid": pid, "path": "big.bin", "uploadId": plan["uploadId"]}
+            )
             assert aborted.status_code == 200, aborted.text
         last = next(pid for pid in pids if pid not in admitted)
         retried = user.http.post("/uploads", json=body(last))
@@ -537,8 +586,9 @@ def test_uploads_started_at_the_same_instant_never_pass_the_budget_together(uplo
         user.http.post("/uploads/abort", json={"pid": last, "path": "big.bin", "uploadId": plan["uploadId"]})
 
 
-@pytest.mark.parametrize("path", ["../escape.bin", "/etc/passwd", "a//b.bin", "a\\b.bin", "./f.bin", "sub/../../x",
-                                  "f.bin\x00", ""])
+@pytest.mark.parametrize(
+    "path", ["../escape.bin", "/etc/passwd", "a//b.bin", "a\\b.bin", "./f.bin", "sub/../../x", "f.bin\x00", ""]
+)
 def test_path_outside_the_landing_prefix_is_refused(uploads, upload_api, tmp_path, path):
     files = make_files(tmp_path / "data", {"f.bin": 100})
     pid = register(uploads, "group-p", files)
@@ -577,13 +627,23 @@ def test_landing_zone_gets_the_abort_rule_and_cleanup_aborts_old_uploads(uploads
     upload_id = uploads.s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
     multipart.reserve(uploads.s3, bucket, upload_id, 123)
     multipart.reserve(uploads.s3, bucket, "an upload S3 already aborted", 456)
-    command = [sys.executable, "-m", "archiver.cli", "upload-cleanup", "--vars", str(uploads.vars_file),
-               "--secrets-dir", str(uploads.secrets_dir)]
+    command = [
+        sys.executable,
+        "-m",
+        "archiver.cli",
+        "upload-cleanup",
+        "--vars",
+        str(uploads.vars_file),
+        "--secrets-dir",
+        str(uploads.secrets_dir),
+    ]
 
     kept = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
     reserved = multipart.reservations(uploads.s3, bucket)
     assert reserved[upload_id] == 123 and "an upload S3 already aborted" not in reserved
-    aborted = subprocess.run([*command, "--older-than-days", "0"], capture_output=True, text=True, timeout=120, check=True)
+    aborted = subprocess.run(
+        [*command, "--older-than-days", "0"], capture_output=True, text=True, timeout=120, check=True
+    )
 
     assert "0 unfinished upload(s) older than 7 day(s) aborted" in kept.stdout  # UPLOAD_ABORT_INCOMPLETE_DAYS
     assert "1 unfinished upload(s) older than 0 day(s) aborted" in aborted.stdout
@@ -603,16 +663,19 @@ def test_property_based_run_against_the_upload_endpoints_gives_no_server_error(u
     register(uploads, "group-z", make_files(tmp_path / "data", {"z.bin": 10}))
     user = Uploader(uploads, upload_api, "zed", ["group-z"])
     schema = schemathesis.openapi.from_url(f"{upload_api}/openapi.json").include(tag="uploads")
-    cases = st.one_of(schema.as_strategy(generation_mode=schemathesis.GenerationMode.POSITIVE),
-                      schema.as_strategy(generation_mode=schemathesis.GenerationMode.NEGATIVE))
+    cases = st.one_of(
+        schema.as_strategy(generation_mode=schemathesis.GenerationMode.POSITIVE),
+        schema.as_strategy(generation_mode=schemathesis.GenerationMode.NEGATIVE),
+    )
     statuses: dict[int, int] = {}
 
     @settings(max_examples=50, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     @given(case=cases, authenticated=st.booleans())
     def run(case, authenticated):
         headers = {"Authorization": f"Bearer {user.token}"} if authenticated else {}
-        response = case.call_and_validate(base_url=upload_api.removesuffix(ROOT), headers=headers,
-                                          checks=[not_a_server_error], timeout=90)
+        response = case.call_and_validate(
+            base_url=upload_api.removesuffix(ROOT), headers=headers, checks=[not_a_server_error], timeout=90
+        )
         statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
 
     run()

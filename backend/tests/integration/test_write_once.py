@@ -36,8 +36,11 @@ def archive(pipeline, pid: str) -> dict:
 def lts_files(pipeline, pid: str) -> dict[str, str]:
     """Every file of the dataset's LTS folder (relative path -> sha256)."""
     folder = naming.dataset_lts_folder(pipeline.lts_root, pid)
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.startswith(".")}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.name.startswith(".")
+    }
 
 
 def registered(pipeline, pid: str) -> list[tuple[str, str]]:
@@ -46,15 +49,17 @@ def registered(pipeline, pid: str) -> list[tuple[str, str]]:
 
 def owner_replaces_lifecycle(pipeline, pid: str) -> None:
     """An ordinary dataset PATCH: SciCat replaces the lifecycle, so its archive status is back at its default."""
-    response = pipeline.scicat_dev.call("PATCH", f"/api/v3/datasets/{quote(pid, safe='')}",
-                                        json={"datasetlifecycle": {"retrievable": True}})
+    response = pipeline.scicat_dev.call(
+        "PATCH", f"/api/v3/datasets/{quote(pid, safe='')}", json={"datasetlifecycle": {"retrievable": True}}
+    )
     assert response.status_code == 200, response.text
     assert pipeline.scicat.get_dataset(pid).datasetlifecycle.archive_status_message == "datasetCreated"
 
 
 def put_landing(pipeline, pid: str, path: str, data: bytes) -> DataFile:
-    pipeline.s3.put_object(Bucket=pipeline.settings.s3.landingzone_bucket, Key=naming.landing_prefix(pid) + path,
-                           Body=data)
+    pipeline.s3.put_object(
+        Bucket=pipeline.settings.s3.landingzone_bucket, Key=naming.landing_prefix(pid) + path, Body=data
+    )
     return DataFile(path=path, size=len(data), time=datetime.now(UTC), chk=hashlib.sha256(data).hexdigest())
 
 
@@ -95,8 +100,9 @@ def test_bytes_that_differ_from_the_listed_checksum_fail_the_dataset_as_the_owne
     pid = create_test_dataset_flow(num_files=3, file_size_mb=0.01)
     listed = {f.path: f.chk for b in pipeline.scicat.get_origdatablocks(pid) for f in b.data_file_list}
     # same size, other bytes: only the checksum can tell
-    size = pipeline.s3.head_object(Bucket=pipeline.settings.s3.landingzone_bucket,
-                                   Key=naming.landing_prefix(pid) + "file_0001.bin")["ContentLength"]
+    size = pipeline.s3.head_object(
+        Bucket=pipeline.settings.s3.landingzone_bucket, Key=naming.landing_prefix(pid) + "file_0001.bin"
+    )["ContentLength"]
     other = put_landing(pipeline, pid, "file_0001.bin", os.urandom(size))
 
     job = archive(pipeline, pid)
@@ -167,8 +173,9 @@ def test_crash_recovery_removes_an_unfinished_registration_but_never_an_archived
     config = load_run_configuration()
     with connect(config) as connections:
         for pid in (unfinished, archived):
-            _clean_up_interrupted_archival(pid, config, connections, RuntimeError("run crashed"),
-                                           logging.getLogger("test"))
+            _clean_up_interrupted_archival(
+                pid, config, connections, RuntimeError("run crashed"), logging.getLogger("test")
+            )
 
     assert registered(pipeline, unfinished) == []  # its datablock stays on the LTS for the next run
     assert lts_files(pipeline, unfinished)[f"datablocks/{naming.datablock_name(unfinished, 0)}"]

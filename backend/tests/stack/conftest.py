@@ -82,13 +82,15 @@ class Stack:
         """MinIO (stand-in) as the host reaches it: MINIO_EXTERNAL_ENDPOINT of the development stack."""
         return f"http://localhost:{self.env['MINIO_S3_PORT']}"
 
-    def compose(self, *args: str, check: bool = True, timeout: float = 900,
-                env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    def compose(
+        self, *args: str, check: bool = True, timeout: float = 900, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess:
         """`docker compose` on this stack; `env` adds to (and wins over) the stack's settings for this call."""
         env_files = [arg for name in ENV_FILES for arg in ("--env-file", name)]
         command = ["docker", "compose", "-p", self.project, *env_files, *args]
-        result = subprocess.run(command, cwd=REPO, env={**self.env, **(env or {})}, capture_output=True, text=True,
-                                timeout=timeout)
+        result = subprocess.run(
+            command, cwd=REPO, env={**self.env, **(env or {})}, capture_output=True, text=True, timeout=timeout
+        )
         if check and result.returncode != 0:
             raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
         return result
@@ -119,7 +121,9 @@ class Stack:
     def start_deployment_run(self, deployment: str, parameters: dict) -> dict:
         """A run of 'flow/deployment' created through the Prefect API, as an operator starts one in the UI."""
         found = self.prefect("GET", f"/deployments/name/{deployment}").json()
-        return self.prefect("POST", f"/deployments/{found['id']}/create_flow_run", json={"parameters": parameters}).json()
+        return self.prefect(
+            "POST", f"/deployments/{found['id']}/create_flow_run", json={"parameters": parameters}
+        ).json()
 
     def wait_for_flow_run(self, run_id: str, timeout_s: float = 300) -> dict:
         """The flow run once it is in a final state (COMPLETED, FAILED, CRASHED, CANCELLED)."""
@@ -134,9 +138,15 @@ class Stack:
 
     def flow_run_failure(self, run: dict) -> str:
         """The run's state message and its last log lines, for assertion messages."""
-        logs = self.prefect("POST", "/logs/filter", json={
-            "logs": {"flow_run_id": {"any_": [run["id"]]}}, "sort": "TIMESTAMP_DESC", "limit": 40,
-        }).json()
+        logs = self.prefect(
+            "POST",
+            "/logs/filter",
+            json={
+                "logs": {"flow_run_id": {"any_": [run["id"]]}},
+                "sort": "TIMESTAMP_DESC",
+                "limit": 40,
+            },
+        ).json()
         lines = "\n".join(f"{entry['level']} {entry['message'][:500]}" for entry in reversed(logs))
         return f"{run['name']}: {run['state_name']}: {(run.get('state') or {}).get('message')}\n{lines}"
 
@@ -147,8 +157,9 @@ class Stack:
     def lts_host_path(self) -> Path:
         """The LTS root (the volume flow runs mount at `lts_root`) where Docker keeps the local volume on this
         machine: read without a container, fast enough to watch a write in progress."""
-        inspect = subprocess.run(["docker", "volume", "inspect", self.env["LTS_VOLUME_NAME"]], capture_output=True,
-                                 text=True, check=True).stdout
+        inspect = subprocess.run(
+            ["docker", "volume", "inspect", self.env["LTS_VOLUME_NAME"]], capture_output=True, text=True, check=True
+        ).stdout
         return Path(json.loads(inspect)[0]["Mountpoint"])
 
     def scicat_requests(self, since: int = 0) -> list[dict]:
@@ -165,8 +176,9 @@ class Stack:
         """Prefect's Python client in this process pointed at the stack's server, for the block's duration."""
         from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-        return temporary_settings({PREFECT_API_URL: self.prefect_api,
-                                   PREFECT_API_AUTH_STRING: self.secret("prefectauth.txt")})
+        return temporary_settings(
+            {PREFECT_API_URL: self.prefect_api, PREFECT_API_AUTH_STRING: self.secret("prefectauth.txt")}
+        )
 
     def scicat_state(self) -> dict:
         return httpx.get(f"{self.scicat_url}/dev/state", timeout=30).json()
@@ -179,8 +191,9 @@ class Stack:
         pid = run.get("infrastructure_pid") or ""
         assert pid, f"flow run {run['name']} has no infrastructure_pid: no worker started it"
         container_id = pid.rsplit(":", 1)[-1]
-        return json.loads(subprocess.run(["docker", "inspect", container_id], capture_output=True, text=True,
-                                         check=True).stdout)[0]
+        return json.loads(
+            subprocess.run(["docker", "inspect", container_id], capture_output=True, text=True, check=True).stdout
+        )[0]
 
 
 def _skip_reason() -> str | None:
@@ -227,12 +240,22 @@ def run_runbook(lines: list[str], env: dict[str, str], exports: list[str], one_s
             exports.append(line)
             continue
         script = "\n".join(["set -euo pipefail", *exports, line])
-        result = _timed(line, subprocess.run, ["bash", "-c", script], cwd=REPO, env=env, capture_output=True,
-                        text=True, timeout=1200)
+        result = _timed(
+            line,
+            subprocess.run,
+            ["bash", "-c", script],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1200,
+        )
         if " run --rm " in line:
             one_shots[line.split()[-1]] = result
         if result.returncode != 0:
-            raise AssertionError(f"runbook line `{line}` failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+            raise AssertionError(
+                f"runbook line `{line}` failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+            )
 
 
 @pytest.fixture(scope="session")
@@ -280,31 +303,41 @@ def stack(tmp_path_factory) -> Stack:
 
 def _leftovers(project: str, env: dict[str, str]) -> list[str]:
     """Containers, network and LTS volume of the stack that still exist."""
+
     def ids(*command: str) -> list[str]:
         return subprocess.run(["docker", *command], capture_output=True, text=True, check=True).stdout.split()
 
-    containers = ids("ps", "-aq", "--filter", f"label=com.docker.compose.project={project}") + flow_run_containers(project)
+    containers = ids("ps", "-aq", "--filter", f"label=com.docker.compose.project={project}") + flow_run_containers(
+        project
+    )
     networks = ids("network", "ls", "-q", "--filter", f"name=^{env['STACK_NETWORK']}$")
     volumes = ids("volume", "ls", "-q", "--filter", f"name=^{env['LTS_VOLUME_NAME']}$")
-    return [f"container {c}" for c in containers] + [f"network {n}" for n in networks] + [f"volume {v}" for v in volumes]
+    return (
+        [f"container {c}" for c in containers] + [f"network {n}" for n in networks] + [f"volume {v}" for v in volumes]
+    )
 
 
 @pytest.fixture(scope="session")
 def stack_s3(stack):
     """boto3 client for the stack's S3 (MinIO stand-in) at its published address, as MinIO's root account
     (the tests upload datasets the way an ingestor does, and inspect both buckets)."""
-    return s3_client(stack.s3_url, VARS.s3.region, S3Credentials(stack.secret("miniouser.txt"), stack.secret("miniopass.txt")))
+    return s3_client(
+        stack.s3_url, VARS.s3.region, S3Credentials(stack.secret("miniouser.txt"), stack.secret("miniopass.txt"))
+    )
 
 
 def flow_run_containers(project: str) -> list[str]:
     """Containers the stack's workers launched for flow runs (on the stack's network, kept after exit)."""
     return subprocess.run(
         ["docker", "ps", "-aq", "--filter", f"network={project}", "--filter", "label=io.prefect.flow-run-id"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split()
 
 
 # --- SciCat, the ingestor and the operator, shared by the test modules ---
+
 
 class Operator:
     """What SciCat, an ingestor and an operator do to the stack, from this machine."""
@@ -320,17 +353,28 @@ class Operator:
 
     def ingest_dataset(self, files: int, size: int) -> str:
         """Random files uploaded below the landing-zone prefix, then dataset + origdatablock in SciCat."""
-        dataset = self.scicat.create_dataset(new_raw_dataset("e2e", "end-to-end dataset", size=files * size,
-                                                             number_of_files=files))
+        dataset = self.scicat.create_dataset(
+            new_raw_dataset("e2e", "end-to-end dataset", size=files * size, number_of_files=files)
+        )
         pid = dataset.pid
         contents = {f"raw/file_{i}.bin": os.urandom(size) for i in range(files)}
         datafiles = []
         for path, data in contents.items():
             self.s3.put_object(Bucket=VARS.s3.landingzone_bucket, Key=landing_prefix(pid) + path, Body=data)
-            datafiles.append(DataFile(path=path, size=len(data), time=datetime.now(UTC),
-                                      chk=hashlib.sha256(data).hexdigest(), uid="0", gid="0", perm="644"))
-        self.scicat.create_origdatablock(pid, NewOrigDatablock(size=files * size, chk_alg="sha256",
-                                                               data_file_list=datafiles))
+            datafiles.append(
+                DataFile(
+                    path=path,
+                    size=len(data),
+                    time=datetime.now(UTC),
+                    chk=hashlib.sha256(data).hexdigest(),
+                    uid="0",
+                    gid="0",
+                    perm="644",
+                )
+            )
+        self.scicat.create_origdatablock(
+            pid, NewOrigDatablock(size=files * size, chk_alg="sha256", data_file_list=datafiles)
+        )
         self.originals[pid] = contents
         return pid
 
@@ -340,8 +384,11 @@ class Operator:
         """A job created in SciCat; returns the job document and the flow run its forward to the API started."""
         since = self.stack.scicat_requests()[-1]["seq"] if self.stack.scicat_requests() else 0
         job = self.scicat.create_job(job_type, pids)
-        entry = next(e for e in self.stack.scicat_requests(since)
-                     if e["method"] == "POST" and e.get("jobId") == job.id and e["path"].endswith("/jobs"))
+        entry = next(
+            e
+            for e in self.stack.scicat_requests(since)
+            if e["method"] == "POST" and e.get("jobId") == job.id and e["path"].endswith("/jobs")
+        )
         forward = entry["forward"]
         assert forward.get("status") == 200, f"SciCat's call of the archiver API failed: {forward}"
         assert forward["url"] == "http://archiver-api:8000/api/v1/jobs"
@@ -367,9 +414,23 @@ class Operator:
 
     def lts(self, *command: str) -> str:
         return subprocess.run(
-            ["docker", "run", "--rm", "--network", "none", "-v", f"{self.stack.env['LTS_VOLUME_NAME']}:/lts",
-             "--entrypoint", command[0], self.stack.env["ARCHIVER_IMAGE"], *command[1:]],
-            capture_output=True, text=True, check=True, timeout=120,
+            [
+                "docker",
+                "run",
+                "--rm",
+                "--network",
+                "none",
+                "-v",
+                f"{self.stack.env['LTS_VOLUME_NAME']}:/lts",
+                "--entrypoint",
+                command[0],
+                self.stack.env["ARCHIVER_IMAGE"],
+                *command[1:],
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
         ).stdout
 
     def lts_files(self, pid: str) -> list[str]:
@@ -418,8 +479,9 @@ class Operator:
         assert len(blocks) == count, blocks
         assert sorted(f["path"] for b in blocks for f in b["dataFileList"]) == sorted(self.originals[pid])
         stem = safe_name(pid)
-        expected = sorted([f"datablocks/{stem}_{i:05d}{suffix}" for i in range(count)
-                           for suffix in (".tar", ".manifest.json")])
+        expected = sorted(
+            [f"datablocks/{stem}_{i:05d}{suffix}" for i in range(count) for suffix in (".tar", ".manifest.json")]
+        )
         assert self.lts_files(pid) == expected
         assert {b["archiveId"].rsplit("/", 1)[-1] for b in blocks} == {f"{stem}_{i:05d}.tar" for i in range(count)}
         assert self.landing_zone(pid) == []
@@ -450,8 +512,12 @@ class Operator:
 
     def _assert_originals(self, pid: str, tars: list[bytes]) -> None:
         """The tar files' members are the dataset's uploaded files with the checksums SciCat holds for them."""
-        checksums = {f["path"]: f["chk"] for b in self.stack.scicat_state()["origdatablocks"].values()
-                     if b["datasetId"] == pid for f in b["dataFileList"]}
+        checksums = {
+            f["path"]: f["chk"]
+            for b in self.stack.scicat_state()["origdatablocks"].values()
+            if b["datasetId"] == pid
+            for f in b["dataFileList"]
+        }
         seen: dict[str, bytes] = {}
         for content in tars:
             with tarfile.open(fileobj=io.BytesIO(content)) as tar:

@@ -19,6 +19,7 @@ JOB_END_S = 600
 
 # --- the LTS volume and the retrieval bucket, watched from this machine ---
 
+
 def datablocks_folder(stack, pid: str) -> Path:
     return naming.datablocks_folder(stack.lts_host_path(), pid)
 
@@ -50,9 +51,15 @@ def poll(condition, timeout_s: float, what: str, interval: float = 1.0, give_up=
 
 def run_ended(stack, run_id: str):
     """For `poll(give_up=...)`: why waiting for something of a running job is pointless."""
+
     def reason() -> str | None:
         run = stack.prefect("GET", f"/flow_runs/{run_id}").json()
-        return f"the run ended {run['state_name']} first" if run["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") else None
+        return (
+            f"the run ended {run['state_name']} first"
+            if run["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+            else None
+        )
+
     return reason
 
 
@@ -64,21 +71,34 @@ def wait_mid_archive_write(stack, pid: str, run_id: str) -> dict[str, tuple[int,
         finished = finished_datablocks(folder) if folder.exists() else {}
         return finished if finished and partial_files(folder) else None
 
-    return poll(mid_write, 300, "datablock written after a finished one", interval=0.01, give_up=run_ended(stack, run_id))
+    return poll(
+        mid_write, 300, "datablock written after a finished one", interval=0.01, give_up=run_ended(stack, run_id)
+    )
 
 
 def wait_mid_upload(operator, pid: str, run_id: str) -> list[str]:
-    return poll(lambda: operator.unfinished_uploads(pid), 300, "upload to the retrieval bucket in progress",
-                interval=0.01, give_up=run_ended(operator.stack, run_id))
+    return poll(
+        lambda: operator.unfinished_uploads(pid),
+        300,
+        "upload to the retrieval bucket in progress",
+        interval=0.01,
+        give_up=run_ended(operator.stack, run_id),
+    )
 
 
 # --- Prefect: the job's runs, what is left of them, the crash retries ---
 
+
 def job_runs(stack, job_kind: str, job_id: str) -> list[dict]:
     """Every run of the job (the first and any crash retry; they share the name), oldest first."""
-    return stack.prefect("POST", "/flow_runs/filter", json={
-        "flow_runs": {"name": {"any_": [f"{job_kind}-job-{job_id}"]}}, "sort": "EXPECTED_START_TIME_ASC",
-    }).json()
+    return stack.prefect(
+        "POST",
+        "/flow_runs/filter",
+        json={
+            "flow_runs": {"name": {"any_": [f"{job_kind}-job-{job_id}"]}},
+            "sort": "EXPECTED_START_TIME_ASC",
+        },
+    ).json()
 
 
 def runs_and_subflows(stack, run_ids: list[str]) -> list[dict]:
@@ -86,8 +106,9 @@ def runs_and_subflows(stack, run_ids: list[str]) -> list[dict]:
     runs, parents = [], list(run_ids)
     while parents:
         runs += stack.prefect("POST", "/flow_runs/filter", json={"flow_runs": {"id": {"any_": parents}}}).json()
-        children = stack.prefect("POST", "/flow_runs/filter",
-                                 json={"flow_runs": {"parent_flow_run_id": {"any_": parents}}}).json()
+        children = stack.prefect(
+            "POST", "/flow_runs/filter", json={"flow_runs": {"parent_flow_run_id": {"any_": parents}}}
+        ).json()
         parents = [child["id"] for child in children]
     return runs
 
@@ -95,8 +116,9 @@ def runs_and_subflows(stack, run_ids: list[str]) -> list[dict]:
 def task_runs_below(stack, run_ids: list[str], **task_run_filter) -> list[dict]:
     """Task runs of the runs and their subflows, e.g. `tags={"all_": [tag]}`."""
     flow_run_ids = [r["id"] for r in runs_and_subflows(stack, run_ids)]
-    return stack.prefect("POST", "/task_runs/filter", json={
-        "task_runs": {"flow_run_id": {"any_": flow_run_ids}, **task_run_filter}}).json()
+    return stack.prefect(
+        "POST", "/task_runs/filter", json={"task_runs": {"flow_run_id": {"any_": flow_run_ids}, **task_run_filter}}
+    ).json()
 
 
 def assert_nothing_left_running(stack, run_ids: list[str]) -> None:
@@ -111,8 +133,13 @@ def assert_nothing_left_running(stack, run_ids: list[str]) -> None:
         assert stack.prefect("GET", f"/concurrency_limits/tag/{limit.tag}").json()["active_slots"] == [], limit.tag
 
     def recoveries_unfinished() -> list[str]:
-        recoveries = [r for run_id in run_ids for r in stack.prefect("POST", "/flow_runs/filter", json={
-            "flow_runs": {"name": {"like_": f"recover-%{run_id}"}}}).json()]
+        recoveries = [
+            r
+            for run_id in run_ids
+            for r in stack.prefect(
+                "POST", "/flow_runs/filter", json={"flow_runs": {"name": {"like_": f"recover-%{run_id}"}}}
+            ).json()
+        ]
         return [f"{r['name']} {r['state_name']}" for r in recoveries if r["state_type"] != "COMPLETED"]
 
     # A recovery reports the job (or starts it again) as its last step: give it a moment to end.
@@ -134,6 +161,7 @@ def crash_retries(stack, retries: int):
     finally:
         stack.set_variable("archiver_crash_retries", seeded)
 
+
 def iso(value: str) -> datetime:
     """A timestamp of Prefect or Docker (nanoseconds, `Z`) as a datetime."""
     head, _, fraction = value.replace("Z", "").partition(".")
@@ -148,8 +176,12 @@ def state_history(stack, run_id: str) -> str:
 
 def server_started(stack) -> datetime:
     """When the running prefect-server container started."""
-    started = subprocess.run(["docker", "inspect", "-f", "{{.State.StartedAt}}", stack.services()["prefect-server"]["ID"]],
-                             capture_output=True, text=True, check=True).stdout.strip()
+    started = subprocess.run(
+        ["docker", "inspect", "-f", "{{.State.StartedAt}}", stack.services()["prefect-server"]["ID"]],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     return iso(started)
 
 
@@ -158,8 +190,11 @@ def job_status(operator, job_id: str) -> str | None:
 
 
 def wait_job_finished(operator, job_id: str, timeout_s: float = JOB_END_S) -> str:
-    return poll(lambda: (status := job_status(operator, job_id)) in ("finishedSuccessful", "finishedUnsuccessful")
-                and status, timeout_s, f"end of job {job_id} in SciCat")
+    return poll(
+        lambda: (status := job_status(operator, job_id)) in ("finishedSuccessful", "finishedUnsuccessful") and status,
+        timeout_s,
+        f"end of job {job_id} in SciCat",
+    )
 
 
 def start_archive(operator, files: int = FILES) -> tuple[str, dict, dict]:

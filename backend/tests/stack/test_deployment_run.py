@@ -34,9 +34,17 @@ def test_a_dataset_creation_run_executes_in_a_container_the_archival_worker_star
     created = set(stack.scicat_state()["datasets"]) - before
     assert len(created) == 1, created
     pid = created.pop()
-    files = [f for block in stack.scicat_state()["origdatablocks"].values() if block["datasetId"] == pid
-             for f in block["dataFileList"]]
+    files = [
+        f
+        for block in stack.scicat_state()["origdatablocks"].values()
+        if block["datasetId"] == pid
+        for f in block["dataFileList"]
+    ]
     assert sorted(f["path"] for f in files) == ["file_0000.bin", "file_0001.bin"]
-    keys = [o["Key"] for o in stack_s3.list_objects_v2(Bucket="landingzone", Prefix=f"openem-network/datasets/{pid}/")
-            .get("Contents", [])]
+    keys = [
+        o["Key"]
+        for o in stack_s3.list_objects_v2(Bucket="landingzone", Prefix=f"openem-network/datasets/{pid}/").get(
+            "Contents", []
+        )
+    ]
     assert sorted(k.rsplit("/", 1)[-1] for k in keys) == ["file_0000.bin", "file_0001.bin"]

@@ -44,8 +44,9 @@ def test_archive_job_from_scicat_runs_in_an_archival_worker_container(stack, ope
     start = time.monotonic()
     job, started = operator.create_job("archive", [pid])
     run = operator.wait(started)
-    stack.record_timing(f"archive job ({FILES_PER_DATASET} x {FILE_SIZE // 1024} KB), SciCat job to run end",
-                        time.monotonic() - start)
+    stack.record_timing(
+        f"archive job ({FILES_PER_DATASET} x {FILE_SIZE // 1024} KB), SciCat job to run end", time.monotonic() - start
+    )
     assert run["state_type"] == "COMPLETED", stack.flow_run_failure(run)
     assert run["name"] == f"archive-job-{job['id']}"
     _assert_ran_in_a_worker_container(stack, run, "archival-docker-pool")
@@ -81,7 +82,9 @@ def test_retrieve_job_gives_one_url_per_datablock_with_the_original_bytes(stack,
     start = time.monotonic()
     job, started = operator.create_job("retrieve", [pid])
     run = operator.wait(started)
-    stack.record_timing(f"retrieve job ({FILES_PER_DATASET} datablocks), SciCat job to run end", time.monotonic() - start)
+    stack.record_timing(
+        f"retrieve job ({FILES_PER_DATASET} datablocks), SciCat job to run end", time.monotonic() - start
+    )
     assert run["state_type"] == "COMPLETED", stack.flow_run_failure(run)
     _assert_ran_in_a_worker_container(stack, run, "retrieval-docker-pool")
 
@@ -115,10 +118,14 @@ def _tagged_task_runs(stack, tag: str, parent_run_ids: list[str], expected: int)
     """Completed task runs with the tag in the children of the runs (Prefect records them from events: wait)."""
     deadline = time.monotonic() + 60
     while True:
-        found = stack.prefect("POST", "/task_runs/filter", json={
-            "task_runs": {"tags": {"all_": [tag]}, "state": {"type": {"any_": ["COMPLETED"]}}},
-            "flow_runs": {"parent_flow_run_id": {"any_": parent_run_ids}},
-        }).json()
+        found = stack.prefect(
+            "POST",
+            "/task_runs/filter",
+            json={
+                "task_runs": {"tags": {"all_": [tag]}, "state": {"type": {"any_": ["COMPLETED"]}}},
+                "flow_runs": {"parent_flow_run_id": {"any_": parent_run_ids}},
+            },
+        ).json()
         if len(found) >= expected or time.monotonic() > deadline:
             return found
         time.sleep(2)
@@ -143,8 +150,9 @@ def test_six_archive_jobs_over_three_workers_hold_the_lts_limits_across_all(stac
     # who adds workers sets it, docs/deployment.md), so running them together takes all three workers.
     scaled = {"ARCHIVAL_WORKER_FLOW_RUN_LIMIT": "2", "ARCHIVAL_JOBS_LIMIT": str(JOBS)}
     _deploy_flows(stack, scaled)
-    stack.compose("up", "-d", "--wait", "--scale", f"prefect-archival-worker={WORKERS}", "prefect-archival-worker",
-                  env=scaled)
+    stack.compose(
+        "up", "-d", "--wait", "--scale", f"prefect-archival-worker={WORKERS}", "prefect-archival-worker", env=scaled
+    )
     try:
         assert _archival_jobs_limit(stack) == JOBS
         pids = [operator.ingest_dataset(FILES_PER_DATASET, FILE_SIZE) for _ in range(JOBS)]
@@ -159,18 +167,25 @@ def test_six_archive_jobs_over_three_workers_hold_the_lts_limits_across_all(stac
         operator.assert_archived(pid, job["id"])
 
     by_worker = Counter(run["labels"].get("prefect.worker.name") for run in runs)
-    stack.note(f"{JOBS} archive jobs over {WORKERS} archival workers (at most 2 runs each): runs per worker "
-               f"{sorted(by_worker.values(), reverse=True)}")
+    stack.note(
+        f"{JOBS} archive jobs over {WORKERS} archival workers (at most 2 runs each): runs per worker "
+        f"{sorted(by_worker.values(), reverse=True)}"
+    )
     assert None not in by_worker and len(by_worker) >= 2, by_worker
     run_ids = [run["id"] for run in runs]
-    for tag, limit_name in (("move-datablocks-to-lts", "MOVE_TO_LTS_LIMIT"), ("verify-datablocks-in-lts", "VERIFY_LTS_LIMIT")):
+    for tag, limit_name in (
+        ("move-datablocks-to-lts", "MOVE_TO_LTS_LIMIT"),
+        ("verify-datablocks-in-lts", "VERIFY_LTS_LIMIT"),
+    ):
         limit = stack.prefect("GET", f"/concurrency_limits/tag/{tag}").json()["concurrency_limit"]
         done = _tagged_task_runs(stack, tag, run_ids, JOBS * FILES_PER_DATASET)
         assert len(done) == JOBS * FILES_PER_DATASET, [t["name"] for t in done]
         intervals = [(_iso(t["start_time"]), _iso(t["end_time"])) for t in done]
         peak = _max_overlap(intervals)
-        stack.note(f"{JOBS} archive jobs over {WORKERS} workers: {len(done)} {tag} task runs, at most {peak} at once "
-                   f"({limit_name} {limit})")
+        stack.note(
+            f"{JOBS} archive jobs over {WORKERS} workers: {len(done)} {tag} task runs, at most {peak} at once "
+            f"({limit_name} {limit})"
+        )
         assert peak <= limit, sorted(intervals)
     # The LTS limits were what kept them apart: more job runs ran at once than one worker may start.
     spans = [(_iso(r["start_time"]), _iso(r["end_time"])) for r in runs]

@@ -58,16 +58,22 @@ def kill_expecting_resume(operator, kind: str, job_id: str, run_id: str) -> None
     """Kill the job's run; the recovery must start it again (crash retry 1) and the job end successful."""
     stack = operator.stack
     killed_at = kill_flow_run_container(stack, run_id)
-    poll(lambda: stack.prefect("GET", f"/flow_runs/{run_id}").json()["state_type"] == "CRASHED", 120,
-         "Crashed state of the killed run")
+    poll(
+        lambda: stack.prefect("GET", f"/flow_runs/{run_id}").json()["state_type"] == "CRASHED",
+        120,
+        "Crashed state of the killed run",
+    )
     crashed_s = time.monotonic() - killed_at
     retry = poll(lambda: job_runs(stack, kind, job_id)[1:], 180, "crash retry of the job")[0]
     retried_s = time.monotonic() - killed_at
     assert "crash-retry:1" in retry["tags"]
     assert wait_job_finished(operator, job_id) == "finishedSuccessful", stack.flow_run_failure(
-        stack.prefect("GET", f"/flow_runs/{retry['id']}").json())
-    stack.note(f"fault: {kind} flow-run container killed mid-write: Crashed after {crashed_s:.0f}s, resumed run "
-               f"started after {retried_s:.0f}s, job finishedSuccessful {time.monotonic() - killed_at:.0f}s after the kill")
+        stack.prefect("GET", f"/flow_runs/{retry['id']}").json()
+    )
+    stack.note(
+        f"fault: {kind} flow-run container killed mid-write: Crashed after {crashed_s:.0f}s, resumed run "
+        f"started after {retried_s:.0f}s, job finishedSuccessful {time.monotonic() - killed_at:.0f}s after the kill"
+    )
     assert retried_s <= WORKER_SEEN_BOUND_S
     assert len(job_runs(stack, kind, job_id)) == 2
 
@@ -79,11 +85,14 @@ def kill_expecting_report(operator, kind: str, job_id: str, run_id: str) -> None
         killed_at = kill_flow_run_container(stack, run_id)
         assert wait_job_finished(operator, job_id) == "finishedUnsuccessful"
         reported_s = time.monotonic() - killed_at
-    stack.note(f"fault: {kind} flow-run container killed mid-write, no crash retries: finishedUnsuccessful "
-               f"{reported_s:.0f}s after the kill")
+    stack.note(
+        f"fault: {kind} flow-run container killed mid-write, no crash retries: finishedUnsuccessful "
+        f"{reported_s:.0f}s after the kill"
+    )
     assert reported_s <= WORKER_SEEN_BOUND_S
     assert [r["id"] for r in job_runs(stack, kind, job_id)] == [run_id]  # not started again
     assert_nothing_left_running(stack, [run_id])
+
 
 def retrieval_mid_upload(operator) -> tuple[str, str, str]:
     """A retrieve job of an archived dataset, once it is uploading: pid, job id and run id."""
@@ -108,13 +117,15 @@ def archived_dataset(operator) -> str:
 
 # --- the tests ---
 
+
 def test_prefect_server_restarted_mid_write_the_archive_finishes_without_rewriting(stack, operator):
     pid, job_id, run_id, before = archive_mid_write(operator)
     start = time.monotonic()
     stack.compose("restart", "prefect-server")
     stack.compose("up", "-d", "--wait")
-    stack.record_timing("fault: prefect-server restart mid-write, until the stack is healthy again",
-                        time.monotonic() - start)
+    stack.record_timing(
+        "fault: prefect-server restart mid-write, until the stack is healthy again", time.monotonic() - start
+    )
 
     run = stack.wait_for_flow_run(run_id, timeout_s=JOB_END_S)
     stack.record_timing("fault: prefect-server restart mid-write, restart to job end", time.monotonic() - start)
@@ -186,10 +197,13 @@ def test_archival_worker_killed_mid_write_its_run_goes_on_and_finishes(stack, op
     killed_at = time.monotonic()
     try:
         run = stack.wait_for_flow_run(run_id, timeout_s=JOB_END_S)
-        running = subprocess.run(["docker", "inspect", "-f", "{{.State.Running}}", worker], capture_output=True,
-                                 text=True, check=True).stdout.strip()
-        stack.note(f"fault: archival worker killed mid-write: its run ended {run['state_name']} "
-                   f"{time.monotonic() - killed_at:.0f}s later; the worker restarted by itself: {running}")
+        running = subprocess.run(
+            ["docker", "inspect", "-f", "{{.State.Running}}", worker], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        stack.note(
+            f"fault: archival worker killed mid-write: its run ended {run['state_name']} "
+            f"{time.monotonic() - killed_at:.0f}s later; the worker restarted by itself: {running}"
+        )
     finally:
         stack.compose("up", "-d", "--wait", "prefect-archival-worker")
     assert run["state_type"] == "COMPLETED", stack.flow_run_failure(run)
@@ -220,9 +234,11 @@ def test_whole_stack_down_and_up_mid_write_ends_the_job_clearly(stack, operator)
     outcome = wait_job_finished(operator, job_id, timeout_s=JOB_END_S)
     runs = job_runs(stack, "archive", job_id)
     first = next(r for r in runs if r["id"] == run_id)
-    stack.note(f"fault: stack down ({down_s:.0f}s) and up again ({up_s:.0f}s after down began) mid-write: job "
-               f"{outcome} {time.monotonic() - start:.0f}s after down began; first run {first['state_name']}, "
-               f"{len(runs) - 1} crash retr{'y' if len(runs) == 2 else 'ies'}; its states: {state_history(stack, run_id)}")
+    stack.note(
+        f"fault: stack down ({down_s:.0f}s) and up again ({up_s:.0f}s after down began) mid-write: job "
+        f"{outcome} {time.monotonic() - start:.0f}s after down began; first run {first['state_name']}, "
+        f"{len(runs) - 1} crash retr{'y' if len(runs) == 2 else 'ies'}; its states: {state_history(stack, run_id)}"
+    )
     runs = [stack.wait_for_flow_run(r["id"], timeout_s=120) for r in runs]
     assert max(iso(r["end_time"]) for r in runs) > server_started(stack), "the job ended before the stack was up again"
     assert_nothing_left_running(stack, [r["id"] for r in runs])

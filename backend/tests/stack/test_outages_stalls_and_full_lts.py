@@ -81,8 +81,10 @@ def test_the_prefect_database_down_mid_write_the_job_rides_it_out(stack, operato
     outcome = wait_job_finished(operator, job_id)
     final_s = time.monotonic() - back_at
     run = stack.wait_for_flow_run(run_id, timeout_s=120)
-    stack.note(f"fault: PostgreSQL down {DATABASE_DOWN_S}s mid-write: job {outcome} {final_s:.0f}s after it was "
-               f"started again; the run's states: {state_history(stack, run_id)}")
+    stack.note(
+        f"fault: PostgreSQL down {DATABASE_DOWN_S}s mid-write: job {outcome} {final_s:.0f}s after it was "
+        f"started again; the run's states: {state_history(stack, run_id)}"
+    )
     assert outcome == "finishedSuccessful", stack.flow_run_failure(run)
     assert run["state_type"] == "COMPLETED", stack.flow_run_failure(run)
     assert [r["id"] for r in job_runs(stack, "archive", job_id)] == [run_id]  # ridden out, not resumed
@@ -98,8 +100,13 @@ def test_scicat_unreachable_while_datablocks_are_registered_each_is_registered_o
     pid, job, started = start_archive(operator)
     job_id, run_id = job["id"], str(started["uuid"])
     last = datablocks_folder(stack, pid) / naming.datablock_name(pid, FILES - 1)
-    poll(lambda: naming.partial_path(last).exists() or last.exists(), 300, "write of the last datablock",
-         interval=0.01, give_up=run_ended(stack, run_id))
+    poll(
+        lambda: naming.partial_path(last).exists() or last.exists(),
+        300,
+        "write of the last datablock",
+        interval=0.01,
+        give_up=run_ended(stack, run_id),
+    )
     scicat = stack.services()["scicat"]["ID"]
     docker("pause", scicat)
     try:
@@ -112,9 +119,11 @@ def test_scicat_unreachable_while_datablocks_are_registered_each_is_registered_o
     final_s = time.monotonic() - back_at
     registrations = task_runs_below(stack, [run_id], name={"like_": "scicat: register%"})
     tries = max(t["run_count"] for t in registrations)
-    stack.note(f"fault: SciCat frozen {SCICAT_DOWN_S}s while datablocks were registered: job {outcome} "
-               f"{final_s:.0f}s after it woke; {len(operator.datablocks(pid))} datablock records for {FILES} tars; "
-               f"a registration tried {tries} times")
+    stack.note(
+        f"fault: SciCat frozen {SCICAT_DOWN_S}s while datablocks were registered: job {outcome} "
+        f"{final_s:.0f}s after it woke; {len(operator.datablocks(pid))} datablock records for {FILES} tars; "
+        f"a registration tried {tries} times"
+    )
     assert tries > 1, "no registration met the outage: the fault came too late to test anything"
     assert outcome == "finishedSuccessful", stack.flow_run_failure(stack.wait_for_flow_run(run_id, timeout_s=120))
     assert_archived_once(operator, pid, job_id, {})
@@ -130,14 +139,23 @@ def test_a_frozen_run_woken_after_its_job_was_handed_on_changes_nothing(stack, o
     docker("pause", container)
     frozen_at = time.monotonic()
     try:
-        poll(lambda: stack.prefect("GET", f"/flow_runs/{run_id}").json()["state_type"] == "CRASHED",
-             CRASHED_BOUND_S, "Crashed state of the frozen run", interval=2)
+        poll(
+            lambda: stack.prefect("GET", f"/flow_runs/{run_id}").json()["state_type"] == "CRASHED",
+            CRASHED_BOUND_S,
+            "Crashed state of the frozen run",
+            interval=2,
+        )
         crashed_s = time.monotonic() - frozen_at
-        poll(lambda: [r for r in job_runs(stack, "archive", job_id)[1:] if r["state_type"] == "RUNNING"],
-             RETRY_BOUND_S, "crash retry of the job running", interval=2)
+        poll(
+            lambda: [r for r in job_runs(stack, "archive", job_id)[1:] if r["state_type"] == "RUNNING"],
+            RETRY_BOUND_S,
+            "crash retry of the job running",
+            interval=2,
+        )
         time.sleep(10)  # the retry reaches the dataset lock
-        assert operator.job(job_id).get("jobStatusMessage") not in ("finishedSuccessful", "finishedUnsuccessful"), \
+        assert operator.job(job_id).get("jobStatusMessage") not in ("finishedSuccessful", "finishedUnsuccessful"), (
             "the job was reported finished while its first run was frozen and held the dataset lock"
+        )
     finally:
         docker("unpause", container)
     woke = datetime.now(UTC)
@@ -145,16 +163,20 @@ def test_a_frozen_run_woken_after_its_job_was_handed_on_changes_nothing(stack, o
 
     outcome = wait_job_finished(operator, job_id)
     final_s = time.monotonic() - woke_at
-    poll(lambda: docker("inspect", "-f", "{{.State.Running}}", container) == "false", 120,
-         "end of the woken process")
+    poll(lambda: docker("inspect", "-f", "{{.State.Running}}", container) == "false", 120, "end of the woken process")
     runs = [stack.wait_for_flow_run(r["id"], timeout_s=120) for r in job_runs(stack, "archive", job_id)]
-    stack.note(f"fault: flow-run container frozen {woke_at - frozen_at:.0f}s mid-write (Crashed after "
-               f"{crashed_s:.0f}s): job {outcome} {final_s:.0f}s after it woke; first run's states: "
-               f"{state_history(stack, run_id)}")
+    stack.note(
+        f"fault: flow-run container frozen {woke_at - frozen_at:.0f}s mid-write (Crashed after "
+        f"{crashed_s:.0f}s): job {outcome} {final_s:.0f}s after it woke; first run's states: "
+        f"{state_history(stack, run_id)}"
+    )
     assert outcome == "finishedSuccessful", stack.flow_run_failure(runs[-1])
     assert len(runs) == 2 and "crash-retry:1" in runs[1]["tags"], [r["name"] for r in runs]
-    writes_after_waking = [t["name"] for t in task_runs_below(stack, [run_id], tags={"all_": [WRITE_TAG]})
-                           if t["start_time"] and iso(t["start_time"]) > woke]
+    writes_after_waking = [
+        t["name"]
+        for t in task_runs_below(stack, [run_id], tags={"all_": [WRITE_TAG]})
+        if t["start_time"] and iso(t["start_time"]) > woke
+    ]
     assert writes_after_waking == [], "the woken run went on writing to the LTS"
     writes = task_runs_below(stack, [r["id"] for r in runs], tags={"all_": [WRITE_TAG]})
     limit = stack.prefect("GET", f"/concurrency_limits/tag/{WRITE_TAG}").json()["concurrency_limit"]
@@ -172,7 +194,8 @@ def small_filesystem(folder: Path, size_mb: int):
     subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m,mode=0755", "tmpfs", str(folder)], check=True)
     try:
         yield lambda new_size_mb: subprocess.run(
-            ["mount", "-o", f"remount,size={new_size_mb}m", str(folder)], check=True)
+            ["mount", "-o", f"remount,size={new_size_mb}m", str(folder)], check=True
+        )
     finally:
         with tempfile.TemporaryDirectory() as kept:
             shutil.copytree(folder, Path(kept) / "content", symlinks=True)
@@ -193,8 +216,10 @@ def test_a_full_lts_fails_the_dataset_at_once_and_a_rerun_resumes(stack, operato
         run = stack.wait_for_flow_run(str(started["uuid"]), timeout_s=120)
         lifecycle = operator.dataset(pid)["datasetlifecycle"]
         kept = finished_datablocks(datablocks_folder(stack, pid))
-        stack.note(f"fault: LTS full at the third of {FILES} datablocks: job {outcome} {final_s:.0f}s after it was "
-                   f"created; {len(kept)} datablock(s) kept")
+        stack.note(
+            f"fault: LTS full at the third of {FILES} datablocks: job {outcome} {final_s:.0f}s after it was "
+            f"created; {len(kept)} datablock(s) kept"
+        )
         assert outcome == "finishedUnsuccessful", stack.flow_run_failure(run)
         assert final_s < 60 + 30, "SciCat was not told within a minute (30 s allowed for the run to start)"
         assert lifecycle["archiveStatusMessage"] == "scheduleArchiveJobFailed", lifecycle
@@ -209,5 +234,6 @@ def test_a_full_lts_fails_the_dataset_at_once_and_a_rerun_resumes(stack, operato
         resize(FILES * FILE_SIZE // 2**20 + 50)
         job, started = operator.create_job("archive", [pid])
         assert wait_job_finished(operator, job["id"]) == "finishedSuccessful", stack.flow_run_failure(
-            stack.wait_for_flow_run(str(started["uuid"]), timeout_s=120))
+            stack.wait_for_flow_run(str(started["uuid"]), timeout_s=120)
+        )
         assert_archived_once(operator, pid, job["id"], kept)

@@ -27,8 +27,12 @@ SEEN_S = 120
 def query(stack, promql: str) -> dict[tuple, float]:
     """An instant query: {sorted label pairs without __name__/instance/job: value}."""
     answer = httpx.get(f"{stack.prometheus_url}/api/v1/query", params={"query": promql}, timeout=30).raise_for_status()
-    return {tuple(sorted((k, v) for k, v in r["metric"].items() if k not in ("__name__", "instance", "job"))):
-            float(r["value"][1]) for r in answer.json()["data"]["result"]}
+    return {
+        tuple(sorted((k, v) for k, v in r["metric"].items() if k not in ("__name__", "instance", "job"))): float(
+            r["value"][1]
+        )
+        for r in answer.json()["data"]["result"]
+    }
 
 
 def scalar(stack, promql: str) -> float:
@@ -45,8 +49,11 @@ def changes(stack, metric: str, labels: dict, minutes: int = 30) -> list[str]:
     """The series' values over the last minutes, one "HH:MM:SS value" per change."""
     selector = metric + "{" + ", ".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
     end = time.time()
-    answer = httpx.get(f"{stack.prometheus_url}/api/v1/query_range", timeout=30, params={
-        "query": selector, "start": end - 60 * minutes, "end": end, "step": 15}).raise_for_status()
+    answer = httpx.get(
+        f"{stack.prometheus_url}/api/v1/query_range",
+        timeout=30,
+        params={"query": selector, "start": end - 60 * minutes, "end": end, "step": 15},
+    ).raise_for_status()
     seen, last = [], None
     for series in answer.json()["data"]["result"]:
         for at, value in series["values"]:
@@ -71,7 +78,9 @@ def test_prometheus_scrapes_the_exporter(stack):
 def test_archive_and_retrieve_show_in_prometheus_with_their_bytes(stack, operator):
     poll(lambda: scalar(stack, 'up{job="archiver"}') == 1, SEEN_S, "archiver-metrics scraped by Prometheus")
     before = {(t, o): jobs(stack, t, o) for t in ("archive", "retrieve") for o in ("completed", "failed")}
-    bytes_before = {t: scalar(stack, f'archiver_dataset_bytes_total{{job_type="{t}"}}') for t in ("archive", "retrieve")}
+    bytes_before = {
+        t: scalar(stack, f'archiver_dataset_bytes_total{{job_type="{t}"}}') for t in ("archive", "retrieve")
+    }
     durations_before = scalar(stack, 'archiver_job_duration_seconds_count{job_type="archive"}')
     pid = operator.ingest_dataset(FILES, FILE_SIZE)
     job, started = operator.create_job("archive", [pid])
@@ -79,10 +88,17 @@ def test_archive_and_retrieve_show_in_prometheus_with_their_bytes(stack, operato
     job, started = operator.create_job("retrieve", [pid])
     assert operator.wait(started)["state_type"] == "COMPLETED"
 
-    expected = {("archive", "completed"): 1, ("retrieve", "completed"): 1, ("archive", "failed"): 0,
-                ("retrieve", "failed"): 0}
-    poll(lambda: all(jobs(stack, t, o) - before[(t, o)] == n for (t, o), n in expected.items()), SEEN_S,
-         "both jobs counted in Prometheus")
+    expected = {
+        ("archive", "completed"): 1,
+        ("retrieve", "completed"): 1,
+        ("archive", "failed"): 0,
+        ("retrieve", "failed"): 0,
+    }
+    poll(
+        lambda: all(jobs(stack, t, o) - before[(t, o)] == n for (t, o), n in expected.items()),
+        SEEN_S,
+        "both jobs counted in Prometheus",
+    )
     for job_type in ("archive", "retrieve"):
         grown = scalar(stack, f'archiver_dataset_bytes_total{{job_type="{job_type}"}}') - bytes_before[job_type]
         assert grown == FILES * FILE_SIZE, job_type
@@ -90,15 +106,21 @@ def test_archive_and_retrieve_show_in_prometheus_with_their_bytes(stack, operato
     assert scalar(stack, 'archiver_job_duration_seconds_sum{job_type="archive"}') > 0
     assert scalar(stack, 'archiver_job_queue_wait_seconds_count{job_type="retrieve"}') >= 1
     # The bucket's size is listed at most every --slow-cache-s (60 s): it may trail the jobs by a scrape or two.
-    poll(lambda: scalar(stack, "archiver_retrieval_bucket_bytes") >= FILES * FILE_SIZE, SEEN_S,
-         "the retrieved datablocks counted in the retrieval bucket's size")
+    poll(
+        lambda: scalar(stack, "archiver_retrieval_bucket_bytes") >= FILES * FILE_SIZE,
+        SEEN_S,
+        "the retrieved datablocks counted in the retrieval bucket's size",
+    )
 
     counters = query(stack, '{__name__=~"archiver_(jobs|datasets|dataset_bytes)_total"}')
     stack.compose("restart", "archiver-metrics")
     time.sleep(20)  # one scrape of the restarted exporter
     poll(lambda: scalar(stack, 'up{job="archiver"}') == 1, SEEN_S, "restarted archiver-metrics scraped")
-    poll(lambda: scalar(stack, 'time() - timestamp(archiver_jobs_total{job_type="archive", outcome="completed"})') < 15,
-         SEEN_S, "a scrape after the restart")
+    poll(
+        lambda: scalar(stack, 'time() - timestamp(archiver_jobs_total{job_type="archive", outcome="completed"})') < 15,
+        SEEN_S,
+        "a scrape after the restart",
+    )
     # One metric at a time: resets() drops the name, so series of different counters would collide.
     for counter in ("archiver_jobs_total", "archiver_datasets_total", "archiver_dataset_bytes_total"):
         went_down = query(stack, f"resets({counter}[30m]) > 0")
@@ -119,8 +141,11 @@ def test_a_failed_job_fires_its_alert(stack, operator, stack_s3):
 
     poll(lambda: scalar(stack, failed) == before + 1, SEEN_S, "the failed archive job counted")
     # Earlier tests of the shared stack may have failed jobs of either type within the alert's hour.
-    poll(lambda: [a for a in firing(stack, "ArchiverJobFailed") if a["labels"]["job_type"] == "archive"], SEEN_S,
-         "ArchiverJobFailed firing for archive jobs")
+    poll(
+        lambda: [a for a in firing(stack, "ArchiverJobFailed") if a["labels"]["job_type"] == "archive"],
+        SEEN_S,
+        "ArchiverJobFailed firing for archive jobs",
+    )
 
 
 def test_a_killed_run_fires_its_alert(stack, operator):
@@ -137,5 +162,8 @@ def test_a_killed_run_fires_its_alert(stack, operator):
 
         # This crash counted (earlier tests' crashes, of retrievals too, may have the alert firing already).
         poll(lambda: scalar(stack, crashed) == before + 1, SEEN_S, "the killed archive run counted as crashed")
-        poll(lambda: [a for a in firing(stack, "ArchiverJobCrashed") if a["labels"]["job_type"] == "archive"],
-             SEEN_S, "ArchiverJobCrashed firing for archive jobs")
+        poll(
+            lambda: [a for a in firing(stack, "ArchiverJobCrashed") if a["labels"]["job_type"] == "archive"],
+            SEEN_S,
+            "ArchiverJobCrashed firing for archive jobs",
+        )

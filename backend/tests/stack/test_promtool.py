@@ -15,14 +15,31 @@ pytestmark = [pytest.mark.stack]
 
 def promtool(stack, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        ["docker", "run", "--rm", "--user", "nobody", "--entrypoint", "promtool", "-v", f"{PROMETHEUS_DIR}:/rules:ro",
-         "-w", "/rules", stack.service_image("prometheus"), *args],
-        capture_output=True, text=True, timeout=180,
+        [
+            "docker",
+            "run",
+            "--rm",
+            "--user",
+            "nobody",
+            "--entrypoint",
+            "promtool",
+            "-v",
+            f"{PROMETHEUS_DIR}:/rules:ro",
+            "-w",
+            "/rules",
+            stack.service_image("prometheus"),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
 
 
-@pytest.mark.parametrize("args", [("check", "config", "prometheus.yml"), ("check", "rules", "alerts.yml"),
-                                  ("test", "rules", "alerts_test.yml")])
+@pytest.mark.parametrize(
+    "args",
+    [("check", "config", "prometheus.yml"), ("check", "rules", "alerts.yml"), ("test", "rules", "alerts_test.yml")],
+)
 def test_promtool_accepts_the_configuration_and_every_alert_test_passes(stack, args):
     result = promtool(stack, *args)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -18,13 +18,24 @@ from tests.browser import browser_page, page_text, prefect_ui, screenshot
 
 REPO = Path(__file__).resolve().parents[3]
 LONG_RUNNING = (
-    "postgres", "prefect-server", "proxy", "minio", "archiver-api", "scicat",
-    "prefect-archival-worker", "prefect-retrieval-worker", "archiver-metrics", "prometheus",
+    "postgres",
+    "prefect-server",
+    "proxy",
+    "minio",
+    "archiver-api",
+    "scicat",
+    "prefect-archival-worker",
+    "prefect-retrieval-worker",
+    "archiver-metrics",
+    "prometheus",
 )
 pytestmark = [pytest.mark.stack, pytest.mark.timeout(1800)]
 
 HOST_SERVICE_PORTS = {5432, 3306, 6379, 5672, 1883, 4222}
-POOL_TEMPLATES = {"archival-docker-pool": "prefect-jobtemplate-dev.json", "retrieval-docker-pool": "prefect-jobtemplate-dev.json"}
+POOL_TEMPLATES = {
+    "archival-docker-pool": "prefect-jobtemplate-dev.json",
+    "retrieval-docker-pool": "prefect-jobtemplate-dev.json",
+}
 DEPLOYMENTS = {
     "archive_datasetlist/datasets_archival": "archival-docker-pool",
     "retrieve_datasetlist/datasets_retrieval": "retrieval-docker-pool",
@@ -63,7 +74,9 @@ def test_prefect_config_one_shot_succeeded(stack):
 
 
 def test_prefect_has_the_variables_of_prefect_vars_toml_with_the_development_overrides(stack):
-    expected = {variable_name(key): value for key, value in flat_values(load_vars_file(REPO / "prefect-vars.toml")).items()}
+    expected = {
+        variable_name(key): value for key, value in flat_values(load_vars_file(REPO / "prefect-vars.toml")).items()
+    }
     # .development.env: flow runs report to the stack's SciCat; download URLs work from this machine.
     expected["scicat_endpoint"] = "http://scicat:3000"
     expected["s3_external_endpoint"] = stack.s3_url
@@ -73,7 +86,8 @@ def test_prefect_has_the_variables_of_prefect_vars_toml_with_the_development_ove
 
 def test_prefect_has_the_secret_blocks_with_the_secret_files_values(stack):
     documents = stack.prefect(
-        "POST", "/block_documents/filter",
+        "POST",
+        "/block_documents/filter",
         json={"block_types": {"slug": {"any_": ["secret"]}}, "include_secrets": True},
     ).json()
     stored = {d["name"]: d["data"]["value"] for d in documents}
@@ -85,15 +99,21 @@ def test_prefect_has_the_secret_blocks_with_the_secret_files_values(stack):
 
 
 def test_prefect_has_the_concurrency_limits_of_concurrency_limits_toml(stack):
-    expected = {limit.tag: limit.limit for limit in load_limits_file(REPO / "concurrency-limits.toml").by_name().values()}
-    stored = {c["tag"]: c["concurrency_limit"] for c in stack.prefect("POST", "/concurrency_limits/filter", json={}).json()}
+    expected = {
+        limit.tag: limit.limit for limit in load_limits_file(REPO / "concurrency-limits.toml").by_name().values()
+    }
+    stored = {
+        c["tag"]: c["concurrency_limit"] for c in stack.prefect("POST", "/concurrency_limits/filter", json={}).json()
+    }
     assert {tag: stored.get(tag) for tag in expected} == expected
 
 
 def test_no_secret_value_is_in_any_container_environment(stack):
     values = [(stack.secrets_dir / spec.filename).read_text().strip() for spec in SECRETS]
     container_ids = [entry["ID"] for entry in stack.services().values()]
-    inspected = json.loads(subprocess.run(["docker", "inspect", *container_ids], capture_output=True, text=True, check=True).stdout)
+    inspected = json.loads(
+        subprocess.run(["docker", "inspect", *container_ids], capture_output=True, text=True, check=True).stdout
+    )
     for container in inspected:
         environment = "\n".join(container["Config"]["Env"] or []) + " ".join(container["Config"]["Cmd"] or [])
         assert not [v for v in values if v in environment], f"a secret value is in {container['Name']}'s environment"
@@ -138,7 +158,9 @@ def test_the_prefect_api_refuses_every_request_without_the_auth_string_through_t
     for method, path, body in UNAUTHENTICATED_PREFECT_CALLS:
         for auth in (None, ("archiver", "wrong"), ("", "")):
             response = httpx.request(method, f"{stack.prefect_api}{path}", json=body, auth=auth, timeout=30)
-            assert response.status_code == 401, f"{method} {path} with {auth}: {response.status_code} {response.text[:300]}"
+            assert response.status_code == 401, (
+                f"{method} {path} with {auth}: {response.status_code} {response.text[:300]}"
+            )
     assert stack.prefect("GET", "/variables/name/lts_storage_root").json()["value"] == stack.lts_root
     # The probe stays open: compose's healthcheck and a load balancer need no secret.
     assert httpx.get(f"{stack.prefect_api}/health", timeout=30).status_code == 200
@@ -154,7 +176,9 @@ def test_the_prefect_ui_asks_for_the_login_and_then_renders_the_dashboard_throug
         text = page_text(page, f"{ui}/dashboard", ["Dashboard", "Flow Runs"])
         screenshot(page, tmp_path, "prefect-dashboard")
         assert "Flow Runs" in text, text[:2000]
-        assert not re.search(r"\b(error|failed to fetch|not found|authentication failed)\b", text, flags=re.I), text[:2000]
+        assert not re.search(r"\b(error|failed to fetch|not found|authentication failed)\b", text, flags=re.I), text[
+            :2000
+        ]
 
         # The work-pools page lists what the UI fetched from /prefect-ui/api through the proxy.
         text = page_text(page, f"{ui}/work-pools", list(POOL_TEMPLATES))
@@ -173,14 +197,18 @@ def test_the_flows_deployment_one_shot_registers_the_deployments(stack):
         assert variables["image"] == stack.env["ARCHIVER_IMAGE"]
         assert variables["image_pull_policy"] == "Never"
         assert variables["networks"] == [stack.env["STACK_NETWORK"]]
-        assert variables["volumes"] == [f"{stack.env['LTS_VOLUME_NAME']}:{load_vars_file(REPO / 'prefect-vars.toml').lts.storage_root}"]
+        assert variables["volumes"] == [
+            f"{stack.env['LTS_VOLUME_NAME']}:{load_vars_file(REPO / 'prefect-vars.toml').lts.storage_root}"
+        ]
         heartbeat = load_vars_file(REPO / "prefect-vars.toml").archiver.heartbeat_s
         assert variables["env"] == {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(heartbeat), **FLOW_RUN_ENVIRONMENT}
 
 
 def _deployments_by_flow_name(stack) -> dict[str, dict]:
     flows = {f["id"]: f["name"] for f in stack.prefect("POST", "/flows/filter", json={}).json()}
-    return {f"{flows[d['flow_id']]}/{d['name']}": d for d in stack.prefect("POST", "/deployments/filter", json={}).json()}
+    return {
+        f"{flows[d['flow_id']]}/{d['name']}": d for d in stack.prefect("POST", "/deployments/filter", json={}).json()
+    }
 
 
 def test_the_archiver_api_answers_behind_the_proxy_under_its_root_path(stack):
@@ -197,9 +225,15 @@ def test_the_scicat_development_server_is_published_and_logs_in_the_seeded_accou
     assert httpx.get(f"{stack.scicat_url}/dev/health", timeout=10).json() == {"ok": True}
     stored = {
         d["name"]: d["data"]["value"]
-        for d in stack.prefect("POST", "/block_documents/filter",
-                               json={"block_types": {"slug": {"any_": ["secret"]}}, "include_secrets": True}).json()
+        for d in stack.prefect(
+            "POST",
+            "/block_documents/filter",
+            json={"block_types": {"slug": {"any_": ["secret"]}}, "include_secrets": True},
+        ).json()
     }
-    login = httpx.post(f"{stack.scicat_url}/api/v3/auth/login", timeout=10,
-                       json={"username": stored["scicat-user"], "password": stored["scicat-password"]})
+    login = httpx.post(
+        f"{stack.scicat_url}/api/v3/auth/login",
+        timeout=10,
+        json={"username": stored["scicat-user"], "password": stored["scicat-password"]},
+    )
     assert login.status_code == 201, login.text

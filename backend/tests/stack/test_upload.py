@@ -26,9 +26,12 @@ MIB = 2**20
 
 def _user_token(stack, groups: list[str]) -> str:
     name, password = f"uploader-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
-    httpx.post(f"{stack.scicat_url}/dev/users", json={"username": name, "password": password, "groups": groups},
-               timeout=30).raise_for_status()
-    answer = httpx.post(f"{stack.scicat_url}/api/v3/auth/login", json={"username": name, "password": password}, timeout=30)
+    httpx.post(
+        f"{stack.scicat_url}/dev/users", json={"username": name, "password": password, "groups": groups}, timeout=30
+    ).raise_for_status()
+    answer = httpx.post(
+        f"{stack.scicat_url}/api/v3/auth/login", json={"username": name, "password": password}, timeout=30
+    )
     return answer.raise_for_status().json()["access_token"]
 
 
@@ -40,20 +43,45 @@ def test_archiver_upload_through_the_proxy_then_archive_and_retrieve(stack, oper
         (root / path).parent.mkdir(parents=True, exist_ok=True)
         (root / path).write_bytes(data)
     total = sum(len(d) for d in contents.values())
-    pid = operator.scicat.create_dataset(new_raw_dataset("uploaders", "uploaded dataset", size=total,
-                                                         number_of_files=len(contents))).pid
-    operator.scicat.create_origdatablock(pid, NewOrigDatablock(size=total, chk_alg="sha256", data_file_list=[
-        DataFile(path=p, size=len(d), time=datetime.now(UTC), chk=hashlib.sha256(d).hexdigest())
-        for p, d in contents.items()]))
+    pid = operator.scicat.create_dataset(
+        new_raw_dataset("uploaders", "uploaded dataset", size=total, number_of_files=len(contents))
+    ).pid
+    operator.scicat.create_origdatablock(
+        pid,
+        NewOrigDatablock(
+            size=total,
+            chk_alg="sha256",
+            data_file_list=[
+                DataFile(path=p, size=len(d), time=datetime.now(UTC), chk=hashlib.sha256(d).hexdigest())
+                for p, d in contents.items()
+            ],
+        ),
+    )
     operator.originals[pid] = contents
     token_file = tmp_path / "token"
     token_file.write_text(_user_token(stack, ["uploaders"]))
     since = stack.scicat_requests()[-1]["seq"]
 
     upload = subprocess.run(
-        [sys.executable, "-m", "archiver.cli", "upload", pid, str(root / "raw"), "--root", str(root),
-         "--api-url", f"{stack.base_url}/api/v1", "--token-file", str(token_file), "--archive"],
-        capture_output=True, text=True, timeout=600, env={k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
+        [
+            sys.executable,
+            "-m",
+            "archiver.cli",
+            "upload",
+            pid,
+            str(root / "raw"),
+            "--root",
+            str(root),
+            "--api-url",
+            f"{stack.base_url}/api/v1",
+            "--token-file",
+            str(token_file),
+            "--archive",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
     )
 
     assert upload.returncode == 0, upload.stderr

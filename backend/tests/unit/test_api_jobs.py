@@ -69,8 +69,14 @@ def test_no_dataset_list_leaves_the_lookup_to_the_flow():
 
 @pytest.mark.parametrize(
     ("pid", "says"),
-    [("a\x00b", r"'a\x00b'"), ("\ud800", "non-printable"), ("a\u200bb", "non-printable"), ("..", "'..'"),
-     ("x" * (MAX_PID_LENGTH + 1), f"longer than {MAX_PID_LENGTH}"), (None, "must be a string")],
+    [
+        ("a\x00b", r"'a\x00b'"),
+        ("\ud800", "non-printable"),
+        ("a\u200bb", "non-printable"),
+        ("..", "'..'"),
+        ("x" * (MAX_PID_LENGTH + 1), f"longer than {MAX_PID_LENGTH}"),
+        (None, "must be a string"),
+    ],
 )
 def test_bad_pid_is_422_naming_entry_and_value(pid, says):
     with pytest.raises(HTTPException) as raised:
@@ -88,9 +94,12 @@ def test_too_many_datasets_is_422_naming_the_setting():
 
 @pytest.mark.parametrize(
     ("body", "status", "says"),
-    [(b'{"id": "%s", "type": "delete"}' % str(uuid.uuid4()).encode(), 400, "'delete'"),
-     (b'{"id": "nope", "type": "archive"}', 422, "'nope'"),
-     (b"[1]", 422, "not an object"), (b"{", 422, "not JSON")],
+    [
+        (b'{"id": "%s", "type": "delete"}' % str(uuid.uuid4()).encode(), 400, "'delete'"),
+        (b'{"id": "nope", "type": "archive"}', 422, "'nope'"),
+        (b"[1]", 422, "not an object"),
+        (b"{", 422, "not JSON"),
+    ],
 )
 def test_malformed_job_is_refused_naming_the_problem(body, status, says):
     with pytest.raises(HTTPException) as raised:
@@ -106,12 +115,15 @@ def test_files_of_a_retrieve_job_per_dataset():
     assert dataset_files(_job([{"pid": "20.500/a", "files": []}])) is None
 
 
-@pytest.mark.parametrize(("files", "says"), [
-    (["../etc/passwd"], "files[0]: file path '../etc/passwd'"),
-    (["ok.bin", "/abs"], "files[1]: file path '/abs' is an absolute path"),
-    ([3], "files[0]: a file path must be a printable string"),
-    ("x.bin", "files must be a list of file paths"),
-])
+@pytest.mark.parametrize(
+    ("files", "says"),
+    [
+        (["../etc/passwd"], "files[0]: file path '../etc/passwd'"),
+        (["ok.bin", "/abs"], "files[1]: file path '/abs' is an absolute path"),
+        ([3], "files[0]: a file path must be a printable string"),
+        ("x.bin", "files must be a list of file paths"),
+    ],
+)
 def test_bad_file_path_is_422_naming_entry_and_value(files, says):
     from archiver.api.jobs import dataset_files
 

@@ -19,8 +19,10 @@ MB = 1024 * 1024
 def simulate(sizes: dict[str, int], budget: int, period_days: int, days: int) -> dict[str, list[datetime]]:
     """Daily audit runs over `days` days: returns when each datablock was verified, starting with its
     verification before the first run. Time moves by arithmetic."""
-    last = {archive_id: START - timedelta(days=random.Random(archive_id).randint(0, period_days - 1))
-            for archive_id in sizes}  # as if archived at random times during the last period
+    last = {
+        archive_id: START - timedelta(days=random.Random(archive_id).randint(0, period_days - 1))
+        for archive_id in sizes
+    }  # as if archived at random times during the last period
     verified = {archive_id: [when] for archive_id, when in last.items()}
     for day in range(days):
         now = START + timedelta(days=day)
@@ -65,8 +67,16 @@ def write_manifest(lts_root, pid: str, index: int, chk: str, created: datetime) 
     tar = naming.datablock_path(lts_root, archive_id)
     tar.parent.mkdir(parents=True, exist_ok=True)
     tar.write_bytes(b"x" * 1024)
-    manifest = Manifest(datasetId=pid, archiveId=archive_id, size=0, packedSize=1024, chkAlg="sha256",
-                        dataFileList=[], chk=chk, created=created.isoformat())
+    manifest = Manifest(
+        datasetId=pid,
+        archiveId=archive_id,
+        size=0,
+        packedSize=1024,
+        chkAlg="sha256",
+        dataFileList=[],
+        chk=chk,
+        created=created.isoformat(),
+    )
     path = naming.manifest_path(tar)
     write_json_durably(path, manifest.model_dump_json(), naming.partial_path(path))
     return archive_id
@@ -93,26 +103,35 @@ def test_consistency_names_dark_lost_and_leftovers(tmp_path, registered):
     pid = "20.500.11935/c"
     settled, fresh = START - timedelta(hours=49), START - timedelta(hours=1)
     dataset = audit.DatasetOnLts(
-        pid, tars={"a.tar": 10, "b.tar": 20, "e.tar": 30, "f.tar": 40}, manifests={"a.tar", "c.tar", "e.tar", "g.tar"},
+        pid,
+        tars={"a.tar": 10, "b.tar": 20, "e.tar": 30, "f.tar": 40},
+        manifests={"a.tar", "c.tar", "e.tar", "g.tar"},
         partials={"p.tar.partial": settled, "fresh.tar.partial": fresh},
         discarded={"d/old": START - timedelta(days=31), "d/new": START - timedelta(days=2)},
         # e, f and g: what a live archival is in the middle of (not registered yet, tar not renamed yet)
         changed={"a.tar": settled, "b.tar": settled, "c.tar": settled, "e.tar": fresh, "f.tar": fresh, "g.tar": fresh},
     )
-    findings = audit.consistency_findings(dataset, registered, now=START, partial_age=timedelta(hours=48),
-                                          discarded_retention=timedelta(days=30))
+    findings = audit.consistency_findings(
+        dataset, registered, now=START, partial_age=timedelta(hours=48), discarded_retention=timedelta(days=30)
+    )
     kinds = sorted((f.kind, f.what) for f in findings)
-    assert kinds == [("dark", "a.tar"), ("dark", "b.tar"), ("discarded-past-retention", "d/old"),
-                     ("manifest-without-tar", "c.tar"), ("stale-partial", "p.tar.partial"),
-                     ("tar-without-manifest", "b.tar")]
+    assert kinds == [
+        ("dark", "a.tar"),
+        ("dark", "b.tar"),
+        ("discarded-past-retention", "d/old"),
+        ("manifest-without-tar", "c.tar"),
+        ("stale-partial", "p.tar.partial"),
+        ("tar-without-manifest", "b.tar"),
+    ]
     assert all(f.pid == pid for f in findings)
 
 
 def test_consistency_names_lost_and_resized_datablocks():
     dataset = audit.DatasetOnLts("p", tars={"a.tar": 10}, manifests={"a.tar"}, changed={"a.tar": START})
     registered = [{"archiveId": "a.tar", "packedSize": 11}, {"archiveId": "gone.tar", "packedSize": 5}]
-    findings = audit.consistency_findings(dataset, registered, now=START, partial_age=timedelta(hours=1),
-                                          discarded_retention=timedelta(days=1))
+    findings = audit.consistency_findings(
+        dataset, registered, now=START, partial_age=timedelta(hours=1), discarded_retention=timedelta(days=1)
+    )
     assert [(f.kind, f.what, f.detail) for f in findings] == [
         ("lost", "a.tar", "the tar has 10 bytes, SciCat records 11"),
         ("lost", "gone.tar", "registered in SciCat (5 bytes), no tar on the LTS"),
@@ -120,13 +139,16 @@ def test_consistency_names_lost_and_resized_datablocks():
 
 
 def test_consistency_names_a_datablock_registered_more_than_once():
-    dataset = audit.DatasetOnLts("p", tars={"a.tar": 10, "b.tar": 20}, manifests={"a.tar", "b.tar"},
-                                 changed={"a.tar": START, "b.tar": START})
+    dataset = audit.DatasetOnLts(
+        "p", tars={"a.tar": 10, "b.tar": 20}, manifests={"a.tar", "b.tar"}, changed={"a.tar": START, "b.tar": START}
+    )
     registered = [{"archiveId": "a.tar", "packedSize": 10}] * 3 + [{"archiveId": "b.tar", "packedSize": 20}]
-    findings = audit.consistency_findings(dataset, registered, now=START, partial_age=timedelta(hours=1),
-                                          discarded_retention=timedelta(days=1))
+    findings = audit.consistency_findings(
+        dataset, registered, now=START, partial_age=timedelta(hours=1), discarded_retention=timedelta(days=1)
+    )
     assert [(f.kind, f.what, f.detail) for f in findings] == [
-        ("duplicate-registration", "a.tar", "registered 3 times in SciCat; delete all but one record")]
+        ("duplicate-registration", "a.tar", "registered 3 times in SciCat; delete all but one record")
+    ]
 
 
 def test_the_audit_deployment_is_scheduled_from_lts_audit_cron_both_ways():
@@ -138,7 +160,9 @@ def test_the_audit_deployment_is_scheduled_from_lts_audit_cron_both_ways():
 
     repo = Path(__file__).resolve().parents[3]
     settings = load_vars_file(repo / "prefect-vars.toml")
-    [spec] = [d for d in yaml.safe_load((repo / "prefect.yaml").read_text())["deployments"] if d["name"] == "lts_auditing"]
+    [spec] = [
+        d for d in yaml.safe_load((repo / "prefect.yaml").read_text())["deployments"] if d["name"] == "lts_auditing"
+    ]
     assert spec["entrypoint"].split()[0] == "backend/archiver/flows/audit.py:lts_audit"
     assert spec["schedules"] == [{"cron": "{{ $LTS_AUDIT_CRON }}", "timezone": "UTC"}]
     assert "LTS_AUDIT_CRON" in (repo / "backend/docker/deploy-flows.sh").read_text()
@@ -166,8 +190,11 @@ def test_scicats_datablocks_beyond_the_inventory_are_lost_when_missing_resized_o
     found = list(audit.lost_beyond_inventory(tmp_path, iter(registered), {"inventoried/x"}))
 
     assert [(f.kind, f.pid, f.what) for f in found] == [
-        ("lost", kept, naming.archive_id(kept, 0)), ("lost", kept, naming.archive_id(kept, 1)),
-        ("lost", gone, naming.archive_id(gone, 0)), ("lost", elsewhere, naming.archive_id(kept, 0))]
+        ("lost", kept, naming.archive_id(kept, 0)),
+        ("lost", kept, naming.archive_id(kept, 1)),
+        ("lost", gone, naming.archive_id(gone, 0)),
+        ("lost", elsewhere, naming.archive_id(kept, 0)),
+    ]
     assert found[0].detail == "the tar has 10 bytes, SciCat records 11"
     assert found[1].detail == "registered in SciCat (20 bytes), no tar on the LTS"
     assert found[2].detail.endswith("no tar on the LTS; the dataset's folder is not on the LTS")

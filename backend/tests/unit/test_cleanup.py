@@ -122,8 +122,9 @@ def test_partial_files_of_dead_writers_are_removed_never_a_live_writers(tmp_path
     live = folder / "x_00002.tar.partial"
     finished = Path(naming.datablock_path(tmp_path, datablock(tmp_path, pid, 1)))
 
-    writer = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(tmp_path), pid, str(live)],
-                              stdout=subprocess.PIPE, text=True)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(tmp_path), pid, str(live)], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert writer.stdout.readline().split() == ["removed", dead_runs.name]
         assert not dead_runs.exists()
@@ -162,8 +163,7 @@ def test_prune_keeps_the_only_copy_of_a_registered_datablock(tmp_path):
     (holding_a_copy / Path(still_there).name).write_bytes(b"copy")
     asked = []
 
-    found = prune_discarded(tmp_path, 30, now=NOW,
-                            registered=lambda p: asked.append(p) or [moved_aside, still_there])
+    found = prune_discarded(tmp_path, 30, now=NOW, registered=lambda p: asked.append(p) or [moved_aside, still_there])
 
     assert asked == [pid]
     assert [(f.path, f.kept_because) for f in found] == [

@@ -11,15 +11,31 @@ import pytest
 
 from archiver.cli import main
 
-SUBCOMMANDS = [["config"], ["secrets", "init"], ["api"], ["job"], ["limits", "reconcile"], ["lts", "prune-discarded"],
-               ["serve"], ["dev"], ["scicat-dev"], ["audit"]]
+SUBCOMMANDS = [
+    ["config"],
+    ["secrets", "init"],
+    ["api"],
+    ["job"],
+    ["limits", "reconcile"],
+    ["lts", "prune-discarded"],
+    ["serve"],
+    ["dev"],
+    ["scicat-dev"],
+    ["audit"],
+]
 
 
 def archiver(*args: str, tmp_path, **env: str) -> subprocess.CompletedProcess:
     """The command as a user runs it: its own process, no Prefect profile or PREFECT_* of this session."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    return subprocess.run([sys.executable, "-m", "archiver.cli", *args], capture_output=True, text=True, timeout=120,
-                          cwd=tmp_path, env={**clean, "PREFECT_HOME": str(tmp_path / "prefect-home"), **env})
+    return subprocess.run(
+        [sys.executable, "-m", "archiver.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**clean, "PREFECT_HOME": str(tmp_path / "prefect-home"), **env},
+    )
 
 
 def test_version_names_the_package_and_prefect(capsys):
@@ -41,8 +57,9 @@ def test_every_subcommand_says_what_it_does_and_its_defaults(argv, capsys):
         assert len(line.split()) > 2 or text.split(line, 1)[1].splitlines()[1].startswith(" " * 20), text
 
 
-@pytest.mark.parametrize("argv", [["config"], ["limits", "reconcile"], ["serve"], ["job", "archive", "x/y"], ["audit"]],
-                         ids=" ".join)
+@pytest.mark.parametrize(
+    "argv", [["config"], ["limits", "reconcile"], ["serve"], ["job", "archive", "x/y"], ["audit"]], ids=" ".join
+)
 def test_prefect_commands_refuse_to_run_without_prefect_api_url(argv, tmp_path):
     result = archiver(*argv, tmp_path=tmp_path)
     assert result.returncode == 2
@@ -52,8 +69,9 @@ def test_prefect_commands_refuse_to_run_without_prefect_api_url(argv, tmp_path):
 
 def test_unreachable_prefect_is_one_line_naming_it_without_traceback(tmp_path):
     url = "http://127.0.0.1:9/api"  # discard port: nothing listens
-    result = archiver("limits", "reconcile", "--limits", str(_limits_file(tmp_path)), tmp_path=tmp_path,
-                      PREFECT_API_URL=url)
+    result = archiver(
+        "limits", "reconcile", "--limits", str(_limits_file(tmp_path)), tmp_path=tmp_path, PREFECT_API_URL=url
+    )
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr and result.stderr.count("\n") <= 2, result.stderr
     assert "Prefect API unreachable" in result.stderr and url in result.stderr

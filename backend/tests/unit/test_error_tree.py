@@ -26,8 +26,11 @@ def error_classes_of_the_package() -> list[type[BaseException]]:
     found = []
     for module_info in pkgutil.walk_packages(archiver.__path__, "archiver."):
         module = importlib.import_module(module_info.name)
-        found += [cls for _, cls in inspect.getmembers(module, inspect.isclass)
-                  if issubclass(cls, BaseException) and cls.__module__ == module.__name__]
+        found += [
+            cls
+            for _, cls in inspect.getmembers(module, inspect.isclass)
+            if issubclass(cls, BaseException) and cls.__module__ == module.__name__
+        ]
     return found
 
 
@@ -37,29 +40,35 @@ def test_every_error_class_of_the_package_is_on_the_tree():
     assert [c.__qualname__ for c in classes if not issubclass(c, ArchiverError)] == []
 
 
-@pytest.mark.parametrize("error, verdict", [
-    (MissingFilesError("20.500.11935/a", ["raw/x.bin"]), Verdict.USER),
-    (InvalidPidError("a PID with ../ in it"), Verdict.USER),
-    (NoDatasetsError("job-1"), Verdict.USER),
-    (FULL_BUCKET, Verdict.TRY_LATER),
-    (RetrievalBusyError("another run holds the dataset"), Verdict.TRY_LATER),
-    (DatasetBusyError("another run archives the dataset"), Verdict.TRY_LATER),
-    (IntegrityError("datablock x", ["checksum differs"]), Verdict.SYSTEM),
-    (LtsWaitTimeout("the LTS file stayed offline"), Verdict.SYSTEM),
-    (OSError(5, "Input/output error"), Verdict.SYSTEM),
-])
+@pytest.mark.parametrize(
+    "error, verdict",
+    [
+        (MissingFilesError("20.500.11935/a", ["raw/x.bin"]), Verdict.USER),
+        (InvalidPidError("a PID with ../ in it"), Verdict.USER),
+        (NoDatasetsError("job-1"), Verdict.USER),
+        (FULL_BUCKET, Verdict.TRY_LATER),
+        (RetrievalBusyError("another run holds the dataset"), Verdict.TRY_LATER),
+        (DatasetBusyError("another run archives the dataset"), Verdict.TRY_LATER),
+        (IntegrityError("datablock x", ["checksum differs"]), Verdict.SYSTEM),
+        (LtsWaitTimeout("the LTS file stayed offline"), Verdict.SYSTEM),
+        (OSError(5, "Input/output error"), Verdict.SYSTEM),
+    ],
+)
 def test_each_error_has_its_verdict(error, verdict):
     assert verdict_of(error) is verdict
 
 
-@pytest.mark.parametrize("error, retried", [
-    (FULL_BUCKET, False),  # it stays full for the seconds between tries
-    (MissingFilesError("20.500.11935/a", ["raw/x.bin"]), False),
-    (IntegrityError("datablock x", ["checksum differs"]), False),
-    (OSError(28, "No space left on device"), False),
-    (LtsWaitTimeout("the LTS file stayed offline"), True),
-    (OSError(5, "Input/output error"), True),
-])
+@pytest.mark.parametrize(
+    "error, retried",
+    [
+        (FULL_BUCKET, False),  # it stays full for the seconds between tries
+        (MissingFilesError("20.500.11935/a", ["raw/x.bin"]), False),
+        (IntegrityError("datablock x", ["checksum differs"]), False),
+        (OSError(28, "No space left on device"), False),
+        (LtsWaitTimeout("the LTS file stayed offline"), True),
+        (OSError(5, "Input/output error"), True),
+    ],
+)
 def test_a_storage_task_retries_only_passing_system_faults(error, retried):
     assert _may_recover(None, None, Failed(data=error)) is retried
 
@@ -70,7 +79,9 @@ def test_a_full_retrieval_bucket_finishes_the_job_with_dataset_errors_described_
 
 
 def test_one_system_fault_among_user_errors_fails_the_job():
-    failures = {"20.500.11935/a": MissingFilesError("20.500.11935/a", ["raw/x.bin"]),
-                "20.500.11935/b": IntegrityError("datablock y", ["size differs"])}
+    failures = {
+        "20.500.11935/a": MissingFilesError("20.500.11935/a", ["raw/x.bin"]),
+        "20.500.11935/b": IntegrityError("datablock y", ["size differs"]),
+    }
     assert job_verdict(failures) is JobStatus.FINISHED_UNSUCCESSFUL
     assert job_verdict({"20.500.11935/a": failures["20.500.11935/a"]}) is JobStatus.FINISHED_WITH_DATASET_ERRORS

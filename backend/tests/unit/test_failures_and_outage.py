@@ -77,8 +77,11 @@ def test_call_prefect_rides_out_an_api_that_comes_back():
     comes_back = threading.Timer(3, lambda: threading.Thread(target=server.serve_forever, daemon=True).start())
     comes_back.start()
     try:
-        response = call_prefect(lambda: httpx.get(f"http://127.0.0.1:{port}/", timeout=1).raise_for_status(),
-                                "read the flow run", max_wait_s=60)
+        response = call_prefect(
+            lambda: httpx.get(f"http://127.0.0.1:{port}/", timeout=1).raise_for_status(),
+            "read the flow run",
+            max_wait_s=60,
+        )
         assert response.status_code == 200
     finally:
         comes_back.join()
@@ -139,13 +142,16 @@ def test_prefect_clients_retry_a_500_only_where_repeating_is_safe():
     server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), _DatabaseRestarting)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        with temporary_settings({PREFECT_CLIENT_MAX_RETRIES: 2}), \
-                PrefectHttpxSyncClient(base_url=f"http://127.0.0.1:{server.server_port}/api") as client:
+        with (
+            temporary_settings({PREFECT_CLIENT_MAX_RETRIES: 2}),
+            PrefectHttpxSyncClient(base_url=f"http://127.0.0.1:{server.server_port}/api") as client,
+        ):
             assert client.post("/v2/concurrency_limits/decrement-with-lease", json={}).status_code == 200
             assert client.get("/flow_runs/x").status_code == 200
             with pytest.raises(PrefectHTTPStatusError, match="500"):
                 client.post("/flow_runs/", json={})  # creating: a 500 may follow a commit, so not repeated
     finally:
         server.shutdown()
-    assert _DatabaseRestarting.seen == ["/api/v2/concurrency_limits/decrement-with-lease"] * 2 + ["/api/flow_runs/x"] * 2 + [
-        "/api/flow_runs/"]
+    assert _DatabaseRestarting.seen == ["/api/v2/concurrency_limits/decrement-with-lease"] * 2 + [
+        "/api/flow_runs/x"
+    ] * 2 + ["/api/flow_runs/"]

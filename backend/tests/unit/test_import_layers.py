@@ -81,8 +81,10 @@ def layer_violations(package: Path = PACKAGE) -> list[str]:
             if target_unit == source_unit:
                 continue
             if DEPTH[target_unit] <= DEPTH[source_unit] or (source_unit, target_unit) in APART:
-                violations.append(f"{path.relative_to(package.parent)}:{line} ({source_unit}) imports {target} "
-                                  f"({target_unit}), which is not below it or is kept apart from it")
+                violations.append(
+                    f"{path.relative_to(package.parent)}:{line} ({source_unit}) imports {target} "
+                    f"({target_unit}), which is not below it or is kept apart from it"
+                )
     return violations
 
 
@@ -103,11 +105,14 @@ def test_an_upward_import_is_reported(tmp_path):
     assert [v.split(" (")[0] for v in layer_violations(package)] == ["archiver/config/settings.py:2"]
 
 
-@pytest.mark.parametrize("source, expected", [
-    ("from archiver import local_services", "archiver.local_services"),
-    ("import archiver.flows.serve", "archiver.flows.serve"),
-    ("from ..storage import s3", "archiver.storage"),
-])
+@pytest.mark.parametrize(
+    "source, expected",
+    [
+        ("from archiver import local_services", "archiver.local_services"),
+        ("import archiver.flows.serve", "archiver.flows.serve"),
+        ("from ..storage import s3", "archiver.storage"),
+    ],
+)
 def test_each_spelling_of_an_import_is_read(source, expected):
     assert [name for _, name in imported_modules(ast.parse(source), "archiver.packing.archive")] == [expected]
 

@@ -16,8 +16,10 @@ def _dotenv() -> dict[str, str]:
 def test_the_limits_of_dot_env_are_read_and_match_the_defaults_of_prefect_yaml():
     deployments = {d["name"]: d for d in yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]}
     limits = job_limits(_dotenv())
-    assert limits == {"archive": deployments["datasets_archival"]["concurrency_limit"]["limit"],
-                      "retrieve": deployments["datasets_retrieval"]["concurrency_limit"]["limit"]}
+    assert limits == {
+        "archive": deployments["datasets_archival"]["concurrency_limit"]["limit"],
+        "retrieve": deployments["datasets_retrieval"]["concurrency_limit"]["limit"],
+    }
     for name in ("datasets_archival", "datasets_retrieval"):
         assert deployments[name]["concurrency_limit"]["collision_strategy"] == "ENQUEUE"
 

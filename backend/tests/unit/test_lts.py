@@ -25,8 +25,14 @@ def test_free_space_wait_times_out_with_a_message_naming_path_threshold_and_sett
     sleeps = []
     start = time.monotonic()
     with pytest.raises(LtsWaitTimeout) as e:
-        wait_for_free_space(tmp_path, 99.9999, timeout_s=0.7, first_interval_s=0.1, max_interval_s=0.2,
-                            sleep=lambda s: (sleeps.append(s), time.sleep(s)))
+        wait_for_free_space(
+            tmp_path,
+            99.9999,
+            timeout_s=0.7,
+            first_interval_s=0.1,
+            max_interval_s=0.2,
+            sleep=lambda s: (sleeps.append(s), time.sleep(s)),
+        )
     assert 0.6 < time.monotonic() - start < 3
     message = str(e.value)
     assert str(tmp_path) in message and "99.9999%" in message

@@ -30,7 +30,9 @@ def test_safe_name_is_one_segment_and_reversible(pid):
     assert naming.pid_from_safe_name(name) == pid
 
 
-@pytest.mark.parametrize("pid", ["", "..", "../x", "a/../b", "a/..", "/abs", "a//b", "a/./b", "nul\0x", "tab\tx", "cr\rx", "back\\slash"])
+@pytest.mark.parametrize(
+    "pid", ["", "..", "../x", "a/../b", "a/..", "/abs", "a//b", "a/./b", "nul\0x", "tab\tx", "cr\rx", "back\\slash"]
+)
 def test_bad_pids_are_refused_naming_the_value(pid):
     with pytest.raises(InvalidNameError) as e:
         naming.landing_prefix(pid)
@@ -57,17 +59,27 @@ def test_archive_ids_belong_to_their_dataset():
 
 def test_layout():
     assert naming.landing_prefix(PID) == f"openem-network/datasets/{PID}/raw_files/"
-    assert naming.datablocks_folder(Path("/lts"), PID) == Path("/lts/openem-network/datasets/20.500.11935%2F0a1b-c2d3/datablocks")
+    assert naming.datablocks_folder(Path("/lts"), PID) == Path(
+        "/lts/openem-network/datasets/20.500.11935%2F0a1b-c2d3/datablocks"
+    )
     archive_id = naming.archive_id(PID, 3)
-    assert archive_id == "openem-network/datasets/20.500.11935%2F0a1b-c2d3/datablocks/20.500.11935%2F0a1b-c2d3_00003.tar"
+    assert (
+        archive_id == "openem-network/datasets/20.500.11935%2F0a1b-c2d3/datablocks/20.500.11935%2F0a1b-c2d3_00003.tar"
+    )
     assert naming.datablock_path(Path("/lts"), archive_id).parent == naming.datablocks_folder(Path("/lts"), PID)
     assert naming.retrieval_key(archive_id).startswith(naming.retrieval_prefix(PID))
 
 
-@pytest.mark.parametrize("archive_id", [
-    "../etc/passwd", "/lts/x.tar", "openem-network/datasets/x/datablocks/../../../y.tar",
-    "openem-network/datasets/x/other/y.tar", "openem-network/datasets/x/datablocks/y.txt",
-])
+@pytest.mark.parametrize(
+    "archive_id",
+    [
+        "../etc/passwd",
+        "/lts/x.tar",
+        "openem-network/datasets/x/datablocks/../../../y.tar",
+        "openem-network/datasets/x/other/y.tar",
+        "openem-network/datasets/x/datablocks/y.txt",
+    ],
+)
 def test_archive_ids_outside_the_datasets_folder_are_refused(archive_id):
     with pytest.raises(InvalidNameError):
         naming.datablock_path(Path("/lts"), archive_id)
@@ -80,9 +92,14 @@ def test_plan_keeps_order_and_target_size_and_gives_big_files_their_own_block():
     assert [f.path for b in blocks for f in b.files] == [f.path for f in files]
     assert [b.index for b in blocks] == list(range(len(blocks)))
     assert [[f.path for f in b.files] for b in blocks] == [
-        ["f00", "f01", "f02"], ["f03"], ["huge"], ["f04", "f05", "f06"], ["f07", "f08", "f09"],
+        ["f00", "f01", "f02"],
+        ["f03"],
+        ["huge"],
+        ["f04", "f05", "f06"],
+        ["f07", "f08", "f09"],
     ]  # 3 x (300000 + headers) fit in 1000000, 4 do not; order is never changed
     assert all(b.packed_size <= 1_000_000 for b in blocks if b.files[0].path != "huge")
+
 
 def test_planned_packed_size_matches_the_tar_layout():
     f = source("a/" + "long" * 40 + ".bin", 1000)
@@ -94,8 +111,13 @@ def test_planned_packed_size_matches_the_tar_layout():
 
 def listed(*entries: tuple) -> dict[str, ListedFile]:
     """(path, size) or (path, size, sha256 value) entries as listed_by_path indexes them."""
-    return listed_by_path(PID, [ListedFile(e[0], e[1], ListedChecksum(algorithm="sha256", value=e[2]) if len(e) > 2
-                                           else None) for e in entries])
+    return listed_by_path(
+        PID,
+        [
+            ListedFile(e[0], e[1], ListedChecksum(algorithm="sha256", value=e[2]) if len(e) > 2 else None)
+            for e in entries
+        ],
+    )
 
 
 def test_expected_files_missing_or_resized_are_user_errors_naming_every_file():
@@ -116,10 +138,20 @@ def test_a_path_listed_twice_must_say_the_same_both_times():
 
 
 def manifest_of(index: int, *files: SourceFile, chk: str = "c") -> Manifest:
-    members = [DataFileRecord(path=f.path, size=f.size, time=f.modified.isoformat(), chk=chk, uid="0", gid="0",
-                              perm="0644") for f in files]
-    return Manifest(datasetId=PID, archiveId=naming.archive_id(PID, index), size=sum(f.size for f in files),
-                    packedSize=1024, chkAlg="sha256", dataFileList=members, chk="t", created=WHEN.isoformat())
+    members = [
+        DataFileRecord(path=f.path, size=f.size, time=f.modified.isoformat(), chk=chk, uid="0", gid="0", perm="0644")
+        for f in files
+    ]
+    return Manifest(
+        datasetId=PID,
+        archiveId=naming.archive_id(PID, index),
+        size=sum(f.size for f in files),
+        packedSize=1024,
+        chkAlg="sha256",
+        dataFileList=members,
+        chk="t",
+        created=WHEN.isoformat(),
+    )
 
 
 def test_datablocks_on_the_lts_holding_the_same_files_are_reused_and_new_ones_never_take_a_used_name():
@@ -135,16 +167,23 @@ def test_datablocks_on_the_lts_holding_the_same_files_are_reused_and_new_ones_ne
 
 def test_registered_datablocks_are_preferred_when_two_hold_the_same_file():
     a = source("a", 10)
-    plan = plan_dataset_datablocks(PID, [a], {}, [manifest_of(0, a), manifest_of(1, a)], {0, 1}, 10**9,
-                                   registered=[naming.archive_id(PID, 1)])
+    plan = plan_dataset_datablocks(
+        PID, [a], {}, [manifest_of(0, a), manifest_of(1, a)], {0, 1}, 10**9, registered=[naming.archive_id(PID, 1)]
+    )
     assert [m.archiveId for m in plan.reused] == [naming.archive_id(PID, 1)] and plan.new == []
     assert plan.superseded == [naming.archive_id(PID, 0)]
 
 
-@pytest.mark.parametrize(("name", "index"), [
-    ("20.500.11935%2F0a1b-c2d3_00007.tar", 7), ("20.500.11935%2F0a1b-c2d3_00007.manifest.json", 7),
-    ("20.500.11935%2F0a1b-c2d3_123456.tar.partial", 123456), ("20.500.11935%2F0a1b-c2d3_00007.txt", None),
-    ("other_00007.tar", None), ("20.500.11935%2F0a1b-c2d3_x.tar", None),
-])
+@pytest.mark.parametrize(
+    ("name", "index"),
+    [
+        ("20.500.11935%2F0a1b-c2d3_00007.tar", 7),
+        ("20.500.11935%2F0a1b-c2d3_00007.manifest.json", 7),
+        ("20.500.11935%2F0a1b-c2d3_123456.tar.partial", 123456),
+        ("20.500.11935%2F0a1b-c2d3_00007.txt", None),
+        ("other_00007.tar", None),
+        ("20.500.11935%2F0a1b-c2d3_x.tar", None),
+    ],
+)
 def test_datablock_index_is_read_from_every_datablock_file_name_of_the_dataset(name, index):
     assert naming.datablock_index(PID, name) == index

@@ -20,7 +20,10 @@ def test_flow_run_id_taken_from_event_resource_or_plain():
 def test_recovery_trigger_of_prefect_yaml_reacts_to_crashed_and_cancelled_job_runs_only():
     [trigger] = deployment_triggers("job_recovery")
     assert trigger.expect == {"prefect.flow-run.Crashed", "prefect.flow-run.Cancelled"}
-    assert trigger.match_related.model_dump()["prefect.resource.name"] == ["archive_datasetlist", "retrieve_datasetlist"]
+    assert trigger.match_related.model_dump()["prefect.resource.name"] == [
+        "archive_datasetlist",
+        "retrieve_datasetlist",
+    ]
     assert trigger.parameters == {"flow_run_id": "{{ event.resource.id }}"}
     with pytest.raises(ValueError, match="no deployment named 'nope'"):
         deployment_triggers("nope")

@@ -7,8 +7,15 @@ from uuid import uuid4
 from archiver.metrics.history import FinishedRun, _keeping_outcomes
 
 ENDED = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
-COMPLETED_RUN = FinishedRun(id=uuid4(), flow="archive_datasetlist", outcomes=("completed",), end=ENDED,
-                            run_seconds=5.0, queue_wait_seconds=1.0, labels={})
+COMPLETED_RUN = FinishedRun(
+    id=uuid4(),
+    flow="archive_datasetlist",
+    outcomes=("completed",),
+    end=ENDED,
+    run_seconds=5.0,
+    queue_wait_seconds=1.0,
+    labels={},
+)
 
 
 def test_a_completed_run_forced_to_crashed_keeps_its_completion_counted():

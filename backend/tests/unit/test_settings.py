@@ -58,14 +58,16 @@ def test_unknown_key_names_file_section_and_key(tmp_path):
 
 
 def test_unknown_section_is_rejected(tmp_path):
-    path = write(tmp_path, (REPO / "prefect-vars.toml").read_text() + '\n[bogus]\nX = 1\n')
+    path = write(tmp_path, (REPO / "prefect-vars.toml").read_text() + "\n[bogus]\nX = 1\n")
     with pytest.raises(ConfigError, match=r"\[bogus\]: unknown key; expected one of \[archiver\]"):
         load_vars_file(path)
 
 
 def test_wrong_type_names_key_expectation_and_value(tmp_path):
-    text = (REPO / "prefect-vars.toml").read_text().replace(
-        "ARCHIVER_TARGET_SIZE_MB = 20000", 'ARCHIVER_TARGET_SIZE_MB = "big"'
+    text = (
+        (REPO / "prefect-vars.toml")
+        .read_text()
+        .replace("ARCHIVER_TARGET_SIZE_MB = 20000", 'ARCHIVER_TARGET_SIZE_MB = "big"')
     )
     with pytest.raises(ConfigError) as e:
         load_vars_file(write(tmp_path, text))
@@ -84,7 +86,11 @@ def test_missing_required_value(tmp_path):
     [
         ("S3_URL_EXPIRATION_S = 604800", "S3_URL_EXPIRATION_S = 604801", "S3_URL_EXPIRATION_S"),
         ('S3_ENDPOINT = "http://minio:9000"', 'S3_ENDPOINT = "minio:9000"', "S3_ENDPOINT"),
-        ('ARCHIVER_CHECKSUM_ALGORITHM = "sha256"', 'ARCHIVER_CHECKSUM_ALGORITHM = "crc32"', "ARCHIVER_CHECKSUM_ALGORITHM"),
+        (
+            'ARCHIVER_CHECKSUM_ALGORITHM = "sha256"',
+            'ARCHIVER_CHECKSUM_ALGORITHM = "crc32"',
+            "ARCHIVER_CHECKSUM_ALGORITHM",
+        ),
         ("LTS_FREE_SPACE_PERCENTAGE = 20", "LTS_FREE_SPACE_PERCENTAGE = 120", "LTS_FREE_SPACE_PERCENTAGE"),
         ("ARCHIVER_HEARTBEAT_S = 30", "ARCHIVER_HEARTBEAT_S = 20", "ARCHIVER_HEARTBEAT_S"),
         ("ARCHIVER_CRASH_RETRIES = 2", "ARCHIVER_CRASH_RETRIES = -1", "ARCHIVER_CRASH_RETRIES"),
@@ -190,7 +196,11 @@ def test_impossible_scicat_prefix_and_schema_combinations_are_refused(tmp_path, 
 
 
 def test_scicat_v4_jobs_with_v3_datasets_is_accepted(tmp_path):
-    text = (REPO / "prefect-vars.toml").read_text().replace('SCICAT_JOBS_API_PREFIX = "/api/v3/"', 'SCICAT_JOBS_API_PREFIX = "/scicat/api/v4"')
+    text = (
+        (REPO / "prefect-vars.toml")
+        .read_text()
+        .replace('SCICAT_JOBS_API_PREFIX = "/api/v3/"', 'SCICAT_JOBS_API_PREFIX = "/scicat/api/v4"')
+    )
     text = text.replace('SCICAT_JOB_STATUS_SCHEMA = "v3"', 'SCICAT_JOB_STATUS_SCHEMA = "v4"')
     assert load_vars_file(write(tmp_path, text)).scicat.jobs_api_prefix == "/scicat/api/v4"
 
@@ -201,7 +211,9 @@ def _as_written_before_the_s3_names() -> str:
 
 
 def test_a_vars_file_with_the_minio_names_loads_as_with_the_s3_names(tmp_path):
-    assert load_vars_file(write(tmp_path, _as_written_before_the_s3_names())) == load_vars_file(REPO / "prefect-vars.toml")
+    assert load_vars_file(write(tmp_path, _as_written_before_the_s3_names())) == load_vars_file(
+        REPO / "prefect-vars.toml"
+    )
 
 
 def test_minio_names_are_read_from_prefect_variables_and_the_environment_the_s3_names_winning():
@@ -213,4 +225,5 @@ def test_minio_names_are_read_from_prefect_variables_and_the_environment_the_s3_
     assert settings.s3.retrieval_wait_s == 60
     assert settings.s3.landingzone_bucket == current["S3_LANDINGZONE_BUCKET"]
     assert environment_overrides({"MINIO_ENDPOINT": "http://old:9000", "S3_ENDPOINT": "http://new:9000"}) == {
-        "S3_ENDPOINT": "http://new:9000"}
+        "S3_ENDPOINT": "http://new:9000"
+    }

@@ -32,8 +32,9 @@ def test_small_files_keep_the_preferred_part_size_and_too_large_ones_are_refused
         part_size_for(multipart.MAX_OBJECT_SIZE + 1, 64 * MIB)
 
 
-@pytest.mark.parametrize("path", ["../x", "/abs", "a//b", "a\\b", "./a", "a/./b", "a/..", "", "a\x00b", "a\u2028b",
-                                  "x" * 1100])
+@pytest.mark.parametrize(
+    "path", ["../x", "/abs", "a//b", "a\\b", "./a", "a/./b", "a/..", "", "a\x00b", "a\u2028b", "x" * 1100]
+)
 def test_paths_that_could_leave_the_landing_prefix_are_422(path):
     with pytest.raises(HTTPException) as refused:
         checked_path(path, PREFIX)

@@ -12,7 +12,8 @@ import httpx
 import pytest
 
 from archiver.config.settings import load_vars_file
-from tests.stack.test_faults import crash_retries, kill_flow_run_container, poll, wait_mid_archive_write
+from tests.stack.faults import crash_retries, poll, wait_mid_archive_write
+from tests.stack.test_faults import kill_flow_run_container
 
 pytestmark = [pytest.mark.stack, pytest.mark.timeout(1800)]
 

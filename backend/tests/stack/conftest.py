@@ -39,6 +39,9 @@ from archiver.scicat.client import ScicatClient, ScicatCredentials
 from archiver.scicat.models import DataFile, NewOrigDatablock, new_raw_dataset
 from archiver.storage.s3 import S3Credentials, s3_client
 
+# The fault tests' shared checks report their differences like the tests' own asserts.
+pytest.register_assert_rewrite("tests.stack.faults")
+
 REPO = Path(__file__).resolve().parents[3]
 ENV_FILES = (".env", ".development.env", "backend/tests/stack/offline.env")
 RUNBOOK_DOC = REPO / "docs" / "deployment.md"

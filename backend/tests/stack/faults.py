@@ -121,14 +121,22 @@ def task_runs_below(stack, run_ids: list[str], **task_run_filter) -> list[dict]:
     ).json()
 
 
-def assert_nothing_left_running(stack, run_ids: list[str]) -> None:
-    """No subflow or task run of the job's runs unfinished, no tag slot taken, no recovery run unfinished."""
+def assert_nothing_left_running(stack, run_ids: list[str], task_records_lost: bool = False) -> None:
+    """No subflow or task run of the job's runs unfinished, no tag slot taken, no recovery run unfinished.
+
+    `task_records_lost`: Prefect's server drops the task-run state events it receives while its database is
+    down, so a task run that ended then may still show Running; those are noted, not failed (the flow runs,
+    the slots and the outcome are still checked)."""
     runs = runs_and_subflows(stack, run_ids)
     assert len(runs) > len(run_ids), "the job's dataset subflow runs are missing"
     assert [f"{r['name']} {r['state_name']}" for r in runs if r["state_type"] not in FINAL] == []
     task_runs = task_runs_below(stack, run_ids)
     assert task_runs, "the job's task runs are missing"
-    assert [f"{t['name']} {t['state_name']}" for t in task_runs if t["state_type"] not in FINAL] == []
+    unfinished = [f"{t['name']} {t['state_name']}" for t in task_runs if t["state_type"] not in FINAL]
+    if task_records_lost and unfinished:
+        stack.note(f"task runs whose end Prefect did not record (its database was down): {unfinished}")
+    else:
+        assert unfinished == []
     for limit in load_limits_file(REPO / "concurrency-limits.toml").by_name().values():
         assert stack.prefect("GET", f"/concurrency_limits/tag/{limit.tag}").json()["active_slots"] == [], limit.tag
 

@@ -68,6 +68,13 @@ def jobs(stack, job_type: str, outcome: str) -> float:
     return scalar(stack, f'archiver_jobs_total{{job_type="{job_type}", outcome="{outcome}"}}')
 
 
+def scraped_after_now(stack) -> None:
+    """Wait for a scrape of archiver-metrics that began after this call, so that the jobs of earlier tests, some
+    ended just now, are in the counters a baseline reads (otherwise they show up in the difference)."""
+    now = time.time()
+    poll(lambda: scalar(stack, 'timestamp(up{job="archiver"})') > now + 1, SEEN_S, "a scrape after the earlier jobs")
+
+
 def test_prometheus_scrapes_the_exporter(stack):
     poll(lambda: scalar(stack, 'up{job="archiver"}') == 1, SEEN_S, "archiver-metrics scraped by Prometheus")
     sources = query(stack, "archiver_metrics_source_up")
@@ -78,6 +85,7 @@ def test_prometheus_scrapes_the_exporter(stack):
 
 def test_archive_and_retrieve_show_in_prometheus_with_their_bytes(stack, operator):
     poll(lambda: scalar(stack, 'up{job="archiver"}') == 1, SEEN_S, "archiver-metrics scraped by Prometheus")
+    scraped_after_now(stack)
     before = {(t, o): jobs(stack, t, o) for t in ("archive", "retrieve") for o in ("completed", "failed")}
     bytes_before = {
         t: scalar(stack, f'archiver_dataset_bytes_total{{job_type="{t}"}}') for t in ("archive", "retrieve")
@@ -132,6 +140,7 @@ def test_archive_and_retrieve_show_in_prometheus_with_their_bytes(stack, operato
 
 def test_a_failed_job_fires_its_alert(stack, operator, stack_s3):
     poll(lambda: scalar(stack, 'up{job="archiver"}') == 1, SEEN_S, "archiver-metrics scraped by Prometheus")
+    scraped_after_now(stack)
     failed = 'archiver_jobs_total{job_type="archive", outcome="failed"}'
     before = scalar(stack, failed)
     pid = operator.ingest_dataset(2, 1024)

@@ -36,7 +36,7 @@ from archiver.flows.lts_tasks import (
 from archiver.flows.on_record import ARCHIVED_LIFECYCLE, OnRecord, dataset_on_record
 from archiver.flows.parallel import run_bounded, run_bounded_or_raise
 from archiver.flows.progress import ProgressReporter
-from archiver.flows.scicat_tasks import scicat_call, scicat_may_recover
+from archiver.flows.scicat_tasks import SCICAT_RETRIES, scicat_call
 from archiver.flows.task_states import exception_of
 from archiver.packing import cleanup
 from archiver.packing.archive import DatasetBusyError, claim_datablocks_folder, datablocks_on_lts
@@ -182,14 +182,7 @@ def _store_datablocks(
     return results
 
 
-@task(
-    name="register-datablock",
-    task_run_name="scicat: register {manifest.archiveId}",
-    retries=4,
-    retry_delay_seconds=[5, 15, 30, 60],
-    retry_condition_fn=scicat_may_recover,
-    cache_policy=NO_CACHE,
-)
+@task(name="register-datablock", task_run_name="scicat: register {manifest.archiveId}", **SCICAT_RETRIES)
 def register_datablock(scicat, pid: str, manifest: Manifest) -> str:
     """Register one datablock; returns its SciCat id. A POST whose answer was lost may have registered it,
     so a retry first looks for the archive id among the dataset's datablocks and adopts what it finds

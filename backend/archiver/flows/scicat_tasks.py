@@ -23,14 +23,16 @@ def scicat_may_recover(task, task_run, state) -> bool:
     return isinstance(error, httpx.TransportError)
 
 
-@task(
-    name="report-to-scicat",
-    task_run_name="scicat: {what}",
-    retries=4,
-    retry_delay_seconds=[5, 15, 30, 60],
-    retry_condition_fn=scicat_may_recover,
-    cache_policy=NO_CACHE,
-)
+# SciCat tasks: retried while SciCat is unreachable or failing (about 2 minutes), never on its refusal.
+SCICAT_RETRIES: dict[str, Any] = {
+    "retries": 4,
+    "retry_delay_seconds": [5, 15, 30, 60],
+    "retry_condition_fn": scicat_may_recover,
+    "cache_policy": NO_CACHE,
+}
+
+
+@task(name="report-to-scicat", task_run_name="scicat: {what}", **SCICAT_RETRIES)
 def scicat_call(what: str, call: Callable[..., R], *args: Any, **kwargs: Any) -> R:
     """One SciCat call as a task: visible in the UI, retried while SciCat is down (the client retries briefly too)."""
     return call(*args, **kwargs)

@@ -216,3 +216,20 @@ def archive_mid_write(operator, files: int = FILES) -> tuple[str, str, str, dict
     pid, job, started = start_archive(operator, files)
     run_id = str(started["uuid"])
     return pid, job["id"], run_id, wait_mid_archive_write(operator.stack, pid, run_id)
+
+
+def docker(*args: str) -> str:
+    return subprocess.run(["docker", *args], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def flow_run_container_id(stack, run_id: str) -> str:
+    return stack.flow_run_container(stack.prefect("GET", f"/flow_runs/{run_id}").json())["Id"]
+
+
+def assert_archived_once(operator, pid: str, job_id: str, before: dict[str, tuple[int, int]]) -> None:
+    """SciCat's job and dataset say archived, one record per datablock (assert_archived counts them), the
+    tars hold the uploaded bytes, and datablocks finished before the fault were not written again."""
+    operator.assert_archived(pid, job_id)
+    after = finished_datablocks(datablocks_folder(operator.stack, pid))
+    assert {name: after.get(name) for name in before} == before, "datablocks finished before the fault were rewritten"
+    operator.assert_lts_holds_originals(pid)

@@ -24,10 +24,12 @@ from tests.stack.faults import (
     FILES,
     JOB_END_S,
     archive_mid_write,
+    assert_archived_once,
     assert_nothing_left_running,
     crash_retries,
     datablocks_folder,
-    finished_datablocks,
+    docker,
+    flow_run_container_id,
     iso,
     job_runs,
     partial_files,
@@ -49,8 +51,7 @@ SHARED: dict[str, str] = {}  # a dataset archived by an earlier test, for the re
 
 def kill_flow_run_container(stack, run_id: str) -> float:
     """`docker kill` of the container the worker started for the run; returns when (monotonic)."""
-    container = stack.flow_run_container(stack.prefect("GET", f"/flow_runs/{run_id}").json())
-    subprocess.run(["docker", "kill", container["Id"]], capture_output=True, text=True, check=True)
+    docker("kill", flow_run_container_id(stack, run_id))
     return time.monotonic()
 
 
@@ -132,13 +133,10 @@ def test_prefect_server_restarted_mid_write_the_archive_finishes_without_rewriti
     stack.note(f"fault: prefect-server restart mid-write, the run's states: {state_history(stack, run_id)}")
     assert run["state_type"] == "COMPLETED", stack.flow_run_failure(run)
     assert [r["id"] for r in job_runs(stack, "archive", job_id)] == [run_id]  # finished by itself, not resumed
-    operator.assert_archived(pid, job_id)
-    after = finished_datablocks(datablocks_folder(stack, pid))
-    assert {name: after.get(name) for name in before} == before, "datablocks finished before the restart were rewritten"
+    assert_archived_once(operator, pid, job_id, before)
     assert len(before) < FILES, "every datablock was written before the restart: not mid-write"
     assert iso(run["end_time"]) > server_started(stack), "the run ended before the server was back: not mid-job"
     assert_nothing_left_running(stack, [run_id])
-    operator.assert_lts_holds_originals(pid)
     SHARED["pid"] = pid
 
 
@@ -146,12 +144,9 @@ def test_killed_archival_run_is_resumed_without_a_human(stack, operator):
     pid, job_id, run_id, before = archive_mid_write(operator)
     kill_expecting_resume(operator, "archive", job_id, run_id)
 
-    operator.assert_archived(pid, job_id)
-    after = finished_datablocks(datablocks_folder(stack, pid))
-    assert {name: after.get(name) for name in before} == before, "datablocks finished before the kill were rewritten"
+    assert_archived_once(operator, pid, job_id, before)
     assert len(before) < FILES, "every datablock was written before the kill: not mid-write"
     assert_nothing_left_running(stack, [r["id"] for r in job_runs(stack, "archive", job_id)])
-    operator.assert_lts_holds_originals(pid)
 
 
 def test_killed_archival_run_without_crash_retries_is_reported_failed(stack, operator):

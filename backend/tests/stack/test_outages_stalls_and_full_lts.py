@@ -27,9 +27,12 @@ from tests.stack.faults import (
     FILE_SIZE,
     FILES,
     archive_mid_write,
+    assert_archived_once,
     assert_nothing_left_running,
     datablocks_folder,
+    docker,
     finished_datablocks,
+    flow_run_container_id,
     iso,
     job_runs,
     partial_files,
@@ -50,23 +53,6 @@ WRITE_TAG = "move-datablocks-to-lts"
 # recovery then starts the crash retry. Bounds with room for this 2-core machine.
 CRASHED_BOUND_S = 240
 RETRY_BOUND_S = 180
-
-
-def docker(*args: str) -> str:
-    return subprocess.run(["docker", *args], capture_output=True, text=True, check=True).stdout.strip()
-
-
-def flow_run_container_id(stack, run_id: str) -> str:
-    return stack.flow_run_container(stack.prefect("GET", f"/flow_runs/{run_id}").json())["Id"]
-
-
-def assert_archived_once(operator, pid: str, job_id: str, before: dict[str, tuple[int, int]]) -> None:
-    """SciCat's job and dataset say archived, one record per datablock (assert_archived counts them), the
-    tars hold the uploaded bytes, and datablocks finished before the fault were not written again."""
-    operator.assert_archived(pid, job_id)
-    after = finished_datablocks(datablocks_folder(operator.stack, pid))
-    assert {name: after.get(name) for name in before} == before, "datablocks finished before the fault were rewritten"
-    operator.assert_lts_holds_originals(pid)
 
 
 def test_the_prefect_database_down_mid_write_the_job_rides_it_out(stack, operator):

@@ -119,11 +119,17 @@ def heartbeats_since(client, flow_run_id: UUID, since) -> int:
     ).total
 
 
+def set_running_again(client, flow_run_id: UUID) -> None:
+    from prefect.states import Running
+
+    client.set_flow_run_state(
+        flow_run_id, Running(message="heartbeats resumed after it was marked Crashed"), force=True
+    )
+
+
 def still_alive(client, flow_run, heartbeat_s: int) -> bool:
     """Whether a run the zombie automation marked Crashed still sends heartbeats, e.g. after the Prefect
     server was unreachable for longer than the window: it is then set Running again and left alone."""
-    from prefect.states import Running
-
     state = flow_run.state
     if not (state.message or "").startswith(ZOMBIE_MESSAGE_PREFIX):
         return False  # reported by a worker or runner that saw the process exit
@@ -131,9 +137,7 @@ def still_alive(client, flow_run, heartbeat_s: int) -> bool:
     time.sleep(max(0.0, heartbeat_s + HEARTBEAT_GRACE_S - elapsed))
     if not heartbeats_since(client, flow_run.id, state.timestamp):
         return False
-    client.set_flow_run_state(
-        flow_run.id, Running(message="heartbeats resumed after it was marked Crashed"), force=True
-    )
+    set_running_again(client, flow_run.id)
     get_run_logger().warning(
         "flow run %s was marked Crashed for missing heartbeats but still sends them: set "
         "Running again and left to finish its job",

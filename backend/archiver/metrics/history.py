@@ -5,7 +5,9 @@ counts the same totals again from Prefect (nothing is kept in the exporter alone
 A finished run is read once and kept; later refreshes ask only for runs that ended since
 (with an overlap, for end times written late). A run re-run by hand (Retry in the UI) ends
 again with a new end time and is read again; its earlier outcomes come from its state
-history, so a failure stays counted after the retry succeeded.
+history, so a failure stays counted after the retry succeeded. A run that goes from one
+final state to another (a woken run or an operator setting a Crashed run Failed) keeps its
+first end time in Prefect, so a run is also read again when its latest state changed.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class FinishedRun:
     flow: str
     outcomes: tuple[str, ...]  # every final state the run reached, lower case ("completed", "failed", ...)
     end: datetime
+    state_at: datetime  # when its latest state was set
     run_seconds: float  # time spent Running, over all its attempts
     queue_wait_seconds: float | None  # from the scheduled start to the first start; None when it never started
     labels: dict
@@ -36,11 +39,16 @@ class FinishedRun:
 
 def _outcomes(client, flow_run) -> tuple[str, ...]:
     latest = flow_run.state.type.value.lower()
-    if (flow_run.run_count or 0) <= 1:
+    if (flow_run.run_count or 0) <= 1 and not _left_a_final_state(flow_run):
         return (latest,)
     states = client.read_flow_run_states(flow_run.id)
     finals = tuple(s.type.value.lower() for s in states if s.type.value in FINAL_STATES)
     return finals or (latest,)
+
+
+def _left_a_final_state(flow_run) -> bool:
+    """Whether the run reached a final state before its latest: Prefect sets the end time at the first."""
+    return flow_run.end_time is not None and flow_run.state.timestamp > flow_run.end_time
 
 
 def _record(client, flow_run, flow_name: str) -> FinishedRun:
@@ -52,6 +60,7 @@ def _record(client, flow_run, flow_name: str) -> FinishedRun:
         flow=flow_name,
         outcomes=_outcomes(client, flow_run),
         end=flow_run.end_time or flow_run.state.timestamp,
+        state_at=flow_run.state.timestamp,
         run_seconds=flow_run.total_run_time.total_seconds() if flow_run.total_run_time else 0.0,
         queue_wait_seconds=wait,
         labels=dict(flow_run.labels or {}),
@@ -103,7 +112,7 @@ class RunHistory:
             )
             for flow_run in page:
                 known = self._runs.get(flow_run.id)
-                if known is None or known.end != (flow_run.end_time or flow_run.state.timestamp):
+                if known is None or known.state_at != flow_run.state.timestamp:
                     record = _record(client, flow_run, self.flow_name(client, flow_run.flow_id))
                     self._runs[flow_run.id] = record if known is None else _keeping_outcomes(known, record)
             if len(page) < PAGE:

@@ -176,3 +176,39 @@ def test_a_running_job_without_recent_heartbeat_is_reported_stuck(pipeline, expo
         finally:
             for run in (stuck, alive):
                 client.set_flow_run_state(run.id, Completed(), force=True)
+
+
+def test_crashes_stay_counted_after_a_restart_when_the_run_went_on_to_another_state(pipeline, exporter):
+    """A run marked Crashed may reach another state later without Prefect counting a new attempt: the recovery
+    sets a live one Running again, a woken process or an operator sets it Failed. The crash must stay counted
+    when the exporter reads the history afresh (Prefect keeps the first end time of a run that goes from one
+    final state to another)."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Completed, Crashed, Failed, Running
+
+    from archiver.config.automations import ZOMBIE_MESSAGE_PREFIX
+    from archiver.flows.recovery import set_running_again
+
+    outcomes = ("completed", "failed", "crashed")
+
+    def jobs(scrape):
+        return {o: value(scrape, "archiver_jobs_total", job_type="archive", outcome=o) for o in outcomes}
+
+    before = jobs(exporter.scrape())
+    with get_client(sync_client=True) as client:
+        revived, woken = (
+            client.create_flow_run(archive_datasets_flow, parameters={"job_id": name}, state=Running())
+            for name in ("revived", "woken")
+        )
+        for run in (revived, woken):
+            client.set_flow_run_state(run.id, Crashed(message=f"{ZOMBIE_MESSAGE_PREFIX} 90 s"), force=True)
+        exporter.scrape()
+        set_running_again(client, revived.id)
+        assert client.set_flow_run_state(revived.id, Completed()).status.value == "ACCEPT"
+        client.set_flow_run_state(woken.id, Failed(message="woke up after its crash"), force=True)
+    after = jobs(exporter.scrape())
+    assert {o: after[o] - before[o] for o in outcomes} == {"completed": 1, "failed": 1, "crashed": 2}
+
+    exporter.stop()
+    exporter.start()
+    assert jobs(exporter.scrape()) == after

@@ -12,6 +12,7 @@ COMPLETED_RUN = FinishedRun(
     flow="archive_datasetlist",
     outcomes=("completed",),
     end=ENDED,
+    state_at=ENDED,
     run_seconds=5.0,
     queue_wait_seconds=1.0,
     labels={},

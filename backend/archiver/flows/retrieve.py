@@ -218,10 +218,23 @@ def _provide_copy(
             except BaseException:
                 _delete_quietly(s3, bucket, sorted(missing_keys), pid, log)
                 raise
+            finally:
+                # Uploads of this run's failed tries whose abort did not reach S3 (it was down): under the lock
+                # every unfinished upload of the dataset is this run's.
+                _abort_quietly(s3, bucket, pid, log)
         until = retain_until(settings.s3.retrieval_retention_days)
         for w in wanted:
             extend_retention(s3, bucket, w.expected.key, until)
     return wanted, uploaded
+
+
+def _abort_quietly(s3, bucket: str, pid: str, log) -> None:
+    try:
+        aborted = cleanup.abort_retrieval_uploads(s3, bucket, pid)
+        if aborted:
+            log.warning("%s: %d unfinished upload(s) of failed tries aborted", pid, aborted)
+    except Exception as e:
+        log.error("%s: unfinished uploads could not be aborted (the bucket's lifecycle rule will): %s", pid, e)
 
 
 def _delete_quietly(s3, bucket: str, keys: list[str], pid: str, log) -> None:

@@ -128,6 +128,8 @@ def test_s3_restarted_mid_archival_and_mid_retrieval_loses_no_byte(pipeline, own
     job = run_job(pipeline, "retrieve", pid, during=restart_mid_retrieval)
 
     assert 0 < len(seen["retrieved"]) < len(datablocks)  # the outage began mid-retrieval
+    unfinished = pipeline.s3.list_multipart_uploads(Bucket=pipeline.settings.s3.retrieval_bucket).get("Uploads", [])
+    assert [u["Key"] for u in unfinished] == []  # tries cut short by the outage leave no parts behind
     downloads = [
         httpx.get(entry["url"], timeout=60).raise_for_status().content for entry in job["jobResultObject"]["result"]
     ]

@@ -5,7 +5,7 @@
 #   2. Docker Compose v2 from Debian 13 (pinned low: nothing else is taken from trixie), if missing;
 #   3. dockerd, if not running;
 #   4. the base image local/python-base:bookworm (debootstrap + the host's CA bundle), if missing;
-#   5. the stand-in images selected by offline.env (PostgreSQL, Caddy, moto S3 for MinIO, Prometheus); layer cache.
+#   5. the stand-in images selected by offline.env (PostgreSQL, Caddy, SeaweedFS S3 for MinIO, Prometheus); layer cache.
 # Idempotent: a second run only checks and takes seconds. Needs root and apt-get.
 # What it leaves on the machine, and how to undo it:
 #   - packages docker.io, debootstrap, chromium, docker-compose:  apt-get remove <package>

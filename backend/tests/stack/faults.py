@@ -226,10 +226,19 @@ def flow_run_container_id(stack, run_id: str) -> str:
     return stack.flow_run_container(stack.prefect("GET", f"/flow_runs/{run_id}").json())["Id"]
 
 
+def logs_naming(stack, text: str, limit: int = 200) -> list[str]:
+    """The latest flow-run log lines that contain `text` (for assertion messages)."""
+    entries = stack.prefect("POST", "/logs/filter", json={"sort": "TIMESTAMP_DESC", "limit": limit}).json()
+    return [f"{e['timestamp']} {e['level']} {e['message'][:400]}" for e in reversed(entries) if text in e["message"]]
+
+
 def assert_archived_once(operator, pid: str, job_id: str, before: dict[str, tuple[int, int]]) -> None:
     """SciCat's job and dataset say archived, one record per datablock (assert_archived counts them), the
     tars hold the uploaded bytes, and datablocks finished before the fault were not written again."""
     operator.assert_archived(pid, job_id)
     after = finished_datablocks(datablocks_folder(operator.stack, pid))
-    assert {name: after.get(name) for name in before} == before, "datablocks finished before the fault were rewritten"
+    assert {name: after.get(name) for name in before} == before, (
+        f"datablocks finished before the fault were rewritten: {sorted(before)} before, now {sorted(after)}\n"
+        + "\n".join(logs_naming(operator.stack, pid))
+    )
     operator.assert_lts_holds_originals(pid)

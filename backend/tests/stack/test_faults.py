@@ -14,6 +14,7 @@ this machine (polling through a container would be too slow to catch a write in 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 
@@ -248,3 +249,56 @@ def test_whole_stack_down_and_up_mid_write_ends_the_job_clearly(stack, operator)
         assert len(operator.landing_zone(pid)) == 2 * FILES
     # The stack works on after it: the Prefect API answers through the proxy.
     assert httpx.get(f"{stack.prefect_api}/health", timeout=30).status_code == 200
+
+
+S3_DOWN_S = 30  # longer than boto3's own retries: the tasks' storage retries must carry the job over it
+
+
+def s3_down_and_up(stack) -> float:
+    """`docker compose stop minio`, S3_DOWN_S later `start` (the offline stand-in is SeaweedFS, whose data
+    outlives a restart); returns when the outage began (monotonic)."""
+    began = time.monotonic()
+    stack.compose("stop", "minio")
+    time.sleep(S3_DOWN_S)
+    stack.compose("up", "-d", "--wait", "minio")
+    return began
+
+
+def job_after_s3_outage(operator, kind: str, pid: str, job_id: str, began: float, landing=None) -> str:
+    """The job of `kind` that finished successfully: this one, or, when it failed naming S3, a second one. A
+    failed archival must leave the landing zone as it was (`landing`) for the second one."""
+    outcome = wait_job_finished(operator, job_id)
+    operator.stack.note(
+        f"fault: S3 (minio) down {S3_DOWN_S}s mid-{kind}: job {outcome} {time.monotonic() - began:.0f}s after the "
+        "outage began"
+    )
+    if outcome == "finishedSuccessful":
+        return job_id
+    assert "S3" in json.dumps(operator.job(job_id)), operator.job(job_id)  # the failure names what failed
+    if landing is not None:
+        assert operator.landing_zone(pid) == landing, "a failed archival touched the landing zone"
+    job, started = operator.create_job(kind, [pid])
+    assert operator.wait(started)["state_type"] == "COMPLETED", operator.stack.flow_run_failure(operator.wait(started))
+    return job["id"]
+
+
+def test_s3_down_mid_write_no_byte_is_lost_and_the_landing_zone_waits_for_registration(stack, operator):
+    pid, job_id, run_id, before = archive_mid_write(operator)
+    landing = operator.landing_zone(pid)
+    began = s3_down_and_up(stack)
+    assert operator.landing_zone(pid) == landing  # the restarted server kept every object
+
+    done = job_after_s3_outage(operator, "archive", pid, job_id, began, landing)
+    assert len(before) < FILES, "every datablock was written before the restart: not mid-write"
+    assert_archived_once(operator, pid, done, before)
+    assert_nothing_left_running(stack, [r["id"] for r in job_runs(stack, "archive", job_id)])
+
+
+def test_s3_down_mid_upload_the_retrieval_hands_out_every_byte(stack, operator):
+    pid, job_id, run_id = retrieval_mid_upload(operator)
+    began = s3_down_and_up(stack)
+
+    done = job_after_s3_outage(operator, "retrieve", pid, job_id, began)
+    operator.assert_retrieved(pid, done)
+    assert operator.unfinished_uploads(pid) == []
+    operator.assert_lts_holds_originals(pid)

@@ -40,6 +40,16 @@ def _http_url(value: str) -> str:
     return value.rstrip("/")
 
 
+def _file_mode(value: str) -> str:
+    try:
+        mode = int(value, 8)
+    except ValueError:
+        mode = -1
+    if not 0 <= mode <= 0o7777:
+        raise ValueError(f"{value!r} is not a file mode in octal digits, e.g. '0440' (read-only for owner and group)")
+    return value
+
+
 def _cron(value: str) -> str:
     from prefect.client.schemas.schedules import CronSchedule
 
@@ -97,10 +107,23 @@ class LtsSection(_Section):
     audit_budget_mb: PositiveInt = Field(500_000, alias="LTS_AUDIT_BUDGET_MB")
     audit_period_days: PositiveInt = Field(90, alias="LTS_AUDIT_PERIOD_DAYS")
     audit_partial_age_hours: float = Field(48, alias="LTS_AUDIT_PARTIAL_AGE_HOURS", gt=0)
+    # Owner and mode of the datablocks and manifests written to the LTS; unset: the flow-run process's.
+    file_uid: NonNegativeInt | None = Field(None, alias="LTS_FILE_UID")
+    file_gid: NonNegativeInt | None = Field(None, alias="LTS_FILE_GID")
+    file_mode: Annotated[str, AfterValidator(_file_mode)] | None = Field(None, alias="LTS_FILE_MODE")
 
     @property
     def audit_budget_bytes(self) -> int:
         return self.audit_budget_mb * 1024 * 1024
+
+    @property
+    def file_mode_bits(self) -> int | None:
+        return None if self.file_mode is None else int(self.file_mode, 8)
+
+    @property
+    def location(self) -> str:
+        """Where this store keeps its datasets, as SciCat's `datasetlifecycle.storageLocation` records it."""
+        return f"posix:{self.storage_root}"
 
 
 class S3Section(_Section):

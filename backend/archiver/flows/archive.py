@@ -159,6 +159,7 @@ def _store_datablocks(
                 on_bytes=written_bytes,
                 listed={f.path: checksums[f.path] for f in block.files if f.path in checksums},
                 before_writing=still_owner,
+                ownership=lts.FileOwnership(settings.lts.file_uid, settings.lts.file_gid, settings.lts.file_mode_bits),
             )
         except OSError as e:
             if lts.is_full(e):
@@ -248,7 +249,7 @@ def archive_dataset(job_id: str, dataset_id: str, config: RunConfiguration) -> D
                     scicat.update_lifecycle,
                     pid,
                     "restore archived state",
-                    **ARCHIVED_LIFECYCLE,
+                    **archived_lifecycle(config),
                 )
                 note = (
                     f"dataset {pid} was already archived ({len(on_record.archive.matching)} datablock(s) registered "
@@ -321,7 +322,7 @@ def archive_dataset(job_id: str, dataset_id: str, config: RunConfiguration) -> D
                     scicat.update_lifecycle,
                     pid,
                     "set archive status datasetOnArchiveDisk",
-                    **ARCHIVED_LIFECYCLE,
+                    **archived_lifecycle(config),
                 )
                 raise_if_cancelled()  # last check before the one step that cannot be undone
                 _set_aside_superseded(pid, plan.superseded, config, log)
@@ -343,6 +344,11 @@ def archive_dataset(job_id: str, dataset_id: str, config: RunConfiguration) -> D
             raise
     record_figures({BYTES: sum(m.size for m in manifests), DATABLOCKS: len(manifests)})
     return DatasetDone(datablocks=len(manifests), bytes=sum(m.packedSize for m in manifests))
+
+
+def archived_lifecycle(config: RunConfiguration) -> dict:
+    """The lifecycle of an archived dataset, naming the store that holds it (storageLocation)."""
+    return {**ARCHIVED_LIFECYCLE, "storage_location": config.settings.lts.location}
 
 
 def _waiting_for(pid: str, lock, settings, log) -> None:
@@ -446,7 +452,9 @@ def _clean_up_interrupted_archival(pid, config, connections, error, log) -> None
     if on_record.registered:
         differences = on_record.differences()
         if not differences.changed and not differences.not_archived:
-            connections.scicat.update_lifecycle(pid, "set archive status datasetOnArchiveDisk", **ARCHIVED_LIFECYCLE)
+            connections.scicat.update_lifecycle(
+                pid, "set archive status datasetOnArchiveDisk", **archived_lifecycle(config)
+            )
             return
         refusal = _refusal_of_archived(
             pid, on_record, differences, connections.s3, config.settings.s3.landingzone_bucket

@@ -71,12 +71,15 @@ def write_datablock(
     on_bytes=None,
     listed: dict[str, ListedChecksum] | None = None,
     before_writing: Callable[[], None] | None = None,
+    ownership: lts.FileOwnership = lts.FileOwnership(),
 ) -> DatablockRecord:
     """`before_writing` (e.g. an OwnershipCheck) runs once the slot is held: a run frozen while it waited
     for the slot, and taken for crashed meanwhile, stops here instead of writing."""
     if before_writing is not None:
         before_writing()
-    return archive.archive_datablock(s3, bucket, block, lts_root, algorithm, on_bytes=on_bytes, listed=listed)
+    return archive.archive_datablock(
+        s3, bucket, block, lts_root, algorithm, on_bytes=on_bytes, listed=listed, ownership=ownership
+    )
 
 
 @task(name="verify-datablocks-in-lts", task_run_name="verify {archive_id}", cache_policy=NO_CACHE)

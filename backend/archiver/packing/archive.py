@@ -34,7 +34,7 @@ from archiver.packing.records import (
     write_json_durably,
 )
 from archiver.packing.sources import Member, Prefetch, read_members
-from archiver.storage.lts import drop_page_cache, fsync_dir, rename_no_replace
+from archiver.storage.lts import FileOwnership, drop_page_cache, fsync_dir, rename_no_replace
 
 LOCK_FILE_NAME = ".archiving.lock"
 
@@ -119,8 +119,10 @@ def archive_datablock(
     on_bytes: Callable[[int], None] | None = None,
     prefetch: Prefetch = Prefetch(),
     listed: Mapping[str, ListedChecksum] | None = None,
+    ownership: FileOwnership = FileOwnership(),
 ) -> DatablockRecord:
-    """Write `block` as a new datablock on the LTS and return its SciCat record.
+    """Write `block` as a new datablock on the LTS and return its SciCat record. The tar and its manifest get
+    `ownership` before they are published.
 
     The LTS is written once: DatablockExistsError when a file already has the datablock's name (plans reuse
     existing datablocks and give new ones free names). A file with a checksum in `listed` (by path) must have
@@ -142,6 +144,7 @@ def archive_datablock(
         with open(partial, "wb") as out:  # truncates a leftover from an earlier crash
             chk, packed_size, members = _write_tar(out, s3, bucket, block, algorithm, on_bytes, prefetch, listed)
             out.flush()
+            ownership.apply(out.fileno(), tar_path)
             os.fsync(out.fileno())
             drop_page_cache(out.fileno())
         manifest = Manifest(
@@ -161,6 +164,7 @@ def archive_datablock(
             manifest.model_dump_json(indent=1),
             naming.partial_path(manifest_file),
             rename=rename_no_replace,
+            before_sync=lambda fd: ownership.apply(fd, manifest_file),
         )
         rename_no_replace(partial, tar_path)
         fsync_dir(folder)

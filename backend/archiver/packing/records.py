@@ -86,11 +86,15 @@ def write_json_durably(
     text: str,
     temp_path: Path,
     rename: Callable[[Path, Path], None] = os.replace,
+    before_sync: Callable[[int], None] | None = None,
 ) -> None:
-    """Write to `temp_path`, fsync, `rename` to `path` (the caller fsyncs the folder)."""
+    """Write to `temp_path`, call `before_sync` with its descriptor, fsync, `rename` to `path` (the caller
+    fsyncs the folder)."""
     with open(temp_path, "w", encoding="utf-8") as f:
         f.write(text)
         f.flush()
+        if before_sync is not None:
+            before_sync(f.fileno())
         os.fsync(f.fileno())
     rename(temp_path, path)
 

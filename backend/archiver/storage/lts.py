@@ -8,6 +8,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from archiver.errors import ArchiverError
@@ -29,6 +30,34 @@ def is_full(error: BaseException) -> bool:
 
 class LtsFullError(ArchiverError):
     """A datablock not tried because another of its dataset already found the LTS full."""
+
+
+class LtsOwnershipError(ArchiverError):
+    """LTS_FILE_UID / LTS_FILE_GID could not be given to a file written to the LTS."""
+
+
+@dataclass(frozen=True)
+class FileOwnership:
+    """Owner and mode given to a file written to the LTS before it is published (LTS_FILE_UID, LTS_FILE_GID,
+    LTS_FILE_MODE); None leaves that part as the file was created."""
+
+    uid: int | None = None
+    gid: int | None = None
+    mode: int | None = None
+
+    def apply(self, fd: int, path: Path) -> None:
+        if self.uid is not None or self.gid is not None:
+            try:
+                os.fchown(fd, -1 if self.uid is None else self.uid, -1 if self.gid is None else self.gid)
+            except PermissionError as e:
+                raise LtsOwnershipError(
+                    f"{path} cannot be given owner {self.uid if self.uid is not None else '-'}:"
+                    f"{self.gid if self.gid is not None else '-'} (LTS_FILE_UID:LTS_FILE_GID): the flow run's user "
+                    f"(uid {os.getuid()}) may not change owners; run the flow-run containers as root (or with "
+                    "CAP_CHOWN), or unset LTS_FILE_UID and LTS_FILE_GID"
+                ) from e
+        if self.mode is not None:
+            os.fchmod(fd, self.mode)
 
 
 def fsync_dir(path: Path) -> None:

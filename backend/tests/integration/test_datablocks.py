@@ -3,6 +3,7 @@
 import hashlib
 import io
 import os
+import stat
 import tarfile
 from urllib.parse import urlsplit
 
@@ -29,6 +30,7 @@ from archiver.packing.errors import (
 from archiver.packing.planning import list_dataset_files, plan_datablocks
 from archiver.packing.records import ListedChecksum, read_manifest
 from archiver.packing.retrieve import retrieve_datablock
+from archiver.storage.lts import FileOwnership
 from archiver.storage.s3 import presigned_get_url
 from tests.conftest import S3_TEST_CREDENTIALS, S3_TEST_REGION
 
@@ -309,3 +311,20 @@ def test_presigned_url_is_signed_for_the_external_endpoint(s3, s3_endpoint, buck
     assert httpx.get(url).content == b"payload"
     with pytest.raises(ValueError, match="7 days"):
         presigned_get_url(external, S3_TEST_REGION, S3_TEST_CREDENTIALS, bucket, "k", 7 * 24 * 3600 + 1)
+
+
+def test_owner_and_mode_of_the_lts_settings_are_on_the_published_tar_and_manifest(s3, bucket, lts_root):
+    upload(s3, bucket, PID, {"a.bin": b"a" * 1000})
+    [block] = plan_datablocks(PID, list_dataset_files(s3, bucket, PID), 1 * MiB)
+    if os.geteuid() == 0:
+        ownership = FileOwnership(uid=1234, gid=2345, mode=0o440)
+    else:  # an ordinary user can still choose the mode and one of its own groups
+        ownership = FileOwnership(gid=os.getegid(), mode=0o440)
+    record = archive_datablock(s3, bucket, block, lts_root, ownership=ownership)
+
+    tar = tar_path(lts_root, record.archiveId)
+    for published in (tar, naming.manifest_path(tar)):
+        status = published.stat()
+        owner = (status.st_uid if ownership.uid is not None else None, status.st_gid, stat.S_IMODE(status.st_mode))
+        assert owner == (ownership.uid, ownership.gid, 0o440), published.name
+    assert verify_datablock(lts_root, record.archiveId).record() == record

@@ -87,6 +87,7 @@ def test_archive_then_retrieve_several_datasets(pipeline):
         ]
         lifecycle = lifecycle_of(pipeline, pid)
         assert (lifecycle["archivable"], lifecycle["retrievable"]) == (False, True)
+        assert lifecycle["storageLocation"] == f"posix:{pipeline.lts_root}"  # which store holds it
         datablocks = pipeline.scicat.get_datablocks(pid)
         assert len(datablocks) == n_blocks >= 2  # 1 MB target, files of 0.3-0.4 MB
         for d in datablocks:

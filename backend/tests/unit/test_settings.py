@@ -227,3 +227,18 @@ def test_minio_names_are_read_from_prefect_variables_and_the_environment_the_s3_
     assert environment_overrides({"MINIO_ENDPOINT": "http://old:9000", "S3_ENDPOINT": "http://new:9000"}) == {
         "S3_ENDPOINT": "http://new:9000"
     }
+
+
+def test_lts_file_owner_and_mode_are_optional_checked_and_kept_through_prefect_variables(tmp_path):
+    unset = load_vars_file(REPO / "prefect-vars.toml").lts
+    assert (unset.file_uid, unset.file_gid, unset.file_mode_bits) == (None, None, None)
+    with pytest.raises(ConfigError, match="LTS_FILE_MODE.*'0999' is not a file mode"):
+        load_vars_file(repo_vars_with(tmp_path, "lts", 'LTS_FILE_MODE = "0999"'))
+    with pytest.raises(ConfigError, match="LTS_FILE_UID"):
+        load_vars_file(repo_vars_with(tmp_path, "lts", "LTS_FILE_UID = -1"))
+    text = (REPO / "prefect-vars.toml").read_text()
+    path = write(
+        tmp_path, text.replace("[lts]\n", '[lts]\nLTS_FILE_UID = 1000\nLTS_FILE_GID = 2000\nLTS_FILE_MODE = "0440"\n')
+    )
+    stored = from_flat(flat_values(load_vars_file(path)), source="Prefect variables").lts
+    assert (stored.file_uid, stored.file_gid, stored.file_mode_bits) == (1000, 2000, 0o440)

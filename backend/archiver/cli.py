@@ -255,7 +255,7 @@ def _metrics(args: argparse.Namespace) -> int:
     from archiver.metrics.server import serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    serve(args.host, args.port, args.slow_cache_s)
+    serve(args.host, args.port, args.slow_cache_s, args.fold_after_hours)
     return 0
 
 
@@ -528,7 +528,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serves /metrics, computed at each scrape "
         "from Prefect's flow-run history (PREFECT_API_URL), the LTS "
         "at LTS_STORAGE_ROOT mounted here (read only) and the retrieval bucket. Counters are derived from "
-        "history, so a restart does not reset them.",
+        "history (older runs folded into totals kept in Prefect), so neither a restart nor Prefect's history "
+        "retention resets them.",
     )
     metrics.add_argument("--host", default="127.0.0.1", help="address to listen on")
     metrics.add_argument("--port", type=int, default=9108, help="port to listen on")
@@ -537,6 +538,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=60.0,
         help="seconds the LTS audit-record walk and the bucket listing are reused between scrapes",
+    )
+    metrics.add_argument(
+        "--fold-after-hours",
+        type=float,
+        default=168.0,
+        help="runs that ended this long ago are folded into totals kept in Prefect (the block "
+        "archiver-metrics), so counters outlive Prefect's history retention; keep it shorter than "
+        "PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD",
     )
     metrics.set_defaults(run=_metrics)
 

@@ -13,13 +13,14 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from archiver.config.deployments import AUDIT, JOB_KINDS
 from archiver.flows.figures import AUDIT_PROBLEMS, BYTES, figure
-from archiver.metrics import live
+from archiver.metrics import folding, live
 from archiver.metrics.history import FinishedRun, RunHistory
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ JOB_TYPES = tuple(JOB_KINDS)
 DURATION_BUCKETS = (10, 30, 60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 24 * 3600)
 QUEUE_WAIT_BUCKETS = (1, 5, 10, 30, 60, 300, 900, 1800, 3600, 4 * 3600)
 SOURCES = ("prefect", "lts", "s3")
+DEFAULT_FOLD_AFTER = timedelta(days=7)
 
 
 class SlowReads:
@@ -62,11 +64,19 @@ class ArchiverCollector(Collector):
     """`settings()` gives the current Settings and ConcurrencyLimits (Prefect variables, environment on top);
     `s3()` an S3 client of the archiver's account."""
 
-    def __init__(self, load_configuration: Callable, s3: Callable, slow_ttl_s: float = 60.0):
+    def __init__(
+        self,
+        load_configuration: Callable,
+        s3: Callable,
+        slow_ttl_s: float = 60.0,
+        fold_after: timedelta = DEFAULT_FOLD_AFTER,
+    ):
         self._load_configuration = load_configuration
         self._s3 = s3
         self._slow = SlowReads(slow_ttl_s)
         self._history = RunHistory([*JOB_FLOWS, *DATASET_FLOWS, AUDIT_FLOW])
+        self._fold_after = fold_after
+        self._folded: folding.Folded | None = None  # read from Prefect at the first scrape
         self._lock = threading.Lock()
 
     def describe(self) -> list[Metric]:
@@ -103,20 +113,67 @@ class ArchiverCollector(Collector):
         from prefect.client.orchestration import get_client
 
         with get_client(sync_client=True) as client:
+            if self._folded is None:
+                self._adopt(folding.load())
             self._history.refresh(client)
             unfinished = live.unfinished_runs(client, [*JOB_FLOWS, *DATASET_FLOWS, AUDIT_FLOW], self._history.flow_name)
             slots = [live.tag_slots(client, limit.tag) for limit in config.limits.by_name().values()]
+        folded = self._fold_due()
         runs = self._history.runs()
         return [
-            *self._job_families(runs, unfinished),
-            *self._dataset_families(runs),
+            *folding.with_folded(self._summed_families(runs), folded.totals),
+            self._in_progress(unfinished),
             self._stuck(unfinished, config.settings.archiver.zombie_window_s),
             *self._slot_families([s for s in slots if s is not None]),
-            *self._audit_families(runs),
+            *self._last_audit(runs, folded.last_audit),
         ]
 
+    def _adopt(self, folded: folding.Folded) -> None:
+        """Count from `folded` on: the history holds the runs from its horizon on (read again from Prefect)."""
+        self._folded = folded
+        self._history.start_at(folded.horizon)
+
+    def _fold_due(self) -> folding.Folded:
+        """Fold the runs that ended before `now - fold_after` into the stored totals, at most once per step."""
+        assert self._folded is not None
+        horizon = datetime.now(UTC) - self._fold_after
+        step = min(timedelta(hours=1), self._fold_after)
+        if self._folded.horizon is not None and horizon - self._folded.horizon < step:
+            return self._folded
+        stored = folding.load()
+        if stored.horizon != self._folded.horizon:  # another exporter folded meanwhile: count from its totals
+            self._adopt(stored)
+            return stored
+        old = self._history.runs_before(horizon)
+        audits = sorted((r for r in old if r.flow == AUDIT_FLOW), key=lambda r: r.end)
+        folded = folding.Folded(
+            horizon,
+            folding.added(self._folded.totals, folding.totals_of(self._summed_families(old))),
+            _audit_record(audits[-1]) if audits else self._folded.last_audit,
+        )
+        folding.save(folded)
+        self._folded = folded
+        self._history.forget_before(horizon)
+        return folded
+
+    @classmethod
+    def _summed_families(cls, runs: list[FinishedRun]) -> list[Metric]:
+        """The counters and histograms: sums over finished runs."""
+        return [*cls._job_families(runs), *cls._dataset_families(runs), cls._audit_counts(runs)]
+
     @staticmethod
-    def _job_families(runs: list[FinishedRun], unfinished: list[live.UnfinishedRun]) -> list[Metric]:
+    def _in_progress(unfinished: list[live.UnfinishedRun]) -> Metric:
+        in_progress = GaugeMetricFamily(
+            "archiver_jobs_in_progress", "Job runs not finished yet, by state", labels=["job_type", "state"]
+        )
+        states = Counter((JOB_FLOWS[u.flow], u.state) for u in unfinished if u.flow in JOB_FLOWS)
+        for job_type in JOB_TYPES:
+            for state in live.UNFINISHED_STATES:
+                in_progress.add_metric([job_type, state.lower()], states[(job_type, state.lower())])
+        return in_progress
+
+    @staticmethod
+    def _job_families(runs: list[FinishedRun]) -> list[Metric]:
         jobs = [r for r in runs if r.flow in JOB_FLOWS]
         outcomes = Counter((JOB_FLOWS[r.flow], outcome) for r in jobs for outcome in r.outcomes)
         total = CounterMetricFamily(
@@ -127,13 +184,6 @@ class ArchiverCollector(Collector):
         for job_type in JOB_TYPES:
             for outcome in OUTCOMES:  # every series exists from the start, so the first failure is an increase
                 total.add_metric([job_type, outcome], outcomes[(job_type, outcome)])
-        in_progress = GaugeMetricFamily(
-            "archiver_jobs_in_progress", "Job runs not finished yet, by state", labels=["job_type", "state"]
-        )
-        states = Counter((JOB_FLOWS[u.flow], u.state) for u in unfinished if u.flow in JOB_FLOWS)
-        for job_type in JOB_TYPES:
-            for state in live.UNFINISHED_STATES:
-                in_progress.add_metric([job_type, state.lower()], states[(job_type, state.lower())])
         durations: dict[str, list[float]] = {}
         waits: dict[str, list[float]] = {}
         for run in jobs:
@@ -142,7 +192,6 @@ class ArchiverCollector(Collector):
                 waits.setdefault(JOB_FLOWS[run.flow], []).append(run.queue_wait_seconds)
         return [
             total,
-            in_progress,
             _histogram(
                 "archiver_job_duration_seconds", "Time finished job runs spent running", DURATION_BUCKETS, durations
             ),
@@ -214,33 +263,35 @@ class ArchiverCollector(Collector):
         return [limit, held, dead]
 
     @staticmethod
-    def _audit_families(runs: list[FinishedRun]) -> list[Metric]:
-        audits = sorted((r for r in runs if r.flow == AUDIT_FLOW), key=lambda r: r.end)
+    def _audit_counts(runs: list[FinishedRun]) -> Metric:
         total = CounterMetricFamily("archiver_lts_audits", "LTS audit runs that ended, by outcome", labels=["outcome"])
-        outcomes = Counter(outcome for r in audits for outcome in r.outcomes)
+        outcomes = Counter(outcome for r in runs if r.flow == AUDIT_FLOW for outcome in r.outcomes)
         for outcome in OUTCOMES:
             total.add_metric([outcome], outcomes[outcome])
-        families: list[Metric] = [total]
-        if audits:
-            last = audits[-1]
-            families += [
-                GaugeMetricFamily(
-                    "archiver_lts_audit_last_end_timestamp_seconds",
-                    "When the latest LTS audit run ended (Unix time)",
-                    value=last.end.timestamp(),
-                ),
-                GaugeMetricFamily(
-                    "archiver_lts_audit_last_success",
-                    "1 when the latest LTS audit run completed",
-                    value=int(last.outcome == "completed"),
-                ),
-                GaugeMetricFamily(
-                    "archiver_lts_audit_last_problems",
-                    "Problems the latest LTS audit run found",
-                    value=figure(last.labels, AUDIT_PROBLEMS),
-                ),
-            ]
-        return families
+        return total
+
+    @staticmethod
+    def _last_audit(runs: list[FinishedRun], folded: dict | None) -> list[Metric]:
+        """Gauges of the latest audit run: in the history, or else the latest one folded."""
+        audits = sorted((r for r in runs if r.flow == AUDIT_FLOW), key=lambda r: r.end)
+        last = _audit_record(audits[-1]) if audits else folded
+        if last is None:
+            return []
+        return [
+            GaugeMetricFamily(
+                "archiver_lts_audit_last_end_timestamp_seconds",
+                "When the latest LTS audit run ended (Unix time)",
+                value=last["end"],
+            ),
+            GaugeMetricFamily(
+                "archiver_lts_audit_last_success",
+                "1 when the latest LTS audit run completed",
+                value=int(last["outcome"] == "completed"),
+            ),
+            GaugeMetricFamily(
+                "archiver_lts_audit_last_problems", "Problems the latest LTS audit run found", value=last["problems"]
+            ),
+        ]
 
     # --- LTS and S3 ---------------------------------------------------------------------------------
 
@@ -279,3 +330,7 @@ class ArchiverCollector(Collector):
                 "archiver_retrieval_bucket_objects", "Objects in the retrieval bucket", value=usage.objects
             ),
         ]
+
+
+def _audit_record(run: FinishedRun) -> dict:
+    return {"end": run.end.timestamp(), "outcome": run.outcome, "problems": figure(run.labels, AUDIT_PROBLEMS)}

@@ -82,9 +82,23 @@ class RunHistory:
         self.flows = list(flows)
         self._runs: dict[UUID, FinishedRun] = {}
         self._flow_names: dict[UUID, str] = {}
+        self._floor: datetime | None = None  # runs that ended before it are not read (they are folded)
 
     def runs(self) -> list[FinishedRun]:
         return list(self._runs.values())
+
+    def runs_before(self, end: datetime) -> list[FinishedRun]:
+        return [run for run in self._runs.values() if run.end < end]
+
+    def forget_before(self, end: datetime) -> None:
+        """Drop the runs that ended before `end` and never read such runs again."""
+        self._runs = {key: run for key, run in self._runs.items() if run.end >= end}
+        self._floor = end
+
+    def start_at(self, floor: datetime | None) -> None:
+        """Forget every run; read the runs that ended from `floor` on (None: all) at the next refresh."""
+        self._runs = {}
+        self._floor = floor
 
     def refresh(self, client) -> None:
         from prefect.client.schemas.filters import (
@@ -99,8 +113,9 @@ class RunHistory:
 
         newest = max((run.end for run in self._runs.values()), default=None)
         run_filter = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=list(FINAL_STATES))))
-        if newest is not None:
-            run_filter.end_time = FlowRunFilterEndTime(after_=newest - OVERLAP)
+        after = max((t for t in (newest - OVERLAP if newest else None, self._floor) if t is not None), default=None)
+        if after is not None:
+            run_filter.end_time = FlowRunFilterEndTime(after_=after)
         offset = 0
         while True:
             page = client.read_flow_runs(

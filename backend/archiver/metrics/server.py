@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from datetime import timedelta
 
 from prometheus_client import CollectorRegistry, start_http_server
 
@@ -24,17 +25,19 @@ def _archiver_s3(config):
     return s3_client(minio.endpoint, minio.region, credentials)
 
 
-def make_registry(slow_ttl_s: float) -> CollectorRegistry:
+def make_registry(slow_ttl_s: float, fold_after_hours: float) -> CollectorRegistry:
     from archiver.config.runtime import load_run_configuration
 
     registry = CollectorRegistry()
-    registry.register(ArchiverCollector(load_run_configuration, _archiver_s3, slow_ttl_s))
+    registry.register(
+        ArchiverCollector(load_run_configuration, _archiver_s3, slow_ttl_s, timedelta(hours=fold_after_hours))
+    )
     return registry
 
 
-def serve(host: str, port: int, slow_ttl_s: float) -> None:
+def serve(host: str, port: int, slow_ttl_s: float, fold_after_hours: float) -> None:
     """Serve until SIGTERM or SIGINT."""
-    server, _ = start_http_server(port, addr=host, registry=make_registry(slow_ttl_s))
+    server, _ = start_http_server(port, addr=host, registry=make_registry(slow_ttl_s, fold_after_hours))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

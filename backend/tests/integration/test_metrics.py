@@ -29,15 +29,16 @@ pytestmark = pytest.mark.integration
 class Exporter:
     """`archiver metrics` in a subprocess, on a free port it prints."""
 
-    def __init__(self, log_path):
+    def __init__(self, log_path, *options: str):
         self._log_path = log_path
+        self._options = options
         self.process = None
         self.url = None
 
     def start(self) -> Exporter:
         log = self._log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "archiver.cli", "metrics", "--port", "0", "--slow-cache-s", "0"],
+            [sys.executable, "-m", "archiver.cli", "metrics", "--port", "0", "--slow-cache-s", "0", *self._options],
             stdout=subprocess.PIPE,
             stderr=log,
             env=dict(os.environ),
@@ -212,3 +213,44 @@ def test_crashes_stay_counted_after_a_restart_when_the_run_went_on_to_another_st
     exporter.stop()
     exporter.start()
     assert jobs(exporter.scrape()) == after
+
+
+FOLD_AFTER_S = 5
+
+
+def test_counters_outlive_the_runs_prefect_deletes_from_its_history(pipeline, tmp_path):
+    """Prefect's database vacuum deletes flow runs past its retention; the exporter folds runs older than
+    --fold-after-hours into totals kept in Prefect, so after such a deletion and a restart no counter drops."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Completed, Crashed, Failed, Running
+
+    from archiver.metrics.folding import BLOCK_NAME, ArchiverFoldedMetrics
+
+    exporter = Exporter(tmp_path / "metrics.log", "--fold-after-hours", str(FOLD_AFTER_S / 3600)).start()
+    outcomes = ("completed", "failed", "crashed")
+
+    def jobs(scrape):
+        return {o: value(scrape, "archiver_jobs_total", job_type="archive", outcome=o) for o in outcomes}
+
+    try:
+        before = jobs(exporter.scrape())
+        with get_client(sync_client=True) as client:
+            runs = [
+                client.create_flow_run(archive_datasets_flow, parameters={"job_id": f"old-{o}"}, state=Running())
+                for o in outcomes
+            ]
+            for run, state in zip(runs, (Completed(), Failed(), Crashed()), strict=True):
+                client.set_flow_run_state(run.id, state, force=True)
+            counted = jobs(exporter.scrape())
+            assert {o: counted[o] - before[o] for o in outcomes} == dict.fromkeys(outcomes, 1)
+            time.sleep(FOLD_AFTER_S + 1)
+            assert jobs(exporter.scrape()) == counted  # folded now, still counted once
+            for run in runs:  # as Prefect's vacuum does once their end is past its retention
+                client.delete_flow_run(run.id)
+        assert jobs(exporter.scrape()) == counted
+        exporter.stop()
+        exporter.start()
+        assert jobs(exporter.scrape()) == counted
+    finally:
+        exporter.stop()
+        ArchiverFoldedMetrics.delete(BLOCK_NAME)

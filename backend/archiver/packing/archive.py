@@ -31,10 +31,9 @@ from archiver.packing.records import (
     ListedChecksum,
     Manifest,
     read_manifest,
-    write_json_durably,
 )
 from archiver.packing.sources import Member, Prefetch, read_members
-from archiver.storage.lts import FileOwnership, drop_page_cache, fsync_dir, rename_no_replace
+from archiver.storage.lts import FileOwnership, drop_page_cache, fsync_dir, rename_no_replace, write_json_durably
 
 LOCK_FILE_NAME = ".archiving.lock"
 

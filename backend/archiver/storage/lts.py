@@ -13,6 +13,8 @@ from pathlib import Path
 
 from archiver.errors import ArchiverError
 
+PARTIAL_SUFFIX = ".partial"
+
 
 class LtsWaitTimeout(ArchiverError):
     """The LTS did not reach the needed state in time; the message says which and what to do."""
@@ -66,6 +68,29 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def partial_path(final_path: Path) -> Path:
+    """Temporary name while a file is written; never taken for a finished file."""
+    return final_path.with_name(final_path.name + PARTIAL_SUFFIX)
+
+
+def write_json_durably(
+    path: Path,
+    text: str,
+    temp_path: Path,
+    rename: Callable[[Path, Path], None] = os.replace,
+    before_sync: Callable[[int], None] | None = None,
+) -> None:
+    """Write to `temp_path`, call `before_sync` with its descriptor, fsync, `rename` to `path` (the caller
+    fsyncs the folder)."""
+    with open(temp_path, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        if before_sync is not None:
+            before_sync(f.fileno())
+        os.fsync(f.fileno())
+    rename(temp_path, path)
 
 
 def rename_no_replace(source: Path, target: Path) -> None:

@@ -1,4 +1,4 @@
-"""The LTS filesystem: durable writes, free-space and readability waits."""
+"""The LTS filesystem: durable writes, free-space and readability waits; the errors of the LTS store."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from archiver.errors import ArchiverError
+from archiver.errors import ArchiverError, TryLaterError
 
 PARTIAL_SUFFIX = ".partial"
 
@@ -36,6 +36,14 @@ class LtsFullError(ArchiverError):
 
 class LtsOwnershipError(ArchiverError):
     """LTS_FILE_UID / LTS_FILE_GID could not be given to a file written to the LTS."""
+
+
+class DatasetBusyError(TryLaterError):
+    """Another live process is writing this dataset's datablocks."""
+
+
+class AlreadyPublishedError(ArchiverError, FileExistsError):
+    """A datablock or its manifest is already published under the name asked for; nothing was written."""
 
 
 @dataclass(frozen=True)

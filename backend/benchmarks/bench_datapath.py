@@ -65,6 +65,7 @@ from archiver.packing import audit, naming
 from archiver.packing.archive import archive_datablock, verify_datablock
 from archiver.packing.planning import list_dataset_files, plan_datablocks
 from archiver.packing.retrieve import retrieve_datablock
+from archiver.storage.posix_store import PosixLtsStore
 from archiver.storage.s3 import S3Credentials, delete_prefix, s3_client
 
 KiB = 1024
@@ -175,6 +176,7 @@ class Run:
         self.target_mb, self.concurrency = target_mb, concurrency
         self.pid = f"20.500.11935/bench-{shape.files}x{shape.size}"
         self.lts = work / "lts"
+        self.lts_store = PosixLtsStore(self.lts)
         self.download_dir = work / "baseline"
         self.blocks = []
         self.figures: dict[str, Figure] = {}
@@ -215,8 +217,8 @@ class Run:
         self.blocks = plan_datablocks(self.pid, list_dataset_files(self.s3, landing, self.pid), self.target_mb * MiB)
 
         def store(block):
-            archive_datablock(self.s3, landing, block, self.lts)
-            verify_datablock(self.lts, block.archive_id)
+            archive_datablock(self.s3, landing, block, self.lts_store)
+            verify_datablock(self.lts_store, block.archive_id)
 
         with ThreadPoolExecutor(self.concurrency) as pool:
             list(pool.map(store, self.blocks))
@@ -224,14 +226,14 @@ class Run:
     def verify_again(self) -> None:
         """Verification alone, the datablocks read back from the LTS (page cache dropped), as after archival."""
         with ThreadPoolExecutor(self.concurrency) as pool:
-            list(pool.map(lambda b: verify_datablock(self.lts, b.archive_id), self.blocks))
+            list(pool.map(lambda b: verify_datablock(self.lts_store, b.archive_id), self.blocks))
 
     def audit_fixity(self) -> None:
         """The LTS audit's fixity pass over every datablock, but for SciCat's records: inventory, oldest first,
         re-read one at a time (its tag limit's default), record each result."""
         datasets, _ = audit.inventory(self.lts)
         for block in audit.select_for_fixity(audit.stored_datablocks(self.lts, datasets), None):
-            verify_datablock(self.lts, block.archive_id)
+            verify_datablock(self.lts_store, block.archive_id)
             audit.record_verification(self.lts, block.archive_id, datetime.now(UTC), [])
 
     def retrieve(self) -> None:

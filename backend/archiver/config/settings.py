@@ -97,6 +97,8 @@ class ArchiverSection(_Section):
 
 
 class LtsSection(_Section):
+    # What holds the datablocks (storage/lts_store.py, `open_store`): "posix", a filesystem mounted at the root.
+    backend: Literal["posix"] = Field("posix", alias="LTS_BACKEND")
     storage_root: Path = Field(alias="LTS_STORAGE_ROOT")
     free_space_percentage: float = Field(alias="LTS_FREE_SPACE_PERCENTAGE", ge=0, lt=100)
     free_space_timeout_s: float = Field(3600, alias="LTS_FREE_SPACE_TIMEOUT_S", gt=0)
@@ -119,11 +121,6 @@ class LtsSection(_Section):
     @property
     def file_mode_bits(self) -> int | None:
         return None if self.file_mode is None else int(self.file_mode, 8)
-
-    @property
-    def location(self) -> str:
-        """Where this store keeps its datasets, as SciCat's `datasetlifecycle.storageLocation` records it."""
-        return f"posix:{self.storage_root}"
 
 
 class S3Section(_Section):

@@ -38,8 +38,8 @@ from archiver.flows.parallel import run_bounded, run_bounded_or_raise
 from archiver.flows.progress import ProgressReporter
 from archiver.flows.scicat_tasks import SCICAT_RETRIES, scicat_call
 from archiver.flows.task_states import exception_of
-from archiver.packing import cleanup
-from archiver.packing.archive import DatasetBusyError, claim_datablocks_folder, datablocks_on_lts
+from archiver.packing import cleanup, naming
+from archiver.packing.archive import datablocks_on_lts
 from archiver.packing.errors import (
     ArchivedDatasetChangedError,
     ChecksumMismatchError,
@@ -61,6 +61,7 @@ from archiver.packing.records import Manifest
 from archiver.packing.registered import ArchiveDifferences, written_from
 from archiver.scicat.models import ArchiveStatus, Datablock, NewDatablock
 from archiver.storage import lts
+from archiver.storage.lts_store import LtsStore, open_store
 
 retry_refused_connections()  # before this flow run makes a Prefect client (clients/outage.py)
 
@@ -106,6 +107,7 @@ def _store_datablocks(
     listed: list[ListedFile],
     config: RunConfiguration,
     connections: Connections,
+    lts_store: LtsStore,
     failed_verification: list[str],
     registered: set[str],
 ) -> list[Manifest]:
@@ -129,7 +131,7 @@ def _store_datablocks(
 
     def checked(archive_id: str) -> Manifest:
         try:
-            return verify(settings.lts.storage_root, archive_id, settings.lts.file_timeout_s, on_bytes=verified_bytes)
+            return verify(lts_store, archive_id, settings.lts.file_timeout_s, on_bytes=verified_bytes)
         except IntegrityError:
             if archive_id not in registered:
                 failed_verification.append(archive_id)
@@ -154,12 +156,11 @@ def _store_datablocks(
                 connections.s3,
                 settings.s3.landingzone_bucket,
                 block,
-                settings.lts.storage_root,
+                lts_store,
                 settings.archiver.checksum_algorithm,
                 on_bytes=written_bytes,
                 listed={f.path: checksums[f.path] for f in block.files if f.path in checksums},
                 before_writing=still_owner,
-                ownership=lts.FileOwnership(settings.lts.file_uid, settings.lts.file_gid, settings.lts.file_mode_bits),
             )
         except OSError as e:
             if lts.is_full(e):
@@ -237,6 +238,7 @@ def archive_dataset(job_id: str, dataset_id: str, config: RunConfiguration) -> D
     pid = dataset_id
     settings = config.settings
     bucket = settings.s3.landingzone_bucket
+    store = open_store(settings.lts)
     with connect(config) as connections:
         scicat = connections.scicat
         on_record = dataset_on_record(pid, config, connections)
@@ -249,7 +251,7 @@ def archive_dataset(job_id: str, dataset_id: str, config: RunConfiguration) -> D
                     scicat.update_lifecycle,
                     pid,
                     "restore archived state",
-                    **archived_lifecycle(config),
+                    **archived_lifecycle(store),
                 )
                 note = (
                     f"dataset {pid} was already archived ({len(on_record.archive.matching)} datablock(s) registered "
@@ -279,9 +281,8 @@ def archive_dataset(job_id: str, dataset_id: str, config: RunConfiguration) -> D
             files = list_landing_zone(connections.s3, bucket, pid, on_record.listed)
             # One archival per dataset at a time, from planning to the landing zone's clean-up; what dead runs
             # left half-written is removed first.
-            with claim_datablocks_folder(
-                settings.lts.storage_root,
-                pid,
+            with store.lock_dataset(
+                naming.datablocks_key(pid),
                 settings.archiver.dataset_lock_wait_s,
                 lambda lock: _waiting_for(pid, lock, settings, log),
             ) as leftovers:
@@ -290,9 +291,9 @@ def archive_dataset(job_id: str, dataset_id: str, config: RunConfiguration) -> D
                         "%s: %d half-written file(s) of a dead run removed: %s",
                         pid,
                         len(leftovers),
-                        ", ".join(p.name for p in leftovers),
+                        ", ".join(leftovers),
                     )
-                on_lts = datablocks_on_lts(settings.lts.storage_root, pid)
+                on_lts = datablocks_on_lts(store, pid)
                 plan = plan_dataset_datablocks(
                     pid,
                     files,
@@ -313,7 +314,7 @@ def archive_dataset(job_id: str, dataset_id: str, config: RunConfiguration) -> D
                     len(plan.new),
                 )
                 manifests = _store_datablocks(
-                    pid, plan, on_record.listed, config, connections, failed_verification, registered
+                    pid, plan, on_record.listed, config, connections, store, failed_verification, registered
                 )
                 raise_if_cancelled()
                 _register(pid, manifests, on_record.registered, connections, registered_now)
@@ -322,7 +323,7 @@ def archive_dataset(job_id: str, dataset_id: str, config: RunConfiguration) -> D
                     scicat.update_lifecycle,
                     pid,
                     "set archive status datasetOnArchiveDisk",
-                    **archived_lifecycle(config),
+                    **archived_lifecycle(store),
                 )
                 raise_if_cancelled()  # last check before the one step that cannot be undone
                 _set_aside_superseded(pid, plan.superseded, config, log)
@@ -346,9 +347,9 @@ def archive_dataset(job_id: str, dataset_id: str, config: RunConfiguration) -> D
     return DatasetDone(datablocks=len(manifests), bytes=sum(m.packedSize for m in manifests))
 
 
-def archived_lifecycle(config: RunConfiguration) -> dict:
+def archived_lifecycle(store: LtsStore) -> dict:
     """The lifecycle of an archived dataset, naming the store that holds it (storageLocation)."""
-    return {**ARCHIVED_LIFECYCLE, "storage_location": config.settings.lts.location}
+    return {**ARCHIVED_LIFECYCLE, "storage_location": store.location}
 
 
 def _waiting_for(pid: str, lock, settings, log) -> None:
@@ -453,7 +454,7 @@ def _clean_up_interrupted_archival(pid, config, connections, error, log) -> None
         differences = on_record.differences()
         if not differences.changed and not differences.not_archived:
             connections.scicat.update_lifecycle(
-                pid, "set archive status datasetOnArchiveDisk", **archived_lifecycle(config)
+                pid, "set archive status datasetOnArchiveDisk", **archived_lifecycle(open_store(config.settings.lts))
             )
             return
         refusal = _refusal_of_archived(
@@ -468,10 +469,10 @@ def _clean_up_interrupted_archival(pid, config, connections, error, log) -> None
 def _remove_half_written(pid: str, config: RunConfiguration, connections: Connections, log) -> None:
     """Half-written datablocks of a dead run, under the dataset's write lock: a writer still alive keeps its file."""
     try:
-        with claim_datablocks_folder(config.settings.lts.storage_root, pid) as removed:
-            for path in removed:
-                log.info("%s: removed half-written %s", pid, path.name)
-    except DatasetBusyError as e:
+        with open_store(config.settings.lts).lock_dataset(naming.datablocks_key(pid)) as removed:
+            for name in removed:
+                log.info("%s: removed half-written %s", pid, name)
+    except lts.DatasetBusyError as e:
         log.warning("%s: half-written files left in place: %s", pid, e)
 
 

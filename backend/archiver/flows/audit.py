@@ -28,6 +28,7 @@ from archiver.packing import audit
 from archiver.packing.errors import IntegrityError
 from archiver.packing.records import Manifest
 from archiver.scicat.client import DATABLOCK_PAGE_SIZE, ScicatError
+from archiver.storage.lts_store import open_store
 
 retry_refused_connections()  # before this flow run makes a Prefect client (clients/outage.py)
 
@@ -166,9 +167,10 @@ def _check_fixity(chosen: list[audit.StoredDatablock], config, registered: dict,
     beside its manifest; the table rows and the problems."""
     lts = config.settings.lts
     verify = tagged(verify_datablock, config.limits.VERIFY_LTS_LIMIT)
+    store = open_store(lts)
     rows, findings, origdatablocks = [], [], {}
     for block in chosen:
-        state = verify(lts.storage_root, block.archive_id, lts.file_timeout_s, return_state=True)
+        state = verify(store, block.archive_id, lts.file_timeout_s, return_state=True)
         if block.pid not in origdatablocks:
             origdatablocks[block.pid] = _registered(scicat.get_origdatablocks, block.pid) or []
         problems = _fixity_findings(block, state, registered.get(block.pid), origdatablocks[block.pid])

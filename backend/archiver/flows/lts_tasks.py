@@ -14,10 +14,11 @@ from prefect.cache_policies import NO_CACHE
 from archiver.config.limits import TagLimit
 from archiver.errors import retry_may_help
 from archiver.flows.task_states import exception_of
-from archiver.packing import archive, cleanup, partial, retrieve
+from archiver.packing import archive, cleanup, naming, partial, retrieve
 from archiver.packing.planning import PlannedDatablock
 from archiver.packing.records import ChecksumAlgorithm, DatablockRecord, ListedChecksum, Manifest
 from archiver.storage import lts
+from archiver.storage.lts_store import LtsStore
 
 
 def _may_recover(task, task_run, state) -> bool:
@@ -66,27 +67,23 @@ def write_datablock(
     s3,
     bucket: str,
     block: PlannedDatablock,
-    lts_root: Path,
+    store: LtsStore,
     algorithm: ChecksumAlgorithm,
     on_bytes=None,
     listed: dict[str, ListedChecksum] | None = None,
     before_writing: Callable[[], None] | None = None,
-    ownership: lts.FileOwnership = lts.FileOwnership(),
 ) -> DatablockRecord:
     """`before_writing` (e.g. an OwnershipCheck) runs once the slot is held: a run frozen while it waited
     for the slot, and taken for crashed meanwhile, stops here instead of writing."""
     if before_writing is not None:
         before_writing()
-    return archive.archive_datablock(
-        s3, bucket, block, lts_root, algorithm, on_bytes=on_bytes, listed=listed, ownership=ownership
-    )
+    return archive.archive_datablock(s3, bucket, block, store, algorithm, on_bytes=on_bytes, listed=listed)
 
 
 @task(name="verify-datablocks-in-lts", task_run_name="verify {archive_id}", cache_policy=NO_CACHE)
-def verify_datablock(lts_root: Path, archive_id: str, file_timeout_s: float, on_bytes=None) -> Manifest:
-    tar_path = archive.naming.datablock_path(lts_root, archive_id)
-    lts.wait_until_readable(tar_path, file_timeout_s)
-    return archive.verify_datablock(lts_root, archive_id, on_bytes=on_bytes)
+def verify_datablock(store: LtsStore, archive_id: str, file_timeout_s: float, on_bytes=None) -> Manifest:
+    store.wait_until_readable(naming.check_archive_id(archive_id), file_timeout_s)
+    return archive.verify_datablock(store, archive_id, on_bytes=on_bytes)
 
 
 @task(

@@ -1,27 +1,22 @@
 """Archive one datablock: landing-zone objects -> one pax tar on the LTS, checksums in the same pass.
 
-The tar is written under a temporary name (`.partial`), fsynced and renamed,
-so a file under a final name is always complete; a final name is never replaced. The manifest beside it
-records what was written; `verify_datablock` reads the tar back against it.
+The LTS store (`storage/lts_store.py`) publishes the tar once it is complete, its manifest first; a
+datablock's name is never taken again. The manifest records what was written; `verify_datablock` reads
+the tar back against it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import os
-import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import PurePosixPath
 
 from pydantic import ValidationError
 
-from archiver.errors import TryLaterError
 from archiver.packing import naming, tarformat
 from archiver.packing.checking import CHUNK, BackgroundHasher, check_datablock_stream
-from archiver.packing.cleanup import remove_partial_files
 from archiver.packing.errors import ChecksumMismatchError, DatablockExistsError, IntegrityError
 from archiver.packing.planning import PlannedDatablock
 from archiver.packing.records import (
@@ -30,58 +25,11 @@ from archiver.packing.records import (
     DataFileRecord,
     ListedChecksum,
     Manifest,
-    read_manifest,
-    write_json_durably,
+    parse_manifest,
 )
 from archiver.packing.sources import Member, Prefetch, read_members
-from archiver.storage.lts import FileOwnership, drop_page_cache, fsync_dir, rename_no_replace
-
-LOCK_FILE_NAME = ".archiving.lock"
-
-
-class DatasetBusyError(TryLaterError):
-    """Another live process is writing this dataset's datablocks."""
-
-
-@contextlib.contextmanager
-def claim_datablocks_folder(
-    lts_root: Path,
-    pid: str,
-    wait_s: float = 0.0,
-    on_wait: Callable[[Path], None] | None = None,
-) -> Iterator[list[Path]]:
-    """Hold the dataset's write lock while its datablocks are written; yields the leftover `.partial`
-    files of dead runs, removed on entry.
-
-    The lock is an exclusive `flock` on `{dataset}/.archiving.lock`, held for the whole `with` block.
-    The kernel drops it when its holder dies, so whoever gets it knows no live writer is left and
-    every `.partial` file is a dead run's. While another process holds it, waits up to `wait_s` (a
-    frozen run that wakes up gives it back once it sees it no longer owns its job), calling `on_wait`
-    once; then raises DatasetBusyError."""
-    folder = naming.datablocks_folder(lts_root, pid)
-    folder.mkdir(parents=True, exist_ok=True)
-    lock_path = folder.parent / LOCK_FILE_NAME
-    deadline = time.monotonic() + wait_s
-    with open(lock_path, "a") as lock:
-        while True:
-            try:
-                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise DatasetBusyError(
-                        f"dataset {pid}: another process is writing its datablocks (it holds {lock_path}"
-                        + (f" and kept it for {wait_s:.0f} s" if wait_s else "")
-                        + "); wait for that run to end before archiving the dataset again"
-                    ) from None
-                if on_wait:
-                    on_wait(lock_path)
-                    on_wait = None
-                time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
-        try:
-            yield remove_partial_files(lts_root, pid)
-        finally:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+from archiver.storage.lts import AlreadyPublishedError
+from archiver.storage.lts_store import LtsStore
 
 
 @dataclass(frozen=True)
@@ -90,19 +38,19 @@ class DatablocksOnLts:
     taken_indices: set[int]  # indices of every datablock file in the folder, readable or not
 
 
-def datablocks_on_lts(lts_root: Path, pid: str) -> DatablocksOnLts:
+def datablocks_on_lts(store: LtsStore, pid: str) -> DatablocksOnLts:
     """What the dataset's datablocks folder holds. Call it holding the dataset's lock (no `.partial` left)."""
-    folder = naming.datablocks_folder(lts_root, pid)
+    folder = naming.datablocks_key(pid)
     manifests, taken = [], set()
-    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
-        index = naming.datablock_index(pid, path.name)
+    for name in store.datablock_names(folder):
+        index = naming.datablock_index(pid, name)
         if index is None:
             continue
         taken.add(index)
-        if not path.name.endswith(naming.TAR_SUFFIX):
+        if not name.endswith(naming.TAR_SUFFIX):
             continue
         try:
-            manifest = read_manifest(naming.manifest_path(path))
+            manifest = parse_manifest(store.read_text(naming.manifest_id(f"{folder}/{name}")))
         except (OSError, ValueError, ValidationError):
             continue
         if manifest.datasetId == pid and manifest.archiveId == naming.archive_id(pid, index):
@@ -114,69 +62,56 @@ def archive_datablock(
     s3,
     bucket: str,
     block: PlannedDatablock,
-    lts_root: Path,
+    store: LtsStore,
     algorithm: ChecksumAlgorithm = "sha256",
     on_bytes: Callable[[int], None] | None = None,
     prefetch: Prefetch = Prefetch(),
     listed: Mapping[str, ListedChecksum] | None = None,
-    ownership: FileOwnership = FileOwnership(),
 ) -> DatablockRecord:
-    """Write `block` as a new datablock on the LTS and return its SciCat record. The tar and its manifest get
-    `ownership` before they are published.
+    """Write `block` as a new datablock on the LTS and return its SciCat record (the store publishes it, with
+    its manifest, once written).
 
     The LTS is written once: DatablockExistsError when a file already has the datablock's name (plans reuse
     existing datablocks and give new ones free names). A file with a checksum in `listed` (by path) must have
     it: ChecksumMismatchError, naming each that does not, and nothing is published. Raises MissingFilesError
     when a landing-zone object is gone or unreadable (user error), IntegrityError when an object changed size
     while being read, other errors for storage problems."""
-    tar_path = naming.datablock_path(lts_root, block.archive_id)
-    manifest_file = naming.manifest_path(tar_path)
-    folder = tar_path.parent
-    folder.mkdir(parents=True, exist_ok=True)
-    if tar_path.exists() or manifest_file.exists():
+    listed = listed or {}
+    manifests: list[Manifest] = []
+
+    def manifest(tar: tuple[str, int, list[DataFileRecord]]) -> str:
+        chk, packed_size, members = tar
+        manifests.append(
+            Manifest(
+                datasetId=block.pid,
+                archiveId=block.archive_id,
+                size=block.size,
+                packedSize=packed_size,
+                chkAlg=algorithm,
+                dataFileList=members,
+                chk=chk,
+                created=datetime.now(UTC).isoformat(),
+            )
+        )
+        return manifests[0].model_dump_json(indent=1)
+
+    try:
+        store.publish_datablock(
+            block.archive_id,
+            naming.manifest_id(block.archive_id),
+            lambda out: _write_tar(out, s3, bucket, block, algorithm, on_bytes, prefetch, listed),
+            manifest,
+        )
+    except AlreadyPublishedError:
         raise DatablockExistsError(
             f"datablock {block.archive_id} is already on the LTS; it is never overwritten (a bug in planning: "
             "report it; the datablock stays as it is)"
-        )
-    listed = listed or {}
-    partial = naming.partial_path(tar_path)
-    try:
-        with open(partial, "wb") as out:  # truncates a leftover from an earlier crash
-            chk, packed_size, members = _write_tar(out, s3, bucket, block, algorithm, on_bytes, prefetch, listed)
-            out.flush()
-            ownership.apply(out.fileno(), tar_path)
-            os.fsync(out.fileno())
-            drop_page_cache(out.fileno())
-        manifest = Manifest(
-            datasetId=block.pid,
-            archiveId=block.archive_id,
-            size=block.size,
-            packedSize=packed_size,
-            chkAlg=algorithm,
-            dataFileList=members,
-            chk=chk,
-            created=datetime.now(UTC).isoformat(),
-        )
-        # Manifest first: a crash between the two renames leaves a manifest without a tar (a taken name,
-        # never reused), never a verified tar with a stale manifest.
-        write_json_durably(
-            manifest_file,
-            manifest.model_dump_json(indent=1),
-            naming.partial_path(manifest_file),
-            rename=rename_no_replace,
-            before_sync=lambda fd: ownership.apply(fd, manifest_file),
-        )
-        rename_no_replace(partial, tar_path)
-        fsync_dir(folder)
+        ) from None
     except FileExistsError as e:
         raise DatablockExistsError(
             f"datablock {block.archive_id}: {e.filename} appeared while it was written; nothing was overwritten"
         ) from e
-    finally:
-        for leftover in (partial, naming.partial_path(manifest_file)):
-            with contextlib.suppress(OSError):
-                leftover.unlink()
-    return manifest.record()
+    return manifests[0].record()
 
 
 class _TarOutput:
@@ -267,21 +202,20 @@ def _checksum_mismatch(member: Member, expected: ListedChecksum | None, algorith
     return f"{member.file.path} (SciCat lists {expected.algorithm} {expected.value}, the landing zone has {computed})"
 
 
-def verify_datablock(lts_root: Path, archive_id: str, on_bytes: Callable[[int], None] | None = None) -> Manifest:
+def verify_datablock(store: LtsStore, archive_id: str, on_bytes: Callable[[int], None] | None = None) -> Manifest:
     """Read the datablock back once (from storage, not the page cache, where the OS allows) and check the
     datablock checksum and every member against the manifest. Raises IntegrityError listing every problem."""
-    tar_path = naming.datablock_path(lts_root, archive_id)
+    manifest_id = naming.manifest_id(naming.check_archive_id(archive_id))
     what = f"datablock {archive_id}"
     try:
-        manifest = read_manifest(naming.manifest_path(tar_path))
+        manifest = parse_manifest(store.read_text(manifest_id))
     except (OSError, ValueError, ValidationError) as e:
-        raise IntegrityError(what, [f"manifest {naming.manifest_path(tar_path).name} unreadable: {e}"]) from e
+        raise IntegrityError(what, [f"manifest {PurePosixPath(manifest_id).name} unreadable: {e}"]) from e
     try:
-        raw = open(tar_path, "rb", buffering=0)  # noqa: SIM115 (closed by the `with` below)
+        raw = store.open_datablock(archive_id)
     except OSError as e:
         raise IntegrityError(what, [f"tar file unreadable: {e}"]) from e
     with raw:
-        drop_page_cache(raw.fileno())
         problems = check_datablock_stream(
             raw,
             manifest.dataFileList,

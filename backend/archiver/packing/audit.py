@@ -25,8 +25,8 @@ from pydantic import ValidationError
 from archiver.packing import naming
 from archiver.packing.cleanup import DISCARDED, set_aside_time
 from archiver.packing.errors import InvalidNameError
-from archiver.packing.records import read_manifest, write_json_durably
-from archiver.storage.lts import fsync_dir
+from archiver.packing.records import read_manifest
+from archiver.storage.lts import fsync_dir, write_json_durably
 
 AUDIT_SUFFIX = ".audit.json"
 NEVER = datetime.min.replace(tzinfo=UTC)

@@ -135,18 +135,6 @@ def delete_landing_zone_files(s3, bucket: str, pid: str) -> int:
     return delete_prefix(s3, bucket, prefix)
 
 
-def remove_partial_files(lts_root: Path, pid: str) -> list[Path]:
-    """Delete a dataset's half-written files (`*.partial`) on the LTS, left by a run killed mid-write.
-    Only for a run known to be dead: a live writer's file would be pulled from under it."""
-    folder = naming.datablocks_folder(lts_root, pid)
-    removed = sorted(folder.glob(f"*{naming.PARTIAL_SUFFIX}")) if folder.exists() else []
-    for path in removed:
-        path.unlink(missing_ok=True)
-    if removed:
-        fsync_dir(folder)
-    return removed
-
-
 def abort_retrieval_uploads(s3, bucket: str, pid: str) -> int:
     """Abort a dataset's unfinished uploads to the retrieval bucket, left by a dead run; finished objects stay.
     (A live retrieval of the same dataset by another job loses its upload too and retries it.)"""

@@ -13,12 +13,13 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import quote, unquote
 
 from archiver.packing.errors import InvalidNameError, InvalidPidError
+from archiver.storage.lts import PARTIAL_SUFFIX
+from archiver.storage.lts import partial_path as partial_path  # the LTS's temporary names, named here too
 
 DATASETS_PREFIX = "openem-network/datasets"
 TAR_SUFFIX = ".tar"
 RETRIEVED_FILES_SEGMENT = "files"
 MANIFEST_SUFFIX = ".manifest.json"
-PARTIAL_SUFFIX = ".partial"
 LANDING_FILES_SEGMENT = "raw_files"
 
 
@@ -83,7 +84,12 @@ def dataset_lts_folder(lts_root: Path, pid: str) -> Path:
 
 
 def datablocks_folder(lts_root: Path, pid: str) -> Path:
-    return dataset_lts_folder(lts_root, pid) / "datablocks"
+    return Path(lts_root) / datablocks_key(pid)
+
+
+def datablocks_key(pid: str) -> str:
+    """The dataset's datablocks folder relative to the LTS root, as the LTS store names it."""
+    return f"{DATASETS_PREFIX}/{safe_name(pid)}/datablocks"
 
 
 def datablock_name(pid: str, index: int) -> str:
@@ -111,11 +117,16 @@ def datablock_index(pid: str, file_name: str) -> int | None:
 
 def archive_id(pid: str, index: int) -> str:
     """The datablock's id in SciCat: its path relative to the LTS root."""
-    return f"{DATASETS_PREFIX}/{safe_name(pid)}/datablocks/{datablock_name(pid, index)}"
+    return f"{datablocks_key(pid)}/{datablock_name(pid, index)}"
 
 
 def datablock_path(lts_root: Path, archive_id_: str) -> Path:
     """The tar file of an archive id; refuses ids that leave the datasets folder or are not tar files."""
+    return Path(lts_root).joinpath(*PurePosixPath(check_archive_id(archive_id_)).parts)
+
+
+def check_archive_id(archive_id_: str) -> str:
+    """An archive id naming a tar file in a dataset's datablocks folder; raises InvalidNameError otherwise."""
     check_relative_path(archive_id_, "archiveId")
     parts = PurePosixPath(archive_id_).parts
     if (
@@ -127,7 +138,7 @@ def datablock_path(lts_root: Path, archive_id_: str) -> Path:
         raise InvalidNameError(
             f"archiveId {archive_id_!r} is not of the form {DATASETS_PREFIX}/<dataset>/datablocks/<name>{TAR_SUFFIX}"
         )
-    return Path(lts_root).joinpath(*parts)
+    return archive_id_
 
 
 def archive_id_of_dataset(pid: str, archive_id_: str) -> bool:
@@ -140,12 +151,12 @@ def archive_id_of_dataset(pid: str, archive_id_: str) -> bool:
 
 
 def manifest_path(tar_path: Path) -> Path:
-    return tar_path.with_name(tar_path.name.removesuffix(TAR_SUFFIX) + MANIFEST_SUFFIX)
+    return tar_path.with_name(manifest_id(tar_path.name))
 
 
-def partial_path(final_path: Path) -> Path:
-    """Temporary name while a file is written; never taken for a finished file."""
-    return final_path.with_name(final_path.name + PARTIAL_SUFFIX)
+def manifest_id(archive_id_: str) -> str:
+    """The manifest beside a datablock (an archive id, or a tar's name: the same of the manifest)."""
+    return archive_id_.removesuffix(TAR_SUFFIX) + MANIFEST_SUFFIX
 
 
 def retrieval_prefix(pid: str) -> str:

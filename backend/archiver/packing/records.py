@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -81,23 +79,9 @@ class Manifest(DatablockRecord):
         return DatablockRecord.model_validate(self.model_dump(include=set(DatablockRecord.model_fields)))
 
 
-def write_json_durably(
-    path: Path,
-    text: str,
-    temp_path: Path,
-    rename: Callable[[Path, Path], None] = os.replace,
-    before_sync: Callable[[int], None] | None = None,
-) -> None:
-    """Write to `temp_path`, call `before_sync` with its descriptor, fsync, `rename` to `path` (the caller
-    fsyncs the folder)."""
-    with open(temp_path, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        if before_sync is not None:
-            before_sync(f.fileno())
-        os.fsync(f.fileno())
-    rename(temp_path, path)
+def parse_manifest(text: str) -> Manifest:
+    return Manifest.model_validate(json.loads(text))
 
 
 def read_manifest(path: Path) -> Manifest:
-    return Manifest.model_validate(json.loads(Path(path).read_text(encoding="utf-8")))
+    return parse_manifest(Path(path).read_text(encoding="utf-8"))

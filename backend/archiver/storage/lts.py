@@ -1,4 +1,4 @@
-"""The LTS filesystem: durable writes, free-space and readability waits."""
+"""The LTS filesystem: durable writes, free-space and readability waits; the errors of the LTS store."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from archiver.errors import ArchiverError
+from archiver.errors import ArchiverError, TryLaterError
+
+PARTIAL_SUFFIX = ".partial"
 
 
 class LtsWaitTimeout(ArchiverError):
@@ -34,6 +36,14 @@ class LtsFullError(ArchiverError):
 
 class LtsOwnershipError(ArchiverError):
     """LTS_FILE_UID / LTS_FILE_GID could not be given to a file written to the LTS."""
+
+
+class DatasetBusyError(TryLaterError):
+    """Another live process is writing this dataset's datablocks."""
+
+
+class AlreadyPublishedError(ArchiverError, FileExistsError):
+    """A datablock or its manifest is already published under the name asked for; nothing was written."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +76,29 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def partial_path(final_path: Path) -> Path:
+    """Temporary name while a file is written; never taken for a finished file."""
+    return final_path.with_name(final_path.name + PARTIAL_SUFFIX)
+
+
+def write_json_durably(
+    path: Path,
+    text: str,
+    temp_path: Path,
+    rename: Callable[[Path, Path], None] = os.replace,
+    before_sync: Callable[[int], None] | None = None,
+) -> None:
+    """Write to `temp_path`, call `before_sync` with its descriptor, fsync, `rename` to `path` (the caller
+    fsyncs the folder)."""
+    with open(temp_path, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        if before_sync is not None:
+            before_sync(f.fileno())
+        os.fsync(f.fileno())
+    rename(temp_path, path)
 
 
 def rename_no_replace(source: Path, target: Path) -> None:

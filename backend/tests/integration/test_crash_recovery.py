@@ -20,6 +20,7 @@ from archiver.config.limits import load_limits_file
 from archiver.flows.dataset_creation import create_test_dataset_flow
 from archiver.local_services import descendants, poll_until
 from archiver.packing import archive, naming
+from archiver.storage.posix_store import PosixLtsStore
 from tests.integration.served import start_served_archival
 
 pytestmark = pytest.mark.integration
@@ -177,7 +178,7 @@ def test_lost_node_run_is_crashed_by_heartbeat_automation_and_resumed(crash_pipe
     assert len({d.archive_id for d in datablocks}) == len(datablocks) == NUM_FILES
     archived = {}
     for datablock in datablocks:  # every byte read back from the LTS against its manifest
-        manifest = archive.verify_datablock(pipeline.lts_root, datablock.archive_id)
+        manifest = archive.verify_datablock(PosixLtsStore(pipeline.lts_root), datablock.archive_id)
         archived.update({f.path: f.chk for f in manifest.dataFileList})
     assert archived == originals
     assert pipeline.landing_keys(pid) == []
@@ -328,11 +329,9 @@ def test_a_frozen_run_that_wakes_up_changes_nothing_and_the_resumed_job_finishes
     assert lifecycle["archiveStatusMessage"] == "datasetOnArchiveDisk"
     datablocks = pipeline.scicat.get_datablocks(pid)
     assert len({d.archive_id for d in datablocks}) == len(datablocks) == NUM_FILES
-    archived = {}
+    archived, store = {}, PosixLtsStore(pipeline.lts_root)
     for datablock in datablocks:
-        archived.update(
-            {f.path: f.chk for f in archive.verify_datablock(pipeline.lts_root, datablock.archive_id).dataFileList}
-        )
+        archived.update({f.path: f.chk for f in archive.verify_datablock(store, datablock.archive_id).dataFileList})
     assert archived == originals
     assert pipeline.landing_keys(pid) == [] and partial_files(pipeline.lts_root) == []
     with get_client(sync_client=True) as client:

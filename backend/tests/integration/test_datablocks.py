@@ -16,7 +16,6 @@ from archiver.packing.cleanup import (
     abort_retrieval_uploads,
     delete_landing_zone_files,
     delete_retrieved,
-    remove_partial_files,
     set_aside_datablocks,
 )
 from archiver.packing.errors import (
@@ -31,6 +30,7 @@ from archiver.packing.planning import list_dataset_files, plan_datablocks
 from archiver.packing.records import ListedChecksum, read_manifest
 from archiver.packing.retrieve import retrieve_datablock
 from archiver.storage.lts import FileOwnership
+from archiver.storage.posix_store import PosixLtsStore
 from archiver.storage.s3 import presigned_get_url
 from tests.conftest import S3_TEST_CREDENTIALS, S3_TEST_REGION
 
@@ -47,9 +47,9 @@ def upload(s3, bucket, pid, files: dict[str, bytes]) -> None:
 
 def archive_all(s3, bucket, pid, lts_root, target_bytes, algorithm="sha256"):
     blocks = plan_datablocks(pid, list_dataset_files(s3, bucket, pid), target_bytes)
-    records = [archive_datablock(s3, bucket, b, lts_root, algorithm) for b in blocks]
+    records = [archive_datablock(s3, bucket, b, PosixLtsStore(lts_root), algorithm) for b in blocks]
     for r in records:
-        verify_datablock(lts_root, r.archiveId)
+        verify_datablock(PosixLtsStore(lts_root), r.archiveId)
     return blocks, records
 
 
@@ -122,14 +122,14 @@ def test_flipped_byte_and_truncation_are_reported_member_by_member(s3, bucket, s
     flipped[original.index(files["b.bin"][:64]) + 1000] ^= 0x01
     path.write_bytes(bytes(flipped))
     with pytest.raises(IntegrityError) as e:
-        verify_datablock(lts_root, record.archiveId)
+        verify_datablock(PosixLtsStore(lts_root), record.archiveId)
     problems = "\n".join(e.value.problems)
     assert "'b.bin'" in problems and "'a.bin'" not in problems and "'c.bin'" not in problems
     assert "datablock sha256" in problems
 
     path.write_bytes(original[: original.index(files["b.bin"][:64]) + 5000])
     with pytest.raises(IntegrityError) as e:
-        verify_datablock(lts_root, record.archiveId)
+        verify_datablock(PosixLtsStore(lts_root), record.archiveId)
     problems = "\n".join(e.value.problems)
     assert "missing member 'b.bin'" in problems and "missing member 'c.bin'" in problems
     assert "cut short" in problems and f"recorded {len(original)}" in problems
@@ -144,7 +144,7 @@ def test_unexpected_member_is_reported(s3, bucket, lts_root):
         info.size = 3
         tar.addfile(info, io.BytesIO(b"bad"))
     with pytest.raises(IntegrityError, match="unexpected member 'intruder'"):
-        verify_datablock(lts_root, record.archiveId)
+        verify_datablock(PosixLtsStore(lts_root), record.archiveId)
 
 
 def test_corrupt_datablock_never_reaches_the_retrieval_bucket(s3, bucket, second_bucket, lts_root):
@@ -181,28 +181,28 @@ def test_a_datablock_on_the_lts_is_never_overwritten_whatever_its_state(s3, buck
     upload(s3, bucket, PID, {"a.bin": os.urandom(10_000), "b.bin": os.urandom(10_000)})
     (block,) = plan_datablocks(PID, list_dataset_files(s3, bucket, PID), 100 * MiB)
     path = tar_path(lts_root, block.archive_id)
-    first = archive_datablock(s3, bucket, block, lts_root)
+    first = archive_datablock(s3, bucket, block, PosixLtsStore(lts_root))
     original = path.read_bytes()
 
     # archiving the same plan again refuses, whether the tar verifies, is damaged or lost its manifest
     with pytest.raises(DatablockExistsError, match="never overwritten"):
-        archive_datablock(s3, bucket, block, lts_root)
+        archive_datablock(s3, bucket, block, PosixLtsStore(lts_root))
     path.write_bytes(original[:-2000])
     with pytest.raises(DatablockExistsError):
-        archive_datablock(s3, bucket, block, lts_root)
+        archive_datablock(s3, bucket, block, PosixLtsStore(lts_root))
     assert path.read_bytes() == original[:-2000]
     path.write_bytes(original)
     naming.manifest_path(path).unlink()
     with pytest.raises(DatablockExistsError):
-        archive_datablock(s3, bucket, block, lts_root)
+        archive_datablock(s3, bucket, block, PosixLtsStore(lts_root))
     assert path.read_bytes() == original and first.dataFileList
 
     # plans give new datablocks names no file of the dataset has, so nothing existing is named
-    on_lts = datablocks_on_lts(lts_root, PID)
+    on_lts = datablocks_on_lts(PosixLtsStore(lts_root), PID)
     (again,) = plan_datablocks(PID, list_dataset_files(s3, bucket, PID), 100 * MiB, on_lts.taken_indices)
     assert again.index == 1
-    archive_datablock(s3, bucket, again, lts_root)
-    assert verify_datablock(lts_root, again.archive_id).record().dataFileList == first.dataFileList
+    archive_datablock(s3, bucket, again, PosixLtsStore(lts_root))
+    assert verify_datablock(PosixLtsStore(lts_root), again.archive_id).record().dataFileList == first.dataFileList
 
 
 def test_files_whose_bytes_differ_from_the_listed_checksum_are_named_and_nothing_is_published(s3, bucket, lts_root):
@@ -215,7 +215,7 @@ def test_files_whose_bytes_differ_from_the_listed_checksum_are_named_and_nothing
         "c.bin": ListedChecksum(algorithm="sha1", value="0" * 40),
     }
     with pytest.raises(ChecksumMismatchError) as e:
-        archive_datablock(s3, bucket, block, lts_root, listed=listed)
+        archive_datablock(s3, bucket, block, PosixLtsStore(lts_root), listed=listed)
     assert e.value.files == [
         f"big.bin (SciCat lists md5 {listed['big.bin'].value}, "
         f"the landing zone has {hashlib.md5(data['big.bin']).hexdigest()})",
@@ -225,7 +225,7 @@ def test_files_whose_bytes_differ_from_the_listed_checksum_are_named_and_nothing
 
     listed["big.bin"] = ListedChecksum(algorithm="md5", value=hashlib.md5(data["big.bin"]).hexdigest().upper())
     listed["c.bin"] = ListedChecksum(algorithm="sha1", value=hashlib.sha1(data["c.bin"]).hexdigest())
-    record = archive_datablock(s3, bucket, block, lts_root, listed=listed)
+    record = archive_datablock(s3, bucket, block, PosixLtsStore(lts_root), listed=listed)
     assert {f.path: f.chk for f in record.dataFileList} == {p: hashlib.sha256(d).hexdigest() for p, d in data.items()}
 
 
@@ -244,7 +244,7 @@ def test_user_errors(s3, bucket, lts_root):
     (block,) = plan_datablocks(PID, list_dataset_files(s3, bucket, PID), 100 * MiB)
     s3.delete_object(Bucket=bucket, Key=naming.landing_prefix(PID) + "b.bin")
     with pytest.raises(MissingFilesError, match="b.bin") as e:
-        archive_datablock(s3, bucket, block, lts_root)
+        archive_datablock(s3, bucket, block, PosixLtsStore(lts_root))
     assert e.value.files == ["b.bin"]
     folder = naming.datablocks_folder(lts_root, PID)
     assert list(folder.iterdir()) == []  # the temporary file is gone, no datablock
@@ -285,9 +285,9 @@ def test_leftovers_of_a_dead_run_are_removed_and_finished_work_kept(s3, bucket, 
     s3.create_multipart_upload(Bucket=second_bucket, Key=prefix + "dead.tar")
     s3.create_multipart_upload(Bucket=second_bucket, Key=naming.retrieval_prefix("20.500.11935/other") + "live.tar")
 
-    assert remove_partial_files(lts_root, PID) == [half_written]
+    with PosixLtsStore(lts_root).lock_dataset(naming.datablocks_key(PID)) as removed:
+        assert removed == [half_written.name]
     assert not half_written.exists() and finished.exists()
-    assert remove_partial_files(lts_root, "20.500.11935/none") == []
     assert abort_retrieval_uploads(s3, second_bucket, PID) == 1
     assert [u["Key"] for u in multipart_uploads(s3, second_bucket)] == [
         naming.retrieval_prefix("20.500.11935/other") + "live.tar"
@@ -320,11 +320,11 @@ def test_owner_and_mode_of_the_lts_settings_are_on_the_published_tar_and_manifes
         ownership = FileOwnership(uid=1234, gid=2345, mode=0o440)
     else:  # an ordinary user can still choose the mode and one of its own groups
         ownership = FileOwnership(gid=os.getegid(), mode=0o440)
-    record = archive_datablock(s3, bucket, block, lts_root, ownership=ownership)
+    record = archive_datablock(s3, bucket, block, PosixLtsStore(lts_root, ownership))
 
     tar = tar_path(lts_root, record.archiveId)
     for published in (tar, naming.manifest_path(tar)):
         status = published.stat()
         owner = (status.st_uid if ownership.uid is not None else None, status.st_gid, stat.S_IMODE(status.st_mode))
         assert owner == (ownership.uid, ownership.gid, 0o440), published.name
-    assert verify_datablock(lts_root, record.archiveId).record() == record
+    assert verify_datablock(PosixLtsStore(lts_root), record.archiveId).record() == record

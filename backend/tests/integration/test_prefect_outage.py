@@ -16,6 +16,7 @@ from archiver import local_services
 from archiver.flows.dataset_creation import create_test_dataset_flow
 from archiver.packing import naming
 from archiver.packing.archive import verify_datablock
+from archiver.storage.posix_store import PosixLtsStore
 from tests.integration.restartable import Restartable
 
 pytestmark = pytest.mark.integration
@@ -127,7 +128,7 @@ def test_prefect_server_killed_mid_write_does_not_fail_the_job(pipeline, own_pre
     assert sorted(naming.datablock_path(pipeline.lts_root, d.archive_id).name for d in datablocks) == sorted(after)
     archived = {}
     for datablock in datablocks:
-        manifest = verify_datablock(pipeline.lts_root, datablock.archive_id)
+        manifest = verify_datablock(PosixLtsStore(pipeline.lts_root), datablock.archive_id)
         archived.update({f.path: f.chk for f in manifest.dataFileList})
     assert archived == originals
     assert pipeline.landing_keys(pid) == []

@@ -19,6 +19,7 @@ from archiver.packing.errors import IntegrityError, MissingFilesError
 from archiver.packing.planning import list_dataset_files, plan_datablocks
 from archiver.packing.records import read_manifest
 from archiver.packing.sources import Prefetch, read_members
+from archiver.storage.posix_store import PosixLtsStore
 
 pytestmark = pytest.mark.integration
 
@@ -64,8 +65,8 @@ def test_members_keep_the_planned_order_when_later_fetches_finish_first(s3, buck
     for path, data, checksum in got:
         assert data == files[path] and checksum == hashlib.sha256(files[path]).hexdigest()
 
-    record = archive_datablock(s3, bucket, block, lts_root, prefetch=prefetch)
-    verify_datablock(lts_root, record.archiveId)
+    record = archive_datablock(s3, bucket, block, PosixLtsStore(lts_root), prefetch=prefetch)
+    verify_datablock(PosixLtsStore(lts_root), record.archiveId)
     with tarfile.open(naming.datablock_path(lts_root, record.archiveId)) as tar:
         assert [(m.name, tar.extractfile(m).read()) for m in tar] == [(f.path, files[f.path]) for f in block.files]
 
@@ -116,13 +117,13 @@ def test_a_failed_fetch_fails_the_datablock_and_leaves_nothing_behind(s3, bucket
         expected = pytest.raises(EndpointConnectionError)
 
     with expected:
-        archive_datablock(s3, bucket, block, lts_root, prefetch=FOUR_THREADS)
+        archive_datablock(s3, bucket, block, PosixLtsStore(lts_root), prefetch=FOUR_THREADS)
     assert list(naming.datablocks_folder(lts_root, PID).iterdir()) == []  # no tar, no .partial, no manifest
     assert prefetch_threads() == []  # no fetch is left running
 
     repair()  # the next run writes the datablock in full (nothing of the failed one was published)
-    record = archive_datablock(s3, bucket, block, lts_root, prefetch=FOUR_THREADS)
-    assert verify_datablock(lts_root, record.archiveId).record() == record
+    record = archive_datablock(s3, bucket, block, PosixLtsStore(lts_root), prefetch=FOUR_THREADS)
+    assert verify_datablock(PosixLtsStore(lts_root), record.archiveId).record() == record
 
 
 @pytest.mark.parametrize("size", [40 * KiB, 300 * KiB], ids=["fetched ahead", "streamed"])
@@ -130,14 +131,15 @@ def test_a_failed_fetch_fails_the_datablock_and_leaves_nothing_behind(s3, bucket
 def test_an_object_that_changed_size_since_planning_fails_the_datablock(s3, bucket, lts_root, size, change):
     block = upload(s3, bucket, {"a.bin": os.urandom(1000), "b.bin": os.urandom(size), "c.bin": os.urandom(1000)})
     s3.put_object(Bucket=bucket, Key=block.files[1].key, Body=os.urandom(size + change * size // 2))
+    prefetch = Prefetch(threads=2, small_object_bytes=64 * KiB)
     with pytest.raises(IntegrityError, match="'.*b.bin' changed while being archived"):
-        archive_datablock(s3, bucket, block, lts_root, prefetch=Prefetch(threads=2, small_object_bytes=64 * KiB))
+        archive_datablock(s3, bucket, block, PosixLtsStore(lts_root), prefetch=prefetch)
     assert list(naming.datablocks_folder(lts_root, PID).iterdir()) == []
 
 
 def test_verification_reads_the_tar_in_large_pieces_whatever_the_member_size(s3, bucket, lts_root):
     block = upload(s3, bucket, {f"f{i:03d}.bin": os.urandom(3 * KiB) for i in range(400)})
-    record = archive_datablock(s3, bucket, block, lts_root)
+    record = archive_datablock(s3, bucket, block, PosixLtsStore(lts_root))
     path = naming.datablock_path(lts_root, record.archiveId)
     manifest = read_manifest(naming.manifest_path(path))
     reads = []

@@ -21,6 +21,7 @@ from archiver import local_services
 from archiver.flows.dataset_creation import create_test_dataset_flow
 from archiver.packing import naming
 from archiver.packing.archive import verify_datablock
+from archiver.storage.posix_store import PosixLtsStore
 from tests.conftest import S3_TEST_ACCOUNTS
 from tests.integration.restartable import Restartable
 from tests.integration.served import start_served
@@ -112,7 +113,7 @@ def test_s3_restarted_mid_archival_and_mid_retrieval_loses_no_byte(pipeline, own
     datablocks = pipeline.scicat.get_datablocks(pid)
     archived, lts_tars = {}, {}
     for datablock in datablocks:
-        manifest = verify_datablock(pipeline.lts_root, datablock.archive_id)
+        manifest = verify_datablock(PosixLtsStore(pipeline.lts_root), datablock.archive_id)
         archived.update({f.path: f.chk for f in manifest.dataFileList})
         lts_tars[datablock.archive_id] = naming.datablock_path(pipeline.lts_root, datablock.archive_id).read_bytes()
     assert archived == originals

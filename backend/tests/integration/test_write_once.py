@@ -19,6 +19,7 @@ from archiver.packing import naming
 from archiver.packing.archive import archive_datablock
 from archiver.packing.planning import list_dataset_files, plan_datablocks
 from archiver.scicat.models import DataFile, NewDatablock, NewOrigDatablock
+from archiver.storage.posix_store import PosixLtsStore
 
 pytestmark = pytest.mark.integration
 
@@ -125,7 +126,7 @@ def test_a_rerun_after_the_owner_fixed_a_file_writes_it_under_a_new_name_and_set
     # uploaded the listed file again
     put_landing(pipeline, pid, "file_0000.bin", os.urandom(2000))
     (stale,) = plan_datablocks(pid, list_dataset_files(pipeline.s3, bucket, pid), 10**9)
-    archive_datablock(pipeline.s3, bucket, stale, pipeline.lts_root)
+    archive_datablock(pipeline.s3, bucket, stale, PosixLtsStore(pipeline.lts_root))
     stale_sha = lts_files(pipeline, pid)[f"datablocks/{naming.datablock_name(pid, 0)}"]
     put_landing(pipeline, pid, "file_0000.bin", listed_bytes)
 
@@ -142,7 +143,7 @@ def write_unregistered(pipeline, pid: str, target_bytes: int) -> list:
     """What an archival that died before registering leaves: every datablock written and verified on the LTS."""
     bucket = pipeline.settings.s3.landingzone_bucket
     blocks = plan_datablocks(pid, list_dataset_files(pipeline.s3, bucket, pid), target_bytes)
-    return [archive_datablock(pipeline.s3, bucket, block, pipeline.lts_root) for block in blocks]
+    return [archive_datablock(pipeline.s3, bucket, block, PosixLtsStore(pipeline.lts_root)) for block in blocks]
 
 
 def test_an_unfinished_registration_is_completed_from_the_lts_without_writing(pipeline):

@@ -32,11 +32,11 @@ import pytest
 from archiver.config.settings import ScicatSection, load_vars_file
 from archiver.flow_run_containers import remove_flow_run_containers
 from archiver.local_services import free_port
-from archiver.packing.archive import LOCK_FILE_NAME
 from archiver.packing.cleanup import delete_retrieved
 from archiver.packing.naming import landing_prefix, retrieval_prefix, safe_name
 from archiver.scicat.client import ScicatClient, ScicatCredentials
 from archiver.scicat.models import DataFile, NewOrigDatablock, new_raw_dataset
+from archiver.storage.posix_store import LOCK_FILE_NAME
 from archiver.storage.s3 import S3Credentials, s3_client
 
 # The fault tests' shared checks report their differences like the tests' own asserts.

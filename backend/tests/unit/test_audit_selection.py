@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from archiver.packing import audit, naming
-from archiver.packing.records import Manifest, write_json_durably
+from archiver.packing.records import Manifest
+from archiver.storage.lts import write_json_durably
 
 START = datetime(2026, 1, 1, 2, 0, tzinfo=UTC)
 MB = 1024 * 1024

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from archiver.packing import naming
-from archiver.packing.archive import DatasetBusyError, claim_datablocks_folder
 from archiver.packing.cleanup import prune_discarded, set_aside_datablocks
+from archiver.storage.lts import DatasetBusyError
+from archiver.storage.posix_store import PosixLtsStore
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
@@ -102,13 +103,18 @@ def test_prune_refuses_a_negative_age(tmp_path):
         prune_discarded(tmp_path, -1)
 
 
+def lock(lts_root: Path, pid: str):
+    return PosixLtsStore(lts_root).lock_dataset(naming.datablocks_key(pid))
+
+
 HOLD_LOCK = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from archiver.packing.archive import claim_datablocks_folder
-    with claim_datablocks_folder(Path(sys.argv[1]), sys.argv[2]) as removed:
+    from archiver.packing import naming
+    from archiver.storage.posix_store import PosixLtsStore
+    with PosixLtsStore(Path(sys.argv[1])).lock_dataset(naming.datablocks_key(sys.argv[2])) as removed:
         Path(sys.argv[3]).write_bytes(b"being written")
-        print("removed", *[p.name for p in removed], flush=True)
+        print("removed", *removed, flush=True)
         time.sleep(60)
 """)
 
@@ -129,27 +135,27 @@ def test_partial_files_of_dead_writers_are_removed_never_a_live_writers(tmp_path
         assert writer.stdout.readline().split() == ["removed", dead_runs.name]
         assert not dead_runs.exists()
         with pytest.raises(DatasetBusyError, match="another process"):
-            with claim_datablocks_folder(tmp_path, pid):
+            with lock(tmp_path, pid):
                 pass
         assert live.read_bytes() == b"being written"  # a live writer's file is never touched
     finally:
         writer.kill()  # the writer dies mid-write: its .partial is left behind
         writer.wait()
 
-    with claim_datablocks_folder(tmp_path, pid) as removed:
-        assert removed == [live]
+    with lock(tmp_path, pid) as removed:
+        assert removed == [live.name]
         assert not live.exists()
         assert finished.is_file()
-    with claim_datablocks_folder(tmp_path, pid) as removed:  # released on exit
+    with lock(tmp_path, pid) as removed:  # released on exit
         assert removed == []
 
 
 def test_lock_is_released_when_the_block_raises(tmp_path):
     pid = "20.500.11935/raises"
     with pytest.raises(RuntimeError):
-        with claim_datablocks_folder(tmp_path, pid):
+        with lock(tmp_path, pid):
             raise RuntimeError("boom")
-    with claim_datablocks_folder(tmp_path, pid) as removed:  # would raise DatasetBusyError if still held
+    with lock(tmp_path, pid) as removed:  # would raise DatasetBusyError if still held
         assert removed == []
 
 

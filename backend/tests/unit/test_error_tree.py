@@ -13,11 +13,10 @@ from archiver.errors import ArchiverError, Verdict, verdict_of
 from archiver.flows.failures import describe_failure
 from archiver.flows.jobs import NoDatasetsError, job_verdict
 from archiver.flows.lts_tasks import _may_recover
-from archiver.packing.archive import DatasetBusyError
 from archiver.packing.errors import IntegrityError, InvalidPidError, MissingFilesError
 from archiver.packing.retained import RetrievalBudgetError, RetrievalBusyError
 from archiver.scicat.models import JobStatus
-from archiver.storage.lts import LtsWaitTimeout
+from archiver.storage.lts import DatasetBusyError, LtsWaitTimeout
 
 FULL_BUCKET = RetrievalBudgetError("20.500.11935/a", needed=2_000, used=900, budget=1_000)
 

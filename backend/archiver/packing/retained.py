@@ -17,8 +17,6 @@ moment its holder dies, so a killed run never blocks the dataset, and nothing pi
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -31,6 +29,7 @@ from archiver.packing import naming
 from archiver.packing.cleanup import abort_retrieval_uploads
 from archiver.packing.errors import InvalidNameError
 from archiver.packing.retrieve import CHK_ALG_METADATA, CHK_METADATA, RetrievedObject
+from archiver.storage.lts import exclusive_flock
 from archiver.storage.s3 import delete_keys, error_code, iter_objects
 
 RETAIN_UNTIL_TAG = "retain-until"
@@ -48,27 +47,15 @@ def retrieval_lock(lts_root: Path, pid: str, wait_s: float, poll_s: float = 1.0,
     folder = naming.dataset_lts_folder(lts_root, pid)
     folder.mkdir(parents=True, exist_ok=True)
     lock_path = folder / LOCK_FILE_NAME
-    deadline = time.monotonic() + wait_s
-    with open(lock_path, "a") as lock:
-        told = False
-        while True:
-            try:
-                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise RetrievalBusyError(
-                        f"dataset {pid}: another run has been retrieving or cleaning up its retrieved copy for more "
-                        f"than {wait_s:.0f}s (it holds {lock_path}); try the job again later"
-                    ) from None
-                if not told and on_wait:
-                    on_wait()
-                    told = True
-                time.sleep(poll_s)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+    def busy() -> RetrievalBusyError:
+        return RetrievalBusyError(
+            f"dataset {pid}: another run has been retrieving or cleaning up its retrieved copy for more "
+            f"than {wait_s:.0f}s (it holds {lock_path}); try the job again later"
+        )
+
+    with exclusive_flock(lock_path, wait_s, busy, on_wait, poll_s):
+        yield
 
 
 @contextlib.contextmanager

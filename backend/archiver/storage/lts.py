@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,6 +69,36 @@ class FileOwnership:
                 ) from e
         if self.mode is not None:
             os.fchmod(fd, self.mode)
+
+
+@contextlib.contextmanager
+def exclusive_flock(
+    lock_path: Path,
+    wait_s: float,
+    busy: Callable[[], Exception],
+    on_wait: Callable[[], None] | None = None,
+    poll_s: float = 1.0,
+) -> Iterator[None]:
+    """Hold an exclusive `flock` on `lock_path` (created if missing) for the `with` block; the kernel drops it
+    when its holder dies. While another process holds it, waits up to `wait_s`, trying every `poll_s` and
+    calling `on_wait` once; then raises `busy()`."""
+    deadline = time.monotonic() + wait_s
+    with open(lock_path, "a") as lock:
+        while True:
+            try:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise busy() from None
+                if on_wait:
+                    on_wait()
+                    on_wait = None
+                time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
+        try:
+            yield
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
 
 def fsync_dir(path: Path) -> None:

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import os
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -23,6 +21,7 @@ from archiver.storage.lts import (
     DatasetBusyError,
     FileOwnership,
     drop_page_cache,
+    exclusive_flock,
     fsync_dir,
     partial_path,
     rename_no_replace,
@@ -60,27 +59,16 @@ class PosixLtsStore:
         datablocks = self._path(folder)
         datablocks.mkdir(parents=True, exist_ok=True)
         lock_path = datablocks.parent / LOCK_FILE_NAME
-        deadline = time.monotonic() + wait_s
-        with open(lock_path, "a") as lock:
-            while True:
-                try:
-                    fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise DatasetBusyError(
-                            f"another process is writing the dataset's datablocks (it holds {lock_path}"
-                            + (f" and kept it for {wait_s:.0f} s" if wait_s else "")
-                            + "); wait for that run to end before archiving the dataset again"
-                        ) from None
-                    if on_wait:
-                        on_wait(str(lock_path))
-                        on_wait = None
-                    time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
-            try:
-                yield _remove_partial_files(datablocks)
-            finally:
-                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+        def busy() -> DatasetBusyError:
+            return DatasetBusyError(
+                f"another process is writing the dataset's datablocks (it holds {lock_path}"
+                + (f" and kept it for {wait_s:.0f} s" if wait_s else "")
+                + "); wait for that run to end before archiving the dataset again"
+            )
+
+        with exclusive_flock(lock_path, wait_s, busy, (lambda: on_wait(str(lock_path))) if on_wait else None):
+            yield _remove_partial_files(datablocks)
 
     def datablock_names(self, folder: str) -> list[str]:
         path = self._path(folder)

@@ -321,6 +321,8 @@ def prefect_server(
         "PREFECT_LOGGING_LEVEL": "WARNING",
         # Leases on disk: a restarted server keeps track of held concurrency slots.
         "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect.server.concurrency.lease_storage.filesystem",
+        # Tasks waiting for a tag's slot ask again within about a second (flows/lts_slices.py, YIELD_S).
+        "PREFECT_SERVER_TASKS_TAG_CONCURRENCY_SLOT_WAIT_SECONDS": "1",
         "PREFECT_SERVER_API_AUTH_STRING": auth_string,
         "PREFECT_API_AUTH_STRING": auth_string,
         **(extra_env or {}),

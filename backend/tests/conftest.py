@@ -66,8 +66,6 @@ def prefect_api_url(services_log_dir) -> str:
                 services_log_dir / "prefect",
                 auth_string,
                 database_url=database_url,
-                # Tasks waiting for a tag slot poll every second instead of every 10 s: faster tests.
-                extra_env={"PREFECT_SERVER_TASKS_TAG_CONCURRENCY_SLOT_WAIT_SECONDS": "1"},
             )
         )
         api_url = f"{server.url}/api"

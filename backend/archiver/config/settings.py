@@ -103,6 +103,8 @@ class LtsSection(_Section):
     free_space_percentage: float = Field(alias="LTS_FREE_SPACE_PERCENTAGE", ge=0, lt=100)
     free_space_timeout_s: float = Field(3600, alias="LTS_FREE_SPACE_TIMEOUT_S", gt=0)
     file_timeout_s: float = Field(600, alias="LTS_FILE_TIMEOUT_S", gt=0)
+    # How long one task run keeps an LTS limit's slot across consecutive datablocks (flows/lts_slices.py).
+    slot_slice_s: float = Field(60, alias="LTS_SLOT_SLICE_SECONDS", gt=0)
     discarded_retention_days: PositiveInt = Field(30, alias="LTS_DISCARDED_RETENTION_DAYS")
     # The `lts_audit` deployment (docs/flows.md, "Auditing the LTS").
     audit_cron: Annotated[str, AfterValidator(_cron)] = Field("0 2 * * *", alias="LTS_AUDIT_CRON")

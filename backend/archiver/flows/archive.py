@@ -26,20 +26,22 @@ from archiver.flows.concurrency import reconcile_tags
 from archiver.flows.failures import describe_failure
 from archiver.flows.figures import BYTES, DATABLOCKS, record_figures
 from archiver.flows.jobs import DatasetDone, JobHooks, on_job_cancelled, run_job
+from archiver.flows.lts_slices import LtsStream
 from archiver.flows.lts_tasks import (
+    STORAGE_RETRY_DELAYS,
+    may_retry_storage,
     set_aside_datablocks,
     tagged,
-    verify_datablock,
+    verify_stored_datablock,
     wait_for_free_space,
-    write_datablock,
 )
 from archiver.flows.on_record import ARCHIVED_LIFECYCLE, OnRecord, dataset_on_record
-from archiver.flows.parallel import run_bounded, run_bounded_or_raise
+from archiver.flows.parallel import raise_first_error, run_alongside
 from archiver.flows.progress import ProgressReporter
 from archiver.flows.scicat_tasks import SCICAT_RETRIES, scicat_call
 from archiver.flows.task_states import exception_of
 from archiver.packing import cleanup, naming
-from archiver.packing.archive import datablocks_on_lts
+from archiver.packing.archive import archive_datablock, datablocks_on_lts
 from archiver.packing.errors import (
     ArchivedDatasetChangedError,
     ChecksumMismatchError,
@@ -57,7 +59,7 @@ from archiver.packing.planning import (
     listed_by_path,
     plan_dataset_datablocks,
 )
-from archiver.packing.records import Manifest
+from archiver.packing.records import DatablockRecord, Manifest
 from archiver.packing.registered import ArchiveDifferences, written_from
 from archiver.scicat.models import ArchiveStatus, Datablock, NewDatablock
 from archiver.storage import lts
@@ -111,39 +113,47 @@ def _store_datablocks(
     failed_verification: list[str],
     registered: set[str],
 ) -> list[Manifest]:
-    """Verify the reused datablocks, write and verify the new ones (bounded in parallel), LTS access limited by
-    tag. Archive ids whose verification found a difference, registered ones excepted, are added to
-    `failed_verification`."""
+    """Verify the reused datablocks, then write the new ones while verifying those written; LTS access in
+    time slices of the limits' tags (flows/lts_slices.py). Archive ids whose verification found a difference,
+    registered ones excepted, are added to `failed_verification`."""
     settings, limits = config.settings, config.limits
     new_bytes = sum(b.packed_size for b in plan.new)
     dataset_bytes = sum(m.packedSize for m in plan.reused) + new_bytes
     progress = ProgressReporter(f"archiving {pid}", dataset_bytes, {WRITING: new_bytes, VERIFYING: dataset_bytes})
     written_bytes, verified_bytes = progress.counter(WRITING), progress.counter(VERIFYING)
     wait = tagged(wait_for_free_space, limits.LTS_FREE_LIMIT)
-    write = tagged(write_datablock, limits.MOVE_TO_LTS_LIMIT)
-    verify = tagged(verify_datablock, limits.VERIFY_LTS_LIMIT)
     checksums = {f.path: f.checksum for f in listed if f.checksum}
     # One wait for room per dataset: the timeout bounds all of its waits together, and once a datablock
-    # found the LTS full the ones not started yet are not tried (the verified ones stay for a re-run).
+    # found the LTS full the ones not started yet are not tried (ends_stream; the verified ones stay for a re-run).
     room_deadline = time.monotonic() + settings.lts.free_space_timeout_s
-    full: list[str] = []
     still_owner = OwnershipCheck()
+    workers = settings.archiver.datablock_concurrency
 
-    def checked(archive_id: str) -> Manifest:
+    def check(archive_id: str) -> Manifest:
         try:
-            return verify(lts_store, archive_id, settings.lts.file_timeout_s, on_bytes=verified_bytes)
+            return verify_stored_datablock(lts_store, archive_id, settings.lts.file_timeout_s, verified_bytes)
         except IntegrityError:
             if archive_id not in registered:
                 failed_verification.append(archive_id)
             raise
 
-    def store(block: PlannedDatablock) -> Manifest:
+    def verifications(archive_ids: list[str] | None = None) -> LtsStream[str, Manifest]:
+        return LtsStream(
+            limits.VERIFY_LTS_LIMIT,
+            lambda archive_id: f"verification of {archive_id}",
+            check,
+            settings.lts.slot_slice_s,
+            f"verify datablocks of {pid}",
+            items=archive_ids,
+        )
+
+    results = raise_first_error(verifications([m.archiveId for m in plan.reused]).run(workers))
+    verifying = verifications()
+
+    def write(block: PlannedDatablock) -> DatablockRecord:
+        # The ownership check runs with the slot held: a run frozen while it waited, and taken for crashed
+        # meanwhile, stops here instead of writing.
         still_owner()
-        if full:
-            raise lts.LtsFullError(
-                f"datablock {block.archive_id} not written: datablock {full[0]} of dataset {pid} "
-                "found the LTS full; free space on the LTS, then run the job again"
-            )
         # The tagged wait (two Prefect API round trips for its slot) only when the LTS is short of room.
         if not lts.has_free_space(settings.lts.storage_root, settings.lts.free_space_percentage):
             wait(
@@ -151,35 +161,40 @@ def _store_datablocks(
                 settings.lts.free_space_percentage,
                 max(0.0, room_deadline - time.monotonic()),
             )
-        try:
-            record = write(
-                connections.s3,
-                settings.s3.landingzone_bucket,
-                block,
-                lts_store,
-                settings.archiver.checksum_algorithm,
-                on_bytes=written_bytes,
-                listed={f.path: checksums[f.path] for f in block.files if f.path in checksums},
-                before_writing=still_owner,
-            )
-        except OSError as e:
-            if lts.is_full(e):
-                full.append(block.archive_id)
-            raise
-        return checked(record.archiveId)
+        record = archive_datablock(
+            connections.s3,
+            settings.s3.landingzone_bucket,
+            block,
+            lts_store,
+            settings.archiver.checksum_algorithm,
+            on_bytes=written_bytes,
+            listed={f.path: checksums[f.path] for f in block.files if f.path in checksums},
+        )
+        verifying.add(record.archiveId)
+        return record
 
-    results = run_bounded_or_raise(lambda m: checked(m.archiveId), plan.reused, settings.archiver.datablock_concurrency)
-    written = run_bounded(store, plan.new, settings.archiver.datablock_concurrency)
-    stop = next((o for o in written if isinstance(o, (RunCancelled, RunNotOwned))), None)
+    writing = LtsStream(
+        limits.MOVE_TO_LTS_LIMIT,
+        lambda block: f"write of {block.archive_id}",
+        write,
+        settings.lts.slot_slice_s,
+        f"write datablocks of {pid}",
+        items=plan.new,
+        retry_delays=STORAGE_RETRY_DELAYS,
+        may_retry=may_retry_storage,
+        ends_stream=lts.is_full,
+    )
+    written, checked = run_alongside(lambda: writing.run(workers), lambda: verifying.run(workers), then=verifying.close)
+    stop = next((o for o in [*written, *checked] if isinstance(o, (RunCancelled, RunNotOwned))), None)
     if stop is not None:  # before any other error: a run that must stop leaves the clean-up to the job's owner
         raise stop
     mismatched = [f for outcome in written if isinstance(outcome, ChecksumMismatchError) for f in outcome.files]
     if mismatched:  # every file of every datablock, not only the first datablock's
         raise ChecksumMismatchError(pid, mismatched)
-    for outcome in written:
-        if isinstance(outcome, BaseException):
-            raise outcome
-        results.append(outcome)
+    in_plan_order = {block.archive_id: i for i, block in enumerate(plan.new)}
+    raise_first_error(written)
+    new = raise_first_error(checked)
+    results += sorted(new, key=lambda manifest: in_plan_order[manifest.archiveId])
     progress.finish()
     return results
 

@@ -15,23 +15,27 @@ from archiver.config.limits import TagLimit
 from archiver.errors import retry_may_help
 from archiver.flows.task_states import exception_of
 from archiver.packing import archive, cleanup, naming, partial, retrieve
-from archiver.packing.planning import PlannedDatablock
-from archiver.packing.records import ChecksumAlgorithm, DatablockRecord, ListedChecksum, Manifest
+from archiver.packing.records import DatablockRecord, Manifest
 from archiver.storage import lts
 from archiver.storage.lts_store import LtsStore
 
 
-def _may_recover(task, task_run, state) -> bool:
+def may_retry_storage(error: BaseException) -> bool:
     """Retry storage hiccups; never a user's mistake, a checksum mismatch, a refused name, a full LTS or a run
     that must stop (`retry_may_help`)."""
+    return retry_may_help(error) and not lts.is_full(error)
+
+
+def _may_recover(task, task_run, state) -> bool:
     error = exception_of(state)
-    return error is not None and retry_may_help(error) and not lts.is_full(error)
+    return error is not None and may_retry_storage(error)
 
 
-# Storage tasks that stream data: transient S3/LTS errors get two more tries.
+# Storage work that streams data: transient S3/LTS errors get two more tries, after these delays.
+STORAGE_RETRY_DELAYS = [10, 60]
 _STORAGE_RETRIES: dict[str, Any] = {
-    "retries": 2,
-    "retry_delay_seconds": [10, 60],
+    "retries": len(STORAGE_RETRY_DELAYS),
+    "retry_delay_seconds": STORAGE_RETRY_DELAYS,
     "retry_condition_fn": _may_recover,
     "cache_policy": NO_CACHE,
 }
@@ -58,30 +62,13 @@ def wait_for_free_space(lts_root: Path, min_free_percentage: float, timeout_s: f
     return lts.wait_for_free_space(lts_root, min_free_percentage, timeout_s)
 
 
-@task(
-    name="move-datablocks-to-lts",
-    task_run_name="write {block.archive_id}",
-    **_STORAGE_RETRIES,
-)
-def write_datablock(
-    s3,
-    bucket: str,
-    block: PlannedDatablock,
-    store: LtsStore,
-    algorithm: ChecksumAlgorithm,
-    on_bytes=None,
-    listed: dict[str, ListedChecksum] | None = None,
-    before_writing: Callable[[], None] | None = None,
-) -> DatablockRecord:
-    """`before_writing` (e.g. an OwnershipCheck) runs once the slot is held: a run frozen while it waited
-    for the slot, and taken for crashed meanwhile, stops here instead of writing."""
-    if before_writing is not None:
-        before_writing()
-    return archive.archive_datablock(s3, bucket, block, store, algorithm, on_bytes=on_bytes, listed=listed)
-
-
 @task(name="verify-datablocks-in-lts", task_run_name="verify {archive_id}", cache_policy=NO_CACHE)
 def verify_datablock(store: LtsStore, archive_id: str, file_timeout_s: float, on_bytes=None) -> Manifest:
+    return verify_stored_datablock(store, archive_id, file_timeout_s, on_bytes)
+
+
+def verify_stored_datablock(store: LtsStore, archive_id: str, file_timeout_s: float, on_bytes=None) -> Manifest:
+    """The datablock read back once readable (tape may recall it first) and checked against its manifest."""
     store.wait_until_readable(naming.check_archive_id(archive_id), file_timeout_s)
     return archive.verify_datablock(store, archive_id, on_bytes=on_bytes)
 

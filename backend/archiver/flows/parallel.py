@@ -9,6 +9,7 @@ from typing import TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
+S = TypeVar("S")
 
 
 def run_bounded(function: Callable[[T], R], items: Iterable[T], max_workers: int) -> list[R | BaseException]:
@@ -32,9 +33,26 @@ def run_bounded(function: Callable[[T], R], items: Iterable[T], max_workers: int
 
 def run_bounded_or_raise(function: Callable[[T], R], items: Iterable[T], max_workers: int) -> list[R]:
     """`run_bounded`, raising the first error once every item has finished (none is left running)."""
+    return raise_first_error(run_bounded(function, items, max_workers))
+
+
+def raise_first_error(outcomes: Iterable[R | BaseException]) -> list[R]:
+    """The results, or the first error among the outcomes raised."""
     results: list[R] = []
-    for outcome in run_bounded(function, items, max_workers):
+    for outcome in outcomes:
         if isinstance(outcome, BaseException):
             raise outcome
         results.append(outcome)
     return results
+
+
+def run_alongside(main: Callable[[], R], beside: Callable[[], S], then: Callable[[], None]) -> tuple[R, S]:
+    """`beside` in another thread (inside the current Prefect run context) while `main` runs here; `then()`
+    once `main` has ended, whatever its outcome (say, telling `beside` no more work will come)."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        future = pool.submit(contextvars.copy_context().run, beside)
+        try:
+            first = main()
+        finally:
+            then()
+        return first, future.result()

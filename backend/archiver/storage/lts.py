@@ -31,10 +31,6 @@ def is_full(error: BaseException) -> bool:
     return isinstance(error, OSError) and error.errno in NO_SPACE_ERRNOS
 
 
-class LtsFullError(ArchiverError):
-    """A datablock not tried because another of its dataset already found the LTS full."""
-
-
 class LtsOwnershipError(ArchiverError):
     """LTS_FILE_UID / LTS_FILE_GID could not be given to a file written to the LTS."""
 

@@ -328,5 +328,6 @@ def test_an_audit_during_an_archival_shares_the_verify_limit_and_takes_its_datab
     verifications = tagged_task_runs_since(verify_tag, "verify ", since)
     audit_run = states["audit"].state_details.flow_run_id
     from_audit = [r for r in verifications if r.flow_run_id == audit_run]
-    assert len(from_audit) >= 6 and len(verifications) - len(from_audit) == 8
+    # The archival verifies its eight datablocks in slices (flows/lts_slices.py), the audit one task each.
+    assert len(from_audit) >= 6 and any(busy in r.name for r in verifications if r not in from_audit)
     assert most_at_once([(r.start_time, r.end_time) for r in verifications]) == 1

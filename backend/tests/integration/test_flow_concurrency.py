@@ -11,10 +11,31 @@ import pytest
 from archiver.flows.archive import archive_datasets_flow
 from archiver.flows.dataset_creation import create_test_dataset_flow
 from archiver.local_services import poll_until
+from archiver.packing import naming
 from tests.integration.served import start_served_archival
 from tests.integration.task_history import asked_at, most_at_once, tagged_task_runs_since
 
 pytestmark = pytest.mark.integration
+
+
+class ArchivalThread:
+    """An archival flow run for the job, started in a thread with a copy of this context (which holds the
+    test server's Prefect settings)."""
+
+    def __init__(self, job_id: str):
+        self.error: Exception | None = None
+        self._thread = threading.Thread(target=contextvars.copy_context().run, args=(self._run, job_id))
+        self._thread.start()
+
+    def _run(self, job_id: str) -> None:
+        try:
+            archive_datasets_flow(job_id=job_id)
+        except Exception as e:  # reported by join
+            self.error = e
+
+    def join(self) -> None:
+        self._thread.join(600)
+        assert self.error is None, self.error
 
 
 def lts_writes_since(since: datetime) -> list:
@@ -29,33 +50,53 @@ def test_two_archivals_at_once_respect_move_to_lts_limit(pipeline, limit):
     pipeline.set_limits(MOVE_TO_LTS_LIMIT=limit, LTS_FREE_LIMIT=16, VERIFY_LTS_LIMIT=16)
     # 3 MiB files at a 1 MB target: one file a datablock, each write long enough that eight writes
     # asked for at once (2 jobs x 2 datasets x 2 datablocks) overlap even on a busy machine.
-    jobs = [
-        pipeline.new_job("archive", [create_test_dataset_flow(num_files=4, file_size_mb=3.0) for _ in range(2)])
-        for _ in range(2)
-    ]
+    pids = [create_test_dataset_flow(num_files=4, file_size_mb=3.0) for _ in range(4)]
+    jobs = [pipeline.new_job("archive", pids[:2]), pipeline.new_job("archive", pids[2:])]
     since = datetime.now(UTC)
-    errors = []
-
-    def run(job_id):
-        try:
-            archive_datasets_flow(job_id=job_id)
-        except Exception as e:  # reported below
-            errors.append(e)
-
-    # Each thread gets a copy of this context, which holds the test server's Prefect settings.
-    threads = [threading.Thread(target=contextvars.copy_context().run, args=(run, job_id)) for job_id in jobs]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(600)
-    assert errors == []
+    archivals = [ArchivalThread(job_id) for job_id in jobs]
+    for archival in archivals:
+        archival.join()
 
     writes = lts_writes_since(since)
-    assert len(writes) == 2 * 2 * 4  # jobs x datasets x datablocks
+    # Each dataset's datablocks were written in slices of its own (flows/lts_slices.py).
+    assert {pid for pid in pids if any(pid in w.name for w in writes)} == set(pids), [w.name for w in writes]
     running = [(w.start_time, w.end_time) for w in writes]
     demand = [(asked_at(w), w.end_time) for w in writes]
     assert most_at_once(running) <= limit
     assert most_at_once(demand) > limit
+
+
+def test_a_second_job_gets_the_lts_within_one_slice_of_a_long_one(pipeline):
+    """MOVE_TO_LTS_LIMIT 1, LTS_SLOT_SLICE_SECONDS 2: a long archival writes its datablocks in slices, and a
+    short one started while it writes waits for its first write at most one slice plus 2 s (read from the
+    task-run history: its first write slice's submission to its start), the long one going on afterwards."""
+    slice_s = 2
+    pipeline.set_settings(LTS_SLOT_SLICE_SECONDS=slice_s)
+    pipeline.set_limits(MOVE_TO_LTS_LIMIT=1, LTS_FREE_LIMIT=16, VERIFY_LTS_LIMIT=16)
+    long = create_test_dataset_flow(num_files=80, file_size_mb=1.0)  # 80 datablocks at the 1 MB target
+    short = create_test_dataset_flow(num_files=2, file_size_mb=1.0)
+    long_job, short_job = pipeline.new_job("archive", [long]), pipeline.new_job("archive", [short])
+    since = datetime.now(UTC)
+    long_archival = ArchivalThread(long_job)
+    first_tar = naming.datablock_path(pipeline.lts_root, naming.archive_id(long, 0))
+    poll_until(first_tar.exists, 120, "the long archival's first datablock", interval=0.05)
+    short_archival = ArchivalThread(short_job)
+    long_archival.join()
+    short_archival.join()
+
+    # Task runs are recorded from their events: under load the short job's may come a moment later.
+    writes = poll_until(
+        lambda: (found := lts_writes_since(since)) and any(short in w.name for w in found) and found,
+        60,
+        "the short job's write slices",
+    )
+    long_slices = sorted((w for w in writes if long in w.name), key=lambda w: w.start_time)
+    first_short = min((w for w in writes if short in w.name), key=lambda w: w.start_time)
+    waited = (first_short.start_time - asked_at(first_short)).total_seconds()
+    print(f"slot wait of a second job behind a long one ({len(long_slices)} slices of {slice_s} s): {waited:.1f} s")
+    assert most_at_once([(w.start_time, w.end_time) for w in writes]) == 1
+    assert long_slices[-1].end_time > first_short.end_time, "the long job ended before the short one wrote"
+    assert waited <= slice_s + 2, [(w.name, w.start_time, w.end_time) for w in writes]
 
 
 def test_cancelled_archival_cleans_up_and_reports(pipeline, serve_deployments):

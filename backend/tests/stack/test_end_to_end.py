@@ -178,8 +178,9 @@ def test_six_archive_jobs_over_three_workers_hold_the_lts_limits_across_all(stac
         ("verify-datablocks-in-lts", "VERIFY_LTS_LIMIT"),
     ):
         limit = stack.prefect("GET", f"/concurrency_limits/tag/{tag}").json()["concurrency_limit"]
-        done = _tagged_task_runs(stack, tag, run_ids, JOBS * FILES_PER_DATASET)
-        assert len(done) == JOBS * FILES_PER_DATASET, [t["name"] for t in done]
+        # A dataset's datablocks are written and verified in slices (flows/lts_slices.py): one or more each.
+        done = _tagged_task_runs(stack, tag, run_ids, JOBS)
+        assert {pid for pid in pids if any(pid in t["name"] for t in done)} == set(pids), [t["name"] for t in done]
         intervals = [(_iso(t["start_time"]), _iso(t["end_time"])) for t in done]
         peak = _max_overlap(intervals)
         stack.note(

@@ -81,6 +81,7 @@ class Pipeline:
     scicat_url: str
     secrets_dir: Path
     lts: Path
+    prefect_pid: int  # the Prefect server's process (benchmarks read its CPU time)
 
 
 @contextlib.contextmanager
@@ -155,7 +156,7 @@ def pipeline(options: DevOptions) -> Iterator[Pipeline]:
         local_services.poll_until(lambda: _deployments_ready(DEPLOYMENT_NAMES.values()), 120, "deployments to register")
         say("deployments served: " + ", ".join(DEPLOYMENT_NAMES.values()))
         try:
-            yield Pipeline(prefect.url, s3.url, scicat.url, secrets_dir, lts)
+            yield Pipeline(prefect.url, s3.url, scicat.url, secrets_dir, lts, prefect.process.pid)
         finally:
             say("stopping everything this command started")
 

@@ -87,9 +87,15 @@ def datablocks_folder(lts_root: Path, pid: str) -> Path:
     return Path(lts_root) / datablocks_key(pid)
 
 
+def dataset_key(pid: str) -> str:
+    """The dataset's folder in the LTS store: `openem-network/datasets/{safe}` (holds `datablocks/` and any
+    `discarded/`)."""
+    return f"{DATASETS_PREFIX}/{safe_name(pid)}"
+
+
 def datablocks_key(pid: str) -> str:
     """The dataset's datablocks folder relative to the LTS root, as the LTS store names it."""
-    return f"{DATASETS_PREFIX}/{safe_name(pid)}/datablocks"
+    return f"{dataset_key(pid)}/datablocks"
 
 
 def datablock_name(pid: str, index: int) -> str:
@@ -152,6 +158,11 @@ def archive_id_of_dataset(pid: str, archive_id_: str) -> bool:
 
 def manifest_path(tar_path: Path) -> Path:
     return tar_path.with_name(manifest_id(tar_path.name))
+
+
+def dataset_key_of(archive_id_: str) -> str:
+    """The folder in the LTS store of the dataset an archive id names a datablock of (`dataset_key`)."""
+    return str(PurePosixPath(check_archive_id(archive_id_)).parents[1])
 
 
 def manifest_id(archive_id_: str) -> str:

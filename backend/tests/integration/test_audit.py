@@ -149,7 +149,7 @@ def test_an_untouched_lts_passes_and_every_datablock_is_recorded_as_verified(pip
     assert state.result()["problems"] == 0
     for _pid, blocks in pids_blocks:
         for block in blocks:
-            record = audit.audit_record_path(naming.datablock_path(pipeline.lts_root, block.archive_id))
+            record = pipeline.lts_root / audit.audit_record_key(block.archive_id)
             assert json.loads(record.read_text())["ok"] is True
     assert [row["result"] for row in table_rows(state)] == ["verified"] * 3
 

@@ -91,7 +91,9 @@ def test_round_trip_is_byte_identical(s3, bucket, second_bucket, lts_root, datas
         assert record.packedSize == tar_path(lts_root, record.archiveId).stat().st_size
         for f in record.dataFileList:
             assert f.chk == hashlib.new(algorithm, dataset[f.path]).hexdigest()
-        key = retrieve_datablock(lts_root, record.archiveId, s3, second_bucket, file_timeout_s=5, record=record).key
+        key = retrieve_datablock(
+            PosixLtsStore(lts_root), record.archiveId, s3, second_bucket, file_timeout_s=5, record=record
+        ).key
         assert key.startswith(naming.retrieval_prefix(PID))
         retrieved.update(members_of(s3.get_object(Bucket=second_bucket, Key=key)["Body"].read()))
     assert retrieved == dataset
@@ -106,7 +108,7 @@ def test_lts_layout_manifest_and_no_temporary_files(s3, bucket, lts_root, datase
     names = sorted(p.name for p in folder.iterdir())
     assert not [n for n in names if n.endswith(naming.PARTIAL_SUFFIX)]
     assert len(names) == 2 * len(records)
-    manifest = read_manifest(naming.manifest_path(tar_path(lts_root, records[0].archiveId)))
+    manifest = read_manifest(PosixLtsStore(lts_root), records[0].archiveId)
     assert manifest.record() == records[0]
     assert manifest.chk == hashlib.sha256(tar_path(lts_root, records[0].archiveId).read_bytes()).hexdigest()
 
@@ -152,7 +154,9 @@ def test_corrupt_datablock_never_reaches_the_retrieval_bucket(s3, bucket, second
     upload(s3, bucket, PID, files)
     _, (record,) = archive_all(s3, bucket, PID, lts_root, target_bytes=100 * MiB)
     # intact: uploaded in 3 parts through reused part buffers, byte-identical
-    key = retrieve_datablock(lts_root, record.archiveId, s3, second_bucket, file_timeout_s=5, part_size=5 * MiB).key
+    key = retrieve_datablock(
+        PosixLtsStore(lts_root), record.archiveId, s3, second_bucket, file_timeout_s=5, part_size=5 * MiB
+    ).key
     assert members_of(s3.get_object(Bucket=second_bucket, Key=key)["Body"].read()) == files
     s3.delete_object(Bucket=second_bucket, Key=key)
 
@@ -162,7 +166,9 @@ def test_corrupt_datablock_never_reaches_the_retrieval_bucket(s3, bucket, second
     path.write_bytes(bytes(data))
 
     with pytest.raises(IntegrityError) as e:
-        retrieve_datablock(lts_root, record.archiveId, s3, second_bucket, file_timeout_s=5, part_size=5 * MiB)
+        retrieve_datablock(
+            PosixLtsStore(lts_root), record.archiveId, s3, second_bucket, file_timeout_s=5, part_size=5 * MiB
+        )
     assert "member 'f3.bin'" in str(e.value)
     assert s3.list_objects_v2(Bucket=second_bucket).get("KeyCount", 0) == 0
     assert multipart_uploads(s3, second_bucket) == []
@@ -173,7 +179,7 @@ def test_checksum_recorded_in_scicat_is_checked_on_retrieval(s3, bucket, second_
     _, (record,) = archive_all(s3, bucket, PID, lts_root, target_bytes=100 * MiB)
     wrong = record.model_copy(update={"dataFileList": [record.dataFileList[0].model_copy(update={"chk": "0" * 64})]})
     with pytest.raises(IntegrityError, match="member 'a.bin' sha256"):
-        retrieve_datablock(lts_root, record.archiveId, s3, second_bucket, file_timeout_s=5, record=wrong)
+        retrieve_datablock(PosixLtsStore(lts_root), record.archiveId, s3, second_bucket, file_timeout_s=5, record=wrong)
     assert s3.list_objects_v2(Bucket=second_bucket).get("KeyCount", 0) == 0
 
 
@@ -255,14 +261,14 @@ def test_cleanup_helpers(s3, bucket, second_bucket, lts_root):
     upload(s3, bucket, PID, {"a.bin": b"a" * 100})
     upload(s3, bucket, other, {"a.bin": b"o" * 100})
     _, (record,) = archive_all(s3, bucket, PID, lts_root, target_bytes=100 * MiB)
-    retrieve_datablock(lts_root, record.archiveId, s3, second_bucket, file_timeout_s=5)
+    retrieve_datablock(PosixLtsStore(lts_root), record.archiveId, s3, second_bucket, file_timeout_s=5)
     s3.create_multipart_upload(Bucket=second_bucket, Key=naming.retrieval_prefix(PID) + "stale.tar")
 
     assert delete_retrieved(s3, second_bucket, PID) == 1
     assert s3.list_objects_v2(Bucket=second_bucket).get("KeyCount", 0) == 0
     assert multipart_uploads(s3, second_bucket) == []
 
-    moved = set_aside_datablocks(lts_root, [record.archiveId])
+    moved = [lts_root / key for key in set_aside_datablocks(PosixLtsStore(lts_root), [record.archiveId])]
     tar = tar_path(lts_root, record.archiveId)
     assert [p.name for p in moved] == [tar.name, naming.manifest_path(tar).name]
     assert all(p.parent.parent.name == "discarded" and p.is_file() for p in moved)
@@ -280,7 +286,7 @@ def test_leftovers_of_a_dead_run_are_removed_and_finished_work_kept(s3, bucket, 
     finished = tar_path(lts_root, record.archiveId)
     half_written = naming.partial_path(finished.with_name(naming.datablock_name(PID, 1)))
     half_written.write_bytes(b"half")
-    retrieve_datablock(lts_root, record.archiveId, s3, second_bucket, file_timeout_s=5)
+    retrieve_datablock(PosixLtsStore(lts_root), record.archiveId, s3, second_bucket, file_timeout_s=5)
     prefix = naming.retrieval_prefix(PID)
     s3.create_multipart_upload(Bucket=second_bucket, Key=prefix + "dead.tar")
     s3.create_multipart_upload(Bucket=second_bucket, Key=naming.retrieval_prefix("20.500.11935/other") + "live.tar")

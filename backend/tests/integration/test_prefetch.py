@@ -141,7 +141,7 @@ def test_verification_reads_the_tar_in_large_pieces_whatever_the_member_size(s3,
     block = upload(s3, bucket, {f"f{i:03d}.bin": os.urandom(3 * KiB) for i in range(400)})
     record = archive_datablock(s3, bucket, block, PosixLtsStore(lts_root))
     path = naming.datablock_path(lts_root, record.archiveId)
-    manifest = read_manifest(naming.manifest_path(path))
+    manifest = read_manifest(PosixLtsStore(lts_root), record.archiveId)
     reads = []
 
     class CountingFile:

@@ -204,6 +204,7 @@ def _interrupt_retrieval(pipeline, pid: str, job_id: str) -> None:
 def test_an_interrupted_retrieval_removes_what_it_left_and_keeps_the_copy_earlier_links_point_to(pipeline, archived):
     from archiver.packing.retained import retrieval_lock
     from archiver.scicat.models import RetrieveStatus
+    from archiver.storage.posix_store import PosixLtsStore
 
     pid = archived
     first = pipeline.new_job("retrieve", [pid])
@@ -217,7 +218,8 @@ def test_an_interrupted_retrieval_removes_what_it_left_and_keeps_the_copy_earlie
     s3.put_object(Bucket=bucket, Key=own, Body=b"uploaded by the dead run")
     s3.create_multipart_upload(Bucket=bucket, Key=naming.retrieved_file_key(pid, "raw/unfinished.bin"))
 
-    with retrieval_lock(pipeline.lts_root, pid, wait_s=0):  # a live retrieval of the dataset: its objects are its own
+    # a live retrieval of the dataset: its objects are its own
+    with retrieval_lock(PosixLtsStore(pipeline.lts_root), pid, wait_s=0):
         _interrupt_retrieval(pipeline, pid, second)
     assert own in pipeline.retrieval_keys(pid)
     assert len(s3.list_multipart_uploads(Bucket=bucket, Prefix=naming.retrieval_prefix(pid)).get("Uploads", [])) == 1

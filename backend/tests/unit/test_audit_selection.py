@@ -12,6 +12,7 @@ import pytest
 from archiver.packing import audit, naming
 from archiver.packing.records import Manifest
 from archiver.storage.lts import write_json_durably
+from archiver.storage.posix_store import PosixLtsStore
 
 START = datetime(2026, 1, 1, 2, 0, tzinfo=UTC)
 MB = 1024 * 1024
@@ -86,17 +87,18 @@ def write_manifest(lts_root, pid: str, index: int, chk: str, created: datetime) 
 def test_last_verified_comes_from_the_audit_record_of_the_same_tar(tmp_path):
     created = START - timedelta(days=10)
     archive_id = write_manifest(tmp_path, "20.500.11935/a", 0, "aa", created)
-    assert audit.last_verified(tmp_path, archive_id) == created  # archival verified it when it wrote the manifest
+    store = PosixLtsStore(tmp_path)
+    assert audit.last_verified(store, archive_id) == created  # archival verified it when it wrote the manifest
 
-    audit.record_verification(tmp_path, archive_id, START, [])
-    assert audit.last_verified(tmp_path, archive_id) == START
+    audit.record_verification(store, archive_id, START, [])
+    assert audit.last_verified(store, archive_id) == START
     assert not list(naming.datablocks_folder(tmp_path, "20.500.11935/a").glob("*.partial"))
 
-    audit.record_verification(tmp_path, archive_id, START, ["member 'x' sha256 differs"])
-    assert audit.last_verified(tmp_path, archive_id) == audit.NEVER  # failed: first in line again
+    audit.record_verification(store, archive_id, START, ["member 'x' sha256 differs"])
+    assert audit.last_verified(store, archive_id) == audit.NEVER  # failed: first in line again
 
     write_manifest(tmp_path, "20.500.11935/a", 0, "bb", START - timedelta(days=1))  # written again since
-    assert audit.last_verified(tmp_path, archive_id) == START - timedelta(days=1)
+    assert audit.last_verified(store, archive_id) == START - timedelta(days=1)
 
 
 @pytest.mark.parametrize("registered", [None, []], ids=["dataset unknown", "no datablocks"])
@@ -188,7 +190,7 @@ def test_scicats_datablocks_beyond_the_inventory_are_lost_when_missing_resized_o
         ("inventoried/x", "anything", 5),  # compared by consistency_findings instead
     ]
 
-    found = list(audit.lost_beyond_inventory(tmp_path, iter(registered), {"inventoried/x"}))
+    found = list(audit.lost_beyond_inventory(PosixLtsStore(tmp_path), iter(registered), {"inventoried/x"}))
 
     assert [(f.kind, f.pid, f.what) for f in found] == [
         ("lost", kept, naming.archive_id(kept, 0)),

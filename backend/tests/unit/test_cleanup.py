@@ -40,7 +40,7 @@ def test_set_aside_moves_only_the_named_datablocks(tmp_path):
     pid = "20.500.11935/set-aside"
     keep, bad = datablock(tmp_path, pid, 0), datablock(tmp_path, pid, 1)
 
-    moved = set_aside_datablocks(tmp_path, [bad])
+    moved = [tmp_path / key for key in set_aside_datablocks(PosixLtsStore(tmp_path), [bad])]
 
     kept_tar = naming.datablock_path(tmp_path, keep)
     assert kept_tar.is_file() and naming.manifest_path(kept_tar).is_file()
@@ -49,14 +49,14 @@ def test_set_aside_moves_only_the_named_datablocks(tmp_path):
     [folder] = {p.parent for p in moved}
     assert folder.parent == naming.dataset_lts_folder(tmp_path, pid) / "discarded"
     assert all(p.is_file() for p in moved)
-    assert set_aside_datablocks(tmp_path, [bad]) == []  # already gone: nothing to do
+    assert set_aside_datablocks(PosixLtsStore(tmp_path), [bad]) == []  # already gone: nothing to do
 
 
 def test_set_aside_refuses_ids_outside_datablocks(tmp_path):
     from archiver.packing.errors import InvalidNameError
 
     with pytest.raises(InvalidNameError, match="archiveId"):
-        set_aside_datablocks(tmp_path, ["openem-network/datasets/x/discarded/x_00000.tar"])
+        set_aside_datablocks(PosixLtsStore(tmp_path), ["openem-network/datasets/x/discarded/x_00000.tar"])
 
 
 def test_prune_deletes_only_old_discarded_folders_and_never_datablocks(tmp_path):
@@ -66,18 +66,18 @@ def test_prune_deletes_only_old_discarded_folders_and_never_datablocks(tmp_path)
     older = discarded(tmp_path, new_pid, timedelta(days=40), size=7000)
     recent = discarded(tmp_path, new_pid, timedelta(days=29))
 
-    preview = prune_discarded(tmp_path, 30, dry_run=True, now=NOW)
-    assert [f.path for f in preview] == [older, old]
+    preview = prune_discarded(PosixLtsStore(tmp_path), 30, dry_run=True, now=NOW)
+    assert [tmp_path / f.key for f in preview] == [older, old]
     assert old.exists() and older.exists()
 
-    pruned = prune_discarded(tmp_path, 30, now=NOW)
+    pruned = prune_discarded(PosixLtsStore(tmp_path), 30, now=NOW)
 
-    assert [(f.path, f.size_bytes) for f in pruned] == [(older, 7010), (old, 5010)]
+    assert [(tmp_path / f.key, f.size_bytes) for f in pruned] == [(older, 7010), (old, 5010)]
     assert not old.exists() and not older.exists() and recent.exists()
     assert not old.parent.exists()  # an emptied discarded/ goes too
     for archive_id in live:
         assert naming.datablock_path(tmp_path, archive_id).is_file()
-    assert prune_discarded(tmp_path, 30, now=NOW) == []
+    assert prune_discarded(PosixLtsStore(tmp_path), 30, now=NOW) == []
 
 
 def test_prune_follows_no_symlink_and_dates_odd_names_by_mtime(tmp_path):
@@ -92,15 +92,15 @@ def test_prune_follows_no_symlink_and_dates_odd_names_by_mtime(tmp_path):
     old_time = (NOW - timedelta(days=100)).timestamp()
     os.utime(odd, (old_time, old_time))
 
-    pruned = prune_discarded(tmp_path, 30, now=NOW)
+    pruned = prune_discarded(PosixLtsStore(tmp_path), 30, now=NOW)
 
-    assert [f.path for f in pruned] == [odd]
+    assert [tmp_path / f.key for f in pruned] == [odd]
     assert naming.datablock_path(tmp_path, target).is_file()
 
 
 def test_prune_refuses_a_negative_age(tmp_path):
     with pytest.raises(ValueError, match="-1"):
-        prune_discarded(tmp_path, -1)
+        prune_discarded(PosixLtsStore(tmp_path), -1)
 
 
 def lock(lts_root: Path, pid: str):
@@ -169,10 +169,12 @@ def test_prune_keeps_the_only_copy_of_a_registered_datablock(tmp_path):
     (holding_a_copy / Path(still_there).name).write_bytes(b"copy")
     asked = []
 
-    found = prune_discarded(tmp_path, 30, now=NOW, registered=lambda p: asked.append(p) or [moved_aside, still_there])
+    found = prune_discarded(
+        PosixLtsStore(tmp_path), 30, now=NOW, registered=lambda p: asked.append(p) or [moved_aside, still_there]
+    )
 
     assert asked == [pid]
-    assert [(f.path, f.kept_because) for f in found] == [
+    assert [(tmp_path / f.key, f.kept_because) for f in found] == [
         (holding_a_copy, None),
         (holding_only_copy, f"only copy of registered datablock(s) {Path(moved_aside).name}"),
     ]

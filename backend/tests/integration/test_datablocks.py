@@ -32,6 +32,7 @@ from archiver.packing.retrieve import retrieve_datablock
 from archiver.storage.lts import FileOwnership
 from archiver.storage.posix_store import PosixLtsStore
 from archiver.storage.s3 import presigned_get_url
+from tests import lts_layout
 from tests.conftest import S3_TEST_CREDENTIALS, S3_TEST_REGION
 
 pytestmark = pytest.mark.integration
@@ -59,7 +60,7 @@ def members_of(data: bytes) -> dict[str, bytes]:
 
 
 def tar_path(lts_root, archive_id):
-    return naming.datablock_path(lts_root, archive_id)
+    return lts_layout.datablock_path(lts_root, archive_id)
 
 
 def multipart_uploads(s3, bucket):
@@ -103,7 +104,7 @@ def test_round_trip_is_byte_identical(s3, bucket, second_bucket, lts_root, datas
 def test_lts_layout_manifest_and_no_temporary_files(s3, bucket, lts_root, dataset):
     upload(s3, bucket, PID, dataset)
     _, records = archive_all(s3, bucket, PID, lts_root, target_bytes=1 * MiB)
-    folder = naming.datablocks_folder(lts_root, PID)
+    folder = lts_layout.datablocks_folder(lts_root, PID)
     assert folder == lts_root / "openem-network/datasets/20.500.11935%2F0a1b-c2d3/datablocks"
     names = sorted(p.name for p in folder.iterdir())
     assert not [n for n in names if n.endswith(naming.PARTIAL_SUFFIX)]
@@ -198,7 +199,7 @@ def test_a_datablock_on_the_lts_is_never_overwritten_whatever_its_state(s3, buck
         archive_datablock(s3, bucket, block, PosixLtsStore(lts_root))
     assert path.read_bytes() == original[:-2000]
     path.write_bytes(original)
-    naming.manifest_path(path).unlink()
+    lts_layout.manifest_path(path).unlink()
     with pytest.raises(DatablockExistsError):
         archive_datablock(s3, bucket, block, PosixLtsStore(lts_root))
     assert path.read_bytes() == original and first.dataFileList
@@ -227,7 +228,7 @@ def test_files_whose_bytes_differ_from_the_listed_checksum_are_named_and_nothing
         f"the landing zone has {hashlib.md5(data['big.bin']).hexdigest()})",
         f"c.bin (SciCat lists sha1 {'0' * 40}, the landing zone has {hashlib.sha1(data['c.bin']).hexdigest()})",
     ]
-    assert list(naming.datablocks_folder(lts_root, PID).iterdir()) == []
+    assert list(lts_layout.datablocks_folder(lts_root, PID).iterdir()) == []
 
     listed["big.bin"] = ListedChecksum(algorithm="md5", value=hashlib.md5(data["big.bin"]).hexdigest().upper())
     listed["c.bin"] = ListedChecksum(algorithm="sha1", value=hashlib.sha1(data["c.bin"]).hexdigest())
@@ -252,7 +253,7 @@ def test_user_errors(s3, bucket, lts_root):
     with pytest.raises(MissingFilesError, match="b.bin") as e:
         archive_datablock(s3, bucket, block, PosixLtsStore(lts_root))
     assert e.value.files == ["b.bin"]
-    folder = naming.datablocks_folder(lts_root, PID)
+    folder = lts_layout.datablocks_folder(lts_root, PID)
     assert list(folder.iterdir()) == []  # the temporary file is gone, no datablock
 
 
@@ -270,9 +271,9 @@ def test_cleanup_helpers(s3, bucket, second_bucket, lts_root):
 
     moved = [lts_root / key for key in set_aside_datablocks(PosixLtsStore(lts_root), [record.archiveId])]
     tar = tar_path(lts_root, record.archiveId)
-    assert [p.name for p in moved] == [tar.name, naming.manifest_path(tar).name]
+    assert [p.name for p in moved] == [tar.name, lts_layout.manifest_path(tar).name]
     assert all(p.parent.parent.name == "discarded" and p.is_file() for p in moved)
-    assert not tar.exists() and not naming.manifest_path(tar).exists()
+    assert not tar.exists() and not lts_layout.manifest_path(tar).exists()
 
     assert delete_landing_zone_files(s3, bucket, PID) == 1
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]
@@ -329,7 +330,7 @@ def test_owner_and_mode_of_the_lts_settings_are_on_the_published_tar_and_manifes
     record = archive_datablock(s3, bucket, block, PosixLtsStore(lts_root, ownership))
 
     tar = tar_path(lts_root, record.archiveId)
-    for published in (tar, naming.manifest_path(tar)):
+    for published in (tar, lts_layout.manifest_path(tar)):
         status = published.stat()
         owner = (status.st_uid if ownership.uid is not None else None, status.st_gid, stat.S_IMODE(status.st_mode))
         assert owner == (ownership.uid, ownership.gid, 0o440), published.name

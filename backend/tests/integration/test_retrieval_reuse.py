@@ -17,6 +17,7 @@ from archiver.flows.archive import archive_datasets_flow
 from archiver.flows.retrieve import retrieve_datasets_flow
 from archiver.packing import naming
 from archiver.packing.retained import read_retain_until
+from tests import lts_layout
 from tests.integration import test_partial_retrieval as recording
 from tests.integration.test_flows import _artifacts_of, job_of, new_dataset
 from tests.integration.test_partial_retrieval import retrieval_calls
@@ -130,7 +131,9 @@ def test_two_retrievals_at_once_do_the_work_once_and_both_get_links(pipeline, ar
     scicat_calls = retrieval_calls(pipeline, start)
     datablocks = pipeline.scicat.get_datablocks(pid)
     # one retrieval opens each tar twice (storage.lts.wait_until_readable's probe, then the read): two would be 4
-    assert Counter(tar_opens) == {str(naming.datablock_path(pipeline.lts_root, d.archive_id)): 2 for d in datablocks}
+    assert Counter(tar_opens) == {
+        str(lts_layout.datablock_path(pipeline.lts_root, d.archive_id)): 2 for d in datablocks
+    }
     assert all(downloads_ok(pipeline, job_id) for job_id in jobs)
     requests = [e for e in pipeline.scicat_dev.requests() if e["seq"] > start]
     for job_id in jobs:

@@ -15,21 +15,22 @@ from archiver.packing import naming
 from archiver.packing.cleanup import prune_discarded, set_aside_datablocks
 from archiver.storage.lts import DatasetBusyError
 from archiver.storage.posix_store import PosixLtsStore
+from tests import lts_layout
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
 
 def datablock(lts_root: Path, pid: str, index: int, size: int = 1000) -> str:
     archive_id = naming.archive_id(pid, index)
-    tar = naming.datablock_path(lts_root, archive_id)
+    tar = lts_layout.datablock_path(lts_root, archive_id)
     tar.parent.mkdir(parents=True, exist_ok=True)
     tar.write_bytes(b"t" * size)
-    naming.manifest_path(tar).write_text("{}")
+    lts_layout.manifest_path(tar).write_text("{}")
     return archive_id
 
 
 def discarded(lts_root: Path, pid: str, age: timedelta, size: int = 100) -> Path:
-    folder = naming.dataset_lts_folder(lts_root, pid) / "discarded" / (NOW - age).strftime("%Y%m%dT%H%M%S.%fZ")
+    folder = lts_layout.dataset_folder(lts_root, pid) / "discarded" / (NOW - age).strftime("%Y%m%dT%H%M%S.%fZ")
     folder.mkdir(parents=True)
     (folder / "x_00000.tar").write_bytes(b"d" * size)
     (folder / "x_00000.manifest.json").write_bytes(b"m" * 10)
@@ -42,12 +43,12 @@ def test_set_aside_moves_only_the_named_datablocks(tmp_path):
 
     moved = [tmp_path / key for key in set_aside_datablocks(PosixLtsStore(tmp_path), [bad])]
 
-    kept_tar = naming.datablock_path(tmp_path, keep)
-    assert kept_tar.is_file() and naming.manifest_path(kept_tar).is_file()
-    assert not naming.datablock_path(tmp_path, bad).exists()
-    assert sorted(p.name for p in moved) == sorted([Path(bad).name, naming.manifest_path(Path(bad)).name])
+    kept_tar = lts_layout.datablock_path(tmp_path, keep)
+    assert kept_tar.is_file() and lts_layout.manifest_path(kept_tar).is_file()
+    assert not lts_layout.datablock_path(tmp_path, bad).exists()
+    assert sorted(p.name for p in moved) == sorted([Path(bad).name, lts_layout.manifest_path(Path(bad)).name])
     [folder] = {p.parent for p in moved}
-    assert folder.parent == naming.dataset_lts_folder(tmp_path, pid) / "discarded"
+    assert folder.parent == lts_layout.dataset_folder(tmp_path, pid) / "discarded"
     assert all(p.is_file() for p in moved)
     assert set_aside_datablocks(PosixLtsStore(tmp_path), [bad]) == []  # already gone: nothing to do
 
@@ -76,16 +77,16 @@ def test_prune_deletes_only_old_discarded_folders_and_never_datablocks(tmp_path)
     assert not old.exists() and not older.exists() and recent.exists()
     assert not old.parent.exists()  # an emptied discarded/ goes too
     for archive_id in live:
-        assert naming.datablock_path(tmp_path, archive_id).is_file()
+        assert lts_layout.datablock_path(tmp_path, archive_id).is_file()
     assert prune_discarded(PosixLtsStore(tmp_path), 30, now=NOW) == []
 
 
 def test_prune_follows_no_symlink_and_dates_odd_names_by_mtime(tmp_path):
     pid = "20.500.11935/links"
     target = datablock(tmp_path, pid, 0)
-    bin_ = naming.dataset_lts_folder(tmp_path, pid) / "discarded"
+    bin_ = lts_layout.dataset_folder(tmp_path, pid) / "discarded"
     bin_.mkdir(parents=True)
-    (bin_ / "20250101T000000.000000Z").symlink_to(naming.datablocks_folder(tmp_path, pid))
+    (bin_ / "20250101T000000.000000Z").symlink_to(lts_layout.datablocks_folder(tmp_path, pid))
     odd = bin_ / "by-hand"
     odd.mkdir()
     (odd / "f").write_bytes(b"1")
@@ -95,7 +96,7 @@ def test_prune_follows_no_symlink_and_dates_odd_names_by_mtime(tmp_path):
     pruned = prune_discarded(PosixLtsStore(tmp_path), 30, now=NOW)
 
     assert [tmp_path / f.key for f in pruned] == [odd]
-    assert naming.datablock_path(tmp_path, target).is_file()
+    assert lts_layout.datablock_path(tmp_path, target).is_file()
 
 
 def test_prune_refuses_a_negative_age(tmp_path):
@@ -121,12 +122,12 @@ HOLD_LOCK = textwrap.dedent("""
 
 def test_partial_files_of_dead_writers_are_removed_never_a_live_writers(tmp_path):
     pid = "20.500.11935/partials"
-    folder = naming.datablocks_folder(tmp_path, pid)
+    folder = lts_layout.datablocks_folder(tmp_path, pid)
     folder.mkdir(parents=True)
     dead_runs = folder / "x_00000.tar.partial"
     dead_runs.write_bytes(b"half")
     live = folder / "x_00002.tar.partial"
-    finished = Path(naming.datablock_path(tmp_path, datablock(tmp_path, pid, 1)))
+    finished = Path(lts_layout.datablock_path(tmp_path, datablock(tmp_path, pid, 1)))
 
     writer = subprocess.Popen(
         [sys.executable, "-c", HOLD_LOCK, str(tmp_path), pid, str(live)], stdout=subprocess.PIPE, text=True
@@ -164,7 +165,7 @@ def test_prune_keeps_the_only_copy_of_a_registered_datablock(tmp_path):
     moved_aside = datablock(tmp_path, pid, 0)  # registered, then (wrongly) set aside: its only copy is in discarded/
     still_there = datablock(tmp_path, pid, 1)  # registered and in place: a copy in discarded/ is just a copy
     holding_only_copy = discarded(tmp_path, pid, timedelta(days=60))
-    naming.datablock_path(tmp_path, moved_aside).rename(holding_only_copy / Path(moved_aside).name)
+    lts_layout.datablock_path(tmp_path, moved_aside).rename(holding_only_copy / Path(moved_aside).name)
     holding_a_copy = discarded(tmp_path, pid, timedelta(days=61))
     (holding_a_copy / Path(still_there).name).write_bytes(b"copy")
     asked = []

@@ -122,6 +122,7 @@ def _prune_discarded(args: argparse.Namespace) -> int:
     from archiver.flows.maintenance import registered_in
     from archiver.packing.cleanup import freed_bytes, prune_discarded
     from archiver.scicat.client import ScicatClient, ScicatCredentials
+    from archiver.storage.lts_store import open_store
 
     settings = with_environment_overrides(load_vars_file(args.vars), os.environ, str(args.vars))
     lts = settings.lts
@@ -133,11 +134,12 @@ def _prune_discarded(args: argparse.Namespace) -> int:
             f"LTS_STORAGE_ROOT {lts.storage_root} is not a folder here; mount the LTS or set LTS_STORAGE_ROOT"
         )
     with ScicatClient(settings.scicat, ScicatCredentials.from_secret_files(args.secrets_dir)) as scicat:
-        found = prune_discarded(lts.storage_root, days, dry_run=args.dry_run, registered=registered_in(scicat))
+        found = prune_discarded(open_store(lts), days, dry_run=args.dry_run, registered=registered_in(scicat))
     verb = "would delete" if args.dry_run else "deleted"
     for folder in found:
         what = f"kept ({folder.kept_because})" if folder.kept_because else verb
-        print(f"{what} {folder.path} (set aside {folder.set_aside:%Y-%m-%d %H:%M} UTC, {folder.size_bytes} bytes)")
+        where = lts.storage_root / folder.key  # the path an operator can look at
+        print(f"{what} {where} (set aside {folder.set_aside:%Y-%m-%d %H:%M} UTC, {folder.size_bytes} bytes)")
     deleted = [f for f in found if f.kept_because is None]
     freed = freed_bytes(found)
     print(

@@ -231,17 +231,17 @@ class Run:
     def audit_fixity(self) -> None:
         """The LTS audit's fixity pass over every datablock, but for SciCat's records: inventory, oldest first,
         re-read one at a time (its tag limit's default), record each result."""
-        datasets, _ = audit.inventory(self.lts)
-        for block in audit.select_for_fixity(audit.stored_datablocks(self.lts, datasets), None):
+        datasets, _ = audit.inventory(self.lts_store)
+        for block in audit.select_for_fixity(audit.stored_datablocks(self.lts_store, datasets), None):
             verify_datablock(self.lts_store, block.archive_id)
-            audit.record_verification(self.lts, block.archive_id, datetime.now(UTC), [])
+            audit.record_verification(self.lts_store, block.archive_id, datetime.now(UTC), [])
 
     def retrieve(self) -> None:
         with ThreadPoolExecutor(self.concurrency) as pool:
             list(
                 pool.map(
                     lambda b: retrieve_datablock(
-                        self.lts, b.archive_id, self.s3, self.buckets["retrieval"], file_timeout_s=60
+                        self.lts_store, b.archive_id, self.s3, self.buckets["retrieval"], file_timeout_s=60
                     ),
                     self.blocks,
                 )
@@ -270,7 +270,7 @@ class Run:
         baselines.plain_upload(
             self.s3,
             self.buckets["plain"],
-            [(naming.datablock_path(self.lts, b.archive_id), b.archive_id) for b in self.blocks],
+            [(self.lts / b.archive_id, b.archive_id) for b in self.blocks],
         )
 
     def rate(self, phase: str) -> float:

@@ -341,7 +341,7 @@ def archive_dataset(job_id: str, dataset_id: str, config: RunConfiguration) -> D
                     **archived_lifecycle(store),
                 )
                 raise_if_cancelled()  # last check before the one step that cannot be undone
-                _set_aside_superseded(pid, plan.superseded, config, log)
+                _set_aside_superseded(pid, plan.superseded, store, log)
                 _report_datablocks(pid, manifests)
                 try:
                     deleted = clean_landing_zone(connections.s3, bucket, pid)
@@ -377,18 +377,18 @@ def _waiting_for(pid: str, lock, settings, log) -> None:
     )
 
 
-def _set_aside_superseded(pid: str, archive_ids: list[str], config: RunConfiguration, log) -> None:
+def _set_aside_superseded(pid: str, archive_ids: list[str], store: LtsStore, log) -> None:
     """Datablocks of earlier, unfinished archivals that the registered set does not hold: never registered,
     and now known to be abandoned, so they go to `discarded/` (pruned after the retention time)."""
     if not archive_ids:
         return
     try:
-        moved = cleanup.set_aside_datablocks(config.settings.lts.storage_root, archive_ids)
+        moved = cleanup.set_aside_datablocks(store, archive_ids)
         log.warning(
             "%s: %d datablock(s) of unfinished earlier archivals superseded, set aside: %s",
             pid,
             len(archive_ids),
-            ", ".join(str(p) for p in moved),
+            ", ".join(moved),
         )
     except Exception as e:  # the dataset is archived; they stay where they are, unregistered
         log.error("%s: superseded datablocks %s could not be set aside: %s", pid, ", ".join(archive_ids), e)
@@ -412,7 +412,7 @@ def _clean_up_failed_archival(
         except Exception as e:
             log.error("%s: datablock %s could not be removed from SciCat: %s", pid, datablock_id, e)
     try:
-        moved = set_aside_datablocks(config.settings.lts.storage_root, failed_verification)
+        moved = set_aside_datablocks(open_store(config.settings.lts), failed_verification)
         if moved:
             log.warning("%s: datablocks that failed verification set aside in %s (never taken as archived)", pid, moved)
     except Exception as e:

@@ -28,7 +28,7 @@ from archiver.packing import audit
 from archiver.packing.errors import IntegrityError
 from archiver.packing.records import Manifest
 from archiver.scicat.client import DATABLOCK_PAGE_SIZE, ScicatError
-from archiver.storage.lts_store import open_store
+from archiver.storage.lts_store import LtsStore, open_store
 
 retry_refused_connections()  # before this flow run makes a Prefect client (clients/outage.py)
 
@@ -74,11 +74,11 @@ def lts_audit(
     pages of `scicat_page_size`, against the LTS. Fails naming every problem found."""
     config = load_run_configuration()
     lts = config.settings.lts
-    root = lts.storage_root
-    require_lts(root)
+    require_lts(lts.storage_root)
+    store = open_store(lts)
     now = datetime.now(UTC)
-    datasets, findings = audit.inventory(root, pids)
-    blocks = audit.stored_datablocks(root, datasets)
+    datasets, findings = audit.inventory(store, pids)
+    blocks = audit.stored_datablocks(store, datasets)
     budget = None if everything or pids else (byte_budget_mb or lts.audit_budget_mb) * 1024 * 1024
     chosen = audit.select_for_fixity(blocks, budget)
     late = audit.overdue(set(blocks) - set(chosen), timedelta(days=lts.audit_period_days), now)
@@ -95,9 +95,9 @@ def lts_audit(
             )
         listed = 0
         if pids is None:
-            listed, lost = _lost_of_every_dataset(scicat, root, datasets, scicat_page_size)
+            listed, lost = _lost_of_every_dataset(scicat, store, datasets, scicat_page_size)
             findings += lost
-        rows, problems = _check_fixity(chosen, config, registered, scicat)
+        rows, problems = _check_fixity(chosen, config, store, registered, scicat)
     findings = problems + findings
     rows += [
         {"dataset": f.pid, "datablock": f.what, "bytes": None, "result": f"{f.kind}: {f.detail}"}
@@ -120,7 +120,7 @@ def lts_audit(
     return summary
 
 
-def _lost_of_every_dataset(scicat, root, datasets: dict, page_size: int) -> tuple[int, list[audit.Finding]]:
+def _lost_of_every_dataset(scicat, store: LtsStore, datasets: dict, page_size: int) -> tuple[int, list[audit.Finding]]:
     """Every datablock SciCat holds, page by page, against the LTS: those of datasets whose folder is gone
     (or was never written) are found here; the inventoried datasets were compared already. How many were
     listed, and the findings."""
@@ -132,7 +132,7 @@ def _lost_of_every_dataset(scicat, root, datasets: dict, page_size: int) -> tupl
             listed += 1
             yield block.dataset_id, block.archive_id, block.packed_size
 
-    lost = list(audit.lost_beyond_inventory(root, registered(), datasets))
+    lost = list(audit.lost_beyond_inventory(store, registered(), datasets))
     return listed, lost
 
 
@@ -162,19 +162,20 @@ def _report(summary: dict, rows: list[dict], findings: list[audit.Finding], lts)
     )
 
 
-def _check_fixity(chosen: list[audit.StoredDatablock], config, registered: dict, scicat) -> tuple[list[dict], list]:
+def _check_fixity(
+    chosen: list[audit.StoredDatablock], config, store: LtsStore, registered: dict, scicat
+) -> tuple[list[dict], list]:
     """Read each chosen datablock back (VERIFY_LTS_LIMIT's tag), compare it with SciCat, keep the outcome
     beside its manifest; the table rows and the problems."""
     lts = config.settings.lts
     verify = tagged(verify_datablock, config.limits.VERIFY_LTS_LIMIT)
-    store = open_store(lts)
     rows, findings, origdatablocks = [], [], {}
     for block in chosen:
         state = verify(store, block.archive_id, lts.file_timeout_s, return_state=True)
         if block.pid not in origdatablocks:
             origdatablocks[block.pid] = _registered(scicat.get_origdatablocks, block.pid) or []
         problems = _fixity_findings(block, state, registered.get(block.pid), origdatablocks[block.pid])
-        audit.record_verification(lts.storage_root, block.archive_id, datetime.now(UTC), [f.detail for f in problems])
+        audit.record_verification(store, block.archive_id, datetime.now(UTC), [f.detail for f in problems])
         findings += problems
         rows.append(
             {

@@ -79,7 +79,7 @@ def verify_stored_datablock(store: LtsStore, archive_id: str, file_timeout_s: fl
     **_STORAGE_RETRIES,
 )
 def copy_datablock_to_retrieval(
-    lts_root: Path,
+    store: LtsStore,
     archive_id: str,
     s3,
     bucket: str,
@@ -88,7 +88,7 @@ def copy_datablock_to_retrieval(
     on_bytes=None,
 ) -> retrieve.RetrievedObject:
     return retrieve.retrieve_datablock(
-        lts_root, archive_id, s3, bucket, file_timeout_s=file_timeout_s, record=record, on_bytes=on_bytes
+        store, archive_id, s3, bucket, file_timeout_s=file_timeout_s, record=record, on_bytes=on_bytes
     )
 
 
@@ -98,7 +98,7 @@ def copy_datablock_to_retrieval(
     **_STORAGE_RETRIES,
 )
 def copy_files_to_retrieval(
-    lts_root: Path,
+    store: LtsStore,
     archive_id: str,
     n_files: int,
     selection: partial.FileSelection,
@@ -107,7 +107,7 @@ def copy_files_to_retrieval(
     file_timeout_s: float,
     on_bytes=None,
 ) -> list[retrieve.RetrievedObject]:
-    return partial.retrieve_files(lts_root, selection, s3, bucket, file_timeout_s=file_timeout_s, on_bytes=on_bytes)
+    return partial.retrieve_files(store, selection, s3, bucket, file_timeout_s=file_timeout_s, on_bytes=on_bytes)
 
 
 @task(
@@ -115,5 +115,5 @@ def copy_files_to_retrieval(
     task_run_name="set aside datablocks that failed verification",
     cache_policy=NO_CACHE,
 )
-def set_aside_datablocks(lts_root: Path, archive_ids: list[str]) -> list[Path]:
-    return cleanup.set_aside_datablocks(lts_root, archive_ids)
+def set_aside_datablocks(store: LtsStore, archive_ids: list[str]) -> list[str]:
+    return cleanup.set_aside_datablocks(store, archive_ids)

@@ -11,6 +11,7 @@ from archiver.clients.outage import retry_refused_connections
 from archiver.config.deployments import PRUNING, RETRIEVAL_CLEANUP
 from archiver.config.runtime import load_run_configuration
 from archiver.packing import cleanup, retained
+from archiver.storage.lts_store import open_store
 
 retry_refused_connections()  # before this flow run makes a Prefect client (clients/outage.py)
 
@@ -41,9 +42,10 @@ def prune_discarded_flow(older_than_days: int | None = None, dry_run: bool = Fal
     config = load_run_configuration()
     lts = config.settings.lts
     days = lts.discarded_retention_days if older_than_days is None else older_than_days
+    store = open_store(lts)
     with connect(config) as connections:
         found = cleanup.prune_discarded(
-            lts.storage_root,
+            store,
             days,
             dry_run=dry_run,
             registered=registered_in(connections.scicat),
@@ -53,7 +55,7 @@ def prune_discarded_flow(older_than_days: int | None = None, dry_run: bool = Fal
     verb = "would delete" if dry_run else "deleted"
     rows = [
         {
-            "folder": str(f.path.relative_to(lts.storage_root)),
+            "folder": f.key,
             "set aside": f.set_aside.isoformat(),
             "bytes": f.size_bytes,
             "action": f"kept: {f.kept_because}" if f.kept_because else verb,
@@ -68,13 +70,13 @@ def prune_discarded_flow(older_than_days: int | None = None, dry_run: bool = Fal
     )
     for f in found:
         if f.kept_because:
-            log.warning("kept %s: %s", f.path, f.kept_because)
+            log.warning("kept %s: %s", f.key, f.kept_because)
     log.info(
         "%s %d discarded folder(s) older than %d day(s) under %s: %d bytes",
         verb,
         deleted,
         days,
-        lts.storage_root,
+        store.location,
         freed,
     )
     return freed
@@ -91,7 +93,7 @@ def clean_retrievals_flow(dry_run: bool = False) -> int:
         report = retained.clean_expired(
             connections.s3,
             minio.retrieval_bucket,
-            config.settings.lts.storage_root,
+            open_store(config.settings.lts),
             minio.retrieval_retention_days,
             dry_run=dry_run,
         )

@@ -41,6 +41,7 @@ from archiver.packing.retained import (
 )
 from archiver.packing.retrieve import RetrievedObject, expected_datablock
 from archiver.scicat.models import JobResultEntry, RetrieveStatus
+from archiver.storage.lts_store import LtsStore, open_store
 from archiver.storage.s3 import delete_keys, presigned_get_url
 
 retry_refused_connections()  # before this flow run makes a Prefect client (clients/outage.py)
@@ -83,13 +84,14 @@ def _upload_datablocks(
     records: list[DatablockRecord],
     config: RunConfiguration,
     connections: Connections,
+    store: LtsStore,
 ) -> list[RetrievedObject]:
     settings = config.settings
     copy = tagged(copy_datablock_to_retrieval, config.limits.LTS_TO_RETRIEVAL_LIMIT)
     progress = ProgressReporter(f"retrieving {pid}: checked and uploaded", sum(r.packedSize for r in records))
     retrieved = run_bounded_or_raise(
         lambda record: copy(
-            settings.lts.storage_root,
+            store,
             record.archiveId,
             connections.s3,
             settings.s3.retrieval_bucket,
@@ -109,6 +111,7 @@ def _upload_files(
     selections: list[FileSelection],
     config: RunConfiguration,
     connections: Connections,
+    store: LtsStore,
 ) -> list[RetrievedObject]:
     """Partial retrieval: the selected files, one object each (packing.partial)."""
     settings = config.settings
@@ -117,7 +120,7 @@ def _upload_files(
     progress = ProgressReporter(f"retrieving {pid}: selected files checked and uploaded", total)
     retrieved = run_bounded_or_raise(
         lambda s: copy(
-            settings.lts.storage_root,
+            store,
             s.datablock.archiveId,
             len(s.files),
             s,
@@ -144,10 +147,10 @@ class _Wanted:
 
 
 def _wanted(
-    pid: str, lts_root, records: list[DatablockRecord], selections: list[FileSelection] | None
+    pid: str, store: LtsStore, records: list[DatablockRecord], selections: list[FileSelection] | None
 ) -> list[_Wanted]:
     if selections is None:
-        return [_Wanted(Path(r.archiveId).name, r.archiveId, False, expected_datablock(lts_root, r)) for r in records]
+        return [_Wanted(Path(r.archiveId).name, r.archiveId, False, expected_datablock(store, r)) for r in records]
     return [
         _Wanted(
             f.path,
@@ -192,9 +195,10 @@ def _provide_copy(
     missing. Returns what was wanted and the bytes uploaded. On failure, what this run uploaded is removed."""
     settings = config.settings
     s3, bucket = connections.s3, settings.s3.retrieval_bucket
+    store = open_store(settings.lts)
     wait_note = lambda: log.info("%s: another run retrieves this dataset; waiting for it (S3_RETRIEVAL_WAIT_S)", pid)  # noqa: E731
-    with retrieval_lock(settings.lts.storage_root, pid, settings.s3.retrieval_wait_s, on_wait=wait_note):
-        wanted = _wanted(pid, settings.lts.storage_root, records, selections)
+    with retrieval_lock(store, pid, settings.s3.retrieval_wait_s, on_wait=wait_note):
+        wanted = _wanted(pid, store, records, selections)
         present = present_objects(s3, bucket, [w.expected for w in wanted])
         missing_keys = {w.expected.key for w in wanted} - {o.key for o in present}
         missing = _missing_part(wanted, records, selections, missing_keys)
@@ -212,9 +216,9 @@ def _provide_copy(
                 log.warning("%s: %d unfinished upload(s) of an earlier retrieval aborted", pid, aborted)
             try:
                 if selections is None:
-                    _upload_datablocks(pid, missing, config, connections)
+                    _upload_datablocks(pid, missing, config, connections, store)
                 else:
-                    _upload_files(pid, missing, config, connections)
+                    _upload_files(pid, missing, config, connections, store)
             except BaseException:
                 _delete_quietly(s3, bucket, sorted(missing_keys), pid, log)
                 raise
@@ -336,7 +340,7 @@ def _clean_up_failed_retrieval(
 def _remove_dead_run_objects(pid: str, config: RunConfiguration, connections: Connections, log) -> None:
     settings = config.settings
     try:
-        removed = remove_dead_run_objects(connections.s3, settings.s3.retrieval_bucket, settings.lts.storage_root, pid)
+        removed = remove_dead_run_objects(connections.s3, settings.s3.retrieval_bucket, open_store(settings.lts), pid)
     except Exception as e:
         log.error("%s: retrieval bucket could not be cleaned: %s", pid, e)
         return
@@ -361,7 +365,7 @@ def _clean_up_interrupted_retrieval(pid, config, connections, error, log) -> Non
 def _abort_dead_uploads(pid: str, config: RunConfiguration, connections: Connections, log) -> None:
     """Unfinished uploads of a dead run, under the dataset's retrieval lock: a live run's uploads are its own."""
     settings = config.settings
-    with try_retrieval_lock(settings.lts.storage_root, pid) as held:
+    with try_retrieval_lock(open_store(settings.lts), pid) as held:
         aborted = cleanup.abort_retrieval_uploads(connections.s3, settings.s3.retrieval_bucket, pid) if held else 0
     if not held:
         log.warning("%s: unfinished uploads left in place: another run is retrieving the dataset", pid)

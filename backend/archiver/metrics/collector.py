@@ -22,6 +22,7 @@ from archiver.config.deployments import AUDIT, JOB_KINDS
 from archiver.flows.figures import AUDIT_PROBLEMS, BYTES, figure
 from archiver.metrics import folding, live
 from archiver.metrics.history import FinishedRun, RunHistory
+from archiver.storage.lts_store import open_store
 
 log = logging.getLogger(__name__)
 
@@ -298,7 +299,7 @@ class ArchiverCollector(Collector):
     def _lts(self, config) -> list[Metric]:
         lts = config.settings.lts
         space = live.lts_space(lts.storage_root)
-        failing = self._slow.get("audit-records", lambda: live.datablocks_failing_audit(lts.storage_root))
+        failing = self._slow.get("audit-records", lambda: live.datablocks_failing_audit(open_store(lts)))
         return [
             GaugeMetricFamily("archiver_lts_size_bytes", "Size of the LTS filesystem", value=space.size_bytes),
             GaugeMetricFamily("archiver_lts_free_bytes", "Free bytes on the LTS filesystem", value=space.free_bytes),

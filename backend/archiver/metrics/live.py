@@ -8,6 +8,10 @@ import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from archiver.storage.lts_store import LtsStore
 
 UNFINISHED_STATES = ("SCHEDULED", "PENDING", "RUNNING", "CANCELLING", "PAUSED")
 HEARTBEAT_EVENT = "prefect.flow-run.heartbeat"
@@ -105,17 +109,23 @@ def lts_space(root: Path) -> LtsSpace:
     return LtsSpace(usage.total, usage.free)
 
 
-def datablocks_failing_audit(root: Path) -> int:
+def datablocks_failing_audit(store: LtsStore) -> int:
     """Datablocks whose latest audit record (`<name>.audit.json` beside the manifest) says it failed."""
     from archiver.packing.audit import AUDIT_SUFFIX
     from archiver.packing.naming import DATASETS_PREFIX
 
     failing = 0
-    for record in (Path(root) / DATASETS_PREFIX).glob(f"*/datablocks/*{AUDIT_SUFFIX}"):
-        try:
-            failing += json.loads(record.read_text()).get("ok") is False
-        except (OSError, ValueError):
-            failing += 1  # an unreadable record is no proof the datablock is fine
+    for dataset in store.entries(DATASETS_PREFIX):
+        if not dataset.is_folder:
+            continue
+        folder = f"{DATASETS_PREFIX}/{dataset.name}/datablocks"
+        for name in store.datablock_names(folder):
+            if not name.endswith(AUDIT_SUFFIX):
+                continue
+            try:
+                failing += json.loads(store.read_text(f"{folder}/{name}")).get("ok") is False
+            except (OSError, ValueError):
+                failing += 1  # an unreadable record is no proof the datablock is fine
     return failing
 
 

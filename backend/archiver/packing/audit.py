@@ -1,6 +1,6 @@
 """Auditing the LTS: what is stored, which datablocks to re-verify next, and where the LTS and SciCat disagree.
 
-Plain functions over the LTS folder and SciCat's records (JSON fields); the `lts_audit` flow runs them.
+Plain functions over the LTS store and SciCat's records (JSON fields); the `lts_audit` flow runs them.
 
 The time a datablock was last verified is kept on the LTS beside its manifest, in
 `<name>.audit.json` (`{"archiveId", "chk", "verified", "ok", "problems"}`), written atomically
@@ -17,7 +17,6 @@ from collections import Counter
 from collections.abc import Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -26,7 +25,7 @@ from archiver.packing import naming
 from archiver.packing.cleanup import DISCARDED, set_aside_time
 from archiver.packing.errors import InvalidNameError
 from archiver.packing.records import read_manifest
-from archiver.storage.lts import fsync_dir, write_json_durably
+from archiver.storage.lts_store import LtsStore
 
 AUDIT_SUFFIX = ".audit.json"
 NEVER = datetime.min.replace(tzinfo=UTC)
@@ -63,73 +62,66 @@ class DatasetOnLts:
     discarded: dict[str, datetime] = field(default_factory=dict)  # path relative to the root -> set-aside time
 
 
-def audit_record_path(tar_path: Path) -> Path:
-    return tar_path.with_name(tar_path.name.removesuffix(naming.TAR_SUFFIX) + AUDIT_SUFFIX)
+def audit_record_key(archive_id: str) -> str:
+    """The audit record beside a datablock (`<name>.audit.json`)."""
+    return archive_id.removesuffix(naming.TAR_SUFFIX) + AUDIT_SUFFIX
 
 
-def inventory(lts_root: Path, pids: Iterable[str] | None = None) -> tuple[dict[str, DatasetOnLts], list[Finding]]:
+def inventory(store: LtsStore, pids: Iterable[str] | None = None) -> tuple[dict[str, DatasetOnLts], list[Finding]]:
     """What each dataset folder on the LTS holds (only `pids` when given; their folders need not exist).
     Folders that are no dataset's are findings."""
-    datasets_root = Path(lts_root) / naming.DATASETS_PREFIX
     found: dict[str, DatasetOnLts] = {}
     odd: list[Finding] = []
     if pids is not None:
-        folders = [naming.dataset_lts_folder(lts_root, pid) for pid in pids]
+        names = [naming.safe_name(pid) for pid in pids]
     else:
-        folders = sorted(p for p in datasets_root.iterdir() if p.is_dir()) if datasets_root.is_dir() else []
-    for folder in folders:
+        names = [entry.name for entry in store.entries(naming.DATASETS_PREFIX) if entry.is_folder]
+    for name in names:
+        folder = f"{naming.DATASETS_PREFIX}/{name}"
         try:
-            pid = naming.pid_from_safe_name(folder.name)
+            pid = naming.pid_from_safe_name(name)
         except InvalidNameError as e:
-            odd.append(Finding("unknown-folder", "?", _relative(lts_root, folder), str(e)))
+            odd.append(Finding("unknown-folder", "?", folder, str(e)))
             continue
-        found[pid] = _dataset_inventory(lts_root, pid, folder)
+        found[pid] = _dataset_inventory(store, pid, folder)
     return found, odd
 
 
-def _dataset_inventory(lts_root: Path, pid: str, folder: Path) -> DatasetOnLts:
+def _dataset_inventory(store: LtsStore, pid: str, folder: str) -> DatasetOnLts:
     dataset = DatasetOnLts(pid)
-    blocks = folder / "datablocks"
-    for path in sorted(blocks.iterdir()) if blocks.is_dir() else []:
-        name = path.name
+    blocks = f"{folder}/datablocks"
+    for entry in store.entries(blocks):
+        name, key = entry.name, f"{blocks}/{entry.name}"
         if name.endswith(naming.PARTIAL_SUFFIX):
-            dataset.partials[_relative(lts_root, path)] = _mtime(path)
+            dataset.partials[key] = entry.modified
         elif name.endswith(naming.TAR_SUFFIX):
-            dataset.tars[_relative(lts_root, path)] = path.stat().st_size
-            _note_change(dataset, _relative(lts_root, path), path)
+            dataset.tars[key] = entry.size
+            _note_change(dataset, key, entry.modified)
         elif name.endswith(naming.MANIFEST_SUFFIX):
-            tar_name = name.removesuffix(naming.MANIFEST_SUFFIX) + naming.TAR_SUFFIX
-            dataset.manifests.add(_relative(lts_root, path.with_name(tar_name)))
-            _note_change(dataset, _relative(lts_root, path.with_name(tar_name)), path)
-    discarded = folder / DISCARDED
-    for path in sorted(discarded.iterdir()) if discarded.is_dir() and not discarded.is_symlink() else []:
-        if path.is_dir() and not path.is_symlink():
-            dataset.discarded[_relative(lts_root, path)] = set_aside_time(path)
+            tar_key = f"{blocks}/{name.removesuffix(naming.MANIFEST_SUFFIX)}{naming.TAR_SUFFIX}"
+            dataset.manifests.add(tar_key)
+            _note_change(dataset, tar_key, entry.modified)
+    discarded = f"{folder}/{DISCARDED}"
+    if any(e.name == DISCARDED and e.is_folder and not e.is_link for e in store.entries(folder)):
+        for entry in store.entries(discarded):
+            if entry.is_folder and not entry.is_link:
+                dataset.discarded[f"{discarded}/{entry.name}"] = set_aside_time(entry)
     return dataset
 
 
-def _note_change(dataset: DatasetOnLts, archive_id: str, path: Path) -> None:
-    changed = _mtime(path)
+def _note_change(dataset: DatasetOnLts, archive_id: str, changed: datetime) -> None:
     dataset.changed[archive_id] = max(changed, dataset.changed.get(archive_id, changed))
 
 
-def _relative(lts_root: Path, path: Path) -> str:
-    return path.relative_to(lts_root).as_posix()
-
-
-def _mtime(path: Path) -> datetime:
-    return datetime.fromtimestamp(path.lstat().st_mtime, UTC)
-
-
-def last_verified(lts_root: Path, archive_id: str) -> datetime:
+def last_verified(store: LtsStore, archive_id: str) -> datetime:
     """When the datablock was last verified successfully (module doc); NEVER when unknown or it failed."""
-    tar_path = naming.datablock_path(lts_root, archive_id)
+    naming.check_archive_id(archive_id)
     try:
-        manifest = read_manifest(naming.manifest_path(tar_path))
+        manifest = read_manifest(store, archive_id)
     except (OSError, ValueError, ValidationError):
         return NEVER
     try:
-        record = json.loads(audit_record_path(tar_path).read_text(encoding="utf-8"))
+        record = json.loads(store.read_text(audit_record_key(archive_id)))
         if record.get("chk") == manifest.chk:
             return datetime.fromisoformat(record["verified"]) if record.get("ok") else NEVER
     except (OSError, ValueError, KeyError, TypeError):
@@ -140,26 +132,24 @@ def last_verified(lts_root: Path, archive_id: str) -> datetime:
         return NEVER
 
 
-def record_verification(lts_root: Path, archive_id: str, when: datetime, problems: list[str]) -> None:
+def record_verification(store: LtsStore, archive_id: str, when: datetime, problems: list[str]) -> None:
     """Keep the outcome of an audit of the datablock beside its manifest (atomically)."""
-    tar_path = naming.datablock_path(lts_root, archive_id)
+    naming.check_archive_id(archive_id)
     try:
-        chk = read_manifest(naming.manifest_path(tar_path)).chk
+        chk = read_manifest(store, archive_id).chk
     except (OSError, ValueError, ValidationError):
         chk = None
-    path = audit_record_path(tar_path)
     text = json.dumps(
         {"archiveId": archive_id, "chk": chk, "verified": when.isoformat(), "ok": not problems, "problems": problems},
         indent=1,
     )
-    write_json_durably(path, text, naming.partial_path(path))
-    fsync_dir(path.parent)
+    store.write_text(audit_record_key(archive_id), text)
 
 
-def stored_datablocks(lts_root: Path, datasets: Mapping[str, DatasetOnLts]) -> list[StoredDatablock]:
+def stored_datablocks(store: LtsStore, datasets: Mapping[str, DatasetOnLts]) -> list[StoredDatablock]:
     """Every datablock with both tar and manifest, with its last-verified time."""
     return [
-        StoredDatablock(archive_id, pid, size, last_verified(lts_root, archive_id))
+        StoredDatablock(archive_id, pid, size, last_verified(store, archive_id))
         for pid, dataset in datasets.items()
         for archive_id, size in dataset.tars.items()
         if archive_id in dataset.manifests
@@ -264,7 +254,7 @@ def _lost(pid: str, archive_id: str, recorded: int | None, on_lts: int | None, w
 
 
 def lost_beyond_inventory(
-    lts_root: Path,
+    store: LtsStore,
     registered: Iterable[tuple[str, str, int | None]],
     inventoried: Container[str],
 ) -> Iterator[Finding]:
@@ -288,14 +278,11 @@ def lost_beyond_inventory(
                 "its archiveId does not name a datablock in the dataset's own LTS folder",
             )
             continue
-        tar = naming.datablock_path(lts_root, archive_id)
         try:
-            on_lts = tar.stat().st_size
+            on_lts: int | None = store.size(naming.check_archive_id(archive_id))
         except FileNotFoundError:
             on_lts = None
-        gone = (
-            "; the dataset's folder is not on the LTS" if not naming.dataset_lts_folder(lts_root, pid).is_dir() else ""
-        )
+        gone = "; the dataset's folder is not on the LTS" if not store.is_folder(naming.dataset_key(pid)) else ""
         finding = _lost(pid, archive_id, recorded, on_lts, gone)
         if finding is not None:
             yield finding

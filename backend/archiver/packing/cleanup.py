@@ -3,15 +3,14 @@ pruning what failed archivals set aside on the LTS once it is old enough."""
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from pathlib import PurePosixPath
 
 from archiver.packing import naming
-from archiver.storage.lts import fsync_dir
+from archiver.storage.lts import StoredEntry
+from archiver.storage.lts_store import LtsStore
 from archiver.storage.multipart import abort_uploads
 from archiver.storage.s3 import abort_multipart_uploads, delete_prefix
 
@@ -19,42 +18,32 @@ DISCARDED = "discarded"
 _DISCARDED_TIME_FORMAT = "%Y%m%dT%H%M%S.%fZ"
 
 
-def _new_discarded_folder(dataset_folder: Path, now: datetime | None = None) -> Path:
-    return dataset_folder / DISCARDED / (now or datetime.now(UTC)).strftime(_DISCARDED_TIME_FORMAT)
+def _new_discarded_folder(dataset_folder: str, now: datetime | None = None) -> str:
+    return f"{dataset_folder}/{DISCARDED}/{(now or datetime.now(UTC)).strftime(_DISCARDED_TIME_FORMAT)}"
 
 
-def set_aside_datablocks(lts_root: Path, archive_ids: list[str]) -> list[Path]:
+def set_aside_datablocks(store: LtsStore, archive_ids: list[str]) -> list[str]:
     """Move the named datablocks (tar and manifest) of a dataset into `discarded/{UTC time}/` beside
-    `datablocks/`; every other datablock stays where it is. Returns the new paths of what was moved
+    `datablocks/`; every other datablock stays where it is. Returns the new keys of what was moved
     (datablocks already gone are skipped)."""
-    moved: list[Path] = []
-    touched: set[Path] = set()
+    moved: list[str] = []
     when = datetime.now(UTC)
     for archive_id in archive_ids:
-        tar_path = naming.datablock_path(lts_root, archive_id)  # refuses ids outside a datablocks/ folder
-        target = _new_discarded_folder(tar_path.parent.parent, when)
-        for path in (tar_path, naming.manifest_path(tar_path)):
-            if not path.exists():
-                continue
-            target.mkdir(parents=True, exist_ok=True)
-            os.rename(path, target / path.name)
-            moved.append(target / path.name)
-            touched.update((target, path.parent))
-    for folder in touched:
-        fsync_dir(folder)
+        target = _new_discarded_folder(naming.dataset_key_of(archive_id), when)  # refuses ids outside datablocks/
+        moved += store.set_aside([archive_id, naming.manifest_id(archive_id)], target)
     return moved
 
 
 @dataclass(frozen=True)
 class DiscardedFolder:
-    path: Path
+    key: str  # in the LTS store
     set_aside: datetime
     size_bytes: int
     kept_because: str | None = None  # None: deleted (or, in a dry run, would be)
 
 
 def prune_discarded(
-    lts_root: Path,
+    store: LtsStore,
     older_than_days: float,
     *,
     dry_run: bool = False,
@@ -72,54 +61,59 @@ def prune_discarded(
     if older_than_days < 0:
         raise ValueError(f"older_than_days must be 0 or more, got {older_than_days}")
     cutoff = (now or datetime.now(UTC)) - timedelta(days=older_than_days)
-    datasets = Path(lts_root) / naming.DATASETS_PREFIX
     found: list[DiscardedFolder] = []
-    for discarded in sorted(datasets.glob(f"*/{DISCARDED}")):
-        if discarded.is_symlink() or not discarded.is_dir() or discarded.parent.is_symlink():
+    for dataset in _real_folders(store, naming.DATASETS_PREFIX):
+        dataset_folder = f"{naming.DATASETS_PREFIX}/{dataset.name}"
+        if not any(entry.name == DISCARDED for entry in _real_folders(store, dataset_folder)):
             continue
+        discarded = f"{dataset_folder}/{DISCARDED}"
         old = [
-            (folder, when)
-            for folder in sorted(discarded.iterdir())
-            if not folder.is_symlink() and folder.is_dir() and (when := set_aside_time(folder)) < cutoff
+            (f"{discarded}/{entry.name}", when)
+            for entry in _real_folders(store, discarded)
+            if (when := set_aside_time(entry)) < cutoff
         ]
-        lost = _registered_but_missing(lts_root, discarded.parent.name, registered) if old and registered else set()
+        lost = _registered_but_missing(store, dataset.name, registered) if old and registered else set()
         for folder, set_aside in old:
-            only_copies = sorted(name for name in lost if (folder / name).exists())
+            held = {entry.name for entry in store.entries(folder)}
+            only_copies = sorted(lost & held)
             kept_because = f"only copy of registered datablock(s) {', '.join(only_copies)}" if only_copies else None
-            found.append(DiscardedFolder(folder, set_aside, _tree_size(folder), kept_because))
+            found.append(DiscardedFolder(folder, set_aside, store.size(folder), kept_because))
             if not dry_run and kept_because is None:
-                shutil.rmtree(folder)
-        if not dry_run and not any(discarded.iterdir()):
-            discarded.rmdir()
+                store.remove_folder(folder)
+        if not dry_run and not store.entries(discarded):
+            store.remove_folder(discarded, only_if_empty=True)
     return sorted(found, key=lambda f: f.set_aside)
+
+
+def _real_folders(store: LtsStore, folder: str) -> list[StoredEntry]:
+    """The folders in `folder` that are no symbolic links."""
+    return [entry for entry in store.entries(folder) if entry.is_folder and not entry.is_link]
 
 
 def freed_bytes(found: list[DiscardedFolder]) -> int:
     return sum(f.size_bytes for f in found if f.kept_because is None)
 
 
-def _registered_but_missing(lts_root: Path, safe: str, registered: Callable[[str], Iterable[str]]) -> set[str]:
+def _registered_but_missing(store: LtsStore, safe: str, registered: Callable[[str], Iterable[str]]) -> set[str]:
     """File names of the dataset's registered datablocks that are not under `datablocks/`."""
-    return {
-        Path(archive_id).name
-        for archive_id in registered(naming.pid_from_safe_name(safe))
-        if not naming.datablock_path(lts_root, archive_id).exists()
-    }
+    listed: dict[str, list[str]] = {}
+    missing = set()
+    for archive_id in registered(naming.pid_from_safe_name(safe)):
+        key = PurePosixPath(naming.check_archive_id(archive_id))
+        folder = str(key.parent)
+        if folder not in listed:
+            listed[folder] = store.datablock_names(folder)
+        if key.name not in listed[folder]:
+            missing.add(key.name)
+    return missing
 
 
-def set_aside_time(folder: Path) -> datetime:
+def set_aside_time(entry: StoredEntry) -> datetime:
+    """When a folder in `discarded/` was set aside: the time in its name, else its modification time."""
     try:
-        return datetime.strptime(folder.name, _DISCARDED_TIME_FORMAT).replace(tzinfo=UTC)
+        return datetime.strptime(entry.name, _DISCARDED_TIME_FORMAT).replace(tzinfo=UTC)
     except ValueError:
-        return datetime.fromtimestamp(folder.lstat().st_mtime, UTC)
-
-
-def _tree_size(folder: Path) -> int:
-    total = 0
-    for parent, _dirs, files in os.walk(folder):
-        for name in files:
-            total += (Path(parent) / name).lstat().st_size
-    return total
+        return entry.modified
 
 
 def delete_retrieved(s3, bucket: str, pid: str) -> int:

@@ -9,7 +9,7 @@ safe segment (`/` -> `%2F`, `%` -> `%25`), which `pid_from_safe_name` reverses.
 
 from __future__ import annotations
 
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from urllib.parse import quote, unquote
 
 from archiver.packing.errors import InvalidNameError, InvalidPidError
@@ -78,18 +78,15 @@ def landing_prefix(pid: str) -> str:
     return f"{DATASETS_PREFIX}/{check_pid(pid)}/{LANDING_FILES_SEGMENT}/"
 
 
-def dataset_lts_folder(lts_root: Path, pid: str) -> Path:
-    """`{lts_root}/openem-network/datasets/{safe}/` (holds `datablocks/` and any `discarded/`)."""
-    return Path(lts_root) / DATASETS_PREFIX / safe_name(pid)
-
-
-def datablocks_folder(lts_root: Path, pid: str) -> Path:
-    return Path(lts_root) / datablocks_key(pid)
+def dataset_key(pid: str) -> str:
+    """The dataset's folder in the LTS store: `openem-network/datasets/{safe}` (holds `datablocks/` and any
+    `discarded/`)."""
+    return f"{DATASETS_PREFIX}/{safe_name(pid)}"
 
 
 def datablocks_key(pid: str) -> str:
     """The dataset's datablocks folder relative to the LTS root, as the LTS store names it."""
-    return f"{DATASETS_PREFIX}/{safe_name(pid)}/datablocks"
+    return f"{dataset_key(pid)}/datablocks"
 
 
 def datablock_name(pid: str, index: int) -> str:
@@ -120,13 +117,9 @@ def archive_id(pid: str, index: int) -> str:
     return f"{datablocks_key(pid)}/{datablock_name(pid, index)}"
 
 
-def datablock_path(lts_root: Path, archive_id_: str) -> Path:
-    """The tar file of an archive id; refuses ids that leave the datasets folder or are not tar files."""
-    return Path(lts_root).joinpath(*PurePosixPath(check_archive_id(archive_id_)).parts)
-
-
 def check_archive_id(archive_id_: str) -> str:
-    """An archive id naming a tar file in a dataset's datablocks folder; raises InvalidNameError otherwise."""
+    """An archive id naming a tar file in a dataset's datablocks folder; raises InvalidNameError otherwise (ids
+    that leave the datasets folder or are not tar files)."""
     check_relative_path(archive_id_, "archiveId")
     parts = PurePosixPath(archive_id_).parts
     if (
@@ -144,14 +137,15 @@ def check_archive_id(archive_id_: str) -> str:
 def archive_id_of_dataset(pid: str, archive_id_: str) -> bool:
     """Whether an archive id names a datablock in the dataset's own LTS folder."""
     try:
-        datablock_path(Path("/"), archive_id_)
+        check_archive_id(archive_id_)
     except InvalidNameError:
         return False
     return PurePosixPath(archive_id_).parts[2] == safe_name(pid)
 
 
-def manifest_path(tar_path: Path) -> Path:
-    return tar_path.with_name(manifest_id(tar_path.name))
+def dataset_key_of(archive_id_: str) -> str:
+    """The folder in the LTS store of the dataset an archive id names a datablock of (`dataset_key`)."""
+    return str(PurePosixPath(check_archive_id(archive_id_)).parents[1])
 
 
 def manifest_id(archive_id_: str) -> str:
@@ -171,5 +165,4 @@ def retrieved_file_key(pid: str, path: str) -> str:
 
 def retrieval_key(archive_id_: str) -> str:
     """Key of a retrieved datablock in the retrieval bucket (mirrors its place on the LTS)."""
-    datablock_path(Path("/"), archive_id_)  # validates
-    return archive_id_
+    return check_archive_id(archive_id_)

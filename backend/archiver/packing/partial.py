@@ -11,14 +11,13 @@ from __future__ import annotations
 import tarfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 from archiver.packing import naming
 from archiver.packing.checking import CHUNK
 from archiver.packing.errors import FilesNotInDatasetError, IntegrityError
 from archiver.packing.records import ChecksumAlgorithm, DatablockRecord, DataFileRecord, new_hasher
 from archiver.packing.retrieve import RetrievedObject, checksum_metadata
-from archiver.storage.lts import wait_until_readable
+from archiver.storage.lts_store import LtsStore
 from archiver.storage.s3 import MultipartUpload
 
 
@@ -48,7 +47,7 @@ def select_files(pid: str, datablocks: Iterable[DatablockRecord], wanted: Iterab
 
 
 def retrieve_files(
-    lts_root: Path,
+    store: LtsStore,
     selection: FileSelection,
     s3,
     bucket: str,
@@ -68,13 +67,12 @@ def retrieve_files(
     if not naming.archive_id_of_dataset(pid, archive_id):
         raise IntegrityError(what, [f"the datablock is not one of dataset {pid}: refused"])
     keys = {f.path: naming.retrieved_file_key(pid, f.path) for f in selection.files}  # refuses unsafe paths first
-    tar_path = naming.datablock_path(lts_root, archive_id)
-    wait_until_readable(tar_path, file_timeout_s)
+    store.wait_until_readable(naming.check_archive_id(archive_id), file_timeout_s)
     wanted = {f.path: f for f in selection.files}
     done: list[RetrievedObject] = []
     # Unbuffered: tarfile reads each header with one read() and seeks over the members not wanted,
     # so the members skipped are never read.
-    with open(tar_path, "rb", buffering=0) as raw, tarfile.open(fileobj=raw, mode="r:") as tar:
+    with store.open_datablock(archive_id, fresh=False) as raw, tarfile.open(fileobj=raw, mode="r:") as tar:
         for member in tar:
             file = wanted.pop(member.name, None)
             if file is None:

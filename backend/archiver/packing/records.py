@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
+
+from archiver.packing import naming
+from archiver.storage.lts_store import LtsStore
 
 ChecksumAlgorithm = Literal["sha256", "md5"]
 # Packing format of the datablocks this code writes (SciCat Datablock.version).
@@ -83,5 +85,7 @@ def parse_manifest(text: str) -> Manifest:
     return Manifest.model_validate(json.loads(text))
 
 
-def read_manifest(path: Path) -> Manifest:
-    return parse_manifest(Path(path).read_text(encoding="utf-8"))
+def read_manifest(store: LtsStore, archive_id: str) -> Manifest:
+    """The manifest beside a datablock in the LTS store; OSError when it cannot be read, ValueError (a pydantic
+    ValidationError too) when it is no manifest."""
+    return parse_manifest(store.read_text(naming.manifest_id(naming.check_archive_id(archive_id))))

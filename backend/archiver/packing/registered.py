@@ -18,7 +18,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -27,6 +26,7 @@ from archiver.packing import naming
 from archiver.packing.errors import InvalidNameError
 from archiver.packing.planning import ListedFile, SourceFile
 from archiver.packing.records import DatablockRecord, read_manifest
+from archiver.storage.lts_store import LtsStore
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ def record_from_wire(pid: str, wire: dict[str, Any]) -> DatablockRecord:
     return DatablockRecord.model_validate({**wire, "datasetId": pid})
 
 
-def datablock_problem(lts_root: Path, pid: str, wire: dict[str, Any]) -> str | None:
+def datablock_problem(store: LtsStore, pid: str, wire: dict[str, Any]) -> str | None:
     """Why a datablock registered in SciCat (its JSON fields) does not match the LTS (None when it does)."""
     try:
         record = record_from_wire(pid, wire)
@@ -73,9 +73,8 @@ def datablock_problem(lts_root: Path, pid: str, wire: dict[str, Any]) -> str | N
     if not naming.archive_id_of_dataset(pid, archive_id):
         return f"archiveId {archive_id!r} is not a datablock of dataset {pid}"
     try:
-        tar_path = naming.datablock_path(lts_root, archive_id)
-        manifest = read_manifest(naming.manifest_path(tar_path))
-        tar_size = tar_path.stat().st_size
+        manifest = read_manifest(store, archive_id)
+        tar_size = store.size(archive_id)
     except (OSError, ValueError, ValidationError, InvalidNameError) as e:
         return f"{archive_id}: not on the LTS ({type(e).__name__}: {e})"
     if manifest.datasetId != pid or not same_datablock(record, manifest.record()):
@@ -86,7 +85,7 @@ def datablock_problem(lts_root: Path, pid: str, wire: dict[str, Any]) -> str | N
 
 
 def check_registered(
-    lts_root: Path,
+    store: LtsStore,
     pid: str,
     registered: Iterable[dict[str, Any]],
     listed_paths: Iterable[str],
@@ -94,7 +93,7 @@ def check_registered(
     """Compare a dataset's registered datablocks (SciCat's JSON) with the LTS and its listed files (module doc)."""
     matching, problems, held = [], [], set[str]()
     for wire in registered:
-        problem = datablock_problem(lts_root, pid, wire)
+        problem = datablock_problem(store, pid, wire)
         if problem:
             problems.append(problem)
         else:

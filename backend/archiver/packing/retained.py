@@ -9,9 +9,9 @@ checksum, and only the archiver's account writes to the bucket; so an object who
 metadata equal the registered ones is a copy that was checked. Its bytes are not read again (S3
 keeps its own integrity; the download script checks them once more at the user's end).
 
-Retrievals and the cleanup of one dataset take turns by an exclusive `flock` on
-`{dataset}/.retrieving.lock` on the LTS, like archival's write lock: the kernel releases it the
-moment its holder dies, so a killed run never blocks the dataset, and nothing piles up in Prefect.
+Retrievals and the cleanup of one dataset take turns by the LTS store's lock `{dataset}/.retrieving.lock`
+(on a POSIX store an exclusive `flock`, like archival's write lock): it is freed the moment its holder
+dies, so a killed run never blocks the dataset, and nothing piles up in Prefect.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 from botocore.exceptions import ClientError
 
@@ -29,7 +28,7 @@ from archiver.packing import naming
 from archiver.packing.cleanup import abort_retrieval_uploads
 from archiver.packing.errors import InvalidNameError
 from archiver.packing.retrieve import CHK_ALG_METADATA, CHK_METADATA, RetrievedObject
-from archiver.storage.lts import exclusive_flock
+from archiver.storage.lts_store import LtsStore
 from archiver.storage.s3 import delete_keys, error_code, iter_objects
 
 RETAIN_UNTIL_TAG = "retain-until"
@@ -41,32 +40,29 @@ class RetrievalBusyError(TryLaterError):
 
 
 @contextlib.contextmanager
-def retrieval_lock(lts_root: Path, pid: str, wait_s: float, poll_s: float = 1.0, on_wait=None) -> Iterator[None]:
+def retrieval_lock(store: LtsStore, pid: str, wait_s: float, poll_s: float = 1.0, on_wait=None) -> Iterator[None]:
     """Hold the dataset's retrieval lock; waits up to `wait_s` for another holder (RetrievalBusyError after).
     `on_wait()` is called once when the lock is busy (to say so in the log)."""
-    folder = naming.dataset_lts_folder(lts_root, pid)
-    folder.mkdir(parents=True, exist_ok=True)
-    lock_path = folder / LOCK_FILE_NAME
 
-    def busy() -> RetrievalBusyError:
+    def busy(lock: str) -> RetrievalBusyError:
         return RetrievalBusyError(
             f"dataset {pid}: another run has been retrieving or cleaning up its retrieved copy for more "
-            f"than {wait_s:.0f}s (it holds {lock_path}); try the job again later"
+            f"than {wait_s:.0f}s (it holds {lock}); try the job again later"
         )
 
-    with exclusive_flock(lock_path, wait_s, busy, on_wait, poll_s):
+    with store.lock(f"{naming.dataset_key(pid)}/{LOCK_FILE_NAME}", wait_s, busy, on_wait, poll_s):
         yield
 
 
 @contextlib.contextmanager
-def try_retrieval_lock(lts_root: Path, pid: str) -> Iterator[bool]:
+def try_retrieval_lock(store: LtsStore, pid: str) -> Iterator[bool]:
     """The dataset's retrieval lock if free at once (True), else nothing held (False): for the cleanup.
     A dataset without a folder on the LTS cannot be retrieved, so none is created for it."""
-    if not naming.dataset_lts_folder(lts_root, pid).is_dir():
+    if not store.is_folder(naming.dataset_key(pid)):
         yield True
         return
     try:
-        lock = retrieval_lock(lts_root, pid, wait_s=0)
+        lock = retrieval_lock(store, pid, wait_s=0)
         lock.__enter__()
     except RetrievalBusyError:
         yield False
@@ -127,13 +123,13 @@ def present_objects(s3, bucket: str, expected: list[RetrievedObject]) -> list[Re
     return found
 
 
-def remove_dead_run_objects(s3, bucket: str, lts_root: Path, pid: str, now: datetime | None = None) -> int | None:
+def remove_dead_run_objects(s3, bucket: str, store: LtsStore, pid: str, now: datetime | None = None) -> int | None:
     """After a retrieval of `pid` died: abort its unfinished uploads and delete the dataset's objects that no
     finished retrieval handed out (no `retain-until` to come: a finished one sets it before making links).
     Copies that earlier jobs' links point to stay. Returns the objects deleted, or None when a live run holds
     the dataset's lock: what is there may be its work, left to it and to the scheduled cleanup."""
     now = now or datetime.now(UTC)
-    with try_retrieval_lock(lts_root, pid) as held:
+    with try_retrieval_lock(store, pid) as held:
         if not held:
             return None
         abort_retrieval_uploads(s3, bucket, pid)
@@ -209,7 +205,7 @@ class CleanupReport:
 
 
 def clean_expired(
-    s3, bucket: str, lts_root: Path, retention_days: float, *, dry_run: bool = False, now: datetime | None = None
+    s3, bucket: str, store: LtsStore, retention_days: float, *, dry_run: bool = False, now: datetime | None = None
 ) -> CleanupReport:
     """Delete the retrieval bucket's objects whose `retain-until` has passed (untagged ones, left by
     retrievals before retention existed, once older than `retention_days`), one dataset at a time under
@@ -217,7 +213,7 @@ def clean_expired(
     now = now or datetime.now(UTC)
     expired, busy = [], []
     for pid in retrieved_datasets(s3, bucket):
-        with try_retrieval_lock(lts_root, pid) as held:
+        with try_retrieval_lock(store, pid) as held:
             if not held:
                 busy.append(pid)
                 continue

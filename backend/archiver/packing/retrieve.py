@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from pydantic import ValidationError
 
 from archiver.packing import naming
 from archiver.packing.checking import check_datablock_stream
 from archiver.packing.errors import IntegrityError
-from archiver.packing.records import DatablockRecord, read_manifest
-from archiver.storage.lts import wait_until_readable
+from archiver.packing.records import DatablockRecord, Manifest, read_manifest
+from archiver.storage.lts_store import LtsStore
 from archiver.storage.s3 import MultipartUpload
 
 # Object metadata of a retrieved object: the checksum it was checked against (S3 keeps it with the object).
@@ -33,19 +32,23 @@ def checksum_metadata(algorithm: str, chk: str) -> dict[str, str]:
     return {CHK_METADATA: chk, CHK_ALG_METADATA: algorithm}
 
 
-def expected_datablock(lts_root: Path, record: DatablockRecord) -> RetrievedObject:
+def _manifest(store: LtsStore, archive_id: str, what: str) -> Manifest:
+    """The manifest beside the datablock; IntegrityError naming `what` when it cannot be read."""
+    try:
+        return read_manifest(store, archive_id)
+    except (OSError, ValueError, ValidationError) as e:
+        raise IntegrityError(what, [f"manifest unreadable: {e}"]) from e
+
+
+def expected_datablock(store: LtsStore, record: DatablockRecord) -> RetrievedObject:
     """What the retrieved copy of a registered datablock must be: its key, size and the manifest's tar checksum
     (registered.check_registered compared that manifest with SciCat's record before)."""
-    tar_path = naming.datablock_path(lts_root, record.archiveId)
-    try:
-        manifest = read_manifest(naming.manifest_path(tar_path))
-    except (OSError, ValueError, ValidationError) as e:
-        raise IntegrityError(f"retrieval of datablock {record.archiveId}", [f"manifest unreadable: {e}"]) from e
+    manifest = _manifest(store, record.archiveId, f"retrieval of datablock {record.archiveId}")
     return RetrievedObject(naming.retrieval_key(record.archiveId), record.packedSize, manifest.chkAlg, manifest.chk)
 
 
 def retrieve_datablock(
-    lts_root: Path,
+    store: LtsStore,
     archive_id: str,
     s3,
     bucket: str,
@@ -62,16 +65,12 @@ def retrieve_datablock(
     manifest on the LTS; the whole tar against the manifest's checksum. On any difference the
     multipart upload is aborted, so no unverified object appears, and IntegrityError names
     every problem."""
-    tar_path = naming.datablock_path(lts_root, archive_id)
-    key = naming.retrieval_key(archive_id)
+    key = naming.retrieval_key(archive_id)  # refuses ids outside a datablocks/ folder
     what = f"retrieval of datablock {archive_id}"
     if record is not None and not naming.archive_id_of_dataset(record.datasetId, archive_id):
         raise IntegrityError(what, [f"the datablock is not one of dataset {record.datasetId}: refused"])
-    wait_until_readable(tar_path, file_timeout_s)
-    try:
-        manifest = read_manifest(naming.manifest_path(tar_path))
-    except (OSError, ValueError, ValidationError) as e:
-        raise IntegrityError(what, [f"manifest unreadable: {e}"]) from e
+    store.wait_until_readable(archive_id, file_timeout_s)
+    manifest = _manifest(store, archive_id, what)
     files, algorithm = manifest.dataFileList, manifest.chkAlg
     problems = []
     if record is not None:
@@ -80,7 +79,7 @@ def retrieve_datablock(
             problems.append(f"SciCat records chkAlg {record.chkAlg}, the manifest {manifest.chkAlg}")
     metadata = checksum_metadata(manifest.chkAlg, manifest.chk)
     with (
-        open(tar_path, "rb", buffering=0) as raw,
+        store.open_datablock(archive_id, fresh=False) as raw,
         MultipartUpload(s3, bucket, key, part_size, parts_in_flight, metadata=metadata) as upload,
     ):
         problems += check_datablock_stream(

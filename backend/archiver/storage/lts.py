@@ -1,4 +1,5 @@
-"""The LTS filesystem: durable writes, free-space and readability waits; the errors of the LTS store."""
+"""The LTS filesystem: durable writes, free-space and readability waits; the errors of the LTS store and the
+entries it lists."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from archiver.errors import ArchiverError, TryLaterError
@@ -41,6 +43,17 @@ class DatasetBusyError(TryLaterError):
 
 class AlreadyPublishedError(ArchiverError, FileExistsError):
     """A datablock or its manifest is already published under the name asked for; nothing was written."""
+
+
+@dataclass(frozen=True)
+class StoredEntry:
+    """One name in a folder of the LTS store (`LtsStore.entries`)."""
+
+    name: str
+    is_folder: bool  # a folder, or a symbolic link to one
+    is_link: bool  # a symbolic link (a POSIX store's); pruning never follows one
+    size: int  # bytes of a file (of the file a link points to); 0 for anything else
+    modified: datetime  # UTC; of the entry itself, not of what a link points to
 
 
 @dataclass(frozen=True)

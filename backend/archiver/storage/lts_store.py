@@ -12,7 +12,7 @@ from contextlib import AbstractContextManager
 from typing import BinaryIO, Protocol, TypeVar
 
 from archiver.config.settings import LtsSection
-from archiver.storage.lts import FileOwnership
+from archiver.storage.lts import FileOwnership, StoredEntry
 from archiver.storage.posix_store import PosixLtsStore
 
 T = TypeVar("T")
@@ -42,8 +42,45 @@ class LtsStore(Protocol):
     def wait_until_readable(self, key: str, timeout_s: float) -> None:
         """Returns once `key` can be read (tape behind the store may recall it first), else LtsWaitTimeout."""
 
-    def open_datablock(self, key: str) -> BinaryIO:
-        """The datablock's stored bytes (bypassing caches where it can), unbuffered; the caller closes it."""
+    def open_datablock(self, key: str, fresh: bool = True) -> BinaryIO:
+        """The datablock's bytes, unbuffered and seekable: a seek reads nothing, so a walk over a tar's headers
+        reads only them and the members read (partial retrieval). `fresh`: from storage, bypassing caches where
+        it can (verification); else cached bytes serve too (retrieval). The caller closes it."""
+
+    def lock(
+        self,
+        key: str,
+        wait_s: float,
+        busy: Callable[[str], Exception],
+        on_wait: Callable[[], None] | None = None,
+        poll_s: float = 1.0,
+    ) -> AbstractContextManager[None]:
+        """Hold the lock named `key` for the `with` block: one live holder, freed when its holder dies. While
+        another holds it, waits up to `wait_s` (trying every `poll_s`, calling `on_wait` once), then raises
+        `busy(where)`, `where` naming the lock for an operator."""
+
+    def is_folder(self, key: str) -> bool:
+        """Whether `key` is a folder of the store (a dataset's, its datablocks folder, a set-aside folder)."""
+
+    def entries(self, folder: str) -> list[StoredEntry]:
+        """What `folder` holds, one entry per name (files, folders, links), sorted by name; none when it is no
+        folder. Names gone while they are listed are left out."""
+
+    def size(self, key: str) -> int:
+        """Bytes stored under `key`: a datablock's or a manifest's, or all that a folder holds; FileNotFoundError
+        when there is nothing."""
+
+    def write_text(self, key: str, text: str) -> None:
+        """Store `text` under `key` (an audit record) atomically and durably, replacing what is there; its folder
+        must exist."""
+
+    def set_aside(self, keys: list[str], folder: str) -> list[str]:
+        """Move each of `keys` that exists into `folder` (created when needed) under its own name, durably; never
+        replaces what is there (FileExistsError, the keys not moved yet stay). Returns the new keys."""
+
+    def remove_folder(self, key: str, only_if_empty: bool = False) -> None:
+        """Delete the folder `key` and all it holds, links removed, never followed; with `only_if_empty` only an
+        empty one (OSError otherwise, nothing removed)."""
 
 
 def open_store(settings: LtsSection) -> LtsStore:

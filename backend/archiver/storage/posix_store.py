@@ -2,7 +2,8 @@
 
 A key is a path relative to the root. A datablock is written under a temporary name (`.partial`), fsynced and
 renamed, its manifest first, so a file under a final name is always complete; a final name is never replaced.
-A dataset's writers exclude each other with an `flock` on `.archiving.lock` beside its datablocks folder.
+A dataset's writers exclude each other with an `flock` on `.archiving.lock` beside its datablocks folder; other
+locks (`lock`) are `flock`s on the file their key names. Set-aside datablocks are renamed, never copied.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, TypeVar
 
@@ -20,6 +23,7 @@ from archiver.storage.lts import (
     AlreadyPublishedError,
     DatasetBusyError,
     FileOwnership,
+    StoredEntry,
     drop_page_cache,
     exclusive_flock,
     fsync_dir,
@@ -117,16 +121,105 @@ class PosixLtsStore:
     def wait_until_readable(self, key: str, timeout_s: float) -> None:
         wait_until_readable(self._path(key), timeout_s)
 
-    def open_datablock(self, key: str) -> BinaryIO:
+    def open_datablock(self, key: str, fresh: bool = True) -> BinaryIO:
         raw = open(self._path(key), "rb", buffering=0)  # noqa: SIM115 (the caller closes it)
-        drop_page_cache(raw.fileno())
+        if fresh:
+            drop_page_cache(raw.fileno())
         return raw
+
+    @contextlib.contextmanager
+    def lock(
+        self,
+        key: str,
+        wait_s: float,
+        busy: Callable[[str], Exception],
+        on_wait: Callable[[], None] | None = None,
+        poll_s: float = 1.0,
+    ) -> Iterator[None]:
+        """An exclusive `flock` on the file `key` names (created, with its folder, if missing): the kernel drops
+        it the moment its holder dies, so a killed run never blocks anyone."""
+        lock_path = self._path(key)
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with exclusive_flock(lock_path, wait_s, lambda: busy(str(lock_path)), on_wait, poll_s):
+            yield
+
+    def is_folder(self, key: str) -> bool:
+        return self._path(key).is_dir()
+
+    def entries(self, folder: str) -> list[StoredEntry]:
+        path = self._path(folder)
+        if not path.is_dir():
+            return []
+        with os.scandir(path) as listing:
+            found = [_entry(item) for item in sorted(listing, key=lambda item: item.name)]
+        return [entry for entry in found if entry is not None]
+
+    def size(self, key: str) -> int:
+        """A file's size follows a symbolic link; a folder's is the sum of the sizes of the files and links in
+        it, at any depth, no link followed."""
+        path = self._path(key)
+        if path.is_dir() and not path.is_symlink():
+            return _tree_size(path)
+        return path.stat().st_size
+
+    def write_text(self, key: str, text: str) -> None:
+        """Written to `<name>.partial`, fsynced, renamed over `key`; the folder fsynced."""
+        path = self._path(key)
+        write_json_durably(path, text, partial_path(path))
+        fsync_dir(path.parent)
+
+    def set_aside(self, keys: list[str], folder: str) -> list[str]:
+        """Renamed (no-replace) into `folder`, then the folders on both sides fsynced."""
+        target = self._path(folder)
+        moved: list[str] = []
+        touched: set[Path] = set()
+        for key in keys:
+            path = self._path(key)
+            if not path.exists():
+                continue
+            target.mkdir(parents=True, exist_ok=True)
+            rename_no_replace(path, target / path.name)
+            moved.append(f"{folder}/{path.name}")
+            touched.update((target, path.parent))
+        for changed in touched:
+            fsync_dir(changed)
+        return moved
+
+    def remove_folder(self, key: str, only_if_empty: bool = False) -> None:
+        path = self._path(key)
+        if only_if_empty:
+            path.rmdir()
+        else:
+            shutil.rmtree(path)
 
     def _path(self, key: str) -> Path:
         parts = PurePosixPath(key).parts
         if not parts or parts[0] == "/" or ".." in parts:
             raise ValueError(f"LTS key {key!r} is not a path inside the store")
         return self.root.joinpath(*parts)
+
+
+def _entry(item: os.DirEntry) -> StoredEntry | None:
+    """What the listing says of one name; None when it is gone since (a set-aside or a prune meanwhile)."""
+    try:
+        own = item.stat(follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    is_link = item.is_symlink()
+    is_file = item.is_file()  # follows a link
+    try:
+        size = (item.stat().st_size if is_link else own.st_size) if is_file else 0
+    except OSError:
+        size = 0
+    return StoredEntry(item.name, item.is_dir(), is_link, size, datetime.fromtimestamp(own.st_mtime, UTC))
+
+
+def _tree_size(folder: Path) -> int:
+    total = 0
+    for parent, _dirs, files in os.walk(folder):
+        for name in files:
+            total += (Path(parent) / name).lstat().st_size
+    return total
 
 
 def _remove_partial_files(folder: Path) -> list[str]:

@@ -79,6 +79,8 @@ from archiver.packing.naming import landing_prefix
 from archiver.packing.records import read_manifest
 from archiver.scicat.models import DataFile, NewOrigDatablock, new_raw_dataset
 from archiver.storage import multipart
+from archiver.storage.posix_store import PosixLtsStore
+from tests import lts_layout
 from tests.integration.test_api import deployments  # noqa: F401 (the fixture)
 from tests.integration.test_uploads import Uploader, running_upload_api
 
@@ -516,9 +518,9 @@ def make_machine(pipeline, owner: Uploader):
             for m in self.models:
                 for d in registered[m.pid]:
                     archive_id = d["archiveId"]
-                    tar = naming.datablock_path(lts_root, archive_id)
+                    tar = lts_layout.datablock_path(lts_root, archive_id)
                     assert tar.is_file(), f"dataset {m.pid}: registered datablock {archive_id} is not on the LTS"
-                    manifest = read_manifest(naming.manifest_path(tar))
+                    manifest = read_manifest(PosixLtsStore(lts_root), archive_id)
                     data = tar.read_bytes()
                     assert hashlib.new(manifest.chkAlg, data).hexdigest() == manifest.chk, (
                         f"dataset {m.pid}: datablock {archive_id} differs from its manifest's checksum"

@@ -25,6 +25,7 @@ from archiver.flows.task_states import exception_of
 from archiver.local_services import poll_until
 from archiver.packing import audit, naming
 from archiver.scicat.models import NewDatablock
+from tests import lts_layout
 from tests.integration.task_history import most_at_once, tagged_task_runs_since
 
 pytestmark = pytest.mark.integration
@@ -52,7 +53,7 @@ def findings_of(state) -> list:
 
 
 def flip_a_byte(pipeline, archive_id):
-    with open(naming.datablock_path(pipeline.lts_root, archive_id), "r+b") as f:
+    with open(lts_layout.datablock_path(pipeline.lts_root, archive_id), "r+b") as f:
         f.seek(1024 + 100)  # inside the first member's data
         byte = f.read(1)
         f.seek(-1, 1)
@@ -60,7 +61,7 @@ def flip_a_byte(pipeline, archive_id):
 
 
 def truncate(pipeline, archive_id):
-    tar = naming.datablock_path(pipeline.lts_root, archive_id)
+    tar = lts_layout.datablock_path(pipeline.lts_root, archive_id)
     os.truncate(tar, tar.stat().st_size // 2)
 
 
@@ -72,30 +73,30 @@ def days_old(*paths, days: float = 3) -> None:
 
 
 def delete_manifest(pipeline, archive_id):
-    tar = naming.datablock_path(pipeline.lts_root, archive_id)
-    naming.manifest_path(tar).unlink()
+    tar = lts_layout.datablock_path(pipeline.lts_root, archive_id)
+    lts_layout.manifest_path(tar).unlink()
     days_old(tar)
 
 
 def delete_datablock(pipeline, archive_id):
-    tar = naming.datablock_path(pipeline.lts_root, archive_id)
+    tar = lts_layout.datablock_path(pipeline.lts_root, archive_id)
     tar.unlink()
-    naming.manifest_path(tar).unlink()
+    lts_layout.manifest_path(tar).unlink()
 
 
 def add_dark_datablock(pipeline, archive_id):
     """A copy of the datablock under a name SciCat does not list; returns that name."""
     pid = naming.pid_from_safe_name(archive_id.split("/")[2])
     dark = naming.archive_id(pid, 7)
-    source, target = (naming.datablock_path(pipeline.lts_root, a) for a in (archive_id, dark))
+    source, target = (lts_layout.datablock_path(pipeline.lts_root, a) for a in (archive_id, dark))
     shutil.copyfile(source, target)
-    shutil.copyfile(naming.manifest_path(source), naming.manifest_path(target))
-    days_old(target, naming.manifest_path(target))
+    shutil.copyfile(lts_layout.manifest_path(source), lts_layout.manifest_path(target))
+    days_old(target, lts_layout.manifest_path(target))
     return dark
 
 
 def add_old_partial(pipeline, archive_id):
-    partial = naming.partial_path(naming.datablock_path(pipeline.lts_root, archive_id.replace("_00000", "_00005")))
+    partial = naming.partial_path(lts_layout.datablock_path(pipeline.lts_root, archive_id.replace("_00000", "_00005")))
     partial.write_bytes(b"half a tar")
     days_old(partial)
     return partial.relative_to(pipeline.lts_root).as_posix()
@@ -149,7 +150,7 @@ def test_an_untouched_lts_passes_and_every_datablock_is_recorded_as_verified(pip
     assert state.result()["problems"] == 0
     for _pid, blocks in pids_blocks:
         for block in blocks:
-            record = audit.audit_record_path(naming.datablock_path(pipeline.lts_root, block.archive_id))
+            record = pipeline.lts_root / audit.audit_record_key(block.archive_id)
             assert json.loads(record.read_text())["ok"] is True
     assert [row["result"] for row in table_rows(state)] == ["verified"] * 3
 
@@ -168,7 +169,7 @@ def test_a_scheduled_audit_finds_every_datablock_of_a_dataset_whose_folder_is_go
     ]
     assert [e["status"] for e in pages] == [200] * 3
 
-    shutil.rmtree(naming.dataset_lts_folder(pipeline.lts_root, gone))
+    shutil.rmtree(lts_layout.dataset_folder(pipeline.lts_root, gone))
     state = lts_audit(scicat_page_size=2, return_state=True)
 
     assert state.is_failed()
@@ -317,7 +318,7 @@ def test_an_audit_during_an_archival_shares_the_verify_limit_and_takes_its_datab
         return thread
 
     threads = [start("archive", archive_datasets_flow, job_id=job)]
-    first_tar = naming.datablock_path(pipeline.lts_root, naming.archive_id(busy, 0))
+    first_tar = lts_layout.datablock_path(pipeline.lts_root, naming.archive_id(busy, 0))
     poll_until(first_tar.exists, 120, "the archival's first datablock", interval=0.05)
     threads.append(start("audit", lts_audit, everything=True))
     for thread in threads:

@@ -32,6 +32,7 @@ from archiver.packing.retrieve import retrieve_datablock
 from archiver.storage.lts import FileOwnership
 from archiver.storage.posix_store import PosixLtsStore
 from archiver.storage.s3 import presigned_get_url
+from tests import lts_layout
 from tests.conftest import S3_TEST_CREDENTIALS, S3_TEST_REGION
 
 pytestmark = pytest.mark.integration
@@ -59,7 +60,7 @@ def members_of(data: bytes) -> dict[str, bytes]:
 
 
 def tar_path(lts_root, archive_id):
-    return naming.datablock_path(lts_root, archive_id)
+    return lts_layout.datablock_path(lts_root, archive_id)
 
 
 def multipart_uploads(s3, bucket):
@@ -91,7 +92,9 @@ def test_round_trip_is_byte_identical(s3, bucket, second_bucket, lts_root, datas
         assert record.packedSize == tar_path(lts_root, record.archiveId).stat().st_size
         for f in record.dataFileList:
             assert f.chk == hashlib.new(algorithm, dataset[f.path]).hexdigest()
-        key = retrieve_datablock(lts_root, record.archiveId, s3, second_bucket, file_timeout_s=5, record=record).key
+        key = retrieve_datablock(
+            PosixLtsStore(lts_root), record.archiveId, s3, second_bucket, file_timeout_s=5, record=record
+        ).key
         assert key.startswith(naming.retrieval_prefix(PID))
         retrieved.update(members_of(s3.get_object(Bucket=second_bucket, Key=key)["Body"].read()))
     assert retrieved == dataset
@@ -101,12 +104,12 @@ def test_round_trip_is_byte_identical(s3, bucket, second_bucket, lts_root, datas
 def test_lts_layout_manifest_and_no_temporary_files(s3, bucket, lts_root, dataset):
     upload(s3, bucket, PID, dataset)
     _, records = archive_all(s3, bucket, PID, lts_root, target_bytes=1 * MiB)
-    folder = naming.datablocks_folder(lts_root, PID)
+    folder = lts_layout.datablocks_folder(lts_root, PID)
     assert folder == lts_root / "openem-network/datasets/20.500.11935%2F0a1b-c2d3/datablocks"
     names = sorted(p.name for p in folder.iterdir())
     assert not [n for n in names if n.endswith(naming.PARTIAL_SUFFIX)]
     assert len(names) == 2 * len(records)
-    manifest = read_manifest(naming.manifest_path(tar_path(lts_root, records[0].archiveId)))
+    manifest = read_manifest(PosixLtsStore(lts_root), records[0].archiveId)
     assert manifest.record() == records[0]
     assert manifest.chk == hashlib.sha256(tar_path(lts_root, records[0].archiveId).read_bytes()).hexdigest()
 
@@ -152,7 +155,9 @@ def test_corrupt_datablock_never_reaches_the_retrieval_bucket(s3, bucket, second
     upload(s3, bucket, PID, files)
     _, (record,) = archive_all(s3, bucket, PID, lts_root, target_bytes=100 * MiB)
     # intact: uploaded in 3 parts through reused part buffers, byte-identical
-    key = retrieve_datablock(lts_root, record.archiveId, s3, second_bucket, file_timeout_s=5, part_size=5 * MiB).key
+    key = retrieve_datablock(
+        PosixLtsStore(lts_root), record.archiveId, s3, second_bucket, file_timeout_s=5, part_size=5 * MiB
+    ).key
     assert members_of(s3.get_object(Bucket=second_bucket, Key=key)["Body"].read()) == files
     s3.delete_object(Bucket=second_bucket, Key=key)
 
@@ -162,7 +167,9 @@ def test_corrupt_datablock_never_reaches_the_retrieval_bucket(s3, bucket, second
     path.write_bytes(bytes(data))
 
     with pytest.raises(IntegrityError) as e:
-        retrieve_datablock(lts_root, record.archiveId, s3, second_bucket, file_timeout_s=5, part_size=5 * MiB)
+        retrieve_datablock(
+            PosixLtsStore(lts_root), record.archiveId, s3, second_bucket, file_timeout_s=5, part_size=5 * MiB
+        )
     assert "member 'f3.bin'" in str(e.value)
     assert s3.list_objects_v2(Bucket=second_bucket).get("KeyCount", 0) == 0
     assert multipart_uploads(s3, second_bucket) == []
@@ -173,7 +180,7 @@ def test_checksum_recorded_in_scicat_is_checked_on_retrieval(s3, bucket, second_
     _, (record,) = archive_all(s3, bucket, PID, lts_root, target_bytes=100 * MiB)
     wrong = record.model_copy(update={"dataFileList": [record.dataFileList[0].model_copy(update={"chk": "0" * 64})]})
     with pytest.raises(IntegrityError, match="member 'a.bin' sha256"):
-        retrieve_datablock(lts_root, record.archiveId, s3, second_bucket, file_timeout_s=5, record=wrong)
+        retrieve_datablock(PosixLtsStore(lts_root), record.archiveId, s3, second_bucket, file_timeout_s=5, record=wrong)
     assert s3.list_objects_v2(Bucket=second_bucket).get("KeyCount", 0) == 0
 
 
@@ -192,7 +199,7 @@ def test_a_datablock_on_the_lts_is_never_overwritten_whatever_its_state(s3, buck
         archive_datablock(s3, bucket, block, PosixLtsStore(lts_root))
     assert path.read_bytes() == original[:-2000]
     path.write_bytes(original)
-    naming.manifest_path(path).unlink()
+    lts_layout.manifest_path(path).unlink()
     with pytest.raises(DatablockExistsError):
         archive_datablock(s3, bucket, block, PosixLtsStore(lts_root))
     assert path.read_bytes() == original and first.dataFileList
@@ -221,7 +228,7 @@ def test_files_whose_bytes_differ_from_the_listed_checksum_are_named_and_nothing
         f"the landing zone has {hashlib.md5(data['big.bin']).hexdigest()})",
         f"c.bin (SciCat lists sha1 {'0' * 40}, the landing zone has {hashlib.sha1(data['c.bin']).hexdigest()})",
     ]
-    assert list(naming.datablocks_folder(lts_root, PID).iterdir()) == []
+    assert list(lts_layout.datablocks_folder(lts_root, PID).iterdir()) == []
 
     listed["big.bin"] = ListedChecksum(algorithm="md5", value=hashlib.md5(data["big.bin"]).hexdigest().upper())
     listed["c.bin"] = ListedChecksum(algorithm="sha1", value=hashlib.sha1(data["c.bin"]).hexdigest())
@@ -246,7 +253,7 @@ def test_user_errors(s3, bucket, lts_root):
     with pytest.raises(MissingFilesError, match="b.bin") as e:
         archive_datablock(s3, bucket, block, PosixLtsStore(lts_root))
     assert e.value.files == ["b.bin"]
-    folder = naming.datablocks_folder(lts_root, PID)
+    folder = lts_layout.datablocks_folder(lts_root, PID)
     assert list(folder.iterdir()) == []  # the temporary file is gone, no datablock
 
 
@@ -255,18 +262,18 @@ def test_cleanup_helpers(s3, bucket, second_bucket, lts_root):
     upload(s3, bucket, PID, {"a.bin": b"a" * 100})
     upload(s3, bucket, other, {"a.bin": b"o" * 100})
     _, (record,) = archive_all(s3, bucket, PID, lts_root, target_bytes=100 * MiB)
-    retrieve_datablock(lts_root, record.archiveId, s3, second_bucket, file_timeout_s=5)
+    retrieve_datablock(PosixLtsStore(lts_root), record.archiveId, s3, second_bucket, file_timeout_s=5)
     s3.create_multipart_upload(Bucket=second_bucket, Key=naming.retrieval_prefix(PID) + "stale.tar")
 
     assert delete_retrieved(s3, second_bucket, PID) == 1
     assert s3.list_objects_v2(Bucket=second_bucket).get("KeyCount", 0) == 0
     assert multipart_uploads(s3, second_bucket) == []
 
-    moved = set_aside_datablocks(lts_root, [record.archiveId])
+    moved = [lts_root / key for key in set_aside_datablocks(PosixLtsStore(lts_root), [record.archiveId])]
     tar = tar_path(lts_root, record.archiveId)
-    assert [p.name for p in moved] == [tar.name, naming.manifest_path(tar).name]
+    assert [p.name for p in moved] == [tar.name, lts_layout.manifest_path(tar).name]
     assert all(p.parent.parent.name == "discarded" and p.is_file() for p in moved)
-    assert not tar.exists() and not naming.manifest_path(tar).exists()
+    assert not tar.exists() and not lts_layout.manifest_path(tar).exists()
 
     assert delete_landing_zone_files(s3, bucket, PID) == 1
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]
@@ -280,7 +287,7 @@ def test_leftovers_of_a_dead_run_are_removed_and_finished_work_kept(s3, bucket, 
     finished = tar_path(lts_root, record.archiveId)
     half_written = naming.partial_path(finished.with_name(naming.datablock_name(PID, 1)))
     half_written.write_bytes(b"half")
-    retrieve_datablock(lts_root, record.archiveId, s3, second_bucket, file_timeout_s=5)
+    retrieve_datablock(PosixLtsStore(lts_root), record.archiveId, s3, second_bucket, file_timeout_s=5)
     prefix = naming.retrieval_prefix(PID)
     s3.create_multipart_upload(Bucket=second_bucket, Key=prefix + "dead.tar")
     s3.create_multipart_upload(Bucket=second_bucket, Key=naming.retrieval_prefix("20.500.11935/other") + "live.tar")
@@ -323,7 +330,7 @@ def test_owner_and_mode_of_the_lts_settings_are_on_the_published_tar_and_manifes
     record = archive_datablock(s3, bucket, block, PosixLtsStore(lts_root, ownership))
 
     tar = tar_path(lts_root, record.archiveId)
-    for published in (tar, naming.manifest_path(tar)):
+    for published in (tar, lts_layout.manifest_path(tar)):
         status = published.stat()
         owner = (status.st_uid if ownership.uid is not None else None, status.st_gid, stat.S_IMODE(status.st_mode))
         assert owner == (ownership.uid, ownership.gid, 0o440), published.name

@@ -17,6 +17,7 @@ from archiver.flows.archive import archive_datasets_flow
 from archiver.flows.dataset_creation import create_test_dataset_flow
 from archiver.flows.retrieve import retrieve_datasets_flow
 from archiver.packing import naming
+from tests import lts_layout
 
 pytestmark = pytest.mark.integration
 
@@ -91,8 +92,8 @@ def test_archive_then_retrieve_several_datasets(pipeline):
         datablocks = pipeline.scicat.get_datablocks(pid)
         assert len(datablocks) == n_blocks >= 2  # 1 MB target, files of 0.3-0.4 MB
         for d in datablocks:
-            tar_path = naming.datablock_path(pipeline.lts_root, d.archive_id)
-            assert tar_path.is_file() and naming.manifest_path(tar_path).is_file()
+            tar_path = lts_layout.datablock_path(pipeline.lts_root, d.archive_id)
+            assert tar_path.is_file() and lts_layout.manifest_path(tar_path).is_file()
         assert sorted(f.path for d in datablocks for f in d.data_file_list) == sorted(originals[pid])
         assert pipeline.landing_keys(pid) == []
     assert not list(pipeline.lts_root.rglob("*.partial"))
@@ -134,7 +135,7 @@ def test_missing_landing_zone_file_is_a_user_error_and_a_rerun_finishes(pipeline
     assert lifecycle_of(pipeline, good)["archiveStatusMessage"] == "datasetOnArchiveDisk"  # unaffected
     assert pipeline.scicat.get_datablocks(broken) == []
     assert len(pipeline.landing_keys(broken)) == 2  # left intact
-    assert not any(naming.datablocks_folder(pipeline.lts_root, broken).glob("*"))
+    assert not any(lts_layout.datablocks_folder(pipeline.lts_root, broken).glob("*"))
 
     pipeline.s3.put_object(Bucket=pipeline.settings.s3.landingzone_bucket, Key=victim, Body=saved)
     rerun = pipeline.new_job("archive", [good, broken])
@@ -152,7 +153,7 @@ def test_corrupt_datablock_fails_retrieval_cleanly(pipeline):
     pid = new_dataset(3, 0.3)
     archive_datasets_flow(job_id=pipeline.new_job("archive", [pid]))
     [first, *_] = pipeline.scicat.get_datablocks(pid)
-    tar_path = naming.datablock_path(pipeline.lts_root, first.archive_id)
+    tar_path = lts_layout.datablock_path(pipeline.lts_root, first.archive_id)
     with open(tar_path, "r+b") as f:
         f.seek(1024 + 100)  # inside the first member's data
         byte = f.read(1)

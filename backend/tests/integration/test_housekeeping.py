@@ -12,6 +12,7 @@ import pytest
 
 from archiver.flows.maintenance import prune_discarded_flow
 from archiver.packing import naming
+from tests import lts_layout
 
 pytestmark = pytest.mark.integration
 
@@ -21,12 +22,12 @@ def lay_out(lts_root):
     now = datetime.now(UTC)
     folders = {}
     for pid in ("20.500.11935/prune-a", "20.500.11935/prune-b"):
-        tar = naming.datablock_path(lts_root, naming.archive_id(pid, 0))
+        tar = lts_layout.datablock_path(lts_root, naming.archive_id(pid, 0))
         tar.parent.mkdir(parents=True)
         tar.write_bytes(b"registered" * 100)
         for age in (40, 2):
             folder = (
-                naming.dataset_lts_folder(lts_root, pid)
+                lts_layout.dataset_folder(lts_root, pid)
                 / "discarded"
                 / (now - timedelta(days=age)).strftime("%Y%m%dT%H%M%S.%fZ")
             )
@@ -72,7 +73,9 @@ def test_prune_command_reports_and_deletes_only_old_discarded_folders(pipeline):
     for (pid, age), folder in folders.items():
         assert folder.exists() == (age == 2)
         assert (f"deleted {folder} " in real.stdout) == (age == 40)
-        assert naming.datablock_path(pipeline.lts_root, naming.archive_id(pid, 0)).read_bytes() == b"registered" * 100
+        assert (
+            lts_layout.datablock_path(pipeline.lts_root, naming.archive_id(pid, 0)).read_bytes() == b"registered" * 100
+        )
     assert "deleted 2 folder(s) older than 30 day(s), 80000 bytes" in real.stdout
 
     everything = prune_command(pipeline, "--older-than-days", "1")
@@ -97,9 +100,9 @@ def test_prune_never_deletes_the_only_copy_of_a_registered_datablock(pipeline):
     pid = create_test_dataset_flow(num_files=2, file_size_mb=0.6)  # two datablocks (1 MB target)
     archive_datasets_flow(job_id=pipeline.new_job("archive", [pid]))
     first, second = (
-        naming.datablock_path(pipeline.lts_root, d.archive_id) for d in pipeline.scicat.get_datablocks(pid)
+        lts_layout.datablock_path(pipeline.lts_root, d.archive_id) for d in pipeline.scicat.get_datablocks(pid)
     )
-    bin_ = naming.dataset_lts_folder(pipeline.lts_root, pid) / "discarded"
+    bin_ = lts_layout.dataset_folder(pipeline.lts_root, pid) / "discarded"
     only_copy, stale_copy = (
         bin_ / (datetime.now(UTC) - timedelta(days=days)).strftime("%Y%m%dT%H%M%S.%fZ") for days in (90, 91)
     )

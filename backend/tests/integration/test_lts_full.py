@@ -13,7 +13,7 @@ import pytest
 
 from archiver.flows.archive import archive_datasets_flow
 from archiver.flows.dataset_creation import create_test_dataset_flow
-from archiver.packing import naming
+from tests import lts_layout
 from tests.integration.task_history import tagged_task_runs_since
 
 pytestmark = pytest.mark.integration
@@ -45,7 +45,7 @@ def test_a_full_lts_fails_the_dataset_at_once_keeping_what_was_verified(pipeline
         lifecycle = pipeline.scicat.get_dataset(pid).datasetlifecycle
         assert lifecycle.archive_status_message == "scheduleArchiveJobFailed"
         assert "No space left on device" in str(lifecycle.archive_return_message)
-        folder = naming.datablocks_folder(pipeline.lts_root, pid)
+        folder = lts_layout.datablocks_folder(pipeline.lts_root, pid)
         names = sorted(p.name for p in folder.iterdir())
         assert not any(n.endswith(".partial") for n in names)
         assert 1 <= sum(n.endswith(".tar") for n in names) <= 2  # verified ones stay for a re-run

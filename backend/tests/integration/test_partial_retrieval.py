@@ -14,6 +14,7 @@ import pytest
 from archiver.flows.archive import archive_datasets_flow
 from archiver.flows.retrieve import retrieve_datasets_flow
 from archiver.packing import naming
+from tests import lts_layout
 from tests.integration.test_flows import calls, job_of, lifecycle_of, new_dataset
 
 pytestmark = pytest.mark.integration
@@ -94,7 +95,7 @@ def test_two_of_fifty_files_read_only_their_members_and_arrive_byte_identical(pi
     scicat_calls = retrieval_calls(pipeline, start)
 
     assert state.is_completed()
-    assert tars == {str(naming.datablock_path(pipeline.lts_root, d.archive_id)) for d in holding}
+    assert tars == {str(lts_layout.datablock_path(pipeline.lts_root, d.archive_id)) for d in holding}
     wanted_bytes = sum(len(originals[name]) for name in wanted)
     whole_blocks = sum(d.packed_size for d in holding)
     print(

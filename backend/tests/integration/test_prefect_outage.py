@@ -17,6 +17,7 @@ from archiver.flows.dataset_creation import create_test_dataset_flow
 from archiver.packing import naming
 from archiver.packing.archive import verify_datablock
 from archiver.storage.posix_store import PosixLtsStore
+from tests import lts_layout
 from tests.integration.restartable import Restartable
 
 pytestmark = pytest.mark.integration
@@ -73,7 +74,7 @@ def own_prefect(tmp_path):
 def tars(pipeline, pid: str) -> dict[str, tuple[int, int]]:
     """Datablock tar name -> (inode, mtime in ns) of what is under its final name now."""
     found = {}
-    for path in naming.datablocks_folder(pipeline.lts_root, pid).glob("*" + naming.TAR_SUFFIX):
+    for path in lts_layout.datablocks_folder(pipeline.lts_root, pid).glob("*" + naming.TAR_SUFFIX):
         with contextlib.suppress(FileNotFoundError):
             stat = path.stat()
             found[path.name] = (stat.st_ino, stat.st_mtime_ns)
@@ -125,7 +126,7 @@ def test_prefect_server_killed_mid_write_does_not_fail_the_job(pipeline, own_pre
     lifecycle = pipeline.scicat_dev.state()["datasets"][pid]["datasetlifecycle"]
     assert lifecycle["archiveStatusMessage"] == "datasetOnArchiveDisk"
     datablocks = pipeline.scicat.get_datablocks(pid)
-    assert sorted(naming.datablock_path(pipeline.lts_root, d.archive_id).name for d in datablocks) == sorted(after)
+    assert sorted(lts_layout.datablock_path(pipeline.lts_root, d.archive_id).name for d in datablocks) == sorted(after)
     archived = {}
     for datablock in datablocks:
         manifest = verify_datablock(PosixLtsStore(pipeline.lts_root), datablock.archive_id)
@@ -133,7 +134,7 @@ def test_prefect_server_killed_mid_write_does_not_fail_the_job(pipeline, own_pre
     assert archived == originals
     assert pipeline.landing_keys(pid) == []
     assert not list(pipeline.lts_root.rglob("*" + naming.PARTIAL_SUFFIX))
-    assert not (naming.dataset_lts_folder(pipeline.lts_root, pid) / "discarded").exists()
+    assert not (lts_layout.dataset_folder(pipeline.lts_root, pid) / "discarded").exists()
     print(
         f"outage {killed_at:.0f}..{restarted_at:.0f}; {len(before)} datablock(s) before, "
         f"{len(written_after_outage)} written after"

@@ -20,6 +20,7 @@ from archiver.packing.planning import list_dataset_files, plan_datablocks
 from archiver.packing.records import read_manifest
 from archiver.packing.sources import Prefetch, read_members
 from archiver.storage.posix_store import PosixLtsStore
+from tests import lts_layout
 
 pytestmark = pytest.mark.integration
 
@@ -67,7 +68,7 @@ def test_members_keep_the_planned_order_when_later_fetches_finish_first(s3, buck
 
     record = archive_datablock(s3, bucket, block, PosixLtsStore(lts_root), prefetch=prefetch)
     verify_datablock(PosixLtsStore(lts_root), record.archiveId)
-    with tarfile.open(naming.datablock_path(lts_root, record.archiveId)) as tar:
+    with tarfile.open(lts_layout.datablock_path(lts_root, record.archiveId)) as tar:
         assert [(m.name, tar.extractfile(m).read()) for m in tar] == [(f.path, files[f.path]) for f in block.files]
 
 
@@ -118,7 +119,7 @@ def test_a_failed_fetch_fails_the_datablock_and_leaves_nothing_behind(s3, bucket
 
     with expected:
         archive_datablock(s3, bucket, block, PosixLtsStore(lts_root), prefetch=FOUR_THREADS)
-    assert list(naming.datablocks_folder(lts_root, PID).iterdir()) == []  # no tar, no .partial, no manifest
+    assert list(lts_layout.datablocks_folder(lts_root, PID).iterdir()) == []  # no tar, no .partial, no manifest
     assert prefetch_threads() == []  # no fetch is left running
 
     repair()  # the next run writes the datablock in full (nothing of the failed one was published)
@@ -134,14 +135,14 @@ def test_an_object_that_changed_size_since_planning_fails_the_datablock(s3, buck
     prefetch = Prefetch(threads=2, small_object_bytes=64 * KiB)
     with pytest.raises(IntegrityError, match="'.*b.bin' changed while being archived"):
         archive_datablock(s3, bucket, block, PosixLtsStore(lts_root), prefetch=prefetch)
-    assert list(naming.datablocks_folder(lts_root, PID).iterdir()) == []
+    assert list(lts_layout.datablocks_folder(lts_root, PID).iterdir()) == []
 
 
 def test_verification_reads_the_tar_in_large_pieces_whatever_the_member_size(s3, bucket, lts_root):
     block = upload(s3, bucket, {f"f{i:03d}.bin": os.urandom(3 * KiB) for i in range(400)})
     record = archive_datablock(s3, bucket, block, PosixLtsStore(lts_root))
-    path = naming.datablock_path(lts_root, record.archiveId)
-    manifest = read_manifest(naming.manifest_path(path))
+    path = lts_layout.datablock_path(lts_root, record.archiveId)
+    manifest = read_manifest(PosixLtsStore(lts_root), record.archiveId)
     reads = []
 
     class CountingFile:

@@ -17,6 +17,7 @@ from archiver.flows.archive import archive_datasets_flow
 from archiver.flows.retrieve import retrieve_datasets_flow
 from archiver.packing import naming
 from archiver.packing.retained import read_retain_until
+from tests import lts_layout
 from tests.integration import test_partial_retrieval as recording
 from tests.integration.test_flows import _artifacts_of, job_of, new_dataset
 from tests.integration.test_partial_retrieval import retrieval_calls
@@ -130,7 +131,9 @@ def test_two_retrievals_at_once_do_the_work_once_and_both_get_links(pipeline, ar
     scicat_calls = retrieval_calls(pipeline, start)
     datablocks = pipeline.scicat.get_datablocks(pid)
     # one retrieval opens each tar twice (storage.lts.wait_until_readable's probe, then the read): two would be 4
-    assert Counter(tar_opens) == {str(naming.datablock_path(pipeline.lts_root, d.archive_id)): 2 for d in datablocks}
+    assert Counter(tar_opens) == {
+        str(lts_layout.datablock_path(pipeline.lts_root, d.archive_id)): 2 for d in datablocks
+    }
     assert all(downloads_ok(pipeline, job_id) for job_id in jobs)
     requests = [e for e in pipeline.scicat_dev.requests() if e["seq"] > start]
     for job_id in jobs:
@@ -204,6 +207,7 @@ def _interrupt_retrieval(pipeline, pid: str, job_id: str) -> None:
 def test_an_interrupted_retrieval_removes_what_it_left_and_keeps_the_copy_earlier_links_point_to(pipeline, archived):
     from archiver.packing.retained import retrieval_lock
     from archiver.scicat.models import RetrieveStatus
+    from archiver.storage.posix_store import PosixLtsStore
 
     pid = archived
     first = pipeline.new_job("retrieve", [pid])
@@ -217,7 +221,8 @@ def test_an_interrupted_retrieval_removes_what_it_left_and_keeps_the_copy_earlie
     s3.put_object(Bucket=bucket, Key=own, Body=b"uploaded by the dead run")
     s3.create_multipart_upload(Bucket=bucket, Key=naming.retrieved_file_key(pid, "raw/unfinished.bin"))
 
-    with retrieval_lock(pipeline.lts_root, pid, wait_s=0):  # a live retrieval of the dataset: its objects are its own
+    # a live retrieval of the dataset: its objects are its own
+    with retrieval_lock(PosixLtsStore(pipeline.lts_root), pid, wait_s=0):
         _interrupt_retrieval(pipeline, pid, second)
     assert own in pipeline.retrieval_keys(pid)
     assert len(s3.list_multipart_uploads(Bucket=bucket, Prefix=naming.retrieval_prefix(pid)).get("Uploads", [])) == 1

@@ -22,6 +22,7 @@ from archiver.flows.dataset_creation import create_test_dataset_flow
 from archiver.packing import naming
 from archiver.packing.archive import verify_datablock
 from archiver.storage.posix_store import PosixLtsStore
+from tests import lts_layout
 from tests.conftest import S3_TEST_ACCOUNTS
 from tests.integration.restartable import Restartable
 from tests.integration.served import start_served
@@ -115,7 +116,7 @@ def test_s3_restarted_mid_archival_and_mid_retrieval_loses_no_byte(pipeline, own
     for datablock in datablocks:
         manifest = verify_datablock(PosixLtsStore(pipeline.lts_root), datablock.archive_id)
         archived.update({f.path: f.chk for f in manifest.dataFileList})
-        lts_tars[datablock.archive_id] = naming.datablock_path(pipeline.lts_root, datablock.archive_id).read_bytes()
+        lts_tars[datablock.archive_id] = lts_layout.datablock_path(pipeline.lts_root, datablock.archive_id).read_bytes()
     assert archived == originals
     assert pipeline.landing_keys(pid) == []
     assert not list(pipeline.lts_root.rglob("*" + naming.PARTIAL_SUFFIX))

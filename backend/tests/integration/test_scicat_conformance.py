@@ -14,8 +14,8 @@ from archiver.clients.connections import connect
 from archiver.config.runtime import load_run_configuration
 from archiver.flows.archive import _clean_up_interrupted_archival, archive_datasets_flow
 from archiver.flows.retrieve import retrieve_datasets_flow
-from archiver.packing import naming
 from archiver.scicat.models import NewDatablock
+from tests import lts_layout
 from tests.integration.test_flows import job_of, lifecycle_of
 from tests.integration.test_flows import new_dataset as new_unmarked_dataset
 
@@ -101,7 +101,7 @@ def job_status(pipeline, job_id: str) -> str:
 
 
 def lts_files(pipeline, pid: str) -> dict[str, tuple[int, int]]:
-    folder = naming.dataset_lts_folder(pipeline.lts_root, pid)
+    folder = lts_layout.dataset_folder(pipeline.lts_root, pid)
     return {
         str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()
     }
@@ -194,7 +194,7 @@ def test_retrieve_failure_call_by_call(pipeline):
     pid = new_dataset(2, 0.2)
     archived(pipeline, pid)
     [first, *_] = pipeline.scicat.get_datablocks(pid)
-    with open(naming.datablock_path(pipeline.lts_root, first.archive_id), "r+b") as f:
+    with open(lts_layout.datablock_path(pipeline.lts_root, first.archive_id), "r+b") as f:
         f.seek(512 + 10)
         f.write(b"\0corrupt\0")
     since = log_position(pipeline)

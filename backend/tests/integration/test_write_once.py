@@ -20,6 +20,7 @@ from archiver.packing.archive import archive_datablock
 from archiver.packing.planning import list_dataset_files, plan_datablocks
 from archiver.scicat.models import DataFile, NewDatablock, NewOrigDatablock
 from archiver.storage.posix_store import PosixLtsStore
+from tests import lts_layout
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +37,7 @@ def archive(pipeline, pid: str) -> dict:
 
 def lts_files(pipeline, pid: str) -> dict[str, str]:
     """Every file of the dataset's LTS folder (relative path -> sha256)."""
-    folder = naming.dataset_lts_folder(pipeline.lts_root, pid)
+    folder = lts_layout.dataset_folder(pipeline.lts_root, pid)
     return {
         str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(folder.rglob("*"))

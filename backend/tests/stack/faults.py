@@ -11,6 +11,7 @@ from pathlib import Path
 
 from archiver.config.limits import load_limits_file
 from archiver.packing import naming
+from tests import lts_layout
 
 REPO = Path(__file__).resolve().parents[3]
 FILES, FILE_SIZE = 6, 64 * 1024 * 1024  # 384 MB, one datablock per file (written in about 0.5 s each here)
@@ -21,7 +22,7 @@ JOB_END_S = 600
 
 
 def datablocks_folder(stack, pid: str) -> Path:
-    return naming.datablocks_folder(stack.lts_host_path(), pid)
+    return lts_layout.datablocks_folder(stack.lts_host_path(), pid)
 
 
 def finished_datablocks(folder: Path) -> dict[str, tuple[int, int]]:

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from archiver.packing import naming
+from tests import lts_layout
 from tests.integration.task_history import most_at_once
 from tests.stack.faults import (
     FILE_SIZE,
@@ -197,7 +198,7 @@ def test_a_full_lts_fails_the_dataset_at_once_and_a_rerun_resumes(stack, operato
     retry, the rest not tried), SciCat is told within a minute, the verified datablocks stay; with room
     again, a new job keeps them and writes the rest."""
     pid = operator.ingest_dataset(FILES, FILE_SIZE)
-    with small_filesystem(naming.dataset_lts_folder(stack.lts_host_path(), pid), size_mb=150) as resize:
+    with small_filesystem(lts_layout.dataset_folder(stack.lts_host_path(), pid), size_mb=150) as resize:
         job, started = operator.create_job("archive", [pid])
         created_at = time.monotonic()
         outcome = wait_job_finished(operator, job["id"])

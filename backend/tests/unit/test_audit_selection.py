@@ -12,6 +12,8 @@ import pytest
 from archiver.packing import audit, naming
 from archiver.packing.records import Manifest
 from archiver.storage.lts import write_json_durably
+from archiver.storage.posix_store import PosixLtsStore
+from tests import lts_layout
 
 START = datetime(2026, 1, 1, 2, 0, tzinfo=UTC)
 MB = 1024 * 1024
@@ -65,7 +67,7 @@ def test_the_oldest_datablock_is_read_even_when_larger_than_the_budget_and_never
 
 def write_manifest(lts_root, pid: str, index: int, chk: str, created: datetime) -> str:
     archive_id = naming.archive_id(pid, index)
-    tar = naming.datablock_path(lts_root, archive_id)
+    tar = lts_layout.datablock_path(lts_root, archive_id)
     tar.parent.mkdir(parents=True, exist_ok=True)
     tar.write_bytes(b"x" * 1024)
     manifest = Manifest(
@@ -78,7 +80,7 @@ def write_manifest(lts_root, pid: str, index: int, chk: str, created: datetime) 
         chk=chk,
         created=created.isoformat(),
     )
-    path = naming.manifest_path(tar)
+    path = lts_layout.manifest_path(tar)
     write_json_durably(path, manifest.model_dump_json(), naming.partial_path(path))
     return archive_id
 
@@ -86,17 +88,18 @@ def write_manifest(lts_root, pid: str, index: int, chk: str, created: datetime) 
 def test_last_verified_comes_from_the_audit_record_of_the_same_tar(tmp_path):
     created = START - timedelta(days=10)
     archive_id = write_manifest(tmp_path, "20.500.11935/a", 0, "aa", created)
-    assert audit.last_verified(tmp_path, archive_id) == created  # archival verified it when it wrote the manifest
+    store = PosixLtsStore(tmp_path)
+    assert audit.last_verified(store, archive_id) == created  # archival verified it when it wrote the manifest
 
-    audit.record_verification(tmp_path, archive_id, START, [])
-    assert audit.last_verified(tmp_path, archive_id) == START
-    assert not list(naming.datablocks_folder(tmp_path, "20.500.11935/a").glob("*.partial"))
+    audit.record_verification(store, archive_id, START, [])
+    assert audit.last_verified(store, archive_id) == START
+    assert not list(lts_layout.datablocks_folder(tmp_path, "20.500.11935/a").glob("*.partial"))
 
-    audit.record_verification(tmp_path, archive_id, START, ["member 'x' sha256 differs"])
-    assert audit.last_verified(tmp_path, archive_id) == audit.NEVER  # failed: first in line again
+    audit.record_verification(store, archive_id, START, ["member 'x' sha256 differs"])
+    assert audit.last_verified(store, archive_id) == audit.NEVER  # failed: first in line again
 
     write_manifest(tmp_path, "20.500.11935/a", 0, "bb", START - timedelta(days=1))  # written again since
-    assert audit.last_verified(tmp_path, archive_id) == START - timedelta(days=1)
+    assert audit.last_verified(store, archive_id) == START - timedelta(days=1)
 
 
 @pytest.mark.parametrize("registered", [None, []], ids=["dataset unknown", "no datablocks"])
@@ -176,7 +179,7 @@ def test_the_audit_deployment_is_scheduled_from_lts_audit_cron_both_ways():
 def test_scicats_datablocks_beyond_the_inventory_are_lost_when_missing_resized_or_named_outside_their_folder(tmp_path):
     """What the listing of all of SciCat's datablocks finds, one stat each, on a real folder."""
     kept, gone, elsewhere = "20.500.1/kept", "20.500.1/gone", "20.500.1/elsewhere"
-    tar = naming.datablock_path(tmp_path, naming.archive_id(kept, 0))
+    tar = lts_layout.datablock_path(tmp_path, naming.archive_id(kept, 0))
     tar.parent.mkdir(parents=True)
     tar.write_bytes(b"x" * 10)
     registered = [
@@ -188,7 +191,7 @@ def test_scicats_datablocks_beyond_the_inventory_are_lost_when_missing_resized_o
         ("inventoried/x", "anything", 5),  # compared by consistency_findings instead
     ]
 
-    found = list(audit.lost_beyond_inventory(tmp_path, iter(registered), {"inventoried/x"}))
+    found = list(audit.lost_beyond_inventory(PosixLtsStore(tmp_path), iter(registered), {"inventoried/x"}))
 
     assert [(f.kind, f.pid, f.what) for f in found] == [
         ("lost", kept, naming.archive_id(kept, 0)),

@@ -1,5 +1,6 @@
 """The LTS store's contract (storage/lts_store.py), checked on each implementation: publishing never replaces
-a datablock, the dataset lock excludes a second holder and clears what dead writers left."""
+a datablock, the dataset lock excludes a second holder and clears what dead writers left; reads at any offset, sizes,
+listing, replacing text, setting aside (never replacing), removing folders, named locks."""
 
 from __future__ import annotations
 
@@ -102,3 +103,120 @@ def test_the_posix_store_is_named_by_its_root_and_gives_files_the_settings_owner
 def test_the_posix_store_refuses_keys_outside_its_root(tmp_path):
     with pytest.raises(ValueError, match="not a path inside"):
         PosixLtsStore(tmp_path).read_text("../elsewhere")
+
+
+def test_a_datablock_reads_back_at_any_offset_with_cached_bytes_or_fresh(store):
+    data = bytes(range(256)) * 40
+    publish(store, data)
+    for fresh in (True, False):
+        with store.open_datablock(KEY, fresh=fresh) as raw:
+            assert raw.seekable()
+            raw.seek(1000)
+            assert raw.read(24) == data[1000:1024]
+            raw.seek(7)
+            assert raw.read(3) == data[7:10]
+            raw.seek(len(data) - 5)
+            assert raw.read(100) == data[-5:]  # a read past the end stops there
+    with pytest.raises(OSError):
+        store.open_datablock(f"{FOLDER}/x_00009.tar", fresh=False)
+
+
+def test_sizes_of_a_datablock_and_of_a_folder(store):
+    publish(store, b"0123456789")
+    assert store.size(KEY) == 10
+    assert store.size(FOLDER) == 10 + len('{"size": 10}')  # all the folder holds
+    with pytest.raises(FileNotFoundError):
+        store.size(f"{FOLDER}/x_00009.tar")
+
+
+def test_entries_name_files_and_folders_sorted_and_nothing_for_a_missing_folder(store):
+    publish(store, b"0123456789")
+    assert store.is_folder(FOLDER) and store.is_folder("openem-network/datasets/x")
+    assert not store.is_folder(KEY) and not store.is_folder("openem-network/datasets/y")
+    assert store.entries("openem-network/datasets/y") == [] and store.entries(KEY) == []
+
+    entries = store.entries(FOLDER)
+    assert [(e.name, e.is_folder, e.is_link, e.size) for e in entries] == [
+        ("x_00000.manifest.json", False, False, len('{"size": 10}')),
+        ("x_00000.tar", False, False, 10),
+    ]
+    assert all(e.modified.tzinfo is not None for e in entries)
+    [datablocks] = [e for e in store.entries("openem-network/datasets/x") if e.name == "datablocks"]
+    assert datablocks.is_folder and not datablocks.is_link and datablocks.size == 0
+
+
+def test_written_text_replaces_what_is_there_and_leaves_no_temporary_file(store):
+    publish(store, b"tar")
+    record = f"{FOLDER}/x_00000.audit.json"
+    store.write_text(record, '{"ok": false}')
+    store.write_text(record, '{"ok": true}')
+    assert store.read_text(record) == '{"ok": true}'
+    assert store.datablock_names(FOLDER) == ["x_00000.audit.json", "x_00000.manifest.json", "x_00000.tar"]
+
+
+def test_a_set_aside_moves_only_what_exists_and_never_replaces(store):
+    publish(store, b"first")
+    publish(store, b"second", key=f"{FOLDER}/x_00001.tar", manifest_key=f"{FOLDER}/x_00001.manifest.json")
+    aside = "openem-network/datasets/x/discarded/20260101T000000.000000Z"
+
+    moved = store.set_aside([KEY, MANIFEST, f"{FOLDER}/x_00009.tar"], aside)  # the last one is not there
+
+    assert moved == [f"{aside}/x_00000.tar", f"{aside}/x_00000.manifest.json"]
+    assert store.datablock_names(FOLDER) == ["x_00001.manifest.json", "x_00001.tar"]
+    with store.open_datablock(f"{aside}/x_00000.tar") as raw:
+        assert raw.read() == b"first"
+    assert store.set_aside([KEY], aside) == []  # gone already: nothing to do
+
+    publish(store, b"again")  # the same name written anew, then set aside into the same folder
+    with pytest.raises(FileExistsError):
+        store.set_aside([KEY], aside)
+    with store.open_datablock(f"{aside}/x_00000.tar") as raw:
+        assert raw.read() == b"first"  # what was set aside before stays
+    with store.open_datablock(KEY) as raw:
+        assert raw.read() == b"again"  # and what could not be moved stays where it was
+
+
+def test_a_folder_is_removed_whole_or_only_when_empty(store):
+    publish(store, b"tar")
+    aside = "openem-network/datasets/x/discarded/20260101T000000.000000Z"
+    store.set_aside([KEY, MANIFEST], aside)
+    with pytest.raises(OSError):
+        store.remove_folder(aside, only_if_empty=True)
+    assert store.is_folder(aside)
+    store.remove_folder(aside)
+    assert not store.is_folder(aside) and store.entries("openem-network/datasets/x/discarded") == []
+    store.remove_folder("openem-network/datasets/x/discarded", only_if_empty=True)
+    assert [e.name for e in store.entries("openem-network/datasets/x")] == ["datablocks"]
+
+
+class Busy(Exception):
+    pass
+
+
+def test_a_lock_excludes_a_second_holder_names_where_it_is_and_is_free_again_after(store):
+    lock, waits = "openem-network/datasets/x/.retrieving.lock", []
+    with store.lock(lock, 0, Busy):
+        with pytest.raises(Busy) as raised:
+            with store.lock(lock, 0.3, Busy, on_wait=lambda: waits.append(1), poll_s=0.1):
+                pass
+    assert len(waits) == 1
+    assert "retrieving.lock" in str(raised.value)
+    with store.lock(lock, 0, Busy):  # free again once its holder let go
+        pass
+
+
+def test_the_posix_store_follows_no_link_it_lists_as_one(tmp_path):
+    store = PosixLtsStore(tmp_path)
+    publish(store, b"0123456789")
+    aside = tmp_path / "openem-network/datasets/x/discarded"
+    aside.mkdir()
+    (aside / "linked").symlink_to(tmp_path / FOLDER)
+    (aside / "real").mkdir()
+    (aside / "real" / "tar-link").symlink_to(tmp_path / KEY)
+
+    [linked, real] = store.entries("openem-network/datasets/x/discarded")
+    assert (linked.name, linked.is_folder, linked.is_link) == ("linked", True, True)
+    assert (real.name, real.is_folder, real.is_link) == ("real", True, False)
+    assert store.size("openem-network/datasets/x/discarded/real") == len(str(tmp_path / KEY))  # the link itself
+    store.remove_folder("openem-network/datasets/x/discarded/real")
+    assert (tmp_path / KEY).read_bytes() == b"0123456789"  # what the link pointed to stays

@@ -1,5 +1,4 @@
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
@@ -38,7 +37,7 @@ def test_bad_pids_are_refused_naming_the_value(pid):
         naming.landing_prefix(pid)
     assert repr(pid) in str(e.value)
     with pytest.raises(InvalidNameError):
-        naming.datablocks_folder(Path("/lts"), pid)
+        naming.datablocks_key(pid)
 
 
 @pytest.mark.parametrize("pid", ["raw_files", "a/raw_files/b", f"{PID}/raw_files/x"])
@@ -59,14 +58,17 @@ def test_archive_ids_belong_to_their_dataset():
 
 def test_layout():
     assert naming.landing_prefix(PID) == f"openem-network/datasets/{PID}/raw_files/"
-    assert naming.datablocks_folder(Path("/lts"), PID) == Path(
-        "/lts/openem-network/datasets/20.500.11935%2F0a1b-c2d3/datablocks"
-    )
+    assert naming.datablocks_key(PID) == "openem-network/datasets/20.500.11935%2F0a1b-c2d3/datablocks"
     archive_id = naming.archive_id(PID, 3)
     assert (
         archive_id == "openem-network/datasets/20.500.11935%2F0a1b-c2d3/datablocks/20.500.11935%2F0a1b-c2d3_00003.tar"
     )
-    assert naming.datablock_path(Path("/lts"), archive_id).parent == naming.datablocks_folder(Path("/lts"), PID)
+    assert naming.archive_id(PID, 3).rsplit("/", 1)[0] == naming.datablocks_key(PID)
+    assert (
+        naming.dataset_key_of(archive_id)
+        == naming.dataset_key(PID)
+        == "openem-network/datasets/20.500.11935%2F0a1b-c2d3"
+    )
     assert naming.retrieval_key(archive_id).startswith(naming.retrieval_prefix(PID))
 
 
@@ -82,7 +84,9 @@ def test_layout():
 )
 def test_archive_ids_outside_the_datasets_folder_are_refused(archive_id):
     with pytest.raises(InvalidNameError):
-        naming.datablock_path(Path("/lts"), archive_id)
+        naming.check_archive_id(archive_id)
+    with pytest.raises(InvalidNameError):
+        naming.dataset_key_of(archive_id)
 
 
 def test_plan_keeps_order_and_target_size_and_gives_big_files_their_own_block():

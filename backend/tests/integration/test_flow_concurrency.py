@@ -12,6 +12,7 @@ from archiver.flows.archive import archive_datasets_flow
 from archiver.flows.dataset_creation import create_test_dataset_flow
 from archiver.local_services import poll_until
 from archiver.packing import naming
+from tests import lts_layout
 from tests.integration.served import start_served_archival
 from tests.integration.task_history import asked_at, most_at_once, tagged_task_runs_since
 
@@ -78,7 +79,7 @@ def test_a_second_job_gets_the_lts_within_one_slice_of_a_long_one(pipeline):
     long_job, short_job = pipeline.new_job("archive", [long]), pipeline.new_job("archive", [short])
     since = datetime.now(UTC)
     long_archival = ArchivalThread(long_job)
-    first_tar = naming.datablock_path(pipeline.lts_root, naming.archive_id(long, 0))
+    first_tar = lts_layout.datablock_path(pipeline.lts_root, naming.archive_id(long, 0))
     poll_until(first_tar.exists, 120, "the long archival's first datablock", interval=0.05)
     short_archival = ArchivalThread(short_job)
     long_archival.join()

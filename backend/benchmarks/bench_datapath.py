@@ -35,6 +35,8 @@ job's seconds went, as Prefect recorded them; then a 32 x 64 MiB job, set beside
 alone on that shape from the table above (about 2 more minutes).
 
     .venv/bin/python backend/benchmarks/bench_datapath.py [--shapes 8x64M,32x64M,1000x1M,20000x64K] [--s3 moto]
+    .venv/bin/python backend/benchmarks/bench_datapath.py --engine-only --large-job 320x64M --overhead-jobs 1
+      (a 20 GiB job beside the engine alone, without the baselines; ~45 GiB free in the temp folder)
 
 About 10-15 minutes on 2 cores shared with other work (measured on moto), 3-7 of them for the 20000
 small files (moto answers ~150 requests/s: filling it, archiving and the raw download make 60000);
@@ -181,12 +183,15 @@ class Run:
         self.blocks = []
         self.figures: dict[str, Figure] = {}
 
-    def run(self) -> None:
+    def run(self, engine_only: bool = False) -> None:
+        """Every phase; with `engine_only`, archive+verify alone (the engine a job is set beside)."""
         self.lts.mkdir()
         self.download_dir.mkdir()
         fill_landing_zone(self.s3, self.buckets["landing"], self.pid, self.shape)
         try:
             self.figures["archive+verify"] = timed(self.archive_and_verify)
+            if engine_only:
+                return
             self.figures["verify"] = timed(self.verify_again)
             self.figures["audit"] = timed(self.audit_fixity)
             self.figures["raw download"] = timed(self.raw_download)
@@ -345,6 +350,18 @@ def rss_growth_lines(runs: list[Run]) -> list[str]:
     return lines
 
 
+def print_summary(runs: list[Run]) -> None:
+    for line in rss_growth_lines(runs):
+        print(line)
+    print("\ntargets (issues 16 and 27), this run:", flush=True)
+    for run in runs:
+        for line in run.target_lines():
+            print(line, flush=True)
+    print("\nre-reading the LTS (issue 15): verification after archival, the audit's fixity pass", flush=True)
+    for run in runs:
+        print(f"{str(run.shape):<16} verify {run.rate('verify'):>8.1f} MB/s   audit {run.rate('audit'):>8.1f} MB/s")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -371,9 +388,22 @@ def main(argv: list[str] | None = None) -> None:
         help="1 MiB archive jobs whose phases are printed, under a local runner (default 3; 0: skip "
         "the job-overhead section, which also archives 32 x 64 MiB through a job)",
     )
+    parser.add_argument(
+        "--large-job",
+        default="32x64M",
+        help="shape of the job set beside the engine alone (default 32x64M, 2 GiB; 320x64M for 20 GiB)",
+    )
+    parser.add_argument(
+        "--engine-only",
+        action="store_true",
+        help="of the table, only archive+verify of the --large-job shape (the job's comparison, without baselines)",
+    )
     bench_s3.add_option(parser)
     args = parser.parse_args(argv)
     shapes = [Shape.parse(s) for s in args.shapes.split(",") if s.strip()]
+    large_job = Shape.parse(args.large_job)
+    if args.engine_only:
+        shapes = [large_job]
 
     with contextlib.ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=args.work_dir, prefix="bench-datapath-")))
@@ -393,27 +423,23 @@ def main(argv: list[str] | None = None) -> None:
         runs = []
         for shape in shapes:
             run = Run(s3, buckets, work, shape, args.target_mb, args.datablock_concurrency)
-            run.run()
+            run.run(engine_only=args.engine_only)
             runs.append(run)
-            print(run.row(), flush=True)
-        for line in rss_growth_lines(runs):
-            print(line)
-        print("\ntargets (issues 16 and 27), this run:", flush=True)
-        for run in runs:
-            for line in run.target_lines():
-                print(line, flush=True)
-        print("\nre-reading the LTS (issue 15): verification after archival, the audit's fixity pass", flush=True)
-        for run in runs:
-            print(f"{str(run.shape):<16} verify {run.rate('verify'):>8.1f} MB/s   audit {run.rate('audit'):>8.1f} MB/s")
+            if args.engine_only:
+                print(f"{shape}: engine alone (archive+verify) {run.figures['archive+verify'].seconds:.1f} s")
+            else:
+                print(run.row(), flush=True)
+        if not args.engine_only:
+            print_summary(runs)
         stack.close()  # the data path's S3 server and files go before the pipeline starts its own
         if args.overhead_jobs > 0:
             print(
                 "\njob overhead (issue 16, item 3): SciCat archive jobs under `archiver dev`'s local runner", flush=True
             )
-            engine = next((r.figures["archive+verify"].seconds for r in runs if str(r.shape) == str(LARGE_JOB)), None)
+            engine = next((r.figures["archive+verify"].seconds for r in runs if str(r.shape) == str(large_job)), None)
             with tempfile.TemporaryDirectory(dir=args.work_dir, prefix="bench-overhead-") as tmp:
                 for line in job_overhead.measure(
-                    Path(tmp), args.overhead_jobs, (LARGE_JOB.files, LARGE_JOB.size / MiB), engine
+                    Path(tmp), args.overhead_jobs, (large_job.files, large_job.size / MiB), engine
                 ):
                     print(line, flush=True)
 

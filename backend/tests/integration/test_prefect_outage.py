@@ -118,9 +118,11 @@ def test_prefect_server_killed_mid_write_does_not_fail_the_job(pipeline, own_pre
     assert state.is_completed(), state
     assert 0 < len(before) < 24  # the outage began mid-write ...
     after = tars(pipeline, pid)
-    written_after_outage = [name for name, (_, mtime) in after.items() if mtime / 1e9 > restarted_at]
-    assert written_after_outage, f"every datablock was written before the restart at {restarted_at}: {after}"
-    assert len(at_restart) < 24 or written_after_outage
+    # A write slice holds its LTS slot across datablocks (flows/lts_slices.py): writing needs no Prefect call
+    # per datablock and may go on through the outage; what it needs of Prefect afterwards waits for it.
+    during_outage = [name for name in at_restart if name not in before]
+    written_after_outage = [name for name in after if name not in at_restart]
+    assert len(before) + len(during_outage) + len(written_after_outage) == len(after) == 24, sorted(after)
     for name, identity in before.items():  # ... and what was on the LTS then was kept, not rewritten
         assert after[name] == identity, f"{name} was rewritten after the outage"
     lifecycle = pipeline.scicat_dev.state()["datasets"][pid]["datasetlifecycle"]
@@ -136,8 +138,8 @@ def test_prefect_server_killed_mid_write_does_not_fail_the_job(pipeline, own_pre
     assert not list(pipeline.lts_root.rglob("*" + naming.PARTIAL_SUFFIX))
     assert not (lts_layout.dataset_folder(pipeline.lts_root, pid) / "discarded").exists()
     print(
-        f"outage {killed_at:.0f}..{restarted_at:.0f}; {len(before)} datablock(s) before, "
-        f"{len(written_after_outage)} written after"
+        f"outage {killed_at:.0f}..{restarted_at:.0f}; {len(before)} datablock(s) before, {len(during_outage)} "
+        f"during, {len(written_after_outage)} after"
     )
 
 

@@ -19,11 +19,11 @@ proxy answers itself. S3's rules, and where they come from:
   `ongoing-request="false", expiry-date="<HTTP date>"` once the copy is readable (API_HeadObject.html; boto3's
   `Object.restore`). After the expiry date the restored copy is gone: GET is refused again.
 
-What a test sets (`ColdTier`): how long a restore takes, that restores never finish, and how long a restored
-copy stays (in place of S3's Days). Not modelled: CopyObject from a cold source (S3 refuses it unless restored),
-SelectObjectContent, the Intelligent-Tiering archive tiers, restore tiers' differing speeds, virtual-host-style
-addressing (path style only, as the archiver's clients use). The proxy does not check RestoreObject's signature
-(it asks upstream about the object with its own account).
+What a test sets (`ColdTier`): how long a restore takes, that restores never finish, how long a restored copy
+stays (in place of S3's Days), and how long RestoreObject takes to answer. Not modelled: CopyObject from a cold
+source (S3 refuses it unless restored), SelectObjectContent, the Intelligent-Tiering archive tiers, restore
+tiers' differing speeds, virtual-host-style addressing (path style only, as the archiver's clients use). The
+proxy does not check RestoreObject's signature (it asks upstream about the object with its own account).
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ class ColdTier:
     restore_delay_s: float = 1.0
     restores_fail: bool = False  # a restore asked now never finishes
     restored_for_s: float | None = None  # how long a restored copy stays; None: the Days asked, as S3
+    restore_latency_s: float = 0.0  # how long RestoreObject takes to answer (and to take effect)
     restores: dict[tuple[str, str], Restore] = field(default_factory=dict)
     restore_requests: list[tuple[str, str, str]] = field(default_factory=list)  # (bucket, key, tier), in order
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -165,6 +166,7 @@ class _Handler(BaseHTTPRequestHandler):
         bucket, key = self._bucket_key()
         days, tier = parse_restore_request(self._read_body())
         tier_state = self.server.tier
+        time.sleep(tier_state.restore_latency_s)
         try:
             head = self.server.admin.head_object(Bucket=bucket, Key=key)
         except ClientError as e:

@@ -100,5 +100,5 @@ def open_store(settings: LtsSection, s3_credentials: S3Credentials | None = None
                 settings.s3_bucket,
                 settings.s3_prefix,
                 settings.storage_class,
-                RestorePolicy(settings.restore_tier, settings.restore_days, settings.restore_timeout_s),
+                RestorePolicy.polling_within(settings.restore_tier, settings.restore_days, settings.restore_timeout_s),
             )

@@ -59,6 +59,12 @@ class RestorePolicy:
     first_poll_s: float = 30.0
     max_poll_s: float = 600.0
 
+    @classmethod
+    def polling_within(cls, tier: str, days: int, timeout_s: float) -> RestorePolicy:
+        """Polls every 30 s at first, up to every 10 min; a short deadline (a test's) polls within it: at first
+        a 100th of it, up to a 20th."""
+        return cls(tier, days, timeout_s, min(30.0, timeout_s / 100), min(600.0, timeout_s / 20))
+
 
 @dataclass(frozen=True)
 class S3ColdLtsStore:

@@ -245,6 +245,7 @@ def test_lts_backend_s3_builds_the_cold_s3_store_from_its_settings(tmp_path):
         "s3://facility-lts/archive",
     )
     assert (store.restore.tier, store.restore.days, store.restore.timeout_s) == ("Expedited", 2, 1800)
+    assert (store.restore.first_poll_s, store.restore.max_poll_s) == (18, 90)  # within a short deadline
 
 
 @pytest.mark.parametrize(

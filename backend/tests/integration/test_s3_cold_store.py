@@ -7,8 +7,13 @@ from __future__ import annotations
 import os
 import threading
 import time
+import uuid
+from pathlib import PurePosixPath
 
 import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
 from archiver.flows.lts_tasks import verify_stored_datablock
 from archiver.packing import naming
@@ -17,6 +22,7 @@ from archiver.packing.errors import DatablockExistsError, IntegrityError
 from archiver.packing.planning import list_dataset_files, plan_datablocks
 from archiver.storage.lts import DatasetBusyError, LtsWaitTimeout
 from archiver.storage.s3 import s3_client
+from archiver.storage.s3_lease_lock import lease_lock
 from archiver.storage.s3_store import RestorePolicy, S3ColdLtsStore
 from tests.conftest import S3_TEST_CREDENTIALS, S3_TEST_REGION
 
@@ -176,3 +182,99 @@ def test_the_dataset_lock_excludes_a_second_writer_and_clears_dead_writers_uploa
     with store.lock_dataset("ds/blocks", wait_s=0) as removed:
         assert removed == []
     assert "Contents" not in s3.list_objects_v2(Bucket=lts_bucket, Prefix="lts/ds/.archiving.lock")
+
+
+def test_a_held_lease_is_renewed_so_it_outlives_its_term(s3, lts_bucket):
+    def busy():
+        return DatasetBusyError("busy")
+
+    with lease_lock(s3, lts_bucket, "renewed.lock", 0, busy, lease_s=0.6):
+        time.sleep(1.5)  # over two terms: only renewals keep it
+        with pytest.raises(DatasetBusyError), lease_lock(s3, lts_bucket, "renewed.lock", 0, busy, lease_s=0.6):
+            pass
+    with lease_lock(s3, lts_bucket, "renewed.lock", 0, busy, lease_s=0.6):  # given back on leaving
+        pass
+    assert "Contents" not in s3.list_objects_v2(Bucket=lts_bucket, Prefix="renewed.lock")
+
+
+def test_write_once_holds_through_rivals_crashes_and_lock_takeovers(s3, cold_s3_proxy, lts_bucket):
+    """Random sequences of publishes, rival writers racing a publish, writers that die mid-upload or between
+    manifest and tar, and dataset-lock takeovers: a published datablock's bytes never change, a taken name is
+    never published again, and the lock's holder clears exactly the dead writers' uploads."""
+    names = st.sampled_from([f"ds/blocks/b_{i}.tar" for i in range(3)])
+    payloads = st.binary(min_size=1, max_size=64)
+
+    class WriteOnce(RuleBasedStateMachine):
+        def __init__(self):
+            super().__init__()
+            self.prefix = f"sm-{uuid.uuid4().hex[:8]}"
+            self.store = S3ColdLtsStore(
+                s3_client(cold_s3_proxy.url, S3_TEST_REGION, S3_TEST_CREDENTIALS), lts_bucket, self.prefix
+            )
+            self.rival = S3ColdLtsStore(s3, lts_bucket, self.prefix)
+            self.published: dict[str, bytes] = {}  # name -> bytes of its tar
+            self.taken: set[str] = set()  # names with a tar or a manifest
+            self.dead_uploads: set[str] = set()
+
+        def _publish(self, store, name, data, during=None) -> bool:
+            try:
+                publish_bytes(store, name, data, during)
+            except FileExistsError:
+                assert name in self.taken
+                return False
+            assert name not in self.taken
+            self.published[name] = data
+            self.taken.add(name)
+            return True
+
+        @rule(name=names, data=payloads)
+        def publish(self, name, data):
+            self._publish(self.store, name, data)
+
+        @rule(name=names, ours=payloads, theirs=payloads)
+        def a_rival_publishes_meanwhile(self, name, ours, theirs):
+            free = name not in self.taken
+            rival_won: list[bool] = []
+            published = self._publish(
+                self.store, name, ours, during=lambda: rival_won.append(self._publish(self.rival, name, theirs))
+            )
+            assert not (published and any(rival_won))
+            assert not published or not free or rival_won == [False]
+
+        @rule(name=names, data=payloads)
+        def a_writer_dies_mid_upload(self, name, data):
+            key = f"{self.prefix}/{name}"
+            upload = s3.create_multipart_upload(Bucket=lts_bucket, Key=key, StorageClass="DEEP_ARCHIVE")["UploadId"]
+            s3.upload_part(Bucket=lts_bucket, Key=key, UploadId=upload, PartNumber=1, Body=data)
+            self.dead_uploads.add(PurePosixPath(name).name + ".partial")
+
+        @rule(name=names)
+        def a_writer_dies_between_manifest_and_tar(self, name):
+            if name in self.taken:
+                return
+            s3.put_object(Bucket=lts_bucket, Key=f"{self.prefix}/{name}.manifest.json", Body=b"{}")
+            self.taken.add(name)
+
+        @rule()
+        def the_next_writer_takes_the_dataset_lock(self):
+            with self.store.lock_dataset("ds/blocks") as removed:
+                assert set(removed) == self.dead_uploads
+            self.dead_uploads.clear()
+
+        @invariant()
+        def published_bytes_never_change(self):
+            stored = {
+                obj["Key"].removeprefix(f"{self.prefix}/")
+                for obj in s3.list_objects_v2(Bucket=lts_bucket, Prefix=f"{self.prefix}/ds/blocks/").get("Contents", [])
+            }
+            tars = {name for name in stored if name.endswith(".tar")}
+            assert tars == set(self.published)
+            for name, data in self.published.items():
+                assert s3.get_object(Bucket=lts_bucket, Key=f"{self.prefix}/{name}")["Body"].read() == data
+                manifest = s3.get_object(Bucket=lts_bucket, Key=f"{self.prefix}/{name}.manifest.json")["Body"].read()
+                assert manifest == f'{{"size": {len(data)}}}'.encode()
+            assert {name.removesuffix(".manifest.json") for name in stored - tars} == self.taken
+
+    run_state_machine_as_test(
+        WriteOnce, settings=settings(max_examples=8, stateful_step_count=12, deadline=None, database=None)
+    )

@@ -18,12 +18,14 @@ proxy answers itself. S3's rules, and where they come from:
 - HeadObject and GetObject name the restore in `x-amz-restore`: `ongoing-request="true"` while it runs,
   `ongoing-request="false", expiry-date="<HTTP date>"` once the copy is readable (API_HeadObject.html; boto3's
   `Object.restore`). After the expiry date the restored copy is gone: GET is refused again.
+- CopyObject and UploadPartCopy of an archived source that is not restored: 403 `InvalidObjectState`
+  (API_CopyObject.html: an archived object is copied only once restored).
 
 What a test sets (`ColdTier`): how long a restore takes, that restores never finish, how long a restored copy
-stays (in place of S3's Days), and how long RestoreObject takes to answer. Not modelled: CopyObject from a cold
-source (S3 refuses it unless restored), SelectObjectContent, the Intelligent-Tiering archive tiers, restore
-tiers' differing speeds, virtual-host-style addressing (path style only, as the archiver's clients use). The
-proxy does not check RestoreObject's signature (it asks upstream about the object with its own account).
+stays (in place of S3's Days), and how long RestoreObject takes to answer. Not modelled: SelectObjectContent, the
+Intelligent-Tiering archive tiers, restore tiers' differing speeds, S3 rounding expiry dates to midnight UTC,
+virtual-host-style addressing (path style only, as the archiver's clients use). The proxy does not check
+RestoreObject's signature (it asks upstream about the object with its own account).
 """
 
 from __future__ import annotations
@@ -146,7 +148,34 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self._forward()
 
-    do_HEAD = do_PUT = do_DELETE = do_GET
+    do_HEAD = do_DELETE = do_GET
+
+    def do_PUT(self) -> None:
+        source = self.headers.get("x-amz-copy-source")
+        if source is not None and self._is_frozen_source(source):
+            self._read_body()
+            self._answer(
+                403,
+                error_body(
+                    "InvalidObjectState", "The source object of the COPY action is not in the active tier", self.path
+                ),
+            )
+        else:
+            self._forward()
+
+    def _is_frozen_source(self, source: str) -> bool:
+        """Whether CopyObject's (or UploadPartCopy's) source is archived and not restored: S3 copies it only once
+        restored (API_CopyObject.html)."""
+        bucket, _, key = unquote(source.split("?")[0]).lstrip("/").partition("/")
+        try:
+            head = self.server.admin.head_object(Bucket=bucket, Key=key)
+        except ClientError:
+            return False  # upstream answers the copy itself (NoSuchKey, AccessDenied)
+        if head.get("StorageClass", "STANDARD") not in COLD_STORAGE_CLASSES:
+            return False
+        now = time.monotonic()
+        with self.server.tier.lock:
+            return not is_readable(self.server.tier.state(bucket, key, head["ETag"], now), now)
 
     def _read_body(self) -> bytes:
         return self.rfile.read(int(self.headers.get("Content-Length") or 0))

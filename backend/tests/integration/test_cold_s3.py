@@ -105,3 +105,13 @@ def test_other_objects_and_requests_pass_through_with_their_signature(cold, cold
     reader = s3_client(cold.url, S3_TEST_REGION, presign)
     assert reader.get_object(Bucket=bucket, Key="warm")["ContentLength"] == 6 * 1024 * 1024
     assert _status(_error(lambda: reader.put_object(Bucket=bucket, Key="nope", Body=b"")).response) == 403
+
+
+def test_a_cold_object_is_copied_only_once_restored(cold, cold_s3, bucket):
+    cold_s3.put_object(Bucket=bucket, Key="src", Body=b"archived", StorageClass="GLACIER")
+    copy = {"Bucket": bucket, "Key": "dst", "CopySource": {"Bucket": bucket, "Key": "src"}}
+    assert _code(lambda: cold_s3.copy_object(**copy)) == "InvalidObjectState"
+    cold_s3.restore_object(Bucket=bucket, Key="src", RestoreRequest=RESTORE)
+    time.sleep(0.7)
+    cold_s3.copy_object(**copy, StorageClass="STANDARD")
+    assert cold_s3.get_object(Bucket=bucket, Key="dst")["Body"].read() == b"archived"

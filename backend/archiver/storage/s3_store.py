@@ -7,6 +7,7 @@ archival), then the upload is completed: an object under a final name is complet
 manifest without a tar (a taken name) or an unfinished upload (removed by the next holder of the dataset's lock).
 Neither is ever written over an existing object: both writes are conditional (`If-None-Match: *`), so a name is
 never replaced even by a writer that lost its lock. Locks are lock objects with a lease (`s3_lease_lock.py`).
+Setting datablocks aside copies them (restored first, as S3 copies no archived object) and deletes the originals.
 
 An object in an archive class (GLACIER, DEEP_ARCHIVE) is read only after a restore (RestoreObject, LTS_RESTORE_TIER,
 LTS_RESTORE_DAYS) has finished: `wait_until_readable` asks for it once and polls HeadObject's `x-amz-restore` until
@@ -214,7 +215,9 @@ class S3ColdLtsStore:
         return sorted({entry.name for entry in self.entries(folder)} | set(self._unfinished(folder)))
 
     def is_folder(self, key: str) -> bool:
-        return any(True for _ in iter_objects(self.s3, self.bucket, self._key(key) + "/"))
+        """Whether anything is stored below `key/` (S3 has no empty folders; a marker left by SeaweedFS is none)."""
+        prefix = self._key(key) + "/"
+        return any(obj["Key"] != prefix for obj in iter_objects(self.s3, self.bucket, prefix))
 
     def entries(self, folder: str) -> list[StoredEntry]:
         prefix = self._key(folder) + "/"
@@ -226,7 +229,8 @@ class S3ColdLtsStore:
                 found[name] = StoredEntry(name, True, False, 0, _EPOCH)
             for obj in page.get("Contents", []):
                 name = obj["Key"][len(prefix) :]
-                found[name] = StoredEntry(name, False, False, obj["Size"], obj["LastModified"])
+                if name:  # not the folder's own marker (`<folder>/`, which SeaweedFS lists once emptied)
+                    found[name] = StoredEntry(name, False, False, obj["Size"], obj["LastModified"])
         return [found[name] for name in sorted(found)]
 
     def size(self, key: str) -> int:
@@ -242,10 +246,31 @@ class S3ColdLtsStore:
         self.s3.put_object(Bucket=self.bucket, Key=self._key(key), Body=text.encode())
 
     def set_aside(self, keys: list[str], folder: str) -> list[str]:
-        raise NotImplementedError(
-            f"setting datablocks aside is not built for the cold S3 LTS ({self.location}): an archived object "
-            "must be restored before S3 copies it; leave them in place and report it"
-        )
+        """Copied into `folder` (each in its own storage class), then deleted. S3 copies an archived object only once
+        restored: each is restored first (`wait_until_readable`; a datablock that just failed its verification is
+        restored already). A name taken in `folder` is never replaced (FileExistsError; callers hold the
+        dataset's lock, and each set-aside goes to a folder of its own). A crash between copy and delete leaves
+        the datablock in both places; the next set-aside copies it to a new folder again."""
+        moved: list[str] = []
+        for key in keys:
+            source = self._key(key)
+            head = self._head(source)
+            if head is None:
+                continue
+            new_key = f"{folder}/{PurePosixPath(key).name}"
+            target = self._key(new_key)
+            if self._head(target) is not None:
+                raise FileExistsError(errno.EEXIST, "already set aside", self._url(target))
+            self.wait_until_readable(key, self.restore.timeout_s)
+            self.s3.copy(
+                {"Bucket": self.bucket, "Key": source},
+                self.bucket,
+                target,
+                ExtraArgs={"StorageClass": head.get("StorageClass", "STANDARD")},
+            )
+            self.s3.delete_object(Bucket=self.bucket, Key=source)
+            moved.append(new_key)
+        return moved
 
     def remove_folder(self, key: str, only_if_empty: bool = False) -> None:
         if only_if_empty and self.is_folder(key):

@@ -163,6 +163,27 @@ def test_two_concurrent_readers_of_one_datablock_cause_one_restore_request(cold_
     assert restore_requests(cold_s3_proxy, lts_bucket, "ds/shared.tar") == 1
 
 
+def test_setting_aside_restores_copies_and_removes_never_replacing(s3, cold_s3_proxy, lts_bucket):
+    store = cold_store(cold_s3_proxy, lts_bucket)
+    publish_bytes(store, "ds/blocks/x.tar", b"failed verification")
+
+    moved = store.set_aside(["ds/blocks/x.tar", "ds/blocks/x.tar.manifest.json", "ds/blocks/gone.tar"], "ds/d/1")
+
+    assert moved == ["ds/d/1/x.tar", "ds/d/1/x.tar.manifest.json"]  # what is not there is skipped
+    assert store.datablock_names("ds/blocks") == []
+    assert not store.is_folder("ds/blocks") and store.is_folder("ds/d")
+    assert restore_requests(cold_s3_proxy, lts_bucket, "ds/blocks/x.tar") == 1  # S3 copies it once restored
+    assert s3.head_object(Bucket=lts_bucket, Key="lts/ds/d/1/x.tar")["StorageClass"] == "DEEP_ARCHIVE"
+    store.wait_until_readable("ds/d/1/x.tar", 1)
+    with store.open_datablock("ds/d/1/x.tar") as raw:
+        assert raw.read() == b"failed verification"
+
+    publish_bytes(store, "ds/blocks/x.tar", b"second")
+    with pytest.raises(FileExistsError, match="already set aside"):
+        store.set_aside(["ds/blocks/x.tar"], "ds/d/1")
+    assert store.datablock_names("ds/blocks") == ["x.tar", "x.tar.manifest.json"]
+
+
 def test_the_dataset_lock_excludes_a_second_writer_and_clears_dead_writers_uploads(s3, cold_s3_proxy, lts_bucket):
     store = cold_store(cold_s3_proxy, lts_bucket)
     dead = s3.create_multipart_upload(Bucket=lts_bucket, Key="lts/ds/blocks/d_1.tar")["UploadId"]

@@ -5,7 +5,8 @@
   to run it on SQLite instead. It requires an auth string, which the test process's Prefect
   settings (and environment) carry, as every client of the stack's server must.
 - `s3_endpoint`: a SeaweedFS S3 server over HTTP that knows the accounts of S3_TEST_ACCOUNTS (and no other
-  key); `s3` a boto3 client for it with the root account.
+  key); `s3` a boto3 client for it with the root account; `cold_s3_proxy` a cold storage tier (GLACIER-like
+  restores) in front of it.
 - `lts_root`: a temporary folder standing in for the LTS.
 - `secrets_dir`: a temporary .secrets/ filled by `archiver secrets init`, with the test S3 accounts.
 """
@@ -100,6 +101,16 @@ def s3_endpoint(services_log_dir, tmp_path_factory) -> str:
 @pytest.fixture
 def s3(s3_endpoint):
     return s3_client(s3_endpoint, S3_TEST_REGION, S3_TEST_CREDENTIALS)
+
+
+@pytest.fixture
+def cold_s3_proxy(s3_endpoint):
+    """The cold storage tier (devtools/cold_s3.py) in front of the session's S3 server, restores taking 0.6 s;
+    change its behaviour through `.tier`."""
+    from archiver.devtools.cold_s3 import ColdTier, cold_s3_proxy
+
+    with cold_s3_proxy(s3_endpoint, S3_TEST_REGION, S3_TEST_CREDENTIALS, ColdTier(restore_delay_s=0.6)) as proxy:
+        yield proxy
 
 
 @pytest.fixture

@@ -64,6 +64,9 @@ def _cron(value: str) -> str:
 
 # Kept as written (without a trailing slash) so the stored variable matches the file.
 HttpUrl = Annotated[str, AfterValidator(_http_url)]
+# S3 storage classes a datablock may be written in: the archive classes must be restored before a read
+# (GLACIER, DEEP_ARCHIVE), the others are read at once.
+ColdStorageClass = Literal["DEEP_ARCHIVE", "GLACIER", "GLACIER_IR", "STANDARD_IA", "STANDARD"]
 
 
 class _Section(BaseModel):
@@ -97,8 +100,9 @@ class ArchiverSection(_Section):
 
 
 class LtsSection(_Section):
-    # What holds the datablocks (storage/lts_store.py, `open_store`): "posix", a filesystem mounted at the root.
-    backend: Literal["posix"] = Field("posix", alias="LTS_BACKEND")
+    # What holds the datablocks (storage/lts_store.py, `open_store`): "posix", a filesystem mounted at the root;
+    # "s3", a bucket whose datablocks are written in a cold storage class and restored before they are read.
+    backend: Literal["posix", "s3"] = Field("posix", alias="LTS_BACKEND")
     storage_root: Path = Field(alias="LTS_STORAGE_ROOT")
     free_space_percentage: float = Field(alias="LTS_FREE_SPACE_PERCENTAGE", ge=0, lt=100)
     free_space_timeout_s: float = Field(3600, alias="LTS_FREE_SPACE_TIMEOUT_S", gt=0)
@@ -115,6 +119,32 @@ class LtsSection(_Section):
     file_uid: NonNegativeInt | None = Field(None, alias="LTS_FILE_UID")
     file_gid: NonNegativeInt | None = Field(None, alias="LTS_FILE_GID")
     file_mode: Annotated[str, AfterValidator(_file_mode)] | None = Field(None, alias="LTS_FILE_MODE")
+    # LTS_BACKEND "s3" (storage/s3_store.py): where, in which storage class, and how datablocks are restored.
+    s3_endpoint: HttpUrl | None = Field(None, alias="LTS_S3_ENDPOINT")
+    s3_region: str = Field("us-east-1", alias="LTS_S3_REGION", min_length=1)
+    s3_bucket: str | None = Field(None, alias="LTS_S3_BUCKET", min_length=3)
+    s3_prefix: str = Field("", alias="LTS_S3_PREFIX")
+    storage_class: ColdStorageClass = Field("DEEP_ARCHIVE", alias="LTS_STORAGE_CLASS")
+    restore_tier: Literal["Expedited", "Standard", "Bulk"] = Field("Bulk", alias="LTS_RESTORE_TIER")
+    restore_days: PositiveInt = Field(3, alias="LTS_RESTORE_DAYS")
+    restore_timeout_hours: float = Field(48, alias="LTS_RESTORE_TIMEOUT_HOURS", gt=0)
+
+    @model_validator(mode="after")
+    def _s3_store_complete(self) -> LtsSection:
+        if self.backend == "s3" and (self.s3_endpoint is None or self.s3_bucket is None):
+            raise ValueError(
+                'LTS_BACKEND "s3" needs LTS_S3_ENDPOINT and LTS_S3_BUCKET (where the datablocks are written)'
+            )
+        if self.storage_class == "DEEP_ARCHIVE" and self.restore_tier == "Expedited":
+            raise ValueError(
+                'LTS_RESTORE_TIER "Expedited" is not offered for LTS_STORAGE_CLASS "DEEP_ARCHIVE" (S3 restores it '
+                'with "Standard" or "Bulk" only); choose one of those'
+            )
+        return self
+
+    @property
+    def restore_timeout_s(self) -> float:
+        return self.restore_timeout_hours * 3600
 
     @property
     def audit_budget_bytes(self) -> int:

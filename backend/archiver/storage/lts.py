@@ -41,6 +41,15 @@ class DatasetBusyError(TryLaterError):
     """Another live process is writing this dataset's datablocks."""
 
 
+def dataset_busy(lock: str, wait_s: float) -> DatasetBusyError:
+    """The error of a dataset write lock (`lock` names it) that another holder kept for `wait_s`."""
+    return DatasetBusyError(
+        f"another process is writing the dataset's datablocks (it holds {lock}"
+        + (f" and kept it for {wait_s:.0f} s" if wait_s else "")
+        + "); wait for that run to end before archiving the dataset again"
+    )
+
+
 class AlreadyPublishedError(ArchiverError, FileExistsError):
     """A datablock or its manifest is already published under the name asked for; nothing was written."""
 

@@ -14,6 +14,8 @@ from typing import BinaryIO, Protocol, TypeVar
 from archiver.config.settings import LtsSection
 from archiver.storage.lts import FileOwnership, StoredEntry
 from archiver.storage.posix_store import PosixLtsStore
+from archiver.storage.s3 import S3Credentials, s3_client
+from archiver.storage.s3_store import RestorePolicy, S3ColdLtsStore
 
 T = TypeVar("T")
 
@@ -83,9 +85,20 @@ class LtsStore(Protocol):
         empty one (OSError otherwise, nothing removed)."""
 
 
-def open_store(settings: LtsSection) -> LtsStore:
-    """The store LTS_BACKEND names, built from the `[lts]` settings."""
+def open_store(settings: LtsSection, s3_credentials: S3Credentials | None = None) -> LtsStore:
+    """The store LTS_BACKEND names, built from the `[lts]` settings. The "s3" store signs with `s3_credentials`,
+    or when None with boto3's own chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, ~/.aws, an instance's or
+    container's role)."""
     match settings.backend:
         case "posix":
             ownership = FileOwnership(settings.file_uid, settings.file_gid, settings.file_mode_bits)
             return PosixLtsStore(settings.storage_root, ownership)
+        case "s3":
+            assert settings.s3_endpoint is not None and settings.s3_bucket is not None  # the section checks them
+            return S3ColdLtsStore(
+                s3_client(settings.s3_endpoint, settings.s3_region, s3_credentials),
+                settings.s3_bucket,
+                settings.s3_prefix,
+                settings.storage_class,
+                RestorePolicy.polling_within(settings.restore_tier, settings.restore_days, settings.restore_timeout_s),
+            )

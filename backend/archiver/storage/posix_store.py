@@ -21,9 +21,9 @@ from typing import BinaryIO, TypeVar
 from archiver.storage.lts import (
     PARTIAL_SUFFIX,
     AlreadyPublishedError,
-    DatasetBusyError,
     FileOwnership,
     StoredEntry,
+    dataset_busy,
     drop_page_cache,
     exclusive_flock,
     fsync_dir,
@@ -64,14 +64,12 @@ class PosixLtsStore:
         datablocks.mkdir(parents=True, exist_ok=True)
         lock_path = datablocks.parent / LOCK_FILE_NAME
 
-        def busy() -> DatasetBusyError:
-            return DatasetBusyError(
-                f"another process is writing the dataset's datablocks (it holds {lock_path}"
-                + (f" and kept it for {wait_s:.0f} s" if wait_s else "")
-                + "); wait for that run to end before archiving the dataset again"
-            )
-
-        with exclusive_flock(lock_path, wait_s, busy, (lambda: on_wait(str(lock_path))) if on_wait else None):
+        with exclusive_flock(
+            lock_path,
+            wait_s,
+            lambda: dataset_busy(str(lock_path), wait_s),
+            (lambda: on_wait(str(lock_path))) if on_wait else None,
+        ):
             yield _remove_partial_files(datablocks)
 
     def datablock_names(self, folder: str) -> list[str]:

@@ -3,8 +3,10 @@ multipart writes, prefix cleanup, presigned URLs."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import queue
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -26,7 +28,9 @@ class S3Credentials:
         return "S3Credentials(access_key=***, secret_key=***)"
 
 
-def s3_client(endpoint: str, region: str, credentials: S3Credentials, max_pool_connections: int = 16):
+def s3_client(endpoint: str, region: str, credentials: S3Credentials | None, max_pool_connections: int = 16):
+    """A client of the S3 service at `endpoint`; `credentials` None: boto3's own chain (AWS_ACCESS_KEY_ID and
+    AWS_SECRET_ACCESS_KEY, ~/.aws, an instance's or container's role)."""
     config = Config(
         region_name=region,
         signature_version="s3v4",
@@ -40,8 +44,8 @@ def s3_client(endpoint: str, region: str, credentials: S3Credentials, max_pool_c
     return boto3.client(
         "s3",
         endpoint_url=endpoint,
-        aws_access_key_id=credentials.access_key,
-        aws_secret_access_key=credentials.secret_key,
+        aws_access_key_id=credentials.access_key if credentials else None,
+        aws_secret_access_key=credentials.secret_key if credentials else None,
         config=config,
     )
 
@@ -95,7 +99,8 @@ class MultipartUpload:
     """Upload bytes as they come, in parts; memory is `max_in_flight + 1` part buffers, reused.
 
     Nothing is visible in the bucket until `complete()`; `abort()` (or leaving the
-    `with` block by an exception) removes every uploaded part."""
+    `with` block by an exception) removes every uploaded part. `storage_class`: the object's (S3's default when
+    None); `sha256_parts`: each part sent with its SHA-256, which S3 checks (ChecksumAlgorithm SHA256)."""
 
     def __init__(
         self,
@@ -105,6 +110,8 @@ class MultipartUpload:
         part_size: int = 8 * 1024 * 1024,
         max_in_flight: int = 2,
         metadata: dict[str, str] | None = None,
+        storage_class: str | None = None,
+        sha256_parts: bool = False,
     ):
         if part_size < MIN_PART_SIZE:
             raise ValueError(f"part_size must be at least {MIN_PART_SIZE} bytes (S3 minimum), got {part_size}")
@@ -117,7 +124,12 @@ class MultipartUpload:
         self._parts: list[Future] = []
         self._pool = ThreadPoolExecutor(max_in_flight, thread_name_prefix="s3-part")
         self.size = 0
-        extra = {"Metadata": metadata} if metadata else {}
+        self._sha256_parts = sha256_parts
+        extra: dict = {"Metadata": metadata} if metadata else {}
+        if storage_class:
+            extra["StorageClass"] = storage_class
+        if sha256_parts:
+            extra["ChecksumAlgorithm"] = "SHA256"
         self.upload_id = s3.create_multipart_upload(Bucket=bucket, Key=key, **extra)["UploadId"]
 
     def write(self, data) -> None:
@@ -140,22 +152,28 @@ class MultipartUpload:
 
     def _upload_part(self, number: int, data: bytearray | bytes, reuse: bool) -> dict:
         try:
+            checksum = {"ChecksumSHA256": sha256_base64(data)} if self._sha256_parts else {}
             response = self._s3.upload_part(
-                Bucket=self.bucket, Key=self.key, UploadId=self.upload_id, PartNumber=number, Body=data
+                Bucket=self.bucket, Key=self.key, UploadId=self.upload_id, PartNumber=number, Body=data, **checksum
             )
-            return {"PartNumber": number, "ETag": response["ETag"]}
+            return {"PartNumber": number, "ETag": response["ETag"], **checksum}
         finally:
             if reuse and isinstance(data, bytearray):
                 self._free.put(data)
 
-    def complete(self) -> int:
+    def complete(self, before: Callable[[], None] | None = None, if_none_match: bool = False) -> int:
+        """Upload what is left, call `before` once every part is stored, then make the object. `if_none_match`:
+        only if the key has no object (S3's conditional write; PreconditionFailed otherwise)."""
         if self._filled or not self._parts:
             self._submit(bytes(self._current[: self._filled]), reuse=False)
             self._filled = 0
         parts = [f.result() for f in self._parts]
         self._pool.shutdown()
+        if before is not None:
+            before()
+        condition = {"IfNoneMatch": "*"} if if_none_match else {}
         self._s3.complete_multipart_upload(
-            Bucket=self.bucket, Key=self.key, UploadId=self.upload_id, MultipartUpload={"Parts": parts}
+            Bucket=self.bucket, Key=self.key, UploadId=self.upload_id, MultipartUpload={"Parts": parts}, **condition
         )
         return self.size
 
@@ -175,6 +193,11 @@ class MultipartUpload:
             exc.add_note(
                 f"aborting multipart upload {self.upload_id} of s3://{self.bucket}/{self.key} failed too: {abort_error}"
             )
+
+
+def sha256_base64(data) -> str:
+    """The SHA-256 of `data` as S3's checksum headers carry it (base64)."""
+    return base64.b64encode(hashlib.sha256(data).digest()).decode()
 
 
 def delete_prefix(s3, bucket: str, prefix: str) -> int:

@@ -13,11 +13,13 @@ import httpx
 import pytest
 import tomli_w
 
+from archiver.config.secrets import ARCHIVER_S3
 from archiver.flows.archive import archive_datasets_flow
 from archiver.flows.dataset_creation import create_test_dataset_flow
 from archiver.flows.retrieve import retrieve_datasets_flow
 from archiver.packing import naming
 from tests import lts_layout
+from tests.conftest import S3_TEST_ACCOUNTS, S3_TEST_REGION
 
 pytestmark = pytest.mark.integration
 
@@ -60,7 +62,46 @@ def expected_checksums(pipeline, pid: str) -> dict[str, str]:
     return {f.path: f.chk for b in blocks for f in b.data_file_list}
 
 
-def test_archive_then_retrieve_several_datasets(pipeline):
+@pytest.fixture(params=["posix", "s3"])
+def lts_backend(request, pipeline, s3, unique_name, monkeypatch):
+    """The LTS the flows write to: the pipeline's folder, or a bucket on the cold tier stand-in (DEEP_ARCHIVE,
+    restores taking 0.6 s), reached with the flows' S3 account through boto3's environment credentials."""
+    if request.param == "posix":
+        return None
+    proxy = request.getfixturevalue("cold_s3_proxy")
+    bucket = f"{unique_name}-lts"
+    s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": S3_TEST_REGION})
+    flows_account = S3_TEST_ACCOUNTS[ARCHIVER_S3]
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", flows_account.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", flows_account.secret_key)
+    pipeline.set_vars(
+        "lts",
+        LTS_BACKEND="s3",
+        LTS_S3_ENDPOINT=proxy.url,
+        LTS_S3_REGION=S3_TEST_REGION,
+        LTS_S3_BUCKET=bucket,
+        LTS_RESTORE_TIMEOUT_HOURS=0.01,
+    )
+    return proxy, bucket
+
+
+def assert_datablocks_stored(pipeline, lts_backend, archive_ids: list[str]) -> None:
+    """Each datablock and its manifest on the LTS: files in the folder, or objects (the tar in DEEP_ARCHIVE)."""
+    if lts_backend is None:
+        for archive_id in archive_ids:
+            tar_path = lts_layout.datablock_path(pipeline.lts_root, archive_id)
+            assert tar_path.is_file() and lts_layout.manifest_path(tar_path).is_file()
+        assert not list(pipeline.lts_root.rglob("*.partial"))
+        return
+    _, bucket = lts_backend
+    for archive_id in archive_ids:
+        assert pipeline.s3.head_object(Bucket=bucket, Key=archive_id)["StorageClass"] == "DEEP_ARCHIVE"
+        assert pipeline.s3.head_object(Bucket=bucket, Key=naming.manifest_id(archive_id))["ContentLength"] > 0
+    assert pipeline.s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert not [path for path in pipeline.lts_root.rglob("*") if path.is_file()]  # nothing in the folder
+
+
+def test_archive_then_retrieve_several_datasets(pipeline, lts_backend):
     pids = [new_dataset(4, 0.4), new_dataset(3, 0.4)]
     originals = {pid: expected_checksums(pipeline, pid) for pid in pids}
     start = pipeline.scicat_dev.state()["nextSeq"] - 1
@@ -88,15 +129,17 @@ def test_archive_then_retrieve_several_datasets(pipeline):
         ]
         lifecycle = lifecycle_of(pipeline, pid)
         assert (lifecycle["archivable"], lifecycle["retrievable"]) == (False, True)
-        assert lifecycle["storageLocation"] == f"posix:{pipeline.lts_root}"  # which store holds it
+        where = f"posix:{pipeline.lts_root}" if lts_backend is None else f"s3://{lts_backend[1]}"
+        assert lifecycle["storageLocation"] == where  # which store holds it
         datablocks = pipeline.scicat.get_datablocks(pid)
         assert len(datablocks) == n_blocks >= 2  # 1 MB target, files of 0.3-0.4 MB
-        for d in datablocks:
-            tar_path = lts_layout.datablock_path(pipeline.lts_root, d.archive_id)
-            assert tar_path.is_file() and lts_layout.manifest_path(tar_path).is_file()
+        assert_datablocks_stored(pipeline, lts_backend, [d.archive_id for d in datablocks])
         assert sorted(f.path for d in datablocks for f in d.data_file_list) == sorted(originals[pid])
         assert pipeline.landing_keys(pid) == []
-    assert not list(pipeline.lts_root.rglob("*.partial"))
+    if lts_backend is not None:  # each verification restored its datablock once; retrieval reads those copies
+        restored = [key for _, key, _ in lts_backend[0].tier.restore_requests]
+        all_blocks = [d.archive_id for pid in pids for d in pipeline.scicat.get_datablocks(pid)]
+        assert sorted(restored) == sorted(all_blocks)
 
     retrieve_job = pipeline.new_job("retrieve", pids)
     retrieve_datasets_flow(job_id=retrieve_job)

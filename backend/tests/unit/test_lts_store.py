@@ -12,6 +12,8 @@ from archiver.config.settings import LtsSection
 from archiver.storage.lts import AlreadyPublishedError, DatasetBusyError, FileOwnership
 from archiver.storage.lts_store import LtsStore, open_store
 from archiver.storage.posix_store import PosixLtsStore
+from archiver.storage.s3 import S3Credentials
+from archiver.storage.s3_store import S3ColdLtsStore
 
 FOLDER = "openem-network/datasets/x/datablocks"
 KEY, MANIFEST = f"{FOLDER}/x_00000.tar", f"{FOLDER}/x_00000.manifest.json"
@@ -220,3 +222,39 @@ def test_the_posix_store_follows_no_link_it_lists_as_one(tmp_path):
     assert store.size("openem-network/datasets/x/discarded/real") == len(str(tmp_path / KEY))  # the link itself
     store.remove_folder("openem-network/datasets/x/discarded/real")
     assert (tmp_path / KEY).read_bytes() == b"0123456789"  # what the link pointed to stays
+
+
+def test_lts_backend_s3_builds_the_cold_s3_store_from_its_settings(tmp_path):
+    settings = LtsSection(
+        backend="s3",
+        storage_root=tmp_path,
+        free_space_percentage=0,
+        s3_endpoint="http://127.0.0.1:9",
+        s3_bucket="facility-lts",
+        s3_prefix="archive/",
+        storage_class="GLACIER",
+        restore_tier="Expedited",
+        restore_days=2,
+        restore_timeout_hours=0.5,
+    )
+    store = open_store(settings, S3Credentials("key", "secret"))
+    assert isinstance(store, S3ColdLtsStore)
+    assert (store.bucket, store.storage_class, store.location) == (
+        "facility-lts",
+        "GLACIER",
+        "s3://facility-lts/archive",
+    )
+    assert (store.restore.tier, store.restore.days, store.restore.timeout_s) == ("Expedited", 2, 1800)
+    assert (store.restore.first_poll_s, store.restore.max_poll_s) == (18, 90)  # within a short deadline
+
+
+@pytest.mark.parametrize(
+    ("values", "problem"),
+    [
+        ({"backend": "s3"}, "LTS_S3_ENDPOINT and LTS_S3_BUCKET"),
+        ({"restore_tier": "Expedited"}, 'not offered for LTS_STORAGE_CLASS "DEEP_ARCHIVE"'),
+    ],
+)
+def test_the_cold_s3_settings_refuse_what_cannot_work(tmp_path, values, problem):
+    with pytest.raises(ValueError, match=problem):
+        LtsSection(storage_root=tmp_path, free_space_percentage=0, **values)

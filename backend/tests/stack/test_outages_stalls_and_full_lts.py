@@ -122,7 +122,9 @@ def test_a_frozen_run_woken_after_its_job_was_handed_on_changes_nothing(stack, o
     """The flow-run container frozen mid-write (`docker pause`) until the zombie automation has marked its
     run Crashed and the crash retry runs, waiting for the dataset lock the frozen process holds. Woken,
     the old process must stop before its next write, registration or SciCat call; the retry finishes."""
-    pid, job_id, run_id, before = archive_mid_write(operator)
+    # Twelve datablocks: a write slice takes no Prefect call per datablock, and six were all written (and the
+    # run ended) before the container could be paused.
+    pid, job_id, run_id, before = archive_mid_write(operator, files=2 * FILES)
     container = flow_run_container_id(stack, run_id)
     docker("pause", container)
     frozen_at = time.monotonic()

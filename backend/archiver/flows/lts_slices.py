@@ -126,27 +126,29 @@ class LtsStream(Generic[T, R]):
     def _wait_until_ready(self) -> bool:
         """Whether an item is ready to be taken (waiting for a retry's time or a new item), or none will be."""
         with self._changed:
-            while True:
-                now = time.monotonic()
-                if any(entry.not_before <= now for entry in self._entries):
-                    return True
-                if not self._entries and self._closed:
-                    return False
-                delays = [entry.not_before - now for entry in self._entries]
-                self._changed.wait(min(delays) if delays else None)
+            return self._next_ready(None) is not None
 
     def _take(self, timeout_s: float) -> _Entry[T] | None:
-        deadline = time.monotonic() + timeout_s
         with self._changed:
-            while True:
-                now = time.monotonic()
-                ready = next((entry for entry in self._entries if entry.not_before <= now), None)
-                if ready is not None:
-                    self._entries.remove(ready)
-                    return ready
-                if (not self._entries and self._closed) or now >= deadline:
-                    return None
-                self._changed.wait(deadline - now)
+            ready = self._next_ready(time.monotonic() + timeout_s)
+            if ready is not None:
+                self._entries.remove(ready)
+            return ready
+
+    def _next_ready(self, deadline: float | None) -> _Entry[T] | None:
+        """The first entry ready to be taken, waiting for one (a retry's time, a new item) until `deadline`
+        (None: as long as items may come); None once none will, or at the deadline. The caller holds the lock."""
+        while True:
+            now = time.monotonic()
+            ready = next((entry for entry in self._entries if entry.not_before <= now), None)
+            if ready is not None:
+                return ready
+            if (not self._entries and self._closed) or (deadline is not None and now >= deadline):
+                return None
+            waits = [entry.not_before - now for entry in self._entries]
+            if deadline is not None:
+                waits.append(deadline - now)
+            self._changed.wait(min(waits) if waits else None)
 
     def _finish(self, entry: _Entry[T], outcome: R | BaseException) -> None:
         with self._changed:

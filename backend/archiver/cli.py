@@ -117,28 +117,34 @@ def _limits_reconcile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lts_account(secrets_dir: Path):
+    from archiver.config.secrets import LTS_S3, read_secret
+    from archiver.storage.s3 import S3Credentials
+
+    return S3Credentials(read_secret(LTS_S3.user, secrets_dir), read_secret(LTS_S3.password, secrets_dir))
+
+
 def _prune_discarded(args: argparse.Namespace) -> int:
     from archiver.config.settings import load_vars_file, with_environment_overrides
     from archiver.flows.maintenance import registered_in
     from archiver.packing.cleanup import freed_bytes, prune_discarded
     from archiver.scicat.client import ScicatClient, ScicatCredentials
-    from archiver.storage.lts_store import open_store
+    from archiver.storage.lts_store import open_store, require_lts
 
     settings = with_environment_overrides(load_vars_file(args.vars), os.environ, str(args.vars))
     lts = settings.lts
     days = lts.discarded_retention_days if args.older_than_days is None else args.older_than_days
     if days < 0:
         raise ConfigError(f"--older-than-days {days}: must be 0 or more")
-    if not lts.storage_root.is_dir():
-        raise ConfigError(
-            f"LTS_STORAGE_ROOT {lts.storage_root} is not a folder here; mount the LTS or set LTS_STORAGE_ROOT"
-        )
+    require_lts(lts)
+    store = open_store(lts, _lts_account(args.secrets_dir) if lts.backend == "s3" else None)
     with ScicatClient(settings.scicat, ScicatCredentials.from_secret_files(args.secrets_dir)) as scicat:
-        found = prune_discarded(open_store(lts), days, dry_run=args.dry_run, registered=registered_in(scicat))
+        found = prune_discarded(store, days, dry_run=args.dry_run, registered=registered_in(scicat))
     verb = "would delete" if args.dry_run else "deleted"
     for folder in found:
         what = f"kept ({folder.kept_because})" if folder.kept_because else verb
-        where = lts.storage_root / folder.key  # the path an operator can look at
+        # What an operator can look at: the folder's path, or its prefix in the bucket.
+        where = lts.storage_root / folder.key if lts.backend == "posix" else f"{store.location}/{folder.key}"
         print(f"{what} {where} (set aside {folder.set_aside:%Y-%m-%d %H:%M} UTC, {folder.size_bytes} bytes)")
     deleted = [f for f in found if f.kept_because is None]
     freed = freed_bytes(found)
@@ -162,12 +168,13 @@ def _remove_flow_run_containers(args: argparse.Namespace) -> int:
 
 def _audit(args: argparse.Namespace) -> int:
     from archiver.config.runtime import load_run_configuration
-    from archiver.flows.audit import LtsAuditFailed, lts_audit, require_lts
+    from archiver.flows.audit import LtsAuditFailed, lts_audit
     from archiver.flows.task_states import exception_of
+    from archiver.storage.lts_store import require_lts
 
     if args.all and args.pid:
         raise UsageError("--pid and --all exclude each other: audit named datasets, or every datablock")
-    require_lts(load_run_configuration().settings.lts.storage_root)  # one line here, not a failed run
+    require_lts(load_run_configuration().settings.lts)  # one line here, not a failed run
     state = lts_audit(pids=args.pid or None, everything=args.all, return_state=True)
     error = exception_of(state) if state.is_failed() else None
     if isinstance(error, LtsAuditFailed):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -31,10 +33,39 @@ if TYPE_CHECKING:
     from archiver.storage.s3 import S3Credentials
 
 
+# Ports free_port hands out: below Linux's ephemeral range (32768-60999 by default), where every client
+# connection takes its local port, so that none takes a chosen port before its server binds it. Split into
+# bands for processes that start servers side by side (pytest-xdist workers: `use_port_band`).
+PORTS = range(20000, 32768)
+PORT_BANDS = 8
+_ports = PORTS
+_next_port = random.randrange(len(PORTS))  # a process that takes no band starts anywhere in the range
+_ports_lock = threading.Lock()
+
+
+def use_port_band(index: int) -> None:
+    """Hand out ports only from band `index` (modulo PORT_BANDS) of PORTS, which no other band's process uses."""
+    global _ports, _next_port
+    size = len(PORTS) // PORT_BANDS
+    start = PORTS.start + (index % PORT_BANDS) * size
+    with _ports_lock:
+        _ports, _next_port = range(start, start + size), 0
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port of 127.0.0.1 nobody holds now and this process has not handed out lately (they go round the band)."""
+    global _next_port
+    with _ports_lock:
+        for _ in range(len(_ports)):
+            port = _ports[_next_port % len(_ports)]
+            _next_port += 1
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError(f"no free port left in {_ports.start}-{_ports.stop - 1} of 127.0.0.1: stop what holds them")
 
 
 def poll_until(condition, timeout: float = 120, what: str = "condition", interval: float = 0.5):
@@ -61,6 +92,19 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def signal_processes(pids: list[int], signum: int) -> list[int]:
+    """Send `signum` to each process; those that had already ended (a short-lived helper gone between
+    listing and signalling) are skipped. Returns the ones signalled."""
+    signalled = []
+    for pid in pids:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            continue
+        signalled.append(pid)
+    return signalled
+
+
 @dataclass(frozen=True)
 class RunningService:
     name: str
@@ -74,7 +118,7 @@ def _wait_until_up(name: str, process: subprocess.Popen, health_url: str, log_pa
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(
-                f"{name} exited with {process.returncode} while starting; log: {log_path}\n{_tail(log_path)}"
+                f"{name} exited with {process.returncode} while starting; log: {log_path}\n{log_tail(log_path)}"
             )
         try:
             if httpx.get(health_url, timeout=2).status_code < 500:
@@ -83,11 +127,11 @@ def _wait_until_up(name: str, process: subprocess.Popen, health_url: str, log_pa
             pass
         time.sleep(0.3)
     raise RuntimeError(
-        f"{name} did not answer at {health_url} within {timeout:.0f}s; log: {log_path}\n{_tail(log_path)}"
+        f"{name} did not answer at {health_url} within {timeout:.0f}s; log: {log_path}\n{log_tail(log_path)}"
     )
 
 
-def _tail(path: Path, lines: int = 30) -> str:
+def log_tail(path: Path, lines: int = 30) -> str:
     with contextlib.suppress(OSError):
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     return ""

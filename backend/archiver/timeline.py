@@ -114,3 +114,17 @@ def format_phases(title: str, phases: list[Phase]) -> list[str]:
     width = max(len(p.name) for p in phases)
     lines = [title] + [f"  {p.name:<{width}}  {p.seconds:6.2f} s" for p in phases]
     return lines + [f"  {'total: SciCat job created -> run ended':<{width}}  {total:6.2f} s"]
+
+
+def first_lts_write_wait(flow_run_id: UUID) -> float | None:
+    """Seconds the run's first LTS write slice waited for its tag slot: from its submission (first state, timed by
+    the client) to its start; None when the run wrote nothing."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        writes = [r for r in _task_runs(client, flow_run_id) if r.name.startswith("write ") and r.start_time]
+        if not writes:
+            return None
+        first = min(writes, key=lambda r: r.start_time)
+        asked = min(state.timestamp for state in client.read_task_run_states(first.id))
+    return (first.start_time - asked).total_seconds()

@@ -62,6 +62,27 @@ def archive_job(scicat, pid: str) -> tuple[list[Phase], str, UUID]:
     return job_phases(run_id, created), state.name, run_id
 
 
+def second_job_slot_wait(scicat, count: int, size_mb: float) -> str:
+    """A 1 MiB archive job started once a large one writes to the LTS (MOVE_TO_LTS_LIMIT 1): how long its first
+    write waited for the slot, which the large one gives back at the end of a slice (LTS_SLOT_SLICE_SECONDS)."""
+    from archiver.config.runtime import load_run_configuration
+    from archiver.job_command import wait_for_run
+    from archiver.timeline import first_lts_write_wait
+
+    large, small = _create_dataset(count, size_mb), _create_dataset(1, 1.0)
+    large_run = wait_for_run(scicat.create_job("archive", [large]).id, 60)
+    poll_until(lambda: first_lts_write_wait(large_run) is not None, 600, "the large job's first LTS write", 0.2)
+    small_run = wait_for_run(scicat.create_job("archive", [small]).id, 60)
+    for run_id in (large_run, small_run):
+        poll_until(lambda run_id=run_id: _final_state(run_id), 1800, f"archive run {run_id}", interval=0.2)
+    slice_s = load_run_configuration().settings.lts.slot_slice_s
+    waited = first_lts_write_wait(small_run)
+    return (
+        f"slot wait of a second job's first LTS write behind a {count} x {size_mb:g} MiB job: {waited:.1f} s "
+        f"(LTS_SLOT_SLICE_SECONDS {slice_s:g}; target <= one slice + 2 s)"
+    )
+
+
 def measure(
     work: Path, small_jobs: int = 3, large: tuple[int, float] | None = (32, 64.0), engine_seconds: float | None = None
 ) -> list[str]:
@@ -120,6 +141,7 @@ def measure(
                             f"{extra:.1f} s, {extra / gib:.2f} s per GiB (Prefect's per-task slot and state "
                             "calls, and the server's CPU beside the data's)"
                         )
+                lines.append(second_job_slot_wait(scicat, count, size_mb))
     return lines
 
 

@@ -35,6 +35,13 @@ S3_TEST_ACCOUNTS = {
 }
 
 
+def pytest_configure(config):
+    # pytest-xdist's workers (gw0, gw1, ...) start servers side by side: each picks ports from a band of its own.
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if worker.startswith("gw"):
+        local_services.use_port_band(int(worker[2:]))
+
+
 def write_s3_account(secrets_dir: Path, account: S3Account, credentials: S3Credentials) -> None:
     (secrets_dir / account.user.filename).write_text(credentials.access_key + "\n")
     (secrets_dir / account.password.filename).write_text(credentials.secret_key + "\n")

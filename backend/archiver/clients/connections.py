@@ -16,9 +16,11 @@ from typing import Any
 
 from archiver.clients.outage import call_prefect
 from archiver.config.runtime import RunConfiguration
-from archiver.config.secrets import ARCHIVER_S3, PRESIGN_S3, S3Account, read_secret_block
+from archiver.config.secrets import ARCHIVER_S3, LTS_S3, PRESIGN_S3, S3Account, read_secret_block
+from archiver.config.settings import LtsSection
 from archiver.packing.sources import Prefetch
 from archiver.scicat.client import ScicatClient, ScicatCredentials
+from archiver.storage.lts_store import LtsStore, open_store
 from archiver.storage.s3 import S3Credentials, s3_client
 
 
@@ -45,17 +47,25 @@ def _s3_pool_size(config: RunConfiguration) -> int:
     return max(16, archiver.dataset_concurrency * archiver.datablock_concurrency * (Prefetch.threads + 1) + 4)
 
 
+def _secret(name: str) -> str:
+    return call_prefect(partial(read_secret_block, name), f"load secret block {name}")
+
+
+def s3_account(account: S3Account) -> S3Credentials:
+    """The account's keys from its Prefect Secret blocks."""
+    return S3Credentials(_secret(account.user.prefect_block), _secret(account.password.prefect_block))
+
+
+def open_lts(lts: LtsSection) -> LtsStore:
+    """The LTS store LTS_BACKEND names; the cold S3 store signs with the LTS account of the Secret blocks
+    lts-s3-user / lts-s3-password (`.secrets/ltss3user.txt`, `ltss3pass.txt`, seeded by `archiver config`)."""
+    return open_store(lts, s3_account(LTS_S3) if lts.backend == "s3" else None)
+
+
 def open_connections(config: RunConfiguration) -> Connections:
     """New clients for `config`; the caller closes `scicat` (flows use `connect`)."""
-
-    def secret(name: str) -> str:
-        return call_prefect(partial(read_secret_block, name), f"load secret block {name}")
-
-    def s3_account(account: S3Account) -> S3Credentials:
-        return S3Credentials(secret(account.user.prefect_block), secret(account.password.prefect_block))
-
     minio = config.settings.s3
-    scicat_credentials = ScicatCredentials(secret("scicat-user"), secret("scicat-password"))
+    scicat_credentials = ScicatCredentials(_secret("scicat-user"), _secret("scicat-password"))
     archiver_credentials = s3_account(ARCHIVER_S3)
     return Connections(
         s3=s3_client(minio.endpoint, minio.region, archiver_credentials, _s3_pool_size(config)),

@@ -51,6 +51,16 @@ SECRETS: tuple[SecretSpec, ...] = (
     SecretSpec(
         "S3_PRESIGN_PASSWORD_FILE", "s3presignpass.txt", "s3-presign-password", "S3 secret key signing download URLs"
     ),
+    SecretSpec(
+        "LTS_S3_USER_FILE",
+        "ltss3user.txt",
+        "lts-s3-user",
+        'S3 access key of the flows on the LTS bucket (LTS_BACKEND "s3")',
+        True,
+    ),
+    SecretSpec(
+        "LTS_S3_PASSWORD_FILE", "ltss3pass.txt", "lts-s3-password", "S3 secret key of the flows on the LTS bucket"
+    ),
     SecretSpec("SCICAT_USER_FILE", "scicatuser.txt", "scicat-user", "SciCat account the archiver logs in with", True),
     SecretSpec("SCICAT_PASSWORD_FILE", "scicatpass.txt", "scicat-password", "password of that SciCat account"),
     SecretSpec(
@@ -70,6 +80,12 @@ SECRETS: tuple[SecretSpec, ...] = (
         "prefectauth.txt",
         None,
         "'user:password' the Prefect server requires of every client and of the UI's login",
+    ),
+    SecretSpec(
+        "REDIS_PASSWORD_FILE",
+        "redispass.txt",
+        None,
+        "password of Redis in the `ha` profile (requirepass), required of the Prefect server containers",
     ),
 )
 
@@ -123,6 +139,7 @@ class S3Account:
 MINIO_ROOT = S3Account("root", secret_spec("MINIO_USER_FILE"), secret_spec("MINIO_PASSWORD_FILE"))
 ARCHIVER_S3 = S3Account("archiver", secret_spec("S3_ARCHIVER_USER_FILE"), secret_spec("S3_ARCHIVER_PASSWORD_FILE"))
 PRESIGN_S3 = S3Account("presign", secret_spec("S3_PRESIGN_USER_FILE"), secret_spec("S3_PRESIGN_PASSWORD_FILE"))
+LTS_S3 = S3Account("lts", secret_spec("LTS_S3_USER_FILE"), secret_spec("LTS_S3_PASSWORD_FILE"))
 
 
 def secret_path(spec: SecretSpec, secrets_dir: Path = DEFAULT_SECRETS_DIR, environ=None) -> Path:

@@ -113,6 +113,8 @@ class LtsSection(_Section):
     # The `lts_audit` deployment (docs/flows.md, "Auditing the LTS").
     audit_cron: Annotated[str, AfterValidator(_cron)] = Field("0 2 * * *", alias="LTS_AUDIT_CRON")
     audit_budget_mb: PositiveInt = Field(500_000, alias="LTS_AUDIT_BUDGET_MB")
+    # LTS_BACKEND "s3": the audit checks S3's checksums of every datablock and re-reads (restores) at most this much.
+    audit_restore_budget_mb: NonNegativeInt = Field(10_000, alias="LTS_AUDIT_RESTORE_BUDGET_MB")
     audit_period_days: PositiveInt = Field(90, alias="LTS_AUDIT_PERIOD_DAYS")
     audit_partial_age_hours: float = Field(48, alias="LTS_AUDIT_PARTIAL_AGE_HOURS", gt=0)
     # Owner and mode of the datablocks and manifests written to the LTS; unset: the flow-run process's.

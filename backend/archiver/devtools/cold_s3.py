@@ -22,9 +22,11 @@ proxy answers itself. S3's rules, and where they come from:
   (API_CopyObject.html: an archived object is copied only once restored).
 
 What a test sets (`ColdTier`): how long a restore takes, that restores never finish, how long a restored copy
-stays (in place of S3's Days), and how long RestoreObject takes to answer. Not modelled: SelectObjectContent, the
-Intelligent-Tiering archive tiers, restore tiers' differing speeds, S3 rounding expiry dates to midnight UTC,
-virtual-host-style addressing (path style only, as the archiver's clients use). The proxy does not check
+stays (in place of S3's Days), how long RestoreObject takes to answer, and that every restored copy expires now
+(`expire_restores`). What it reads: each RestoreObject asked (`restore_requests`) and its answer
+(`restore_answers`). Not modelled: SelectObjectContent, the Intelligent-Tiering archive tiers, restore tiers'
+differing speeds, S3 rounding expiry dates to midnight UTC, virtual-host-style addressing (path style only, as the
+archiver's clients use). The proxy does not check
 RestoreObject's signature (it asks upstream about the object with its own account).
 """
 
@@ -69,7 +71,13 @@ class ColdTier:
     restore_latency_s: float = 0.0  # how long RestoreObject takes to answer (and to take effect)
     restores: dict[tuple[str, str], Restore] = field(default_factory=dict)
     restore_requests: list[tuple[str, str, str]] = field(default_factory=list)  # (bucket, key, tier), in order
+    restore_answers: list[tuple[str, str, int]] = field(default_factory=list)  # (bucket, key, HTTP status), in order
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def expire_restores(self) -> None:
+        """Every restored copy gone, as once the days asked for have passed (restores under way are dropped too)."""
+        with self.lock:
+            self.restores.clear()
 
     def state(self, bucket: str, key: str, etag: str, now: float) -> Restore | None:
         """The restore of this version of the object, if one is asked and not expired."""
@@ -222,15 +230,14 @@ class _Handler(BaseHTTPRequestHandler):
                 tier_state.restores[(bucket, key)] = restore
                 status = 202
             elif not is_readable(restore, now):
-                self._answer(
-                    409, error_body("RestoreAlreadyInProgress", "Object restore is already in progress", self.path)
-                )
-                return
+                status = 409
             else:
                 restore.days = days
                 restore.expires_at = now + tier_state.lifetime(restore)
                 status = 200
-        self._answer(status)
+            tier_state.restore_answers.append((bucket, key, status))
+        under_way = error_body("RestoreAlreadyInProgress", "Object restore is already in progress", self.path)
+        self._answer(status, under_way if status == 409 else b"")
 
     def _forward(self) -> None:
         upstream = http.client.HTTPConnection(self.server.upstream_host, self.server.upstream_port, timeout=300)
@@ -320,8 +327,8 @@ class _Handler(BaseHTTPRequestHandler):
 class _ColdS3Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, upstream_url: str, tier: ColdTier, admin) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+    def __init__(self, upstream_url: str, tier: ColdTier, admin, host: str) -> None:
+        super().__init__((host, 0), _Handler)
         parts = urlsplit(upstream_url)
         self.upstream_host, self.upstream_port = parts.hostname or "127.0.0.1", parts.port or 80
         self.tier, self.admin = tier, admin
@@ -335,17 +342,17 @@ class RunningColdS3:
 
 @contextlib.contextmanager
 def cold_s3_proxy(
-    upstream_url: str, region: str, credentials: S3Credentials, tier: ColdTier | None = None
+    upstream_url: str, region: str, credentials: S3Credentials, tier: ColdTier | None = None, host: str = "127.0.0.1"
 ) -> Iterator[RunningColdS3]:
-    """The cold tier in front of the S3 server at `upstream_url`, serving in a thread of this process until the
-    `with` block ends. `credentials`: an account of the upstream server allowed to read every object's metadata
-    (RestoreObject asks it about the object)."""
+    """The cold tier in front of the S3 server at `upstream_url`, serving on `host` in a thread of this process
+    until the `with` block ends. `credentials`: an account of the upstream server allowed to read every object's
+    metadata (RestoreObject asks it about the object)."""
     tier = tier or ColdTier()
-    server = _ColdS3Server(upstream_url, tier, s3_client(upstream_url, region, credentials))
+    server = _ColdS3Server(upstream_url, tier, s3_client(upstream_url, region, credentials), host)
     thread = threading.Thread(target=server.serve_forever, name="cold-s3-proxy", daemon=True)
     thread.start()
     try:
-        yield RunningColdS3(f"http://127.0.0.1:{server.server_address[1]}", tier)
+        yield RunningColdS3(f"http://{host}:{server.server_address[1]}", tier)
     finally:
         server.shutdown()
         server.server_close()

@@ -15,7 +15,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 from prefect.runtime import task_run
 
-from archiver.clients.connections import Connections, connect
+from archiver.clients.connections import Connections, connect, open_lts
 from archiver.clients.outage import retry_refused_connections
 from archiver.config.deployments import ARCHIVAL
 from archiver.config.runtime import RunConfiguration, load_run_configuration
@@ -63,7 +63,7 @@ from archiver.packing.records import DatablockRecord, Manifest
 from archiver.packing.registered import ArchiveDifferences, written_from
 from archiver.scicat.models import ArchiveStatus, Datablock, NewDatablock
 from archiver.storage import lts
-from archiver.storage.lts_store import LtsStore, open_store
+from archiver.storage.lts_store import LtsStore
 
 retry_refused_connections()  # before this flow run makes a Prefect client (clients/outage.py)
 
@@ -154,8 +154,11 @@ def _store_datablocks(
         # The ownership check runs with the slot held: a run frozen while it waited, and taken for crashed
         # meanwhile, stops here instead of writing.
         still_owner()
-        # The tagged wait (two Prefect API round trips for its slot) only when the LTS is short of room.
-        if not lts.has_free_space(settings.lts.storage_root, settings.lts.free_space_percentage):
+        # The tagged wait (two Prefect API round trips for its slot) only when the LTS is short of room; a
+        # bucket has none to run out of (and no folder at LTS_STORAGE_ROOT to measure).
+        if lts_store.space_is_limited and not lts.has_free_space(
+            settings.lts.storage_root, settings.lts.free_space_percentage
+        ):
             wait(
                 settings.lts.storage_root,
                 settings.lts.free_space_percentage,
@@ -253,7 +256,7 @@ def archive_dataset(job_id: str, dataset_id: str, config: RunConfiguration) -> D
     pid = dataset_id
     settings = config.settings
     bucket = settings.s3.landingzone_bucket
-    store = open_store(settings.lts)
+    store = open_lts(settings.lts)
     with connect(config) as connections:
         scicat = connections.scicat
         on_record = dataset_on_record(pid, config, connections)
@@ -412,7 +415,7 @@ def _clean_up_failed_archival(
         except Exception as e:
             log.error("%s: datablock %s could not be removed from SciCat: %s", pid, datablock_id, e)
     try:
-        moved = set_aside_datablocks(open_store(config.settings.lts), failed_verification)
+        moved = set_aside_datablocks(open_lts(config.settings.lts), failed_verification)
         if moved:
             log.warning("%s: datablocks that failed verification set aside in %s (never taken as archived)", pid, moved)
     except Exception as e:
@@ -469,7 +472,7 @@ def _clean_up_interrupted_archival(pid, config, connections, error, log) -> None
         differences = on_record.differences()
         if not differences.changed and not differences.not_archived:
             connections.scicat.update_lifecycle(
-                pid, "set archive status datasetOnArchiveDisk", **archived_lifecycle(open_store(config.settings.lts))
+                pid, "set archive status datasetOnArchiveDisk", **archived_lifecycle(open_lts(config.settings.lts))
             )
             return
         refusal = _refusal_of_archived(
@@ -484,7 +487,7 @@ def _clean_up_interrupted_archival(pid, config, connections, error, log) -> None
 def _remove_half_written(pid: str, config: RunConfiguration, connections: Connections, log) -> None:
     """Half-written datablocks of a dead run, under the dataset's write lock: a writer still alive keeps its file."""
     try:
-        with open_store(config.settings.lts).lock_dataset(naming.datablocks_key(pid)) as removed:
+        with open_lts(config.settings.lts).lock_dataset(naming.datablocks_key(pid)) as removed:
             for name in removed:
                 log.info("%s: removed half-written %s", pid, name)
     except lts.DatasetBusyError as e:

@@ -61,6 +61,10 @@ def raise_if_cancelled(max_wait_s: float = 300) -> None:
 
 
 CRASH_VERDICT_POLL_S = 5.0
+# A recovery is normally asked for within a second or two of the crash (the job_recovery trigger). Past this, the
+# run asks for its own: the trigger missed the Crashed event (Prefect's in-memory broker drops events published
+# before its triggers service subscribes, as when the zombie automation fires at a restarted server's start).
+RECOVERY_ASK_AFTER_S = 30.0
 
 
 def _crash_verdict(client, flow_run, max_wait_s: float):
@@ -70,12 +74,14 @@ def _crash_verdict(client, flow_run, max_wait_s: float):
     run while the Prefect server or its database is down. Its recovery (`flows/recovery.py`) then gives it a
     heartbeat interval to show it lives, and sets it Running again if it does; otherwise the job goes on in
     another run. So a run that finds itself Crashed waits for that verdict (sending heartbeats meanwhile):
-    Running again, or still Crashed once a recovery started after the crash has ended, or `max_wait_s`."""
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName, FlowRunFilterStartTime
+    Running again, or still Crashed once a recovery asked for after the crash has ended, or `max_wait_s`.
+    No recovery asked for RECOVERY_ASK_AFTER_S after the crash: the run asks for one itself."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterExpectedStartTime, FlowRunFilterName
 
+    crashed = flow_run.state
     recoveries = FlowRunFilter(
         name=FlowRunFilterName(like_=f"recover-%{flow_run.id}"),
-        start_time=FlowRunFilterStartTime(after_=flow_run.state.timestamp),
+        expected_start_time=FlowRunFilterExpectedStartTime(after_=crashed.timestamp),
     )
     read_state = partial(client.read_flow_run, flow_run.id)
     deadline = time.monotonic() + max_wait_s
@@ -83,13 +89,38 @@ def _crash_verdict(client, flow_run, max_wait_s: float):
         state = call_prefect(read_state, "check the crash verdict", max_wait_s).state
         if state is None or not state.is_crashed() or time.monotonic() > deadline:
             return state
-        ended = call_prefect(
+        asked = call_prefect(
             partial(client.read_flow_runs, flow_run_filter=recoveries), "check the crash verdict", max_wait_s
         )
-        if any(run.state and run.state.is_final() for run in ended):
+        if any(run.state and run.state.is_final() for run in asked):
             # Read once more: the recovery may have set it Running just before it ended.
             return call_prefect(read_state, "check the crash verdict", max_wait_s).state
+        if not asked and time.time() - crashed.timestamp.timestamp() > RECOVERY_ASK_AFTER_S:
+            call_prefect(partial(_ask_for_recovery, flow_run, crashed), "ask for a recovery", max_wait_s)
         time.sleep(CRASH_VERDICT_POLL_S)
+
+
+def _ask_for_recovery(flow_run, crashed) -> None:
+    """Start the job_recovery deployment for this run, as its trigger does on the Crashed event."""
+    from prefect.deployments import run_deployment
+    from prefect.logging import get_run_logger
+
+    from archiver.config.deployments import RECOVERY
+
+    recovery = run_deployment(
+        RECOVERY.full_name,
+        parameters={"flow_run_id": f"prefect.flow-run.{flow_run.id}"},
+        idempotency_key=f"{flow_run.id}-{crashed.id}-recovery",
+        timeout=0,
+        as_subflow=False,
+    )
+    get_run_logger().warning(
+        "flow run %s was marked Crashed (%s) and no recovery followed within %.0f s: started %s to judge it",
+        flow_run.name,
+        crashed.message,
+        RECOVERY_ASK_AFTER_S,
+        recovery.name,  # type: ignore[union-attr]  # typed sync-or-async; sync here
+    )
 
 
 class OwnershipCheck:

@@ -16,15 +16,20 @@ DATABLOCKS = LABEL_PREFIX + "datablocks"
 AUDIT_CHECKED = LABEL_PREFIX + "audit.checked"
 AUDIT_BYTES = LABEL_PREFIX + "audit.bytes"
 AUDIT_PROBLEMS = LABEL_PREFIX + "audit.problems"
+# A retrieval's dataset run, while it waits for the LTS to bring its datablocks back (flows/restores.py): how many
+# are not readable yet, and for how many a restore was under way.
+RESTORES_WAITING = LABEL_PREFIX + "restores.waiting"
+RESTORES_ASKED = LABEL_PREFIX + "restores.asked"
 
 
 _sending: list[threading.Thread] = []
 
 
-def record_figures(figures: dict[str, int]) -> None:
+def record_figures(figures: dict[str, int], wait: bool = False) -> None:
     """Add `figures` (label -> number) to the labels of the current flow run, in the background: the label
     write is a slow Prefect API call (docs/datapath.md, "Job overhead") that the job need not wait for.
-    `wait_for_figures` at the end of the job run waits for them. For metrics: a failure is logged, never raised
+    `wait_for_figures` at the end of the job run waits for them. With `wait`, written before this returns (so
+    that successive values of one figure arrive in order). For metrics: a failure is logged, never raised
     (the data is safe either way; the exporter then undercounts this run)."""
     from prefect.context import FlowRunContext
     from prefect.logging import get_run_logger
@@ -41,6 +46,9 @@ def record_figures(figures: dict[str, int]) -> None:
         except Exception as e:
             log.warning("figures %s not recorded on the flow run (Prefect API: %s); metrics miss them", figures, e)
 
+    if wait:
+        send()
+        return
     sender = threading.Thread(target=send, name="record-figures", daemon=True)
     sender.start()
     _sending.append(sender)

@@ -1,21 +1,22 @@
-"""Tasks that touch the LTS. Each carries the tag of its limit in `concurrency-limits.toml` at run time,
-so the limits hold across every flow-run container at once."""
+"""Tasks that touch the LTS, and the retry rule of LTS work. Reads and writes of datablocks run in slices
+(flows/lts_slices.py); the wait for free space is a task called with its limit's tag (`tagged`), so that
+limit too holds across every flow-run container at once."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 
 from archiver.config.limits import TagLimit
-from archiver.errors import retry_may_help
-from archiver.flows.task_states import exception_of
-from archiver.packing import archive, cleanup, naming, partial, retrieve
-from archiver.packing.records import DatablockRecord, Manifest
+from archiver.errors import ArchiverError, retry_may_help
+from archiver.packing import archive, cleanup, naming
+from archiver.packing.errors import IntegrityError
+from archiver.packing.records import Manifest
 from archiver.storage import lts
 from archiver.storage.lts_store import LtsStore
 
@@ -26,19 +27,8 @@ def may_retry_storage(error: BaseException) -> bool:
     return retry_may_help(error) and not lts.is_full(error)
 
 
-def _may_recover(task, task_run, state) -> bool:
-    error = exception_of(state)
-    return error is not None and may_retry_storage(error)
-
-
-# Storage work that streams data: transient S3/LTS errors get two more tries, after these delays.
+# LTS work in slices (flows/lts_slices.py): a storage hiccup gets two more tries, after these delays.
 STORAGE_RETRY_DELAYS = [10, 60]
-_STORAGE_RETRIES: dict[str, Any] = {
-    "retries": len(STORAGE_RETRY_DELAYS),
-    "retry_delay_seconds": STORAGE_RETRY_DELAYS,
-    "retry_condition_fn": _may_recover,
-    "cache_policy": NO_CACHE,
-}
 
 
 def tagged(lts_task: Task, limit: TagLimit) -> Callable:
@@ -62,52 +52,50 @@ def wait_for_free_space(lts_root: Path, min_free_percentage: float, timeout_s: f
     return lts.wait_for_free_space(lts_root, min_free_percentage, timeout_s)
 
 
-@task(name="verify-datablocks-in-lts", task_run_name="verify {archive_id}", cache_policy=NO_CACHE)
-def verify_datablock(store: LtsStore, archive_id: str, file_timeout_s: float, on_bytes=None) -> Manifest:
-    return verify_stored_datablock(store, archive_id, file_timeout_s, on_bytes)
-
-
 def verify_stored_datablock(store: LtsStore, archive_id: str, file_timeout_s: float, on_bytes=None) -> Manifest:
-    """The datablock read back once readable (tape may recall it first) and checked against its manifest."""
-    store.wait_until_readable(naming.check_archive_id(archive_id), file_timeout_s)
-    return archive.verify_datablock(store, archive_id, on_bytes=on_bytes)
+    """The datablock checked against its manifest as the store verifies: read back once readable (tape may
+    recall it first), or by the checksum a cold store keeps, restoring nothing."""
+    return archive.verify_datablock(store, archive_id, on_bytes=on_bytes, file_timeout_s=file_timeout_s)
+
+
+@dataclass
+class StoredChecks:
+    checked: int = 0
+    problems: dict[str, list[str]] = field(default_factory=dict)  # archiveId -> what is wrong
+    without_checksum: list[str] = field(default_factory=list)  # archiveIds whose manifest records none
 
 
 @task(
-    name="datablocks-lts-to-retrieval",
-    task_run_name="retrieve {archive_id}",
-    **_STORAGE_RETRIES,
+    name="check-stored-checksums",
+    task_run_name="check the stored checksums of {count} datablock(s)",
+    cache_policy=NO_CACHE,
 )
-def copy_datablock_to_retrieval(
-    store: LtsStore,
-    archive_id: str,
-    s3,
-    bucket: str,
-    file_timeout_s: float,
-    record: DatablockRecord,
-    on_bytes=None,
-) -> retrieve.RetrievedObject:
-    return retrieve.retrieve_datablock(
-        store, archive_id, s3, bucket, file_timeout_s=file_timeout_s, record=record, on_bytes=on_bytes
-    )
+def check_stored_checksums(archive_ids: list[str], store: LtsStore, count: int) -> StoredChecks:
+    """The problems of each datablock whose stored size or checksum disagrees with its manifest, or that could
+    not be checked; and those whose manifest records no checksum of the store's (written before it did: only a
+    re-read verifies them). One task run for all: a manifest read and a HeadObject per datablock, no restore."""
+    checks = StoredChecks()
+    for archive_id in archive_ids:
+        try:
+            manifest = archive.manifest_of(store, archive_id)
+            if manifest.storedChecksum is None:
+                checks.without_checksum.append(archive_id)
+                continue
+            archive.verify_datablock(store, archive_id, manifest=manifest)
+        except IntegrityError as e:
+            checks.problems[archive_id] = list(e.problems)
+        except (OSError, ArchiverError) as e:
+            checks.problems[archive_id] = [f"not checkable: {type(e).__name__}: {e}"]
+        checks.checked += 1
+    return checks
 
 
-@task(
-    name="files-lts-to-retrieval",
-    task_run_name="retrieve {n_files} file(s) of {archive_id}",
-    **_STORAGE_RETRIES,
-)
-def copy_files_to_retrieval(
-    store: LtsStore,
-    archive_id: str,
-    n_files: int,
-    selection: partial.FileSelection,
-    s3,
-    bucket: str,
-    file_timeout_s: float,
-    on_bytes=None,
-) -> list[retrieve.RetrievedObject]:
-    return partial.retrieve_files(store, selection, s3, bucket, file_timeout_s=file_timeout_s, on_bytes=on_bytes)
+@task(name="bring-back-datablocks", task_run_name="bring back {n} datablock(s) from the LTS", cache_policy=NO_CACHE)
+def bring_back_datablocks(
+    store: LtsStore, n: int, archive_ids: list[str], file_timeout_s: float, on_states=None
+) -> None:
+    """Restores (recalls) asked for all at once and waited for; no retries: a store's deadline is its own."""
+    store.wait_until_all_readable([naming.check_archive_id(a) for a in archive_ids], file_timeout_s, on_states)
 
 
 @task(

@@ -6,12 +6,11 @@ from prefect import flow
 from prefect.artifacts import create_table_artifact
 from prefect.logging import get_run_logger
 
-from archiver.clients.connections import connect
+from archiver.clients.connections import connect, open_lts
 from archiver.clients.outage import retry_refused_connections
 from archiver.config.deployments import PRUNING, RETRIEVAL_CLEANUP
 from archiver.config.runtime import load_run_configuration
 from archiver.packing import cleanup, retained
-from archiver.storage.lts_store import open_store
 
 retry_refused_connections()  # before this flow run makes a Prefect client (clients/outage.py)
 
@@ -42,7 +41,7 @@ def prune_discarded_flow(older_than_days: int | None = None, dry_run: bool = Fal
     config = load_run_configuration()
     lts = config.settings.lts
     days = lts.discarded_retention_days if older_than_days is None else older_than_days
-    store = open_store(lts)
+    store = open_lts(lts)
     with connect(config) as connections:
         found = cleanup.prune_discarded(
             store,
@@ -93,7 +92,7 @@ def clean_retrievals_flow(dry_run: bool = False) -> int:
         report = retained.clean_expired(
             connections.s3,
             minio.retrieval_bucket,
-            open_store(config.settings.lts),
+            open_lts(config.settings.lts),
             minio.retrieval_retention_days,
             dry_run=dry_run,
         )

@@ -5,14 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from archiver.clients.connections import Connections
+from archiver.clients.connections import Connections, open_lts
 from archiver.config.runtime import RunConfiguration
 from archiver.flows.scicat_tasks import scicat_call
 from archiver.packing.planning import ListedFile
 from archiver.packing.records import ListedChecksum, listed_algorithm
 from archiver.packing.registered import ArchiveDifferences, ArchiveOnRecord, archive_differences, check_registered
 from archiver.scicat.models import ArchiveStatus, Datablock, DataFile
-from archiver.storage.lts_store import open_store
 
 ARCHIVED_LIFECYCLE = {
     "archive_status_message": ArchiveStatus.DATASET_ON_ARCHIVE_DISK,
@@ -41,7 +40,7 @@ def dataset_on_record(pid: str, config: RunConfiguration, connections: Connectio
     origdatablocks = scicat_call(f"origdatablocks of {pid}", scicat.get_origdatablocks, pid)
     listed = [listed_file(f, block.chk_alg) for block in origdatablocks for f in block.data_file_list]
     archive = check_registered(
-        open_store(config.settings.lts), pid, [d.to_wire() for d in registered], [f.path for f in listed]
+        open_lts(config.settings.lts), pid, [d.to_wire() for d in registered], [f.path for f in listed]
     )
     return OnRecord(registered, listed, archive)
 

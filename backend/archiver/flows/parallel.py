@@ -31,11 +31,6 @@ def run_bounded(function: Callable[[T], R], items: Iterable[T], max_workers: int
         return [future.result() for future in futures]
 
 
-def run_bounded_or_raise(function: Callable[[T], R], items: Iterable[T], max_workers: int) -> list[R]:
-    """`run_bounded`, raising the first error once every item has finished (none is left running)."""
-    return raise_first_error(run_bounded(function, items, max_workers))
-
-
 def raise_first_error(outcomes: Iterable[R | BaseException]) -> list[R]:
     """The results, or the first error among the outcomes raised."""
     results: list[R] = []

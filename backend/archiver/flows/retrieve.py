@@ -6,13 +6,15 @@ job result, and nowhere in Prefect; nothing that failed its checksums is ever le
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from prefect import flow
 from prefect.logging import get_run_logger
 
-from archiver.clients.connections import Connections, connect
+from archiver.clients.connections import Connections, connect, open_lts
 from archiver.clients.outage import retry_refused_connections
 from archiver.config.deployments import RETRIEVAL
 from archiver.config.runtime import RunConfiguration, load_run_configuration
@@ -20,14 +22,16 @@ from archiver.flows.concurrency import reconcile_tags
 from archiver.flows.failures import describe_failure
 from archiver.flows.figures import BYTES, DATABLOCKS, record_figures
 from archiver.flows.jobs import DatasetDone, JobHooks, on_job_cancelled, run_job
-from archiver.flows.lts_tasks import copy_datablock_to_retrieval, copy_files_to_retrieval, tagged
+from archiver.flows.lts_slices import LtsStream
+from archiver.flows.lts_tasks import STORAGE_RETRY_DELAYS, bring_back_datablocks, may_retry_storage
 from archiver.flows.on_record import ARCHIVED_LIFECYCLE, OnRecord, dataset_on_record
-from archiver.flows.parallel import run_bounded_or_raise
+from archiver.flows.parallel import raise_first_error
 from archiver.flows.progress import ProgressReporter
+from archiver.flows.restores import DatablockStates
 from archiver.flows.scicat_tasks import scicat_call
 from archiver.packing import cleanup, naming
 from archiver.packing.errors import DatasetUserError, RegistrationConflictError
-from archiver.packing.partial import FileSelection, select_files
+from archiver.packing.partial import FileSelection, retrieve_files, select_files
 from archiver.packing.records import DatablockRecord
 from archiver.packing.registered import record_from_wire
 from archiver.packing.retained import (
@@ -39,12 +43,15 @@ from archiver.packing.retained import (
     retrieval_lock,
     try_retrieval_lock,
 )
-from archiver.packing.retrieve import RetrievedObject, expected_datablock
+from archiver.packing.retrieve import RetrievedObject, expected_datablock, retrieve_datablock
 from archiver.scicat.models import JobResultEntry, RetrieveStatus
-from archiver.storage.lts_store import LtsStore, open_store
+from archiver.storage.lts_store import LtsStore
 from archiver.storage.s3 import delete_keys, presigned_get_url
 
 retry_refused_connections()  # before this flow run makes a Prefect client (clients/outage.py)
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 class NotArchivedError(DatasetUserError):
@@ -85,22 +92,26 @@ def _upload_datablocks(
     config: RunConfiguration,
     connections: Connections,
     store: LtsStore,
+    states: DatablockStates,
 ) -> list[RetrievedObject]:
     settings = config.settings
-    copy = tagged(copy_datablock_to_retrieval, config.limits.LTS_TO_RETRIEVAL_LIMIT)
     progress = ProgressReporter(f"retrieving {pid}: checked and uploaded", sum(r.packedSize for r in records))
-    retrieved = run_bounded_or_raise(
-        lambda record: copy(
+
+    def copy(record: DatablockRecord) -> RetrievedObject:
+        retrieved = retrieve_datablock(
             store,
             record.archiveId,
             connections.s3,
             settings.s3.retrieval_bucket,
-            settings.lts.file_timeout_s,
-            record,
+            file_timeout_s=settings.lts.file_timeout_s,
+            record=record,
             on_bytes=progress.add,
-        ),
-        records,
-        settings.archiver.datablock_concurrency,
+        )
+        states.read(record.archiveId)
+        return retrieved
+
+    retrieved = _read_from_lts(
+        f"retrieve datablocks of {pid}", records, lambda r: f"retrieval of {r.archiveId}", copy, config
     )
     progress.finish()
     return retrieved
@@ -112,28 +123,54 @@ def _upload_files(
     config: RunConfiguration,
     connections: Connections,
     store: LtsStore,
+    states: DatablockStates,
 ) -> list[RetrievedObject]:
     """Partial retrieval: the selected files, one object each (packing.partial)."""
     settings = config.settings
-    copy = tagged(copy_files_to_retrieval, config.limits.LTS_TO_RETRIEVAL_LIMIT)
     total = sum(f.size for s in selections for f in s.files)
     progress = ProgressReporter(f"retrieving {pid}: selected files checked and uploaded", total)
-    retrieved = run_bounded_or_raise(
-        lambda s: copy(
+
+    def copy(selection: FileSelection) -> list[RetrievedObject]:
+        retrieved = retrieve_files(
             store,
-            s.datablock.archiveId,
-            len(s.files),
-            s,
+            selection,
             connections.s3,
             settings.s3.retrieval_bucket,
-            settings.lts.file_timeout_s,
+            file_timeout_s=settings.lts.file_timeout_s,
             on_bytes=progress.add,
-        ),
+        )
+        states.read(selection.datablock.archiveId)
+        return retrieved
+
+    retrieved = _read_from_lts(
+        f"retrieve files of {pid}",
         selections,
-        settings.archiver.datablock_concurrency,
+        lambda s: f"retrieval of {len(s.files)} file(s) of {s.datablock.archiveId}",
+        copy,
+        config,
     )
     progress.finish()
     return [obj for objects in retrieved for obj in objects]
+
+
+def _read_from_lts(
+    slice_name: str, items: Sequence[T], describe: Callable[[T], str], copy: Callable[[T], R], config: RunConfiguration
+) -> list[R]:
+    """`copy` of each item (a datablock or a selection of its files) inside slice task runs holding an
+    LTS_TO_RETRIEVAL_LIMIT slot (flows/lts_slices.py), ARCHIVER_DATABLOCK_CONCURRENCY at once at most; a storage
+    hiccup tried again after STORAGE_RETRY_DELAYS. Every item is tried; the first error is raised once all ended."""
+    settings = config.settings
+    stream = LtsStream(
+        config.limits.LTS_TO_RETRIEVAL_LIMIT,
+        describe,
+        copy,
+        settings.lts.slot_slice_s,
+        slice_name,
+        items=items,
+        retry_delays=STORAGE_RETRY_DELAYS,
+        may_retry=may_retry_storage,
+    )
+    return raise_first_error(stream.run(settings.archiver.datablock_concurrency))
 
 
 @dataclass(frozen=True)
@@ -191,14 +228,61 @@ def _provide_copy(
     log,
 ) -> tuple[list[_Wanted], int]:
     """Make the dataset's retrieved copy (or the selected files) present and retained in the bucket, once
-    for any number of jobs: under the dataset's retrieval lock, reuse what is there, upload only what is
-    missing. Returns what was wanted and the bytes uploaded. On failure, what this run uploaded is removed."""
+    for any number of jobs: the LTS brings back the datablocks to read, then under the dataset's retrieval lock
+    what is there is reused and only what is missing uploaded. Returns what was wanted and the bytes uploaded.
+    On failure, what this run uploaded is removed."""
     settings = config.settings
     s3, bucket = connections.s3, settings.s3.retrieval_bucket
-    store = open_store(settings.lts)
+    store = open_lts(settings.lts)
+    wanted = _wanted(pid, store, records, selections)
+    states = DatablockStates(pid, list(dict.fromkeys(w.archive_id for w in wanted)))
+    try:
+        _bring_back(pid, wanted, store, states, s3, bucket, config)
+        return _provide_copy_under_lock(pid, wanted, records, selections, config, connections, store, states, log)
+    finally:
+        states.flush()
+
+
+def _bring_back(
+    pid: str,
+    wanted: list[_Wanted],
+    store: LtsStore,
+    states: DatablockStates,
+    s3,
+    bucket: str,
+    config: RunConfiguration,
+) -> None:
+    """Ask the LTS for every datablock the job will read, all at once, and wait until they are readable: not
+    under the dataset's retrieval lock, so that concurrent jobs of the dataset wait for the same restores (one
+    per datablock, whoever asked) rather than for the lock, whose wait (S3_RETRIEVAL_WAIT_S) a restore can
+    outlast. Datablocks whose objects are in the bucket already are not read; a retrieval the bucket's budget
+    has no room for fails before it asks for restores (they take hours and are billed)."""
+    settings = config.settings
+    present = {o.key for o in present_objects(s3, bucket, [w.expected for w in wanted])}
+    needed = list(dict.fromkeys(w.archive_id for w in wanted if w.expected.key not in present))
+    for archive_id in {w.archive_id for w in wanted} - set(needed):
+        states.read(archive_id)
+    if needed:
+        missing_bytes = sum(w.expected.size for w in wanted if w.expected.key not in present)
+        check_budget(s3, bucket, pid, missing_bytes, settings.s3.retrieval_budget_bytes)
+        bring_back_datablocks(store, len(needed), needed, settings.lts.file_timeout_s, on_states=states.heard)
+
+
+def _provide_copy_under_lock(
+    pid: str,
+    wanted: list[_Wanted],
+    records: list[DatablockRecord],
+    selections: list[FileSelection] | None,
+    config: RunConfiguration,
+    connections: Connections,
+    store: LtsStore,
+    states: DatablockStates,
+    log,
+) -> tuple[list[_Wanted], int]:
+    settings = config.settings
+    s3, bucket = connections.s3, settings.s3.retrieval_bucket
     wait_note = lambda: log.info("%s: another run retrieves this dataset; waiting for it (S3_RETRIEVAL_WAIT_S)", pid)  # noqa: E731
     with retrieval_lock(store, pid, settings.s3.retrieval_wait_s, on_wait=wait_note):
-        wanted = _wanted(pid, store, records, selections)
         present = present_objects(s3, bucket, [w.expected for w in wanted])
         missing_keys = {w.expected.key for w in wanted} - {o.key for o in present}
         missing = _missing_part(wanted, records, selections, missing_keys)
@@ -216,9 +300,9 @@ def _provide_copy(
                 log.warning("%s: %d unfinished upload(s) of an earlier retrieval aborted", pid, aborted)
             try:
                 if selections is None:
-                    _upload_datablocks(pid, missing, config, connections, store)
+                    _upload_datablocks(pid, missing, config, connections, store, states)
                 else:
-                    _upload_files(pid, missing, config, connections, store)
+                    _upload_files(pid, missing, config, connections, store, states)
             except BaseException:
                 _delete_quietly(s3, bucket, sorted(missing_keys), pid, log)
                 raise
@@ -340,7 +424,7 @@ def _clean_up_failed_retrieval(
 def _remove_dead_run_objects(pid: str, config: RunConfiguration, connections: Connections, log) -> None:
     settings = config.settings
     try:
-        removed = remove_dead_run_objects(connections.s3, settings.s3.retrieval_bucket, open_store(settings.lts), pid)
+        removed = remove_dead_run_objects(connections.s3, settings.s3.retrieval_bucket, open_lts(settings.lts), pid)
     except Exception as e:
         log.error("%s: retrieval bucket could not be cleaned: %s", pid, e)
         return
@@ -365,7 +449,7 @@ def _clean_up_interrupted_retrieval(pid, config, connections, error, log) -> Non
 def _abort_dead_uploads(pid: str, config: RunConfiguration, connections: Connections, log) -> None:
     """Unfinished uploads of a dead run, under the dataset's retrieval lock: a live run's uploads are its own."""
     settings = config.settings
-    with try_retrieval_lock(open_store(settings.lts), pid) as held:
+    with try_retrieval_lock(open_lts(settings.lts), pid) as held:
         aborted = cleanup.abort_retrieval_uploads(connections.s3, settings.s3.retrieval_bucket, pid) if held else 0
     if not held:
         log.warning("%s: unfinished uploads left in place: another run is retrieving the dataset", pid)

@@ -18,11 +18,11 @@ from datetime import UTC, datetime, timedelta
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from archiver.config.deployments import AUDIT, JOB_KINDS
-from archiver.flows.figures import AUDIT_PROBLEMS, BYTES, figure
+from archiver.clients.connections import open_lts
+from archiver.config.deployments import AUDIT, JOB_KINDS, RETRIEVAL
+from archiver.flows.figures import AUDIT_PROBLEMS, BYTES, RESTORES_ASKED, RESTORES_WAITING, figure
 from archiver.metrics import folding, live
 from archiver.metrics.history import FinishedRun, RunHistory
-from archiver.storage.lts_store import open_store
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,7 @@ class ArchiverCollector(Collector):
         return [
             *folding.with_folded(self._summed_families(runs), folded.totals),
             self._in_progress(unfinished),
+            self._waiting_for_restores(unfinished),
             self._stuck(unfinished, config.settings.archiver.zombie_window_s),
             *self._slot_families([s for s in slots if s is not None]),
             *self._last_audit(runs, folded.last_audit),
@@ -172,6 +173,14 @@ class ArchiverCollector(Collector):
             for state in live.UNFINISHED_STATES:
                 in_progress.add_metric([job_type, state.lower()], states[(job_type, state.lower())])
         return in_progress
+
+    @staticmethod
+    def _waiting_for_restores(unfinished: list[live.UnfinishedRun]) -> Metric:
+        return GaugeMetricFamily(
+            "archiver_datablocks_waiting_for_restore",
+            "Datablocks that retrieval runs in progress wait for the LTS to restore (cold store) or recall (tape)",
+            value=sum(figure(u.labels, RESTORES_WAITING) for u in unfinished if u.flow == RETRIEVAL.dataset_flow),
+        )
 
     @staticmethod
     def _job_families(runs: list[FinishedRun]) -> list[Metric]:
@@ -229,7 +238,14 @@ class ArchiverCollector(Collector):
                     if DATASET_FLOWS[r.flow] == job_type and r.outcome == "completed"
                 ),
             )
-        return [total, moved]
+        restored = CounterMetricFamily(
+            "archiver_datablock_restores",
+            "Datablocks retrieval runs that ended had to wait for a restore of (asked by them or by another reader)",
+        )
+        restored.add_metric(
+            [], sum(figure(r.labels, RESTORES_ASKED) for r in datasets if r.flow == RETRIEVAL.dataset_flow)
+        )
+        return [total, moved, restored]
 
     @staticmethod
     def _stuck(unfinished: list[live.UnfinishedRun], window_s: int) -> Metric:
@@ -298,16 +314,10 @@ class ArchiverCollector(Collector):
 
     def _lts(self, config) -> list[Metric]:
         lts = config.settings.lts
-        space = live.lts_space(lts.storage_root)
-        failing = self._slow.get("audit-records", lambda: live.datablocks_failing_audit(open_store(lts)))
+        store = open_lts(lts)
+        failing = self._slow.get("audit-records", lambda: live.datablocks_failing_audit(store))
         return [
-            GaugeMetricFamily("archiver_lts_size_bytes", "Size of the LTS filesystem", value=space.size_bytes),
-            GaugeMetricFamily("archiver_lts_free_bytes", "Free bytes on the LTS filesystem", value=space.free_bytes),
-            GaugeMetricFamily(
-                "archiver_lts_free_ratio",
-                "Free share of the LTS filesystem (0-1)",
-                value=space.free_bytes / space.size_bytes if space.size_bytes else 0.0,
-            ),
+            *(self._lts_space(lts.storage_root) if store.space_is_limited else []),  # none in a bucket
             GaugeMetricFamily(
                 "archiver_lts_free_space_threshold_ratio",
                 "LTS_FREE_SPACE_PERCENTAGE / 100: below it archival waits for free space",
@@ -317,6 +327,19 @@ class ArchiverCollector(Collector):
                 "archiver_lts_datablocks_failing_audit",
                 "Datablocks whose latest audit record on the LTS says the audit failed",
                 value=failing,
+            ),
+        ]
+
+    @staticmethod
+    def _lts_space(root) -> list[Metric]:
+        space = live.lts_space(root)
+        return [
+            GaugeMetricFamily("archiver_lts_size_bytes", "Size of the LTS filesystem", value=space.size_bytes),
+            GaugeMetricFamily("archiver_lts_free_bytes", "Free bytes on the LTS filesystem", value=space.free_bytes),
+            GaugeMetricFamily(
+                "archiver_lts_free_ratio",
+                "Free share of the LTS filesystem (0-1)",
+                value=space.free_bytes / space.size_bytes if space.size_bytes else 0.0,
             ),
         ]
 

@@ -22,6 +22,7 @@ class UnfinishedRun:
     flow: str
     state: str  # lower case: "running", "scheduled", ...
     last_heartbeat: datetime | None
+    labels: dict  # with the figures the run recorded so far (flows/figures.py)
 
 
 def unfinished_runs(client, flows: list[str], flow_name) -> list[UnfinishedRun]:
@@ -46,6 +47,7 @@ def unfinished_runs(client, flows: list[str], flow_name) -> list[UnfinishedRun]:
             flow_name(client, run.flow_id),
             run.state.type.value.lower(),
             latest_heartbeat(client, run.id) if run.state.is_running() else None,
+            dict(run.labels or {}),
         )
         for run in runs
     ]

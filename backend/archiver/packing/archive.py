@@ -1,8 +1,9 @@
 """Archive one datablock: landing-zone objects -> one pax tar on the LTS, checksums in the same pass.
 
 The LTS store (`storage/lts_store.py`) publishes the tar once it is complete, its manifest first; a
-datablock's name is never taken again. The manifest records what was written; `verify_datablock` reads
-the tar back against it.
+datablock's name is never taken again. The manifest records what was written; `verify_datablock` checks the
+stored tar against it as the store verifies (read back, or the checksum a cold store keeps), `reread_datablock`
+reads it back on any store.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
+from typing import BinaryIO
 
 from pydantic import ValidationError
 
@@ -28,7 +30,7 @@ from archiver.packing.records import (
     parse_manifest,
 )
 from archiver.packing.sources import Member, Prefetch, read_members
-from archiver.storage.lts import AlreadyPublishedError
+from archiver.storage.lts import AlreadyPublishedError, problems_read_back
 from archiver.storage.lts_store import LtsStore
 
 
@@ -79,7 +81,7 @@ def archive_datablock(
     listed = listed or {}
     manifests: list[Manifest] = []
 
-    def manifest(tar: tuple[str, int, list[DataFileRecord]]) -> str:
+    def manifest(tar: tuple[str, int, list[DataFileRecord]], stored_checksum: str | None) -> str:
         chk, packed_size, members = tar
         manifests.append(
             Manifest(
@@ -91,9 +93,10 @@ def archive_datablock(
                 dataFileList=members,
                 chk=chk,
                 created=datetime.now(UTC).isoformat(),
+                storedChecksum=stored_checksum,
             )
         )
-        return manifests[0].model_dump_json(indent=1)
+        return manifests[0].to_json()
 
     try:
         store.publish_datablock(
@@ -202,28 +205,62 @@ def _checksum_mismatch(member: Member, expected: ListedChecksum | None, algorith
     return f"{member.file.path} (SciCat lists {expected.algorithm} {expected.value}, the landing zone has {computed})"
 
 
-def verify_datablock(store: LtsStore, archive_id: str, on_bytes: Callable[[int], None] | None = None) -> Manifest:
-    """Read the datablock back once (from storage, not the page cache, where the OS allows) and check the
-    datablock checksum and every member against the manifest. Raises IntegrityError listing every problem."""
-    manifest_id = naming.manifest_id(naming.check_archive_id(archive_id))
-    what = f"datablock {archive_id}"
-    try:
-        manifest = parse_manifest(store.read_text(manifest_id))
-    except (OSError, ValueError, ValidationError) as e:
-        raise IntegrityError(what, [f"manifest {PurePosixPath(manifest_id).name} unreadable: {e}"]) from e
-    try:
-        raw = store.open_datablock(archive_id)
-    except OSError as e:
-        raise IntegrityError(what, [f"tar file unreadable: {e}"]) from e
-    with raw:
-        problems = check_datablock_stream(
-            raw,
-            manifest.dataFileList,
-            manifest.chkAlg,
-            manifest.chk,
-            manifest.packedSize,
-            on_bytes=on_bytes,
-        )
+def verify_datablock(
+    store: LtsStore,
+    archive_id: str,
+    on_bytes: Callable[[int], None] | None = None,
+    file_timeout_s: float | None = None,
+    manifest: Manifest | None = None,
+) -> Manifest:
+    """Check the datablock as the store verifies (`LtsStore.verify_datablock`) against its manifest: the POSIX
+    store reads it back once (from storage, not the page cache, where the OS allows; after waiting up to
+    `file_timeout_s` until readable, when given), checking the datablock checksum and every member; the s3
+    store compares the size and checksum S3 keeps, restoring nothing. Raises IntegrityError listing every
+    problem. `on_bytes` counts the bytes verified. `manifest`: the datablock's, when read already."""
+    manifest = manifest or manifest_of(store, archive_id)
+    was_read = False
+
+    def check(raw: BinaryIO) -> list[str]:
+        nonlocal was_read
+        was_read = True
+        return _check_bytes(raw, manifest, on_bytes)
+
+    problems = store.verify_datablock(archive_id, manifest.packedSize, manifest.storedChecksum, check, file_timeout_s)
     if problems:
-        raise IntegrityError(what, problems)
+        raise IntegrityError(f"datablock {archive_id}", problems)
+    if on_bytes and not was_read:
+        on_bytes(manifest.packedSize)
     return manifest
+
+
+def reread_datablock(
+    store: LtsStore, archive_id: str, file_timeout_s: float, on_bytes: Callable[[int], None] | None = None
+) -> Manifest:
+    """Read the datablock back whatever the store (a cold one restores it first, waiting up to its deadline) and
+    check the datablock checksum and every member against the manifest: the audit's re-reads. Raises
+    IntegrityError listing every problem."""
+    manifest = manifest_of(store, archive_id)
+    store.wait_until_readable(archive_id, file_timeout_s)
+    problems = problems_read_back(
+        lambda: store.open_datablock(archive_id), lambda raw: _check_bytes(raw, manifest, on_bytes)
+    )
+    if problems:
+        raise IntegrityError(f"datablock {archive_id}", problems)
+    return manifest
+
+
+def manifest_of(store: LtsStore, archive_id: str) -> Manifest:
+    """The datablock's manifest; IntegrityError when it is unreadable or no manifest."""
+    manifest_id = naming.manifest_id(naming.check_archive_id(archive_id))
+    try:
+        return parse_manifest(store.read_text(manifest_id))
+    except (OSError, ValueError, ValidationError) as e:
+        raise IntegrityError(
+            f"datablock {archive_id}", [f"manifest {PurePosixPath(manifest_id).name} unreadable: {e}"]
+        ) from e
+
+
+def _check_bytes(raw: BinaryIO, manifest: Manifest, on_bytes: Callable[[int], None] | None) -> list[str]:
+    return check_datablock_stream(
+        raw, manifest.dataFileList, manifest.chkAlg, manifest.chk, manifest.packedSize, on_bytes=on_bytes
+    )

@@ -6,8 +6,10 @@ The time a datablock was last verified is kept on the LTS beside its manifest, i
 `<name>.audit.json` (`{"archiveId", "chk", "verified", "ok", "problems"}`), written atomically
 (temporary `.partial` name, fsync, rename). A record whose `chk` is not the manifest's (the datablock
 was written again since) counts as absent, and a datablock without one was last verified when its
-manifest was written (archival verifies every datablock right after writing it). A failed audit
-leaves `ok` false, which puts the datablock first in line again until it is repaired.
+manifest was written (archival verifies every datablock right after writing it; on a cold store by the
+checksum S3 keeps, so its first re-read is an audit's). A failed audit leaves `ok` false, which puts the
+datablock first in line again until it is repaired. On a cold store only re-reads are recorded as verified;
+a failed check of S3's stored checksum is recorded too (`ok` false: re-read first).
 """
 
 from __future__ import annotations
@@ -156,17 +158,20 @@ def stored_datablocks(store: LtsStore, datasets: Mapping[str, DatasetOnLts]) -> 
     ]
 
 
-def select_for_fixity(blocks: Iterable[StoredDatablock], byte_budget: int | None) -> list[StoredDatablock]:
+def select_for_fixity(
+    blocks: Iterable[StoredDatablock], byte_budget: int | None, oldest_always: bool = True
+) -> list[StoredDatablock]:
     """The datablocks verified longest ago, oldest first, as many as fit in `byte_budget` bytes (all
-    of them without one). The oldest is always taken, even alone larger than the budget, or it would
-    never be verified; the order is kept strictly, so no datablock is overtaken by smaller ones forever."""
+    of them without one). The oldest is taken even alone larger than the budget, or it would never be
+    verified, unless `oldest_always` is False (a budget of restores from a cold tier, which are billed: never
+    more than it); the order is kept strictly, so no datablock is overtaken by smaller ones forever."""
     ordered = sorted(blocks, key=lambda b: (b.last_verified, b.archive_id))
     if byte_budget is None:
         return ordered
     chosen: list[StoredDatablock] = []
     total = 0
     for block in ordered:
-        if chosen and total + block.packed_size > byte_budget:
+        if (chosen or not oldest_always) and total + block.packed_size > byte_budget:
             break
         chosen.append(block)
         total += block.packed_size

@@ -76,6 +76,14 @@ class Manifest(DatablockRecord):
     format: str = MANIFEST_FORMAT
     chk: str  # checksum of the whole tar file, algorithm chkAlg
     created: str
+    # The LTS store's own checksum of the tar as it stored it, computed while writing (LtsStore.publish_datablock):
+    # on the s3 store the composite SHA-256 of its parts, `<base64>-<parts>`; absent on the POSIX store, which
+    # keeps none (and in manifests written before the s3 store recorded it).
+    storedChecksum: str | None = None
+
+    def to_json(self) -> str:
+        """The manifest file's text; a field without a value is left out, so a POSIX manifest is as before."""
+        return self.model_dump_json(indent=1, exclude_none=True)
 
     def record(self) -> DatablockRecord:
         return DatablockRecord.model_validate(self.model_dump(include=set(DatablockRecord.model_fields)))

@@ -12,7 +12,9 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from pathlib import Path
+from typing import BinaryIO
 
 from archiver.errors import ArchiverError, TryLaterError
 
@@ -23,6 +25,25 @@ class LtsWaitTimeout(ArchiverError):
     """The LTS did not reach the needed state in time; the message says which and what to do."""
 
     transient = True  # an HSM recall or a slow mount may be done by the next try
+
+
+class StillFrozenError(LtsWaitTimeout):
+    """Restores of archived datablocks did not finish by LTS_RESTORE_TIMEOUT_HOURS. Not tried again within the
+    run: a try waits as long again. `frozen` holds the keys still frozen."""
+
+    transient = False
+
+    def __init__(self, frozen: list[str], message: str):
+        super().__init__(message)
+        self.frozen = frozen
+
+
+class ReadState(StrEnum):
+    """How far a datablock is from being readable (`LtsStore.wait_until_all_readable`)."""
+
+    WAITING = "waiting"  # not known readable yet
+    RESTORE_REQUESTED = "restore requested"  # a restore (or recall) is under way, by us or another reader
+    READY = "ready"
 
 
 NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -63,6 +84,16 @@ class StoredEntry:
     is_link: bool  # a symbolic link (a POSIX store's); pruning never follows one
     size: int  # bytes of a file (of the file a link points to); 0 for anything else
     modified: datetime  # UTC; of the entry itself, not of what a link points to
+
+
+def problems_read_back(open_datablock: Callable[[], BinaryIO], check: Callable[[BinaryIO], list[str]]) -> list[str]:
+    """The problems `check` finds in a datablock's bytes, or that it cannot be opened."""
+    try:
+        raw = open_datablock()
+    except OSError as e:
+        return [f"tar file unreadable: {e}"]
+    with raw:
+        return check(raw)
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,9 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import BinaryIO, Protocol, TypeVar
 
+from archiver.config.errors import ConfigError
 from archiver.config.settings import LtsSection
-from archiver.storage.lts import FileOwnership, StoredEntry
+from archiver.storage.lts import FileOwnership, ReadState, StoredEntry
 from archiver.storage.posix_store import PosixLtsStore
 from archiver.storage.s3 import S3Credentials, s3_client
 from archiver.storage.s3_store import RestorePolicy, S3ColdLtsStore
@@ -37,12 +38,46 @@ class LtsStore(Protocol):
         """The whole text under `key` (a manifest); OSError when it is missing or unreadable."""
 
     def publish_datablock(
-        self, key: str, manifest_key: str, write: Callable[[BinaryIO], T], manifest: Callable[[T], str]
+        self, key: str, manifest_key: str, write: Callable[[BinaryIO], T], manifest: Callable[[T, str | None], str]
     ) -> None:
-        """Atomic and durable, manifest first; never replaces a datablock or manifest that exists (FileExistsError)."""
+        """Atomic and durable, manifest first; never replaces a datablock or manifest that exists (FileExistsError).
+        `manifest` gets what `write` returned and the store's own checksum of the bytes it stored (None when the
+        store keeps none), for the manifest to record: `verify_datablock` compares it with the stored one."""
+
+    @property
+    def space_is_limited(self) -> bool:
+        """Whether the store can run out of room: a filesystem can (archival keeps its free space above
+        LTS_FREE_SPACE_PERCENTAGE, measured at LTS_STORAGE_ROOT); an S3 bucket has no size to fill."""
+
+    @property
+    def verification_reads(self) -> bool:
+        """Whether `verify_datablock` reads the datablock back; False: it compares what the store keeps about the
+        stored bytes (size, checksum) with the manifest, reading none of them (no restore from a cold tier)."""
+
+    def verify_datablock(
+        self,
+        key: str,
+        size: int,
+        stored_checksum: str | None,
+        read_back: Callable[[BinaryIO], list[str]],
+        timeout_s: float | None = None,
+    ) -> list[str]:
+        """What is wrong with the datablock as stored, one sentence each; none when it is intact. `size` and
+        `stored_checksum` are what the manifest recorded while writing it. A store that reads back gives the
+        datablock's bytes from storage to `read_back`, which returns the problems (first waiting up to
+        `timeout_s` until readable, when given); an unreadable one is a problem. A store that keeps checksums
+        compares them instead, `read_back` unused (it reads back a datablock whose manifest recorded none)."""
 
     def wait_until_readable(self, key: str, timeout_s: float) -> None:
         """Returns once `key` can be read (tape behind the store may recall it first), else LtsWaitTimeout."""
+
+    def wait_until_all_readable(
+        self, keys: list[str], timeout_s: float, on_states: Callable[[dict[str, ReadState]], None] | None = None
+    ) -> None:
+        """Returns once every one of `keys` can be read: what must be restored or recalled first is asked for
+        (once per key, whoever else asks); `on_states` hears every key's state as they change (again and again while
+        they wait). LtsWaitTimeout
+        at the store's deadline; a cold store's (StillFrozenError) names every key still frozen."""
 
     def open_datablock(self, key: str, fresh: bool = True) -> BinaryIO:
         """The datablock's bytes, unbuffered and seekable: a seek reads nothing, so a walk over a tar's headers
@@ -102,3 +137,12 @@ def open_store(settings: LtsSection, s3_credentials: S3Credentials | None = None
                 settings.storage_class,
                 RestorePolicy.polling_within(settings.restore_tier, settings.restore_days, settings.restore_timeout_s),
             )
+
+
+def require_lts(settings: LtsSection) -> None:
+    """A POSIX LTS must be mounted here (ConfigError naming LTS_STORAGE_ROOT otherwise); an s3 one is reached
+    over the network, its first request says whether it can be."""
+    if settings.backend == "posix" and not settings.storage_root.is_dir():
+        raise ConfigError(
+            f"LTS_STORAGE_ROOT {settings.storage_root} is not a folder here; mount the LTS or set LTS_STORAGE_ROOT"
+        )

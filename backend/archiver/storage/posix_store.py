@@ -22,12 +22,14 @@ from archiver.storage.lts import (
     PARTIAL_SUFFIX,
     AlreadyPublishedError,
     FileOwnership,
+    ReadState,
     StoredEntry,
     dataset_busy,
     drop_page_cache,
     exclusive_flock,
     fsync_dir,
     partial_path,
+    problems_read_back,
     rename_no_replace,
     wait_until_readable,
     write_json_durably,
@@ -80,7 +82,7 @@ class PosixLtsStore:
         return self._path(key).read_text(encoding="utf-8")
 
     def publish_datablock(
-        self, key: str, manifest_key: str, write: Callable[[BinaryIO], T], manifest: Callable[[T], str]
+        self, key: str, manifest_key: str, write: Callable[[BinaryIO], T], manifest: Callable[[T, str | None], str]
     ) -> None:
         """`write` streams the datablock into `<name>.partial`; fsync, drop its cached pages, write the manifest
         (`.partial`, fsync, no-replace rename), rename the tar without replacing, fsync the folder. The
@@ -104,7 +106,7 @@ class PosixLtsStore:
             # never reused), never a verified tar with a stale manifest.
             write_json_durably(
                 manifest_file,
-                manifest(written),
+                manifest(written, None),
                 partial_path(manifest_file),
                 rename=rename_no_replace,
                 before_sync=lambda fd: self.ownership.apply(fd, manifest_file),
@@ -118,6 +120,34 @@ class PosixLtsStore:
 
     def wait_until_readable(self, key: str, timeout_s: float) -> None:
         wait_until_readable(self._path(key), timeout_s)
+
+    def wait_until_all_readable(
+        self, keys: list[str], timeout_s: float, on_states: Callable[[dict[str, ReadState]], None] | None = None
+    ) -> None:
+        """One file after the other, each within `timeout_s` (an HSM recalls a file when it is opened)."""
+        states = dict.fromkeys(keys, ReadState.WAITING)
+        for key in states:
+            self.wait_until_readable(key, timeout_s)
+            states[key] = ReadState.READY
+            if on_states is not None:
+                on_states(dict(states))
+
+    space_is_limited = True
+    verification_reads = True  # a filesystem keeps no checksum of a file
+
+    def verify_datablock(
+        self,
+        key: str,
+        size: int,
+        stored_checksum: str | None,
+        read_back: Callable[[BinaryIO], list[str]],
+        timeout_s: float | None = None,
+    ) -> list[str]:
+        """Reads it back, from storage rather than the page cache (`open_datablock`); `size` is checked by
+        `read_back` against what it reads."""
+        if timeout_s is not None:
+            self.wait_until_readable(key, timeout_s)
+        return problems_read_back(lambda: self.open_datablock(key), read_back)
 
     def open_datablock(self, key: str, fresh: bool = True) -> BinaryIO:
         raw = open(self._path(key), "rb", buffering=0)  # noqa: SIM115 (the caller closes it)

@@ -125,6 +125,7 @@ class MultipartUpload:
         self._pool = ThreadPoolExecutor(max_in_flight, thread_name_prefix="s3-part")
         self.size = 0
         self._sha256_parts = sha256_parts
+        self.part_sha256: list[str] = []  # with `sha256_parts`, each part's as sent, once every part is stored
         extra: dict = {"Metadata": metadata} if metadata else {}
         if storage_class:
             extra["StorageClass"] = storage_class
@@ -169,6 +170,7 @@ class MultipartUpload:
             self._filled = 0
         parts = [f.result() for f in self._parts]
         self._pool.shutdown()
+        self.part_sha256 = [part["ChecksumSHA256"] for part in parts if "ChecksumSHA256" in part]
         if before is not None:
             before()
         condition = {"IfNoneMatch": "*"} if if_none_match else {}
@@ -198,6 +200,13 @@ class MultipartUpload:
 def sha256_base64(data) -> str:
     """The SHA-256 of `data` as S3's checksum headers carry it (base64)."""
     return base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+def composite_sha256(part_sha256: list[str]) -> str:
+    """The checksum S3 keeps for an object uploaded in parts, each with its SHA-256 (`x-amz-checksum-sha256`,
+    ChecksumType COMPOSITE): the SHA-256 of the parts' digests one after the other, `<base64>-<parts>`."""
+    digests = b"".join(base64.b64decode(checksum) for checksum in part_sha256)
+    return f"{sha256_base64(digests)}-{len(part_sha256)}"
 
 
 def delete_prefix(s3, bucket: str, prefix: str) -> int:

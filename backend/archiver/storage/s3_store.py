@@ -7,11 +7,14 @@ archival), then the upload is completed: an object under a final name is complet
 manifest without a tar (a taken name) or an unfinished upload (removed by the next holder of the dataset's lock).
 Neither is ever written over an existing object: both writes are conditional (`If-None-Match: *`), so a name is
 never replaced even by a writer that lost its lock. Locks are lock objects with a lease (`s3_lease_lock.py`).
+Verification restores nothing: the manifest records the composite SHA-256 of the parts as sent, which
+`verify_datablock` compares with the one S3 keeps (HeadObject, answered for an archived object too).
 Setting datablocks aside copies them (restored first, as S3 copies no archived object) and deletes the originals.
 
 An object in an archive class (GLACIER, DEEP_ARCHIVE) is read only after a restore (RestoreObject, LTS_RESTORE_TIER,
-LTS_RESTORE_DAYS) has finished: `wait_until_readable` asks for it once and polls HeadObject's `x-amz-restore` until
-the copy is readable or LTS_RESTORE_TIMEOUT_HOURS have passed.
+LTS_RESTORE_DAYS) has finished: `wait_until_all_readable` asks for the restores of all the datablocks a job reads at
+once, each only when no restore of it is under way, and polls HeadObject's `x-amz-restore` until every copy is
+readable or LTS_RESTORE_TIMEOUT_HOURS have passed.
 """
 
 from __future__ import annotations
@@ -29,8 +32,23 @@ from typing import Any, BinaryIO, TypeVar, cast
 
 from botocore.exceptions import ClientError
 
-from archiver.storage.lts import PARTIAL_SUFFIX, AlreadyPublishedError, LtsWaitTimeout, StoredEntry, dataset_busy
-from archiver.storage.s3 import MultipartUpload, abort_multipart_uploads, delete_prefix, error_code, iter_objects
+from archiver.storage.lts import (
+    PARTIAL_SUFFIX,
+    AlreadyPublishedError,
+    ReadState,
+    StillFrozenError,
+    StoredEntry,
+    dataset_busy,
+    problems_read_back,
+)
+from archiver.storage.s3 import (
+    MultipartUpload,
+    abort_multipart_uploads,
+    composite_sha256,
+    delete_prefix,
+    error_code,
+    iter_objects,
+)
 from archiver.storage.s3_lease_lock import GONE_CODES, LOST_WRITE_CODES, lease_lock
 
 T = TypeVar("T")
@@ -76,6 +94,8 @@ class S3ColdLtsStore:
     restore: RestorePolicy = RestorePolicy()
     part_size: int = PART_SIZE
 
+    space_is_limited = False  # a bucket grows as written (and is billed per byte): free space does not apply
+
     @property
     def location(self) -> str:
         return f"s3://{self.bucket}/{self.prefix.strip('/')}".rstrip("/")
@@ -103,11 +123,12 @@ class S3ColdLtsStore:
             yield self._abort_unfinished(folder)
 
     def publish_datablock(
-        self, key: str, manifest_key: str, write: Callable[[BinaryIO], T], manifest: Callable[[T], str]
+        self, key: str, manifest_key: str, write: Callable[[BinaryIO], T], manifest: Callable[[T, str | None], str]
     ) -> None:
         """`write` streams the datablock into a multipart upload; the manifest is written once every part is
-        stored, then the upload completed. AlreadyPublishedError when either name is taken before anything is
-        written, FileExistsError when one is taken meanwhile (the upload aborted, nothing replaced)."""
+        stored, with the composite SHA-256 of the parts as sent (the checksum S3 keeps of the object), then the
+        upload completed. AlreadyPublishedError when either name is taken before anything is written,
+        FileExistsError when one is taken meanwhile (the upload aborted, nothing replaced)."""
         tar_key, manifest_object = self._key(key), self._key(manifest_key)
         for taken in (tar_key, manifest_object):
             if self._head(taken) is not None:
@@ -117,7 +138,12 @@ class S3ColdLtsStore:
         ) as upload:
             written = write(cast(BinaryIO, upload))
             with self._no_replace(tar_key):
-                upload.complete(before=lambda: self._put_new(manifest_object, manifest(written)), if_none_match=True)
+                upload.complete(
+                    before=lambda: self._put_new(
+                        manifest_object, manifest(written, composite_sha256(upload.part_sha256))
+                    ),
+                    if_none_match=True,
+                )
 
     def _put_new(self, key: str, text: str) -> None:
         with self._no_replace(key):
@@ -134,43 +160,113 @@ class S3ColdLtsStore:
                 raise FileExistsError(errno.EEXIST, "taken while it was written", self._url(key)) from e
             raise
 
+    # --- verifying ---
+
+    verification_reads = False  # S3 keeps each object's size and SHA-256, readable without a restore
+
+    def verify_datablock(
+        self,
+        key: str,
+        size: int,
+        stored_checksum: str | None,
+        read_back: Callable[[BinaryIO], list[str]],
+        timeout_s: float | None = None,
+    ) -> list[str]:
+        """HeadObject (which S3 answers for an archived object, no restore) against the manifest: the size, and
+        the SHA-256 S3 keeps against the one computed while writing. S3 computed its own from the parts' bytes
+        as it received them, refusing any part whose bytes did not match the SHA-256 sent along (BadDigest); an
+        object written or replaced any other way has another checksum, or none. A datablock whose manifest
+        recorded no checksum is read back (restored first, when `timeout_s` is given)."""
+        object_key = self._key(key)
+        url = self._url(object_key)
+        if stored_checksum is None:
+            if timeout_s is not None:
+                self.wait_until_readable(key, timeout_s)
+            return problems_read_back(lambda: self.open_datablock(key), read_back)
+        try:
+            head = self.s3.head_object(Bucket=self.bucket, Key=object_key, ChecksumMode="ENABLED")
+        except ClientError as e:
+            if error_code(e) in GONE_CODES:
+                return [f"tar object {url} is missing"]
+            raise _os_error(e, url) from e
+        problems = []
+        if head["ContentLength"] != size:
+            problems.append(f"S3 stores {head['ContentLength']} bytes under {url}, the manifest records {size}")
+        kept = head.get("ChecksumSHA256")
+        if kept is None:
+            problems.append(
+                f"S3 keeps no SHA-256 of {url} (it was replaced since it was written, or the S3 service keeps no "
+                f"checksums); the manifest records {stored_checksum}"
+            )
+        elif kept != stored_checksum:
+            problems.append(
+                f"S3's SHA-256 of {url} is {kept}, the one computed while writing it (in the manifest) "
+                f"{stored_checksum}"
+            )
+        return problems
+
     # --- reading ---
 
     def wait_until_readable(self, key: str, timeout_s: float) -> None:
-        """Asks for a restore of an archived datablock (once from this process), then polls until its copy is
-        readable. The deadline is LTS_RESTORE_TIMEOUT_HOURS: `timeout_s` (LTS_FILE_TIMEOUT_S) is a mount's."""
-        url = self._url(self._key(key))
+        self.wait_until_all_readable([key], timeout_s)
+
+    def wait_until_all_readable(
+        self, keys: list[str], timeout_s: float, on_states: Callable[[dict[str, ReadState]], None] | None = None
+    ) -> None:
+        """Asks at once for a restore of each archived datablock that is neither readable nor being restored (by
+        this process or another: one request per object, whoever reads it), then polls them together until every
+        copy is readable; `on_states` hears the states after the requests and after each poll. The deadline is
+        LTS_RESTORE_TIMEOUT_HOURS: `timeout_s` (LTS_FILE_TIMEOUT_S) is a mount's. StillFrozenError names the
+        datablocks not restored by then."""
         deadline = time.monotonic() + self.restore.timeout_s
-        with _restore_guard(url):
-            state = self._restore_state(key)
-            if state == "frozen":
-                self._ask_restore(key)
-                state = "restoring"
+        states = {key: self._readable_or_asked(key) for key in dict.fromkeys(keys)}
         interval = self.restore.first_poll_s
-        while state != "readable":
+        while True:
+            if on_states is not None:
+                on_states(dict(states))
+            waiting = [key for key, state in states.items() if state is not ReadState.READY]
+            if not waiting:
+                return
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise LtsWaitTimeout(
-                    f"datablock {url} is still frozen in {self.storage_class}: its restore (tier "
-                    f"{self.restore.tier}) did not finish within {self.restore.timeout_s / 3600:g} h "
-                    "(LTS_RESTORE_TIMEOUT_HOURS); check the restore in the S3 service, then run the job again "
-                    "(a finished restore stays readable for LTS_RESTORE_DAYS)"
-                )
+                raise self._still_frozen(waiting)
             time.sleep(min(interval, remaining))
             interval = min(interval * 2, self.restore.max_poll_s)
-            state = self._restore_state(key)
+            states.update((key, self._readable_or_asked(key)) for key in waiting)
 
-    def _restore_state(self, key: str) -> str:
-        """'readable', 'restoring' or 'frozen' (archived, no restore asked or its copy expired)."""
+    def _readable_or_asked(self, key: str) -> ReadState:
+        """READY, or RESTORE_REQUESTED once a restore is under way (asked for here when there was none, or a
+        restored copy expired)."""
+        with _restore_guard(self._url(self._key(key))):
+            state = self._restore_state(key)
+            if state is ReadState.WAITING:
+                self._ask_restore(key)
+                state = ReadState.RESTORE_REQUESTED
+        return state
+
+    def _still_frozen(self, keys: list[str]) -> StillFrozenError:
+        urls = [self._url(self._key(key)) for key in keys]
+        shown = ", ".join(urls[:20]) + (f" and {len(urls) - 20} more" if len(urls) > 20 else "")
+        which = f"datablock {shown} is" if len(urls) == 1 else f"{len(urls)} datablocks are ({shown})"
+        return StillFrozenError(
+            keys,
+            f"{which} still frozen in {self.storage_class}: the restore (tier {self.restore.tier}) did not finish "
+            f"within {self.restore.timeout_s / 3600:g} h (LTS_RESTORE_TIMEOUT_HOURS); check the restores in the S3 "
+            "service, then run the job again (a finished restore stays readable for LTS_RESTORE_DAYS)",
+        )
+
+    def _restore_state(self, key: str) -> ReadState:
+        """READY, RESTORE_REQUESTED (a restore is under way) or WAITING (archived, no restore asked or its copy
+        expired)."""
         head = self._head(self._key(key))
         if head is None:
             raise FileNotFoundError(errno.ENOENT, "no such datablock", self._url(self._key(key)))
         if head.get("StorageClass", "STANDARD") not in ARCHIVE_CLASSES:
-            return "readable"
+            return ReadState.READY
         restore = head.get("Restore")
         if restore is None:
-            return "frozen"
-        return "restoring" if 'ongoing-request="true"' in restore else "readable"
+            return ReadState.WAITING
+        return ReadState.RESTORE_REQUESTED if 'ongoing-request="true"' in restore else ReadState.READY
 
     def _ask_restore(self, key: str) -> None:
         request = {"Days": self.restore.days, "GlacierJobParameters": {"Tier": self.restore.tier}}

@@ -21,6 +21,7 @@ from archiver.config.limits import LIMITS_VARIABLE, ConcurrencyLimits, load_limi
 from archiver.config.secrets import (
     ARCHIVER_S3,
     DEFAULT_SECRETS_DIR,
+    LTS_S3,
     MINIO_ROOT,
     OBSOLETE_SECRET_BLOCKS,
     PREFECT_SECRETS,
@@ -31,8 +32,10 @@ from archiver.config.secrets import (
     read_secret_block,
 )
 from archiver.config.settings import (
+    LEGACY_KEYS,
     Settings,
     flat_values,
+    known_keys,
     load_vars_file,
     variable_name,
     with_environment_overrides,
@@ -105,6 +108,7 @@ def seed(inputs: SeedInputs, say: Callable[[str], None] = lambda line: None) -> 
         client.hello()  # unlike the health check, refused without the server's credentials
         s3 = _checked_s3(inputs)
         _check_s3_accounts(inputs)
+        _check_lts_account(inputs)
         _check_scicat(inputs, report)
         _seed_variables(client, inputs.settings, inputs.limits, report)
         _seed_secret_blocks(inputs.secrets, report)
@@ -163,6 +167,22 @@ def _check_s3_accounts(inputs: SeedInputs) -> None:
             )
 
 
+def _check_lts_account(inputs: SeedInputs) -> None:
+    """On LTS_BACKEND "s3": the LTS account can reach the LTS bucket, which the operator creates (ConfigError)."""
+    lts = inputs.settings.lts
+    if lts.backend != "s3":
+        return
+    assert lts.s3_endpoint is not None  # the section requires it with LTS_BACKEND "s3"
+    s3 = s3_client(lts.s3_endpoint, lts.s3_region, inputs.s3_credentials(LTS_S3))
+    problem = _probe_failure(lambda s3: s3.list_objects_v2(Bucket=lts.s3_bucket, MaxKeys=1), s3, set())
+    if problem:
+        raise ConfigError(
+            f"S3 account {LTS_S3.name} ({LTS_S3.files}) cannot list the LTS bucket {lts.s3_bucket!r} "
+            f"(LTS_S3_BUCKET) at {lts.s3_endpoint}: {problem}; nothing was written. Create the bucket and give the "
+            'account the rights docs/lts-backends.md lists ("Deploying the cold store")'
+        )
+
+
 def _probe_failure(probe, s3, fine_codes: set[str]) -> str | None:
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -208,6 +228,11 @@ def _seed_variables(client, settings: Settings, limits: ConcurrencyLimits, repor
         else:
             action = None
         report.record(f"variable {name}", action)
+    # A key taken out of the file (or left empty) must not keep the value an earlier run gave it.
+    ours = {variable_name(key) for key in [*LEGACY_KEYS, *known_keys()]}
+    for name in sorted(ours & existing.keys() - wanted.keys()):
+        client.delete_variable_by_name(name)
+        report.record(f"variable {name}", "deleted (not in the file any more: its default applies)")
 
 
 def _seed_secret_blocks(secrets: dict[str, str], report: SeedReport) -> None:
@@ -294,6 +319,20 @@ def _sorted_sets(value):
     return value
 
 
+def _create_bucket(s3, bucket: str, location: dict) -> bool:
+    """False when the bucket was there already: a listing shows only some buckets on some S3 services (the
+    offline stand-in lists none to its admin account), so a second run must not fail on them."""
+    from botocore.exceptions import ClientError
+
+    try:
+        s3.create_bucket(Bucket=bucket, **location)
+    except ClientError as e:
+        if error_code(e) == "BucketAlreadyOwnedByYou":
+            return False
+        raise
+    return True
+
+
 def _seed_buckets(s3, inputs: SeedInputs, report: SeedReport) -> None:
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -310,8 +349,7 @@ def _seed_buckets(s3, inputs: SeedInputs, report: SeedReport) -> None:
                     if minio.region == "us-east-1"
                     else {"CreateBucketConfiguration": {"LocationConstraint": minio.region}}
                 )
-                s3.create_bucket(Bucket=bucket, **location)
-                action = "created"
+                action = "created" if _create_bucket(s3, bucket, location) else None
         except (BotoCoreError, ClientError) as e:
             raise ConfigError(f"S3 at {minio.endpoint}: cannot create bucket {bucket!r}: {e}") from None
         report.record(f"bucket {bucket}", action)

@@ -12,6 +12,7 @@ import tomli_w
 
 from archiver.config.settings import Settings, load_vars_file
 from archiver.tools.seeding import read_inputs, seed
+from tests.integration.cold_lts import use_cold_lts
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -172,3 +173,15 @@ def serve_deployments(tmp_path, pipeline, prefect_api_url):
             process.wait(30)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
+
+
+@pytest.fixture(params=["posix", "s3"])
+def lts_backend(request, pipeline, s3, unique_name):
+    """The LTS the flows write to: the pipeline's folder, or a bucket on the cold tier stand-in (DEEP_ARCHIVE,
+    restores taking 0.6 s), reached with the LTS account of the Secret blocks lts-s3-user / lts-s3-password."""
+    if request.param == "posix":
+        return None
+    proxy = request.getfixturevalue("cold_s3_proxy")
+    bucket = f"{unique_name}-lts"
+    use_cold_lts(pipeline, s3, proxy, bucket)
+    return proxy, bucket

@@ -19,7 +19,8 @@ class Restartable:
 
     def start(self) -> None:
         self._stack = contextlib.ExitStack()
-        self.process = self._stack.enter_context(self._opened()).process
+        service = self._stack.enter_context(self._opened())
+        self.process, self.log_path = service.process, service.log_path
 
     def kill(self) -> None:
         """SIGKILL, as a crashed or restarted container: no graceful shutdown."""

@@ -1,6 +1,6 @@
 """The `lts_audit` flow and `archiver audit` against datasets archived by the real flows: each kind of damage is
 found and named with its dataset and datablock; an untouched LTS passes; the byte budget and the tag hold
-(read from the task-run history)."""
+(read from the task-run history and the logs of the audit's slices)."""
 
 from __future__ import annotations
 
@@ -18,14 +18,17 @@ from datetime import UTC, datetime
 import pytest
 
 from archiver import local_services
+from archiver.config.runtime import load_run_configuration
 from archiver.flows.archive import archive_datasets_flow
 from archiver.flows.audit import PROBLEM_EVENT, LtsAuditFailed, lts_audit
 from archiver.flows.dataset_creation import create_test_dataset_flow
 from archiver.flows.task_states import exception_of
 from archiver.local_services import poll_until
+from archiver.metrics.collector import ArchiverCollector
 from archiver.packing import audit, naming
 from archiver.scicat.models import NewDatablock
 from tests import lts_layout
+from tests.integration.cold_lts import pipeline_store, use_cold_lts
 from tests.integration.task_history import most_at_once, tagged_task_runs_since
 
 pytestmark = pytest.mark.integration
@@ -199,6 +202,47 @@ def test_the_byte_budget_holds_and_the_next_run_takes_the_next_oldest(pipeline):
     assert all(tags == [verify_tag] for _, tags in read_first + read_second)
 
 
+def test_an_audit_of_a_cold_store_restores_within_its_budget_and_checks_every_stored_checksum(
+    pipeline, s3, cold_s3_proxy, unique_name
+):
+    """Four datablocks of about 0.6 MB on the cold tier stand-in; a restore budget of 1 MB re-reads (restores)
+    the one verified longest ago, and S3's checksums of all four are checked: the one whose stored bytes were
+    replaced behind the store's back is found, though it was verified most recently and not restored."""
+    bucket = f"{unique_name}-lts"
+    use_cold_lts(pipeline, s3, cold_s3_proxy, bucket)
+    pipeline.set_settings(LTS_STORAGE_ROOT=str(pipeline.lts_root / "not-mounted"))  # no folder on s3: not used
+    pid, blocks = archived(pipeline, num_files=4)
+    store = pipeline_store(pipeline)
+    assert cold_s3_proxy.tier.restore_requests == []  # archival verified by S3's checksums
+    damaged = blocks[-1].archive_id
+    audit.record_verification(store, damaged, datetime.now(UTC), [])  # the last one the budget would take
+    stored = bytearray(s3.get_object(Bucket=bucket, Key=damaged)["Body"].read())
+    stored[-2048] ^= 0x01  # the same size: only a checksum tells
+    s3.put_object(Bucket=bucket, Key=damaged, Body=bytes(stored), StorageClass="DEEP_ARCHIVE")
+    pipeline.set_settings(LTS_AUDIT_RESTORE_BUDGET_MB=1)
+
+    state = lts_audit(return_state=True)
+
+    restored = [key for _, key, _ in cold_s3_proxy.tier.restore_requests]
+    sizes = {b.archive_id: b.packed_size for b in blocks}
+    assert len(restored) == 1 and sum(sizes[key] for key in restored) <= 1024 * 1024
+    assert damaged not in restored
+    assert [archive_id for archive_id, _ in reread_in(state)] == restored
+    findings = findings_of(state)
+    assert [(f.kind, f.pid, f.what) for f in findings] == [("fixity", pid, damaged)], [f.line() for f in findings]
+    assert "keeps no SHA-256" in findings[0].detail
+    assert json.loads(store.read_text(audit.audit_record_key(damaged)))["ok"] is False  # re-read first next time
+
+    pipeline.set_settings(LTS_AUDIT_RESTORE_BUDGET_MB=0)
+    lts_audit(return_state=True)
+    assert len(cold_s3_proxy.tier.restore_requests) == 1  # a budget of 0: nothing restored
+
+    config = load_run_configuration()
+    metrics = {family.name: family for family in ArchiverCollector(lambda: config, lambda: s3)._lts(config)}
+    assert metrics["archiver_lts_datablocks_failing_audit"].samples[0].value == 1
+    assert "archiver_lts_free_ratio" not in metrics  # a bucket has no free space to report
+
+
 def test_the_audit_command_names_the_problem_and_exits_1(pipeline):
     pid, blocks = archived(pipeline, 1)
     flip_a_byte(pipeline, blocks[0].archive_id)
@@ -258,16 +302,50 @@ def table_rows(state) -> list[dict]:
 
 
 def verified_in(state) -> list[tuple[str, list[str]]]:
-    """(archiveId, tags) of the verification task runs of an audit run, from Prefect's task-run history."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter, TaskRunFilterName
+    """(archiveId, tags of the task run that read it) of each datablock the audit run read back."""
+    return read_back_in(state, "verification of ")
 
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])),
-            task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="verify ")),
-        )
-    return [(run.name.removeprefix("verify "), sorted(run.tags)) for run in runs]
+
+def reread_in(state) -> list[tuple[str, list[str]]]:
+    """(archiveId, tags of the task run that read it) of each datablock an audit run of a cold store re-read."""
+    return read_back_in(state, "re-read of ")
+
+
+def read_back_in(state, prefix: str, timeout_s: float = 30) -> list[tuple[str, list[str]]]:
+    """(archiveId, tags of its slice task run) of each datablock whose outcome the audit run's slices logged
+    (`<prefix><archiveId> done` or `... failed: ...`), from Prefect's task-run history and logs. Logs are
+    shipped in batches: polled until each slice's last line, Prefect's "Finished in state", is there."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        LogFilter,
+        LogFilterTaskRunId,
+        TaskRunFilter,
+        TaskRunFilterName,
+    )
+
+    def logged():
+        with get_client(sync_client=True) as client:
+            slices = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])),
+                task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="audit fixity reads (slice")),
+            )
+            logs = client.read_logs(
+                log_filter=LogFilter(task_run_id=LogFilterTaskRunId(any_=[s.id for s in slices])), limit=200
+            )
+        ended = {log.task_run_id for log in logs if log.message.startswith("Finished in state")}
+        if ended != {s.id for s in slices}:
+            return None
+        tags = {s.id: sorted(s.tags) for s in slices}
+        read = [
+            (log.message.removeprefix(prefix).split(" ", 1)[0], tags[log.task_run_id])
+            for log in logs
+            if log.message.startswith(prefix)
+        ]
+        return (read,)  # a tuple: no read is an answer too
+
+    return local_services.poll_until(logged, timeout=timeout_s, what="the audit's slices to log their reads")[0]
 
 
 def problem_events(state, until, timeout_s: float = 30) -> set[tuple[str, str, str]]:
@@ -326,9 +404,13 @@ def test_an_audit_during_an_archival_shares_the_verify_limit_and_takes_its_datab
 
     assert states["archive"].is_completed(), states["archive"]
     assert states["audit"].is_completed(), exception_of(states["audit"])
-    verifications = tagged_task_runs_since(verify_tag, "verify ", since)
+    verifications = tagged_task_runs_since(verify_tag, "", since)
     audit_run = states["audit"].state_details.flow_run_id
     from_audit = [r for r in verifications if r.flow_run_id == audit_run]
-    # The archival verifies its eight datablocks in slices (flows/lts_slices.py), the audit one task each.
-    assert len(from_audit) >= 6 and any(busy in r.name for r in verifications if r not in from_audit)
+    read_back = states["audit"].result()["checked"]
+    print(f"audit beside an archival: {read_back} datablocks read back in {len(from_audit)} {verify_tag} task runs")
+    # Both read in slices holding the slot (flows/lts_slices.py): the archival its eight datablocks, the audit
+    # every datablock on the LTS then, in fewer task runs than datablocks.
+    assert read_back >= 6 and 1 <= len(from_audit) < read_back, (read_back, [r.name for r in from_audit])
+    assert any(busy in r.name for r in verifications if r not in from_audit)
     assert most_at_once([(r.start_time, r.end_time) for r in verifications]) == 1

@@ -9,7 +9,7 @@ import time
 import pytest
 from botocore.exceptions import ClientError
 
-from archiver.storage.s3 import s3_client
+from archiver.storage.s3 import MIN_PART_SIZE, MultipartUpload, composite_sha256, s3_client, sha256_base64
 from tests.conftest import S3_TEST_ACCOUNTS, S3_TEST_CREDENTIALS, S3_TEST_REGION
 
 RESTORE = {"Days": 1, "GlacierJobParameters": {"Tier": "Bulk"}}
@@ -88,6 +88,23 @@ def test_a_multipart_upload_with_a_cold_storage_class_is_cold(cold_s3, bucket):
         Bucket=bucket, Key="mp", UploadId=upload, MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]}
     )
     assert _code(lambda: cold_s3.get_object(Bucket=bucket, Key="mp")) == "InvalidObjectState"
+
+
+def test_a_frozen_objects_head_names_its_stored_sha256_while_its_get_is_refused(cold, cold_s3, bucket):
+    """What archival's verification of a cold datablock relies on: HeadObject answers for an archived object
+    (AWS names its restore state there), with the checksum S3 keeps, and asks no restore."""
+    parts = [b"a" * MIN_PART_SIZE, b"b" * 10]
+    with MultipartUpload(cold_s3, bucket, "mp", MIN_PART_SIZE, storage_class="DEEP_ARCHIVE", sha256_parts=True) as up:
+        for part in parts:
+            up.write(part)
+        up.complete()
+
+    head = cold_s3.head_object(Bucket=bucket, Key="mp", ChecksumMode="ENABLED")
+
+    assert head["ChecksumSHA256"] == composite_sha256([sha256_base64(part) for part in parts])
+    assert head["StorageClass"] == "DEEP_ARCHIVE" and "Restore" not in head
+    assert _code(lambda: cold_s3.get_object(Bucket=bucket, Key="mp")) == "InvalidObjectState"
+    assert cold.tier.restore_requests == []
 
 
 def test_other_objects_and_requests_pass_through_with_their_signature(cold, cold_s3, bucket):

@@ -12,9 +12,9 @@ import tomli_w
 
 from archiver.config.limits import load_limits_file
 from archiver.config.runtime import load_run_configuration
-from archiver.config.secrets import ARCHIVER_S3, PREFECT_SECRETS, read_secret
+from archiver.config.secrets import ARCHIVER_S3, LTS_S3, PREFECT_SECRETS, read_secret
 from archiver.config.settings import flat_values, load_vars_file, variable_name
-from tests.conftest import S3_TEST_ACCOUNTS
+from tests.conftest import S3_TEST_ACCOUNTS, S3_TEST_REGION, write_s3_account
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[3]
@@ -295,6 +295,44 @@ def test_a_value_changed_in_the_ui_is_reset_saying_so(workdir, prefect_api_url):
     [line] = [line for line in result.stdout.splitlines() if line.startswith("variable archiver_target_size_mb")]
     assert line.startswith("variable archiver_target_size_mb: updated (Prefect had 7, the file says")
     assert "change made in the UI is reset" in line
+
+
+def test_a_key_taken_out_of_the_file_is_deleted_from_prefect_so_its_default_applies(workdir, prefect_api_url):
+    vars_file = workdir / "prefect-vars.toml"
+    default = vars_file.read_text()
+    data = tomllib.loads(default)
+    data["lts"]["LTS_FILE_UID"] = 4321
+    vars_file.write_text(tomli_w.dumps(data))
+    assert run_config(workdir, prefect_api_url).returncode == 0
+    assert load_run_configuration(environ={}).settings.lts.file_uid == 4321
+
+    vars_file.write_text(default)
+    result = run_config(workdir, prefect_api_url)
+    assert result.returncode == 0, result.stderr
+    assert "variable lts_file_uid: deleted (not in the file any more: its default applies)" in result.stdout
+    assert load_run_configuration(environ={}).settings == load_vars_file(vars_file)
+
+
+def test_a_cold_lts_needs_an_lts_account_that_reaches_its_bucket(
+    workdir, prefect_api_url, s3_endpoint, s3, unique_name
+):
+    from prefect.blocks.system import Secret
+
+    bucket = f"{unique_name}-lts"
+    data = tomllib.loads((workdir / "prefect-vars.toml").read_text())
+    data["lts"].update(
+        LTS_BACKEND="s3", LTS_S3_ENDPOINT=s3_endpoint, LTS_S3_REGION=S3_TEST_REGION, LTS_S3_BUCKET=bucket
+    )
+    (workdir / "prefect-vars.toml").write_text(tomli_w.dumps(data))
+    refused = run_config(workdir, prefect_api_url)  # `archiver secrets init`'s random keys, no bucket
+    assert refused.returncode != 0
+    assert all(part in refused.stderr for part in ("ltss3user.txt", repr(bucket), "LTS_S3_BUCKET")), refused.stderr
+
+    s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": S3_TEST_REGION})
+    write_s3_account(workdir / ".secrets", LTS_S3, S3_TEST_ACCOUNTS[ARCHIVER_S3])
+    accepted = run_config(workdir, prefect_api_url)
+    assert accepted.returncode == 0, accepted.stderr
+    assert Secret.load(LTS_S3.user.prefect_block).get() == S3_TEST_ACCOUNTS[ARCHIVER_S3].access_key
 
 
 def test_wrong_or_missing_prefect_credentials_are_one_clear_error_and_write_nothing(workdir, prefect_api_url):

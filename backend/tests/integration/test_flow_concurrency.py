@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import contextvars
 import threading
+import tomllib
 from datetime import UTC, datetime
 
 import pytest
 
 from archiver.flows.archive import archive_datasets_flow
 from archiver.flows.dataset_creation import create_test_dataset_flow
+from archiver.flows.retrieve import retrieve_datasets_flow
 from archiver.local_services import poll_until
 from archiver.packing import naming
 from tests import lts_layout
 from tests.integration.served import start_served_archival
-from tests.integration.task_history import asked_at, most_at_once, tagged_task_runs_since
+from tests.integration.task_history import asked_at, most_at_once, tagged_task_runs_below, tagged_task_runs_since
 
 pytestmark = pytest.mark.integration
 
@@ -74,7 +76,8 @@ def test_a_second_job_gets_the_lts_within_one_slice_of_a_long_one(pipeline):
     slice_s = 2
     pipeline.set_settings(LTS_SLOT_SLICE_SECONDS=slice_s)
     pipeline.set_limits(MOVE_TO_LTS_LIMIT=1, LTS_FREE_LIMIT=16, VERIFY_LTS_LIMIT=16)
-    long = create_test_dataset_flow(num_files=80, file_size_mb=1.0)  # 80 datablocks at the 1 MB target
+    # 240 datablocks at the 1 MB target: writing them outlasts the short job's start even on an idle machine
+    long = create_test_dataset_flow(num_files=240, file_size_mb=1.0)
     short = create_test_dataset_flow(num_files=2, file_size_mb=1.0)
     long_job, short_job = pipeline.new_job("archive", [long]), pipeline.new_job("archive", [short])
     since = datetime.now(UTC)
@@ -98,6 +101,29 @@ def test_a_second_job_gets_the_lts_within_one_slice_of_a_long_one(pipeline):
     assert most_at_once([(w.start_time, w.end_time) for w in writes]) == 1
     assert long_slices[-1].end_time > first_short.end_time, "the long job ended before the short one wrote"
     assert waited <= slice_s + 2, [(w.name, w.start_time, w.end_time) for w in writes]
+
+
+def test_a_retrieval_reads_many_datablocks_in_a_few_tagged_task_runs(pipeline):
+    """20 datablocks (a 0.8 MB file each at the 1 MB target) retrieved whole, then 10 of their files alone: each
+    retrieval holds the LTS_TO_RETRIEVAL_LIMIT slot in time slices (flows/lts_slices.py), not in a tagged task
+    run per datablock (two concurrency API calls each), read from the task-run history of each job's runs."""
+    tag = tomllib.loads(pipeline.limits_file.read_text())["LTS_TO_RETRIEVAL_LIMIT"]["tag"]
+    pid = create_test_dataset_flow(num_files=20, file_size_mb=0.8)
+    archive_datasets_flow(job_id=pipeline.new_job("archive", [pid]))
+    assert len(pipeline.scicat.get_datablocks(pid)) == 20
+    whole = retrieve_datasets_flow(job_id=pipeline.new_job("retrieve", [pid]), return_state=True)
+    files = [f"file_{i:04d}.bin" for i in range(0, 20, 2)]  # in 10 datablocks
+    partial = retrieve_datasets_flow(job_id=pipeline.new_job("retrieve", [pid], files={pid: files}), return_state=True)
+    assert whole.is_completed() and partial.is_completed(), (whole, partial)
+
+    whole_runs, partial_runs = (tagged_task_runs_below(tag, s.state_details.flow_run_id) for s in (whole, partial))
+    print(
+        f"{tag} task runs: {len(whole_runs)} for 20 datablocks retrieved whole, "
+        f"{len(partial_runs)} for 10 files of 10 datablocks"
+    )
+    # One slice each (LTS_TO_RETRIEVAL_LIMIT 1, 60 s slices); two if a slow machine takes over a minute.
+    assert 1 <= len(whole_runs) <= 2 and 1 <= len(partial_runs) <= 2, [r.name for r in whole_runs + partial_runs]
+    assert all(r.state.is_completed() for r in whole_runs + partial_runs)
 
 
 def test_cancelled_archival_cleans_up_and_reports(pipeline, serve_deployments):

@@ -17,11 +17,12 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_stat
 
 from archiver.flows.lts_tasks import verify_stored_datablock
 from archiver.packing import naming
-from archiver.packing.archive import archive_datablock, datablocks_on_lts, verify_datablock
+from archiver.packing.archive import archive_datablock, datablocks_on_lts, reread_datablock, verify_datablock
 from archiver.packing.errors import DatablockExistsError, IntegrityError
 from archiver.packing.planning import list_dataset_files, plan_datablocks
+from archiver.packing.records import read_manifest
 from archiver.storage.lts import DatasetBusyError, LtsWaitTimeout
-from archiver.storage.s3 import s3_client
+from archiver.storage.s3 import MultipartUpload, s3_client
 from archiver.storage.s3_lease_lock import lease_lock
 from archiver.storage.s3_store import RestorePolicy, S3ColdLtsStore
 from tests.conftest import S3_TEST_CREDENTIALS, S3_TEST_REGION
@@ -45,7 +46,7 @@ def publish_bytes(store: S3ColdLtsStore, key: str, data: bytes, during=None) -> 
             during()
         return len(data)
 
-    store.publish_datablock(key, key + ".manifest.json", write, lambda size: f'{{"size": {size}}}')
+    store.publish_datablock(key, key + ".manifest.json", write, lambda size, _stored: f'{{"size": {size}}}')
 
 
 def restore_requests(proxy, bucket: str, key: str) -> int:
@@ -73,15 +74,81 @@ def test_a_datablock_is_written_cold_then_restored_and_verified(s3, bucket, cold
     assert manifest.get("StorageClass", "STANDARD") == "STANDARD"
     assert [m.archiveId for m in datablocks_on_lts(store, PID).manifests] == [block.archive_id]
     assert store.location == f"s3://{lts_bucket}/lts"
-    with pytest.raises((IntegrityError, OSError), match="InvalidObjectState"):
-        verify_datablock(store, block.archive_id)  # not restored yet: S3 refuses the read
+    assert read_manifest(store, block.archive_id).storedChecksum == tar["ChecksumSHA256"]  # S3's, `<base64>-2`
 
-    verified = verify_stored_datablock(store, block.archive_id, file_timeout_s=1)
+    verified = verify_stored_datablock(store, block.archive_id, file_timeout_s=1)  # S3's checksum, no restore
 
     assert verified.record() == record
+    assert cold_s3_proxy.tier.restore_requests == []
+    with pytest.raises(OSError, match="InvalidObjectState"):
+        store.open_datablock(block.archive_id).read(1)  # still frozen: nothing read it
+    assert reread_datablock(store, block.archive_id, file_timeout_s=1).record() == record  # restored, read
     assert restore_requests(cold_s3_proxy, lts_bucket, block.archive_id) == 1
     with pytest.raises(DatablockExistsError):
         archive_datablock(s3, bucket, block, store)
+
+
+def test_a_manifest_without_a_stored_checksum_is_verified_by_reading_back(s3, bucket, cold_s3_proxy, lts_bucket):
+    """A manifest written before the store recorded its checksum: verification restores and reads, never
+    passes on a checksum it does not have."""
+    s3.put_object(Bucket=bucket, Key=naming.landing_prefix(PID) + "a.bin", Body=os.urandom(MiB))
+    store = cold_store(cold_s3_proxy, lts_bucket)
+    [block] = plan_datablocks(PID, list_dataset_files(s3, bucket, PID), 100 * MiB)
+    archive_datablock(s3, bucket, block, store)
+    manifest_key = f"lts/{naming.manifest_id(block.archive_id)}"
+    older = read_manifest(store, block.archive_id).model_copy(update={"storedChecksum": None})
+    s3.put_object(Bucket=lts_bucket, Key=manifest_key, Body=older.to_json().encode())
+    assert "storedChecksum" not in s3.get_object(Bucket=lts_bucket, Key=manifest_key)["Body"].read().decode()
+
+    with pytest.raises(OSError, match="InvalidObjectState"):
+        verify_datablock(store, block.archive_id)  # no wait asked: the frozen object is refused
+    verify_stored_datablock(store, block.archive_id, file_timeout_s=1)
+
+    assert restore_requests(cold_s3_proxy, lts_bucket, block.archive_id) == 1
+
+
+def rewrite_plainly(s3, bucket: str, key: str, data: bytes) -> None:
+    """The object replaced in the bucket behind the store's back, with no checksum (as an old tool would)."""
+    s3.put_object(Bucket=bucket, Key=key, Body=data, StorageClass="DEEP_ARCHIVE")
+
+
+def rewrite_in_parts(s3, bucket: str, key: str, data: bytes) -> None:
+    """The object replaced in the bucket behind the store's back, in parts with their SHA-256 as the store writes."""
+    with MultipartUpload(s3, bucket, key, 5 * MiB, storage_class="DEEP_ARCHIVE", sha256_parts=True) as upload:
+        upload.write(data)
+        upload.complete()
+
+
+def truncate(s3, bucket: str, key: str, data: bytes) -> None:
+    rewrite_in_parts(s3, bucket, key, data[: len(data) - 512])
+
+
+CORRUPTIONS = {  # how the stored bytes come to differ, and what verification says
+    "one byte, no checksum": (rewrite_plainly, "keeps no SHA-256"),
+    "one byte, new checksum": (rewrite_in_parts, "the one computed while writing it"),
+    "512 bytes short": (truncate, "the manifest records"),
+}
+
+
+@pytest.mark.parametrize("corruption", CORRUPTIONS, ids=list(CORRUPTIONS))
+def test_a_datablock_whose_stored_bytes_differ_fails_verification_naming_it_without_a_restore(
+    s3, bucket, cold_s3_proxy, lts_bucket, corruption
+):
+    s3.put_object(Bucket=bucket, Key=naming.landing_prefix(PID) + "raw/big.mrc", Body=os.urandom(6 * MiB))
+    store = cold_store(cold_s3_proxy, lts_bucket)
+    [block] = plan_datablocks(PID, list_dataset_files(s3, bucket, PID), 100 * MiB)
+    archive_datablock(s3, bucket, block, store)
+    key = f"lts/{block.archive_id}"
+    stored = bytearray(s3.get_object(Bucket=lts_bucket, Key=key)["Body"].read())  # past the stand-in
+    stored[3 * MiB] ^= 0x01
+    rewrite, says = CORRUPTIONS[corruption]
+    rewrite(s3, lts_bucket, key, bytes(stored))
+
+    with pytest.raises(IntegrityError, match=says) as failed:
+        verify_stored_datablock(store, block.archive_id, file_timeout_s=1)
+
+    assert block.archive_id in str(failed.value) and f"s3://{lts_bucket}/{key}" in str(failed.value)
+    assert cold_s3_proxy.tier.restore_requests == []
 
 
 def test_publishing_never_replaces_a_datablock_or_manifest(s3, bucket, cold_s3_proxy, lts_bucket):

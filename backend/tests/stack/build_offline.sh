@@ -5,7 +5,8 @@
 #   2. Docker Compose v2 from Debian 13 (pinned low: nothing else is taken from trixie), if missing;
 #   3. dockerd, if not running;
 #   4. the base image local/python-base:bookworm (debootstrap + the host's CA bundle), if missing;
-#   5. the stand-in images selected by offline.env (PostgreSQL, Caddy, SeaweedFS S3 for MinIO, Prometheus); layer cache.
+#   5. the stand-in images selected by offline.env (PostgreSQL, Caddy, SeaweedFS S3 for MinIO, Prometheus, Redis for
+#      the `ha` profile); layer cache.
 # Idempotent: a second run only checks and takes seconds. Needs root and apt-get.
 # What it leaves on the machine, and how to undo it:
 #   - packages docker.io, debootstrap, chromium, docker-compose:  apt-get remove <package>
@@ -84,7 +85,7 @@ build_base_image() {
 build_standins() {
     # Image names come from offline.env, so the compose file and this script agree.
     local variable name image
-    for variable in POSTGRES_IMAGE:postgres PROXY_IMAGE:proxy MINIO_IMAGE:s3 PROMETHEUS_IMAGE:prometheus; do
+    for variable in POSTGRES_IMAGE:postgres PROXY_IMAGE:proxy MINIO_IMAGE:s3 PROMETHEUS_IMAGE:prometheus REDIS_IMAGE:redis; do
         name=${variable#*:}
         image=$(sed -n "s/^${variable%%:*}=//p" "$here/offline.env")
         step "stand-in $image"

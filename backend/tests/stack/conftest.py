@@ -57,6 +57,7 @@ class Stack:
     base_url: str  # the proxy, e.g. http://127.0.0.1:PORT
     secrets_dir: Path
     one_shots: dict[str, subprocess.CompletedProcess] = field(default_factory=dict)
+    env_files: tuple[str, ...] = ENV_FILES  # what `compose()` passes; the runbook's COMPOSE_ENV_FILES
 
     lts_root: str = LTS_ROOT
 
@@ -89,7 +90,7 @@ class Stack:
         self, *args: str, check: bool = True, timeout: float = 900, env: dict[str, str] | None = None
     ) -> subprocess.CompletedProcess:
         """`docker compose` on this stack; `env` adds to (and wins over) the stack's settings for this call."""
-        env_files = [arg for name in ENV_FILES for arg in ("--env-file", name)]
+        env_files = [arg for name in self.env_files for arg in ("--env-file", name)]
         command = ["docker", "compose", "-p", self.project, *env_files, *args]
         result = subprocess.run(
             command, cwd=REPO, env={**self.env, **(env or {})}, capture_output=True, text=True, timeout=timeout
@@ -263,11 +264,23 @@ def run_runbook(lines: list[str], env: dict[str, str], exports: list[str], one_s
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory) -> Stack:
+    yield from running_stack(tmp_path_factory, "archiver-stacktest", runbook("up"), ENV_FILES)
+
+
+@pytest.fixture(scope="session")
+def stack_runner():
+    """`running_stack` for a test module's own stack fixture (test_ha.py). Through this fixture, not an import:
+    pytest loads this file as the module `conftest`, and only its notes and timings reach the summary."""
+    return running_stack
+
+
+def running_stack(tmp_path_factory, name: str, up: list[str], env_files: tuple[str, ...]):
+    """The body of a session-scoped stack fixture: the runbook lines `up`, the Stack, and the reset."""
     reason = _skip_reason()
     if reason:
         pytest.skip(reason)
-    secrets_dir = tmp_path_factory.mktemp("stack-secrets")
-    project = f"archiver-stacktest-{uuid.uuid4().hex[:8]}"
+    secrets_dir = tmp_path_factory.mktemp(f"{name}-secrets")
+    project = f"{name}-{uuid.uuid4().hex[:8]}"
     proxy_port = free_port()
     env = {
         "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
@@ -287,10 +300,10 @@ def stack(tmp_path_factory) -> Stack:
         # checkout cannot change what this stack's flow runs execute. Layers are still shared.
         "ARCHIVER_IMAGE": f"archiver-runtime:{project}",
     }
-    stack = Stack(project, env, f"http://127.0.0.1:{proxy_port}", secrets_dir)
+    stack = Stack(project, env, f"http://127.0.0.1:{proxy_port}", secrets_dir, env_files=env_files)
     exports: list[str] = []
     try:
-        run_runbook(runbook("up"), env, exports, stack.one_shots)
+        run_runbook(up, env, exports, stack.one_shots)
         yield stack
     finally:
         try:
@@ -471,23 +484,29 @@ class Operator:
     # --- checks ---
 
     def assert_archived(self, pid: str, job_id: str) -> None:
-        """Job successful, dataset archived in SciCat, one verified-looking datablock per file on the LTS
-        (datablocks of at most 1 MB: the `operator` fixture), nothing left in the landing zone."""
-        assert self.job(job_id)["jobStatusMessage"] == "finishedSuccessful"
-        lifecycle = self.dataset(pid)["datasetlifecycle"]
-        assert lifecycle["archiveStatusMessage"] == "datasetOnArchiveDisk"
-        assert (lifecycle["archivable"], lifecycle["retrievable"]) == (False, True)
-        count = len(self.originals[pid])
-        blocks = self.datablocks(pid)
-        assert len(blocks) == count, blocks
-        assert sorted(f["path"] for b in blocks for f in b["dataFileList"]) == sorted(self.originals[pid])
+        """As `assert_archived_whatever_the_store`, and one verified-looking datablock per file on the LTS volume."""
+        blocks = self.assert_archived_whatever_the_store(pid, job_id)
+        count = len(blocks)
         stem = safe_name(pid)
         expected = sorted(
             [f"datablocks/{stem}_{i:05d}{suffix}" for i in range(count) for suffix in (".tar", ".manifest.json")]
         )
         assert self.lts_files(pid) == expected
         assert {b["archiveId"].rsplit("/", 1)[-1] for b in blocks} == {f"{stem}_{i:05d}.tar" for i in range(count)}
+
+    def assert_archived_whatever_the_store(self, pid: str, job_id: str) -> list[dict]:
+        """What an archival shows on any LTS store: job successful, dataset archived in SciCat with one datablock
+        per file (datablocks of at most 1 MB: the `operator` fixture) listing the uploaded files, nothing left in
+        the landing zone. Returns the datablocks."""
+        assert self.job(job_id)["jobStatusMessage"] == "finishedSuccessful"
+        lifecycle = self.dataset(pid)["datasetlifecycle"]
+        assert lifecycle["archiveStatusMessage"] == "datasetOnArchiveDisk"
+        assert (lifecycle["archivable"], lifecycle["retrievable"]) == (False, True)
+        blocks = self.datablocks(pid)
+        assert len(blocks) == len(self.originals[pid]), blocks
+        assert sorted(f["path"] for b in blocks for f in b["dataFileList"]) == sorted(self.originals[pid])
         assert self.landing_zone(pid) == []
+        return blocks
 
     def assert_lts_holds_originals(self, pid: str) -> None:
         """Every registered datablock read back from the LTS volume holds the uploaded files, byte for byte."""

@@ -54,6 +54,17 @@ def test_every_long_running_service_is_running_and_healthy(stack):
         assert services[name]["Health"] == "healthy", f"{name}: health {services[name]['Health']!r}"
 
 
+def test_the_default_stack_runs_the_single_server_and_nothing_of_the_ha_profile(stack):
+    """Without .ha.env: one prefect-server, the clients on it directly, no replica, services container or Redis."""
+    services = stack.services()
+    ha_only = {"prefect-api-1", "prefect-api-2", "prefect-services", "prefect-migrate", "redis"}
+    assert ha_only & set(services) == set()
+    assert ha_only & stack.enabled_services() == set()
+    worker = stack.services()["prefect-archival-worker"]["ID"]
+    environment = json.loads(subprocess.run(["docker", "inspect", worker], capture_output=True, text=True).stdout)
+    assert "PREFECT_API_URL=http://prefect-server:4200/prefect-ui/api" in environment[0]["Config"]["Env"]
+
+
 def test_only_intended_ports_are_published_and_only_on_loopback(stack):
     published = [
         (name, publisher)
@@ -71,6 +82,14 @@ def test_prefect_config_one_shot_succeeded(stack):
     result = stack.one_shots["prefect-config"]
     assert result.returncode == 0, result.stdout + result.stderr
     assert "archiver config:" in result.stdout
+
+
+def test_prefect_config_run_again_changes_nothing(stack):
+    """The runbook's promise that the one-shot can be run again (after a failure, or to apply a change)."""
+    first = stack.one_shots["prefect-config"]
+    again = stack.compose("run", "--rm", "prefect-config", check=False)
+    assert first.returncode == 0 and again.returncode == 0, again.stdout + again.stderr
+    assert "no changes" in again.stdout, again.stdout
 
 
 def test_prefect_has_the_variables_of_prefect_vars_toml_with_the_development_overrides(stack):

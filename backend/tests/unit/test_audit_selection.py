@@ -65,6 +65,16 @@ def test_the_oldest_datablock_is_read_even_when_larger_than_the_budget_and_never
     assert audit.select_for_fixity(small, None) == sorted(small, key=lambda b: b.last_verified)
 
 
+def test_a_restore_budget_is_never_exceeded_nor_the_oldest_overtaken():
+    huge = audit.StoredDatablock("huge", "pid", 50 * MB, START - timedelta(days=30))
+    small = [audit.StoredDatablock(f"s{i}", "pid", MB, START - timedelta(days=i)) for i in range(5)]
+    assert audit.select_for_fixity([huge, *small], 10 * MB, oldest_always=False) == []
+    assert (
+        audit.select_for_fixity(small, 3 * MB, oldest_always=False) == sorted(small, key=lambda b: b.last_verified)[:3]
+    )
+    assert audit.select_for_fixity(small, 0, oldest_always=False) == []
+
+
 def write_manifest(lts_root, pid: str, index: int, chk: str, created: datetime) -> str:
     archive_id = naming.archive_id(pid, index)
     tar = lts_layout.datablock_path(lts_root, archive_id)

@@ -6,13 +6,12 @@ import inspect
 import pkgutil
 
 import pytest
-from prefect.states import Failed
 
 import archiver
 from archiver.errors import ArchiverError, Verdict, verdict_of
 from archiver.flows.failures import describe_failure
 from archiver.flows.jobs import NoDatasetsError, job_verdict
-from archiver.flows.lts_tasks import _may_recover
+from archiver.flows.lts_tasks import may_retry_storage
 from archiver.packing.errors import IntegrityError, InvalidPidError, MissingFilesError
 from archiver.packing.retained import RetrievalBudgetError, RetrievalBusyError
 from archiver.scicat.models import JobStatus
@@ -68,8 +67,8 @@ def test_each_error_has_its_verdict(error, verdict):
         (OSError(5, "Input/output error"), True),
     ],
 )
-def test_a_storage_task_retries_only_passing_system_faults(error, retried):
-    assert _may_recover(None, None, Failed(data=error)) is retried
+def test_lts_work_retries_only_passing_system_faults(error, retried):
+    assert may_retry_storage(error) is retried
 
 
 def test_a_full_retrieval_bucket_finishes_the_job_with_dataset_errors_described_as_it_is():

@@ -4,12 +4,14 @@ listing, replacing text, setting aside (never replacing), removing folders, name
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from archiver.config.settings import LtsSection
-from archiver.storage.lts import AlreadyPublishedError, DatasetBusyError, FileOwnership
+from archiver.packing.records import Manifest
+from archiver.storage.lts import AlreadyPublishedError, DatasetBusyError, FileOwnership, LtsWaitTimeout, ReadState
 from archiver.storage.lts_store import LtsStore, open_store
 from archiver.storage.posix_store import PosixLtsStore
 from archiver.storage.s3 import S3Credentials
@@ -29,7 +31,7 @@ def publish(store: LtsStore, data: bytes, key: str = KEY, manifest_key: str = MA
         out.write(data)
         return len(data)
 
-    store.publish_datablock(key, manifest_key, write, lambda size: f'{{"size": {size}}}')
+    store.publish_datablock(key, manifest_key, write, lambda size, _stored: f'{{"size": {size}}}')
 
 
 def test_a_published_datablock_reads_back_with_its_manifest(store):
@@ -40,6 +42,20 @@ def test_a_published_datablock_reads_back_with_its_manifest(store):
     store.wait_until_readable(KEY, 1)
     with store.open_datablock(KEY) as raw:
         assert raw.read() == b"tar bytes"
+
+
+def test_all_datablocks_wait_until_readable_each_reported_ready_in_turn_or_the_missing_one_named(store):
+    other = f"{FOLDER}/x_00001.tar"
+    publish(store, b"first")
+    publish(store, b"second", other, f"{FOLDER}/x_00001.manifest.json")
+    heard: list[dict] = []
+
+    store.wait_until_all_readable([KEY, other], 1, heard.append)
+
+    assert heard == [{KEY: ReadState.READY, other: ReadState.WAITING}, {KEY: ReadState.READY, other: ReadState.READY}]
+    missing = f"{FOLDER}/x_00002.tar"
+    with pytest.raises(LtsWaitTimeout, match="x_00002.tar"):
+        store.wait_until_all_readable([KEY, missing], 0.2)
 
 
 def test_publishing_never_replaces_a_datablock_or_its_manifest(store):
@@ -53,7 +69,12 @@ def test_publishing_never_replaces_a_datablock_or_its_manifest(store):
         publish(store, b"other writer", key=f"{FOLDER}/x_00002.tar", manifest_key=f"{FOLDER}/x_00001.manifest.json")
 
     with pytest.raises(FileExistsError) as raised:
-        store.publish_datablock(f"{FOLDER}/x_00001.tar", f"{FOLDER}/x_00001.manifest.json", taken_meanwhile, str)
+        store.publish_datablock(
+            f"{FOLDER}/x_00001.tar",
+            f"{FOLDER}/x_00001.manifest.json",
+            taken_meanwhile,
+            lambda written, _stored: str(written),
+        )
     assert not isinstance(raised.value, AlreadyPublishedError)
 
     with store.open_datablock(KEY) as raw:
@@ -74,7 +95,7 @@ def test_a_failed_write_publishes_nothing(store):
         raise OSError("landing zone gone")
 
     with pytest.raises(OSError, match="landing zone gone"):
-        store.publish_datablock(KEY, MANIFEST, fails, str)
+        store.publish_datablock(KEY, MANIFEST, fails, lambda written, _stored: str(written))
     assert store.datablock_names(FOLDER) == []
 
 
@@ -258,3 +279,26 @@ def test_lts_backend_s3_builds_the_cold_s3_store_from_its_settings(tmp_path):
 def test_the_cold_s3_settings_refuse_what_cannot_work(tmp_path, values, problem):
     with pytest.raises(ValueError, match=problem):
         LtsSection(storage_root=tmp_path, free_space_percentage=0, **values)
+
+
+def test_the_posix_store_verifies_by_reading_the_datablock_back(store):
+    publish(store, b"tar bytes")
+    read = []
+
+    def check(raw) -> list[str]:
+        read.append(raw.read())
+        return ["what the check found"]
+
+    assert store.verification_reads and store.space_is_limited
+    assert store.verify_datablock(KEY, 9, None, check, timeout_s=1) == ["what the check found"]
+    assert read == [b"tar bytes"]
+    [unreadable] = store.verify_datablock(f"{FOLDER}/x_00009.tar", 9, None, check)
+    assert unreadable.startswith("tar file unreadable") and len(read) == 1
+
+
+def test_a_manifest_without_a_stored_checksum_is_written_as_before():
+    manifest = Manifest(
+        datasetId="p", archiveId="a", size=0, packedSize=0, chkAlg="sha256", dataFileList=[], chk="c", created="t"
+    )
+    assert "storedChecksum" not in json.loads(manifest.to_json())
+    assert json.loads(manifest.model_copy(update={"storedChecksum": "x-2"}).to_json())["storedChecksum"] == "x-2"

@@ -79,9 +79,13 @@ def retry_refused_connections() -> None:
 
 
 def is_prefect_outage(error: BaseException) -> bool:
-    """A transport error or a 5xx answer from the Prefect API (not a 4xx: that is a real refusal)."""
+    """A transport error or a 5xx answer from the Prefect API (not a 4xx: that is a real refusal), also when it
+    is why a concurrency slot could not be taken."""
+    from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
     from prefect.exceptions import PrefectHTTPStatusError
 
+    if isinstance(error, ConcurrencySlotAcquisitionError) and error.__cause__ is not None:
+        return is_prefect_outage(error.__cause__)
     if isinstance(error, httpx.TransportError):
         return True
     if isinstance(error, (PrefectHTTPStatusError, httpx.HTTPStatusError)):

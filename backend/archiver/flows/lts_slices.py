@@ -19,12 +19,14 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Generic, TypeVar
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
+from archiver.clients.outage import call_prefect
 from archiver.config.limits import TagLimit
 from archiver.flows.cancellation import RunCancelled, RunNotOwned
 from archiver.flows.task_states import exception_of
@@ -119,9 +121,18 @@ class LtsStream(Generic[T, R]):
                 self._slices += 1
                 number = previous = self._slices
             name = f"{self._slice_name} (slice {number})"
-            state = slice_task.with_options(task_run_name=name)(self, number, return_state=True)
-            if number not in self._started:  # it never ran (say, no slot or no API): no item can
-                self._stop(exception_of(state) or RuntimeError(f"{name} did not run ({state.name})"))
+            try:
+                call_prefect(partial(self._run_slice, slice_task, name, number), f"take the LTS slot for {name}")
+            except Exception as error:  # the slice never ran, and not for an outage we wait out: no item can
+                self._stop(error)
+
+    def _run_slice(self, slice_task, name: str, number: int) -> None:
+        """Slice `number`, whatever its items' outcomes; raises what kept it from running (no slot, no API).
+        A slot taken by a request whose answer was lost (a 500 after the server committed it) stays held
+        until its lease expires, nobody renewing it: the limit is never exceeded, only a slot kept idle."""
+        state = slice_task.with_options(task_run_name=name)(self, number, return_state=True)
+        if number not in self._started:
+            raise exception_of(state) or RuntimeError(f"{name} did not run ({state.name})")
 
     def _wait_until_ready(self) -> bool:
         """Whether an item is ready to be taken (waiting for a retry's time or a new item), or none will be."""

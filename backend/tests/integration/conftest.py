@@ -185,3 +185,19 @@ def lts_backend(request, pipeline, s3, unique_name):
     bucket = f"{unique_name}-lts"
     use_cold_lts(pipeline, s3, proxy, bucket)
     return proxy, bucket
+
+
+@pytest.fixture
+def own_prefect(tmp_path, prefect_api_url):
+    """A Prefect server of this test's own (tests/integration/own_prefect.py), with the session server's
+    credentials; point this process at it with `own_prefect.prefect_api(server.api_url)`."""
+    from archiver import local_services
+    from tests.integration.own_prefect import RestartableServer
+
+    with local_services.postgres_database() as database_url:
+        server = RestartableServer(tmp_path / "own-prefect", database_url)
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()

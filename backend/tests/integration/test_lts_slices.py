@@ -10,10 +10,12 @@ from datetime import UTC, datetime
 import pytest
 from prefect import flow
 
+from archiver import local_services
 from archiver.config.limits import TagLimit
 from archiver.flows.cancellation import RunNotOwned
 from archiver.flows.lts_slices import LtsStream
 from archiver.storage import lts
+from tests.integration.own_prefect import prefect_api
 from tests.integration.task_history import most_at_once, tagged_task_runs_since
 
 pytestmark = pytest.mark.integration
@@ -100,3 +102,38 @@ def test_items_added_while_it_runs_are_worked_on_until_closed(limit):
         return run_alongside(feed, lambda: stream.run(1), then=stream.close)[1]
 
     assert open_stream() == [1, 2, 3]
+
+
+def test_a_slice_denied_its_slot_while_prefect_s_database_is_down_asks_again_once_it_is_back(own_prefect, unique_name):
+    """PostgreSQL restarting under the Prefect server: the server answers 500 to a slot acquisition. The stream
+    must wait for the database, not end the dataset's writing with that answer."""
+    from prefect.client.orchestration import get_client
+
+    done: list[int] = []
+    with prefect_api(own_prefect.api_url):
+        with get_client(sync_client=True) as client:
+            client.create_concurrency_limit(unique_name, 1)
+
+        def slots_taken() -> int:
+            with get_client(sync_client=True) as client:
+                return client.read_global_concurrency_limit_by_name(f"tag:{unique_name}").active_slots
+
+        stream = LtsStream(TagLimit(tag=unique_name, limit=1), str, lambda i: done.append(i) or i * 10, 60, "items")
+
+        @flow(name="stream-through-a-database-outage")
+        def stream_through_outage():
+            from archiver.flows.parallel import run_alongside
+
+            def feed():
+                stream.add(0)
+                # The first slice ran out of items and gave its slot back: the next item needs a new slice.
+                local_services.poll_until(lambda: done == [0] and slots_taken() == 0, 60, "the first slice's end")
+                with own_prefect.database_down():
+                    stream.add(1)
+                    time.sleep(8)  # the stream asks for a slot meanwhile
+                    assert done == [0], "item 1 ran without a slot"
+
+            return run_alongside(feed, lambda: stream.run(1), then=stream.close)[1]
+
+        assert stream_through_outage() == [0, 10]
+        assert slots_taken() == 0

@@ -23,58 +23,12 @@ from archiver.packing import naming
 from archiver.packing.archive import verify_datablock
 from archiver.storage.posix_store import PosixLtsStore
 from tests import lts_layout
-from tests.integration.restartable import Restartable
+from tests.integration.own_prefect import RestartableServer, prefect_api
 
 pytestmark = pytest.mark.integration
 
 HEARTBEAT_S, ZOMBIE_WINDOW_S = 30, 35
 OUTAGE_S = float(os.environ.get("ARCHIVER_TEST_OUTAGE_S", HEARTBEAT_S + ZOMBIE_WINDOW_S))
-
-
-@contextlib.contextmanager
-def prefect_api(api_url: str):
-    """This process's Prefect client pointed at `api_url` (settings and environment alike)."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    saved = os.environ.get("PREFECT_API_URL")
-    os.environ["PREFECT_API_URL"] = api_url
-    try:
-        with temporary_settings({PREFECT_API_URL: api_url}):
-            yield
-    finally:
-        if saved is None:
-            os.environ.pop("PREFECT_API_URL", None)
-        else:
-            os.environ["PREFECT_API_URL"] = saved
-
-
-class RestartableServer(Restartable):
-    """A Prefect server that can be killed and started again on the same port and database."""
-
-    def __init__(self, home, database_url: str):
-        port = local_services.free_port()
-        self.api_url = f"http://127.0.0.1:{port}/api"
-        super().__init__(
-            lambda: local_services.prefect_server(
-                # The session server's credentials (the `pipeline` fixture started it): this process already sends them.
-                home,
-                os.environ["PREFECT_API_AUTH_STRING"],
-                database_url=database_url,
-                port=port,
-                extra_env={"PREFECT_SERVER_TASKS_TAG_CONCURRENCY_SLOT_WAIT_SECONDS": "1"},
-            )
-        )
-
-
-@pytest.fixture
-def own_prefect(tmp_path):
-    with local_services.postgres_database() as database_url:
-        server = RestartableServer(tmp_path / "own-prefect", database_url)
-        server.start()
-        try:
-            yield server
-        finally:
-            server.stop()
 
 
 def tars(pipeline, pid: str) -> dict[str, tuple[int, int]]:

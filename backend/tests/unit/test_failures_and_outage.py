@@ -11,7 +11,7 @@ import httpx
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
-from archiver.clients.outage import PrefectUnavailable, call_prefect
+from archiver.clients.outage import PrefectUnavailable, call_prefect, is_prefect_outage
 from archiver.flows.failures import describe_failure, failing_service
 from archiver.local_services import free_port
 from archiver.packing.errors import IntegrityError, MissingFilesError
@@ -100,6 +100,22 @@ def test_call_prefect_does_not_retry_a_refusal():
     with pytest.raises(httpx.HTTPStatusError):
         call_prefect(refuse, "read the flow run", max_wait_s=60)
     assert len(calls) == 1
+
+
+def status_error(code: int) -> httpx.HTTPStatusError:
+    request = httpx.Request("POST", "http://prefect/api/v2/concurrency_limits/increment-with-lease")
+    return httpx.HTTPStatusError(str(code), request=request, response=httpx.Response(code, request=request))
+
+
+@pytest.mark.parametrize(("cause", "outage"), [(500, True), (503, True), (404, False), (None, False)])
+def test_a_slot_not_taken_is_an_outage_only_when_the_api_failed(cause, outage):
+    """The database behind the server restarting answers a slot acquisition 500 (flows/lts_slices.py waits
+    for it); a refusal, or a limit that does not exist, is no outage."""
+    from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
+
+    error = raised(ConcurrencySlotAcquisitionError("Unable to acquire"), cause and status_error(cause))
+    assert is_prefect_outage(error) is outage
+    assert is_prefect_outage(raised(ConcurrencySlotAcquisitionError("Unable to acquire"), refused_connection()))
 
 
 class _Ok(http.server.BaseHTTPRequestHandler):

@@ -240,10 +240,7 @@ def reread_datablock(
     check the datablock checksum and every member against the manifest: the audit's re-reads. Raises
     IntegrityError listing every problem."""
     manifest = manifest_of(store, archive_id)
-    store.wait_until_readable(archive_id, file_timeout_s)
-    problems = problems_read_back(
-        lambda: store.open_datablock(archive_id), lambda raw: _check_bytes(raw, manifest, on_bytes)
-    )
+    problems = problems_read_back(store, archive_id, lambda raw: _check_bytes(raw, manifest, on_bytes), file_timeout_s)
     if problems:
         raise IntegrityError(f"datablock {archive_id}", problems)
     return manifest

@@ -14,9 +14,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from archiver.errors import ArchiverError, TryLaterError
+
+if TYPE_CHECKING:
+    from archiver.storage.lts_store import LtsStore
 
 PARTIAL_SUFFIX = ".partial"
 
@@ -86,10 +89,15 @@ class StoredEntry:
     modified: datetime  # UTC; of the entry itself, not of what a link points to
 
 
-def problems_read_back(open_datablock: Callable[[], BinaryIO], check: Callable[[BinaryIO], list[str]]) -> list[str]:
-    """The problems `check` finds in a datablock's bytes, or that it cannot be opened."""
+def problems_read_back(
+    store: LtsStore, key: str, check: Callable[[BinaryIO], list[str]], timeout_s: float | None = None
+) -> list[str]:
+    """The problems `check` finds in the datablock's bytes as stored, or that it cannot be opened; first waiting
+    up to `timeout_s` until it is readable (a restore, a recall), when given."""
+    if timeout_s is not None:
+        store.wait_until_readable(key, timeout_s)
     try:
-        raw = open_datablock()
+        raw = store.open_datablock(key)
     except OSError as e:
         return [f"tar file unreadable: {e}"]
     with raw:

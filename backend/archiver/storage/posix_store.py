@@ -145,9 +145,7 @@ class PosixLtsStore:
     ) -> list[str]:
         """Reads it back, from storage rather than the page cache (`open_datablock`); `size` is checked by
         `read_back` against what it reads."""
-        if timeout_s is not None:
-            self.wait_until_readable(key, timeout_s)
-        return problems_read_back(lambda: self.open_datablock(key), read_back)
+        return problems_read_back(self, key, read_back, timeout_s)
 
     def open_datablock(self, key: str, fresh: bool = True) -> BinaryIO:
         raw = open(self._path(key), "rb", buffering=0)  # noqa: SIM115 (the caller closes it)

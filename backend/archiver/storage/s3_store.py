@@ -180,9 +180,7 @@ class S3ColdLtsStore:
         object_key = self._key(key)
         url = self._url(object_key)
         if stored_checksum is None:
-            if timeout_s is not None:
-                self.wait_until_readable(key, timeout_s)
-            return problems_read_back(lambda: self.open_datablock(key), read_back)
+            return problems_read_back(self, key, read_back, timeout_s)
         try:
             head = self.s3.head_object(Bucket=self.bucket, Key=object_key, ChecksumMode="ENABLED")
         except ClientError as e:

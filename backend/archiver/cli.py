@@ -81,7 +81,7 @@ def _upload(args: argparse.Namespace) -> int:
 def _upload_cleanup(args: argparse.Namespace) -> int:
     from datetime import datetime, timedelta
 
-    from archiver.config.secrets import ARCHIVER_S3, read_secret
+    from archiver.config.secrets import ARCHIVER_S3
     from archiver.config.settings import load_vars_file, with_environment_overrides
     from archiver.packing.naming import DATASETS_PREFIX
     from archiver.storage.multipart import abort_uploads, release_orphaned
@@ -91,10 +91,9 @@ def _upload_cleanup(args: argparse.Namespace) -> int:
     days = settings.upload.abort_incomplete_days if args.older_than_days is None else args.older_than_days
     if days < 0:
         raise ConfigError(f"--older-than-days {days}: must be 0 or more")
-    credentials = S3Credentials(
-        read_secret(ARCHIVER_S3.user, args.secrets_dir), read_secret(ARCHIVER_S3.password, args.secrets_dir)
+    s3 = s3_client(
+        settings.s3.endpoint, settings.s3.region, S3Credentials.from_secret_files(ARCHIVER_S3, args.secrets_dir)
     )
-    s3 = s3_client(settings.s3.endpoint, settings.s3.region, credentials)
     bucket = settings.s3.landingzone_bucket
     aborted = abort_uploads(s3, bucket, DATASETS_PREFIX + "/", datetime.now(UTC) - timedelta(days=days))
     for upload in aborted:
@@ -117,19 +116,14 @@ def _limits_reconcile(args: argparse.Namespace) -> int:
     return 0
 
 
-def _lts_account(secrets_dir: Path):
-    from archiver.config.secrets import LTS_S3, read_secret
-    from archiver.storage.s3 import S3Credentials
-
-    return S3Credentials(read_secret(LTS_S3.user, secrets_dir), read_secret(LTS_S3.password, secrets_dir))
-
-
 def _prune_discarded(args: argparse.Namespace) -> int:
+    from archiver.config.secrets import LTS_S3
     from archiver.config.settings import load_vars_file, with_environment_overrides
     from archiver.flows.maintenance import registered_in
     from archiver.packing.cleanup import freed_bytes, prune_discarded
     from archiver.scicat.client import ScicatClient, ScicatCredentials
     from archiver.storage.lts_store import open_store, require_lts
+    from archiver.storage.s3 import S3Credentials
 
     settings = with_environment_overrides(load_vars_file(args.vars), os.environ, str(args.vars))
     lts = settings.lts
@@ -137,7 +131,7 @@ def _prune_discarded(args: argparse.Namespace) -> int:
     if days < 0:
         raise ConfigError(f"--older-than-days {days}: must be 0 or more")
     require_lts(lts)
-    store = open_store(lts, _lts_account(args.secrets_dir) if lts.backend == "s3" else None)
+    store = open_store(lts, S3Credentials.from_secret_files(LTS_S3, args.secrets_dir) if lts.backend == "s3" else None)
     with ScicatClient(settings.scicat, ScicatCredentials.from_secret_files(args.secrets_dir)) as scicat:
         found = prune_discarded(store, days, dry_run=args.dry_run, registered=registered_in(scicat))
     verb = "would delete" if args.dry_run else "deleted"

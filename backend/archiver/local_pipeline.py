@@ -179,9 +179,7 @@ def _s3_identities(secrets_dir: Path) -> list[local_services.S3Identity]:
 
     return local_services.account_identities(
         {
-            account: S3Credentials(
-                read_secret(account.user, secrets_dir, {}), read_secret(account.password, secrets_dir, {})
-            )
+            account: S3Credentials.from_secret_files(account, secrets_dir, {})
             for account in (MINIO_ROOT, ARCHIVER_S3, PRESIGN_S3)
         }
     )

@@ -10,12 +10,14 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from archiver.config.secrets import S3Account, read_secret
 from archiver.config.settings import MAX_PRESIGNED_URL_SECONDS
 
 
@@ -26,6 +28,11 @@ class S3Credentials:
 
     def __repr__(self) -> str:  # keep secrets out of logs and tracebacks
         return "S3Credentials(access_key=***, secret_key=***)"
+
+    @classmethod
+    def from_secret_files(cls, account: S3Account, secrets_dir: Path, environ=None) -> S3Credentials:
+        """The account's keys from its secret files (`<NAME>_FILE` in `environ`, else in `secrets_dir`)."""
+        return cls(read_secret(account.user, secrets_dir, environ), read_secret(account.password, secrets_dir, environ))
 
 
 def s3_client(endpoint: str, region: str, credentials: S3Credentials | None, max_pool_connections: int = 16):

@@ -86,9 +86,7 @@ def read_inputs(
         settings=settings,
         limits=load_limits_file(limits_file),
         secrets={spec.prefect_block: read_secret(spec, secrets_dir) for spec in PREFECT_SECRETS},
-        minio_root=S3Credentials(
-            read_secret(MINIO_ROOT.user, secrets_dir), read_secret(MINIO_ROOT.password, secrets_dir)
-        ),
+        minio_root=S3Credentials.from_secret_files(MINIO_ROOT, secrets_dir),
     )
 
 
